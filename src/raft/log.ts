@@ -1,0 +1,160 @@
+import { Entry } from '../../gen/cairn/raft/v1/raft';
+import { assert } from '../assert';
+
+/**
+ * The in-memory view of a node's Raft log, and the bookkeeping of how much of it is
+ * durable, committed and handed out for applying.
+ *
+ * Index 0 is a sentinel with term 0. Every entry the node holds is in memory; the
+ * durable copy lives in a LogStore, and `stableIndex` says how far it goes.
+ *
+ *   1 ........ appliedIndex ..... commitIndex ..... stableIndex ..... lastIndex
+ *   (a follower may know entries are committed before it has persisted them, so
+ *   commitIndex and stableIndex are not ordered; entries are applied only once both)
+ */
+export class RaftLog {
+  private readonly entries: Entry[] = [];
+  /** Highest index known to be durable (synced) in the LogStore. */
+  stableIndex = 0;
+  /** First index not yet handed to storage for persisting. */
+  private unstableFrom = 1;
+  commitIndex = 0;
+  /** Highest index handed out for applying. */
+  appliedIndex = 0;
+
+  /** Restores a log that was read back from storage: all of it is durable. */
+  static restore(entries: readonly Entry[], appliedIndex: number): RaftLog {
+    const log = new RaftLog();
+    entries.forEach((entry, i) => {
+      assert(entry.index === i + 1, `restored log has index ${entry.index} at position ${i + 1}`);
+      assert(i === 0 || entry.term >= entries[i - 1]!.term, `restored log term goes down at index ${entry.index}`);
+      log.entries.push(entry);
+    });
+    assert(appliedIndex <= log.lastIndex(), `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
+    log.stableIndex = log.lastIndex();
+    log.unstableFrom = log.lastIndex() + 1;
+    log.commitIndex = appliedIndex;
+    log.appliedIndex = appliedIndex;
+    return log;
+  }
+
+  lastIndex(): number {
+    return this.entries.length;
+  }
+
+  lastTerm(): number {
+    return this.termAt(this.lastIndex())!;
+  }
+
+  /** The term of the entry at `index`, 0 for the sentinel, undefined beyond the end. */
+  termAt(index: number): number | undefined {
+    if (index === 0) return 0;
+    return this.entries[index - 1]?.term;
+  }
+
+  entry(index: number): Entry {
+    const entry = this.entries[index - 1];
+    assert(entry !== undefined, `no entry at index ${index} (last ${this.lastIndex()})`);
+    return entry;
+  }
+
+  /** Whether a candidate's log, ending at (lastIndex, lastTerm), is at least as up to date as ours. */
+  isUpToDate(lastIndex: number, lastTerm: number): boolean {
+    return lastTerm > this.lastTerm() || (lastTerm === this.lastTerm() && lastIndex >= this.lastIndex());
+  }
+
+  /**
+   * Entries from `from` on, at most `maxCount` of them and, beyond the first, at most
+   * `maxBytes` of data in all.
+   */
+  slice(from: number, maxCount: number, maxBytes: number): Entry[] {
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let index = from; index <= this.lastIndex() && out.length < maxCount; index++) {
+      const entry = this.entry(index);
+      bytes += entry.data.length;
+      if (out.length > 0 && bytes > maxBytes) break;
+      out.push(entry);
+    }
+    return out;
+  }
+
+  /** The largest index <= `index` whose term is <= `term`: where two logs may still agree. */
+  findConflictByTerm(index: number, term: number): number {
+    let i = Math.min(index, this.lastIndex());
+    while (i > 0 && this.termAt(i)! > term) i--;
+    return i;
+  }
+
+  /** A leader appends its own new entries. */
+  appendAsLeader(entry: Entry): void {
+    assert(entry.index === this.lastIndex() + 1, `leader appends index ${entry.index} after ${this.lastIndex()}`);
+    assert(entry.term >= this.lastTerm(), `leader appends term ${entry.term} after term ${this.lastTerm()}`);
+    this.entries.push(entry);
+  }
+
+  /**
+   * A follower takes a leader's entries that follow a matching (prevIndex, prevTerm):
+   * entries it already has are skipped, the first conflicting one and everything after
+   * it is replaced. Returns the index of the last entry now known to match the leader.
+   */
+  appendFromLeader(prevIndex: number, entries: readonly Entry[]): number {
+    assert(prevIndex <= this.lastIndex(), `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
+    for (const [i, entry] of entries.entries()) {
+      assert(entry.index === prevIndex + 1 + i, `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
+      const existingTerm = this.termAt(entry.index);
+      if (existingTerm === entry.term) continue;
+      if (existingTerm !== undefined) this.truncateFrom(entry.index);
+      this.entries.push(entry);
+    }
+    return prevIndex + entries.length;
+  }
+
+  private truncateFrom(index: number): void {
+    assert(index > this.commitIndex, `truncating committed entry ${index} (commit ${this.commitIndex})`);
+    assert(index > this.appliedIndex, `truncating applied entry ${index} (applied ${this.appliedIndex})`);
+    this.entries.length = index - 1;
+    this.stableIndex = Math.min(this.stableIndex, index - 1);
+    this.unstableFrom = Math.min(this.unstableFrom, index);
+  }
+
+  /** Hands out the entries that storage must persist next; truncation is implied by the first index. */
+  takeUnstable(): Entry[] {
+    const out = this.entries.slice(this.unstableFrom - 1);
+    this.unstableFrom = this.lastIndex() + 1;
+    return out;
+  }
+
+  hasUnstable(): boolean {
+    return this.unstableFrom <= this.lastIndex();
+  }
+
+  /**
+   * Storage finished persisting entries up to (index, term). Ignored when the log has
+   * since been truncated there: the entries that replaced them are on their way.
+   */
+  markStable(index: number, term: number): void {
+    if (this.termAt(index) !== term) return;
+    this.stableIndex = Math.max(this.stableIndex, index);
+    assert(this.stableIndex < this.unstableFrom, `stable ${this.stableIndex} beyond handed-out ${this.unstableFrom - 1}`);
+  }
+
+  commitTo(index: number): void {
+    if (index <= this.commitIndex) return;
+    assert(index <= this.lastIndex(), `commit ${index} beyond log end ${this.lastIndex()}`);
+    this.commitIndex = index;
+  }
+
+  /** Committed entries that are durable here and not yet handed out for applying. */
+  takeCommitted(): Entry[] {
+    const upTo = Math.min(this.commitIndex, this.stableIndex);
+    if (upTo <= this.appliedIndex) return [];
+    const out = this.entries.slice(this.appliedIndex, upTo);
+    this.appliedIndex = upTo;
+    return out;
+  }
+
+  hasCommitted(): boolean {
+    return Math.min(this.commitIndex, this.stableIndex) > this.appliedIndex;
+  }
+}

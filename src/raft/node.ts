@@ -1,0 +1,687 @@
+import {
+  AppendRequest,
+  AppendResponse,
+  Entry,
+  EntryType,
+  HardState,
+  HeartbeatRequest,
+  HeartbeatResponse,
+  Message,
+  VoteRequest,
+  VoteResponse,
+} from '../../gen/cairn/raft/v1/raft';
+import { assert } from '../assert';
+import { RaftLog } from './log';
+import { Progress } from './progress';
+import { Random } from './random';
+
+export type NodeId = number;
+/** "Nobody": no leader known, no vote cast. Node ids are >= 1. */
+export const NO_NODE: NodeId = 0;
+
+export type Role = 'follower' | 'pre-candidate' | 'candidate' | 'leader';
+
+export interface RaftConfig {
+  id: NodeId;
+  /** Every voting member, this node included. */
+  voters: readonly NodeId[];
+  /** A follower that hears no leader for this long (randomized up to twice it) campaigns. */
+  electionTimeoutTicks: number;
+  /** A leader sends heartbeats this often. Must be well below electionTimeoutTicks. */
+  heartbeatIntervalTicks: number;
+  /** Unanswered AppendRequests a leader keeps in flight per follower. */
+  maxInflightAppends: number;
+  /** Entries in one AppendRequest. */
+  maxEntriesPerAppend: number;
+  /** Bytes of entry data in one AppendRequest (one entry may exceed it alone). */
+  maxBytesPerAppend: number;
+  /** Proposals beyond this many uncommitted entries are refused (back-pressure). */
+  maxUncommittedEntries: number;
+  /** Ask "would you vote for me?" before disrupting a cluster with a new term. */
+  preVote: boolean;
+  /** A leader that hears no majority for an election timeout steps down. */
+  checkQuorum: boolean;
+  random: Random;
+}
+
+export const DEFAULT_RAFT_CONFIG = {
+  electionTimeoutTicks: 10,
+  heartbeatIntervalTicks: 1,
+  maxInflightAppends: 64,
+  maxEntriesPerAppend: 512,
+  maxBytesPerAppend: 1 << 20,
+  maxUncommittedEntries: 10_000,
+  preVote: true,
+  checkQuorum: true,
+} as const;
+
+/** What a node resumes from after a restart: everything it had synced. */
+export interface RestoredState {
+  hardState: HardState;
+  /** The whole persisted log, indexes 1..N. */
+  entries: readonly Entry[];
+  /** The state machine's applied index: entries up to it are not handed out again. */
+  appliedIndex: number;
+}
+
+/** A linearizable read may be served once the state machine has applied `index`. */
+export interface ReadGrant {
+  readId: number;
+  index: number;
+}
+
+/**
+ * One batch of work for the shell, in this order:
+ *   1. persist `hardState` and `entries` in one synced write, then call onPersisted;
+ *   2. only then send `messages` (they may promise what step 1 made durable: a vote,
+ *      an acknowledgement of entries);
+ *   3. apply `committed` in order;
+ *   4. serve `reads` once applied >= their index; fail `failedReads`.
+ */
+export interface Ready {
+  hardState?: HardState;
+  /** Entries to persist. Persisted entries at or after entries[0].index are replaced. */
+  entries: Entry[];
+  messages: Message[];
+  committed: Entry[];
+  reads: ReadGrant[];
+  failedReads: number[];
+}
+
+export type ProposeResult =
+  | { ok: true; index: number; term: number }
+  | { ok: false; reason: 'not-leader' | 'overloaded'; leader: NodeId };
+
+export type ReadResult = { ok: true } | { ok: false; reason: 'not-leader'; leader: NodeId };
+
+/** A batch of reads confirmed together by one heartbeat round. */
+interface ReadRound {
+  round: number;
+  /** The commit index when the round's heartbeats went out. */
+  index: number;
+  readIds: number[];
+  acks: Set<NodeId>;
+}
+
+/**
+ * RaftNode is the consensus core: a deterministic state machine with no I/O.
+ *
+ * Inputs: tick(), step(message), propose(data), readIndex(readId), and
+ * onPersisted(index, term) when storage has synced what a Ready asked for.
+ * Outputs: ready(), which the shell drains and carries out in the order Ready documents.
+ */
+export class RaftNode {
+  readonly id: NodeId;
+  private readonly config: RaftConfig;
+  private readonly voters: readonly NodeId[];
+  private readonly log: RaftLog;
+
+  role: Role = 'follower';
+  term: number;
+  votedFor: NodeId;
+  leader: NodeId = NO_NODE;
+
+  private lastSavedHardState: HardState;
+  private electionElapsedTicks = 0;
+  private heartbeatElapsedTicks = 0;
+  private randomizedElectionTimeoutTicks = 0;
+  private votes = new Map<NodeId, boolean>();
+  private progress = new Map<NodeId, Progress>();
+  private outbox: Message[] = [];
+
+  /** Leader: whether an entry of the current term has been committed. */
+  private committedInTerm = false;
+  private readsAwaitingTermCommit: number[] = [];
+  private openReadRound: number[] = [];
+  private sealedReadRounds: ReadRound[] = [];
+  private lastReadRound = 0;
+  private grantedReads: ReadGrant[] = [];
+  private failedReads: number[] = [];
+
+  constructor(config: RaftConfig, restored: RestoredState) {
+    validateConfig(config);
+    this.config = config;
+    this.id = config.id;
+    this.voters = [...config.voters];
+    this.term = restored.hardState.term;
+    this.votedFor = restored.hardState.votedFor;
+    this.lastSavedHardState = { ...restored.hardState };
+    this.log = RaftLog.restore(restored.entries, restored.appliedIndex);
+    assert(this.log.lastTerm() <= this.term, `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
+    this.resetElectionTimer();
+  }
+
+  // ---------------------------------------------------------------- inputs
+
+  tick(): void {
+    if (this.role === 'leader') {
+      this.tickLeader();
+    } else {
+      this.tickElection();
+    }
+  }
+
+  step(message: Message): void {
+    assert(message.to === this.id, `message for ${message.to} delivered to ${this.id}`);
+    if (!this.voters.includes(message.from)) return; // not a member: nothing it says counts
+    if (!this.stepTerm(message)) return;
+    switch (message.body?.$case) {
+      case 'voteRequest':
+        return this.handleVoteRequest(message, message.body.value);
+      case 'voteResponse':
+        return this.handleVoteResponse(message, message.body.value);
+      case 'appendRequest':
+        return this.handleAppendRequest(message, message.body.value);
+      case 'appendResponse':
+        return this.handleAppendResponse(message, message.body.value);
+      case 'heartbeatRequest':
+        return this.handleHeartbeatRequest(message, message.body.value);
+      case 'heartbeatResponse':
+        return this.handleHeartbeatResponse(message, message.body.value);
+      case undefined:
+        return;
+    }
+  }
+
+  /** Appends a command to the leader's log. It is replicated in the next Ready. */
+  propose(data: Uint8Array): ProposeResult {
+    if (this.role !== 'leader') return { ok: false, reason: 'not-leader', leader: this.leader };
+    if (this.log.lastIndex() - this.log.commitIndex >= this.config.maxUncommittedEntries) {
+      return { ok: false, reason: 'overloaded', leader: this.id };
+    }
+    const index = this.appendAsLeader(EntryType.ENTRY_TYPE_COMMAND, data);
+    return { ok: true, index, term: this.term };
+  }
+
+  /**
+   * Asks for a linearizable read. The answer comes in a later Ready: a ReadGrant with
+   * the index to wait for, or a failed read if leadership is lost first.
+   */
+  readIndex(readId: number): ReadResult {
+    if (this.role !== 'leader') return { ok: false, reason: 'not-leader', leader: this.leader };
+    if (!this.committedInTerm) {
+      this.readsAwaitingTermCommit.push(readId);
+    } else if (this.voters.length === 1) {
+      this.grantedReads.push({ readId, index: this.log.commitIndex });
+    } else {
+      this.openReadRound.push(readId);
+    }
+    return { ok: true };
+  }
+
+  /** Storage has synced the entries of a Ready up to (index, term). */
+  onPersisted(index: number, term: number): void {
+    this.log.markStable(index, term);
+    if (this.role === 'leader') this.maybeCommit();
+  }
+
+  // --------------------------------------------------------------- outputs
+
+  hasReady(): boolean {
+    return (
+      this.outbox.length > 0 ||
+      this.log.hasUnstable() ||
+      this.log.hasCommitted() ||
+      this.hardStateChanged() ||
+      this.grantedReads.length > 0 ||
+      this.failedReads.length > 0 ||
+      (this.role === 'leader' && (this.openReadRound.length > 0 || this.hasUnsentEntries()))
+    );
+  }
+
+  ready(): Ready {
+    if (this.role === 'leader') {
+      this.broadcastAppend();
+      this.sealReadRound();
+    }
+    const hardState = this.hardStateChanged() ? { term: this.term, votedFor: this.votedFor } : undefined;
+    if (hardState) this.lastSavedHardState = hardState;
+    const ready: Ready = {
+      hardState,
+      entries: this.log.takeUnstable(),
+      messages: this.outbox,
+      committed: this.log.takeCommitted(),
+      reads: this.grantedReads,
+      failedReads: this.failedReads,
+    };
+    this.outbox = [];
+    this.grantedReads = [];
+    this.failedReads = [];
+    return ready;
+  }
+
+  // ----------------------------------------------------------- inspection
+
+  status() {
+    return {
+      id: this.id,
+      role: this.role,
+      term: this.term,
+      votedFor: this.votedFor,
+      leader: this.leader,
+      commitIndex: this.log.commitIndex,
+      appliedIndex: this.log.appliedIndex,
+      stableIndex: this.log.stableIndex,
+      lastIndex: this.log.lastIndex(),
+      lastTerm: this.log.lastTerm(),
+      progress: [...this.progress].map(([id, pr]) => ({
+        id,
+        state: pr.state,
+        matchIndex: pr.matchIndex,
+        nextIndex: pr.nextIndex,
+        inflight: pr.inflightCount(),
+      })),
+    };
+  }
+
+  /** Read access for invariant checkers in tests. */
+  entryAt(index: number): Entry | undefined {
+    return index >= 1 && index <= this.log.lastIndex() ? this.log.entry(index) : undefined;
+  }
+
+  // ----------------------------------------------------------------- terms
+
+  /**
+   * Applies the term rules every message passes first. Returns false when the message
+   * is to be dropped.
+   */
+  private stepTerm(m: Message): boolean {
+    const kind = m.body?.$case;
+    const preVoteRequest = m.body?.$case === 'voteRequest' && m.body.value.preVote;
+    const grantedPreVote = m.body?.$case === 'voteResponse' && m.body.value.preVote && m.body.value.granted;
+    if (m.term > this.term) {
+      if (kind === 'voteRequest' && this.inLease()) {
+        return false; // a leader we heard recently is alive: don't let a partitioned node disrupt it
+      }
+      if (preVoteRequest || grantedPreVote) return true; // pre-votes speak of a future term
+      const fromLeader = kind === 'appendRequest' || kind === 'heartbeatRequest';
+      this.becomeFollower(m.term, fromLeader ? m.from : NO_NODE);
+      return true;
+    }
+    if (m.term < this.term) {
+      if (kind === 'appendRequest' || kind === 'heartbeatRequest') {
+        // A stale leader: tell it our term so it steps down (it may be cut off by
+        // check-quorum or pre-vote from ever learning it otherwise).
+        this.send(m.from, { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: 0 } });
+      } else if (preVoteRequest) {
+        this.send(m.from, { $case: 'voteResponse', value: { granted: false, preVote: true } });
+      }
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * A follower that heard from its leader within the election timeout trusts it is
+   * alive; a leader trusts itself until check-quorum says otherwise.
+   */
+  private inLease(): boolean {
+    return (
+      this.config.checkQuorum &&
+      this.leader !== NO_NODE &&
+      (this.role === 'follower' || this.role === 'leader') &&
+      this.electionElapsedTicks < this.config.electionTimeoutTicks
+    );
+  }
+
+  // ----------------------------------------------------------------- roles
+
+  private becomeFollower(term: number, leader: NodeId): void {
+    assert(term >= this.term, `becomeFollower to term ${term} below ${this.term}`);
+    const wasLeader = this.role === 'leader';
+    if (term > this.term) {
+      this.term = term;
+      this.votedFor = NO_NODE;
+    }
+    this.role = 'follower';
+    this.leader = leader;
+    this.resetElectionTimer();
+    if (wasLeader) this.dropLeaderState();
+  }
+
+  private becomePreCandidate(): void {
+    assert(this.role !== 'leader', 'a leader does not campaign');
+    this.role = 'pre-candidate';
+    this.leader = NO_NODE;
+    this.votes = new Map();
+    this.resetElectionTimer();
+    this.requestVotes(true);
+  }
+
+  private becomeCandidate(): void {
+    assert(this.role !== 'leader', 'a leader does not campaign');
+    this.term += 1;
+    this.votedFor = this.id;
+    this.role = 'candidate';
+    this.leader = NO_NODE;
+    this.votes = new Map();
+    this.resetElectionTimer();
+    this.requestVotes(false);
+  }
+
+  private becomeLeader(): void {
+    assert(this.role === 'candidate', `only a candidate becomes leader, not a ${this.role}`);
+    assert(this.votedFor === this.id, 'a leader voted for itself');
+    this.role = 'leader';
+    this.leader = this.id;
+    this.heartbeatElapsedTicks = 0;
+    this.electionElapsedTicks = 0;
+    this.committedInTerm = false;
+    this.progress = new Map();
+    for (const voter of this.voters) {
+      if (voter !== this.id) this.progress.set(voter, new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends));
+    }
+    this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));
+  }
+
+  private dropLeaderState(): void {
+    this.progress = new Map();
+    this.failedReads.push(...this.readsAwaitingTermCommit, ...this.openReadRound);
+    for (const round of this.sealedReadRounds) this.failedReads.push(...round.readIds);
+    this.readsAwaitingTermCommit = [];
+    this.openReadRound = [];
+    this.sealedReadRounds = [];
+    this.committedInTerm = false;
+  }
+
+  // ------------------------------------------------------------- elections
+
+  private tickElection(): void {
+    this.electionElapsedTicks++;
+    if (this.electionElapsedTicks < this.randomizedElectionTimeoutTicks) return;
+    if (!this.voters.includes(this.id)) return;
+    if (this.config.preVote) {
+      this.becomePreCandidate();
+    } else {
+      this.becomeCandidate();
+    }
+    this.tallyVotes();
+  }
+
+  private requestVotes(preVote: boolean): void {
+    this.votes.set(this.id, true);
+    const term = preVote ? this.term + 1 : this.term;
+    const request: VoteRequest = { lastLogIndex: this.log.lastIndex(), lastLogTerm: this.log.lastTerm(), preVote };
+    for (const voter of this.voters) {
+      if (voter !== this.id) this.send(voter, { $case: 'voteRequest', value: request }, term);
+    }
+  }
+
+  private handleVoteRequest(m: Message, request: VoteRequest): void {
+    const alreadyVotedForIt = this.votedFor === m.from;
+    const freeToVote = this.votedFor === NO_NODE && this.leader === NO_NODE;
+    const futureTerm = request.preVote && m.term > this.term;
+    const grant =
+      (alreadyVotedForIt || freeToVote || futureTerm) && this.log.isUpToDate(request.lastLogIndex, request.lastLogTerm);
+    if (grant && !request.preVote) {
+      this.votedFor = m.from;
+      this.electionElapsedTicks = 0;
+    }
+    const responseTerm = request.preVote && grant ? m.term : this.term;
+    this.send(m.from, { $case: 'voteResponse', value: { granted: grant, preVote: request.preVote } }, responseTerm);
+  }
+
+  private handleVoteResponse(m: Message, response: VoteResponse): void {
+    const expectPreVote = this.role === 'pre-candidate';
+    if (this.role !== 'pre-candidate' && this.role !== 'candidate') return;
+    if (response.preVote !== expectPreVote) return;
+    this.votes.set(m.from, response.granted);
+    this.tallyVotes();
+  }
+
+  private tallyVotes(): void {
+    let granted = 0;
+    let rejected = 0;
+    for (const vote of this.votes.values()) vote ? granted++ : rejected++;
+    if (granted >= this.quorum()) {
+      if (this.role === 'pre-candidate') {
+        this.becomeCandidate();
+        this.tallyVotes(); // a single-node cluster wins at once
+      } else if (this.role === 'candidate') {
+        this.becomeLeader();
+      }
+    } else if (rejected >= this.quorum()) {
+      this.becomeFollower(this.term, NO_NODE);
+    }
+  }
+
+  // ----------------------------------------------------------- replication
+
+  private appendAsLeader(type: EntryType, data: Uint8Array): number {
+    const index = this.log.lastIndex() + 1;
+    this.log.appendAsLeader({ index, term: this.term, type, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) });
+    if (this.voters.length === 1) this.maybeCommit(); // commits once persisted
+    return index;
+  }
+
+  private hasUnsentEntries(): boolean {
+    for (const pr of this.progress.values()) {
+      if (pr.canSend() && pr.nextIndex <= this.log.lastIndex()) return true;
+    }
+    return false;
+  }
+
+  /** Sends every follower what it is missing, as far as its window allows. */
+  private broadcastAppend(): void {
+    for (const [id, pr] of this.progress) {
+      while (pr.canSend() && pr.nextIndex <= this.log.lastIndex()) this.sendAppend(id, pr);
+    }
+  }
+
+  private sendAppend(to: NodeId, pr: Progress): void {
+    const prevLogIndex = pr.nextIndex - 1;
+    const prevLogTerm = this.log.termAt(prevLogIndex);
+    assert(prevLogTerm !== undefined, `no term for prev index ${prevLogIndex} (last ${this.log.lastIndex()})`);
+    const entries = this.log.slice(pr.nextIndex, this.config.maxEntriesPerAppend, this.config.maxBytesPerAppend);
+    const request: AppendRequest = { prevLogIndex, prevLogTerm, entries, commit: this.log.commitIndex };
+    this.send(to, { $case: 'appendRequest', value: request });
+    pr.sent(prevLogIndex + entries.length);
+  }
+
+  private handleAppendRequest(m: Message, request: AppendRequest): void {
+    assert(this.role !== 'leader', `two leaders in term ${this.term}: ${this.id} and ${m.from}`);
+    this.becomeFollower(this.term, m.from);
+    if (request.prevLogIndex < this.log.commitIndex) {
+      // Everything up to our commit index matches the leader's log already.
+      const skip = this.log.commitIndex - request.prevLogIndex;
+      if (skip >= request.entries.length) {
+        return this.acceptAppend(m.from, this.log.commitIndex);
+      }
+      request = { ...request, prevLogIndex: this.log.commitIndex, prevLogTerm: this.log.termAt(this.log.commitIndex)!, entries: request.entries.slice(skip) };
+    }
+    if (this.log.termAt(request.prevLogIndex) !== request.prevLogTerm) {
+      return this.rejectAppend(m.from, request);
+    }
+    const lastNewIndex = this.log.appendFromLeader(request.prevLogIndex, request.entries);
+    this.log.commitTo(Math.min(request.commit, lastNewIndex));
+    this.acceptAppend(m.from, lastNewIndex);
+  }
+
+  private acceptAppend(leader: NodeId, index: number): void {
+    this.send(leader, { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } });
+  }
+
+  private rejectAppend(leader: NodeId, request: AppendRequest): void {
+    const hintIndex = this.log.findConflictByTerm(
+      Math.min(request.prevLogIndex, this.log.lastIndex()),
+      request.prevLogTerm,
+    );
+    const hintTerm = this.log.termAt(hintIndex)!;
+    const response: AppendResponse = { index: request.prevLogIndex, rejected: true, hintIndex, hintTerm };
+    this.send(leader, { $case: 'appendResponse', value: response });
+  }
+
+  private handleAppendResponse(m: Message, response: AppendResponse): void {
+    if (this.role !== 'leader') return;
+    const pr = this.progress.get(m.from);
+    if (!pr) return;
+    pr.recentlyActive = true;
+    if (response.rejected) {
+      this.handleAppendRejection(pr, response);
+    } else if (pr.acknowledge(response.index)) {
+      assert(response.index <= this.log.lastIndex(), `follower ${m.from} acknowledged ${response.index} beyond our log`);
+      this.maybeCommit();
+    }
+  }
+
+  private handleAppendRejection(pr: Progress, response: AppendResponse): void {
+    const stale = pr.state === 'replicate' ? response.index <= pr.matchIndex : response.index !== pr.nextIndex - 1;
+    if (stale) return;
+    const agreeUpTo = this.log.findConflictByTerm(response.hintIndex, response.hintTerm);
+    pr.becomeProbe(Math.max(pr.matchIndex + 1, Math.min(agreeUpTo, response.index - 1) + 1));
+  }
+
+  /** Commits the highest index a majority holds, if it is of the current term. */
+  private maybeCommit(): void {
+    const matches = this.voters.map((id) => (id === this.id ? this.log.stableIndex : this.progress.get(id)!.matchIndex));
+    matches.sort((a, b) => b - a);
+    const quorumIndex = matches[this.quorum() - 1]!;
+    if (quorumIndex <= this.log.commitIndex) return;
+    // Raft §5.4.2: an entry of an earlier term is committed only indirectly, by
+    // committing one of the current term after it.
+    if (this.log.termAt(quorumIndex) !== this.term) return;
+    this.log.commitTo(quorumIndex);
+    if (!this.committedInTerm) {
+      this.committedInTerm = true;
+      this.openReadRound.push(...this.readsAwaitingTermCommit);
+      this.readsAwaitingTermCommit = [];
+      if (this.voters.length === 1) this.grantSingleNodeReads();
+    }
+  }
+
+  private grantSingleNodeReads(): void {
+    for (const readId of this.openReadRound) this.grantedReads.push({ readId, index: this.log.commitIndex });
+    this.openReadRound = [];
+  }
+
+  // ------------------------------------------------- heartbeats and reads
+
+  private tickLeader(): void {
+    this.heartbeatElapsedTicks++;
+    this.electionElapsedTicks++;
+    if (this.electionElapsedTicks >= this.config.electionTimeoutTicks) {
+      this.electionElapsedTicks = 0;
+      if (this.config.checkQuorum && !this.hasActiveQuorum()) {
+        this.becomeFollower(this.term, NO_NODE);
+        return;
+      }
+    }
+    if (this.heartbeatElapsedTicks >= this.config.heartbeatIntervalTicks) {
+      this.heartbeatElapsedTicks = 0;
+      this.broadcastHeartbeat(this.lastReadRound);
+    }
+  }
+
+  private hasActiveQuorum(): boolean {
+    let active = 1; // ourselves
+    for (const pr of this.progress.values()) {
+      if (pr.recentlyActive) active++;
+      pr.recentlyActive = false;
+    }
+    return active >= this.quorum();
+  }
+
+  private broadcastHeartbeat(readRound: number): void {
+    for (const [id, pr] of this.progress) {
+      const request: HeartbeatRequest = { commit: Math.min(this.log.commitIndex, pr.matchIndex), readRound };
+      this.send(id, { $case: 'heartbeatRequest', value: request });
+    }
+  }
+
+  /** Reads that arrived since the last round share one heartbeat round. */
+  private sealReadRound(): void {
+    if (this.openReadRound.length === 0) return;
+    const round: ReadRound = {
+      round: ++this.lastReadRound,
+      index: this.log.commitIndex,
+      readIds: this.openReadRound,
+      acks: new Set([this.id]),
+    };
+    this.openReadRound = [];
+    this.sealedReadRounds.push(round);
+    this.broadcastHeartbeat(round.round);
+  }
+
+  private handleHeartbeatRequest(m: Message, request: HeartbeatRequest): void {
+    assert(this.role !== 'leader', `two leaders in term ${this.term}: ${this.id} and ${m.from}`);
+    this.becomeFollower(this.term, m.from);
+    assert(request.commit <= this.log.lastIndex(), `leader ${m.from} says commit ${request.commit}, our log ends at ${this.log.lastIndex()}`);
+    this.log.commitTo(request.commit);
+    this.send(m.from, { $case: 'heartbeatResponse', value: { readRound: request.readRound } });
+  }
+
+  private handleHeartbeatResponse(m: Message, response: HeartbeatResponse): void {
+    if (this.role !== 'leader') return;
+    const pr = this.progress.get(m.from);
+    if (!pr) return;
+    pr.recentlyActive = true;
+    this.nudgeReplication(pr);
+    if (response.readRound > 0) this.acknowledgeReadRound(m.from, response.readRound);
+  }
+
+  /** A heartbeat answer shows the follower is reachable: resume a stalled replication. */
+  private nudgeReplication(pr: Progress): void {
+    if (pr.matchIndex >= this.log.lastIndex()) return;
+    if (pr.state === 'probe') {
+      pr.probeSent = false;
+    } else if (++pr.heartbeatsWithoutAck > 2) {
+      pr.becomeProbe(pr.matchIndex + 1);
+    }
+  }
+
+  private acknowledgeReadRound(from: NodeId, roundId: number): void {
+    let confirmedUpTo = -1;
+    for (const [i, round] of this.sealedReadRounds.entries()) {
+      if (round.round > roundId) break;
+      round.acks.add(from);
+      if (round.acks.size >= this.quorum()) confirmedUpTo = i;
+    }
+    if (confirmedUpTo < 0) return;
+    // Confirming a later round also confirms every earlier one: leadership was
+    // proven after all of their reads arrived.
+    for (const round of this.sealedReadRounds.splice(0, confirmedUpTo + 1)) {
+      for (const readId of round.readIds) this.grantedReads.push({ readId, index: round.index });
+    }
+  }
+
+  // --------------------------------------------------------------- helpers
+
+  private quorum(): number {
+    return Math.floor(this.voters.length / 2) + 1;
+  }
+
+  private resetElectionTimer(): void {
+    this.electionElapsedTicks = 0;
+    const timeout = this.config.electionTimeoutTicks;
+    this.randomizedElectionTimeoutTicks = timeout + this.config.random.int(timeout);
+  }
+
+  private hardStateChanged(): boolean {
+    return this.term !== this.lastSavedHardState.term || this.votedFor !== this.lastSavedHardState.votedFor;
+  }
+
+  private send(to: NodeId, body: Message['body'], term = this.term): void {
+    this.outbox.push({ from: this.id, to, term, body });
+  }
+}
+
+function validateConfig(config: RaftConfig): void {
+  const positive = [
+    'electionTimeoutTicks',
+    'heartbeatIntervalTicks',
+    'maxInflightAppends',
+    'maxEntriesPerAppend',
+    'maxBytesPerAppend',
+    'maxUncommittedEntries',
+  ] as const;
+  for (const name of positive) {
+    if (!Number.isInteger(config[name]) || config[name] < 1) throw new RangeError(`${name} must be a positive integer`);
+  }
+  if (config.heartbeatIntervalTicks >= config.electionTimeoutTicks) {
+    throw new RangeError('heartbeatIntervalTicks must be below electionTimeoutTicks');
+  }
+  if (config.id === NO_NODE || !config.voters.includes(config.id)) {
+    throw new RangeError(`node id ${config.id} must be >= 1 and one of the voters`);
+  }
+  if (new Set(config.voters).size !== config.voters.length) throw new RangeError('voters must be distinct');
+}
