@@ -1,0 +1,557 @@
+/**
+ * Linearizability checker for key-value histories.
+ *
+ * The search is Wing & Gong's, with Lowe's "just-in-time linearization" and
+ * memoization, as in Porcupine (Anish Athalye): call and return events sit in a
+ * time-ordered doubly linked list; a depth-first search linearizes any op whose
+ * call comes before the first pending return, unlinks it, and backtracks (relinks
+ * it) when it reaches a return whose op it could not place. Each (set of
+ * linearized ops, register state) pair is explored at most once.
+ *
+ * Keys are independent registers, so each key's sub-history is checked on its own
+ * (P-compositionality): a history is linearizable iff every key's sub-history is.
+ */
+
+/** One client operation in a recorded history. Times are in any monotonic unit (sim ticks, ns). */
+export interface HistoryOp {
+  client: number; // which client issued it (a client issues one op at a time)
+  kind: 'put' | 'get' | 'delete';
+  key: string;
+  value?: string; // for 'put': the value written
+  /** For 'get': the value read, or null if the key was absent. For 'delete': optionally whether the key existed (existed). Absent when known === false. */
+  output?: { value?: string | null; existed?: boolean };
+  call: number; // invocation time
+  ret?: number; // completion time; undefined when known === false
+  known: boolean; // false: the outcome is unknown (timeout, connection lost): the op may or may not have taken effect, at any time after `call`
+}
+
+export type CheckResult =
+  | { kind: 'linearizable'; keys: number; ops: number }
+  | { kind: 'not-linearizable'; key: string; ops: HistoryOp[]; explanation: string }
+  | { kind: 'inconclusive'; key: string; explanation: string };
+
+export interface CheckOptions {
+  /** Search budget per key, in distinct (linearized set, state) pairs explored. */
+  maxStatesPerKey?: number;
+}
+
+export const DEFAULT_MAX_STATES_PER_KEY = 5_000_000;
+
+export function checkLinearizable(history: readonly HistoryOp[], options: CheckOptions = {}): CheckResult {
+  const budget = options.maxStatesPerKey ?? DEFAULT_MAX_STATES_PER_KEY;
+  if (!(budget >= 1)) throw new Error(`maxStatesPerKey must be at least 1, got ${budget}`);
+  history.forEach(validateOp);
+
+  const byKey = groupByKey(history);
+  let firstInconclusive: CheckResult | undefined;
+  // Sorted so that which violation gets reported does not depend on input order.
+  for (const key of [...byKey.keys()].sort()) {
+    const result = checkKey(key, byKey.get(key)!, budget);
+    if (result.kind === 'not-linearizable') return result;
+    // Keep looking: a definite violation on another key is worth more than "don't know".
+    if (result.kind === 'inconclusive') firstInconclusive ??= result;
+  }
+  return firstInconclusive ?? { kind: 'linearizable', keys: byKey.size, ops: history.length };
+}
+
+// ---------------------------------------------------------------------------
+// Input validation and grouping
+
+function validateOp(op: HistoryOp, index: number): void {
+  const fail = (why: string): never => {
+    throw new Error(`history[${index}] (client ${op.client}, ${op.kind} ${JSON.stringify(op.key)}): ${why}`);
+  };
+  if (op.kind !== 'put' && op.kind !== 'get' && op.kind !== 'delete') fail(`unknown kind ${JSON.stringify(op.kind)}`);
+  if (typeof op.key !== 'string') fail('key must be a string');
+  if (!Number.isFinite(op.call)) fail(`call time must be a finite number, got ${op.call}`);
+  if (op.known && op.ret === undefined) fail('a known op needs a ret time');
+  if (op.ret !== undefined) {
+    if (Number.isNaN(op.ret)) fail('ret time is NaN');
+    if (op.ret < op.call) fail(`ret ${op.ret} is before call ${op.call}`);
+  }
+  if (op.kind === 'put' && typeof op.value !== 'string') fail('a put needs a string value');
+  if (op.kind === 'get' && op.known) {
+    const value = op.output?.value;
+    if (value === undefined) fail('a known get needs output.value (a string, or null for absent)');
+    if (value !== null && typeof value !== 'string') fail('output.value must be a string or null');
+  }
+  const existed = op.output?.existed;
+  if (op.kind === 'delete' && existed !== undefined && typeof existed !== 'boolean') {
+    fail('output.existed must be a boolean when given');
+  }
+}
+
+/** Each key's ops, sorted by call time (stable, so equal calls keep input order). */
+function groupByKey(history: readonly HistoryOp[]): Map<string, HistoryOp[]> {
+  const byKey = new Map<string, HistoryOp[]>();
+  for (const op of history) {
+    const list = byKey.get(op.key);
+    if (list) list.push(op);
+    else byKey.set(op.key, [op]);
+  }
+  for (const list of byKey.values()) list.sort((a, b) => a.call - b.call);
+  return byKey;
+}
+
+// ---------------------------------------------------------------------------
+// Per-key check
+
+function checkKey(key: string, ops: HistoryOp[], budget: number): CheckResult {
+  const register = compileRegister(ops);
+  const outcome = new Search(register, budget).run();
+  switch (outcome.kind) {
+    case 'ok':
+      return { kind: 'linearizable', keys: 1, ops: ops.length };
+    case 'budget':
+      return {
+        kind: 'inconclusive',
+        key,
+        explanation:
+          `key ${JSON.stringify(key)}: search budget of ${budget} states exhausted on ${register.length} ops ` +
+          `without finding a linearization or ruling one out`,
+      };
+    case 'fail':
+      return { kind: 'not-linearizable', key, ops, explanation: explainFailure(key, register, outcome.prefix) };
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The register model, with values interned to small integers so steps are cheap.
+
+const ABSENT = 0;
+const FAIL = -1;
+/** For deletes: whether the key must have been present (1), absent (0), or either (-1). */
+const UNCHECKED = -1;
+
+interface RegOp {
+  kind: HistoryOp['kind'];
+  /** put: value id written; get: value id read; delete: 1/0/UNCHECKED for existed. */
+  arg: number;
+  known: boolean;
+  call: number;
+  /** +Infinity for unknown outcomes: the op may take effect at any time after its call. */
+  ret: number;
+  /** For an unknown write, the previous unknown write with the same effect (see orderTwins), else -1. */
+  twin: number;
+  source: HistoryOp;
+}
+
+/** Returns the state after `op`, or FAIL if `op`'s output is impossible in `state`. */
+function step(state: number, op: RegOp): number {
+  switch (op.kind) {
+    case 'put':
+      return op.arg;
+    case 'get':
+      return state === op.arg ? state : FAIL;
+    case 'delete':
+      if (op.arg !== UNCHECKED && op.arg !== (state === ABSENT ? 0 : 1)) return FAIL;
+      return ABSENT;
+  }
+}
+
+function compileRegister(ops: HistoryOp[]): RegOp[] {
+  // An unknown get constrains nothing: it may never have been served.
+  const relevant = ops.filter((op) => op.known || op.kind !== 'get');
+  const values = internReadValues(relevant);
+  // Values no get reads are indistinguishable to the model, so they share one id;
+  // that lets states that differ only in such a value share a cache entry.
+  const unread = values.size + 1;
+  const compiled = relevant.map(
+    (op): RegOp => ({
+      kind: op.kind,
+      arg:
+        op.kind === 'delete'
+          ? existedArg(op)
+          : op.kind === 'put'
+            ? (values.get(op.value!) ?? unread)
+            : readId(values, op.output!.value!),
+      known: op.known,
+      call: op.call,
+      ret: op.known ? op.ret! : Infinity,
+      twin: -1,
+      source: op,
+    }),
+  );
+  return orderTwins(dropInertWrites(compiled));
+}
+
+/** Ids (from 1; ABSENT is 0) for the values that known gets read. */
+function internReadValues(ops: HistoryOp[]): Map<string, number> {
+  const ids = new Map<string, number>();
+  for (const op of ops) {
+    const value = op.kind === 'get' ? op.output!.value : null;
+    if (typeof value === 'string' && !ids.has(value)) ids.set(value, ids.size + 1);
+  }
+  return ids;
+}
+
+function readId(values: Map<string, number>, value: string | null): number {
+  return value === null ? ABSENT : values.get(value)!;
+}
+
+function existedArg(op: HistoryOp): number {
+  const existed = op.known ? op.output?.existed : undefined;
+  return existed === undefined ? UNCHECKED : existed ? 1 : 0;
+}
+
+/**
+ * Removes unknown-outcome writes that nothing could have observed. Such a write
+ * can always be moved to after everything else (i.e. "never happened") without
+ * invalidating a linearization: the only ops that could tell are gets of its value
+ * and deletes checking existence, placed after it. This is an exact reduction,
+ * and it matters because each unknown write stays pending to the end of the
+ * history, multiplying the states the search must tell apart.
+ */
+function dropInertWrites(ops: RegOp[]): RegOp[] {
+  // Latest return among known ops that observe each value / each kind of existence.
+  const lastRead = new Map<number, number>();
+  const lastDeleteOf = [-Infinity, -Infinity]; // [existed=false, existed=true]
+  for (const op of ops) {
+    if (!op.known) continue;
+    if (op.kind === 'get') lastRead.set(op.arg, Math.max(lastRead.get(op.arg) ?? -Infinity, op.ret));
+    if (op.kind === 'delete' && op.arg !== UNCHECKED) lastDeleteOf[op.arg] = Math.max(lastDeleteOf[op.arg]!, op.ret);
+  }
+  // Strict comparison: an op that returns exactly at the write's call may still overlap it.
+  const unobserved = (op: RegOp): boolean => {
+    const leaves = op.kind === 'put' ? op.arg : ABSENT;
+    const deleteWouldNotice = op.kind === 'put' ? lastDeleteOf[1]! : lastDeleteOf[0]!;
+    return (lastRead.get(leaves) ?? -Infinity) < op.call && deleteWouldNotice < op.call;
+  };
+  return ops.filter((op) => op.known || !unobserved(op));
+}
+
+/**
+ * Unknown writes with the same effect (same resulting state, no output checked)
+ * are interchangeable, and an earlier-called one may go wherever a later-called
+ * one may. So some linearization exists iff one exists that uses each such group
+ * in call order, and the search only lets an op go after its earlier twin. This
+ * keeps many pending lost writes from multiplying the search space.
+ */
+function orderTwins(ops: RegOp[]): RegOp[] {
+  const lastOfEffect = new Map<number, number>();
+  ops.forEach((op, i) => {
+    if (op.known) return;
+    const effect = op.kind === 'put' ? op.arg : ABSENT;
+    op.twin = lastOfEffect.get(effect) ?? -1;
+    lastOfEffect.set(effect, i);
+  });
+  return ops;
+}
+
+// ---------------------------------------------------------------------------
+// Event list
+
+interface Entry {
+  op: number;
+  /** For a call entry, its return entry; null for return entries and the head. */
+  match: Entry | null;
+  prev: Entry | null;
+  next: Entry | null;
+}
+
+// At equal times returns sort before calls, so ops that merely touch are ordered.
+// An instantaneous op's return must still follow its own call, so it sorts last.
+const RANK_RETURN = 0;
+const RANK_CALL = 1;
+const RANK_INSTANT_RETURN = 2;
+
+/** Builds the time-ordered call/return list and returns its head sentinel. */
+function buildEventList(ops: RegOp[]): Entry {
+  const events: { time: number; rank: number; entry: Entry }[] = [];
+  ops.forEach((op, i) => {
+    const ret: Entry = { op: i, match: null, prev: null, next: null };
+    const call: Entry = { op: i, match: ret, prev: null, next: null };
+    events.push({ time: op.call, rank: RANK_CALL, entry: call });
+    events.push({ time: op.ret, rank: op.ret === op.call ? RANK_INSTANT_RETURN : RANK_RETURN, entry: ret });
+  });
+  // No subtraction: times may be +Infinity.
+  events.sort((a, b) =>
+    a.time !== b.time ? (a.time < b.time ? -1 : 1) : a.rank !== b.rank ? a.rank - b.rank : a.entry.op - b.entry.op,
+  );
+  const head: Entry = { op: -1, match: null, prev: null, next: null };
+  let last = head;
+  for (const { entry } of events) {
+    entry.prev = last;
+    last.next = entry;
+    last = entry;
+  }
+  return head;
+}
+
+/** Unlinks a call entry and its return. */
+function lift(call: Entry): void {
+  const ret = call.match!;
+  call.prev!.next = call.next;
+  call.next!.prev = call.prev;
+  ret.prev!.next = ret.next;
+  if (ret.next) ret.next.prev = ret.prev;
+}
+
+/** Relinks what lift() removed; valid only in reverse order of lifting. */
+function unlift(call: Entry): void {
+  const ret = call.match!;
+  ret.prev!.next = ret;
+  if (ret.next) ret.next.prev = ret;
+  call.prev!.next = call;
+  call.next!.prev = call;
+}
+
+// ---------------------------------------------------------------------------
+// Search
+
+type SearchOutcome = { kind: 'ok' } | { kind: 'fail'; prefix: number[] } | { kind: 'budget' };
+
+interface Frame {
+  entry: Entry;
+  stateBefore: number;
+}
+
+class Search {
+  private readonly head: Entry;
+  private readonly linearized: Bitset;
+  private readonly visited = new VisitedSet();
+  private readonly stack: Frame[] = [];
+  private readonly longest = new LongestPrefix();
+  private state = ABSENT;
+  private knownLeft: number;
+
+  constructor(
+    private readonly ops: RegOp[],
+    private readonly budget: number,
+  ) {
+    this.head = buildEventList(ops);
+    this.linearized = new Bitset(ops.length);
+    this.knownLeft = ops.filter((op) => op.known).length;
+  }
+
+  run(): SearchOutcome {
+    let entry = this.head.next;
+    // Unknown writes left over can all be placed after everything else (or never).
+    while (this.knownLeft > 0) {
+      // While a known op is pending, a return precedes the list's end, so entry is never null.
+      const current = entry!;
+      if (current.match !== null) {
+        entry = this.tryLinearize(current) ? this.head.next : current.next;
+      } else {
+        // current's op must have been placed by now but was not: undo the last choice.
+        const frame = this.stack.pop();
+        if (frame === undefined) return { kind: 'fail', prefix: this.longest.ops };
+        this.undo(frame);
+        entry = frame.entry.next;
+      }
+      if (this.visited.size > this.budget) return { kind: 'budget' };
+    }
+    return { kind: 'ok' };
+  }
+
+  private tryLinearize(call: Entry): boolean {
+    const op = this.ops[call.op]!;
+    if (op.twin !== -1 && !this.linearized.has(op.twin)) return false;
+    const next = step(this.state, op);
+    if (next === FAIL) return false;
+    this.linearized.set(call.op);
+    if (!this.visited.add(this.linearized, next)) {
+      this.linearized.clear(call.op);
+      return false;
+    }
+    this.stack.push({ entry: call, stateBefore: this.state });
+    this.longest.pushed(this.stack);
+    this.state = next;
+    if (op.known) this.knownLeft--;
+    lift(call);
+    return true;
+  }
+
+  private undo(frame: Frame): void {
+    const op = frame.entry.op;
+    this.longest.popped(this.stack.length);
+    this.linearized.clear(op);
+    this.state = frame.stateBefore;
+    if (this.ops[op]!.known) this.knownLeft++;
+    unlift(frame.entry);
+  }
+}
+
+/** Tracks the deepest stack seen, copying only the part that changed since the last record. */
+class LongestPrefix {
+  readonly ops: number[] = [];
+  /** How much of the current stack is known to equal ops[]. */
+  private synced = 0;
+
+  pushed(stack: Frame[]): void {
+    if (stack.length <= this.ops.length) return;
+    for (let i = this.synced; i < stack.length; i++) this.ops[i] = stack[i]!.entry.op;
+    this.synced = stack.length;
+  }
+
+  popped(depth: number): void {
+    if (depth < this.synced) this.synced = depth;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Bitset with an incrementally maintained Zobrist hash
+
+class Bitset {
+  readonly words: Uint32Array;
+  hash = 0;
+  private readonly zobrist: Int32Array;
+
+  constructor(size: number) {
+    this.words = new Uint32Array(Math.ceil(size / 32));
+    this.zobrist = randomInts(size);
+  }
+
+  has(i: number): boolean {
+    return (this.words[i >>> 5]! & (1 << (i & 31))) !== 0;
+  }
+
+  set(i: number): void {
+    this.words[i >>> 5]! |= 1 << (i & 31);
+    this.hash ^= this.zobrist[i]!;
+  }
+
+  clear(i: number): void {
+    this.words[i >>> 5]! &= ~(1 << (i & 31));
+    this.hash ^= this.zobrist[i]!;
+  }
+
+  firstNonFullWord(): number {
+    let w = 0;
+    while (w < this.words.length && this.words[w] === 0xffffffff) w++;
+    return w;
+  }
+
+  lastNonZeroWord(): number {
+    let w = this.words.length - 1;
+    while (w >= 0 && this.words[w] === 0) w--;
+    return w;
+  }
+}
+
+/** Deterministic (splitmix32) so that runs are reproducible. */
+function randomInts(n: number): Int32Array {
+  const out = new Int32Array(n);
+  let seed = 0x2545f491;
+  for (let i = 0; i < n; i++) {
+    seed = (seed + 0x9e3779b9) | 0;
+    let z = seed;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    out[i] = z ^ (z >>> 16);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Visited set
+
+const META_FIELDS = 5; // state, lo, len, arena offset, next entry in hash chain
+
+/**
+ * Set of (linearized set, state) pairs. A linearized set is stored as its window
+ * from the first non-full word to the last non-zero word, since it is all ones
+ * below and all zeros above; storing whole bitsets would cost O(ops) per state.
+ * Entries live in typed-array arenas to keep millions of them cheap.
+ */
+class VisitedSet {
+  size = 0;
+  private readonly chains = new Map<number, number>(); // hash -> newest entry
+  private meta = new Int32Array(META_FIELDS * 1024);
+  private arena = new Uint32Array(4096);
+  private arenaUsed = 0;
+
+  /** Adds the pair; returns false if it was already present. */
+  add(bits: Bitset, state: number): boolean {
+    const lo = bits.firstNonFullWord();
+    const len = Math.max(0, bits.lastNonZeroWord() + 1 - lo);
+    const hash = bits.hash ^ Math.imul(state + 1, 0x9e3779b1);
+    const first = this.chains.get(hash) ?? -1;
+    for (let e = first; e !== -1; e = this.meta[e * META_FIELDS + 4]!) {
+      if (this.matches(e, bits.words, state, lo, len)) return false;
+    }
+    this.append(bits.words, state, lo, len, first);
+    this.chains.set(hash, this.size - 1);
+    return true;
+  }
+
+  private matches(e: number, words: Uint32Array, state: number, lo: number, len: number): boolean {
+    const m = e * META_FIELDS;
+    if (this.meta[m] !== state || this.meta[m + 1] !== lo || this.meta[m + 2] !== len) return false;
+    const offset = this.meta[m + 3]!;
+    for (let i = 0; i < len; i++) if (this.arena[offset + i] !== words[lo + i]) return false;
+    return true;
+  }
+
+  private append(words: Uint32Array, state: number, lo: number, len: number, next: number): void {
+    if ((this.size + 1) * META_FIELDS > this.meta.length) this.meta = grow(this.meta, this.meta.length * 2);
+    if (this.arenaUsed + len > this.arena.length) {
+      this.arena = grow(this.arena, Math.max(this.arena.length * 2, this.arenaUsed + len));
+    }
+    this.arena.set(words.subarray(lo, lo + len), this.arenaUsed);
+    const m = this.size * META_FIELDS;
+    this.meta[m] = state;
+    this.meta[m + 1] = lo;
+    this.meta[m + 2] = len;
+    this.meta[m + 3] = this.arenaUsed;
+    this.meta[m + 4] = next;
+    this.arenaUsed += len;
+    this.size++;
+  }
+}
+
+function grow<T extends Int32Array | Uint32Array>(array: T, length: number): T {
+  const bigger = new (array.constructor as new (n: number) => T)(length);
+  bigger.set(array);
+  return bigger;
+}
+
+// ---------------------------------------------------------------------------
+// Explanations
+
+function explainFailure(key: string, ops: RegOp[], prefix: number[]): string {
+  const placed = new Set(prefix);
+  // The op whose deadline the search kept running into: the earliest-returning unplaced one.
+  let blocked: RegOp | undefined;
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i]!;
+    if (op.known && !placed.has(i) && (blocked === undefined || op.ret < blocked.ret)) blocked = op;
+  }
+  const tail = prefix.slice(-3).map((i) => describeOp(ops[i]!.source));
+  const prefixText =
+    prefix.length === 0
+      ? 'no op can be linearized first'
+      : `the longest linearizable prefix has ${prefix.length} of ${ops.length} ops, ` +
+        `ending ${prefix.length > 3 ? '..., ' : ''}${tail.join(', ')}, leaving the key ${stateAfter(ops, prefix)}`;
+  const blockedText = blocked ? `; then ${describeOp(blocked.source)} could not be placed` : '';
+  return `key ${JSON.stringify(key)} is not linearizable: ${prefixText}${blockedText}`;
+}
+
+/** Shows the actual value, which the search itself may have merged with other unread ones. */
+function stateAfter(ops: RegOp[], prefix: number[]): string {
+  for (let i = prefix.length - 1; i >= 0; i--) {
+    const op = ops[prefix[i]!]!.source;
+    if (op.kind === 'put') return `= ${JSON.stringify(op.value)}`;
+    if (op.kind === 'delete') return 'absent';
+  }
+  return 'absent';
+}
+
+/** A one-line rendering of an op, e.g. `client 2 get → "a" [30, 40]`. */
+export function describeOp(op: HistoryOp): string {
+  const times = `[${op.call}, ${op.known ? op.ret : '?'}]`;
+  const who = `client ${op.client}`;
+  switch (op.kind) {
+    case 'put':
+      return `${who} put ${JSON.stringify(op.value)} ${times}`;
+    case 'get': {
+      const seen = op.output?.value;
+      return `${who} get → ${seen === null ? 'absent' : seen === undefined ? '?' : JSON.stringify(seen)} ${times}`;
+    }
+    case 'delete': {
+      const existed = op.known ? op.output?.existed : undefined;
+      const note = existed === undefined ? '' : existed ? ' (existed)' : ' (was absent)';
+      return `${who} delete${note} ${times}`;
+    }
+  }
+}

@@ -1,0 +1,40 @@
+/**
+ * The one place cairn's error codes are defined. Codes are stable: clients, logs and
+ * tests match on them, never on message text.
+ */
+export const ErrorCode = {
+  /** This node is not the leader; `leader` names the one it knows, if any. */
+  NOT_LEADER: 'NOT_LEADER',
+  /** The proposal's log slot was taken by another leader's entry: it was not applied. */
+  PROPOSAL_DROPPED: 'PROPOSAL_DROPPED',
+  /** Too many uncommitted entries: retry later. */
+  OVERLOADED: 'OVERLOADED',
+  /** Leadership was lost before a linearizable read could be confirmed. */
+  READ_ABORTED: 'READ_ABORTED',
+  /** The node is shutting down or has stopped; a pending write's outcome is unknown. */
+  STOPPED: 'STOPPED',
+  /** The request is malformed or over a limit. */
+  INVALID_ARGUMENT: 'INVALID_ARGUMENT',
+  /** Another process holds the data directory. */
+  DATA_DIR_LOCKED: 'DATA_DIR_LOCKED',
+  /** Data on disk is not what cairn wrote. */
+  CORRUPTION: 'CORRUPTION',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class CairnError extends Error {
+  override name = 'CairnError';
+
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: { leader?: number; cause?: unknown } = {},
+  ) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+  }
+}
+
+export function isCairnError(err: unknown, code?: ErrorCode): err is CairnError {
+  return err instanceof CairnError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,225 @@
+import { Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../../gen/cairn/kv/v1/kv';
+import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
+import { AppliedState, KeyRecord, SessionRecord } from '../../gen/cairn/storage/v1/storage';
+import { assert } from '../assert';
+import { Db, DbOp } from '../storage/db';
+
+const APPLIED_KEY = Buffer.from('applied');
+
+/** What applying one log entry produced: a result for commands, nothing for no-ops. */
+export interface ApplyOutcome {
+  index: number;
+  term: number;
+  result?: CommandResult;
+}
+
+export interface RangeOptions {
+  /** First key, inclusive. */
+  start: Uint8Array;
+  /** End key, exclusive; undefined reads to the end of the key space. */
+  end?: Uint8Array;
+  limit: number;
+  keysOnly: boolean;
+}
+
+/** The replicated state machine: the shell applies committed entries to it, in order. */
+export interface StateMachine {
+  /** The index of the last entry applied (durably, or re-applied after a crash). */
+  appliedIndex(): number;
+  revision(): number;
+  /** Applies entries in one atomic write with the new applied index. */
+  apply(entries: readonly Entry[]): Promise<ApplyOutcome[]>;
+  get(key: Uint8Array): Promise<KeyValue | undefined>;
+  range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
+}
+
+/**
+ * The key-value state machine over the `kv`, `sessions` and `meta` sublevels.
+ *
+ * Writes are not synced: the Raft log is the durable record, and the applied index
+ * is written in the same batch as the effects, so after a crash the entries after
+ * the last batch that reached disk are applied again, exactly once.
+ */
+export class KvStateMachine implements StateMachine {
+  private applied: AppliedState;
+
+  private constructor(
+    private readonly db: Db,
+    applied: AppliedState,
+  ) {
+    this.applied = applied;
+  }
+
+  static async open(db: Db): Promise<KvStateMachine> {
+    const value = await db.get('meta', APPLIED_KEY);
+    return new KvStateMachine(db, value ? AppliedState.decode(value) : { index: 0, revision: 0 });
+  }
+
+  appliedIndex(): number {
+    return this.applied.index;
+  }
+
+  revision(): number {
+    return this.applied.revision;
+  }
+
+  async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+    const batch = new ApplyBatch(this.db, this.applied.revision);
+    const outcomes: ApplyOutcome[] = [];
+    let index = this.applied.index;
+    for (const entry of entries) {
+      assert(entry.index === index + 1, `applying index ${entry.index} after ${index}`);
+      index = entry.index;
+      outcomes.push({ index: entry.index, term: entry.term, result: await batch.applyEntry(entry) });
+    }
+    const applied: AppliedState = { index, revision: batch.revision };
+    await this.db.write(batch.ops(applied), { sync: false });
+    assert(applied.index >= this.applied.index && applied.revision >= this.applied.revision, 'applied state went back');
+    this.applied = applied;
+    return outcomes;
+  }
+
+  async get(key: Uint8Array): Promise<KeyValue | undefined> {
+    const value = await this.db.get('kv', key);
+    return value ? toKeyValue(Buffer.from(key), KeyRecord.decode(value), false) : undefined;
+  }
+
+  async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }> {
+    const kvs: KeyValue[] = [];
+    let more = false;
+    const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });
+    for await (const [key, value] of iterator) {
+      if (kvs.length === options.limit) {
+        more = true;
+        break;
+      }
+      kvs.push(toKeyValue(key, KeyRecord.decode(value), options.keysOnly));
+    }
+    return { kvs, more };
+  }
+}
+
+/** The writes of one apply call, with reads that see the batch's own earlier writes. */
+class ApplyBatch {
+  private readonly kv = new Map<string, KeyRecord | null>();
+  private readonly sessions = new Map<string, SessionRecord>();
+
+  constructor(
+    private readonly db: Db,
+    public revision: number,
+  ) {}
+
+  async applyEntry(entry: Entry): Promise<CommandResult | undefined> {
+    if (entry.type !== EntryType.ENTRY_TYPE_COMMAND) return undefined;
+    let command: Command;
+    try {
+      command = Command.decode(entry.data);
+    } catch {
+      // Proposals are validated before they enter the log, so this is a bug elsewhere;
+      // every node fails the same way, so the replicas stay identical.
+      return { revision: this.revision, op: undefined };
+    }
+    const write = command.op?.value;
+    const cached = write ? await this.sessionResult(write) : undefined;
+    if (cached) return cached;
+    const result = await this.applyCommand(command);
+    if (write && write.clientId !== '') this.rememberSession(write, result);
+    return result;
+  }
+
+  private async applyCommand(command: Command): Promise<CommandResult> {
+    switch (command.op?.$case) {
+      case 'put':
+        return this.put(command.op.value);
+      case 'delete':
+        return this.delete(command.op.value);
+      case undefined:
+        return { revision: this.revision, op: undefined };
+    }
+  }
+
+  private async put(request: PutRequest): Promise<CommandResult> {
+    const previous = await this.read(request.key);
+    this.revision++;
+    const record: KeyRecord = {
+      value: request.value,
+      createRevision: previous ? previous.createRevision : this.revision,
+      modRevision: this.revision,
+      version: previous ? previous.version + 1 : 1,
+    };
+    this.kv.set(hex(request.key), record);
+    const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
+    return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
+  }
+
+  private async delete(request: DeleteRequest): Promise<CommandResult> {
+    const previous = await this.read(request.key);
+    if (previous) {
+      this.revision++;
+      this.kv.set(hex(request.key), null);
+    }
+    const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
+    return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
+  }
+
+  /**
+   * Exactly-once: a write whose (client, sequence) was applied already gets the
+   * original result and changes nothing. An older sequence than the last one is a
+   * stray duplicate nobody waits for any more: it changes nothing either.
+   */
+  private async sessionResult(write: PutRequest | DeleteRequest): Promise<CommandResult | undefined> {
+    if (write.clientId === '') return undefined;
+    const session = await this.readSession(write.clientId);
+    if (!session || write.sequence > session.sequence) return undefined;
+    if (write.sequence === session.sequence) return CommandResult.decode(session.result);
+    return { revision: this.revision, op: undefined };
+  }
+
+  private rememberSession(write: PutRequest | DeleteRequest, result: CommandResult): void {
+    this.sessions.set(write.clientId, { sequence: write.sequence, result: Buffer.from(CommandResult.encode(result).finish()) });
+  }
+
+  private async read(key: Buffer): Promise<KeyRecord | undefined> {
+    const staged = this.kv.get(hex(key));
+    if (staged !== undefined) return staged ?? undefined;
+    const value = await this.db.get('kv', key);
+    return value ? KeyRecord.decode(value) : undefined;
+  }
+
+  private async readSession(clientId: string): Promise<SessionRecord | undefined> {
+    const staged = this.sessions.get(clientId);
+    if (staged) return staged;
+    const value = await this.db.get('sessions', Buffer.from(clientId));
+    return value ? SessionRecord.decode(value) : undefined;
+  }
+
+  ops(applied: AppliedState): DbOp[] {
+    const ops: DbOp[] = [];
+    for (const [key, record] of this.kv) {
+      ops.push(
+        record
+          ? { type: 'put', sublevel: 'kv', key: Buffer.from(key, 'hex'), value: KeyRecord.encode(record).finish() }
+          : { type: 'del', sublevel: 'kv', key: Buffer.from(key, 'hex') },
+      );
+    }
+    for (const [clientId, session] of this.sessions) {
+      ops.push({ type: 'put', sublevel: 'sessions', key: Buffer.from(clientId), value: SessionRecord.encode(session).finish() });
+    }
+    ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
+    return ops;
+  }
+}
+
+function hex(key: Uint8Array): string {
+  return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString('hex');
+}
+
+function toKeyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue {
+  return {
+    key,
+    value: keysOnly ? Buffer.alloc(0) : record.value,
+    createRevision: record.createRevision,
+    modRevision: record.modRevision,
+    version: record.version,
+  };
+}

@@ -1,0 +1,194 @@
+import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
+import { Message } from '../../gen/cairn/raft/v1/raft';
+import { assert } from '../assert';
+import { CairnError, ErrorCode } from '../errors';
+import { ApplyOutcome, StateMachine } from '../kv/state-machine';
+import { NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
+import { RaftStorage } from '../storage/raft-storage';
+
+/** Carries messages to peers. Delivery is best effort: Raft tolerates loss. */
+export interface Transport {
+  send(messages: readonly Message[]): void;
+}
+
+interface PendingProposal {
+  term: number;
+  resolve(result: CommandResult): void;
+  reject(err: Error): void;
+}
+
+interface PendingRead {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+/**
+ * The shell around one RaftNode: it carries out what the core decides. It is the
+ * same code in production (LevelDB, gRPC, a timer) and in the simulator (memory-level
+ * that forgets unsynced writes, a simulated network and clock).
+ *
+ * One loop drains the core's Ready batches: persist (one synced write), then send,
+ * then apply. Inputs that arrive while a batch is being persisted pile up in the
+ * core and go out together in the next batch: that is the group commit.
+ */
+export class Replica {
+  private readonly proposals = new Map<number, PendingProposal>();
+  private readonly reads = new Map<number, PendingRead>();
+  /** Granted reads waiting for the state machine to reach their index, in grant order. */
+  private readsAwaitingApply: { readId: number; index: number }[] = [];
+  private nextReadId = 1;
+  private draining = false;
+  private stopped = false;
+  private drained: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly node: RaftNode,
+    private readonly storage: RaftStorage,
+    readonly stateMachine: StateMachine,
+    private readonly transport: Transport,
+    private readonly onFatal: (err: unknown) => void,
+  ) {}
+
+  static async open(options: {
+    config: RaftConfig;
+    storage: RaftStorage;
+    stateMachine: StateMachine;
+    transport: Transport;
+    onFatal: (err: unknown) => void;
+  }): Promise<Replica> {
+    const { hardState, entries } = await options.storage.load();
+    const appliedIndex = options.stateMachine.appliedIndex();
+    const node = new RaftNode(options.config, { hardState, entries, appliedIndex });
+    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal);
+  }
+
+  get id(): NodeId {
+    return this.node.id;
+  }
+
+  tick(): void {
+    if (this.stopped) return;
+    this.node.tick();
+    this.schedule();
+  }
+
+  receive(message: Message): void {
+    if (this.stopped) return;
+    this.node.step(message);
+    this.schedule();
+  }
+
+  /** Proposes a write; resolves with its result once it is committed and applied here. */
+  propose(command: Command): Promise<CommandResult> {
+    if (this.stopped) return Promise.reject(stoppedError());
+    const proposed = this.node.propose(Command.encode(command).finish());
+    if (!proposed.ok) {
+      const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
+      return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
+    }
+    assert(!this.proposals.has(proposed.index), `two proposals for index ${proposed.index}`);
+    const result = new Promise<CommandResult>((resolve, reject) => {
+      this.proposals.set(proposed.index, { term: proposed.term, resolve, reject });
+    });
+    this.schedule();
+    return result;
+  }
+
+  /**
+   * Resolves when a linearizable read may be served from this node's state machine:
+   * leadership was confirmed after the call and everything committed before it is applied.
+   */
+  readBarrier(): Promise<void> {
+    if (this.stopped) return Promise.reject(stoppedError());
+    const readId = this.nextReadId++;
+    const asked = this.node.readIndex(readId);
+    if (!asked.ok) {
+      return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, 'not the leader', { leader: asked.leader }));
+    }
+    const barrier = new Promise<void>((resolve, reject) => this.reads.set(readId, { resolve, reject }));
+    this.schedule();
+    return barrier;
+  }
+
+  /** Stops taking input; pending requests fail with STOPPED (a write's outcome is then unknown). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.drained;
+    for (const pending of this.proposals.values()) pending.reject(stoppedError());
+    for (const pending of this.reads.values()) pending.reject(stoppedError());
+    this.proposals.clear();
+    this.reads.clear();
+  }
+
+  private schedule(): void {
+    if (this.draining || this.stopped) return;
+    this.draining = true;
+    this.drained = this.drain().finally(() => {
+      this.draining = false;
+    });
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (!this.stopped && this.node.hasReady()) await this.handleReady(this.node.ready());
+    } catch (err) {
+      this.stopped = true;
+      this.onFatal(err);
+    }
+  }
+
+  private async handleReady(ready: Ready): Promise<void> {
+    if (ready.hardState || ready.entries.length > 0) {
+      await this.storage.persist(ready.hardState, ready.entries);
+      const last = ready.entries[ready.entries.length - 1];
+      if (last) this.node.onPersisted(last.index, last.term);
+    }
+    if (this.stopped) return; // a crash between persisting and sending
+    this.transport.send(ready.messages);
+    for (const readId of ready.failedReads) this.failRead(readId);
+    this.readsAwaitingApply.push(...ready.reads.map((grant) => ({ readId: grant.readId, index: grant.index })));
+    if (ready.committed.length > 0) {
+      const outcomes = await this.stateMachine.apply(ready.committed);
+      this.resolveProposals(outcomes);
+    }
+    this.releaseReads();
+  }
+
+  private resolveProposals(outcomes: readonly ApplyOutcome[]): void {
+    for (const outcome of outcomes) {
+      const pending = this.proposals.get(outcome.index);
+      if (!pending) continue;
+      this.proposals.delete(outcome.index);
+      if (pending.term === outcome.term && outcome.result) {
+        pending.resolve(outcome.result);
+      } else {
+        pending.reject(
+          new CairnError(ErrorCode.PROPOSAL_DROPPED, `index ${outcome.index} was taken by another leader's entry`),
+        );
+      }
+    }
+  }
+
+  private releaseReads(): void {
+    const applied = this.stateMachine.appliedIndex();
+    const waiting: { readId: number; index: number }[] = [];
+    for (const grant of this.readsAwaitingApply) {
+      if (grant.index > applied) {
+        waiting.push(grant);
+        continue;
+      }
+      this.reads.get(grant.readId)?.resolve();
+      this.reads.delete(grant.readId);
+    }
+    this.readsAwaitingApply = waiting;
+  }
+
+  private failRead(readId: number): void {
+    this.reads.get(readId)?.reject(new CairnError(ErrorCode.READ_ABORTED, 'leadership lost before the read was confirmed'));
+    this.reads.delete(readId);
+  }
+}
+
+function stoppedError(): CairnError {
+  return new CairnError(ErrorCode.STOPPED, 'the node has stopped');
+}

@@ -1,0 +1,574 @@
+import { createHash } from 'node:crypto';
+import { Command } from '../../gen/cairn/kv/v1/kv';
+import { Entry, Message } from '../../gen/cairn/raft/v1/raft';
+import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
+import { CairnError, ErrorCode, isCairnError } from '../../src/errors';
+import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
+import { Replica } from '../../src/node/replica';
+import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
+import { SeededRandom } from '../../src/raft/random';
+import { Db } from '../../src/storage/db';
+import { LevelRaftStorage } from '../../src/storage/raft-storage';
+import { EventQueue } from './event-queue';
+import { SimDisk } from './sim-disk';
+
+/** Virtual time units per Raft tick. Network delays and disk latencies are in units. */
+const UNITS_PER_TICK = 10;
+const CLIENT_ATTEMPT_TIMEOUT_UNITS = 15 * UNITS_PER_TICK;
+const CLIENT_OP_DEADLINE_UNITS = 60 * UNITS_PER_TICK;
+const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
+const MAX_TRACE_LINES = 100_000;
+
+export interface SimOptions {
+  seed: number;
+  /** Override the node count the seed would choose. */
+  nodes?: number;
+  /** Override the fault phase length, in ticks. */
+  faultTicks?: number;
+}
+
+export interface SimResult {
+  seed: number;
+  ok: boolean;
+  failure?: string;
+  trace: string[];
+  stats: { nodes: number; ops: number; unknownOps: number; committed: number; leaders: number; crashes: number; virtualTicks: number };
+}
+
+/** The knobs one seed draws: how hostile its network and nemesis are. */
+interface FaultProfile {
+  dropRate: number;
+  duplicateRate: number;
+  maxDelayUnits: number;
+  longDelayRate: number;
+  nemesisEveryUnits: number;
+  crashWeight: number;
+  partitionWeight: number;
+}
+
+interface SimNode {
+  id: NodeId;
+  disk: SimDisk;
+  replica?: Replica;
+  db?: Db;
+  up: boolean;
+  /** A restart is under way (opening the disk is asynchronous). */
+  starting: boolean;
+  incarnation: number;
+  /** Indexes up to which this incarnation's committed entries were checked. */
+  checkedCommit: number;
+  lastRole: string;
+  lastTerm: number;
+}
+
+class SimulationFailure extends Error {}
+
+/**
+ * A deterministic simulation of one cairn cluster: real RaftNodes inside real Replicas
+ * on memory-level disks that forget unsynced writes, a network that drops, delays,
+ * duplicates, reorders and partitions, a nemesis that crashes nodes, and clients
+ * whose history is checked for linearizability. Everything random comes from the seed.
+ */
+export class Simulation {
+  private now = 0;
+  private readonly queue = new EventQueue();
+  private readonly rand: SeededRandom;
+  private readonly nodes: SimNode[] = [];
+  private readonly profile: FaultProfile;
+  private readonly faultEndUnits: number;
+  private readonly clientsStopUnits: number;
+  private readonly blockedLinks = new Set<string>();
+  private dropRate: number;
+  private duplicateRate = 0;
+  private readonly history: HistoryOp[] = [];
+  private readonly trace: string[] = [];
+  private failure: string | undefined;
+  private readonly leadersByTerm = new Map<number, NodeId>();
+  /** index -> identity of the committed entry (term, type, data). */
+  private readonly committed = new Map<number, string>();
+  private clientsRunning = 0;
+  private crashes = 0;
+
+  constructor(private readonly options: SimOptions) {
+    this.rand = new SeededRandom(options.seed);
+    const nodeCount = options.nodes ?? this.rand.pick([1, 3, 3, 3, 3, 5, 5, 5]);
+    this.profile = {
+      dropRate: this.rand.pick([0, 0.01, 0.05, 0.1, 0.2]),
+      duplicateRate: this.rand.pick([0, 0.02, 0.1]),
+      maxDelayUnits: this.rand.pick([2, 5, 15, 30]),
+      longDelayRate: this.rand.pick([0, 0.01, 0.05]),
+      nemesisEveryUnits: this.rand.pick([150, 300, 600]),
+      crashWeight: this.rand.pick([0, 1, 2]),
+      partitionWeight: this.rand.pick([0, 1, 2]),
+    };
+    this.dropRate = this.profile.dropRate;
+    this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
+    this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
+    for (let id = 1; id <= nodeCount; id++) {
+      const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
+      this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0 });
+    }
+    this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
+  }
+
+  async run(): Promise<SimResult> {
+    try {
+      for (const node of this.nodes) await this.startNode(node);
+      for (const node of this.nodes) this.scheduleTicks(node, 1 + this.rand.int(UNITS_PER_TICK));
+      this.scheduleNemesis();
+      const clientCount = 2 + this.rand.int(4);
+      for (let c = 1; c <= clientCount; c++) void this.runClient(c);
+      await this.runUntilConverged();
+      await this.checkFinalState();
+    } catch (err) {
+      this.failure ??= err instanceof SimulationFailure ? err.message : `${(err as Error).stack ?? err}`;
+    }
+    for (const node of this.nodes) node.replica?.stop().catch(() => undefined);
+    const unknownOps = this.history.filter((op) => !op.known).length;
+    return {
+      seed: this.options.seed,
+      ok: this.failure === undefined,
+      failure: this.failure,
+      trace: this.trace,
+      stats: {
+        nodes: this.nodes.length,
+        ops: this.history.length,
+        unknownOps,
+        committed: this.committed.size,
+        leaders: this.leadersByTerm.size,
+        crashes: this.crashes,
+        virtualTicks: Math.round(this.now / UNITS_PER_TICK),
+      },
+    };
+  }
+
+  // ------------------------------------------------------------ event loop
+
+  private async runUntilConverged(): Promise<void> {
+    const deadline = this.faultEndUnits + CONVERGENCE_DEADLINE_UNITS;
+    while (this.now <= deadline) {
+      await this.step();
+      if (this.failure) throw new SimulationFailure(this.failure);
+      if (this.now > this.clientsStopUnits && this.clientsRunning === 0 && this.converged()) return;
+    }
+    throw new SimulationFailure(`no convergence by tick ${deadline / UNITS_PER_TICK}: ${this.describeNodes()}`);
+  }
+
+  /** Runs every event of the next instant, lets their async work settle, checks invariants. */
+  private async step(): Promise<void> {
+    const time = this.queue.peekTime();
+    if (time === undefined) throw new SimulationFailure('event queue ran dry');
+    this.now = time;
+    while (this.queue.peekTime() === time) this.queue.pop()!.run();
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.checkInvariants();
+  }
+
+  private at(delayUnits: number, run: () => void): void {
+    this.queue.push(this.now + delayUnits, run);
+  }
+
+  private sleep(units: number): Promise<void> {
+    return new Promise((resolve) => this.at(units, resolve));
+  }
+
+  private log(line: string): void {
+    if (this.trace.length < MAX_TRACE_LINES) this.trace.push(`[t${(this.now / UNITS_PER_TICK).toFixed(1)}] ${line}`);
+  }
+
+  private fail(message: string): void {
+    this.failure ??= message;
+    this.log(`FAILURE: ${message}`);
+  }
+
+  // ----------------------------------------------------------------- nodes
+
+  private raftConfig(node: SimNode): RaftConfig {
+    return {
+      ...DEFAULT_RAFT_CONFIG,
+      id: node.id,
+      voters: this.nodes.map((n) => n.id),
+      maxInflightAppends: 4,
+      maxEntriesPerAppend: 8,
+      random: new SeededRandom(this.options.seed * 1_000_003 + node.id * 7919 + node.incarnation),
+    };
+  }
+
+  private async startNode(node: SimNode): Promise<void> {
+    if (node.up || node.starting) return;
+    node.starting = true;
+    node.incarnation++;
+    const incarnation = node.incarnation;
+    const db = await node.disk.open();
+    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db), (entry) => this.checkApplied(node, entry));
+    const replica = await Replica.open({
+      config: this.raftConfig(node),
+      storage: new LevelRaftStorage(db),
+      stateMachine,
+      transport: { send: (messages) => this.transmit(node, incarnation, messages) },
+      onFatal: (err) => {
+        if (node.incarnation === incarnation && node.up) this.fail(`node ${node.id} stopped on ${(err as Error).stack ?? err}`);
+      },
+    });
+    Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
+    this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
+  }
+
+  private crashNode(node: SimNode): void {
+    if (!node.up) return;
+    this.crashes++;
+    node.up = false;
+    node.disk.crash((count) => this.rand.int(count + 1));
+    void node.replica?.stop();
+    node.replica = undefined;
+    this.log(`node ${node.id} CRASHED`);
+  }
+
+  private scheduleTicks(node: SimNode, firstDelay: number): void {
+    const tick = () => {
+      if (node.up) node.replica?.tick();
+      this.at(UNITS_PER_TICK, tick);
+    };
+    this.at(firstDelay, tick);
+  }
+
+  // --------------------------------------------------------------- network
+
+  private transmit(from: SimNode, incarnation: number, messages: readonly Message[]): void {
+    if (from.incarnation !== incarnation || !from.up) return;
+    for (const message of messages) {
+      if (this.blockedLinks.has(`${message.from}>${message.to}`)) continue;
+      if (this.rand.chance(this.dropRate)) continue;
+      const wire = Message.encode(message).finish();
+      const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;
+      for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.to, wire));
+    }
+  }
+
+  private networkDelay(): number {
+    const base = 1 + this.rand.int(this.profile.maxDelayUnits);
+    return this.rand.chance(this.profile.longDelayRate) ? base + this.rand.int(20 * UNITS_PER_TICK) : base;
+  }
+
+  private deliver(to: NodeId, wire: Uint8Array): void {
+    const node = this.nodes[to - 1]!;
+    if (node.up) node.replica?.receive(Message.decode(wire));
+  }
+
+  // --------------------------------------------------------------- nemesis
+
+  private scheduleNemesis(): void {
+    const act = () => {
+      if (this.now >= this.faultEndUnits) return this.healAll();
+      this.nemesisAction();
+      this.at(1 + this.rand.int(this.profile.nemesisEveryUnits), act);
+    };
+    this.at(this.rand.int(this.profile.nemesisEveryUnits), act);
+  }
+
+  private nemesisAction(): void {
+    const { crashWeight, partitionWeight } = this.profile;
+    const choice = this.rand.int(2 + crashWeight * 2 + partitionWeight * 3);
+    if (choice < 2) return this.healNetwork();
+    if (choice < 2 + crashWeight * 2) return this.crashSomeone(choice % 2 === 0);
+    const kind = (choice - 2 - crashWeight * 2) % 3;
+    if (kind === 0) return this.partition();
+    if (kind === 1) return this.oneWayLoss();
+    return this.isolateLeader();
+  }
+
+  private crashSomeone(leaderFirst: boolean): void {
+    const up = this.nodes.filter((n) => n.up);
+    if (up.length === 0) return;
+    const leader = up.find((n) => n.replica?.node.role === 'leader');
+    const victim = leaderFirst && leader ? leader : this.rand.pick(up);
+    this.crashNode(victim);
+    const downtime = 1 + this.rand.int(80 * UNITS_PER_TICK);
+    this.at(downtime, () => {
+      if (!victim.up && this.now < this.faultEndUnits) void this.startNode(victim);
+    });
+  }
+
+  private partition(): void {
+    this.blockedLinks.clear();
+    const side = new Set(this.nodes.filter(() => this.rand.chance(0.5)).map((n) => n.id));
+    for (const a of this.nodes) {
+      for (const b of this.nodes) {
+        if (side.has(a.id) !== side.has(b.id)) this.blockedLinks.add(`${a.id}>${b.id}`);
+      }
+    }
+    this.log(`nemesis: partition {${[...side]}} | rest`);
+  }
+
+  private oneWayLoss(): void {
+    const from = this.rand.pick(this.nodes).id;
+    const to = this.rand.pick(this.nodes).id;
+    if (from !== to) this.blockedLinks.add(`${from}>${to}`);
+    this.log(`nemesis: one-way loss ${from} -> ${to}`);
+  }
+
+  private isolateLeader(): void {
+    const leader = this.nodes.find((n) => n.up && n.replica?.node.role === 'leader');
+    if (!leader) return;
+    for (const other of this.nodes) {
+      if (other === leader) continue;
+      this.blockedLinks.add(`${leader.id}>${other.id}`);
+      this.blockedLinks.add(`${other.id}>${leader.id}`);
+    }
+    this.log(`nemesis: isolate leader ${leader.id}`);
+  }
+
+  private healNetwork(): void {
+    this.blockedLinks.clear();
+    this.log('nemesis: heal network');
+  }
+
+  private healAll(): void {
+    this.healNetwork();
+    this.dropRate = 0;
+    this.duplicateRate = 0;
+    for (const node of this.nodes) if (!node.up) void this.startNode(node);
+    this.log('nemesis: heal everything, faults over');
+  }
+
+  // --------------------------------------------------------------- clients
+
+  private async runClient(client: number): Promise<void> {
+    this.clientsRunning++;
+    const keys = ['a', 'b', 'c', 'd'];
+    let sequence = 0;
+    try {
+      while (this.now < this.clientsStopUnits && !this.failure) {
+        await this.sleep(this.rand.int(3 * UNITS_PER_TICK));
+        const key = this.rand.pick(keys);
+        const kind = this.rand.pick(['put', 'put', 'get', 'get', 'delete'] as const);
+        if (kind === 'get') await this.clientGet(client, key);
+        else await this.clientWrite(client, kind, key, ++sequence);
+      }
+    } finally {
+      this.clientsRunning--;
+    }
+  }
+
+  private async clientWrite(client: number, kind: 'put' | 'delete', key: string, sequence: number): Promise<void> {
+    const value = kind === 'put' ? `c${client}s${sequence}` : undefined;
+    const clientId = `client-${client}`;
+    const keyBytes = Buffer.from(key);
+    const command: Command =
+      kind === 'put'
+        ? { op: { $case: 'put', value: { key: keyBytes, value: Buffer.from(value!), prevKv: false, clientId, sequence } } }
+        : { op: { $case: 'delete', value: { key: keyBytes, prevKv: false, clientId, sequence } } };
+    const call = this.now;
+    const deadline = call + CLIENT_OP_DEADLINE_UNITS;
+    let maybeApplied = false;
+    while (this.now < deadline) {
+      const replica = this.pickLeader();
+      if (!replica) {
+        await this.sleep(UNITS_PER_TICK);
+        continue;
+      }
+      const outcome = await this.withTimeout(replica.propose(command));
+      if (outcome.ok) {
+        const op = outcome.value.op;
+        const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
+        this.history.push({ client, kind, key, value, output, call, ret: this.now, known: true });
+        this.log(`client ${client}: ${kind} ${key}${value ? '=' + value : ''} ok ${JSON.stringify(output)}`);
+        return;
+      }
+      maybeApplied ||= outcome.maybeApplied;
+      await this.sleep(UNITS_PER_TICK);
+    }
+    if (maybeApplied) {
+      this.history.push({ client, kind, key, value, call, known: false });
+      this.log(`client ${client}: ${kind} ${key}${value ? '=' + value : ''} UNKNOWN`);
+    }
+  }
+
+  private async clientGet(client: number, key: string): Promise<void> {
+    const call = this.now;
+    const deadline = call + CLIENT_OP_DEADLINE_UNITS;
+    while (this.now < deadline) {
+      const replica = this.pickLeader();
+      if (!replica) {
+        await this.sleep(UNITS_PER_TICK);
+        continue;
+      }
+      const outcome = await this.withTimeout(replica.readBarrier().then(() => replica.stateMachine.get(Buffer.from(key))));
+      if (outcome.ok) {
+        const value = outcome.value ? outcome.value.value.toString() : null;
+        this.history.push({ client, kind: 'get', key, output: { value }, call, ret: this.now, known: true });
+        this.log(`client ${client}: get ${key} -> ${value}`);
+        return;
+      }
+      await this.sleep(UNITS_PER_TICK);
+    }
+  }
+
+  /** The replica that believes it leads in the highest term, or a random live one. */
+  private pickLeader(): Replica | undefined {
+    const up = this.nodes.filter((n) => n.up && n.replica);
+    if (up.length === 0) return undefined;
+    const leaders = up.filter((n) => n.replica!.node.role === 'leader').sort((a, b) => b.replica!.node.term - a.replica!.node.term);
+    if (leaders.length > 0 && this.rand.chance(0.9)) return leaders[0]!.replica;
+    return this.rand.pick(up).replica;
+  }
+
+  /** Settles a request, or gives up on it after the attempt timeout. */
+  private async withTimeout<T>(
+    promise: Promise<T>,
+  ): Promise<{ ok: true; value: T } | { ok: false; maybeApplied: boolean }> {
+    let settled: { ok: true; value: T } | { ok: false; maybeApplied: boolean } | undefined;
+    promise.then(
+      (value) => (settled ??= { ok: true, value }),
+      (err: unknown) => (settled ??= { ok: false, maybeApplied: !definitelyNotApplied(err) }),
+    );
+    const deadline = this.now + CLIENT_ATTEMPT_TIMEOUT_UNITS;
+    while (!settled && this.now < deadline) await this.sleep(1);
+    return settled ?? { ok: false, maybeApplied: true };
+  }
+
+  // ------------------------------------------------------------ invariants
+
+  private checkInvariants(): void {
+    for (const node of this.nodes) {
+      const replica = node.replica;
+      if (!node.up || !replica) continue;
+      const status = replica.node.status();
+      if (status.role !== node.lastRole || status.term !== node.lastTerm) {
+        this.log(`node ${node.id}: ${status.role} in term ${status.term} (last ${status.lastIndex}/${status.lastTerm}, commit ${status.commitIndex})`);
+        node.lastRole = status.role;
+        node.lastTerm = status.term;
+      }
+      if (status.role === 'leader') this.checkLeader(node, status.term);
+      this.checkCommitted(node, status.commitIndex);
+    }
+  }
+
+  /** Election safety and leader completeness. */
+  private checkLeader(node: SimNode, term: number): void {
+    const known = this.leadersByTerm.get(term);
+    if (known === node.id) return;
+    if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
+    this.leadersByTerm.set(term, node.id);
+    for (const [index, identity] of this.committed) {
+      const entry = node.replica!.node.entryAt(index);
+      if (!entry || entryIdentity(entry) !== identity) {
+        return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
+      }
+    }
+  }
+
+  /** A committed entry never changes, whoever commits it. */
+  private checkCommitted(node: SimNode, commitIndex: number): void {
+    for (let index = node.checkedCommit + 1; index <= commitIndex; index++) {
+      const entry = node.replica!.node.entryAt(index);
+      if (!entry) return this.fail(`node ${node.id} says ${commitIndex} is committed but lacks entry ${index}`);
+      this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry));
+    }
+    node.checkedCommit = Math.max(node.checkedCommit, commitIndex);
+  }
+
+  /** State-machine safety: every node applies the same entry at each index. */
+  private checkApplied(node: SimNode, entry: Entry): void {
+    this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry));
+  }
+
+  private recordCommitted(who: string, index: number, identity: string): void {
+    const known = this.committed.get(index);
+    if (known === undefined) this.committed.set(index, identity);
+    else if (known !== identity) this.fail(`${who} ${identity} at index ${index}, but ${known} was committed there`);
+  }
+
+  private converged(): boolean {
+    if (this.nodes.some((n) => !n.up || !n.replica)) return false;
+    const statuses = this.nodes.map((n) => n.replica!.node.status());
+    const leader = statuses.find((s) => s.role === 'leader');
+    if (!leader || leader.commitIndex !== leader.lastIndex) return false;
+    return statuses.every(
+      (s) => s.lastIndex === leader.lastIndex && s.appliedIndex === leader.lastIndex && this.nodes[s.id - 1]!.replica!.stateMachine.appliedIndex() === leader.lastIndex,
+    );
+  }
+
+  private describeNodes(): string {
+    return this.nodes
+      .map((n) => (n.up && n.replica ? JSON.stringify({ ...n.replica.node.status(), progress: undefined }) : `node ${n.id} down`))
+      .join('; ');
+  }
+
+  // ------------------------------------------------------------ final state
+
+  private async checkFinalState(): Promise<void> {
+    this.log(`converged: ${this.describeNodes()}`);
+    this.checkLogMatching();
+    const digests = await Promise.all(this.nodes.map((n) => kvDigest(n.db!)));
+    if (new Set(digests).size !== 1) throw new SimulationFailure(`replicas differ after convergence: kv digests ${digests.join(', ')}`);
+    const result = checkLinearizable(this.history);
+    if (result.kind !== 'linearizable') {
+      throw new SimulationFailure(`history is ${result.kind} on key ${result.key}: ${result.explanation}`);
+    }
+  }
+
+  /** Log matching: every pair of logs is identical (after convergence, in full). */
+  private checkLogMatching(): void {
+    const [first, ...rest] = this.nodes.map((n) => n.replica!.node);
+    for (const other of rest) {
+      for (let index = 1; index <= first!.status().lastIndex; index++) {
+        const a = first!.entryAt(index);
+        const b = other.entryAt(index);
+        if (!a || !b || entryIdentity(a) !== entryIdentity(b)) {
+          throw new SimulationFailure(`log matching: nodes ${first!.id} and ${other.id} differ at index ${index}`);
+        }
+      }
+    }
+  }
+}
+
+/** Records every applied entry for the state-machine safety check, then applies it. */
+class CheckedStateMachine implements StateMachine {
+  constructor(
+    private readonly inner: KvStateMachine,
+    private readonly onApply: (entry: Entry) => void,
+  ) {}
+
+  appliedIndex(): number {
+    return this.inner.appliedIndex();
+  }
+
+  revision(): number {
+    return this.inner.revision();
+  }
+
+  async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+    for (const entry of entries) this.onApply(entry);
+    return this.inner.apply(entries);
+  }
+
+  get(key: Uint8Array) {
+    return this.inner.get(key);
+  }
+
+  range(options: Parameters<StateMachine['range']>[0]) {
+    return this.inner.range(options);
+  }
+}
+
+function entryIdentity(entry: Entry): string {
+  return `${entry.term}/${entry.type}/${Buffer.from(entry.data).toString('hex')}`;
+}
+
+/** Errors after which a write surely did not and will not take effect. */
+function definitelyNotApplied(err: unknown): boolean {
+  return (
+    isCairnError(err, ErrorCode.NOT_LEADER) ||
+    isCairnError(err, ErrorCode.OVERLOADED) ||
+    isCairnError(err, ErrorCode.PROPOSAL_DROPPED)
+  );
+}
+
+async function kvDigest(db: Db): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const [key, value] of db.entries('kv')) hash.update(key).update(value);
+  return hash.digest('hex').slice(0, 16);
+}
+
+export { CairnError };
