@@ -7,6 +7,12 @@ export const ErrorCode = {
   NOT_LEADER: 'NOT_LEADER',
   /** The proposal's log slot was taken by another leader's entry: it was not applied. */
   PROPOSAL_DROPPED: 'PROPOSAL_DROPPED',
+  /**
+   * This node lost track of a write it proposed (it was superseded in the local log
+   * while the node was not leading): it may or may not be applied. Retrying with the
+   * same client id and sequence is safe.
+   */
+  OUTCOME_UNKNOWN: 'OUTCOME_UNKNOWN',
   /** Too many uncommitted entries: retry later. */
   OVERLOADED: 'OVERLOADED',
   /** Leadership was lost before a linearizable read could be confirmed. */

@@ -97,8 +97,8 @@ function groupByKey(history: readonly HistoryOp[]): Map<string, HistoryOp[]> {
 // Per-key check
 
 function checkKey(key: string, ops: HistoryOp[], budget: number): CheckResult {
-  const register = compileRegister(ops);
-  const outcome = new Search(register, budget).run();
+  const problem = compileRegister(ops);
+  const outcome = new Search(problem, budget).run();
   switch (outcome.kind) {
     case 'ok':
       return { kind: 'linearizable', keys: 1, ops: ops.length };
@@ -107,11 +107,11 @@ function checkKey(key: string, ops: HistoryOp[], budget: number): CheckResult {
         kind: 'inconclusive',
         key,
         explanation:
-          `key ${JSON.stringify(key)}: search budget of ${budget} states exhausted on ${register.length} ops ` +
+          `key ${JSON.stringify(key)}: search budget of ${budget} states exhausted on ${ops.length} ops ` +
           `without finding a linearization or ruling one out`,
       };
     case 'fail':
-      return { kind: 'not-linearizable', key, ops, explanation: explainFailure(key, register, outcome.prefix) };
+      return { kind: 'not-linearizable', key, ops, explanation: explainFailure(key, problem, outcome.prefix) };
   }
 }
 
@@ -131,8 +131,6 @@ interface RegOp {
   call: number;
   /** +Infinity for unknown outcomes: the op may take effect at any time after its call. */
   ret: number;
-  /** For an unknown write, the previous unknown write with the same effect (see orderTwins), else -1. */
-  twin: number;
   source: HistoryOp;
 }
 
@@ -149,7 +147,16 @@ function step(state: number, op: RegOp): number {
   }
 }
 
-function compileRegister(ops: HistoryOp[]): RegOp[] {
+/**
+ * One key's search problem. Ops in `listed` are placed individually; each pool is
+ * a group of unknown-outcome writes with the same effect (see splitPools).
+ */
+interface Problem {
+  listed: RegOp[];
+  pools: RegOp[][];
+}
+
+function compileRegister(ops: HistoryOp[]): Problem {
   // An unknown get constrains nothing: it may never have been served.
   const relevant = ops.filter((op) => op.known || op.kind !== 'get');
   const values = internReadValues(relevant);
@@ -168,11 +175,10 @@ function compileRegister(ops: HistoryOp[]): RegOp[] {
       known: op.known,
       call: op.call,
       ret: op.known ? op.ret! : Infinity,
-      twin: -1,
       source: op,
     }),
   );
-  return orderTwins(dropInertWrites(compiled));
+  return splitPools(dropInertWrites(compiled));
 }
 
 /** Ids (from 1; ABSENT is 0) for the values that known gets read. */
@@ -222,29 +228,36 @@ function dropInertWrites(ops: RegOp[]): RegOp[] {
 
 /**
  * Unknown writes with the same effect (same resulting state, no output checked)
- * are interchangeable, and an earlier-called one may go wherever a later-called
- * one may. So some linearization exists iff one exists that uses each such group
- * in call order, and the search only lets an op go after its earlier twin. This
- * keeps many pending lost writes from multiplying the search space.
+ * are interchangeable, and one called earlier may go wherever one called later
+ * may. So a linearization exists iff one exists that draws each such group in
+ * call order, and the search need only count how many of a group it has used.
+ * This keeps many pending lost writes (each of which stays placeable to the end
+ * of the history) from multiplying the search space.
  */
-function orderTwins(ops: RegOp[]): RegOp[] {
-  const lastOfEffect = new Map<number, number>();
-  ops.forEach((op, i) => {
-    if (op.known) return;
+function splitPools(ops: RegOp[]): Problem {
+  const byEffect = new Map<number, RegOp[]>();
+  for (const op of ops) {
+    if (op.known) continue;
     const effect = op.kind === 'put' ? op.arg : ABSENT;
-    op.twin = lastOfEffect.get(effect) ?? -1;
-    lastOfEffect.set(effect, i);
-  });
-  return ops;
+    const group = byEffect.get(effect);
+    if (group) group.push(op);
+    else byEffect.set(effect, [op]);
+  }
+  const pools = [...byEffect.values()].filter((group) => group.length > 1);
+  const pooled = new Set(pools.flat());
+  return { listed: ops.filter((op) => !pooled.has(op)), pools };
 }
 
 // ---------------------------------------------------------------------------
 // Event list
 
 interface Entry {
+  /** Index into Problem.listed. */
   op: number;
   /** For a call entry, its return entry; null for return entries and the head. */
   match: Entry | null;
+  time: number;
+  rank: number;
   prev: Entry | null;
   next: Entry | null;
 }
@@ -257,25 +270,33 @@ const RANK_INSTANT_RETURN = 2;
 
 /** Builds the time-ordered call/return list and returns its head sentinel. */
 function buildEventList(ops: RegOp[]): Entry {
-  const events: { time: number; rank: number; entry: Entry }[] = [];
+  const entries: Entry[] = [];
+  const entry = (op: number, match: Entry | null, time: number, rank: number): Entry => {
+    const e: Entry = { op, match, time, rank, prev: null, next: null };
+    entries.push(e);
+    return e;
+  };
   ops.forEach((op, i) => {
-    const ret: Entry = { op: i, match: null, prev: null, next: null };
-    const call: Entry = { op: i, match: ret, prev: null, next: null };
-    events.push({ time: op.call, rank: RANK_CALL, entry: call });
-    events.push({ time: op.ret, rank: op.ret === op.call ? RANK_INSTANT_RETURN : RANK_RETURN, entry: ret });
+    const ret = entry(i, null, op.ret, op.ret === op.call ? RANK_INSTANT_RETURN : RANK_RETURN);
+    entry(i, ret, op.call, RANK_CALL);
   });
   // No subtraction: times may be +Infinity.
-  events.sort((a, b) =>
-    a.time !== b.time ? (a.time < b.time ? -1 : 1) : a.rank !== b.rank ? a.rank - b.rank : a.entry.op - b.entry.op,
+  entries.sort((a, b) =>
+    a.time !== b.time ? (a.time < b.time ? -1 : 1) : a.rank !== b.rank ? a.rank - b.rank : a.op - b.op,
   );
-  const head: Entry = { op: -1, match: null, prev: null, next: null };
+  const head: Entry = { op: -1, match: null, time: -Infinity, rank: RANK_RETURN, prev: null, next: null };
   let last = head;
-  for (const { entry } of events) {
-    entry.prev = last;
-    last.next = entry;
-    last = entry;
+  for (const e of entries) {
+    e.prev = last;
+    last.next = e;
+    last = e;
   }
   return head;
+}
+
+/** Whether an op called at `call` may be linearized before the op returning at `ret`. */
+function callPrecedes(call: number, ret: Entry): boolean {
+  return call < ret.time || (call === ret.time && ret.rank > RANK_CALL);
 }
 
 /** Unlinks a call entry and its return. */
@@ -299,88 +320,140 @@ function unlift(call: Entry): void {
 // ---------------------------------------------------------------------------
 // Search
 
-type SearchOutcome = { kind: 'ok' } | { kind: 'fail'; prefix: number[] } | { kind: 'budget' };
+type SearchOutcome = { kind: 'ok' } | { kind: 'fail'; prefix: RegOp[] } | { kind: 'budget' };
 
 interface Frame {
-  entry: Entry;
+  op: RegOp;
   stateBefore: number;
+  /** The listed op's call entry, or null if the op came from a pool. */
+  entry: Entry | null;
+  /** For a pooled op: its pool, and the return that was pending when it was drawn. */
+  pool: number;
+  deadline: Entry | null;
 }
 
+/**
+ * Depth-first search for a linearization. At each step it tries, in order, every
+ * listed op whose call precedes the first pending return, then the next member of
+ * each pool that is callable by then; reaching that return with nothing placeable
+ * means an earlier choice was wrong, so it undoes the latest one. Pools go last
+ * so that states using fewer pooled ops are seen first and cover the rest.
+ */
 class Search {
   private readonly head: Entry;
+  private readonly listed: RegOp[];
+  private readonly pools: RegOp[][];
   private readonly linearized: Bitset;
-  private readonly visited = new VisitedSet();
+  /** How many members of each pool are linearized; always a prefix in call order. */
+  private readonly used: Int32Array;
+  private readonly visited: VisitedSet;
   private readonly stack: Frame[] = [];
   private readonly longest = new LongestPrefix();
   private state = ABSENT;
   private knownLeft: number;
 
   constructor(
-    private readonly ops: RegOp[],
+    problem: Problem,
     private readonly budget: number,
   ) {
-    this.head = buildEventList(ops);
-    this.linearized = new Bitset(ops.length);
-    this.knownLeft = ops.filter((op) => op.known).length;
+    this.listed = problem.listed;
+    this.pools = problem.pools;
+    this.head = buildEventList(this.listed);
+    this.linearized = new Bitset(this.listed.length);
+    this.used = new Int32Array(this.pools.length);
+    this.visited = new VisitedSet(this.pools.length);
+    this.knownLeft = this.listed.filter((op) => op.known).length;
   }
 
   run(): SearchOutcome {
     let entry = this.head.next;
     // Unknown writes left over can all be placed after everything else (or never).
     while (this.knownLeft > 0) {
+      if (this.visited.size > this.budget) return { kind: 'budget' };
       // While a known op is pending, a return precedes the list's end, so entry is never null.
       const current = entry!;
       if (current.match !== null) {
-        entry = this.tryLinearize(current) ? this.head.next : current.next;
+        entry = this.tryListed(current) ? this.head.next : current.next;
+      } else if (this.tryPools(current, 0)) {
+        entry = this.head.next;
       } else {
-        // current's op must have been placed by now but was not: undo the last choice.
-        const frame = this.stack.pop();
-        if (frame === undefined) return { kind: 'fail', prefix: this.longest.ops };
-        this.undo(frame);
-        entry = frame.entry.next;
+        entry = this.backtrack();
+        if (entry === null) return { kind: 'fail', prefix: this.longest.ops };
       }
-      if (this.visited.size > this.budget) return { kind: 'budget' };
     }
     return { kind: 'ok' };
   }
 
-  private tryLinearize(call: Entry): boolean {
-    const op = this.ops[call.op]!;
-    if (op.twin !== -1 && !this.linearized.has(op.twin)) return false;
+  /** Undoes choices until one has an untried alternative; returns where to resume, or null. */
+  private backtrack(): Entry | null {
+    for (let frame = this.stack.pop(); frame !== undefined; frame = this.stack.pop()) {
+      this.undo(frame);
+      if (frame.entry !== null) return frame.entry.next;
+      if (this.tryPools(frame.deadline!, frame.pool + 1)) return this.head.next;
+    }
+    return null;
+  }
+
+  private tryListed(call: Entry): boolean {
+    const op = this.listed[call.op]!;
     const next = step(this.state, op);
     if (next === FAIL) return false;
     this.linearized.set(call.op);
-    if (!this.visited.add(this.linearized, next)) {
+    if (!this.visited.add(this.linearized, next, this.used)) {
       this.linearized.clear(call.op);
       return false;
     }
-    this.stack.push({ entry: call, stateBefore: this.state });
-    this.longest.pushed(this.stack);
-    this.state = next;
-    if (op.known) this.knownLeft--;
     lift(call);
+    this.push({ op, stateBefore: this.state, entry: call, pool: -1, deadline: null }, next);
     return true;
   }
 
+  /** Tries the next member of each pool from `first` on that is callable before `deadline`. */
+  private tryPools(deadline: Entry, first: number): boolean {
+    for (let pool = first; pool < this.pools.length; pool++) {
+      const op = this.pools[pool]![this.used[pool]!];
+      if (op === undefined || !callPrecedes(op.call, deadline)) continue;
+      // Pooled ops are unknown writes, whose step never fails.
+      const next = step(this.state, op);
+      this.used[pool]!++;
+      if (this.visited.add(this.linearized, next, this.used)) {
+        this.push({ op, stateBefore: this.state, entry: null, pool, deadline }, next);
+        return true;
+      }
+      this.used[pool]!--;
+    }
+    return false;
+  }
+
+  private push(frame: Frame, next: number): void {
+    this.stack.push(frame);
+    this.longest.pushed(this.stack);
+    this.state = next;
+    if (frame.op.known) this.knownLeft--;
+  }
+
   private undo(frame: Frame): void {
-    const op = frame.entry.op;
     this.longest.popped(this.stack.length);
-    this.linearized.clear(op);
     this.state = frame.stateBefore;
-    if (this.ops[op]!.known) this.knownLeft++;
-    unlift(frame.entry);
+    if (frame.op.known) this.knownLeft++;
+    if (frame.entry === null) {
+      this.used[frame.pool]!--;
+    } else {
+      this.linearized.clear(frame.entry.op);
+      unlift(frame.entry);
+    }
   }
 }
 
 /** Tracks the deepest stack seen, copying only the part that changed since the last record. */
 class LongestPrefix {
-  readonly ops: number[] = [];
+  readonly ops: RegOp[] = [];
   /** How much of the current stack is known to equal ops[]. */
   private synced = 0;
 
   pushed(stack: Frame[]): void {
     if (stack.length <= this.ops.length) return;
-    for (let i = this.synced; i < stack.length; i++) this.ops[i] = stack[i]!.entry.op;
+    for (let i = this.synced; i < stack.length; i++) this.ops[i] = stack[i]!.op;
     this.synced = stack.length;
   }
 
@@ -449,10 +522,14 @@ function randomInts(n: number): Int32Array {
 const META_FIELDS = 5; // state, lo, len, arena offset, next entry in hash chain
 
 /**
- * Set of (linearized set, state) pairs. A linearized set is stored as its window
- * from the first non-full word to the last non-zero word, since it is all ones
- * below and all zeros above; storing whole bitsets would cost O(ops) per state.
- * Entries live in typed-array arenas to keep millions of them cheap.
+ * Set of search states: (linearized listed ops, register state, pool usage). A
+ * state is covered by a stored one with the same ops and register state that used
+ * no more of any pool, since that one had every option this one has.
+ *
+ * The linearized set is stored as its window from the first non-full word to the
+ * last non-zero word (it is all ones below and all zeros above), followed by the
+ * pool counts, in typed-array arenas: whole bitsets per state would cost O(ops)
+ * each, and millions of small objects would strain the garbage collector.
  */
 class VisitedSet {
   size = 0;
@@ -461,41 +538,47 @@ class VisitedSet {
   private arena = new Uint32Array(4096);
   private arenaUsed = 0;
 
-  /** Adds the pair; returns false if it was already present. */
-  add(bits: Bitset, state: number): boolean {
+  constructor(private readonly poolCount: number) {}
+
+  /** Adds the state; returns false if a stored state covers it. */
+  add(bits: Bitset, state: number, used: Int32Array): boolean {
     const lo = bits.firstNonFullWord();
     const len = Math.max(0, bits.lastNonZeroWord() + 1 - lo);
+    // Pool usage is left out of the hash so that covering states share a chain.
     const hash = bits.hash ^ Math.imul(state + 1, 0x9e3779b1);
     const first = this.chains.get(hash) ?? -1;
     for (let e = first; e !== -1; e = this.meta[e * META_FIELDS + 4]!) {
-      if (this.matches(e, bits.words, state, lo, len)) return false;
+      if (this.covers(e, bits.words, state, lo, len, used)) return false;
     }
-    this.append(bits.words, state, lo, len, first);
+    this.append(bits.words, state, lo, len, used, first);
     this.chains.set(hash, this.size - 1);
     return true;
   }
 
-  private matches(e: number, words: Uint32Array, state: number, lo: number, len: number): boolean {
+  private covers(e: number, words: Uint32Array, state: number, lo: number, len: number, used: Int32Array): boolean {
     const m = e * META_FIELDS;
     if (this.meta[m] !== state || this.meta[m + 1] !== lo || this.meta[m + 2] !== len) return false;
     const offset = this.meta[m + 3]!;
     for (let i = 0; i < len; i++) if (this.arena[offset + i] !== words[lo + i]) return false;
+    for (let p = 0; p < this.poolCount; p++) if (this.arena[offset + len + p]! > used[p]!) return false;
     return true;
   }
 
-  private append(words: Uint32Array, state: number, lo: number, len: number, next: number): void {
+  private append(words: Uint32Array, state: number, lo: number, len: number, used: Int32Array, next: number): void {
+    const size = len + this.poolCount;
     if ((this.size + 1) * META_FIELDS > this.meta.length) this.meta = grow(this.meta, this.meta.length * 2);
-    if (this.arenaUsed + len > this.arena.length) {
-      this.arena = grow(this.arena, Math.max(this.arena.length * 2, this.arenaUsed + len));
+    if (this.arenaUsed + size > this.arena.length) {
+      this.arena = grow(this.arena, Math.max(this.arena.length * 2, this.arenaUsed + size));
     }
     this.arena.set(words.subarray(lo, lo + len), this.arenaUsed);
+    this.arena.set(used, this.arenaUsed + len);
     const m = this.size * META_FIELDS;
     this.meta[m] = state;
     this.meta[m + 1] = lo;
     this.meta[m + 2] = len;
     this.meta[m + 3] = this.arenaUsed;
     this.meta[m + 4] = next;
-    this.arenaUsed += len;
+    this.arenaUsed += size;
     this.size++;
   }
 }
@@ -509,28 +592,28 @@ function grow<T extends Int32Array | Uint32Array>(array: T, length: number): T {
 // ---------------------------------------------------------------------------
 // Explanations
 
-function explainFailure(key: string, ops: RegOp[], prefix: number[]): string {
+function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string {
   const placed = new Set(prefix);
+  const total = problem.listed.length + problem.pools.reduce((n, pool) => n + pool.length, 0);
   // The op whose deadline the search kept running into: the earliest-returning unplaced one.
   let blocked: RegOp | undefined;
-  for (let i = 0; i < ops.length; i++) {
-    const op = ops[i]!;
-    if (op.known && !placed.has(i) && (blocked === undefined || op.ret < blocked.ret)) blocked = op;
+  for (const op of problem.listed) {
+    if (op.known && !placed.has(op) && (blocked === undefined || op.ret < blocked.ret)) blocked = op;
   }
-  const tail = prefix.slice(-3).map((i) => describeOp(ops[i]!.source));
+  const tail = prefix.slice(-3).map((op) => describeOp(op.source));
   const prefixText =
     prefix.length === 0
       ? 'no op can be linearized first'
-      : `the longest linearizable prefix has ${prefix.length} of ${ops.length} ops, ` +
-        `ending ${prefix.length > 3 ? '..., ' : ''}${tail.join(', ')}, leaving the key ${stateAfter(ops, prefix)}`;
+      : `the longest linearizable prefix has ${prefix.length} of ${total} ops, ` +
+        `ending ${prefix.length > 3 ? '..., ' : ''}${tail.join(', ')}, leaving the key ${stateAfter(prefix)}`;
   const blockedText = blocked ? `; then ${describeOp(blocked.source)} could not be placed` : '';
   return `key ${JSON.stringify(key)} is not linearizable: ${prefixText}${blockedText}`;
 }
 
 /** Shows the actual value, which the search itself may have merged with other unread ones. */
-function stateAfter(ops: RegOp[], prefix: number[]): string {
+function stateAfter(prefix: RegOp[]): string {
   for (let i = prefix.length - 1; i >= 0; i--) {
-    const op = ops[prefix[i]!]!.source;
+    const op = prefix[i]!.source;
     if (op.kind === 'put') return `= ${JSON.stringify(op.value)}`;
     if (op.kind === 'delete') return 'absent';
   }

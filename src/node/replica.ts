@@ -86,7 +86,13 @@ export class Replica {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
     }
-    assert(!this.proposals.has(proposed.index), `two proposals for index ${proposed.index}`);
+    const superseded = this.proposals.get(proposed.index);
+    if (superseded) {
+      // An older term's proposal at this index was truncated here while we did not
+      // lead; another node may still hold it and commit it later.
+      assert(superseded.term < proposed.term, `two proposals for index ${proposed.index} in term ${proposed.term}`);
+      superseded.reject(new CairnError(ErrorCode.OUTCOME_UNKNOWN, `lost track of the proposal at index ${proposed.index}`));
+    }
     const result = new Promise<CommandResult>((resolve, reject) => {
       this.proposals.set(proposed.index, { term: proposed.term, resolve, reject });
     });

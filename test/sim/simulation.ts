@@ -345,6 +345,8 @@ export class Simulation {
         if (kind === 'get') await this.clientGet(client, key);
         else await this.clientWrite(client, kind, key, ++sequence);
       }
+    } catch (err) {
+      this.fail(`client ${client} crashed: ${(err as Error).stack ?? err}`);
     } finally {
       this.clientsRunning--;
     }
