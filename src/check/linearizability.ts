@@ -148,12 +148,15 @@ function step(state: number, op: RegOp): number {
 }
 
 /**
- * One key's search problem. Ops in `listed` are placed individually; each pool is
- * a group of unknown-outcome writes with the same effect (see splitPools).
+ * One key's search problem. Known ops must all be linearized, each within its
+ * interval. Unknown ops (all writes) may be linearized at any time after their
+ * call, or never; they come grouped by effect (see groupByEffect).
  */
 interface Problem {
-  listed: RegOp[];
-  pools: RegOp[][];
+  known: RegOp[];
+  unknown: RegOp[];
+  /** Indices into `unknown`, one group per effect, each in call order. */
+  groups: number[][];
 }
 
 function compileRegister(ops: HistoryOp[]): Problem {
@@ -178,7 +181,8 @@ function compileRegister(ops: HistoryOp[]): Problem {
       source: op,
     }),
   );
-  return splitPools(dropInertWrites(compiled));
+  const unknown = dropInertWrites(compiled.filter((op) => !op.known), compiled);
+  return { known: compiled.filter((op) => op.known), unknown, groups: groupByEffect(unknown) };
 }
 
 /** Ids (from 1; ABSENT is 0) for the values that known gets read. */
@@ -200,59 +204,56 @@ function existedArg(op: HistoryOp): number {
   return existed === undefined ? UNCHECKED : existed ? 1 : 0;
 }
 
+/** The state an unknown write leaves behind. */
+function effectOf(op: RegOp): number {
+  return op.kind === 'put' ? op.arg : ABSENT;
+}
+
 /**
- * Removes unknown-outcome writes that nothing could have observed. Such a write
- * can always be moved to after everything else (i.e. "never happened") without
+ * Removes unknown writes that nothing could have observed. Such a write can
+ * always be moved to after everything else (i.e. "never happened") without
  * invalidating a linearization: the only ops that could tell are gets of its value
- * and deletes checking existence, placed after it. This is an exact reduction,
- * and it matters because each unknown write stays pending to the end of the
- * history, multiplying the states the search must tell apart.
+ * and deletes checking existence, placed after it. An exact reduction, and a cheap
+ * one that spares the search from carrying the write to the end of the history.
  */
-function dropInertWrites(ops: RegOp[]): RegOp[] {
+function dropInertWrites(unknown: RegOp[], all: RegOp[]): RegOp[] {
   // Latest return among known ops that observe each value / each kind of existence.
   const lastRead = new Map<number, number>();
   const lastDeleteOf = [-Infinity, -Infinity]; // [existed=false, existed=true]
-  for (const op of ops) {
+  for (const op of all) {
     if (!op.known) continue;
     if (op.kind === 'get') lastRead.set(op.arg, Math.max(lastRead.get(op.arg) ?? -Infinity, op.ret));
     if (op.kind === 'delete' && op.arg !== UNCHECKED) lastDeleteOf[op.arg] = Math.max(lastDeleteOf[op.arg]!, op.ret);
   }
   // Strict comparison: an op that returns exactly at the write's call may still overlap it.
-  const unobserved = (op: RegOp): boolean => {
-    const leaves = op.kind === 'put' ? op.arg : ABSENT;
+  const observable = (op: RegOp): boolean => {
     const deleteWouldNotice = op.kind === 'put' ? lastDeleteOf[1]! : lastDeleteOf[0]!;
-    return (lastRead.get(leaves) ?? -Infinity) < op.call && deleteWouldNotice < op.call;
+    return (lastRead.get(effectOf(op)) ?? -Infinity) >= op.call || deleteWouldNotice >= op.call;
   };
-  return ops.filter((op) => op.known || !unobserved(op));
+  return unknown.filter(observable);
 }
 
 /**
  * Unknown writes with the same effect (same resulting state, no output checked)
  * are interchangeable, and one called earlier may go wherever one called later
- * may. So a linearization exists iff one exists that draws each such group in
- * call order, and the search need only count how many of a group it has used.
- * This keeps many pending lost writes (each of which stays placeable to the end
- * of the history) from multiplying the search space.
+ * may. So a linearization exists iff one exists that uses each group in call
+ * order, and the search draws each group's members only in that order.
  */
-function splitPools(ops: RegOp[]): Problem {
-  const byEffect = new Map<number, RegOp[]>();
-  for (const op of ops) {
-    if (op.known) continue;
-    const effect = op.kind === 'put' ? op.arg : ABSENT;
-    const group = byEffect.get(effect);
-    if (group) group.push(op);
-    else byEffect.set(effect, [op]);
-  }
-  const pools = [...byEffect.values()].filter((group) => group.length > 1);
-  const pooled = new Set(pools.flat());
-  return { listed: ops.filter((op) => !pooled.has(op)), pools };
+function groupByEffect(unknown: RegOp[]): number[][] {
+  const groups = new Map<number, number[]>();
+  unknown.forEach((op, i) => {
+    const group = groups.get(effectOf(op));
+    if (group) group.push(i);
+    else groups.set(effectOf(op), [i]);
+  });
+  return [...groups.values()];
 }
 
 // ---------------------------------------------------------------------------
-// Event list
+// Event list (known ops only; unknown ops never have a return to meet)
 
 interface Entry {
-  /** Index into Problem.listed. */
+  /** Index into Problem.known; -1 for the head. */
   op: number;
   /** For a call entry, its return entry; null for return entries and the head. */
   match: Entry | null;
@@ -280,10 +281,7 @@ function buildEventList(ops: RegOp[]): Entry {
     const ret = entry(i, null, op.ret, op.ret === op.call ? RANK_INSTANT_RETURN : RANK_RETURN);
     entry(i, ret, op.call, RANK_CALL);
   });
-  // No subtraction: times may be +Infinity.
-  entries.sort((a, b) =>
-    a.time !== b.time ? (a.time < b.time ? -1 : 1) : a.rank !== b.rank ? a.rank - b.rank : a.op - b.op,
-  );
+  entries.sort((a, b) => a.time - b.time || a.rank - b.rank || a.op - b.op);
   const head: Entry = { op: -1, match: null, time: -Infinity, rank: RANK_RETURN, prev: null, next: null };
   let last = head;
   for (const e of entries) {
@@ -325,102 +323,105 @@ type SearchOutcome = { kind: 'ok' } | { kind: 'fail'; prefix: RegOp[] } | { kind
 interface Frame {
   op: RegOp;
   stateBefore: number;
-  /** The listed op's call entry, or null if the op came from a pool. */
+  /** A known op's call entry, or null for an unknown op. */
   entry: Entry | null;
-  /** For a pooled op: its pool, and the return that was pending when it was drawn. */
-  pool: number;
+  /** For an unknown op: its group, and the return that was pending when it was placed. */
+  group: number;
   deadline: Entry | null;
 }
 
 /**
- * Depth-first search for a linearization. At each step it tries, in order, every
- * listed op whose call precedes the first pending return, then the next member of
- * each pool that is callable by then; reaching that return with nothing placeable
- * means an earlier choice was wrong, so it undoes the latest one. Pools go last
- * so that states using fewer pooled ops are seen first and cover the rest.
+ * Depth-first search for a linearization. At each step it tries every known op
+ * whose call precedes the first pending return, then the next member of each
+ * unknown group called by then; if none fits, some earlier choice was wrong, so
+ * it undoes the latest one and tries that choice's successors.
+ *
+ * Unknown ops go last so that, of the states differing only in which unknown ops
+ * were used, the ones using fewer are stored first and cover the rest (see
+ * VisitedSet): an unused unknown op is an option, never an obligation.
  */
 class Search {
+  private readonly known: RegOp[];
+  private readonly unknown: RegOp[];
+  private readonly groups: number[][];
   private readonly head: Entry;
-  private readonly listed: RegOp[];
-  private readonly pools: RegOp[][];
-  private readonly linearized: Bitset;
-  /** How many members of each pool are linearized; always a prefix in call order. */
+  private readonly placedKnown: Bitset;
+  private readonly placedUnknown: Bitset;
+  /** How many members of each group are placed: always its first ones. */
   private readonly used: Int32Array;
-  private readonly visited: VisitedSet;
+  private readonly visited = new VisitedSet();
   private readonly stack: Frame[] = [];
   private readonly longest = new LongestPrefix();
   private state = ABSENT;
-  private knownLeft: number;
 
   constructor(
     problem: Problem,
     private readonly budget: number,
   ) {
-    this.listed = problem.listed;
-    this.pools = problem.pools;
-    this.head = buildEventList(this.listed);
-    this.linearized = new Bitset(this.listed.length);
-    this.used = new Int32Array(this.pools.length);
-    this.visited = new VisitedSet(this.pools.length);
-    this.knownLeft = this.listed.filter((op) => op.known).length;
+    ({ known: this.known, unknown: this.unknown, groups: this.groups } = problem);
+    this.head = buildEventList(this.known);
+    this.placedKnown = new Bitset(this.known.length);
+    this.placedUnknown = new Bitset(this.unknown.length);
+    this.used = new Int32Array(this.groups.length);
   }
 
   run(): SearchOutcome {
     let entry = this.head.next;
-    // Unknown writes left over can all be placed after everything else (or never).
-    while (this.knownLeft > 0) {
+    // Done once every known op is placed: leftover unknown ops may take effect afterwards, or never.
+    while (entry !== null) {
       if (this.visited.size > this.budget) return { kind: 'budget' };
-      // While a known op is pending, a return precedes the list's end, so entry is never null.
-      const current = entry!;
-      if (current.match !== null) {
-        entry = this.tryListed(current) ? this.head.next : current.next;
-      } else if (this.tryPools(current, 0)) {
+      if (entry.match !== null) {
+        entry = this.tryKnown(entry) ? this.head.next : entry.next;
+      } else if (this.tryUnknown(entry, 0)) {
         entry = this.head.next;
       } else {
-        entry = this.backtrack();
-        if (entry === null) return { kind: 'fail', prefix: this.longest.ops };
+        const resumeAt = this.backtrack();
+        if (resumeAt === undefined) return { kind: 'fail', prefix: this.longest.ops };
+        entry = resumeAt;
       }
     }
     return { kind: 'ok' };
   }
 
-  /** Undoes choices until one has an untried alternative; returns where to resume, or null. */
-  private backtrack(): Entry | null {
+  /** Undoes choices until one has an untried successor; returns where to resume, or undefined. */
+  private backtrack(): Entry | null | undefined {
     for (let frame = this.stack.pop(); frame !== undefined; frame = this.stack.pop()) {
       this.undo(frame);
       if (frame.entry !== null) return frame.entry.next;
-      if (this.tryPools(frame.deadline!, frame.pool + 1)) return this.head.next;
+      if (this.tryUnknown(frame.deadline!, frame.group + 1)) return this.head.next;
     }
-    return null;
+    return undefined;
   }
 
-  private tryListed(call: Entry): boolean {
-    const op = this.listed[call.op]!;
+  private tryKnown(call: Entry): boolean {
+    const op = this.known[call.op]!;
     const next = step(this.state, op);
     if (next === FAIL) return false;
-    this.linearized.set(call.op);
-    if (!this.visited.add(this.linearized, next, this.used)) {
-      this.linearized.clear(call.op);
+    this.placedKnown.set(call.op);
+    if (!this.visited.add(this.placedKnown, this.placedUnknown, next)) {
+      this.placedKnown.clear(call.op);
       return false;
     }
     lift(call);
-    this.push({ op, stateBefore: this.state, entry: call, pool: -1, deadline: null }, next);
+    this.push({ op, stateBefore: this.state, entry: call, group: -1, deadline: null }, next);
     return true;
   }
 
-  /** Tries the next member of each pool from `first` on that is callable before `deadline`. */
-  private tryPools(deadline: Entry, first: number): boolean {
-    for (let pool = first; pool < this.pools.length; pool++) {
-      const op = this.pools[pool]![this.used[pool]!];
-      if (op === undefined || !callPrecedes(op.call, deadline)) continue;
-      // Pooled ops are unknown writes, whose step never fails.
-      const next = step(this.state, op);
-      this.used[pool]!++;
-      if (this.visited.add(this.linearized, next, this.used)) {
-        this.push({ op, stateBefore: this.state, entry: null, pool, deadline }, next);
+  /** Tries the next member of each group from `first` on that is called before `deadline`. */
+  private tryUnknown(deadline: Entry, first: number): boolean {
+    for (let group = first; group < this.groups.length; group++) {
+      const index = this.groups[group]![this.used[group]!];
+      if (index === undefined) continue;
+      const op = this.unknown[index]!;
+      if (!callPrecedes(op.call, deadline)) continue;
+      const next = step(this.state, op); // an unknown write always steps
+      this.placedUnknown.set(index);
+      if (this.visited.add(this.placedKnown, this.placedUnknown, next)) {
+        this.used[group]!++;
+        this.push({ op, stateBefore: this.state, entry: null, group, deadline }, next);
         return true;
       }
-      this.used[pool]!--;
+      this.placedUnknown.clear(index);
     }
     return false;
   }
@@ -429,18 +430,18 @@ class Search {
     this.stack.push(frame);
     this.longest.pushed(this.stack);
     this.state = next;
-    if (frame.op.known) this.knownLeft--;
   }
 
   private undo(frame: Frame): void {
     this.longest.popped(this.stack.length);
     this.state = frame.stateBefore;
-    if (frame.op.known) this.knownLeft++;
-    if (frame.entry === null) {
-      this.used[frame.pool]!--;
-    } else {
-      this.linearized.clear(frame.entry.op);
+    if (frame.entry !== null) {
+      this.placedKnown.clear(frame.entry.op);
       unlift(frame.entry);
+    } else {
+      const group = frame.group;
+      this.used[group]!--;
+      this.placedUnknown.clear(this.groups[group]![this.used[group]!]!);
     }
   }
 }
@@ -469,36 +470,38 @@ class Bitset {
   readonly words: Uint32Array;
   hash = 0;
   private readonly zobrist: Int32Array;
+  // Hints, kept at or before the first non-full word and at or after the last
+  // non-zero word, so that finding them costs little as the search moves along.
+  private fullHint = 0;
+  private usedHint = -1;
 
   constructor(size: number) {
     this.words = new Uint32Array(Math.ceil(size / 32));
     this.zobrist = randomInts(size);
   }
 
-  has(i: number): boolean {
-    return (this.words[i >>> 5]! & (1 << (i & 31))) !== 0;
-  }
-
   set(i: number): void {
-    this.words[i >>> 5]! |= 1 << (i & 31);
+    const w = i >>> 5;
+    this.words[w]! |= 1 << (i & 31);
     this.hash ^= this.zobrist[i]!;
+    if (w > this.usedHint) this.usedHint = w;
   }
 
   clear(i: number): void {
-    this.words[i >>> 5]! &= ~(1 << (i & 31));
+    const w = i >>> 5;
+    this.words[w]! &= ~(1 << (i & 31));
     this.hash ^= this.zobrist[i]!;
+    if (w < this.fullHint) this.fullHint = w;
   }
 
   firstNonFullWord(): number {
-    let w = 0;
-    while (w < this.words.length && this.words[w] === 0xffffffff) w++;
-    return w;
+    while (this.fullHint < this.words.length && this.words[this.fullHint] === 0xffffffff) this.fullHint++;
+    return this.fullHint;
   }
 
   lastNonZeroWord(): number {
-    let w = this.words.length - 1;
-    while (w >= 0 && this.words[w] === 0) w--;
-    return w;
+    while (this.usedHint >= 0 && this.words[this.usedHint] === 0) this.usedHint--;
+    return this.usedHint;
   }
 }
 
@@ -519,17 +522,20 @@ function randomInts(n: number): Int32Array {
 // ---------------------------------------------------------------------------
 // Visited set
 
-const META_FIELDS = 5; // state, lo, len, arena offset, next entry in hash chain
+// Per entry: state, first non-full known word, known window length, unknown
+// words length, arena offset, next entry in the hash chain.
+const META_FIELDS = 6;
 
 /**
- * Set of search states: (linearized listed ops, register state, pool usage). A
- * state is covered by a stored one with the same ops and register state that used
- * no more of any pool, since that one had every option this one has.
+ * Set of search states: (placed known ops, placed unknown ops, register state).
+ * A state is covered by a stored one with the same known ops and register state
+ * whose unknown ops are a subset of its own: that one had every option this one
+ * has, so exploring this one cannot succeed where that one failed.
  *
- * The linearized set is stored as its window from the first non-full word to the
- * last non-zero word (it is all ones below and all zeros above), followed by the
- * pool counts, in typed-array arenas: whole bitsets per state would cost O(ops)
- * each, and millions of small objects would strain the garbage collector.
+ * The known-op set is stored as its window from the first non-full word to the
+ * last non-zero word (all ones below, all zeros above), since whole bitsets would
+ * cost O(ops) per state; everything lives in typed-array arenas, since millions
+ * of small objects would strain the garbage collector.
  */
 class VisitedSet {
   size = 0;
@@ -538,46 +544,43 @@ class VisitedSet {
   private arena = new Uint32Array(4096);
   private arenaUsed = 0;
 
-  constructor(private readonly poolCount: number) {}
-
   /** Adds the state; returns false if a stored state covers it. */
-  add(bits: Bitset, state: number, used: Int32Array): boolean {
-    const lo = bits.firstNonFullWord();
-    const len = Math.max(0, bits.lastNonZeroWord() + 1 - lo);
-    // Pool usage is left out of the hash so that covering states share a chain.
-    const hash = bits.hash ^ Math.imul(state + 1, 0x9e3779b1);
+  add(known: Bitset, unknown: Bitset, state: number): boolean {
+    const lo = known.firstNonFullWord();
+    const len = Math.max(0, known.lastNonZeroWord() + 1 - lo);
+    const unknownLen = unknown.lastNonZeroWord() + 1;
+    // Unknown ops are left out of the hash so that covering states share a chain.
+    const hash = known.hash ^ Math.imul(state + 1, 0x9e3779b1);
     const first = this.chains.get(hash) ?? -1;
-    for (let e = first; e !== -1; e = this.meta[e * META_FIELDS + 4]!) {
-      if (this.covers(e, bits.words, state, lo, len, used)) return false;
+    for (let e = first; e !== -1; e = this.meta[e * META_FIELDS + 5]!) {
+      if (this.covers(e, known.words, lo, len, unknown.words, state)) return false;
     }
-    this.append(bits.words, state, lo, len, used, first);
+    this.append([state, lo, len, unknownLen], known.words.subarray(lo, lo + len), unknown.words.subarray(0, unknownLen), first);
     this.chains.set(hash, this.size - 1);
     return true;
   }
 
-  private covers(e: number, words: Uint32Array, state: number, lo: number, len: number, used: Int32Array): boolean {
+  private covers(e: number, known: Uint32Array, lo: number, len: number, unknown: Uint32Array, state: number): boolean {
     const m = e * META_FIELDS;
     if (this.meta[m] !== state || this.meta[m + 1] !== lo || this.meta[m + 2] !== len) return false;
-    const offset = this.meta[m + 3]!;
-    for (let i = 0; i < len; i++) if (this.arena[offset + i] !== words[lo + i]) return false;
-    for (let p = 0; p < this.poolCount; p++) if (this.arena[offset + len + p]! > used[p]!) return false;
+    const offset = this.meta[m + 4]!;
+    for (let i = 0; i < len; i++) if (this.arena[offset + i] !== known[lo + i]) return false;
+    const unknownLen = this.meta[m + 3]!;
+    for (let i = 0; i < unknownLen; i++) if ((this.arena[offset + len + i]! & ~unknown[i]!) !== 0) return false;
     return true;
   }
 
-  private append(words: Uint32Array, state: number, lo: number, len: number, used: Int32Array, next: number): void {
-    const size = len + this.poolCount;
+  private append(fields: number[], knownWindow: Uint32Array, unknownWords: Uint32Array, next: number): void {
+    const size = knownWindow.length + unknownWords.length;
     if ((this.size + 1) * META_FIELDS > this.meta.length) this.meta = grow(this.meta, this.meta.length * 2);
     if (this.arenaUsed + size > this.arena.length) {
       this.arena = grow(this.arena, Math.max(this.arena.length * 2, this.arenaUsed + size));
     }
-    this.arena.set(words.subarray(lo, lo + len), this.arenaUsed);
-    this.arena.set(used, this.arenaUsed + len);
-    const m = this.size * META_FIELDS;
-    this.meta[m] = state;
-    this.meta[m + 1] = lo;
-    this.meta[m + 2] = len;
-    this.meta[m + 3] = this.arenaUsed;
-    this.meta[m + 4] = next;
+    this.arena.set(knownWindow, this.arenaUsed);
+    this.arena.set(unknownWords, this.arenaUsed + knownWindow.length);
+    this.meta.set(fields, this.size * META_FIELDS);
+    this.meta[this.size * META_FIELDS + 4] = this.arenaUsed;
+    this.meta[this.size * META_FIELDS + 5] = next;
     this.arenaUsed += size;
     this.size++;
   }
@@ -594,11 +597,11 @@ function grow<T extends Int32Array | Uint32Array>(array: T, length: number): T {
 
 function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string {
   const placed = new Set(prefix);
-  const total = problem.listed.length + problem.pools.reduce((n, pool) => n + pool.length, 0);
+  const total = problem.known.length + problem.unknown.length;
   // The op whose deadline the search kept running into: the earliest-returning unplaced one.
   let blocked: RegOp | undefined;
-  for (const op of problem.listed) {
-    if (op.known && !placed.has(op) && (blocked === undefined || op.ret < blocked.ret)) blocked = op;
+  for (const op of problem.known) {
+    if (!placed.has(op) && (blocked === undefined || op.ret < blocked.ret)) blocked = op;
   }
   const tail = prefix.slice(-3).map((op) => describeOp(op.source));
   const prefixText =

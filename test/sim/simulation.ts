@@ -75,6 +75,8 @@ export class Simulation {
   private readonly rand: SeededRandom;
   private readonly nodes: SimNode[] = [];
   private readonly profile: FaultProfile;
+  /** Raft tuning drawn per seed: small windows and batches expose more interleavings. */
+  private readonly tuning: Pick<RaftConfig, 'maxInflightAppends' | 'maxEntriesPerAppend' | 'electionTimeoutTicks' | 'heartbeatIntervalTicks'>;
   private readonly faultEndUnits: number;
   private readonly clientsStopUnits: number;
   private readonly blockedLinks = new Set<string>();
@@ -101,6 +103,12 @@ export class Simulation {
       crashWeight: this.rand.pick([0, 1, 2]),
       partitionWeight: this.rand.pick([0, 1, 2]),
     };
+    this.tuning = {
+      maxInflightAppends: this.rand.pick([1, 2, 4, 16]),
+      maxEntriesPerAppend: this.rand.pick([1, 2, 8, 64]),
+      electionTimeoutTicks: this.rand.pick([5, 10, 20]),
+      heartbeatIntervalTicks: this.rand.pick([1, 2]),
+    };
     this.dropRate = this.profile.dropRate;
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
@@ -108,7 +116,7 @@ export class Simulation {
       const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
       this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0 });
     }
-    this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
+    this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
   }
 
   async run(): Promise<SimResult> {
@@ -188,8 +196,7 @@ export class Simulation {
       ...DEFAULT_RAFT_CONFIG,
       id: node.id,
       voters: this.nodes.map((n) => n.id),
-      maxInflightAppends: 4,
-      maxEntriesPerAppend: 8,
+      ...this.tuning,
       random: new SeededRandom(this.options.seed * 1_000_003 + node.id * 7919 + node.incarnation),
     };
   }
