@@ -10,6 +10,15 @@
  *
  * Keys are independent registers, so each key's sub-history is checked on its own
  * (P-compositionality): a history is linearizable iff every key's sub-history is.
+ *
+ * Ops with unknown outcomes are what make real histories expensive: each may take
+ * effect at any time after its call, so Porcupine's treatment (a return at +inf)
+ * keeps every one of them pending to the end and multiplies the states to search.
+ * Two exact reductions keep that in check: writes with the same effect are
+ * interchangeable, so each such group is used in call order; and a write is only
+ * placed immediately before a get or delete that fails without it, with states
+ * that used fewer such writes covering those that used more. Each is justified
+ * where it is implemented.
  */
 
 /** One client operation in a recorded history. Times are in any monotonic unit (sim ticks, ns). */
@@ -27,11 +36,13 @@ export interface HistoryOp {
 
 export type CheckResult =
   | { kind: 'linearizable'; keys: number; ops: number }
+  /** ops: that key's sub-history, sorted by call; explanation: the longest linearizable prefix found and the op that could not be placed. */
   | { kind: 'not-linearizable'; key: string; ops: HistoryOp[]; explanation: string }
+  /** The search budget ran out: never to be treated as a pass. */
   | { kind: 'inconclusive'; key: string; explanation: string };
 
 export interface CheckOptions {
-  /** Search budget per key, in distinct (linearized set, state) pairs explored. */
+  /** Search budget per key, in distinct search states stored (default DEFAULT_MAX_STATES_PER_KEY). */
   maxStatesPerKey?: number;
 }
 
@@ -129,7 +140,7 @@ interface RegOp {
   arg: number;
   known: boolean;
   call: number;
-  /** +Infinity for unknown outcomes: the op may take effect at any time after its call. */
+  /** +Infinity for unknown outcomes: the op may take effect at any time after its call, or never. */
   ret: number;
   source: HistoryOp;
 }
@@ -181,7 +192,7 @@ function compileRegister(ops: HistoryOp[]): Problem {
       source: op,
     }),
   );
-  const unknown = dropInertWrites(compiled.filter((op) => !op.known), compiled);
+  const unknown = compiled.filter((op) => !op.known);
   return { known: compiled.filter((op) => op.known), unknown, groups: groupByEffect(unknown) };
 }
 
@@ -207,30 +218,6 @@ function existedArg(op: HistoryOp): number {
 /** The state an unknown write leaves behind. */
 function effectOf(op: RegOp): number {
   return op.kind === 'put' ? op.arg : ABSENT;
-}
-
-/**
- * Removes unknown writes that nothing could have observed. Such a write can
- * always be moved to after everything else (i.e. "never happened") without
- * invalidating a linearization: the only ops that could tell are gets of its value
- * and deletes checking existence, placed after it. An exact reduction, and a cheap
- * one that spares the search from carrying the write to the end of the history.
- */
-function dropInertWrites(unknown: RegOp[], all: RegOp[]): RegOp[] {
-  // Latest return among known ops that observe each value / each kind of existence.
-  const lastRead = new Map<number, number>();
-  const lastDeleteOf = [-Infinity, -Infinity]; // [existed=false, existed=true]
-  for (const op of all) {
-    if (!op.known) continue;
-    if (op.kind === 'get') lastRead.set(op.arg, Math.max(lastRead.get(op.arg) ?? -Infinity, op.ret));
-    if (op.kind === 'delete' && op.arg !== UNCHECKED) lastDeleteOf[op.arg] = Math.max(lastDeleteOf[op.arg]!, op.ret);
-  }
-  // Strict comparison: an op that returns exactly at the write's call may still overlap it.
-  const observable = (op: RegOp): boolean => {
-    const deleteWouldNotice = op.kind === 'put' ? lastDeleteOf[1]! : lastDeleteOf[0]!;
-    return (lastRead.get(effectOf(op)) ?? -Infinity) >= op.call || deleteWouldNotice >= op.call;
-  };
-  return unknown.filter(observable);
 }
 
 /**
@@ -321,24 +308,25 @@ function unlift(call: Entry): void {
 type SearchOutcome = { kind: 'ok' } | { kind: 'fail'; prefix: RegOp[] } | { kind: 'budget' };
 
 interface Frame {
-  op: RegOp;
-  stateBefore: number;
-  /** A known op's call entry, or null for an unknown op. */
-  entry: Entry | null;
-  /** For an unknown op: its group, and the return that was pending when it was placed. */
+  /** The known op placed, by its call entry. */
+  entry: Entry;
+  /** The group of the unknown write placed just before it, or -1. */
   group: number;
-  deadline: Entry | null;
+  write: RegOp | null;
+  stateBefore: number;
 }
 
 /**
- * Depth-first search for a linearization. At each step it tries every known op
- * whose call precedes the first pending return, then the next member of each
- * unknown group called by then; if none fits, some earlier choice was wrong, so
- * it undoes the latest one and tries that choice's successors.
+ * Depth-first search for a linearization. Each step places a known op whose call
+ * precedes the first pending return; if none fits, some earlier choice was wrong,
+ * so it undoes the latest one and tries that choice's successors.
  *
- * Unknown ops go last so that, of the states differing only in which unknown ops
- * were used, the ones using fewer are stored first and cover the rest (see
- * VisitedSet): an unused unknown op is an option, never an obligation.
+ * Unknown writes are placed only just in time: immediately before a get or
+ * checked delete that fails without them. Any linearization can be brought to
+ * that form by dropping (deferring forever) each unknown write that is instead
+ * followed by another write, by an op that would succeed anyway, or by nothing.
+ * A step tries all plain placements before any that use an unknown write, so
+ * that states using fewer unknown writes are visited first and cover the rest.
  */
 class Search {
   private readonly known: RegOp[];
@@ -349,9 +337,12 @@ class Search {
   private readonly placedUnknown: Bitset;
   /** How many members of each group are placed: always its first ones. */
   private readonly used: Int32Array;
+  /** Groups by the state their writes leave, and those that leave the key present. */
+  private readonly groupLeaving = new Map<number, number>();
+  private readonly presentGroups: number[] = [];
   private readonly visited = new VisitedSet();
   private readonly stack: Frame[] = [];
-  private readonly longest = new LongestPrefix();
+  private readonly longest: LongestPrefix;
   private state = ABSENT;
 
   constructor(
@@ -359,86 +350,101 @@ class Search {
     private readonly budget: number,
   ) {
     ({ known: this.known, unknown: this.unknown, groups: this.groups } = problem);
+    this.longest = new LongestPrefix(this.known);
     this.head = buildEventList(this.known);
     this.placedKnown = new Bitset(this.known.length);
     this.placedUnknown = new Bitset(this.unknown.length);
     this.used = new Int32Array(this.groups.length);
+    this.groups.forEach((group, g) => {
+      const effect = effectOf(this.unknown[group[0]!]!);
+      this.groupLeaving.set(effect, g);
+      if (effect !== ABSENT) this.presentGroups.push(g);
+    });
   }
 
   run(): SearchOutcome {
     let entry = this.head.next;
-    // Done once every known op is placed: leftover unknown ops may take effect afterwards, or never.
+    let withWrites = false; // second pass over the candidates of the current step
+    // Done once every known op is placed: leftover unknown writes may take effect afterwards, or never.
     while (entry !== null) {
       if (this.visited.size > this.budget) return { kind: 'budget' };
       if (entry.match !== null) {
-        entry = this.tryKnown(entry) ? this.head.next : entry.next;
-      } else if (this.tryUnknown(entry, 0)) {
+        const placed = withWrites ? this.tryWithWrite(entry, 0) : this.tryPlain(entry);
+        entry = placed ? this.head.next : entry.next;
+        if (placed) withWrites = false;
+      } else if (!withWrites) {
+        withWrites = true;
         entry = this.head.next;
       } else {
-        const resumeAt = this.backtrack();
-        if (resumeAt === undefined) return { kind: 'fail', prefix: this.longest.ops };
-        entry = resumeAt;
+        // entry's op must be placed by now but cannot be: an earlier choice was wrong.
+        const frame = this.stack.pop();
+        if (frame === undefined) return { kind: 'fail', prefix: this.longest.ops() };
+        this.undo(frame);
+        withWrites = frame.group !== -1;
+        if (withWrites && this.tryWithWrite(frame.entry, frame.group + 1)) {
+          entry = this.head.next;
+          withWrites = false;
+        } else {
+          entry = frame.entry.next;
+        }
       }
     }
     return { kind: 'ok' };
   }
 
-  /** Undoes choices until one has an untried successor; returns where to resume, or undefined. */
-  private backtrack(): Entry | null | undefined {
-    for (let frame = this.stack.pop(); frame !== undefined; frame = this.stack.pop()) {
-      this.undo(frame);
-      if (frame.entry !== null) return frame.entry.next;
-      if (this.tryUnknown(frame.deadline!, frame.group + 1)) return this.head.next;
-    }
-    return undefined;
+  private tryPlain(call: Entry): boolean {
+    const next = step(this.state, this.known[call.op]!);
+    return next !== FAIL && this.place(call, -1, next);
   }
 
-  private tryKnown(call: Entry): boolean {
+  /** Tries placing the next member of a group (from `first` on) just before call's op, to make it succeed. */
+  private tryWithWrite(call: Entry, first: number): boolean {
     const op = this.known[call.op]!;
-    const next = step(this.state, op);
-    if (next === FAIL) return false;
-    this.placedKnown.set(call.op);
-    if (!this.visited.add(this.placedKnown, this.placedUnknown, next)) {
-      this.placedKnown.clear(call.op);
-      return false;
-    }
-    lift(call);
-    this.push({ op, stateBefore: this.state, entry: call, group: -1, deadline: null }, next);
-    return true;
-  }
-
-  /** Tries the next member of each group from `first` on that is called before `deadline`. */
-  private tryUnknown(deadline: Entry, first: number): boolean {
-    for (let group = first; group < this.groups.length; group++) {
+    // If op succeeds on its own, a write just before it is pointless.
+    if (step(this.state, op) !== FAIL) return false;
+    const deadline = firstReturnAfter(call);
+    for (const group of this.groupsThatMightFix(op)) {
+      if (group < first) continue;
       const index = this.groups[group]![this.used[group]!];
-      if (index === undefined) continue;
-      const op = this.unknown[index]!;
-      if (!callPrecedes(op.call, deadline)) continue;
-      const next = step(this.state, op); // an unknown write always steps
-      this.placedUnknown.set(index);
-      if (this.visited.add(this.placedKnown, this.placedUnknown, next)) {
-        this.used[group]!++;
-        this.push({ op, stateBefore: this.state, entry: null, group, deadline }, next);
-        return true;
-      }
-      this.placedUnknown.clear(index);
+      if (index === undefined || !callPrecedes(this.unknown[index]!.call, deadline)) continue;
+      const next = step(step(this.state, this.unknown[index]!), op);
+      if (next !== FAIL && this.place(call, group, next)) return true;
     }
     return false;
   }
 
-  private push(frame: Frame, next: number): void {
-    this.stack.push(frame);
+  /** In increasing order. Only called for a failing get or checked delete. */
+  private groupsThatMightFix(op: RegOp): readonly number[] {
+    if (op.kind === 'delete' && op.arg === 1) return this.presentGroups;
+    const group = this.groupLeaving.get(op.kind === 'get' ? op.arg : ABSENT);
+    return group === undefined ? [] : [group];
+  }
+
+  /** Places call's op (after the next member of `group`, if not -1) unless a visited state covers the result. */
+  private place(call: Entry, group: number, next: number): boolean {
+    const index = group === -1 ? -1 : this.groups[group]![this.used[group]!]!;
+    if (index !== -1) this.placedUnknown.set(index);
+    this.placedKnown.set(call.op);
+    if (!this.visited.add(this.placedKnown, this.placedUnknown, next)) {
+      this.placedKnown.clear(call.op);
+      if (index !== -1) this.placedUnknown.clear(index);
+      return false;
+    }
+    if (index !== -1) this.used[group]!++;
+    lift(call);
+    const write = index === -1 ? null : this.unknown[index]!;
+    this.stack.push({ entry: call, group, write, stateBefore: this.state });
     this.longest.pushed(this.stack);
     this.state = next;
+    return true;
   }
 
   private undo(frame: Frame): void {
     this.longest.popped(this.stack.length);
     this.state = frame.stateBefore;
-    if (frame.entry !== null) {
-      this.placedKnown.clear(frame.entry.op);
-      unlift(frame.entry);
-    } else {
+    this.placedKnown.clear(frame.entry.op);
+    unlift(frame.entry);
+    if (frame.group !== -1) {
       const group = frame.group;
       this.used[group]!--;
       this.placedUnknown.clear(this.groups[group]![this.used[group]!]!);
@@ -446,20 +452,32 @@ class Search {
   }
 }
 
+function firstReturnAfter(call: Entry): Entry {
+  let entry = call.next!;
+  while (entry.match !== null) entry = entry.next!;
+  return entry;
+}
+
 /** Tracks the deepest stack seen, copying only the part that changed since the last record. */
 class LongestPrefix {
-  readonly ops: RegOp[] = [];
-  /** How much of the current stack is known to equal ops[]. */
+  private readonly frames: Frame[] = [];
+  /** How much of the current stack is known to equal frames[]. */
   private synced = 0;
 
+  constructor(private readonly known: readonly RegOp[]) {}
+
   pushed(stack: Frame[]): void {
-    if (stack.length <= this.ops.length) return;
-    for (let i = this.synced; i < stack.length; i++) this.ops[i] = stack[i]!.op;
+    if (stack.length <= this.frames.length) return;
+    for (let i = this.synced; i < stack.length; i++) this.frames[i] = stack[i]!;
     this.synced = stack.length;
   }
 
   popped(depth: number): void {
     if (depth < this.synced) this.synced = depth;
+  }
+
+  ops(): RegOp[] {
+    return this.frames.flatMap((f) => (f.write ? [f.write, this.known[f.entry.op]!] : [this.known[f.entry.op]!]));
   }
 }
 
@@ -597,7 +615,7 @@ function grow<T extends Int32Array | Uint32Array>(array: T, length: number): T {
 
 function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string {
   const placed = new Set(prefix);
-  const total = problem.known.length + problem.unknown.length;
+  const completed = prefix.filter((op) => op.known).length;
   // The op whose deadline the search kept running into: the earliest-returning unplaced one.
   let blocked: RegOp | undefined;
   for (const op of problem.known) {
@@ -606,8 +624,9 @@ function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string 
   const tail = prefix.slice(-3).map((op) => describeOp(op.source));
   const prefixText =
     prefix.length === 0
-      ? 'no op can be linearized first'
-      : `the longest linearizable prefix has ${prefix.length} of ${total} ops, ` +
+      ? 'the longest linearizable prefix found is empty (the key starts absent)'
+      : `the longest linearizable prefix found has ${prefix.length} ops ` +
+        `(${completed} of ${problem.known.length} completed ones), ` +
         `ending ${prefix.length > 3 ? '..., ' : ''}${tail.join(', ')}, leaving the key ${stateAfter(prefix)}`;
   const blockedText = blocked ? `; then ${describeOp(blocked.source)} could not be placed` : '';
   return `key ${JSON.stringify(key)} is not linearizable: ${prefixText}${blockedText}`;

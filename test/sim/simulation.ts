@@ -44,6 +44,12 @@ interface FaultProfile {
   nemesisEveryUnits: number;
   crashWeight: number;
   partitionWeight: number;
+  /**
+   * Chance that a newly elected leader is cut off at once, before its first entries
+   * spread: the precondition of the Raft paper's Figure 8 (an old-term entry counted
+   * toward commit, then overwritten).
+   */
+  newLeaderIsolationRate: number;
 }
 
 interface SimNode {
@@ -99,9 +105,10 @@ export class Simulation {
       duplicateRate: this.rand.pick([0, 0.02, 0.1]),
       maxDelayUnits: this.rand.pick([2, 5, 15, 30]),
       longDelayRate: this.rand.pick([0, 0.01, 0.05]),
-      nemesisEveryUnits: this.rand.pick([150, 300, 600]),
+      nemesisEveryUnits: this.rand.pick([40, 80, 150, 300, 600]),
       crashWeight: this.rand.pick([0, 1, 2]),
       partitionWeight: this.rand.pick([0, 1, 2]),
+      newLeaderIsolationRate: this.rand.pick([0, 0, 0.3, 0.6]),
     };
     this.tuning = {
       maxInflightAppends: this.rand.pick([1, 2, 4, 16]),
@@ -325,6 +332,15 @@ export class Simulation {
     this.log(`nemesis: isolate leader ${leader.id}`);
   }
 
+  private isolateBriefly(node: SimNode): void {
+    const links = this.nodes.filter((n) => n !== node).flatMap((n) => [`${node.id}>${n.id}`, `${n.id}>${node.id}`]);
+    for (const link of links) this.blockedLinks.add(link);
+    this.log(`nemesis: isolate new leader ${node.id}`);
+    this.at(1 + this.rand.int(40 * UNITS_PER_TICK), () => {
+      for (const link of links) this.blockedLinks.delete(link);
+    });
+  }
+
   private healNetwork(): void {
     this.blockedLinks.clear();
     this.log('nemesis: heal network');
@@ -459,6 +475,7 @@ export class Simulation {
     if (known === node.id) return;
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
+    if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
       const entry = node.replica!.node.entryAt(index);
       if (!entry || entryIdentity(entry) !== identity) {
