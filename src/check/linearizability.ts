@@ -168,6 +168,8 @@ interface Problem {
   unknown: RegOp[];
   /** Indices into `unknown`, one group per effect, each in call order. */
   groups: number[][];
+  /** The state id shared by all values that no get reads. */
+  unread: number;
 }
 
 function compileRegister(ops: HistoryOp[]): Problem {
@@ -193,7 +195,7 @@ function compileRegister(ops: HistoryOp[]): Problem {
     }),
   );
   const unknown = compiled.filter((op) => !op.known);
-  return { known: compiled.filter((op) => op.known), unknown, groups: groupByEffect(unknown) };
+  return { known: compiled.filter((op) => op.known), unknown, groups: groupByEffect(unknown), unread };
 }
 
 /** Ids (from 1; ABSENT is 0) for the values that known gets read. */
@@ -340,6 +342,7 @@ class Search {
   /** Groups by the state their writes leave, and those that leave the key present. */
   private readonly groupLeaving = new Map<number, number>();
   private readonly presentGroups: number[] = [];
+  private readonly unreadGroup: number;
   private readonly visited = new VisitedSet();
   private readonly stack: Frame[] = [];
   private readonly longest: LongestPrefix;
@@ -360,6 +363,7 @@ class Search {
       this.groupLeaving.set(effect, g);
       if (effect !== ABSENT) this.presentGroups.push(g);
     });
+    this.unreadGroup = this.groupLeaving.get(problem.unread) ?? -1;
   }
 
   run(): SearchOutcome {
@@ -403,10 +407,9 @@ class Search {
     // If op succeeds on its own, a write just before it is pointless.
     if (step(this.state, op) !== FAIL) return false;
     const deadline = firstReturnAfter(call);
-    for (const group of this.groupsThatMightFix(op)) {
-      if (group < first) continue;
-      const index = this.groups[group]![this.used[group]!];
-      if (index === undefined || !callPrecedes(this.unknown[index]!.call, deadline)) continue;
+    for (const group of this.groupsThatMightFix(op, deadline)) {
+      if (group < first || !this.nextIsCallable(group, deadline)) continue;
+      const index = this.groups[group]![this.used[group]!]!;
       const next = step(step(this.state, this.unknown[index]!), op);
       if (next !== FAIL && this.place(call, group, next)) return true;
     }
@@ -414,10 +417,21 @@ class Search {
   }
 
   /** In increasing order. Only called for a failing get or checked delete. */
-  private groupsThatMightFix(op: RegOp): readonly number[] {
-    if (op.kind === 'delete' && op.arg === 1) return this.presentGroups;
+  private groupsThatMightFix(op: RegOp, deadline: Entry): readonly number[] {
+    if (op.kind === 'delete' && op.arg === 1) {
+      // Any put lets this delete find the key present. A put of a value no get
+      // reads is good for nothing else, so if one is at hand, a linearization
+      // using another put here can swap the two puts' places.
+      const unread = this.unreadGroup;
+      return unread !== -1 && this.nextIsCallable(unread, deadline) ? [unread] : this.presentGroups;
+    }
     const group = this.groupLeaving.get(op.kind === 'get' ? op.arg : ABSENT);
     return group === undefined ? [] : [group];
+  }
+
+  private nextIsCallable(group: number, deadline: Entry): boolean {
+    const index = this.groups[group]![this.used[group]!];
+    return index !== undefined && callPrecedes(this.unknown[index]!.call, deadline);
   }
 
   /** Places call's op (after the next member of `group`, if not -1) unless a visited state covers the result. */
@@ -540,6 +554,11 @@ function randomInts(n: number): Int32Array {
 // ---------------------------------------------------------------------------
 // Visited set
 
+const UNRELATED = 0;
+const COVERED = 1; // the stored state covers the new one
+const SUPERSEDED = 2; // the new state covers the stored one
+type Relation = typeof UNRELATED | typeof COVERED | typeof SUPERSEDED;
+
 // Per entry: state, first non-full known word, known window length, unknown
 // words length, arena offset, next entry in the hash chain.
 const META_FIELDS = 6;
@@ -569,23 +588,49 @@ class VisitedSet {
     const unknownLen = unknown.lastNonZeroWord() + 1;
     // Unknown ops are left out of the hash so that covering states share a chain.
     const hash = known.hash ^ Math.imul(state + 1, 0x9e3779b1);
-    const first = this.chains.get(hash) ?? -1;
-    for (let e = first; e !== -1; e = this.meta[e * META_FIELDS + 5]!) {
-      if (this.covers(e, known.words, lo, len, unknown.words, state)) return false;
+    let head = this.chains.get(hash) ?? -1;
+    let covered = false;
+    for (let e = head, prev = -1; e !== -1 && !covered; ) {
+      const next = this.meta[e * META_FIELDS + 5]!;
+      const relation = this.compare(e, known.words, lo, len, unknown.words, unknownLen, state);
+      covered = relation === COVERED;
+      if (relation !== SUPERSEDED) prev = e;
+      // A stored state that this one covers will never cover anything this one does not.
+      else if (prev === -1) head = next;
+      else this.meta[prev * META_FIELDS + 5] = next;
+      e = next;
     }
-    this.append([state, lo, len, unknownLen], known.words.subarray(lo, lo + len), unknown.words.subarray(0, unknownLen), first);
-    this.chains.set(hash, this.size - 1);
-    return true;
+    if (!covered) {
+      this.append([state, lo, len, unknownLen], known.words.subarray(lo, lo + len), unknown.words.subarray(0, unknownLen), head);
+      head = this.size - 1;
+    }
+    this.chains.set(hash, head);
+    return !covered;
   }
 
-  private covers(e: number, known: Uint32Array, lo: number, len: number, unknown: Uint32Array, state: number): boolean {
+  /** How stored entry e relates to the given state. */
+  private compare(
+    e: number,
+    known: Uint32Array,
+    lo: number,
+    len: number,
+    unknown: Uint32Array,
+    unknownLen: number,
+    state: number,
+  ): Relation {
     const m = e * META_FIELDS;
-    if (this.meta[m] !== state || this.meta[m + 1] !== lo || this.meta[m + 2] !== len) return false;
+    if (this.meta[m] !== state || this.meta[m + 1] !== lo || this.meta[m + 2] !== len) return UNRELATED;
     const offset = this.meta[m + 4]!;
-    for (let i = 0; i < len; i++) if (this.arena[offset + i] !== known[lo + i]) return false;
-    const unknownLen = this.meta[m + 3]!;
-    for (let i = 0; i < unknownLen; i++) if ((this.arena[offset + len + i]! & ~unknown[i]!) !== 0) return false;
-    return true;
+    for (let i = 0; i < len; i++) if (this.arena[offset + i] !== known[lo + i]) return UNRELATED;
+    const storedLen = this.meta[m + 3]!;
+    let storedSubset = storedLen <= unknownLen;
+    let storedSuperset = storedLen >= unknownLen;
+    for (let i = 0; i < Math.min(storedLen, unknownLen); i++) {
+      const stored = this.arena[offset + len + i]!;
+      storedSubset &&= (stored & ~unknown[i]!) === 0;
+      storedSuperset &&= (~stored & unknown[i]!) === 0;
+    }
+    return storedSubset ? COVERED : storedSuperset ? SUPERSEDED : UNRELATED;
   }
 
   private append(fields: number[], knownWindow: Uint32Array, unknownWords: Uint32Array, next: number): void {

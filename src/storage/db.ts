@@ -1,4 +1,5 @@
 import { AbstractLevel, AbstractSublevel } from 'abstract-level';
+import { Level } from 'level';
 import { CairnError, ErrorCode } from '../errors';
 
 /**
@@ -53,7 +54,6 @@ export class LevelDb implements Db {
 
   /** Opens (creating if needed) the LevelDB in `dir`. */
   static async openDirectory(dir: string): Promise<LevelDb> {
-    const { Level } = await import('level');
     const level = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     try {
       await level.open();
@@ -71,7 +71,8 @@ export class LevelDb implements Db {
 
   /** Opens an in-memory database (memory-level): same code paths, no disk. */
   static async openMemory(): Promise<LevelDb> {
-    const { MemoryLevel } = await import('memory-level');
+    // A development dependency: loaded only when asked for, never by a production node.
+    const { MemoryLevel } = require('memory-level') as typeof import('memory-level');
     const level = new MemoryLevel<Buffer, Buffer>({ keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await level.open();
     return new LevelDb(level as unknown as AnyLevel);

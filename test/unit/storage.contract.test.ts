@@ -1,0 +1,108 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
+import { ErrorCode, isCairnError } from '../../src/errors';
+import { LevelDb } from '../../src/storage/db';
+import { decodeIndexKey, encodeIndexKey, LevelHardStateStore, LevelLogStore, LevelRaftStorage } from '../../src/storage/raft-storage';
+import { BACKENDS } from '../support/db-backends';
+
+function entry(index: number, term: number, data = `e${index}t${term}`): Entry {
+  return { index, term, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(data) };
+}
+
+describe.each(BACKENDS)('storage contract on $name', (backend) => {
+  let handle: Awaited<ReturnType<typeof backend.open>>;
+  beforeEach(async () => {
+    handle = await backend.open();
+  });
+  afterEach(() => handle.cleanup());
+
+  test('an empty store loads as term 0, no vote, no entries', async () => {
+    const storage = new LevelRaftStorage(handle.db);
+    expect(await storage.load()).toEqual({ hardState: { term: 0, votedFor: 0 }, entries: [] });
+  });
+
+  test('hard state and entries survive a reopen', async () => {
+    await new LevelRaftStorage(handle.db).persist({ term: 3, votedFor: 2 }, [entry(1, 1), entry(2, 3)]);
+    const reopened = new LevelRaftStorage(await handle.reopen());
+    const loaded = await reopened.load();
+    expect(loaded.hardState).toEqual({ term: 3, votedFor: 2 });
+    expect(loaded.entries.map((e) => [e.index, e.term, e.data.toString()])).toEqual([
+      [1, 1, 'e1t1'],
+      [2, 3, 'e2t3'],
+    ]);
+  });
+
+  test('appending at an earlier index replaces the conflicting suffix', async () => {
+    const storage = new LevelRaftStorage(handle.db);
+    await storage.load();
+    await storage.persist(undefined, [entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1)]);
+    await storage.persist({ term: 2, votedFor: 0 }, [entry(2, 2, 'new')]);
+    const loaded = await new LevelRaftStorage(await handle.reopen()).load();
+    expect(loaded.entries.map((e) => `${e.index}/${e.term}`)).toEqual(['1/1', '2/2']);
+    expect(loaded.entries[1]!.data.toString()).toBe('new');
+  });
+
+  test('a gap in appends is refused', async () => {
+    const log = new LevelLogStore(handle.db);
+    await log.load();
+    expect(() => log.stageAppend([entry(2, 1)])).toThrow(/gap/);
+  });
+
+  test('a log with a hole on disk fails loudly on load', async () => {
+    const log = new LevelLogStore(handle.db);
+    await handle.db.write(log.stageAppend([entry(1, 1), entry(2, 1)]), { sync: true });
+    await handle.db.write([{ type: 'del', sublevel: 'log', key: encodeIndexKey(1) }], { sync: true });
+    await expect(new LevelLogStore(handle.db).load()).rejects.toThrow(/gap/);
+  });
+
+  test('the hard state store round-trips', async () => {
+    const store = new LevelHardStateStore(handle.db);
+    await handle.db.write(store.stageSave({ term: 9, votedFor: 5 }), { sync: true });
+    expect(await new LevelHardStateStore(await handle.reopen()).load()).toEqual({ term: 9, votedFor: 5 });
+  });
+
+  test('sublevels are separate key spaces', async () => {
+    await handle.db.write(
+      [
+        { type: 'put', sublevel: 'kv', key: Buffer.from('k'), value: Buffer.from('kv') },
+        { type: 'put', sublevel: 'meta', key: Buffer.from('k'), value: Buffer.from('meta') },
+      ],
+      { sync: true },
+    );
+    expect((await handle.db.get('kv', Buffer.from('k')))?.toString()).toBe('kv');
+    expect((await handle.db.get('meta', Buffer.from('k')))?.toString()).toBe('meta');
+    expect(await handle.db.get('log', Buffer.from('k'))).toBeUndefined();
+  });
+});
+
+describe('log keys', () => {
+  test('sort in index order and round-trip, beyond 32 bits too', () => {
+    const indexes = [0, 1, 255, 256, 65_535, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 7, Number.MAX_SAFE_INTEGER];
+    const keys = indexes.map(encodeIndexKey);
+    expect(keys.map(decodeIndexKey)).toEqual(indexes);
+    const sorted = [...keys].sort(Buffer.compare);
+    expect(sorted.map(decodeIndexKey)).toEqual(indexes);
+  });
+
+  test('refuse unsafe indexes', () => {
+    expect(() => encodeIndexKey(-1)).toThrow();
+    expect(() => encodeIndexKey(2 ** 53)).toThrow();
+  });
+});
+
+describe('data directory', () => {
+  test('a second open of a held directory fails with DATA_DIR_LOCKED and a clear message', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-lock-'));
+    const first = await LevelDb.openDirectory(dir);
+    try {
+      const second = LevelDb.openDirectory(dir);
+      await expect(second).rejects.toThrow(/already in use by another cairn process/);
+      await second.catch((err) => expect(isCairnError(err, ErrorCode.DATA_DIR_LOCKED)).toBe(true));
+    } finally {
+      await first.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
