@@ -42,6 +42,8 @@ export interface StateMachine {
  */
 export class KvStateMachine implements StateMachine {
   private applied: AppliedState;
+  /** Applies must not overlap: each one reads the state the previous one wrote. */
+  private applying = false;
 
   private constructor(
     private readonly db: Db,
@@ -64,6 +66,16 @@ export class KvStateMachine implements StateMachine {
   }
 
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+    assert(!this.applying, 'apply called while another apply is in progress');
+    this.applying = true;
+    try {
+      return await this.applyInOrder(entries);
+    } finally {
+      this.applying = false;
+    }
+  }
+
+  private async applyInOrder(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
     const batch = new ApplyBatch(this.db, this.applied.revision);
     const outcomes: ApplyOutcome[] = [];
     let index = this.applied.index;
@@ -73,8 +85,8 @@ export class KvStateMachine implements StateMachine {
       outcomes.push({ index: entry.index, term: entry.term, result: await batch.applyEntry(entry) });
     }
     const applied: AppliedState = { index, revision: batch.revision };
-    await this.db.write(batch.ops(applied), { sync: false });
     assert(applied.index >= this.applied.index && applied.revision >= this.applied.revision, 'applied state went back');
+    await this.db.write(batch.ops(applied), { sync: false });
     this.applied = applied;
     return outcomes;
   }
@@ -85,6 +97,8 @@ export class KvStateMachine implements StateMachine {
   }
 
   async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }> {
+    // The server turns a client's "0 = no limit" into its configured maximum.
+    if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError(`range limit must be >= 1, got ${options.limit}`);
     const kvs: KeyValue[] = [];
     let more = false;
     const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });

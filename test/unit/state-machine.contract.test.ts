@@ -1,0 +1,791 @@
+import { Command, CommandResult, KeyValue } from '../../gen/cairn/kv/v1/kv';
+import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
+import { InvariantViolation } from '../../src/assert';
+import { ApplyOutcome, KvStateMachine } from '../../src/kv/state-machine';
+import { Db, LevelDb } from '../../src/storage/db';
+import { BACKENDS } from '../support/db-backends';
+
+// ---------------------------------------------------------------------------
+// Builders
+// ---------------------------------------------------------------------------
+
+type Key = string | Buffer;
+
+function bytes(key: Key): Buffer {
+  return typeof key === 'string' ? Buffer.from(key) : key;
+}
+
+interface WriteOptions {
+  prevKv?: boolean;
+  clientId?: string;
+  sequence?: number;
+}
+
+function put(key: Key, value: Key, options: WriteOptions = {}): Command {
+  return {
+    op: {
+      $case: 'put',
+      value: {
+        key: bytes(key),
+        value: bytes(value),
+        prevKv: options.prevKv ?? false,
+        clientId: options.clientId ?? '',
+        sequence: options.sequence ?? 0,
+      },
+    },
+  };
+}
+
+function del(key: Key, options: WriteOptions = {}): Command {
+  return {
+    op: {
+      $case: 'delete',
+      value: {
+        key: bytes(key),
+        prevKv: options.prevKv ?? false,
+        clientId: options.clientId ?? '',
+        sequence: options.sequence ?? 0,
+      },
+    },
+  };
+}
+
+function commandEntry(index: number, command: Command, term = 1): Entry {
+  return { index, term, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(command).finish()) };
+}
+
+function noopEntry(index: number, term = 1): Entry {
+  return { index, term, type: EntryType.ENTRY_TYPE_NOOP, data: Buffer.alloc(0) };
+}
+
+function rawEntry(index: number, data: number[], term = 1): Entry {
+  return { index, term, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(data) };
+}
+
+/** Byte strings that Command.decode rejects (invalid wire type, truncated length-delimited fields). */
+const GARBAGE: number[][] = [[0x0f], [0x0a, 0x05, 0x01], [0xff, 0xff, 0xff, 0xff], [0x0a, 0x02, 0x0a]];
+
+type Item = Command | 'noop';
+
+/** Builds entries for the items at consecutive indexes starting after the machine's applied index. */
+function entriesFor(sm: KvStateMachine, items: readonly Item[], term = 1): Entry[] {
+  let index = sm.appliedIndex();
+  return items.map((item) => {
+    index++;
+    return item === 'noop' ? noopEntry(index, term) : commandEntry(index, item, term);
+  });
+}
+
+/** Applies the items in one apply() call and returns the command results (undefined for no-ops). */
+async function applyAll(sm: KvStateMachine, ...items: Item[]): Promise<(CommandResult | undefined)[]> {
+  const entries = entriesFor(sm, items);
+  const outcomes = await sm.apply(entries);
+  expect(outcomes.map((o) => o.index)).toEqual(entries.map((e) => e.index));
+  return outcomes.map((o) => o.result);
+}
+
+/** Applies one command in its own apply() call and returns its result. */
+async function applyOne(sm: KvStateMachine, command: Command): Promise<CommandResult> {
+  const [result] = await applyAll(sm, command);
+  expect(result).toBeDefined();
+  return result!;
+}
+
+function putOp(result: CommandResult | undefined) {
+  expect(result?.op?.$case).toBe('put');
+  if (result?.op?.$case !== 'put') throw new Error('not a put result');
+  return result.op.value;
+}
+
+function deleteOp(result: CommandResult | undefined) {
+  expect(result?.op?.$case).toBe('delete');
+  if (result?.op?.$case !== 'delete') throw new Error('not a delete result');
+  return result.op.value;
+}
+
+function kv(key: Key, value: Key, createRevision: number, modRevision: number, version: number): KeyValue {
+  return { key: bytes(key), value: bytes(value), createRevision, modRevision, version };
+}
+
+/** A comparable snapshot of everything a client can observe. */
+async function observe(sm: KvStateMachine) {
+  const { kvs, more } = await sm.range({ start: Buffer.alloc(0), limit: 1_000_000, keysOnly: false });
+  return {
+    appliedIndex: sm.appliedIndex(),
+    revision: sm.revision(),
+    more,
+    kvs: kvs.map((k) => ({ ...k, key: k.key.toString('hex'), value: k.value.toString('hex') })),
+  };
+}
+
+function hexKeys(kvs: KeyValue[]): string[] {
+  return kvs.map((k) => k.key.toString('hex'));
+}
+
+// ---------------------------------------------------------------------------
+// The contract
+// ---------------------------------------------------------------------------
+
+describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
+  let handle: Awaited<ReturnType<typeof backend.open>>;
+  let sm: KvStateMachine;
+
+  beforeEach(async () => {
+    handle = await backend.open();
+    sm = await KvStateMachine.open(handle.db);
+  });
+  afterEach(() => handle.cleanup());
+
+  async function reopen(): Promise<KvStateMachine> {
+    const db: Db = await handle.reopen();
+    return KvStateMachine.open(db);
+  }
+
+  describe('an empty store', () => {
+    test('starts at applied index 0 and revision 0 with no keys', async () => {
+      expect(sm.appliedIndex()).toBe(0);
+      expect(sm.revision()).toBe(0);
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+      expect(await sm.range({ start: Buffer.alloc(0), limit: 10, keysOnly: false })).toEqual({ kvs: [], more: false });
+    });
+
+    test('reopens empty', async () => {
+      const fresh = await reopen();
+      expect(fresh.appliedIndex()).toBe(0);
+      expect(fresh.revision()).toBe(0);
+    });
+  });
+
+  describe('put and get', () => {
+    test('put then get returns the value with createRevision, modRevision and version of the write', async () => {
+      const result = await applyOne(sm, put('a', 'one'));
+      expect(result.revision).toBe(1);
+      expect(putOp(result).prevKv).toBeUndefined();
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'one', 1, 1, 1));
+      expect(await sm.get(Buffer.from('b'))).toBeUndefined();
+    });
+
+    test('version grows by one per put, createRevision stays, modRevision is the revision of the last write', async () => {
+      expect((await applyOne(sm, put('a', 'a1'))).revision).toBe(1);
+      expect((await applyOne(sm, put('b', 'b1'))).revision).toBe(2);
+      expect((await applyOne(sm, put('a', 'a2'))).revision).toBe(3);
+      expect((await applyOne(sm, put('a', 'a3'))).revision).toBe(4);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'a3', 1, 4, 3));
+      expect(await sm.get(Buffer.from('b'))).toEqual(kv('b', 'b1', 2, 2, 1));
+      expect(sm.revision()).toBe(4);
+    });
+
+    test('putting the same value again is still a write', async () => {
+      await applyOne(sm, put('a', 'same'));
+      const result = await applyOne(sm, put('a', 'same'));
+      expect(result.revision).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'same', 1, 2, 2));
+    });
+
+    test('an empty value is stored as an empty value, not as a missing key', async () => {
+      await applyOne(sm, put('a', Buffer.alloc(0)));
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', Buffer.alloc(0), 1, 1, 1));
+    });
+
+    test('put with prevKv returns the previous KeyValue with its bookkeeping', async () => {
+      await applyOne(sm, put('a', 'old'));
+      await applyOne(sm, put('a', 'older-than-new'));
+      const result = await applyOne(sm, put('a', 'new', { prevKv: true }));
+      expect(result.revision).toBe(3);
+      expect(putOp(result).prevKv).toEqual(kv('a', 'older-than-new', 1, 2, 2));
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'new', 1, 3, 3));
+    });
+
+    test('put with prevKv on a missing key returns no prevKv', async () => {
+      const result = await applyOne(sm, put('a', 'v', { prevKv: true }));
+      expect(putOp(result).prevKv).toBeUndefined();
+    });
+
+    test('put without prevKv does not return the previous value', async () => {
+      await applyOne(sm, put('a', 'old'));
+      const result = await applyOne(sm, put('a', 'new'));
+      expect(putOp(result).prevKv).toBeUndefined();
+    });
+  });
+
+  describe('delete', () => {
+    test('delete of an existing key returns deleted true, bumps the revision and removes the key', async () => {
+      await applyOne(sm, put('a', 'v'));
+      const result = await applyOne(sm, del('a'));
+      expect(result.revision).toBe(2);
+      expect(deleteOp(result).deleted).toBe(true);
+      expect(deleteOp(result).prevKv).toBeUndefined();
+      expect(sm.revision()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+    });
+
+    test('delete with prevKv returns the deleted KeyValue', async () => {
+      await applyOne(sm, put('a', 'v1'));
+      await applyOne(sm, put('a', 'v2'));
+      const result = await applyOne(sm, del('a', { prevKv: true }));
+      expect(deleteOp(result)).toEqual(expect.objectContaining({ deleted: true, prevKv: kv('a', 'v2', 1, 2, 2) }));
+    });
+
+    test('delete of a missing key returns deleted false, no prevKv, and does not move the revision', async () => {
+      await applyOne(sm, put('a', 'v'));
+      const result = await applyOne(sm, del('b', { prevKv: true }));
+      expect(deleteOp(result).deleted).toBe(false);
+      expect(deleteOp(result).prevKv).toBeUndefined();
+      expect(result.revision).toBe(1);
+      expect(sm.revision()).toBe(1);
+      expect(sm.appliedIndex()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+    });
+
+    test('deleting the same key twice deletes once', async () => {
+      await applyOne(sm, put('a', 'v'));
+      expect(deleteOp(await applyOne(sm, del('a'))).deleted).toBe(true);
+      const second = await applyOne(sm, del('a'));
+      expect(deleteOp(second).deleted).toBe(false);
+      expect(second.revision).toBe(2);
+      expect(sm.revision()).toBe(2);
+    });
+
+    test('delete then re-put: createRevision is new and version restarts at 1', async () => {
+      await applyOne(sm, put('a', 'v1'));
+      await applyOne(sm, put('a', 'v2'));
+      await applyOne(sm, del('a'));
+      const result = await applyOne(sm, put('a', 'v3', { prevKv: true }));
+      expect(result.revision).toBe(4);
+      expect(putOp(result).prevKv).toBeUndefined();
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v3', 4, 4, 1));
+    });
+  });
+
+  describe('revision and applied index', () => {
+    test('NOOP entries advance the applied index but not the revision', async () => {
+      const results = await applyAll(sm, 'noop', put('a', 'v'), 'noop', 'noop');
+      expect(results[0]).toBeUndefined();
+      expect(results[1]?.revision).toBe(1);
+      expect(results[2]).toBeUndefined();
+      expect(results[3]).toBeUndefined();
+      expect(sm.appliedIndex()).toBe(4);
+      expect(sm.revision()).toBe(1);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+    });
+
+    test('the revision counts exactly the puts and the deletes that deleted something', async () => {
+      const results = await applyAll(
+        sm,
+        put('a', '1'), // 1
+        del('zz'), // missing: stays 1
+        'noop',
+        put('b', '1'), // 2
+        del('a'), // 3
+        del('a'), // missing: stays 3
+        put('a', '2'), // 4
+      );
+      expect(results.map((r) => r?.revision)).toEqual([1, 1, undefined, 2, 3, 3, 4]);
+      expect(sm.revision()).toBe(4);
+      expect(sm.appliedIndex()).toBe(7);
+    });
+
+    test('outcomes carry each entry index and term', async () => {
+      const entries = [noopEntry(1, 3), commandEntry(2, put('a', 'v'), 3), commandEntry(3, put('b', 'v'), 4)];
+      const outcomes: ApplyOutcome[] = await sm.apply(entries);
+      expect(outcomes.map((o) => [o.index, o.term])).toEqual([
+        [1, 3],
+        [2, 3],
+        [3, 4],
+      ]);
+    });
+
+    test('several entries in one apply() that touch the same key see each other in order', async () => {
+      const results = await applyAll(
+        sm,
+        put('a', '1'),
+        put('a', '2', { prevKv: true }),
+        del('a', { prevKv: true }),
+        put('a', '3', { prevKv: true }),
+      );
+      expect(results.map((r) => r?.revision)).toEqual([1, 2, 3, 4]);
+      expect(putOp(results[1]).prevKv).toEqual(kv('a', '1', 1, 1, 1));
+      expect(deleteOp(results[2])).toEqual(expect.objectContaining({ deleted: true, prevKv: kv('a', '2', 1, 2, 2) }));
+      expect(putOp(results[3]).prevKv).toBeUndefined();
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', '3', 4, 4, 1));
+      expect(sm.revision()).toBe(4);
+      expect(sm.appliedIndex()).toBe(4);
+      const fresh = await reopen();
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', '3', 4, 4, 1));
+    });
+
+    test('a key put then deleted within one apply() is gone, also after reopen', async () => {
+      await applyAll(sm, put('a', '1'), put('b', '1'), del('a'));
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+      expect(sm.revision()).toBe(3);
+      const fresh = await reopen();
+      expect(await fresh.get(Buffer.from('a'))).toBeUndefined();
+      expect(await fresh.get(Buffer.from('b'))).toEqual(kv('b', '1', 2, 2, 1));
+      expect(fresh.revision()).toBe(3);
+    });
+
+    test('applied index, revision and data are the same after reopen', async () => {
+      await applyAll(sm, put('a', 'a1'), put('b', 'b1'), 'noop');
+      await applyAll(sm, put('a', 'a2'), del('b'), put('c', 'c1'), del('missing'));
+      await applyAll(sm, 'noop');
+      const before = await observe(sm);
+      expect(before.appliedIndex).toBe(8);
+      expect(before.revision).toBe(5);
+
+      const fresh = await reopen();
+      expect(await observe(fresh)).toEqual(before);
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'a2', 1, 3, 2));
+      expect(await fresh.get(Buffer.from('b'))).toBeUndefined();
+      expect(await fresh.get(Buffer.from('c'))).toEqual(kv('c', 'c1', 5, 5, 1));
+
+      // And the reopened machine carries on where the old one stopped.
+      const result = await applyOne(fresh, put('a', 'a3'));
+      expect(result.revision).toBe(6);
+      expect(fresh.appliedIndex()).toBe(9);
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'a3', 1, 6, 3));
+    });
+
+    test('an apply of only NOOPs persists the applied index', async () => {
+      await applyAll(sm, put('a', 'v'));
+      await applyAll(sm, 'noop', 'noop');
+      const fresh = await reopen();
+      expect(fresh.appliedIndex()).toBe(3);
+      expect(fresh.revision()).toBe(1);
+    });
+  });
+
+  describe('index invariants', () => {
+    test('applying index 2 on an empty machine throws an invariant violation', async () => {
+      await expect(sm.apply([commandEntry(2, put('a', 'v'))])).rejects.toThrow(InvariantViolation);
+      expect(sm.appliedIndex()).toBe(0);
+      expect(sm.revision()).toBe(0);
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+    });
+
+    test('re-applying the last applied index throws', async () => {
+      await applyAll(sm, put('a', 'v'), put('b', 'v'));
+      await expect(sm.apply([commandEntry(2, put('b', 'again'))])).rejects.toThrow(InvariantViolation);
+      await expect(sm.apply([commandEntry(1, put('a', 'again'))])).rejects.toThrow(InvariantViolation);
+      expect(sm.appliedIndex()).toBe(2);
+      expect(sm.revision()).toBe(2);
+      expect(await sm.get(Buffer.from('b'))).toEqual(kv('b', 'v', 2, 2, 1));
+    });
+
+    test('skipping an index after earlier applies throws', async () => {
+      await applyAll(sm, put('a', 'v'));
+      await expect(sm.apply([commandEntry(3, put('a', 'skip'))])).rejects.toThrow(InvariantViolation);
+      expect(sm.appliedIndex()).toBe(1);
+    });
+
+    test('a gap inside one batch throws and writes nothing of the batch', async () => {
+      await applyAll(sm, put('a', 'v'));
+      const batch = [commandEntry(2, put('a', 'in-batch')), commandEntry(3, put('b', 'in-batch')), commandEntry(5, put('c', 'x'))];
+      await expect(sm.apply(batch)).rejects.toThrow(InvariantViolation);
+      expect(sm.appliedIndex()).toBe(1);
+      expect(sm.revision()).toBe(1);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+      expect(await sm.get(Buffer.from('b'))).toBeUndefined();
+      const fresh = await reopen();
+      expect(fresh.appliedIndex()).toBe(1);
+      expect(await fresh.get(Buffer.from('b'))).toBeUndefined();
+      // The machine is still usable at the right index.
+      expect((await applyOne(fresh, put('b', 'ok'))).revision).toBe(2);
+      expect(fresh.appliedIndex()).toBe(2);
+    });
+
+    test('a repeated index inside one batch throws', async () => {
+      await expect(sm.apply([commandEntry(1, put('a', 'v')), commandEntry(1, put('a', 'v'))])).rejects.toThrow(
+        InvariantViolation,
+      );
+      expect(sm.appliedIndex()).toBe(0);
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+    });
+  });
+
+  describe('range', () => {
+    // Inserted out of order on purpose; byte order is 00, 42('B'), 61('a'), 6100, 6162('ab'), 62('b'), 63('c'), 64('d'), ff.
+    const KEYS: Buffer[] = [
+      Buffer.from('c'),
+      Buffer.from([0xff]),
+      Buffer.from('ab'),
+      Buffer.from('a'),
+      Buffer.from([0x00]),
+      Buffer.from('d'),
+      Buffer.from('b'),
+      Buffer.from('B'),
+      Buffer.from([0x61, 0x00]),
+    ];
+    const SORTED_HEX = ['00', '42', '61', '6100', '6162', '62', '63', '64', 'ff'];
+
+    beforeEach(async () => {
+      await applyAll(sm, ...KEYS.map((k) => put(k, Buffer.concat([Buffer.from('v:'), k]))));
+    });
+
+    test('returns every key in byte order when unbounded', async () => {
+      const { kvs, more } = await sm.range({ start: Buffer.alloc(0), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(SORTED_HEX);
+      expect(more).toBe(false);
+      for (const item of kvs) expect(item.value).toEqual(Buffer.concat([Buffer.from('v:'), item.key]));
+    });
+
+    test('returns full bookkeeping for each key', async () => {
+      const { kvs } = await sm.range({ start: Buffer.from('c'), end: Buffer.from('d'), limit: 10, keysOnly: false });
+      // 'c' was the first put of the batch: revision 1.
+      expect(kvs).toEqual([kv('c', 'v:c', 1, 1, 1)]);
+    });
+
+    test('[start, end) includes start and excludes end', async () => {
+      const { kvs, more } = await sm.range({ start: Buffer.from('a'), end: Buffer.from('c'), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['61', '6100', '6162', '62']);
+      expect(more).toBe(false);
+    });
+
+    test('a start that is not a key begins at the next key', async () => {
+      const { kvs } = await sm.range({ start: Buffer.from('bb'), end: Buffer.from('z'), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['63', '64']);
+    });
+
+    test('end undefined reads to the end of the key space', async () => {
+      const { kvs, more } = await sm.range({ start: Buffer.from('c'), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['63', '64', 'ff']);
+      expect(more).toBe(false);
+    });
+
+    test('an empty interval returns nothing', async () => {
+      expect(await sm.range({ start: Buffer.from('c'), end: Buffer.from('c'), limit: 100, keysOnly: false })).toEqual({
+        kvs: [],
+        more: false,
+      });
+      expect(await sm.range({ start: Buffer.from('x'), end: Buffer.from('y'), limit: 100, keysOnly: false })).toEqual({
+        kvs: [],
+        more: false,
+      });
+    });
+
+    test('limit exactly the number of keys in range: more is false', async () => {
+      const { kvs, more } = await sm.range({ start: Buffer.from('b'), end: Buffer.from('e'), limit: 3, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['62', '63', '64']);
+      expect(more).toBe(false);
+    });
+
+    test('limit one less than the keys in range: more is true', async () => {
+      const { kvs, more } = await sm.range({ start: Buffer.from('b'), end: Buffer.from('e'), limit: 2, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['62', '63']);
+      expect(more).toBe(true);
+    });
+
+    test('keys beyond end do not make more true', async () => {
+      // 'b', 'c' are in [b, d); 'd' and 0xff exist but are outside the range.
+      const { kvs, more } = await sm.range({ start: Buffer.from('b'), end: Buffer.from('d'), limit: 2, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['62', '63']);
+      expect(more).toBe(false);
+    });
+
+    test('limit at the boundary with end undefined', async () => {
+      const exact = await sm.range({ start: Buffer.from('c'), limit: 3, keysOnly: false });
+      expect(hexKeys(exact.kvs)).toEqual(['63', '64', 'ff']);
+      expect(exact.more).toBe(false);
+      const short = await sm.range({ start: Buffer.from('c'), limit: 2, keysOnly: false });
+      expect(hexKeys(short.kvs)).toEqual(['63', '64']);
+      expect(short.more).toBe(true);
+      const one = await sm.range({ start: Buffer.alloc(0), limit: 1, keysOnly: false });
+      expect(hexKeys(one.kvs)).toEqual(['00']);
+      expect(one.more).toBe(true);
+    });
+
+    test('keysOnly returns empty values but the keys and bookkeeping', async () => {
+      await applyOne(sm, put('b', 'again'));
+      const { kvs } = await sm.range({ start: Buffer.from('b'), end: Buffer.from('c'), limit: 10, keysOnly: true });
+      expect(kvs).toEqual([kv('b', Buffer.alloc(0), 7, 10, 2)]);
+      const all = await sm.range({ start: Buffer.alloc(0), limit: 100, keysOnly: true });
+      expect(hexKeys(all.kvs)).toEqual(SORTED_HEX);
+      for (const item of all.kvs) expect(item.value.length).toBe(0);
+      // keysOnly does not change what is stored.
+      expect((await sm.get(Buffer.from('b')))?.value).toEqual(Buffer.from('again'));
+    });
+
+    test('deleted keys disappear from ranges', async () => {
+      await applyAll(sm, del('b'), del(Buffer.from([0x00])));
+      const { kvs } = await sm.range({ start: Buffer.alloc(0), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['42', '61', '6100', '6162', '63', '64', 'ff']);
+    });
+
+    test('ranges read the same after reopen', async () => {
+      const fresh = await reopen();
+      const { kvs } = await fresh.range({ start: Buffer.from('a'), end: Buffer.from('b'), limit: 100, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['61', '6100', '6162']);
+    });
+  });
+
+  describe('exactly-once sessions', () => {
+    const c = (sequence: number, extra: WriteOptions = {}) => ({ clientId: 'client-1', sequence, ...extra });
+
+    test('the same (clientId, sequence) in separate applies applies once and returns the first result', async () => {
+      const first = await applyOne(sm, put('a', 'v', c(1)));
+      expect(first.revision).toBe(1);
+      const second = await applyOne(sm, put('a', 'v', c(1)));
+      expect(second).toEqual(first);
+      expect(sm.revision()).toBe(1);
+      expect(sm.appliedIndex()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+    });
+
+    test('the same (clientId, sequence) twice in one apply applies once', async () => {
+      const [first, second] = await applyAll(sm, put('a', 'v', c(1, { prevKv: true })), put('a', 'v', c(1, { prevKv: true })));
+      expect(first?.revision).toBe(1);
+      expect(second).toEqual(first);
+      expect(sm.revision()).toBe(1);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+    });
+
+    test('a retried write gets its original answer even after other writes', async () => {
+      await applyOne(sm, put('a', 'v0'));
+      const first = await applyOne(sm, put('a', 'v1', c(7, { prevKv: true })));
+      expect(putOp(first).prevKv).toEqual(kv('a', 'v0', 1, 1, 1));
+      await applyOne(sm, put('a', 'other-writer'));
+      await applyOne(sm, put('b', 'other-key'));
+      const retry = await applyOne(sm, put('a', 'v1', c(7, { prevKv: true })));
+      expect(retry).toEqual(first);
+      expect(retry.revision).toBe(2);
+      expect(sm.revision()).toBe(4);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'other-writer', 1, 3, 3));
+    });
+
+    test('a retried delete gets its original answer and deletes nothing more', async () => {
+      await applyOne(sm, put('a', 'v'));
+      const first = await applyOne(sm, del('a', c(1, { prevKv: true })));
+      expect(deleteOp(first)).toEqual(expect.objectContaining({ deleted: true, prevKv: kv('a', 'v', 1, 1, 1) }));
+      await applyOne(sm, put('a', 'recreated'));
+      const retry = await applyOne(sm, del('a', c(1, { prevKv: true })));
+      expect(retry).toEqual(first);
+      expect(sm.revision()).toBe(3);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'recreated', 3, 3, 1));
+    });
+
+    test('a higher sequence applies normally', async () => {
+      await applyOne(sm, put('a', 'v1', c(1)));
+      const next = await applyOne(sm, put('a', 'v2', c(2)));
+      expect(next.revision).toBe(2);
+      expect(sm.revision()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v2', 1, 2, 2));
+      // Sequences need not be dense.
+      const jump = await applyOne(sm, put('a', 'v3', c(10)));
+      expect(jump.revision).toBe(3);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v3', 1, 3, 3));
+    });
+
+    test('a lower sequence than the last changes nothing and does not reset the session', async () => {
+      await applyOne(sm, put('a', 'v5', c(5)));
+      const latest = await applyOne(sm, put('a', 'v6', c(6)));
+      const stalePut = await applyOne(sm, put('a', 'stale', c(5)));
+      expect(stalePut.revision).toBe(2);
+      const staleDelete = await applyOne(sm, del('a', c(3)));
+      expect(staleDelete.revision).toBe(2);
+      const staleOther = await applyOne(sm, put('b', 'stale', c(4)));
+      expect(staleOther.revision).toBe(2);
+      expect(sm.revision()).toBe(2);
+      expect(sm.appliedIndex()).toBe(5);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v6', 1, 2, 2));
+      expect(await sm.get(Buffer.from('b'))).toBeUndefined();
+      // The session still remembers sequence 6, not the stale ones.
+      expect(await applyOne(sm, put('a', 'v6', c(6)))).toEqual(latest);
+      expect(sm.revision()).toBe(2);
+    });
+
+    test('a lower sequence in the same batch as the higher one changes nothing', async () => {
+      const [, , stale] = await applyAll(sm, put('a', 'v1', c(1)), put('a', 'v2', c(2)), put('a', 'stale', c(1)));
+      expect(stale?.revision).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v2', 1, 2, 2));
+    });
+
+    test('sessions are per client', async () => {
+      await applyOne(sm, put('a', 'x', { clientId: 'client-x', sequence: 1 }));
+      const other = await applyOne(sm, put('a', 'y', { clientId: 'client-y', sequence: 1 }));
+      expect(other.revision).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'y', 1, 2, 2));
+    });
+
+    test('sessions survive reopen', async () => {
+      await applyOne(sm, put('a', 'other'));
+      const first = await applyOne(sm, put('a', 'v', c(5, { prevKv: true })));
+      expect(first.revision).toBe(2);
+
+      const fresh = await reopen();
+      expect(fresh.appliedIndex()).toBe(2);
+      const retry = await applyOne(fresh, put('a', 'v', c(5, { prevKv: true })));
+      expect(retry).toEqual(first);
+      expect(fresh.revision()).toBe(2);
+      expect(fresh.appliedIndex()).toBe(3);
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 2, 2));
+
+      // And the session goes on from there.
+      const stale = await applyOne(fresh, put('a', 'stale', c(4)));
+      expect(stale.revision).toBe(2);
+      expect((await applyOne(fresh, put('a', 'next', c(6)))).revision).toBe(3);
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'next', 1, 3, 3));
+    });
+
+    test('a session first seen in a batch that also re-applies it survives reopen', async () => {
+      await applyAll(sm, put('a', 'v', c(1)), put('a', 'v', c(1)), put('b', 'w', c(2)));
+      expect(sm.revision()).toBe(2);
+      const fresh = await reopen();
+      await applyAll(fresh, put('a', 'v', c(1)), put('b', 'w', c(2)));
+      expect(fresh.revision()).toBe(2);
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+      expect(await fresh.get(Buffer.from('b'))).toEqual(kv('b', 'w', 2, 2, 1));
+    });
+
+    test('writes with an empty clientId are never deduplicated', async () => {
+      const first = await applyOne(sm, put('a', 'v', { clientId: '', sequence: 1 }));
+      const second = await applyOne(sm, put('a', 'v', { clientId: '', sequence: 1 }));
+      const [third, fourth] = await applyAll(sm, put('a', 'v', { clientId: '', sequence: 1 }), put('a', 'v'));
+      expect([first.revision, second.revision, third?.revision, fourth?.revision]).toEqual([1, 2, 3, 4]);
+      expect(sm.revision()).toBe(4);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 4, 4));
+      const del1 = await applyOne(sm, del('a', { clientId: '', sequence: 1 }));
+      const del2 = await applyOne(sm, del('a', { clientId: '', sequence: 1 }));
+      expect(deleteOp(del1).deleted).toBe(true);
+      expect(deleteOp(del2).deleted).toBe(false);
+    });
+
+    test('an empty clientId does not disturb a real session', async () => {
+      const first = await applyOne(sm, put('a', 'v', c(3)));
+      await applyOne(sm, put('a', 'anon', { clientId: '', sequence: 3 }));
+      expect(await applyOne(sm, put('a', 'v', c(3)))).toEqual(first);
+      expect(sm.revision()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'anon', 1, 2, 2));
+    });
+  });
+
+  describe('malformed commands', () => {
+    test.each(GARBAGE.map((g) => [Buffer.from(g).toString('hex'), g] as const))(
+      'a COMMAND entry with undecodable data (%s) does not crash apply and changes no data',
+      async (_hex, garbage) => {
+        await applyOne(sm, put('a', 'v'));
+        const before = await observe(sm);
+        const outcomes = await sm.apply([rawEntry(2, garbage), commandEntry(3, put('b', 'w'))]);
+        expect(outcomes.map((o) => o.index)).toEqual([2, 3]);
+        expect(outcomes[0]!.result?.revision).toBe(1);
+        expect(outcomes[0]!.result?.op).toBeUndefined();
+        expect(outcomes[1]!.result?.revision).toBe(2);
+        expect(sm.appliedIndex()).toBe(3);
+        expect(sm.revision()).toBe(2);
+        expect(before.kvs).toHaveLength(1);
+        expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+        expect(await sm.get(Buffer.from('b'))).toEqual(kv('b', 'w', 2, 2, 1));
+        const after = await observe(sm);
+        expect(after.kvs).toHaveLength(2);
+      },
+    );
+
+    test('a malformed entry alone advances only the applied index, also after reopen', async () => {
+      await applyOne(sm, put('a', 'v'));
+      const before = await observe(sm);
+      const outcomes = await sm.apply([rawEntry(2, GARBAGE[0]!)]);
+      expect(outcomes).toHaveLength(1);
+      expect(await observe(sm)).toEqual({ ...before, appliedIndex: 2 });
+      const fresh = await reopen();
+      expect(await observe(fresh)).toEqual({ ...before, appliedIndex: 2 });
+    });
+
+    test('an empty COMMAND (no op) changes no data', async () => {
+      await applyOne(sm, put('a', 'v'));
+      const [result] = await applyAll(sm, {});
+      expect(result?.revision).toBe(1);
+      expect(sm.revision()).toBe(1);
+      expect(sm.appliedIndex()).toBe(2);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
+    });
+
+    test('every replica fails a malformed entry the same way', async () => {
+      const otherDb = await LevelDb.openMemory();
+      try {
+        const replica = await KvStateMachine.open(otherDb);
+        const entries = [
+          commandEntry(1, put('a', 'v', { clientId: 'c', sequence: 1 })),
+          ...GARBAGE.map((g, i) => rawEntry(2 + i, g)),
+          noopEntry(2 + GARBAGE.length),
+          commandEntry(3 + GARBAGE.length, put('a', 'v', { clientId: 'c', sequence: 1 })),
+          commandEntry(4 + GARBAGE.length, del('a', { prevKv: true })),
+        ];
+        const mine = await sm.apply(entries);
+        const theirs = await replica.apply(entries);
+        expect(theirs).toEqual(mine);
+        expect(await observe(replica)).toEqual(await observe(sm));
+        expect(sm.revision()).toBe(2);
+      } finally {
+        await otherDb.close();
+      }
+    });
+  });
+
+  describe('binary keys', () => {
+    const BINARY_KEYS: Buffer[] = [
+      Buffer.from([0x00]),
+      Buffer.from([0x00, 0x00]),
+      Buffer.from([0xff]),
+      Buffer.from([0xff, 0xff, 0x00]),
+      Buffer.from([0x61, 0x00, 0x62]),
+      Buffer.from([0x00, 0xff, 0x80, 0x7f]),
+      Buffer.from([0xc3, 0x28]), // invalid UTF-8
+      Buffer.from([0x01, 0x02, 0x03]),
+    ];
+
+    test('keys with arbitrary bytes put, get and range in byte order', async () => {
+      await applyAll(
+        sm,
+        ...BINARY_KEYS.map((k, i) => put(k, Buffer.from([0x00, i, 0xff]))),
+      );
+      for (const [i, key] of BINARY_KEYS.entries()) {
+        expect(await sm.get(key)).toEqual(kv(key, Buffer.from([0x00, i, 0xff]), i + 1, i + 1, 1));
+      }
+      const { kvs } = await sm.range({ start: Buffer.alloc(0), limit: 100, keysOnly: false });
+      const expected = [...BINARY_KEYS].sort(Buffer.compare).map((k) => k.toString('hex'));
+      expect(hexKeys(kvs)).toEqual(expected);
+      expect(expected[0]).toBe('00');
+      expect(expected[expected.length - 1]).toBe('ffff00');
+    });
+
+    test('0x00 and 0x00 0x00 are different keys', async () => {
+      await applyAll(sm, put(Buffer.from([0x00]), 'one'), put(Buffer.from([0x00, 0x00]), 'two'));
+      await applyOne(sm, del(Buffer.from([0x00])));
+      expect(await sm.get(Buffer.from([0x00]))).toBeUndefined();
+      expect(await sm.get(Buffer.from([0x00, 0x00]))).toEqual(kv(Buffer.from([0x00, 0x00]), 'two', 2, 2, 1));
+    });
+
+    test('a range bounded by binary keys', async () => {
+      await applyAll(sm, ...BINARY_KEYS.map((k) => put(k, 'v')));
+      const { kvs, more } = await sm.range({
+        start: Buffer.from([0x00, 0x00]),
+        end: Buffer.from([0xff]),
+        limit: 100,
+        keysOnly: true,
+      });
+      expect(hexKeys(kvs)).toEqual(['0000', '00ff807f', '010203', '610062', 'c328']);
+      expect(more).toBe(false);
+      const tail = await sm.range({ start: Buffer.from([0xff]), limit: 100, keysOnly: false });
+      expect(hexKeys(tail.kvs)).toEqual(['ff', 'ffff00']);
+    });
+
+    test('keys passed as views into larger buffers or plain Uint8Arrays are read correctly', async () => {
+      const backing = Buffer.from([0x99, 0x00, 0xff, 0x00, 0x99]);
+      const view = backing.subarray(1, 4); // 00 ff 00, at a nonzero byteOffset
+      await applyOne(sm, put(Buffer.from(view), 'view'));
+      expect(await sm.get(view)).toEqual(kv(Buffer.from([0x00, 0xff, 0x00]), 'view', 1, 1, 1));
+      expect(await sm.get(new Uint8Array([0x00, 0xff, 0x00]))).toEqual(kv(Buffer.from([0x00, 0xff, 0x00]), 'view', 1, 1, 1));
+      expect(await sm.get(backing)).toBeUndefined();
+      const { kvs } = await sm.range({ start: new Uint8Array([0x00]), end: new Uint8Array([0x01]), limit: 10, keysOnly: false });
+      expect(hexKeys(kvs)).toEqual(['00ff00']);
+    });
+
+    test('binary keys and values survive reopen and exact-once bookkeeping', async () => {
+      const key = Buffer.from([0xff, 0x00, 0xff]);
+      const value = Buffer.from([0x00, 0x00, 0xff, 0x00]);
+      const first = await applyOne(sm, put(key, value, { clientId: 'bin', sequence: 1 }));
+      const fresh = await reopen();
+      expect(await fresh.get(key)).toEqual(kv(key, value, 1, 1, 1));
+      expect(await applyOne(fresh, put(key, value, { clientId: 'bin', sequence: 1 }))).toEqual(first);
+      expect(await fresh.get(key)).toEqual(kv(key, value, 1, 1, 1));
+    });
+  });
+});
