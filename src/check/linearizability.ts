@@ -601,7 +601,8 @@ class VisitedSet {
       e = next;
     }
     if (!covered) {
-      this.append([state, lo, len, unknownLen], known.words.subarray(lo, lo + len), unknown.words.subarray(0, unknownLen), head);
+      const knownWindow = known.words.subarray(lo, lo + len);
+      this.append([state, lo, len, unknownLen], knownWindow, unknown.words.subarray(0, unknownLen), head);
       head = this.size - 1;
     }
     this.chains.set(hash, head);
