@@ -18,6 +18,12 @@ interface PendingProposal {
 }
 
 interface PendingRead {
+  resolve(index: number): void;
+  reject(err: Error): void;
+}
+
+interface AppliedWaiter {
+  index: number;
   resolve(): void;
   reject(err: Error): void;
 }
@@ -34,8 +40,8 @@ interface PendingRead {
 export class Replica {
   private readonly proposals = new Map<number, PendingProposal>();
   private readonly reads = new Map<number, PendingRead>();
-  /** Granted reads waiting for the state machine to reach their index, in grant order. */
-  private readsAwaitingApply: { readId: number; index: number }[] = [];
+  /** Callers waiting for the state machine to reach an index. */
+  private appliedWaiters: AppliedWaiter[] = [];
   private nextReadId = 1;
   private draining = false;
   private stopped = false;
@@ -104,16 +110,32 @@ export class Replica {
    * Resolves when a linearizable read may be served from this node's state machine:
    * leadership was confirmed after the call and everything committed before it is applied.
    */
-  readBarrier(): Promise<void> {
+  async readBarrier(): Promise<void> {
+    await this.waitForApplied(await this.confirmReadIndex());
+  }
+
+  /**
+   * Leader only: resolves with a read index once leadership has been confirmed by a
+   * quorum after this call (ReadIndex). A follower asks the leader for one over the
+   * peer service and then waits for its own state machine to reach it.
+   */
+  confirmReadIndex(): Promise<number> {
     if (this.stopped) return Promise.reject(stoppedError());
     const readId = this.nextReadId++;
     const asked = this.node.readIndex(readId);
     if (!asked.ok) {
       return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, 'not the leader', { leader: asked.leader }));
     }
-    const barrier = new Promise<void>((resolve, reject) => this.reads.set(readId, { resolve, reject }));
+    const confirmed = new Promise<number>((resolve, reject) => this.reads.set(readId, { resolve, reject }));
     this.schedule();
-    return barrier;
+    return confirmed;
+  }
+
+  /** Resolves once the state machine has applied `index`. */
+  waitForApplied(index: number): Promise<void> {
+    if (this.stateMachine.appliedIndex() >= index) return Promise.resolve();
+    if (this.stopped) return Promise.reject(stoppedError());
+    return new Promise((resolve, reject) => this.appliedWaiters.push({ index, resolve, reject }));
   }
 
   /** Stops taking input; pending requests fail with STOPPED (a write's outcome is then unknown). */
@@ -122,8 +144,10 @@ export class Replica {
     await this.drained;
     for (const pending of this.proposals.values()) pending.reject(stoppedError());
     for (const pending of this.reads.values()) pending.reject(stoppedError());
+    for (const waiter of this.appliedWaiters) waiter.reject(stoppedError());
     this.proposals.clear();
     this.reads.clear();
+    this.appliedWaiters = [];
   }
 
   private schedule(): void {
@@ -152,12 +176,12 @@ export class Replica {
     if (this.stopped) return; // a crash between persisting and sending
     this.transport.send(ready.messages);
     for (const readId of ready.failedReads) this.failRead(readId);
-    this.readsAwaitingApply.push(...ready.reads.map((grant) => ({ readId: grant.readId, index: grant.index })));
+    for (const grant of ready.reads) this.grantRead(grant.readId, grant.index);
     if (ready.committed.length > 0) {
       const outcomes = await this.stateMachine.apply(ready.committed);
       this.resolveProposals(outcomes);
+      this.releaseAppliedWaiters();
     }
-    this.releaseReads();
   }
 
   private resolveProposals(outcomes: readonly ApplyOutcome[]): void {
@@ -175,18 +199,19 @@ export class Replica {
     }
   }
 
-  private releaseReads(): void {
+  private grantRead(readId: number, index: number): void {
+    this.reads.get(readId)?.resolve(index);
+    this.reads.delete(readId);
+  }
+
+  private releaseAppliedWaiters(): void {
     const applied = this.stateMachine.appliedIndex();
-    const waiting: { readId: number; index: number }[] = [];
-    for (const grant of this.readsAwaitingApply) {
-      if (grant.index > applied) {
-        waiting.push(grant);
-        continue;
-      }
-      this.reads.get(grant.readId)?.resolve();
-      this.reads.delete(grant.readId);
+    const waiting: AppliedWaiter[] = [];
+    for (const waiter of this.appliedWaiters) {
+      if (waiter.index <= applied) waiter.resolve();
+      else waiting.push(waiter);
     }
-    this.readsAwaitingApply = waiting;
+    this.appliedWaiters = waiting;
   }
 
   private failRead(readId: number): void {

@@ -122,6 +122,14 @@ export class RaftNode {
   leader: NodeId = NO_NODE;
 
   private lastSavedHardState: HardState;
+  /** Ticks since start: Progress uses it to notice lost AppendRequests. */
+  private ticks = 0;
+  /**
+   * Peer messages dropped because they were malformed or broke the protocol (a second
+   * leader in our term, a commit beyond our log). A correct cluster never produces
+   * one; the simulator asserts the count stays zero. A node never crashes on them.
+   */
+  readonly rejectedMessages: string[] = [];
   private electionElapsedTicks = 0;
   private heartbeatElapsedTicks = 0;
   private randomizedElectionTimeoutTicks = 0;
@@ -154,6 +162,7 @@ export class RaftNode {
   // ---------------------------------------------------------------- inputs
 
   tick(): void {
+    this.ticks++;
     if (this.role === 'leader') {
       this.tickLeader();
     } else {
@@ -162,8 +171,9 @@ export class RaftNode {
   }
 
   step(message: Message): void {
-    assert(message.to === this.id, `message for ${message.to} delivered to ${this.id}`);
     if (!this.voters.includes(message.from)) return; // not a member: nothing it says counts
+    const malformed = malformedReason(message, this.id);
+    if (malformed) return this.rejectMessage(message, malformed);
     if (!this.stepTerm(message)) return;
     switch (message.body?.$case) {
       case 'voteRequest':
@@ -369,7 +379,9 @@ export class RaftNode {
     this.committedInTerm = false;
     this.progress = new Map();
     for (const voter of this.voters) {
-      if (voter !== this.id) this.progress.set(voter, new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends));
+      if (voter !== this.id) {
+        this.progress.set(voter, new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends, this.ticks));
+      }
     }
     this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));
   }
@@ -425,6 +437,8 @@ export class RaftNode {
     const expectPreVote = this.role === 'pre-candidate';
     if (this.role !== 'pre-candidate' && this.role !== 'candidate') return;
     if (response.preVote !== expectPreVote) return;
+    // A granted pre-vote names our term + 1; any other is left over from an earlier round.
+    if (response.preVote && response.granted && m.term !== this.term + 1) return;
     this.votes.set(m.from, response.granted);
     this.tallyVotes();
   }
@@ -475,11 +489,11 @@ export class RaftNode {
     const entries = this.log.slice(pr.nextIndex, this.config.maxEntriesPerAppend, this.config.maxBytesPerAppend);
     const request: AppendRequest = { prevLogIndex, prevLogTerm, entries, commit: this.log.commitIndex };
     this.send(to, { $case: 'appendRequest', value: request });
-    pr.sent(prevLogIndex + entries.length);
+    pr.sent(prevLogIndex + entries.length, this.ticks);
   }
 
   private handleAppendRequest(m: Message, request: AppendRequest): void {
-    assert(this.role !== 'leader', `two leaders in term ${this.term}: ${this.id} and ${m.from}`);
+    if (this.role === 'leader') return this.rejectMessage(m, `a second leader in our term ${this.term}`);
     this.becomeFollower(this.term, m.from);
     if (request.prevLogIndex < this.log.commitIndex) {
       // Everything up to our commit index matches the leader's log already.
@@ -516,10 +530,10 @@ export class RaftNode {
     const pr = this.progress.get(m.from);
     if (!pr) return;
     pr.recentlyActive = true;
+    if (response.index > this.log.lastIndex()) return this.rejectMessage(m, `acknowledges ${response.index} beyond our log`);
     if (response.rejected) {
       this.handleAppendRejection(pr, response);
-    } else if (pr.acknowledge(response.index)) {
-      assert(response.index <= this.log.lastIndex(), `follower ${m.from} acknowledged ${response.index} beyond our log`);
+    } else if (pr.acknowledge(response.index, this.ticks)) {
       this.maybeCommit();
     }
   }
@@ -603,9 +617,9 @@ export class RaftNode {
   }
 
   private handleHeartbeatRequest(m: Message, request: HeartbeatRequest): void {
-    assert(this.role !== 'leader', `two leaders in term ${this.term}: ${this.id} and ${m.from}`);
+    if (this.role === 'leader') return this.rejectMessage(m, `a second leader in our term ${this.term}`);
     this.becomeFollower(this.term, m.from);
-    assert(request.commit <= this.log.lastIndex(), `leader ${m.from} says commit ${request.commit}, our log ends at ${this.log.lastIndex()}`);
+    if (request.commit > this.log.lastIndex()) return this.rejectMessage(m, `commit ${request.commit} beyond our log`);
     this.log.commitTo(request.commit);
     this.send(m.from, { $case: 'heartbeatResponse', value: { readRound: request.readRound } });
   }
@@ -615,16 +629,17 @@ export class RaftNode {
     const pr = this.progress.get(m.from);
     if (!pr) return;
     pr.recentlyActive = true;
-    this.nudgeReplication(pr);
+    this.resendIfStalled(pr);
     if (response.readRound > 0) this.acknowledgeReadRound(m.from, response.readRound);
   }
 
-  /** A heartbeat answer shows the follower is reachable: resume a stalled replication. */
-  private nudgeReplication(pr: Progress): void {
-    if (pr.matchIndex >= this.log.lastIndex()) return;
+  /** A heartbeat answer shows the follower is reachable: resend what seems lost. */
+  private resendIfStalled(pr: Progress): void {
+    const quietTicks = Math.max(2 * this.config.heartbeatIntervalTicks, Math.ceil(this.config.electionTimeoutTicks / 2));
+    if (pr.matchIndex >= this.log.lastIndex() || !pr.isStalled(this.ticks, quietTicks)) return;
     if (pr.state === 'probe') {
       pr.probeSent = false;
-    } else if (++pr.heartbeatsWithoutAck > 2) {
+    } else {
       pr.becomeProbe(pr.matchIndex + 1);
     }
   }
@@ -660,6 +675,13 @@ export class RaftNode {
     return this.term !== this.lastSavedHardState.term || this.votedFor !== this.lastSavedHardState.votedFor;
   }
 
+  private rejectMessage(m: Message, reason: string): void {
+    const MAX_KEPT = 100;
+    if (this.rejectedMessages.length < MAX_KEPT) {
+      this.rejectedMessages.push(`from ${m.from} term ${m.term} ${m.body?.$case ?? 'empty'}: ${reason}`);
+    }
+  }
+
   private send(to: NodeId, body: Message['body'], term = this.term): void {
     this.outbox.push({ from: this.id, to, term, body });
   }
@@ -684,4 +706,21 @@ function validateConfig(config: RaftConfig): void {
     throw new RangeError(`node id ${config.id} must be >= 1 and one of the voters`);
   }
   if (new Set(config.voters).size !== config.voters.length) throw new RangeError('voters must be distinct');
+}
+
+/** Structural checks on a peer message, before any of it is believed. */
+function malformedReason(m: Message, self: NodeId): string | undefined {
+  if (m.to !== self) return `addressed to ${m.to}`;
+  if (m.from === self) return 'claims to come from this node';
+  if (!m.body) return 'no body (an unknown message kind?)';
+  if (m.body.$case !== 'appendRequest') return undefined;
+  const request = m.body.value;
+  if (request.prevLogTerm > m.term) return `prev log term ${request.prevLogTerm} above message term ${m.term}`;
+  let previousTerm = request.prevLogTerm;
+  for (const [i, entry] of request.entries.entries()) {
+    if (entry.index !== request.prevLogIndex + 1 + i) return `entry ${i} has index ${entry.index}, not ${request.prevLogIndex + 1 + i}`;
+    if (entry.term < previousTerm || entry.term > m.term) return `entry ${entry.index} has term ${entry.term} out of order`;
+    previousTerm = entry.term;
+  }
+  return undefined;
 }

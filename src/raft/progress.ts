@@ -4,9 +4,14 @@ import { assert } from '../assert';
  * What a leader knows about one follower's log.
  *
  * probe:     the leader does not know where the logs match; it sends one AppendRequest
- *            and waits for its answer (or a heartbeat answer) before sending another.
+ *            and waits for its answer before sending another.
  * replicate: the logs match up to `matchIndex`; the leader streams AppendRequests
  *            optimistically, keeping at most `maxInflight` unanswered ones.
+ *
+ * A lost AppendRequest would leave either state waiting forever, so the leader
+ * notes when it last sent a probe and when it last heard an acknowledgement: a
+ * heartbeat answer (the follower is reachable) after a long enough silence means
+ * the AppendRequest was lost, and it is sent again (see `isStalled`).
  */
 export class Progress {
   state: 'probe' | 'replicate' = 'probe';
@@ -16,20 +21,19 @@ export class Progress {
   probeSent = false;
   /** Heard from this follower since the last check-quorum round. */
   recentlyActive = false;
-  /**
-   * Heartbeat answers received in replicate state with nothing acknowledged in
-   * between: a lost AppendRequest leaves the window waiting forever otherwise.
-   */
-  heartbeatsWithoutAck = 0;
+  private probeSentAtTick = 0;
+  private acknowledgedAtTick = 0;
   /** Last index of each unanswered AppendRequest, oldest first. */
   private readonly inflight: number[] = [];
 
   constructor(
     nextIndex: number,
     private readonly maxInflight: number,
+    nowTick: number,
   ) {
     assert(maxInflight >= 1, `maxInflight must be >= 1, got ${maxInflight}`);
     this.nextIndex = nextIndex;
+    this.acknowledgedAtTick = nowTick;
   }
 
   /** Whether the leader may send another AppendRequest now. */
@@ -42,25 +46,36 @@ export class Progress {
   }
 
   /** Records an AppendRequest whose entries end at `lastIndex`. */
-  sent(lastIndex: number): void {
+  sent(lastIndex: number, nowTick: number): void {
     if (this.state === 'probe') {
       this.probeSent = true;
+      this.probeSentAtTick = nowTick;
       return;
     }
     assert(lastIndex >= this.nextIndex - 1, `sent up to ${lastIndex} below next ${this.nextIndex}`);
+    if (this.inflight.length === 0) this.acknowledgedAtTick = nowTick; // the silence starts now
     this.inflight.push(lastIndex);
     this.nextIndex = lastIndex + 1;
   }
 
   /** The follower holds the leader's log up to `index`. Returns whether that is news. */
-  acknowledge(index: number): boolean {
+  acknowledge(index: number, nowTick: number): boolean {
     while (this.inflight.length > 0 && this.inflight[0]! <= index) this.inflight.shift();
     if (index <= this.matchIndex) return false;
-    this.heartbeatsWithoutAck = 0;
     this.matchIndex = index;
+    this.acknowledgedAtTick = nowTick;
     this.nextIndex = Math.max(this.nextIndex, index + 1);
     if (this.state === 'probe') this.becomeReplicate();
     return true;
+  }
+
+  /**
+   * Whether an AppendRequest has gone unanswered for `quietTicks` while the follower
+   * is known to be reachable: it was lost, and must be sent again.
+   */
+  isStalled(nowTick: number, quietTicks: number): boolean {
+    if (this.state === 'probe') return this.probeSent && nowTick - this.probeSentAtTick >= quietTicks;
+    return this.inflight.length > 0 && nowTick - this.acknowledgedAtTick >= quietTicks;
   }
 
   becomeProbe(nextIndex: number): void {
@@ -68,7 +83,6 @@ export class Progress {
     this.state = 'probe';
     this.nextIndex = nextIndex;
     this.probeSent = false;
-    this.heartbeatsWithoutAck = 0;
     this.inflight.length = 0;
   }
 

@@ -464,6 +464,9 @@ export class Simulation {
         node.lastRole = status.role;
         node.lastTerm = status.term;
       }
+      if (replica.node.rejectedMessages.length > 0) {
+        return this.fail(`node ${node.id} rejected a peer message: ${replica.node.rejectedMessages[0]}`);
+      }
       if (status.role === 'leader') this.checkLeader(node, status.term);
       this.checkCommitted(node, status.commitIndex);
     }

@@ -123,7 +123,7 @@ describe('log replication', () => {
     net.heal();
     // Their AppendRequests were lost: heartbeat answers without acknowledgements
     // make the leader probe them again.
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < DEFAULT_RAFT_CONFIG.electionTimeoutTicks; i++) {
       net.tick(1);
       net.settle();
     }
@@ -169,8 +169,10 @@ describe('log replication', () => {
     // Count the AppendRequests node 1 needs to repair node 3.
     net.heal();
     const before = net.readies.get(1)!.length;
-    net.tick(1);
-    net.settle();
+    for (let i = 0; i < DEFAULT_RAFT_CONFIG.electionTimeoutTicks; i++) {
+      net.tick(1);
+      net.settle();
+    }
     const appendsTo3 = net.readies
       .get(1)!
       .slice(before)
@@ -255,6 +257,76 @@ describe('ReadIndex', () => {
     net.settle();
     expect(net.node(2).readIndex(1)).toEqual({ ok: false, reason: 'not-leader', leader: 1 });
     expect(net.node(2).propose(data('x'))).toEqual({ ok: false, reason: 'not-leader', leader: 1 });
+  });
+});
+
+describe('bad and stale peer messages', () => {
+  test('a message with no body changes nobody\'s term', () => {
+    const net = new RaftNetwork(3);
+    net.elect(1);
+    net.node(1).step({ from: 2, to: 1, term: 50, body: undefined });
+    expect(net.node(1).term).toBe(1);
+    expect(net.node(1).role).toBe('leader');
+  });
+
+  test('malformed messages are dropped and recorded, never a crash', () => {
+    const net = new RaftNetwork(3);
+    net.elect(1);
+    const node2 = net.node(2);
+    const append = (entries: { index: number; term: number }[]): Message => ({
+      from: 1,
+      to: 2,
+      term: 1,
+      body: { $case: 'appendRequest', value: { prevLogIndex: 1, prevLogTerm: 1, commit: 0, entries: entries.map((e) => ({ ...e, type: EntryType.ENTRY_TYPE_COMMAND, data: data('x') })) } },
+    });
+    node2.step(append([{ index: 5, term: 1 }])); // gap
+    node2.step(append([{ index: 2, term: 7 }])); // term from the future
+    node2.step({ from: 2, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // from itself
+    node2.step({ from: 1, to: 3, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // wrong node
+    node2.step({ from: 1, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 99, readRound: 0 } } }); // commit beyond the log
+    expect(node2.rejectedMessages).toHaveLength(5);
+    expect(node2.status().lastIndex).toBe(1);
+    expect(node2.status().commitIndex).toBeLessThanOrEqual(1);
+  });
+
+  test('a leader that hears another leader in its own term drops the message', () => {
+    const net = new RaftNetwork(3);
+    net.elect(1);
+    net.node(1).step({ from: 2, to: 1, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } });
+    expect(net.node(1).role).toBe('leader');
+    expect(net.node(1).rejectedMessages[0]).toMatch(/second leader/);
+  });
+
+  test('a granted pre-vote left over from an earlier round does not count', () => {
+    const net = new RaftNetwork(3, { checkQuorum: false });
+    const node = net.node(1);
+    for (let i = 0; i < 100 && node.role === 'follower'; i++) node.tick();
+    expect(node.role).toBe('pre-candidate');
+    node.ready();
+    // A pre-vote granted for term 3 (our term + 3), from some earlier campaign: ignored.
+    node.step({ from: 2, to: 1, term: 3, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
+    expect(node.role).toBe('pre-candidate');
+    expect(node.term).toBe(0);
+    // The real answer for this round (term 1) wins the pre-vote.
+    node.step({ from: 2, to: 1, term: 1, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
+    expect(node.role).toBe('candidate');
+  });
+
+  test('heartbeat answers for read rounds do not make the leader resend an unanswered append', () => {
+    const net = new RaftNetwork(3);
+    net.elect(1);
+    net.node(1).propose(data('a'));
+    const appends = net.node(1).ready().messages.filter((m) => m.body?.$case === 'appendRequest');
+    expect(appends).toHaveLength(2); // withheld: still in flight
+    for (let readId = 1; readId <= 5; readId++) {
+      net.node(1).readIndex(readId);
+      const heartbeats = net.node(1).ready().messages.filter((m) => m.body?.$case === 'heartbeatRequest');
+      for (const hb of heartbeats) net.node(hb.to).step(hb);
+      for (const id of [2, 3]) for (const reply of net.node(id).ready().messages) net.node(1).step(reply);
+      const resent = net.node(1).ready().messages.filter((m) => m.body?.$case === 'appendRequest');
+      expect(resent).toEqual([]);
+    }
+    expect(net.node(1).status().progress.every((p) => p.state === 'replicate')).toBe(true);
   });
 });
 
