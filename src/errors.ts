@@ -19,6 +19,12 @@ export const ErrorCode = {
   READ_ABORTED: 'READ_ABORTED',
   /** The node is shutting down or has stopped; a pending write's outcome is unknown. */
   STOPPED: 'STOPPED',
+  /** The request did not complete in time; a write's outcome is then unknown. */
+  TIMEOUT: 'TIMEOUT',
+  /** No leader is known, or the leader could not be reached. */
+  NO_LEADER: 'NO_LEADER',
+  /** A peer from another cluster, or a node that is not a member. */
+  WRONG_CLUSTER: 'WRONG_CLUSTER',
   /** The request is malformed or over a limit. */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
   /** Another process holds the data directory. */

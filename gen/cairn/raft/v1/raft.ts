@@ -11,8 +11,10 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientUnaryCall,
   type ClientWritableStream,
   type handleClientStreamingCall,
+  type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
@@ -75,6 +77,31 @@ export function entryTypeToJSON(object: EntryType): string {
   }
 }
 
+/** ProposeRequest carries an encoded cairn.kv.v1.Command to the leader. */
+export interface ProposeRequest {
+  clusterId: number;
+  from: number;
+  command: Buffer;
+}
+
+/** ProposeResponse carries the encoded cairn.kv.v1.CommandResult. */
+export interface ProposeResponse {
+  result: Buffer;
+  /** The leader's term when it applied the command. */
+  term: number;
+}
+
+/** ReadIndexRequest asks for a read index. */
+export interface ReadIndexRequest {
+  clusterId: number;
+  from: number;
+}
+
+/** ReadIndexResponse: the index the asker must apply before it serves the read. */
+export interface ReadIndexResponse {
+  index: number;
+}
+
 /** StreamRequest is one frame on a peer stream: a batch of messages from one node. */
 export interface StreamRequest {
   /** The cluster this sender belongs to; a receiver rejects frames from another cluster. */
@@ -82,6 +109,11 @@ export interface StreamRequest {
   /** The sending node's id; every message in the frame must carry the same `from`. */
   from: number;
   messages: Message[];
+  /**
+   * The sender's client address, so that every node can tell clients where the
+   * others serve (Cluster.Status / MemberList).
+   */
+  clientAddr: string;
 }
 
 /** StreamResponse closes a peer stream; it carries no data. */
@@ -186,8 +218,354 @@ export interface HeartbeatResponse {
   readRound: number;
 }
 
+function createBaseProposeRequest(): ProposeRequest {
+  return { clusterId: 0, from: 0, command: Buffer.alloc(0) };
+}
+
+export const ProposeRequest: MessageFns<ProposeRequest> = {
+  encode(message: ProposeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clusterId !== 0) {
+      writer.uint32(8).uint64(message.clusterId);
+    }
+    if (message.from !== 0) {
+      writer.uint32(16).uint64(message.from);
+    }
+    if (message.command.length !== 0) {
+      writer.uint32(26).bytes(message.command);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProposeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProposeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.clusterId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.from = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.command = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProposeRequest {
+    return {
+      clusterId: isSet(object.clusterId)
+        ? globalThis.Number(object.clusterId)
+        : isSet(object.cluster_id)
+        ? globalThis.Number(object.cluster_id)
+        : 0,
+      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+      command: isSet(object.command) ? Buffer.from(bytesFromBase64(object.command)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ProposeRequest): unknown {
+    const obj: any = {};
+    if (message.clusterId !== 0) {
+      obj.clusterId = Math.round(message.clusterId);
+    }
+    if (message.from !== 0) {
+      obj.from = Math.round(message.from);
+    }
+    if (message.command.length !== 0) {
+      obj.command = base64FromBytes(message.command);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProposeRequest>): ProposeRequest {
+    return ProposeRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProposeRequest>): ProposeRequest {
+    const message = createBaseProposeRequest();
+    message.clusterId = object.clusterId ?? 0;
+    message.from = object.from ?? 0;
+    message.command = object.command ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseProposeResponse(): ProposeResponse {
+  return { result: Buffer.alloc(0), term: 0 };
+}
+
+export const ProposeResponse: MessageFns<ProposeResponse> = {
+  encode(message: ProposeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result.length !== 0) {
+      writer.uint32(10).bytes(message.result);
+    }
+    if (message.term !== 0) {
+      writer.uint32(16).uint64(message.term);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProposeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProposeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.result = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.term = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProposeResponse {
+    return {
+      result: isSet(object.result) ? Buffer.from(bytesFromBase64(object.result)) : Buffer.alloc(0),
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+    };
+  },
+
+  toJSON(message: ProposeResponse): unknown {
+    const obj: any = {};
+    if (message.result.length !== 0) {
+      obj.result = base64FromBytes(message.result);
+    }
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProposeResponse>): ProposeResponse {
+    return ProposeResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProposeResponse>): ProposeResponse {
+    const message = createBaseProposeResponse();
+    message.result = object.result ?? Buffer.alloc(0);
+    message.term = object.term ?? 0;
+    return message;
+  },
+};
+
+function createBaseReadIndexRequest(): ReadIndexRequest {
+  return { clusterId: 0, from: 0 };
+}
+
+export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
+  encode(message: ReadIndexRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clusterId !== 0) {
+      writer.uint32(8).uint64(message.clusterId);
+    }
+    if (message.from !== 0) {
+      writer.uint32(16).uint64(message.from);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadIndexRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadIndexRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.clusterId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.from = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadIndexRequest {
+    return {
+      clusterId: isSet(object.clusterId)
+        ? globalThis.Number(object.clusterId)
+        : isSet(object.cluster_id)
+        ? globalThis.Number(object.cluster_id)
+        : 0,
+      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+    };
+  },
+
+  toJSON(message: ReadIndexRequest): unknown {
+    const obj: any = {};
+    if (message.clusterId !== 0) {
+      obj.clusterId = Math.round(message.clusterId);
+    }
+    if (message.from !== 0) {
+      obj.from = Math.round(message.from);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReadIndexRequest>): ReadIndexRequest {
+    return ReadIndexRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReadIndexRequest>): ReadIndexRequest {
+    const message = createBaseReadIndexRequest();
+    message.clusterId = object.clusterId ?? 0;
+    message.from = object.from ?? 0;
+    return message;
+  },
+};
+
+function createBaseReadIndexResponse(): ReadIndexResponse {
+  return { index: 0 };
+}
+
+export const ReadIndexResponse: MessageFns<ReadIndexResponse> = {
+  encode(message: ReadIndexResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint64(message.index);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadIndexResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadIndexResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadIndexResponse {
+    return { index: isSet(object.index) ? globalThis.Number(object.index) : 0 };
+  },
+
+  toJSON(message: ReadIndexResponse): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReadIndexResponse>): ReadIndexResponse {
+    return ReadIndexResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReadIndexResponse>): ReadIndexResponse {
+    const message = createBaseReadIndexResponse();
+    message.index = object.index ?? 0;
+    return message;
+  },
+};
+
 function createBaseStreamRequest(): StreamRequest {
-  return { clusterId: 0, from: 0, messages: [] };
+  return { clusterId: 0, from: 0, messages: [], clientAddr: "" };
 }
 
 export const StreamRequest: MessageFns<StreamRequest> = {
@@ -200,6 +578,9 @@ export const StreamRequest: MessageFns<StreamRequest> = {
     }
     for (const v of message.messages) {
       Message.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.clientAddr !== "") {
+      writer.uint32(34).string(message.clientAddr);
     }
     return writer;
   },
@@ -241,6 +622,14 @@ export const StreamRequest: MessageFns<StreamRequest> = {
             message.messages.push(Message.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.clientAddr = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -262,6 +651,11 @@ export const StreamRequest: MessageFns<StreamRequest> = {
         : 0,
       from: isSet(object.from) ? globalThis.Number(object.from) : 0,
       messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => Message.fromJSON(e)) : [],
+      clientAddr: isSet(object.clientAddr)
+        ? globalThis.String(object.clientAddr)
+        : isSet(object.client_addr)
+        ? globalThis.String(object.client_addr)
+        : "",
     };
   },
 
@@ -276,6 +670,9 @@ export const StreamRequest: MessageFns<StreamRequest> = {
     if (message.messages?.length) {
       obj.messages = message.messages.map((e) => Message.toJSON(e));
     }
+    if (message.clientAddr !== "") {
+      obj.clientAddr = message.clientAddr;
+    }
     return obj;
   },
 
@@ -287,6 +684,7 @@ export const StreamRequest: MessageFns<StreamRequest> = {
     message.clusterId = object.clusterId ?? 0;
     message.from = object.from ?? 0;
     message.messages = object.messages?.map((e) => Message.fromPartial(e)) || [];
+    message.clientAddr = object.clientAddr ?? "";
     return message;
   },
 };
@@ -1425,6 +1823,32 @@ export const RaftServiceService = {
     responseSerialize: (value: StreamResponse): Buffer => Buffer.from(StreamResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StreamResponse => StreamResponse.decode(value),
   },
+  /**
+   * Propose hands a client's write, received by a follower, to the leader. The
+   * response carries the apply result once the write is committed and applied.
+   */
+  propose: {
+    path: "/cairn.raft.v1.RaftService/Propose" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ProposeRequest): Buffer => Buffer.from(ProposeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ProposeRequest => ProposeRequest.decode(value),
+    responseSerialize: (value: ProposeResponse): Buffer => Buffer.from(ProposeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ProposeResponse => ProposeResponse.decode(value),
+  },
+  /**
+   * ReadIndex asks the leader for a confirmed read index, so that a follower can serve
+   * a linearizable read from its own state once it has applied that index.
+   */
+  readIndex: {
+    path: "/cairn.raft.v1.RaftService/ReadIndex" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReadIndexRequest): Buffer => Buffer.from(ReadIndexRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReadIndexRequest => ReadIndexRequest.decode(value),
+    responseSerialize: (value: ReadIndexResponse): Buffer => Buffer.from(ReadIndexResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReadIndexResponse => ReadIndexResponse.decode(value),
+  },
 } as const;
 
 export interface RaftServiceServer extends UntypedServiceImplementation {
@@ -1434,6 +1858,16 @@ export interface RaftServiceServer extends UntypedServiceImplementation {
    * stream back to the sender, so neither side ever waits on a round trip.
    */
   stream: handleClientStreamingCall<StreamRequest, StreamResponse>;
+  /**
+   * Propose hands a client's write, received by a follower, to the leader. The
+   * response carries the apply result once the write is committed and applied.
+   */
+  propose: handleUnaryCall<ProposeRequest, ProposeResponse>;
+  /**
+   * ReadIndex asks the leader for a confirmed read index, so that a follower can serve
+   * a linearizable read from its own state once it has applied that index.
+   */
+  readIndex: handleUnaryCall<ReadIndexRequest, ReadIndexResponse>;
 }
 
 export interface RaftServiceClient extends Client {
@@ -1456,6 +1890,44 @@ export interface RaftServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StreamResponse) => void,
   ): ClientWritableStream<StreamRequest>;
+  /**
+   * Propose hands a client's write, received by a follower, to the leader. The
+   * response carries the apply result once the write is committed and applied.
+   */
+  propose(
+    request: ProposeRequest,
+    callback: (error: ServiceError | null, response: ProposeResponse) => void,
+  ): ClientUnaryCall;
+  propose(
+    request: ProposeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ProposeResponse) => void,
+  ): ClientUnaryCall;
+  propose(
+    request: ProposeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ProposeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReadIndex asks the leader for a confirmed read index, so that a follower can serve
+   * a linearizable read from its own state once it has applied that index.
+   */
+  readIndex(
+    request: ReadIndexRequest,
+    callback: (error: ServiceError | null, response: ReadIndexResponse) => void,
+  ): ClientUnaryCall;
+  readIndex(
+    request: ReadIndexRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReadIndexResponse) => void,
+  ): ClientUnaryCall;
+  readIndex(
+    request: ReadIndexRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReadIndexResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const RaftServiceClient = makeGenericClientConstructor(

@@ -1,0 +1,111 @@
+import { randomUUID } from 'node:crypto';
+import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import {
+  ClusterClient,
+  Consistency,
+  DeleteResponse,
+  GetResponse,
+  KVClient,
+  MemberListResponse,
+  PutResponse,
+  RangeResponse,
+  StatusResponse,
+} from '../../gen/cairn/kv/v1/kv';
+import { prefixEnd } from '../server/validate';
+
+export const DEFAULT_ENDPOINTS = ['127.0.0.1:7001', '127.0.0.1:7002', '127.0.0.1:7003'];
+/** Rounds over all endpoints before a request is given up. */
+const MAX_ROUNDS = 5;
+const RETRY_DELAY_MS = 200;
+
+export interface ClientOptions {
+  endpoints: string[];
+  /** Per attempt. */
+  timeoutMs: number;
+  consistency: Consistency;
+}
+
+/** Errors worth another endpoint or another try. Writes carry a session, so a retry is safe. */
+const RETRYABLE = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNKNOWN]);
+
+/**
+ * A client of any cairn cluster: it tries the endpoints in turn, sticks with the one
+ * that answered, and retries writes with the same client id and sequence number, so a
+ * write that timed out and is retried is applied once.
+ */
+export class CairnClient {
+  private readonly kv: KVClient[];
+  private readonly cluster: ClusterClient[];
+  private preferred = 0;
+  private readonly clientId = `cli-${randomUUID()}`;
+  private sequence = 0;
+
+  constructor(private readonly options: ClientOptions) {
+    if (options.endpoints.length === 0) throw new Error('no endpoints given');
+    this.kv = options.endpoints.map((e) => new KVClient(e, credentials.createInsecure()));
+    this.cluster = options.endpoints.map((e) => new ClusterClient(e, credentials.createInsecure()));
+  }
+
+  put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
+    const request = { key, value, prevKv, clientId: this.clientId, sequence: ++this.sequence };
+    return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb));
+  }
+
+  get(key: Buffer): Promise<GetResponse> {
+    const request = { key, consistency: this.options.consistency };
+    return this.retry((i, md, opts, cb) => this.kv[i]!.get(request, md, opts, cb));
+  }
+
+  delete(key: Buffer, prevKv = false): Promise<DeleteResponse> {
+    const request = { key, prevKv, clientId: this.clientId, sequence: ++this.sequence };
+    return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb));
+  }
+
+  /** Keys with `prefix` (all keys when empty), in order. */
+  list(prefix: Buffer, limit: number, keysOnly = false): Promise<RangeResponse> {
+    const rangeEnd = prefix.length === 0 ? Buffer.from([0]) : prefixEnd(prefix);
+    const request = { key: prefix, rangeEnd, limit, keysOnly, consistency: this.options.consistency };
+    return this.retry((i, md, opts, cb) => this.kv[i]!.range(request, md, opts, cb));
+  }
+
+  /** Status of one endpoint (no retry elsewhere: the caller asked about that node). */
+  statusOf(index: number): Promise<StatusResponse> {
+    return new Promise((resolve, reject) =>
+      this.cluster[index]!.status({}, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+    );
+  }
+
+  members(): Promise<MemberListResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberList({}, md, opts, cb));
+  }
+
+  get endpoints(): string[] {
+    return this.options.endpoints;
+  }
+
+  close(): void {
+    for (const c of [...this.kv, ...this.cluster]) c.close();
+  }
+
+  private async retry<T>(
+    call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
+  ): Promise<T> {
+    let lastError: ServiceError | undefined;
+    const count = this.options.endpoints.length;
+    for (let attempt = 0; attempt < MAX_ROUNDS * count; attempt++) {
+      const index = (this.preferred + attempt) % count;
+      try {
+        const result = await new Promise<T>((resolve, reject) =>
+          call(index, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+        );
+        this.preferred = index;
+        return result;
+      } catch (err) {
+        lastError = err as ServiceError;
+        if (!RETRYABLE.has(lastError.code)) throw lastError;
+        if ((attempt + 1) % count === 0) await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
+      }
+    }
+    throw lastError!;
+  }
+}

@@ -1,0 +1,119 @@
+import { CairnError, ErrorCode } from '../errors';
+
+/** Request limits. Going over one is INVALID_ARGUMENT naming the flag. */
+export interface Limits {
+  maxKeyBytes: number;
+  maxValueBytes: number;
+  maxRequestBytes: number;
+  maxRangeLimit: number;
+  maxClientIdBytes: number;
+}
+
+export interface ServerConfig {
+  id: number;
+  dataDir: string;
+  /** Where clients connect (KV, Cluster, reflection, health). */
+  clientAddr: string;
+  /** Where peers connect (RaftService). */
+  peerAddr: string;
+  /** Every member's peer address, this node's included. */
+  peers: Map<number, string>;
+  /** Mixed into the cluster id at bootstrap: two clusters with the same peers differ by token. */
+  clusterToken: string;
+  tickMs: number;
+  electionTicks: number;
+  heartbeatTicks: number;
+  /** How long a write may take to commit before the client gets DEADLINE_EXCEEDED. */
+  requestTimeoutMs: number;
+  logLevel: string;
+  limits: Limits;
+}
+
+/**
+ * Every flag of `cairn serve`, with its environment variable and default. The README's
+ * configuration table lists exactly these.
+ */
+export const SERVE_FLAGS = [
+  { flag: 'id', env: 'CAIRN_ID', default: '', help: 'this node\'s id (an integer >= 1, one of --peers)' },
+  { flag: 'data-dir', env: 'CAIRN_DATA_DIR', default: './data', help: 'directory of this node\'s LevelDB' },
+  { flag: 'client-addr', env: 'CAIRN_CLIENT_ADDR', default: '127.0.0.1:7001', help: 'HOST:PORT to serve clients on' },
+  { flag: 'peer-addr', env: 'CAIRN_PEER_ADDR', default: '127.0.0.1:7101', help: 'HOST:PORT to serve peers on' },
+  { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
+  { flag: 'cluster-token', env: 'CAIRN_CLUSTER_TOKEN', default: 'cairn', help: 'mixed into the cluster id at bootstrap' },
+  { flag: 'timing', env: 'CAIRN_TIMING', default: 'default', help: '"default" or "demo" (slow elections and heartbeats, to watch Raft)' },
+  { flag: 'tick-ms', env: 'CAIRN_TICK_MS', default: '', help: 'length of one Raft tick in ms (default 100; demo 1000)' },
+  { flag: 'election-ticks', env: 'CAIRN_ELECTION_TICKS', default: '', help: 'election timeout in ticks, randomized up to twice it (default 10; demo 5)' },
+  { flag: 'heartbeat-ticks', env: 'CAIRN_HEARTBEAT_TICKS', default: '', help: 'heartbeat interval in ticks (default 1; demo 2)' },
+  { flag: 'request-timeout-ms', env: 'CAIRN_REQUEST_TIMEOUT_MS', default: '5000', help: 'how long a request may wait to commit or be confirmed' },
+  { flag: 'max-key-bytes', env: 'CAIRN_MAX_KEY_BYTES', default: '4096', help: 'largest key' },
+  { flag: 'max-value-bytes', env: 'CAIRN_MAX_VALUE_BYTES', default: '1048576', help: 'largest value' },
+  { flag: 'max-request-bytes', env: 'CAIRN_MAX_REQUEST_BYTES', default: '1572864', help: 'largest request (key + value + client id)' },
+  { flag: 'max-range-limit', env: 'CAIRN_MAX_RANGE_LIMIT', default: '10000', help: 'most keys one Range returns (limit 0 means this)' },
+  { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
+] as const;
+
+const TIMING_PRESETS = {
+  default: { tickMs: 100, electionTicks: 10, heartbeatTicks: 1 },
+  demo: { tickMs: 1000, electionTicks: 5, heartbeatTicks: 2 },
+} as const;
+
+export const MAX_CLIENT_ID_BYTES = 128;
+
+function invalid(message: string): CairnError {
+  return new CairnError(ErrorCode.INVALID_ARGUMENT, message);
+}
+
+function integer(name: string, text: string, min: number): number {
+  const value = Number(text);
+  if (text.trim() === '' || !Number.isSafeInteger(value) || value < min) {
+    throw invalid(`--${name} must be an integer >= ${min}, got "${text}"`);
+  }
+  return value;
+}
+
+/** Parses `1=host:port,2=host:port`. */
+export function parsePeers(text: string): Map<number, string> {
+  const peers = new Map<number, string>();
+  for (const part of text.split(',').map((p) => p.trim()).filter(Boolean)) {
+    const match = /^(\d+)=(.+:\d+)$/.exec(part);
+    if (!match) throw invalid(`--peers entry "${part}" is not ID=HOST:PORT`);
+    const id = integer('peers', match[1]!, 1);
+    if (peers.has(id)) throw invalid(`--peers names node ${id} twice`);
+    peers.set(id, match[2]!);
+  }
+  return peers;
+}
+
+/** Builds the config from flag values (already merged with environment and defaults). */
+export function buildServerConfig(values: Record<string, string>): ServerConfig {
+  const timing = TIMING_PRESETS[values.timing as keyof typeof TIMING_PRESETS];
+  if (!timing) throw invalid(`--timing must be "default" or "demo", got "${values.timing}"`);
+  const id = integer('id', values.id ?? '', 1);
+  const peerAddr = values['peer-addr']!;
+  const peers = values.peers ? parsePeers(values.peers) : new Map([[id, peerAddr]]);
+  if (!peers.has(id)) throw invalid(`--peers does not name this node (--id ${id})`);
+  const config: ServerConfig = {
+    id,
+    dataDir: values['data-dir']!,
+    clientAddr: values['client-addr']!,
+    peerAddr,
+    peers,
+    clusterToken: values['cluster-token']!,
+    tickMs: values['tick-ms'] ? integer('tick-ms', values['tick-ms'], 1) : timing.tickMs,
+    electionTicks: values['election-ticks'] ? integer('election-ticks', values['election-ticks'], 2) : timing.electionTicks,
+    heartbeatTicks: values['heartbeat-ticks'] ? integer('heartbeat-ticks', values['heartbeat-ticks'], 1) : timing.heartbeatTicks,
+    requestTimeoutMs: integer('request-timeout-ms', values['request-timeout-ms']!, 1),
+    logLevel: values['log-level']!,
+    limits: {
+      maxKeyBytes: integer('max-key-bytes', values['max-key-bytes']!, 1),
+      maxValueBytes: integer('max-value-bytes', values['max-value-bytes']!, 0),
+      maxRequestBytes: integer('max-request-bytes', values['max-request-bytes']!, 1),
+      maxRangeLimit: integer('max-range-limit', values['max-range-limit']!, 1),
+      maxClientIdBytes: MAX_CLIENT_ID_BYTES,
+    },
+  };
+  if (config.heartbeatTicks >= config.electionTicks) {
+    throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);
+  }
+  return config;
+}

@@ -1,0 +1,163 @@
+import { sendUnaryData, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
+import {
+  ClusterServer,
+  Command,
+  CommandResult,
+  Consistency,
+  DeleteResponse,
+  KVServer,
+  Member,
+  PutResponse,
+  ResponseHeader,
+  StatusResponse,
+} from '../../gen/cairn/kv/v1/kv';
+import { RaftServiceServer } from '../../gen/cairn/raft/v1/raft';
+import { CairnError, ErrorCode } from '../errors';
+import { Replica } from '../node/replica';
+import { Limits } from './config';
+import { Logger } from './logger';
+import { RequestRouter, withTimeout } from './router';
+import { grpcError, toGrpcError } from './status';
+import { validateDelete, validateGet, validatePut, validateRange } from './validate';
+
+export const VERSION = '0.1.0';
+
+/** What the services need to know about the node they run on. */
+export interface ServiceContext {
+  replica: Replica;
+  router: RequestRouter;
+  clusterId: number;
+  limits: Limits;
+  requestTimeoutMs: number;
+  logger: Logger;
+  /** Every member's peer address, and client address once known. */
+  members(): Member[];
+  /** A peer told us where it serves clients. */
+  noteClientAddr(id: number, addr: string): void;
+}
+
+/** Runs a handler and answers the call with its result or its error as a gRPC status. */
+function unary<Req, Res>(handler: (request: Req) => Promise<Res>) {
+  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+    handler(call.request).then(
+      (response) => callback(null, response),
+      (err) => callback(toGrpcError(err)),
+    );
+  };
+}
+
+function header(context: ServiceContext, revision = context.replica.stateMachine.revision()): ResponseHeader {
+  const node = context.replica.node;
+  return { revision, memberId: node.id, leaderId: node.leader, raftTerm: node.term };
+}
+
+async function readBarrier(context: ServiceContext, consistency: Consistency): Promise<void> {
+  if (consistency !== Consistency.CONSISTENCY_SERIALIZABLE) await context.router.readBarrier();
+}
+
+export function kvService(context: ServiceContext): KVServer {
+  const write = async (command: Command): Promise<CommandResult> => context.router.write(command);
+  return {
+    put: unary(async (request) => {
+      validatePut(request, context.limits);
+      const result = await write({ op: { $case: 'put', value: request } });
+      const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
+      return { header: header(context, result.revision), prevKv: put?.prevKv };
+    }),
+    delete: unary(async (request) => {
+      validateDelete(request, context.limits);
+      const result = await write({ op: { $case: 'delete', value: request } });
+      const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
+      return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
+    }),
+    get: unary(async (request) => {
+      validateGet(request, context.limits);
+      await readBarrier(context, request.consistency);
+      const kv = await context.replica.stateMachine.get(request.key);
+      return { header: header(context), kv };
+    }),
+    range: unary(async (request) => {
+      const range = validateRange(request, context.limits);
+      await readBarrier(context, request.consistency);
+      const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly });
+      return { header: header(context), kvs, more };
+    }),
+  };
+}
+
+export function clusterService(context: ServiceContext): ClusterServer {
+  return {
+    status: unary(async (): Promise<StatusResponse> => {
+      const status = context.replica.node.status();
+      return {
+        header: header(context),
+        clusterId: context.clusterId,
+        id: status.id,
+        role: status.role,
+        term: status.term,
+        leaderId: status.leader,
+        commitIndex: status.commitIndex,
+        appliedIndex: context.replica.stateMachine.appliedIndex(),
+        lastIndex: status.lastIndex,
+        members: context.members(),
+        followers: status.progress.map((p) => ({ id: p.id, matchIndex: p.matchIndex, nextIndex: p.nextIndex, state: p.state })),
+        version: VERSION,
+      };
+    }),
+    memberList: unary(async () => ({ header: header(context), members: context.members() })),
+  };
+}
+
+/** The peer service: Raft messages in, and writes and read-index requests from followers. */
+export function raftService(context: ServiceContext): RaftServiceServer {
+  const checkSender = (clusterId: number, from: number): void => {
+    if (clusterId !== context.clusterId) {
+      throw new CairnError(ErrorCode.WRONG_CLUSTER, `cluster id ${clusterId} is not this cluster's (${context.clusterId})`);
+    }
+    if (!context.members().some((m) => m.id === from)) {
+      throw new CairnError(ErrorCode.WRONG_CLUSTER, `node ${from} is not a member of this cluster`);
+    }
+  };
+  return {
+    stream: (call, callback) => {
+      let rejected = false;
+      call.on('data', (frame) => {
+        if (rejected) return;
+        try {
+          checkSender(frame.clusterId, frame.from);
+        } catch (err) {
+          rejected = true;
+          context.logger.warn({ from: frame.from, clusterId: frame.clusterId, reason: (err as Error).message }, 'peer stream rejected');
+          callback(toGrpcError(err));
+          return;
+        }
+        if (frame.clientAddr) context.noteClientAddr(frame.from, frame.clientAddr);
+        for (const message of frame.messages) {
+          if (message.from === frame.from) context.replica.receive(message);
+        }
+      });
+      call.on('end', () => {
+        if (!rejected) callback(null, {});
+      });
+      call.on('error', () => undefined);
+    },
+    propose: unary(async (request) => {
+      checkSender(request.clusterId, request.from);
+      let command: Command;
+      try {
+        command = Command.decode(request.command);
+      } catch (err) {
+        throw new CairnError(ErrorCode.INVALID_ARGUMENT, `forwarded command does not decode: ${(err as Error).message}`);
+      }
+      const result = await withTimeout(context.replica.propose(command), context.requestTimeoutMs, 'the forwarded write did not commit in time; its outcome is unknown');
+      return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
+    }),
+    readIndex: unary(async (request) => {
+      checkSender(request.clusterId, request.from);
+      const index = await withTimeout(context.replica.confirmReadIndex(), context.requestTimeoutMs, 'the read index could not be confirmed in time');
+      return { index };
+    }),
+  };
+}
+
+export { grpcError, Status };

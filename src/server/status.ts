@@ -1,0 +1,48 @@
+import { Metadata, status as Status, ServiceError } from '@grpc/grpc-js';
+import { CairnError, ErrorCode } from '../errors';
+
+/** Trailing metadata that tells a client where the leader is. */
+export const LEADER_ID_METADATA = 'cairn-leader-id';
+/** Trailing metadata with cairn's own error code (errors.ts), for programs. */
+export const ERROR_CODE_METADATA = 'cairn-error-code';
+
+const STATUS_OF: Record<ErrorCode, Status> = {
+  [ErrorCode.INVALID_ARGUMENT]: Status.INVALID_ARGUMENT,
+  [ErrorCode.NOT_LEADER]: Status.UNAVAILABLE,
+  [ErrorCode.OVERLOADED]: Status.UNAVAILABLE,
+  [ErrorCode.PROPOSAL_DROPPED]: Status.UNAVAILABLE,
+  [ErrorCode.READ_ABORTED]: Status.UNAVAILABLE,
+  [ErrorCode.OUTCOME_UNKNOWN]: Status.UNAVAILABLE,
+  [ErrorCode.STOPPED]: Status.UNAVAILABLE,
+  [ErrorCode.TIMEOUT]: Status.DEADLINE_EXCEEDED,
+  [ErrorCode.NO_LEADER]: Status.UNAVAILABLE,
+  [ErrorCode.WRONG_CLUSTER]: Status.PERMISSION_DENIED,
+  [ErrorCode.DATA_DIR_LOCKED]: Status.INTERNAL,
+  [ErrorCode.CORRUPTION]: Status.DATA_LOSS,
+};
+
+export interface GrpcError extends Partial<ServiceError> {
+  code: Status;
+  details: string;
+  metadata?: Metadata;
+}
+
+/** Turns any error into a gRPC status; a status error from a forwarded call passes through. */
+export function toGrpcError(err: unknown): GrpcError {
+  if (isGrpcError(err)) return { code: err.code, details: err.details, metadata: err.metadata };
+  if (err instanceof CairnError) {
+    const metadata = new Metadata();
+    if (err.details.leader) metadata.set(LEADER_ID_METADATA, String(err.details.leader));
+    metadata.set(ERROR_CODE_METADATA, err.code);
+    return { code: STATUS_OF[err.code], details: err.message, metadata };
+  }
+  return { code: Status.INTERNAL, details: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+export function isGrpcError(err: unknown): err is ServiceError {
+  return typeof err === 'object' && err !== null && typeof (err as ServiceError).code === 'number' && 'details' in err && 'metadata' in err;
+}
+
+export function grpcError(code: Status, details: string): GrpcError {
+  return { code, details };
+}

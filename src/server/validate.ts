@@ -1,0 +1,81 @@
+import { Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest } from '../../gen/cairn/kv/v1/kv';
+import { CairnError, ErrorCode } from '../errors';
+import { Limits } from './config';
+
+/** Request checks: each failure is INVALID_ARGUMENT with a message naming the problem. */
+function invalid(message: string): never {
+  throw new CairnError(ErrorCode.INVALID_ARGUMENT, message);
+}
+
+function checkKey(key: Uint8Array | undefined, limits: Limits, field = 'key'): void {
+  if (!key || key.length === 0) invalid(`${field} is empty`);
+  if (key.length > limits.maxKeyBytes) invalid(`${field} is ${key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
+}
+
+function checkSession(request: { clientId: string; sequence: number }, limits: Limits): void {
+  const idBytes = Buffer.byteLength(request.clientId);
+  if (idBytes > limits.maxClientIdBytes) invalid(`client_id is ${idBytes} bytes, over the limit of ${limits.maxClientIdBytes}`);
+  if (request.clientId !== '' && request.sequence < 1) invalid('sequence must be >= 1 when client_id is set');
+  if (request.clientId === '' && request.sequence !== 0) invalid('sequence needs a client_id');
+}
+
+function checkRequestSize(bytes: number, limits: Limits): void {
+  if (bytes > limits.maxRequestBytes) invalid(`request is ${bytes} bytes, over the limit of ${limits.maxRequestBytes} (--max-request-bytes)`);
+}
+
+function checkConsistency(consistency: Consistency): void {
+  if (consistency === Consistency.UNRECOGNIZED || !(consistency in Consistency)) invalid(`unknown consistency ${consistency}`);
+}
+
+export function validatePut(request: PutRequest, limits: Limits): void {
+  checkKey(request.key, limits);
+  if (request.value.length > limits.maxValueBytes) {
+    invalid(`value is ${request.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
+  }
+  checkSession(request, limits);
+  checkRequestSize(request.key.length + request.value.length + Buffer.byteLength(request.clientId), limits);
+}
+
+export function validateDelete(request: DeleteRequest, limits: Limits): void {
+  checkKey(request.key, limits);
+  checkSession(request, limits);
+}
+
+export function validateGet(request: GetRequest, limits: Limits): void {
+  checkKey(request.key, limits);
+  checkConsistency(request.consistency);
+}
+
+/** The key range [start, end) a RangeRequest names; end undefined = to the end of the key space. */
+export interface ResolvedRange {
+  start: Buffer;
+  end: Buffer | undefined;
+  limit: number;
+}
+
+export function validateRange(request: RangeRequest, limits: Limits): ResolvedRange {
+  checkConsistency(request.consistency);
+  if (request.key.length > limits.maxKeyBytes) invalid(`key is ${request.key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
+  if (request.limit > limits.maxRangeLimit) invalid(`limit ${request.limit} is over the limit of ${limits.maxRangeLimit} (--max-range-limit)`);
+  const limit = request.limit === 0 ? limits.maxRangeLimit : request.limit;
+  const toEnd = request.rangeEnd.length === 1 && request.rangeEnd[0] === 0;
+  if (request.rangeEnd.length === 0) {
+    checkKey(request.key, limits);
+    return { start: request.key, end: Buffer.concat([request.key, Buffer.from([0])]), limit };
+  }
+  if (toEnd) return { start: request.key, end: undefined, limit };
+  if (Buffer.compare(request.rangeEnd, request.key) <= 0) invalid('range_end must sort after key (or be a single 0x00 byte for "to the end")');
+  return { start: request.key, end: request.rangeEnd, limit };
+}
+
+/** The range_end that makes [prefix, range_end) the keys starting with `prefix`. */
+export function prefixEnd(prefix: Uint8Array): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]! += 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]); // all 0xff: to the end
+}
