@@ -17,7 +17,7 @@ import { deriveClusterId, loadOrCreateIdentity } from './identity';
 import { Logger } from './logger';
 import { GrpcPeerTransport, PEER_CHANNEL_OPTIONS } from './peer-transport';
 import { RequestRouter } from './router';
-import { clusterService, kvService, raftService, ServiceContext } from './services';
+import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
@@ -79,8 +79,8 @@ export class CairnNode {
         if (config.peers.has(id) && clientAddrs.get(id) !== addr) clientAddrs.set(id, addr);
       },
     };
-    clientServer.addService(KVService, kvService(context));
-    clientServer.addService(ClusterService, clusterService(context));
+    clientServer.addService(withLenientDecoding(KVService), kvService(context));
+    clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
     addReflectionAndHealth(clientServer);
     peerServer.addService(RaftServiceService, raftService(context));
     const clientPort = await bind(clientServer, config.clientAddr);

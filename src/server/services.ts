@@ -36,9 +36,41 @@ export interface ServiceContext {
   noteClientAddr(id: number, addr: string): void;
 }
 
+/** What a request that did not decode becomes, so its handler can answer INVALID_ARGUMENT. */
+const MALFORMED = Symbol('malformed request');
+interface Malformed {
+  [MALFORMED]: string;
+}
+
+/**
+ * A copy of a generated service definition whose request decoders never throw: grpc-js
+ * would answer INTERNAL, but undecodable bytes are the client's mistake.
+ */
+export function withLenientDecoding<T extends Record<string, { requestDeserialize: (bytes: Buffer) => unknown }>>(definition: T): T {
+  const copy: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    copy[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return method.requestDeserialize(bytes);
+        } catch (err) {
+          return { [MALFORMED]: (err as Error).message } satisfies Malformed;
+        }
+      },
+    };
+  }
+  return copy as T;
+}
+
 /** Runs a handler and answers the call with its result or its error as a gRPC status. */
 function unary<Req, Res>(handler: (request: Req) => Promise<Res>) {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+    const malformed = (call.request as Partial<Malformed>)[MALFORMED];
+    if (malformed !== undefined) {
+      callback(toGrpcError(new CairnError(ErrorCode.INVALID_ARGUMENT, `request does not decode as protobuf: ${malformed}`)));
+      return;
+    }
     handler(call.request).then(
       (response) => callback(null, response),
       (err) => callback(toGrpcError(err)),

@@ -1,0 +1,142 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { Consistency, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { CairnClient } from '../../src/cli/client';
+
+export const CAIRN_MAIN = resolve(__dirname, '../../dist/src/cli/main.js');
+
+/** A port on 127.0.0.1 that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** Polls `condition` until it returns a truthy value or the deadline passes. */
+export async function waitFor<T>(what: string, condition: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await condition();
+      if (value) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
+}
+
+export interface ProcessNode {
+  id: number;
+  clientAddr: string;
+  peerAddr: string;
+  dataDir: string;
+  process?: ChildProcess;
+  logs: string[];
+  extraArgs: string[];
+}
+
+/**
+ * Real `cairn serve` processes on loopback, each with its own data directory under one
+ * temporary folder, started from the built dist/.
+ */
+export class ProcessCluster {
+  readonly nodes: ProcessNode[] = [];
+  private readonly root = mkdtempSync(join(tmpdir(), 'cairn-it-'));
+  private clients: CairnClient[] = [];
+
+  static async start(count: number, extraArgs: string[] = []): Promise<ProcessCluster> {
+    if (!existsSync(CAIRN_MAIN)) throw new Error(`${CAIRN_MAIN} is missing: run "npm run build" first (npm test does)`);
+    const cluster = new ProcessCluster();
+    for (let id = 1; id <= count; id++) {
+      cluster.nodes.push({
+        id,
+        clientAddr: `127.0.0.1:${await freePort()}`,
+        peerAddr: `127.0.0.1:${await freePort()}`,
+        dataDir: join(cluster.root, `node-${id}`),
+        logs: [],
+        extraArgs,
+      });
+    }
+    for (const node of cluster.nodes) cluster.spawn(node);
+    return cluster;
+  }
+
+  get peers(): string {
+    return this.nodes.map((n) => `${n.id}=${n.peerAddr}`).join(',');
+  }
+
+  node(id: number): ProcessNode {
+    return this.nodes[id - 1]!;
+  }
+
+  spawn(node: ProcessNode, overrides: string[] = []): void {
+    const args = [
+      CAIRN_MAIN, 'serve', '--id', String(node.id), '--data-dir', node.dataDir,
+      '--client-addr', node.clientAddr, '--peer-addr', node.peerAddr, '--peers', this.peers,
+      '--tick-ms', '50', '--log-level', 'info', ...node.extraArgs, ...overrides,
+    ];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    for (const stream of [child.stdout!, child.stderr!]) {
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => node.logs.push(...chunk.split('\n').filter(Boolean)));
+    }
+    node.process = child;
+  }
+
+  /** Sends a signal and waits for the process to exit. */
+  async kill(id: number, signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+    const child = this.node(id).process;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
+    const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
+    child.kill(signal);
+    const code = await exited;
+    this.node(id).process = undefined;
+    return code;
+  }
+
+  restart(id: number): void {
+    this.spawn(this.node(id));
+  }
+
+  client(ids: number[] = this.nodes.map((n) => n.id), consistency = Consistency.CONSISTENCY_LINEARIZABLE, timeoutMs = 2000): CairnClient {
+    const client = new CairnClient({ endpoints: ids.map((id) => this.node(id).clientAddr), timeoutMs, consistency });
+    this.clients.push(client);
+    return client;
+  }
+
+  async status(id: number): Promise<StatusResponse> {
+    const client = this.client([id], Consistency.CONSISTENCY_SERIALIZABLE, 1000);
+    try {
+      return await client.statusOf(0);
+    } finally {
+      client.close();
+    }
+  }
+
+  /** Waits until the running nodes agree on one leader; returns its id. */
+  async waitForLeader(ids: number[] = this.nodes.filter((n) => n.process).map((n) => n.id)): Promise<number> {
+    return waitFor('one leader that every running node knows', async () => {
+      const statuses = await Promise.all(ids.map((id) => this.status(id)));
+      const leaders = new Set(statuses.map((s) => s.leaderId));
+      const leader = statuses.find((s) => s.role === 'leader');
+      return leaders.size === 1 && leader && statuses.every((s) => s.term === leader.term) ? leader.id : undefined;
+    });
+  }
+
+  async stop(): Promise<void> {
+    for (const client of this.clients) client.close();
+    await Promise.all(this.nodes.map((n) => this.kill(n.id, 'SIGTERM')));
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
