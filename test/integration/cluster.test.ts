@@ -90,7 +90,8 @@ describe('a 3-node cluster of real processes', () => {
     const client = cluster.client();
     for (let i = 0; i < 20; i++) await client.put(key(`durable${i}`), key(`${i}`));
     const termBefore = (await cluster.status(1)).term;
-    for (const id of [1, 2, 3]) await cluster.kill(id, 'SIGTERM');
+    // SIGTERM is a clean shutdown: exit code 0.
+    for (const id of [1, 2, 3]) expect(await cluster.kill(id, 'SIGTERM')).toBe(0);
     for (const id of [1, 2, 3]) cluster.restart(id);
     await cluster.waitForLeader();
     expect((await cluster.status(1)).term).toBeGreaterThanOrEqual(termBefore);
