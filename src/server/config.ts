@@ -20,6 +20,8 @@ export interface ServerConfig {
   peers: Map<number, string>;
   /** Mixed into the cluster id at bootstrap: two clusters with the same peers differ by token. */
   clusterToken: string;
+  /** An explicit cluster id for bootstrap, instead of deriving one (0 = derive). */
+  clusterId: number;
   tickMs: number;
   electionTicks: number;
   heartbeatTicks: number;
@@ -40,6 +42,7 @@ export const SERVE_FLAGS = [
   { flag: 'peer-addr', env: 'CAIRN_PEER_ADDR', default: '127.0.0.1:7101', help: 'HOST:PORT to serve peers on' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
   { flag: 'cluster-token', env: 'CAIRN_CLUSTER_TOKEN', default: 'cairn', help: 'mixed into the cluster id at bootstrap' },
+  { flag: 'cluster-id', env: 'CAIRN_CLUSTER_ID', default: '', help: 'the cluster id to bootstrap with, instead of deriving it from the token and peers' },
   { flag: 'timing', env: 'CAIRN_TIMING', default: 'default', help: '"default" or "demo" (slow elections and heartbeats, to watch Raft)' },
   { flag: 'tick-ms', env: 'CAIRN_TICK_MS', default: '', help: 'length of one Raft tick in ms (default 100; demo 1000)' },
   { flag: 'election-ticks', env: 'CAIRN_ELECTION_TICKS', default: '', help: 'election timeout in ticks, randomized up to twice it (default 10; demo 5)' },
@@ -99,6 +102,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     peerAddr,
     peers,
     clusterToken: values['cluster-token']!,
+    clusterId: values['cluster-id'] ? integer('cluster-id', values['cluster-id'], 1) : 0,
     tickMs: values['tick-ms'] ? integer('tick-ms', values['tick-ms'], 1) : timing.tickMs,
     electionTicks: values['election-ticks'] ? integer('election-ticks', values['election-ticks'], 2) : timing.electionTicks,
     heartbeatTicks: values['heartbeat-ticks'] ? integer('heartbeat-ticks', values['heartbeat-ticks'], 1) : timing.heartbeatTicks,

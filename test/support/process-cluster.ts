@@ -2,11 +2,19 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { Consistency, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
 
-export const CAIRN_MAIN = resolve(__dirname, '../../dist/src/cli/main.js');
+/** The package root: the nearest folder above this file with a package.json (from test/ or dist/test/). */
+function packageRoot(): string {
+  for (let dir = __dirname; dir !== dirname(dir); dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+  }
+  throw new Error(`no package.json above ${__dirname}`);
+}
+
+export const CAIRN_MAIN = resolve(packageRoot(), 'dist/src/cli/main.js');
 
 /** A port on 127.0.0.1 that was free a moment ago. */
 export function freePort(): Promise<number> {
@@ -52,12 +60,16 @@ export interface ProcessNode {
  */
 export class ProcessCluster {
   readonly nodes: ProcessNode[] = [];
-  private readonly root = mkdtempSync(join(tmpdir(), 'cairn-it-'));
   private clients: CairnClient[] = [];
+  /** How node `id` names its peers: by default their real peer addresses. */
+  peersFor: (id: number) => string = () => this.peers;
 
-  static async start(count: number, extraArgs: string[] = []): Promise<ProcessCluster> {
+  private constructor(readonly root: string) {}
+
+  /** Allocates ports and data dirs for `count` nodes without starting them. */
+  static async prepare(count: number, extraArgs: string[] = [], root = mkdtempSync(join(tmpdir(), 'cairn-it-'))): Promise<ProcessCluster> {
     if (!existsSync(CAIRN_MAIN)) throw new Error(`${CAIRN_MAIN} is missing: run "npm run build" first (npm test does)`);
-    const cluster = new ProcessCluster();
+    const cluster = new ProcessCluster(root);
     for (let id = 1; id <= count; id++) {
       cluster.nodes.push({
         id,
@@ -68,6 +80,11 @@ export class ProcessCluster {
         extraArgs,
       });
     }
+    return cluster;
+  }
+
+  static async start(count: number, extraArgs: string[] = []): Promise<ProcessCluster> {
+    const cluster = await ProcessCluster.prepare(count, extraArgs);
     for (const node of cluster.nodes) cluster.spawn(node);
     return cluster;
   }
@@ -83,7 +100,7 @@ export class ProcessCluster {
   spawn(node: ProcessNode, overrides: string[] = []): void {
     const args = [
       CAIRN_MAIN, 'serve', '--id', String(node.id), '--data-dir', node.dataDir,
-      '--client-addr', node.clientAddr, '--peer-addr', node.peerAddr, '--peers', this.peers,
+      '--client-addr', node.clientAddr, '--peer-addr', node.peerAddr, '--peers', this.peersFor(node.id),
       '--tick-ms', '50', '--log-level', 'info', ...node.extraArgs, ...overrides,
     ];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -134,9 +151,9 @@ export class ProcessCluster {
     });
   }
 
-  async stop(): Promise<void> {
+  async stop(options: { keepData?: boolean } = {}): Promise<void> {
     for (const client of this.clients) client.close();
     await Promise.all(this.nodes.map((n) => this.kill(n.id, 'SIGTERM')));
-    rmSync(this.root, { recursive: true, force: true });
+    if (!options.keepData) rmSync(this.root, { recursive: true, force: true });
   }
 }

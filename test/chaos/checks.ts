@@ -1,0 +1,61 @@
+import { createHash } from 'node:crypto';
+import { HistoryOp } from '../../src/check/linearizability';
+import { LevelDb } from '../../src/storage/db';
+import { RecordedOp } from './workload';
+
+/** The recorded history in the checker's terms. */
+export function toHistory(ops: readonly RecordedOp[]): HistoryOp[] {
+  return ops.map((op) => ({
+    client: op.client,
+    kind: op.op,
+    key: op.key,
+    value: op.value,
+    output: op.known ? op.output : undefined,
+    call: op.call,
+    ret: op.known ? op.return : undefined,
+    known: op.known,
+  }));
+}
+
+export interface LostWrite {
+  op: RecordedOp;
+  finalValue: string | null;
+}
+
+/**
+ * Acknowledged writes missing from the final state. An acknowledged put (or delete) of
+ * a key is lost when the key's final value is not what it wrote and no other write to
+ * that key (acknowledged or of unknown outcome) could have come after it, that is, none
+ * was still running or started after it was called.
+ */
+export function findLostWrites(ops: readonly RecordedOp[], finalState: ReadonlyMap<string, string>): LostWrite[] {
+  const lost: LostWrite[] = [];
+  const writes = ops.filter((op) => op.op !== 'get');
+  for (const write of writes) {
+    if (!write.known) continue;
+    const finalValue = finalState.get(write.key) ?? null;
+    const expected = write.op === 'put' ? write.value! : null;
+    if (finalValue === expected) continue;
+    const overwritable = writes.some(
+      (other) => other !== write && other.key === write.key && (other.return === undefined || other.return > write.call),
+    );
+    if (!overwritable) lost.push({ op: write, finalValue });
+  }
+  return lost;
+}
+
+/** A digest of a node's `kv` sublevel, read from its data directory while it is stopped. */
+export async function kvDigest(dataDir: string): Promise<{ digest: string; keys: number }> {
+  const db = await LevelDb.openDirectory(dataDir);
+  try {
+    const hash = createHash('sha256');
+    let keys = 0;
+    for await (const [key, value] of db.entries('kv')) {
+      hash.update(key).update(value);
+      keys++;
+    }
+    return { digest: hash.digest('hex').slice(0, 16), keys };
+  } finally {
+    await db.close();
+  }
+}
