@@ -140,6 +140,23 @@ describe('a 3-node cluster of real processes', () => {
     const got = JSON.parse((await run(BUF, [...flags, '-d', JSON.stringify({ key: key('via-buf').toString('base64') }), `${base}/cairn.kv.v1.KV/Get`])).stdout);
     expect(Buffer.from(got.kv.value, 'base64').toString()).toBe('yes');
   });
+
+  test('the standard health service answers SERVING', async () => {
+    await cluster.waitForLeader();
+    const bytes = (b: Buffer) => b;
+    const Health = makeGenericClientConstructor(
+      { check: { path: '/grpc.health.v1.Health/Check', requestStream: false, responseStream: false, requestSerialize: bytes, requestDeserialize: bytes, responseSerialize: bytes, responseDeserialize: bytes } },
+      'Health',
+    );
+    const health = new Health(cluster.node(1).clientAddr, credentials.createInsecure()) as unknown as {
+      check(req: Buffer, md: Metadata, cb: (err: Error | null, res?: Buffer) => void): void;
+      close(): void;
+    };
+    // An empty HealthCheckRequest; the answer is field 1 (status) = 1 (SERVING).
+    const response = await new Promise<Buffer | undefined>((done, fail) => health.check(Buffer.alloc(0), new Metadata(), (err, res) => (err ? fail(err) : done(res))));
+    health.close();
+    expect([...response!]).toEqual([0x08, 0x01]);
+  });
 });
 
 describe('cluster identity', () => {
