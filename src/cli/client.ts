@@ -11,7 +11,6 @@ import {
   RangeResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
-import { prefixEnd } from '../server/validate';
 
 export const DEFAULT_ENDPOINTS = ['127.0.0.1:7001', '127.0.0.1:7002', '127.0.0.1:7003'];
 /** Rounds over all endpoints before a request is given up. */
@@ -63,8 +62,7 @@ export class CairnClient {
 
   /** Keys with `prefix` (all keys when empty), in order. */
   list(prefix: Buffer, limit: number, keysOnly = false): Promise<RangeResponse> {
-    const rangeEnd = prefix.length === 0 ? Buffer.from([0]) : prefixEnd(prefix);
-    const request = { key: prefix, rangeEnd, limit, keysOnly, consistency: this.options.consistency };
+    const request = { key: prefix, rangeEnd: Buffer.alloc(0), prefix: true, limit, keysOnly, consistency: this.options.consistency };
     return this.retry((i, md, opts, cb) => this.kv[i]!.range(request, md, opts, cb));
   }
 

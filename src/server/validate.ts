@@ -58,6 +58,11 @@ export function validateRange(request: RangeRequest, limits: Limits): ResolvedRa
   if (request.key.length > limits.maxKeyBytes) invalid(`key is ${request.key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
   if (request.limit > limits.maxRangeLimit) invalid(`limit ${request.limit} is over the limit of ${limits.maxRangeLimit} (--max-range-limit)`);
   const limit = request.limit === 0 ? limits.maxRangeLimit : request.limit;
+  if (request.prefix) {
+    if (request.rangeEnd.length > 0) invalid('range_end must be empty when prefix is set');
+    const end = request.key.length === 0 ? undefined : prefixEnd(request.key);
+    return { start: request.key, end: end && end.length === 1 && end[0] === 0 ? undefined : end, limit };
+  }
   const toEnd = request.rangeEnd.length === 1 && request.rangeEnd[0] === 0;
   if (request.rangeEnd.length === 0) {
     checkKey(request.key, limits);

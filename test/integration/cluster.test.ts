@@ -128,6 +128,20 @@ describe('a 3-node cluster of real processes', () => {
     expect((await client.get(key('after'))).kv?.value.toString()).toBe('ok');
   });
 
+  test('with no leader, a write gets UNAVAILABLE saying so, and works again once a majority is back', async () => {
+    const leader = await cluster.waitForLeader();
+    const [a, b] = [1, 2, 3].filter((id) => id !== leader) as [number, number];
+    await cluster.kill(a, 'SIGKILL');
+    await cluster.kill(b, 'SIGKILL');
+    // Check-quorum: the lone leader steps down, and then nobody leads.
+    await waitFor('the survivor to know no leader', async () => (await cluster.status(leader)).leaderId === 0);
+    const lone = cluster.client([leader], Consistency.CONSISTENCY_LINEARIZABLE, 500);
+    await expect(lone.put(key('x'), key('y'))).rejects.toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringMatching(/no leader is known/) });
+    cluster.restart(a);
+    await cluster.waitForLeader([leader, a]);
+    expect((await cluster.client([leader]).put(key('x'), key('y'))).header?.revision).toBeGreaterThan(0);
+  });
+
   test('a real external client (buf curl) finds the services through reflection and calls them', async () => {
     await cluster.waitForLeader();
     const base = `http://${cluster.node(2).clientAddr}`;

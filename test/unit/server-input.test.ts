@@ -12,6 +12,7 @@ const range = (overrides: Partial<RangeRequest>): RangeRequest => ({
   limit: 0,
   keysOnly: false,
   consistency: Consistency.CONSISTENCY_UNSPECIFIED,
+  prefix: false,
   ...overrides,
 });
 
@@ -37,6 +38,10 @@ describe('request validation', () => {
     expect(() => validateRange(range({ limit: 101 }), limits)).toThrow('--max-range-limit');
     expect(() => validateRange(range({ consistency: 7 as Consistency }), limits)).toThrow('unknown consistency');
     expect(() => validateRange(range({ key: Buffer.alloc(0) }), limits)).toThrow('key is empty');
+    expect(validateRange(range({ key: Buffer.from('ab'), prefix: true }), limits)).toEqual({ start: Buffer.from('ab'), end: Buffer.from('ac'), limit: 100 });
+    expect(validateRange(range({ key: Buffer.alloc(0), prefix: true }), limits).end).toBeUndefined();
+    expect(validateRange(range({ key: Buffer.from([0xff]), prefix: true }), limits).end).toBeUndefined();
+    expect(() => validateRange(range({ prefix: true, rangeEnd: Buffer.from('z') }), limits)).toThrow('range_end must be empty when prefix is set');
   });
 
   test('prefixEnd is the first key after every key with the prefix', () => {

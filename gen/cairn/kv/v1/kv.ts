@@ -204,7 +204,9 @@ export interface DeleteResponse {
 
 /**
  * RangeRequest reads keys in [key, range_end). An empty range_end reads only `key`;
- * a range_end of a single zero byte reads every key >= `key`.
+ * a range_end of a single zero byte reads every key >= `key`. With `prefix` set,
+ * range_end must be empty: the range is every key that starts with `key` (an empty
+ * key then means every key).
  */
 export interface RangeRequest {
   key: Buffer;
@@ -214,6 +216,7 @@ export interface RangeRequest {
   /** Return keys without values. */
   keysOnly: boolean;
   consistency: Consistency;
+  prefix: boolean;
 }
 
 /** RangeResponse answers a RangeRequest. */
@@ -1879,7 +1882,7 @@ export const DeleteResponse: MessageFns<DeleteResponse> = {
 };
 
 function createBaseRangeRequest(): RangeRequest {
-  return { key: Buffer.alloc(0), rangeEnd: Buffer.alloc(0), limit: 0, keysOnly: false, consistency: 0 };
+  return { key: Buffer.alloc(0), rangeEnd: Buffer.alloc(0), limit: 0, keysOnly: false, consistency: 0, prefix: false };
 }
 
 export const RangeRequest: MessageFns<RangeRequest> = {
@@ -1898,6 +1901,9 @@ export const RangeRequest: MessageFns<RangeRequest> = {
     }
     if (message.consistency !== 0) {
       writer.uint32(40).int32(message.consistency);
+    }
+    if (message.prefix !== false) {
+      writer.uint32(48).bool(message.prefix);
     }
     return writer;
   },
@@ -1955,6 +1961,14 @@ export const RangeRequest: MessageFns<RangeRequest> = {
             message.consistency = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.prefix = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1982,6 +1996,7 @@ export const RangeRequest: MessageFns<RangeRequest> = {
         ? globalThis.Boolean(object.keys_only)
         : false,
       consistency: isSet(object.consistency) ? consistencyFromJSON(object.consistency) : 0,
+      prefix: isSet(object.prefix) ? globalThis.Boolean(object.prefix) : false,
     };
   },
 
@@ -2002,6 +2017,9 @@ export const RangeRequest: MessageFns<RangeRequest> = {
     if (message.consistency !== 0) {
       obj.consistency = consistencyToJSON(message.consistency);
     }
+    if (message.prefix !== false) {
+      obj.prefix = message.prefix;
+    }
     return obj;
   },
 
@@ -2015,6 +2033,7 @@ export const RangeRequest: MessageFns<RangeRequest> = {
     message.limit = object.limit ?? 0;
     message.keysOnly = object.keysOnly ?? false;
     message.consistency = object.consistency ?? 0;
+    message.prefix = object.prefix ?? false;
     return message;
   },
 };
