@@ -1,4 +1,4 @@
-import { sendUnaryData, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
+import { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -17,7 +17,7 @@ import { Replica } from '../node/replica';
 import { Limits } from './config';
 import { Logger } from './logger';
 import { RequestRouter, withTimeout } from './router';
-import { grpcError, toGrpcError } from './status';
+import { toGrpcError } from './status';
 import { validateDelete, validateGet, validatePut, validateRange } from './validate';
 
 export const VERSION = '0.1.0';
@@ -192,4 +192,3 @@ export function raftService(context: ServiceContext): RaftServiceServer {
   };
 }
 
-export { grpcError, Status };

@@ -42,7 +42,3 @@ export function toGrpcError(err: unknown): GrpcError {
 export function isGrpcError(err: unknown): err is ServiceError {
   return typeof err === 'object' && err !== null && typeof (err as ServiceError).code === 'number' && 'details' in err && 'metadata' in err;
 }
-
-export function grpcError(code: Status, details: string): GrpcError {
-  return { code, details };
-}

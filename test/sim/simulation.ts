@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { Command } from '../../gen/cairn/kv/v1/kv';
 import { Entry, Message } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
-import { CairnError, ErrorCode, isCairnError } from '../../src/errors';
+import { ErrorCode, isCairnError } from '../../src/errors';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { Replica } from '../../src/node/replica';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
@@ -600,4 +600,3 @@ async function kvDigest(db: Db): Promise<string> {
   return hash.digest('hex').slice(0, 16);
 }
 
-export { CairnError };
