@@ -1,5 +1,12 @@
-/** Splits argv into positional arguments and `--name value` / `--name=value` / `--flag` options. */
-export function parseArgs(argv: readonly string[], booleanFlags: readonly string[] = []): { positional: string[]; flags: Record<string, string> } {
+/**
+ * Splits argv into positional arguments and `--name value` / `--name=value` / `--flag`
+ * options. With `known`, an unknown flag is a usage error (a typo must not be ignored).
+ */
+export function parseArgs(
+  argv: readonly string[],
+  booleanFlags: readonly string[] = [],
+  known?: readonly string[],
+): { positional: string[]; flags: Record<string, string> } {
   const positional: string[] = [];
   const flags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
@@ -9,6 +16,10 @@ export function parseArgs(argv: readonly string[], booleanFlags: readonly string
       continue;
     }
     const eq = arg.indexOf('=');
+    const name = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
+    if (known && !known.includes(name) && !booleanFlags.includes(name)) {
+      throw new UsageError(`unknown flag --${name} (known: ${[...known, ...booleanFlags].map((f) => `--${f}`).join(', ')})`);
+    }
     if (eq > 0) {
       flags[arg.slice(2, eq)] = arg.slice(eq + 1);
     } else if (booleanFlags.includes(arg.slice(2))) {

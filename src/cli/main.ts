@@ -3,6 +3,7 @@ import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { buildServerConfig, SERVE_FLAGS } from '../server/config';
 import { createLogger } from '../server/logger';
 import { CairnNode } from '../server/server';
+import { VERSION } from '../server/services';
 import { CairnClient, DEFAULT_ENDPOINTS } from './client';
 import { runLocalCluster } from './cluster';
 import { describeError } from './describe-error';
@@ -19,6 +20,7 @@ Usage:
   cairn put KEY VALUE              set a key
   cairn get KEY                    print a key's value
   cairn del KEY                    delete a key
+  cairn has KEY                    print true or false
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
   cairn status                     every endpoint's Raft status
   cairn members                    the cluster's members
@@ -31,15 +33,32 @@ Client flags:
 
 Run "cairn serve --help" for every server flag.`;
 
+const CLIENT_FLAGS = ['endpoints', 'consistency', 'timeout-ms', 'limit'];
+const CLUSTER_USAGE = `cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--log-level info] [--host 127.0.0.1]
+
+Starts --nodes local cairn serve processes: node N serves clients on port 7000+N and peers on
+7100+N, keeps its data in DATA-DIR/node-N, and logs here. Ctrl-C stops them all. A node that
+dies is not restarted until the next start.`;
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (!command || command === '--help' || command === 'help' || command === '-h') {
     console.log(USAGE);
     return command ? 0 : 2;
   }
+  if (command === '--version' || command === 'version') {
+    console.log(`cairn ${VERSION}`);
+    return 0;
+  }
   if (command === 'serve') return serve(rest);
-  if (command === 'cluster') return runLocalCluster(rest, __filename);
-  const { positional, flags } = parseArgs(rest);
+  if (command === 'cluster') {
+    if (rest.includes('--help')) {
+      console.log(CLUSTER_USAGE);
+      return 0;
+    }
+    return runLocalCluster(rest, __filename);
+  }
+  const { positional, flags } = parseArgs(rest, [], CLIENT_FLAGS);
   const client = clientFromFlags(flags);
   try {
     if (command === 'shell') return await runShell(client);
@@ -55,6 +74,7 @@ function clientFromFlags(flags: Record<string, string>): CairnClient {
     .split(',')
     .map((e) => e.trim())
     .filter(Boolean);
+  if (endpoints.length === 0) throw new UsageError('--endpoints names no endpoint');
   const consistencyName = (flags.consistency ?? 'linearizable').toLowerCase();
   const consistency =
     consistencyName === 'linearizable'

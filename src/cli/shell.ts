@@ -29,12 +29,6 @@ export async function runShellLine(client: CairnClient, line: string, print: (te
     return true;
   }
   try {
-    if (word === 'has') {
-      if (args.length !== 1) throw new UsageError('usage: has KEY');
-      const response = await client.get(Buffer.from(args[0]!));
-      print(response.kv ? 'true' : 'false');
-      return true;
-    }
     const flags: Record<string, string> = {};
     const positional = args.filter((a, i) => {
       if (a === '--limit' && args[i + 1]) flags.limit = args[i + 1]!;

@@ -1,12 +1,13 @@
 import { KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
+import { describeError } from './describe-error';
 import { UsageError } from './flags';
 
-export const VERBS = ['put', 'get', 'del', 'list', 'status', 'members'];
+export const VERBS = ['put', 'get', 'del', 'has', 'list', 'status', 'members'];
 const DEFAULT_LIST_LIMIT = 1000;
 
 function arity(verb: string, args: string[], min: number, max: number, usage: string): void {
-  if (args.length < min || args.length > max) throw new UsageError(`usage: cairn ${verb} ${usage}`);
+  if (args.length < min || args.length > max) throw new UsageError(`usage: ${verb} ${usage}`);
 }
 
 function show(kv: KeyValue): string {
@@ -39,6 +40,12 @@ export async function runVerb(
         return 1;
       }
       print(response.kv.value.toString());
+      return 0;
+    }
+    case 'has': {
+      arity('has', args, 1, 1, 'KEY');
+      const response = await client.get(Buffer.from(args[0]!));
+      print(response.kv ? 'true' : 'false');
       return 0;
     }
     case 'del': {
@@ -81,8 +88,9 @@ async function status(client: CairnClient, print: (line: string) => void): Promi
       print(`${endpoint.padEnd(22)} ${String(s.id).padEnd(3)} ${s.role.padEnd(14)} ${String(s.term).padEnd(5)} ${String(s.leaderId || '-').padEnd(7)} ${String(s.commitIndex).padEnd(7)} ${s.appliedIndex}`);
     } catch (err) {
       failures++;
-      print(`${endpoint.padEnd(22)} unreachable: ${(err as { details?: string }).details ?? err}`);
+      print(`${endpoint.padEnd(22)} unreachable: ${describeError(err)}`);
     }
   }
-  return failures === client.endpoints.length ? 1 : 0;
+  // Non-zero when any endpoint is down, so a script notices a degraded cluster.
+  return failures > 0 ? 1 : 0;
 }

@@ -162,9 +162,10 @@ function shutdownServer(server: Server): Promise<void> {
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): void {
   const protoRoot = findProtoRoot();
-  // Files are named relative to their include folders, as reflection clients expect.
-  const healthRoot = dirname(dirname(dirname(require.resolve('grpc-health-check/proto/health/v1/health.proto'))));
-  const definitions = loadSync(['cairn/kv/v1/kv.proto', 'health/v1/health.proto'], { includeDirs: [protoRoot, healthRoot] });
+  // Health is served but not described through reflection: @grpc/reflection renames its
+  // file, and clients such as buf curl then fail to resolve it (and to list methods).
+  // Health checkers (grpc_health_probe, Kubernetes gRPC probes) need no reflection.
+  const definitions = loadSync(['cairn/kv/v1/kv.proto'], { includeDirs: [protoRoot] });
   new ReflectionService(definitions).addToServer(server);
   const health = new HealthImplementation({ '': 'SERVING', 'cairn.kv.v1.KV': 'SERVING', 'cairn.kv.v1.Cluster': 'SERVING' });
   health.addToServer(server);

@@ -39,7 +39,9 @@ describe('the cairn command against real nodes', () => {
     await cairn(['put', 'app/size', 'large', ...e]);
     expect((await cairn(['list', 'app/', ...e])).stdout).toBe('app/color\tblue\napp/size\tlarge\n');
     expect((await cairn(['list', 'app/', '--limit', '1', ...e])).stdout).toContain('(more keys follow');
+    expect(await cairn(['has', 'hello', ...e])).toMatchObject({ code: 0, stdout: 'true\n' });
     expect(await cairn(['del', 'hello', ...e])).toMatchObject({ code: 0, stdout: 'deleted hello\n' });
+    expect(await cairn(['has', 'hello', ...e])).toMatchObject({ code: 0, stdout: 'false\n' });
     expect(await cairn(['get', 'hello', ...e])).toMatchObject({ code: 1, stdout: '(not found: hello)\n' });
     const status = await cairn(['status', ...e]);
     expect(status.stdout.match(/leader /g)).toHaveLength(1);
@@ -55,7 +57,10 @@ describe('the cairn command against real nodes', () => {
     expect(empty.code).toBe(1);
     expect(empty.stderr).toMatch(/^cairn: INVALID_ARGUMENT: key is empty/);
     const usage = await cairn(['put', 'only-key', '--endpoints', endpoints]);
-    expect(usage).toMatchObject({ code: 2, stderr: expect.stringContaining('usage: cairn put KEY VALUE') });
+    expect(usage).toMatchObject({ code: 2, stderr: expect.stringContaining('usage: put KEY VALUE') });
+    const typo = await cairn(['get', 'k', '--consistancy', 'serializable', '--endpoints', endpoints]);
+    expect(typo).toMatchObject({ code: 2, stderr: expect.stringContaining('unknown flag --consistancy') });
+    expect(await cairn(['get', 'k', '--endpoints', ''])).toMatchObject({ code: 2, stderr: 'cairn: --endpoints names no endpoint\n' });
     const nobody = await cairn(['get', 'k', '--endpoints', '127.0.0.1:1', '--timeout-ms', '200']);
     expect(nobody.code).toBe(1);
     expect(nobody.stderr).toMatch(/cannot reach any endpoint|UNAVAILABLE/);
