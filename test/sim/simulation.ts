@@ -82,7 +82,10 @@ export class Simulation {
   private readonly nodes: SimNode[] = [];
   private readonly profile: FaultProfile;
   /** Raft tuning drawn per seed: small windows and batches expose more interleavings. */
-  private readonly tuning: Pick<RaftConfig, 'maxInflightAppends' | 'maxEntriesPerAppend' | 'electionTimeoutTicks' | 'heartbeatIntervalTicks'>;
+  private readonly tuning: Pick<
+    RaftConfig,
+    'maxInflightAppends' | 'maxEntriesPerAppend' | 'electionTimeoutTicks' | 'heartbeatIntervalTicks' | 'checkQuorum' | 'preVote'
+  >;
   private readonly faultEndUnits: number;
   private readonly clientsStopUnits: number;
   private readonly blockedLinks = new Set<string>();
@@ -115,6 +118,10 @@ export class Simulation {
       maxEntriesPerAppend: this.rand.pick([1, 2, 8, 64]),
       electionTimeoutTicks: this.rand.pick([5, 10, 20]),
       heartbeatIntervalTicks: this.rand.pick([1, 2]),
+      // Without check-quorum a partitioned leader keeps believing it leads: safety must
+      // not depend on it (ReadIndex, not leases, protects reads).
+      checkQuorum: this.rand.pick([true, true, false]),
+      preVote: this.rand.pick([true, true, false]),
     };
     this.dropRate = this.profile.dropRate;
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
@@ -429,12 +436,16 @@ export class Simulation {
     }
   }
 
-  /** The replica that believes it leads in the highest term, or a random live one. */
+  /**
+   * Any replica that believes it leads, deposed ones included (a client with stale
+   * leader information reaches them too: that is where stale reads would show), or
+   * now and then a random live one.
+   */
   private pickLeader(): Replica | undefined {
     const up = this.nodes.filter((n) => n.up && n.replica);
     if (up.length === 0) return undefined;
-    const leaders = up.filter((n) => n.replica!.node.role === 'leader').sort((a, b) => b.replica!.node.term - a.replica!.node.term);
-    if (leaders.length > 0 && this.rand.chance(0.9)) return leaders[0]!.replica;
+    const leaders = up.filter((n) => n.replica!.node.role === 'leader');
+    if (leaders.length > 0 && this.rand.chance(0.9)) return this.rand.pick(leaders).replica;
     return this.rand.pick(up).replica;
   }
 
