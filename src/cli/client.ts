@@ -9,6 +9,7 @@ import {
   MemberListResponse,
   PutResponse,
   RangeResponse,
+  ResponseHeader,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 
@@ -29,13 +30,15 @@ const RETRYABLE = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.
 
 /**
  * A client of any cairn cluster: it tries the endpoints in turn, sticks with the one
- * that answered, and retries writes with the same client id and sequence number, so a
+ * that answered or with the leader that answer names, and retries writes with the same client id and sequence number, so a
  * write that timed out and is retried is applied once.
  */
 export class CairnClient {
   private readonly kv: KVClient[];
   private readonly cluster: ClusterClient[];
   private preferred = 0;
+  /** Leader id -> its client address, as the cluster reports it (MemberList). */
+  private readonly clientAddrs = new Map<number, string>();
   private readonly clientId = `cli-${randomUUID()}`;
   private sequence = 0;
 
@@ -85,6 +88,22 @@ export class CairnClient {
     for (const c of [...this.kv, ...this.cluster]) c.close();
   }
 
+  /**
+   * After an answer from a follower, prefer the leader's endpoint (when it is one of
+   * ours), so the next request skips the forwarding hop.
+   */
+  private async followLeader(header: ResponseHeader | undefined): Promise<void> {
+    if (!header?.leaderId || header.leaderId === header.memberId) return;
+    if (!this.clientAddrs.has(header.leaderId)) {
+      const members = await new Promise<MemberListResponse | undefined>((resolve) =>
+        this.cluster[this.preferred]!.memberList({}, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => resolve(err ? undefined : res)),
+      );
+      for (const member of members?.members ?? []) if (member.clientAddr) this.clientAddrs.set(member.id, member.clientAddr);
+    }
+    const index = this.options.endpoints.indexOf(this.clientAddrs.get(header.leaderId) ?? '');
+    if (index >= 0) this.preferred = index;
+  }
+
   private async retry<T>(
     call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
   ): Promise<T> {
@@ -97,6 +116,7 @@ export class CairnClient {
           call(index, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
         );
         this.preferred = index;
+        await this.followLeader((result as { header?: ResponseHeader }).header);
         return result;
       } catch (err) {
         lastError = err as ServiceError;

@@ -52,6 +52,16 @@ describe('the cairn command against real nodes', () => {
     expect(await cairn(['get', 'app/color', '--consistency', 'serializable', '--endpoints', follower.clientAddr])).toMatchObject({ stdout: 'blue\n' });
   });
 
+  test('the client follows the leader: after a follower answers, requests go to the leader', async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.find((n) => n.id !== leader)!;
+    const client = cluster.client([follower.id, leader]);
+    const first = await client.put(Buffer.from('follow'), Buffer.from('1'));
+    expect(first.header?.memberId).toBe(follower.id);
+    const second = await client.put(Buffer.from('follow'), Buffer.from('2'));
+    expect(second.header?.memberId).toBe(leader);
+  });
+
   test('errors are one clear line and a non-zero exit code', async () => {
     const empty = await cairn(['put', '', 'x', '--endpoints', endpoints]);
     expect(empty.code).toBe(1);
