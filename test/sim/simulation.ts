@@ -50,6 +50,12 @@ interface FaultProfile {
    * toward commit, then overwritten).
    */
   newLeaderIsolationRate: number;
+  /**
+   * Chance that a leader is crashed at the instant it advances its commit index: the
+   * second half of Figure 8 (a commit point reached, then leadership lost before the
+   * entries that justify it spread).
+   */
+  crashOnCommitRate: number;
 }
 
 interface SimNode {
@@ -112,6 +118,7 @@ export class Simulation {
       crashWeight: this.rand.pick([0, 1, 2]),
       partitionWeight: this.rand.pick([0, 1, 2]),
       newLeaderIsolationRate: this.rand.pick([0, 0, 0.3, 0.6]),
+      crashOnCommitRate: this.rand.pick([0, 0, 0.02, 0.1]),
     };
     this.tuning = {
       maxInflightAppends: this.rand.pick([1, 2, 4, 16]),
@@ -243,6 +250,14 @@ export class Simulation {
     void node.replica?.stop();
     node.replica = undefined;
     this.log(`node ${node.id} CRASHED`);
+  }
+
+  private crashLeaderAfterCommit(node: SimNode): void {
+    this.log(`nemesis: crash leader ${node.id} as it commits`);
+    this.crashNode(node);
+    this.at(1 + this.rand.int(30 * UNITS_PER_TICK), () => {
+      if (!node.up && this.now < this.faultEndUnits) void this.startNode(node);
+    });
   }
 
   private scheduleTicks(node: SimNode, firstDelay: number): void {
@@ -479,7 +494,11 @@ export class Simulation {
         return this.fail(`node ${node.id} rejected a peer message: ${replica.node.rejectedMessages[0]}`);
       }
       if (status.role === 'leader') this.checkLeader(node, status.term);
+      const advanced = status.commitIndex > node.checkedCommit;
       this.checkCommitted(node, status.commitIndex);
+      if (advanced && status.role === 'leader' && this.now < this.faultEndUnits && this.rand.chance(this.profile.crashOnCommitRate)) {
+        this.crashLeaderAfterCommit(node);
+      }
     }
   }
 
