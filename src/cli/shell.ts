@@ -1,7 +1,7 @@
 import { createInterface } from 'node:readline';
 import { describeError } from './describe-error';
 import { CairnClient } from './client';
-import { UsageError } from './flags';
+import { parseArgs } from './flags';
 import { runVerb } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
@@ -29,11 +29,7 @@ export async function runShellLine(client: CairnClient, line: string, print: (te
     return true;
   }
   try {
-    const flags: Record<string, string> = {};
-    const positional = args.filter((a, i) => {
-      if (a === '--limit' && args[i + 1]) flags.limit = args[i + 1]!;
-      return a !== '--limit' && args[i - 1] !== '--limit';
-    });
+    const { positional, flags } = parseArgs(args, [], ['limit']);
     await runVerb(client, ALIASES[word] ?? word, positional, flags, print);
   } catch (err) {
     print(`error: ${describeError(err)}`);

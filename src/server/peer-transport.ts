@@ -37,7 +37,7 @@ export class GrpcPeerTransport implements Transport {
   private readonly links = new Map<NodeId, PeerLink>();
 
   constructor(
-    private readonly identity: TransportIdentity,
+    identity: TransportIdentity,
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
     channelCredentials: ChannelCredentials = credentials.createInsecure(),

@@ -88,7 +88,7 @@ async function readBarrier(context: ServiceContext, consistency: Consistency): P
 }
 
 export function kvService(context: ServiceContext): KVServer {
-  const write = async (command: Command): Promise<CommandResult> => context.router.write(command);
+  const write = (command: Command) => context.router.write(command);
   return {
     put: unary(async (request) => {
       validatePut(request, context.limits);

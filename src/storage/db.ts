@@ -79,13 +79,13 @@ export class LevelDb implements Db {
   }
 
   async get(sublevel: SublevelName, key: Uint8Array): Promise<Buffer | undefined> {
-    return this.sublevels[sublevel].get(Buffer.from(key.buffer, key.byteOffset, key.byteLength));
+    return this.sublevels[sublevel].get(asBuffer(key));
   }
 
   async *entries(sublevel: SublevelName, range: KeyRange = {}): AsyncIterable<[Buffer, Buffer]> {
     const options: Record<string, unknown> = {};
-    if (range.gte) options.gte = Buffer.from(range.gte);
-    if (range.lt) options.lt = Buffer.from(range.lt);
+    if (range.gte) options.gte = asBuffer(range.gte);
+    if (range.lt) options.lt = asBuffer(range.lt);
     if (range.limit !== undefined) options.limit = range.limit;
     for await (const [key, value] of this.sublevels[sublevel].iterator(options)) yield [key, value];
   }
@@ -94,8 +94,8 @@ export class LevelDb implements Db {
     if (ops.length === 0) return;
     const batch = ops.map((op) =>
       op.type === 'put'
-        ? { type: 'put' as const, sublevel: this.sublevels[op.sublevel], key: Buffer.from(op.key), value: Buffer.from(op.value) }
-        : { type: 'del' as const, sublevel: this.sublevels[op.sublevel], key: Buffer.from(op.key) },
+        ? { type: 'put' as const, sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key), value: asBuffer(op.value) }
+        : { type: 'del' as const, sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key) },
     );
     await this.level.batch(batch as never, options as never);
   }
@@ -103,4 +103,9 @@ export class LevelDb implements Db {
   async close(): Promise<void> {
     await this.level.close();
   }
+}
+
+/** A Buffer view of the same bytes: no copy on the write path. */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

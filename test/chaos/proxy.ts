@@ -49,12 +49,13 @@ export class FaultProxy {
     return this.port;
   }
 
-  /** Sets both directions; `cut` also drops every open connection and refuses new ones. */
+  /** Sets what happens to each direction (backward defaults to the same as forward). */
   set(forward: DirectionMode, backward: DirectionMode = forward): void {
     this.forward = forward;
     this.backward = backward;
   }
 
+  /** Drops every open connection and refuses new ones until heal(). */
   cut(): void {
     this.cutOff = true;
     for (const pair of this.pairs) this.destroy(pair);

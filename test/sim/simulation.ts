@@ -468,14 +468,12 @@ export class Simulation {
   private async withTimeout<T>(
     promise: Promise<T>,
   ): Promise<{ ok: true; value: T } | { ok: false; maybeApplied: boolean }> {
-    let settled: { ok: true; value: T } | { ok: false; maybeApplied: boolean } | undefined;
-    promise.then(
-      (value) => (settled ??= { ok: true, value }),
-      (err: unknown) => (settled ??= { ok: false, maybeApplied: !definitelyNotApplied(err) }),
+    const outcome = promise.then(
+      (value) => ({ ok: true as const, value }),
+      (err: unknown) => ({ ok: false as const, maybeApplied: !definitelyNotApplied(err) }),
     );
-    const deadline = this.now + CLIENT_ATTEMPT_TIMEOUT_UNITS;
-    while (!settled && this.now < deadline) await this.sleep(1);
-    return settled ?? { ok: false, maybeApplied: true };
+    const timedOut = this.sleep(CLIENT_ATTEMPT_TIMEOUT_UNITS).then(() => ({ ok: false as const, maybeApplied: true }));
+    return Promise.race([outcome, timedOut]);
   }
 
   // ------------------------------------------------------------ invariants

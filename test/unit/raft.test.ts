@@ -1,7 +1,6 @@
 import { EntryType, Message } from '../../gen/cairn/raft/v1/raft';
-import { RaftNode } from '../../src/raft/node';
+import { DEFAULT_RAFT_CONFIG, RaftNode } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
-import { DEFAULT_RAFT_CONFIG } from '../../src/raft/node';
 import { RaftNetwork } from '../support/raft-network';
 
 const data = (text: string) => Buffer.from(text);
