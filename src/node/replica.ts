@@ -84,10 +84,14 @@ export class Replica {
     this.schedule();
   }
 
-  /** Proposes a write; resolves with its result once it is committed and applied here. */
-  propose(command: Command): Promise<CommandResult> {
+  /**
+   * Proposes a write; resolves with its result once it is committed and applied here.
+   * `encoded` spares a second encoding when the caller already holds the bytes (a write
+   * forwarded by a follower).
+   */
+  propose(command: Command, encoded: Uint8Array = Command.encode(command).finish()): Promise<CommandResult> {
     if (this.stopped) return Promise.reject(stoppedError());
-    const proposed = this.node.propose(Command.encode(command).finish());
+    const proposed = this.node.propose(encoded);
     if (!proposed.ok) {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));

@@ -181,7 +181,7 @@ export function raftService(context: ServiceContext): RaftServiceServer {
       } catch (err) {
         throw new CairnError(ErrorCode.INVALID_ARGUMENT, `forwarded command does not decode: ${(err as Error).message}`);
       }
-      const result = await withTimeout(context.replica.propose(command), context.requestTimeoutMs, 'the forwarded write did not commit in time; its outcome is unknown');
+      const result = await withTimeout(context.replica.propose(command, request.command), context.requestTimeoutMs, 'the forwarded write did not commit in time; its outcome is unknown');
       return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
     }),
     readIndex: unary(async (request) => {
