@@ -30,14 +30,20 @@ export interface LostWrite {
  */
 export function findLostWrites(ops: readonly RecordedOp[], finalState: ReadonlyMap<string, string>): LostWrite[] {
   const lost: LostWrite[] = [];
-  const writes = ops.filter((op) => op.op !== 'get');
-  for (const write of writes) {
-    if (!write.known) continue;
+  const writesByKey = new Map<string, RecordedOp[]>();
+  for (const op of ops) {
+    if (op.op === 'get') continue;
+    const writes = writesByKey.get(op.key) ?? [];
+    writes.push(op);
+    writesByKey.set(op.key, writes);
+  }
+  for (const write of ops) {
+    if (write.op === 'get' || !write.known) continue;
     const finalValue = finalState.get(write.key) ?? null;
     const expected = write.op === 'put' ? write.value! : null;
     if (finalValue === expected) continue;
-    const overwritable = writes.some(
-      (other) => other !== write && other.key === write.key && (other.return === undefined || other.return > write.call),
+    const overwritable = writesByKey.get(write.key)!.some(
+      (other) => other !== write && (other.return === undefined || other.return > write.call),
     );
     if (!overwritable) lost.push({ op: write, finalValue });
   }
