@@ -171,7 +171,7 @@ export class RaftNode {
   }
 
   step(message: Message): void {
-    if (!this.voters.includes(message.from)) return; // not a member: nothing it says counts
+    if (!this.voters.includes(message.fromId)) return; // not a member: nothing it says counts
     const malformed = malformedReason(message, this.id);
     if (malformed) return this.rejectMessage(message, malformed);
     if (!this.stepTerm(message)) return;
@@ -305,16 +305,16 @@ export class RaftNode {
       }
       if (preVoteRequest || grantedPreVote) return true; // pre-votes speak of a future term
       const fromLeader = kind === 'appendRequest' || kind === 'heartbeatRequest';
-      this.becomeFollower(m.term, fromLeader ? m.from : NO_NODE);
+      this.becomeFollower(m.term, fromLeader ? m.fromId : NO_NODE);
       return true;
     }
     if (m.term < this.term) {
       if (kind === 'appendRequest' || kind === 'heartbeatRequest') {
         // A stale leader: tell it our term so it steps down (it may be cut off by
         // check-quorum or pre-vote from ever learning it otherwise).
-        this.send(m.from, { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: 0 } });
+        this.send(m.fromId, { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: 0 } });
       } else if (preVoteRequest) {
-        this.send(m.from, { $case: 'voteResponse', value: { granted: false, preVote: true } });
+        this.send(m.fromId, { $case: 'voteResponse', value: { granted: false, preVote: true } });
       }
       return false;
     }
@@ -420,17 +420,17 @@ export class RaftNode {
   }
 
   private handleVoteRequest(m: Message, request: VoteRequest): void {
-    const alreadyVotedForIt = this.votedFor === m.from;
+    const alreadyVotedForIt = this.votedFor === m.fromId;
     const freeToVote = this.votedFor === NO_NODE && this.leader === NO_NODE;
     const futureTerm = request.preVote && m.term > this.term;
     const grant =
       (alreadyVotedForIt || freeToVote || futureTerm) && this.log.isUpToDate(request.lastLogIndex, request.lastLogTerm);
     if (grant && !request.preVote) {
-      this.votedFor = m.from;
+      this.votedFor = m.fromId;
       this.electionElapsedTicks = 0;
     }
     const responseTerm = request.preVote && grant ? m.term : this.term;
-    this.send(m.from, { $case: 'voteResponse', value: { granted: grant, preVote: request.preVote } }, responseTerm);
+    this.send(m.fromId, { $case: 'voteResponse', value: { granted: grant, preVote: request.preVote } }, responseTerm);
   }
 
   private handleVoteResponse(m: Message, response: VoteResponse): void {
@@ -439,7 +439,7 @@ export class RaftNode {
     if (response.preVote !== expectPreVote) return;
     // A granted pre-vote names our term + 1; any other is left over from an earlier round.
     if (response.preVote && response.granted && m.term !== this.term + 1) return;
-    this.votes.set(m.from, response.granted);
+    this.votes.set(m.fromId, response.granted);
     this.tallyVotes();
   }
 
@@ -494,21 +494,21 @@ export class RaftNode {
 
   private handleAppendRequest(m: Message, request: AppendRequest): void {
     if (this.role === 'leader') return this.rejectMessage(m, `a second leader in our term ${this.term}`);
-    this.becomeFollower(this.term, m.from);
+    this.becomeFollower(this.term, m.fromId);
     if (request.prevLogIndex < this.log.commitIndex) {
       // Everything up to our commit index matches the leader's log already.
       const skip = this.log.commitIndex - request.prevLogIndex;
       if (skip >= request.entries.length) {
-        return this.acceptAppend(m.from, this.log.commitIndex);
+        return this.acceptAppend(m.fromId, this.log.commitIndex);
       }
       request = { ...request, prevLogIndex: this.log.commitIndex, prevLogTerm: this.log.termAt(this.log.commitIndex)!, entries: request.entries.slice(skip) };
     }
     if (this.log.termAt(request.prevLogIndex) !== request.prevLogTerm) {
-      return this.rejectAppend(m.from, request);
+      return this.rejectAppend(m.fromId, request);
     }
     const lastNewIndex = this.log.appendFromLeader(request.prevLogIndex, request.entries);
     this.log.commitTo(Math.min(request.commit, lastNewIndex));
-    this.acceptAppend(m.from, lastNewIndex);
+    this.acceptAppend(m.fromId, lastNewIndex);
   }
 
   private acceptAppend(leader: NodeId, index: number): void {
@@ -527,7 +527,7 @@ export class RaftNode {
 
   private handleAppendResponse(m: Message, response: AppendResponse): void {
     if (this.role !== 'leader') return;
-    const pr = this.progress.get(m.from);
+    const pr = this.progress.get(m.fromId);
     if (!pr) return;
     pr.recentlyActive = true;
     if (response.index > this.log.lastIndex()) return this.rejectMessage(m, `acknowledges ${response.index} beyond our log`);
@@ -618,19 +618,19 @@ export class RaftNode {
 
   private handleHeartbeatRequest(m: Message, request: HeartbeatRequest): void {
     if (this.role === 'leader') return this.rejectMessage(m, `a second leader in our term ${this.term}`);
-    this.becomeFollower(this.term, m.from);
+    this.becomeFollower(this.term, m.fromId);
     if (request.commit > this.log.lastIndex()) return this.rejectMessage(m, `commit ${request.commit} beyond our log`);
     this.log.commitTo(request.commit);
-    this.send(m.from, { $case: 'heartbeatResponse', value: { readRound: request.readRound } });
+    this.send(m.fromId, { $case: 'heartbeatResponse', value: { readRound: request.readRound } });
   }
 
   private handleHeartbeatResponse(m: Message, response: HeartbeatResponse): void {
     if (this.role !== 'leader') return;
-    const pr = this.progress.get(m.from);
+    const pr = this.progress.get(m.fromId);
     if (!pr) return;
     pr.recentlyActive = true;
     this.resendIfStalled(pr);
-    if (response.readRound > 0) this.acknowledgeReadRound(m.from, response.readRound);
+    if (response.readRound > 0) this.acknowledgeReadRound(m.fromId, response.readRound);
   }
 
   /** A heartbeat answer shows the follower is reachable: resend what seems lost. */
@@ -678,12 +678,12 @@ export class RaftNode {
   private rejectMessage(m: Message, reason: string): void {
     const MAX_KEPT = 100;
     if (this.rejectedMessages.length < MAX_KEPT) {
-      this.rejectedMessages.push(`from ${m.from} term ${m.term} ${m.body?.$case ?? 'empty'}: ${reason}`);
+      this.rejectedMessages.push(`from ${m.fromId} term ${m.term} ${m.body?.$case ?? 'empty'}: ${reason}`);
     }
   }
 
   private send(to: NodeId, body: Message['body'], term = this.term): void {
-    this.outbox.push({ from: this.id, to, term, body });
+    this.outbox.push({ fromId: this.id, to, term, body });
   }
 }
 
@@ -711,7 +711,7 @@ function validateConfig(config: RaftConfig): void {
 /** Structural checks on a peer message, before any of it is believed. */
 function malformedReason(m: Message, self: NodeId): string | undefined {
   if (m.to !== self) return `addressed to ${m.to}`;
-  if (m.from === self) return 'claims to come from this node';
+  if (m.fromId === self) return 'claims to come from this node';
   if (!m.body) return 'no body (an unknown message kind?)';
   if (m.body.$case !== 'appendRequest') return undefined;
   const request = m.body.value;

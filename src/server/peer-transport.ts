@@ -117,7 +117,7 @@ class PeerLink {
     while (this.queue.length > 0) {
       const frame: StreamRequest = {
         clusterId: this.identity.clusterId,
-        from: this.identity.selfId,
+        fromId: this.identity.selfId,
         clientAddr: this.identity.clientAddr,
         messages: this.queue.splice(0, MAX_MESSAGES_PER_FRAME),
       };

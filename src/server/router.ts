@@ -26,7 +26,7 @@ export class RequestRouter {
       return withTimeout(this.replica.propose(command), this.requestTimeoutMs, 'the write did not commit in time; its outcome is unknown');
     }
     const client = this.leaderClient(leader);
-    const request = { clusterId: this.clusterId, from: this.replica.id, command: Buffer.from(Command.encode(command).finish()) };
+    const request = { clusterId: this.clusterId, fromId: this.replica.id, command: Buffer.from(Command.encode(command).finish()) };
     const response = await new Promise<ProposeResponse>((resolve, reject) =>
       client.propose(request, new Metadata(), { deadline: Date.now() + this.requestTimeoutMs }, (err, value) => (err ? reject(err) : resolve(value!))),
     );
@@ -40,7 +40,7 @@ export class RequestRouter {
       return withTimeout(this.replica.readBarrier(), this.requestTimeoutMs, 'the read could not be confirmed in time');
     }
     const client = this.leaderClient(leader);
-    const request = { clusterId: this.clusterId, from: this.replica.id };
+    const request = { clusterId: this.clusterId, fromId: this.replica.id };
     const response = await new Promise<ReadIndexResponse>((resolve, reject) =>
       client.readIndex(request, new Metadata(), { deadline: Date.now() + this.requestTimeoutMs }, (err, value) => (err ? reject(err) : resolve(value!))),
     );

@@ -174,7 +174,7 @@ export function raftService(context: ServiceContext): RaftServiceServer {
       call.on('error', () => undefined);
     },
     propose: unary(async (request) => {
-      checkSender(request.clusterId, request.from);
+      checkSender(request.clusterId, request.fromId);
       let command: Command;
       try {
         command = Command.decode(request.command);
@@ -185,7 +185,7 @@ export function raftService(context: ServiceContext): RaftServiceServer {
       return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
     }),
     readIndex: unary(async (request) => {
-      checkSender(request.clusterId, request.from);
+      checkSender(request.clusterId, request.fromId);
       const index = await withTimeout(context.replica.confirmReadIndex(), context.requestTimeoutMs, 'the read index could not be confirmed in time');
       return { index };
     }),

@@ -273,7 +273,7 @@ export class Simulation {
   private transmit(from: SimNode, incarnation: number, messages: readonly Message[]): void {
     if (from.incarnation !== incarnation || !from.up) return;
     for (const message of messages) {
-      if (this.blockedLinks.has(`${message.from}>${message.to}`)) continue;
+      if (this.blockedLinks.has(`${message.fromId}>${message.to}`)) continue;
       if (this.rand.chance(this.dropRate)) continue;
       const wire = Message.encode(message).finish();
       const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;

@@ -54,7 +54,7 @@ export class RaftNetwork {
         for (const grant of ready.reads) this.grantedReads.push({ node: id, ...grant });
         for (const readId of ready.failedReads) this.failedReads.push({ node: id, readId });
         for (const message of ready.messages) {
-          if (!this.cut.has(`${message.from}>${message.to}`)) this.pending.push(message);
+          if (!this.cut.has(`${message.fromId}>${message.to}`)) this.pending.push(message);
         }
       }
     }

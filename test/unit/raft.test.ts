@@ -36,7 +36,7 @@ describe('leader election', () => {
 
   test('a node votes once per term', () => {
     const net = new RaftNetwork(3, { preVote: false });
-    const ask = (from: number): Message => ({ from, to: 3, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 0, lastLogTerm: 0, preVote: false } } });
+    const ask = (fromId: number): Message => ({ fromId, to: 3, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 0, lastLogTerm: 0, preVote: false } } });
     net.node(3).step(ask(1));
     net.node(3).step(ask(2));
     const responses = net.node(3).ready().messages.map((m) => (m.body?.$case === 'voteResponse' ? [m.to, m.body.value.granted] : null));
@@ -52,7 +52,7 @@ describe('leader election', () => {
     net.node(1).propose(data('a'));
     net.settle();
     net.isolate(1);
-    net.node(3).step({ from: 2, to: 3, term: 5, body: { $case: 'voteRequest', value: { lastLogIndex: 1, lastLogTerm: 1, preVote: false } } });
+    net.node(3).step({ fromId: 2, to: 3, term: 5, body: { $case: 'voteRequest', value: { lastLogIndex: 1, lastLogTerm: 1, preVote: false } } });
     const response = net.node(3).ready().messages.find((m) => m.body?.$case === 'voteResponse');
     expect(response?.body?.value).toMatchObject({ granted: false });
   });
@@ -85,7 +85,7 @@ describe('leader election', () => {
   test('followers that hear their leader ignore a disruptive higher-term vote request', () => {
     const net = new RaftNetwork(3);
     net.elect(1);
-    net.node(2).step({ from: 3, to: 2, term: 9, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 9, preVote: false } } });
+    net.node(2).step({ fromId: 3, to: 2, term: 9, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 9, preVote: false } } });
     expect(net.node(2).term).toBe(1);
     expect(net.node(2).ready().messages).toEqual([]);
   });
@@ -190,14 +190,14 @@ describe('log replication', () => {
       { hardState: { term: 1, votedFor: 0 }, entries: [entry(1, 1), entry(2, 1)], appliedIndex: 0 },
     );
     for (let i = 0; i < 100 && node.role === 'follower'; i++) node.tick();
-    const vote = (preVote: boolean): Message => ({ from: 2, to: 1, term: 2, body: { $case: 'voteResponse', value: { granted: true, preVote } } });
+    const vote = (preVote: boolean): Message => ({ fromId: 2, to: 1, term: 2, body: { $case: 'voteResponse', value: { granted: true, preVote } } });
     node.step(vote(true));
     node.step(vote(false));
     expect(node.role).toBe('leader');
     const ready = node.ready();
     expect(ready.entries.map((e) => [e.index, e.term, e.type])).toEqual([[3, 2, EntryType.ENTRY_TYPE_NOOP]]);
     node.onPersisted(3, 2);
-    const ack = (index: number): Message => ({ from: 2, to: 1, term: 2, body: { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } } });
+    const ack = (index: number): Message => ({ fromId: 2, to: 1, term: 2, body: { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } } });
     // A majority (1 and 2) now holds entry 2, but it is of term 1: counting it is not enough.
     node.step(ack(2));
     expect(node.status().commitIndex).toBe(0);
@@ -263,7 +263,7 @@ describe('bad and stale peer messages', () => {
   test('a message with no body changes nobody\'s term', () => {
     const net = new RaftNetwork(3);
     net.elect(1);
-    net.node(1).step({ from: 2, to: 1, term: 50, body: undefined });
+    net.node(1).step({ fromId: 2, to: 1, term: 50, body: undefined });
     expect(net.node(1).term).toBe(1);
     expect(net.node(1).role).toBe('leader');
   });
@@ -273,16 +273,16 @@ describe('bad and stale peer messages', () => {
     net.elect(1);
     const node2 = net.node(2);
     const append = (entries: { index: number; term: number }[]): Message => ({
-      from: 1,
+      fromId: 1,
       to: 2,
       term: 1,
       body: { $case: 'appendRequest', value: { prevLogIndex: 1, prevLogTerm: 1, commit: 0, entries: entries.map((e) => ({ ...e, type: EntryType.ENTRY_TYPE_COMMAND, data: data('x') })) } },
     });
     node2.step(append([{ index: 5, term: 1 }])); // gap
     node2.step(append([{ index: 2, term: 7 }])); // term from the future
-    node2.step({ from: 2, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // from itself
-    node2.step({ from: 1, to: 3, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // wrong node
-    node2.step({ from: 1, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 99, readRound: 0 } } }); // commit beyond the log
+    node2.step({ fromId: 2, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // from itself
+    node2.step({ fromId: 1, to: 3, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } }); // wrong node
+    node2.step({ fromId: 1, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 99, readRound: 0 } } }); // commit beyond the log
     expect(node2.rejectedMessages).toHaveLength(5);
     expect(node2.status().lastIndex).toBe(1);
     expect(node2.status().commitIndex).toBeLessThanOrEqual(1);
@@ -291,7 +291,7 @@ describe('bad and stale peer messages', () => {
   test('a leader that hears another leader in its own term drops the message', () => {
     const net = new RaftNetwork(3);
     net.elect(1);
-    net.node(1).step({ from: 2, to: 1, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } });
+    net.node(1).step({ fromId: 2, to: 1, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } });
     expect(net.node(1).role).toBe('leader');
     expect(net.node(1).rejectedMessages[0]).toMatch(/second leader/);
   });
@@ -303,11 +303,11 @@ describe('bad and stale peer messages', () => {
     expect(node.role).toBe('pre-candidate');
     node.ready();
     // A pre-vote granted for term 3 (our term + 3), from some earlier campaign: ignored.
-    node.step({ from: 2, to: 1, term: 3, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
+    node.step({ fromId: 2, to: 1, term: 3, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
     expect(node.role).toBe('pre-candidate');
     expect(node.term).toBe(0);
     // The real answer for this round (term 1) wins the pre-vote.
-    node.step({ from: 2, to: 1, term: 1, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
+    node.step({ fromId: 2, to: 1, term: 1, body: { $case: 'voteResponse', value: { granted: true, preVote: true } } });
     expect(node.role).toBe('candidate');
   });
 

@@ -80,7 +80,7 @@ export function entryTypeToJSON(object: EntryType): string {
 /** ProposeRequest carries an encoded cairn.kv.v1.Command to the leader. */
 export interface ProposeRequest {
   clusterId: number;
-  from: number;
+  fromId: number;
   command: Buffer;
 }
 
@@ -94,7 +94,7 @@ export interface ProposeResponse {
 /** ReadIndexRequest asks for a read index. */
 export interface ReadIndexRequest {
   clusterId: number;
-  from: number;
+  fromId: number;
 }
 
 /** ReadIndexResponse: the index the asker must apply before it serves the read. */
@@ -107,7 +107,7 @@ export interface StreamRequest {
   /** The cluster this sender belongs to; a receiver rejects frames from another cluster. */
   clusterId: number;
   /** The sending node's id; every message in the frame must carry the same `from`. */
-  from: number;
+  fromId: number;
   messages: Message[];
   /**
    * The sender's client address, so that every node can tell clients where the
@@ -143,7 +143,7 @@ export interface HardState {
  * term the candidate would campaign in (its own term + 1).
  */
 export interface Message {
-  from: number;
+  fromId: number;
   to: number;
   term: number;
   body?:
@@ -219,7 +219,7 @@ export interface HeartbeatResponse {
 }
 
 function createBaseProposeRequest(): ProposeRequest {
-  return { clusterId: 0, from: 0, command: Buffer.alloc(0) };
+  return { clusterId: 0, fromId: 0, command: Buffer.alloc(0) };
 }
 
 export const ProposeRequest: MessageFns<ProposeRequest> = {
@@ -227,8 +227,8 @@ export const ProposeRequest: MessageFns<ProposeRequest> = {
     if (message.clusterId !== 0) {
       writer.uint32(8).uint64(message.clusterId);
     }
-    if (message.from !== 0) {
-      writer.uint32(16).uint64(message.from);
+    if (message.fromId !== 0) {
+      writer.uint32(16).uint64(message.fromId);
     }
     if (message.command.length !== 0) {
       writer.uint32(26).bytes(message.command);
@@ -262,7 +262,7 @@ export const ProposeRequest: MessageFns<ProposeRequest> = {
               break;
             }
 
-            message.from = longToNumber(reader.uint64());
+            message.fromId = longToNumber(reader.uint64());
             continue;
           }
           case 3: {
@@ -292,7 +292,11 @@ export const ProposeRequest: MessageFns<ProposeRequest> = {
         : isSet(object.cluster_id)
         ? globalThis.Number(object.cluster_id)
         : 0,
-      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+      fromId: isSet(object.fromId)
+        ? globalThis.Number(object.fromId)
+        : isSet(object.from_id)
+        ? globalThis.Number(object.from_id)
+        : 0,
       command: isSet(object.command) ? Buffer.from(bytesFromBase64(object.command)) : Buffer.alloc(0),
     };
   },
@@ -302,8 +306,8 @@ export const ProposeRequest: MessageFns<ProposeRequest> = {
     if (message.clusterId !== 0) {
       obj.clusterId = Math.round(message.clusterId);
     }
-    if (message.from !== 0) {
-      obj.from = Math.round(message.from);
+    if (message.fromId !== 0) {
+      obj.fromId = Math.round(message.fromId);
     }
     if (message.command.length !== 0) {
       obj.command = base64FromBytes(message.command);
@@ -317,7 +321,7 @@ export const ProposeRequest: MessageFns<ProposeRequest> = {
   fromPartial(object: DeepPartial<ProposeRequest>): ProposeRequest {
     const message = createBaseProposeRequest();
     message.clusterId = object.clusterId ?? 0;
-    message.from = object.from ?? 0;
+    message.fromId = object.fromId ?? 0;
     message.command = object.command ?? Buffer.alloc(0);
     return message;
   },
@@ -409,7 +413,7 @@ export const ProposeResponse: MessageFns<ProposeResponse> = {
 };
 
 function createBaseReadIndexRequest(): ReadIndexRequest {
-  return { clusterId: 0, from: 0 };
+  return { clusterId: 0, fromId: 0 };
 }
 
 export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
@@ -417,8 +421,8 @@ export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
     if (message.clusterId !== 0) {
       writer.uint32(8).uint64(message.clusterId);
     }
-    if (message.from !== 0) {
-      writer.uint32(16).uint64(message.from);
+    if (message.fromId !== 0) {
+      writer.uint32(16).uint64(message.fromId);
     }
     return writer;
   },
@@ -449,7 +453,7 @@ export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
               break;
             }
 
-            message.from = longToNumber(reader.uint64());
+            message.fromId = longToNumber(reader.uint64());
             continue;
           }
         }
@@ -471,7 +475,11 @@ export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
         : isSet(object.cluster_id)
         ? globalThis.Number(object.cluster_id)
         : 0,
-      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+      fromId: isSet(object.fromId)
+        ? globalThis.Number(object.fromId)
+        : isSet(object.from_id)
+        ? globalThis.Number(object.from_id)
+        : 0,
     };
   },
 
@@ -480,8 +488,8 @@ export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
     if (message.clusterId !== 0) {
       obj.clusterId = Math.round(message.clusterId);
     }
-    if (message.from !== 0) {
-      obj.from = Math.round(message.from);
+    if (message.fromId !== 0) {
+      obj.fromId = Math.round(message.fromId);
     }
     return obj;
   },
@@ -492,7 +500,7 @@ export const ReadIndexRequest: MessageFns<ReadIndexRequest> = {
   fromPartial(object: DeepPartial<ReadIndexRequest>): ReadIndexRequest {
     const message = createBaseReadIndexRequest();
     message.clusterId = object.clusterId ?? 0;
-    message.from = object.from ?? 0;
+    message.fromId = object.fromId ?? 0;
     return message;
   },
 };
@@ -565,7 +573,7 @@ export const ReadIndexResponse: MessageFns<ReadIndexResponse> = {
 };
 
 function createBaseStreamRequest(): StreamRequest {
-  return { clusterId: 0, from: 0, messages: [], clientAddr: "" };
+  return { clusterId: 0, fromId: 0, messages: [], clientAddr: "" };
 }
 
 export const StreamRequest: MessageFns<StreamRequest> = {
@@ -573,8 +581,8 @@ export const StreamRequest: MessageFns<StreamRequest> = {
     if (message.clusterId !== 0) {
       writer.uint32(8).uint64(message.clusterId);
     }
-    if (message.from !== 0) {
-      writer.uint32(16).uint64(message.from);
+    if (message.fromId !== 0) {
+      writer.uint32(16).uint64(message.fromId);
     }
     for (const v of message.messages) {
       Message.encode(v!, writer.uint32(26).fork()).join();
@@ -611,7 +619,7 @@ export const StreamRequest: MessageFns<StreamRequest> = {
               break;
             }
 
-            message.from = longToNumber(reader.uint64());
+            message.fromId = longToNumber(reader.uint64());
             continue;
           }
           case 3: {
@@ -649,7 +657,11 @@ export const StreamRequest: MessageFns<StreamRequest> = {
         : isSet(object.cluster_id)
         ? globalThis.Number(object.cluster_id)
         : 0,
-      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+      fromId: isSet(object.fromId)
+        ? globalThis.Number(object.fromId)
+        : isSet(object.from_id)
+        ? globalThis.Number(object.from_id)
+        : 0,
       messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => Message.fromJSON(e)) : [],
       clientAddr: isSet(object.clientAddr)
         ? globalThis.String(object.clientAddr)
@@ -664,8 +676,8 @@ export const StreamRequest: MessageFns<StreamRequest> = {
     if (message.clusterId !== 0) {
       obj.clusterId = Math.round(message.clusterId);
     }
-    if (message.from !== 0) {
-      obj.from = Math.round(message.from);
+    if (message.fromId !== 0) {
+      obj.fromId = Math.round(message.fromId);
     }
     if (message.messages?.length) {
       obj.messages = message.messages.map((e) => Message.toJSON(e));
@@ -682,7 +694,7 @@ export const StreamRequest: MessageFns<StreamRequest> = {
   fromPartial(object: DeepPartial<StreamRequest>): StreamRequest {
     const message = createBaseStreamRequest();
     message.clusterId = object.clusterId ?? 0;
-    message.from = object.from ?? 0;
+    message.fromId = object.fromId ?? 0;
     message.messages = object.messages?.map((e) => Message.fromPartial(e)) || [];
     message.clientAddr = object.clientAddr ?? "";
     return message;
@@ -948,13 +960,13 @@ export const HardState: MessageFns<HardState> = {
 };
 
 function createBaseMessage(): Message {
-  return { from: 0, to: 0, term: 0, body: undefined };
+  return { fromId: 0, to: 0, term: 0, body: undefined };
 }
 
 export const Message: MessageFns<Message> = {
   encode(message: Message, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.from !== 0) {
-      writer.uint32(8).uint64(message.from);
+    if (message.fromId !== 0) {
+      writer.uint32(8).uint64(message.fromId);
     }
     if (message.to !== 0) {
       writer.uint32(16).uint64(message.to);
@@ -1003,7 +1015,7 @@ export const Message: MessageFns<Message> = {
               break;
             }
 
-            message.from = longToNumber(reader.uint64());
+            message.fromId = longToNumber(reader.uint64());
             continue;
           }
           case 2: {
@@ -1084,7 +1096,11 @@ export const Message: MessageFns<Message> = {
 
   fromJSON(object: any): Message {
     return {
-      from: isSet(object.from) ? globalThis.Number(object.from) : 0,
+      fromId: isSet(object.fromId)
+        ? globalThis.Number(object.fromId)
+        : isSet(object.from_id)
+        ? globalThis.Number(object.from_id)
+        : 0,
       to: isSet(object.to) ? globalThis.Number(object.to) : 0,
       term: isSet(object.term) ? globalThis.Number(object.term) : 0,
       body: isSet(object.voteRequest)
@@ -1117,8 +1133,8 @@ export const Message: MessageFns<Message> = {
 
   toJSON(message: Message): unknown {
     const obj: any = {};
-    if (message.from !== 0) {
-      obj.from = Math.round(message.from);
+    if (message.fromId !== 0) {
+      obj.fromId = Math.round(message.fromId);
     }
     if (message.to !== 0) {
       obj.to = Math.round(message.to);
@@ -1147,7 +1163,7 @@ export const Message: MessageFns<Message> = {
   },
   fromPartial(object: DeepPartial<Message>): Message {
     const message = createBaseMessage();
-    message.from = object.from ?? 0;
+    message.fromId = object.fromId ?? 0;
     message.to = object.to ?? 0;
     message.term = object.term ?? 0;
     switch (object.body?.$case) {
