@@ -45,7 +45,6 @@ describe('the request path of real processes', () => {
           successes++;
         }
       }
-      if (process.env.SHOW_ERRORS) console.log(errors.map((e) => `${Status[e.code]} ${e.metadata.get("cairn-error-code")} leader=${e.metadata.get("cairn-leader-id")} ${e.details}`).join("\n"));
       expect(successes).toBe(3);
       expect(errors.length).toBeGreaterThan(0);
       for (const err of errors) {
