@@ -378,6 +378,35 @@ describe('the peer port against bad input', () => {
     expect(harness.fatal).toEqual([]);
   });
 
+  test('undecodable Propose and ReadIndex requests are INVALID_ARGUMENT', async () => {
+    const Raw = makeGenericClientConstructor(
+      Object.fromEntries(
+        ['Propose', 'ReadIndex'].map((name) => [
+          name,
+          {
+            path: `/cairn.raft.v1.RaftService/${name}`,
+            requestStream: false,
+            responseStream: false,
+            requestSerialize: (bytes: Buffer) => bytes,
+            requestDeserialize: (bytes: Buffer) => bytes,
+            responseSerialize: (bytes: Buffer) => bytes,
+            responseDeserialize: (bytes: Buffer) => bytes,
+          },
+        ]),
+      ),
+      'RawRaftUnary',
+    );
+    const client = new Raw(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as Record<string, (b: Buffer, cb: (err: ServiceError | null) => void) => void> & { close(): void };
+    try {
+      for (const name of ['Propose', 'ReadIndex']) {
+        const err = await new Promise<ServiceError | null>((resolve) => client[name]!(Buffer.from([0xff, 0xff, 0xff, 0xff]), resolve));
+        expect({ name, code: err?.code, details: err?.details }).toEqual({ name, code: Status.INVALID_ARGUMENT, details: expect.stringContaining('does not decode') });
+      }
+    } finally {
+      client.close();
+    }
+  });
+
   test('frames from another cluster or a non-member are refused; the rejection log is rate limited', async () => {
     expect((await rawStream([frame({ clusterId: 7 })]))?.code).toBe(Status.PERMISSION_DENIED);
     expect((await rawStream([frame({ fromId: 9 })]))?.code).toBe(Status.PERMISSION_DENIED);
