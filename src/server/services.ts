@@ -76,11 +76,14 @@ export function effectiveDeadlineMs(clientDeadline: Deadline, requestTimeoutMs: 
   return Math.min(Number.isNaN(client) ? Infinity : client, nowMs + requestTimeoutMs);
 }
 
+/** The longest delay setTimeout honours (a larger one fires at once): about 24.8 days. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** A scope that aborts at the effective deadline or when the client cancels; close() frees its timer. */
 export function openRequestScope(call: Pick<ServerUnaryCall<unknown, unknown>, 'getDeadline' | 'once'>, requestTimeoutMs: number): RequestScope & { close(): void } {
   const deadlineMs = effectiveDeadlineMs(call.getDeadline(), requestTimeoutMs);
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), Math.max(0, deadlineMs - Date.now()));
+  const timer = setTimeout(() => controller.abort(), Math.min(MAX_TIMER_MS, Math.max(0, deadlineMs - Date.now())));
   call.once('cancelled', () => controller.abort());
   return { deadlineMs, signal: controller.signal, close: () => clearTimeout(timer) };
 }
