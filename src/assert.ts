@@ -11,3 +11,11 @@ export function assert(condition: unknown, message: string | (() => string)): as
     throw new InvariantViolation(typeof message === 'string' ? message : message());
   }
 }
+
+/** True for an InvariantViolation, also when another error carries one as its cause. */
+export function isInvariantViolation(err: unknown): err is Error {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof InvariantViolation) return true;
+  }
+  return false;
+}

@@ -13,7 +13,7 @@ export const ErrorCode = {
    * same client id and sequence is safe.
    */
   OUTCOME_UNKNOWN: 'OUTCOME_UNKNOWN',
-  /** Too many uncommitted entries: retry later. */
+  /** Too many uncommitted entries or bytes on the leader: retry later (RESOURCE_EXHAUSTED). */
   OVERLOADED: 'OVERLOADED',
   /** Leadership was lost before a linearizable read could be confirmed. */
   READ_ABORTED: 'READ_ABORTED',
@@ -21,8 +21,13 @@ export const ErrorCode = {
   STOPPED: 'STOPPED',
   /** The request did not complete in time; a write's outcome is then unknown. */
   TIMEOUT: 'TIMEOUT',
-  /** No leader is known, or the leader could not be reached. */
+  /** No leader is known right now (an election may be under way). */
   NO_LEADER: 'NO_LEADER',
+  /**
+   * A leader is known (`leader`) but this node could not reach it to forward the request;
+   * the request never left this node, so it was not applied and retrying is safe.
+   */
+  LEADER_UNREACHABLE: 'LEADER_UNREACHABLE',
   /** A peer from another cluster, or a node that is not a member. */
   WRONG_CLUSTER: 'WRONG_CLUSTER',
   /** The request is malformed or over a limit. */

@@ -20,7 +20,16 @@ export interface RangeOptions {
   end?: Uint8Array;
   limit: number;
   keysOnly: boolean;
+  /**
+   * Budget for the response's keys and values (each counted with RANGE_ENTRY_OVERHEAD_BYTES):
+   * the range stops before the entry that would go over it and sets `more`. The first entry
+   * is always returned, so a client can page through entries of any size. Undefined: no budget.
+   */
+  maxBytes?: number;
 }
+
+/** What one KeyValue adds to a Range response beyond its key and value (tags, lengths, three uint64s). */
+export const RANGE_ENTRY_OVERHEAD_BYTES = 64;
 
 /** The replicated state machine: the shell applies committed entries to it, in order. */
 export interface StateMachine {
@@ -101,13 +110,20 @@ export class KvStateMachine implements StateMachine {
     if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError(`range limit must be >= 1, got ${options.limit}`);
     const kvs: KeyValue[] = [];
     let more = false;
+    let bytes = 0;
     const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });
     for await (const [key, value] of iterator) {
       if (kvs.length === options.limit) {
         more = true;
         break;
       }
-      kvs.push(toKeyValue(key, KeyRecord.decode(value), options.keysOnly));
+      const kv = toKeyValue(key, KeyRecord.decode(value), options.keysOnly);
+      bytes += kv.key.length + kv.value.length + RANGE_ENTRY_OVERHEAD_BYTES;
+      if (options.maxBytes !== undefined && bytes > options.maxBytes && kvs.length > 0) {
+        more = true;
+        break;
+      }
+      kvs.push(kv);
     }
     return { kvs, more };
   }

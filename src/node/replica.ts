@@ -1,6 +1,6 @@
 import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { Message } from '../../gen/cairn/raft/v1/raft';
-import { assert } from '../assert';
+import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { ApplyOutcome, StateMachine } from '../kv/state-machine';
 import { NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
@@ -11,21 +11,26 @@ export interface Transport {
   send(messages: readonly Message[]): void;
 }
 
-interface PendingProposal {
+interface Settle<T> {
+  resolve(value: T): void;
+  reject(err: Error): void;
+}
+
+interface PendingProposal extends Settle<CommandResult> {
   term: number;
-  resolve(result: CommandResult): void;
-  reject(err: Error): void;
 }
 
-interface PendingRead {
-  resolve(index: number): void;
-  reject(err: Error): void;
-}
+type PendingRead = Settle<number>;
 
-interface AppliedWaiter {
+interface AppliedWaiter extends Settle<void> {
   index: number;
-  resolve(): void;
-  reject(err: Error): void;
+}
+
+/** How many callers wait in each of the Replica's maps: for tests and metrics. */
+export interface PendingCounts {
+  proposals: number;
+  reads: number;
+  appliedWaiters: number;
 }
 
 /**
@@ -45,6 +50,7 @@ export class Replica {
   private nextReadId = 1;
   private draining = false;
   private stopped = false;
+  private halted = false;
   private drained: Promise<void> = Promise.resolve();
 
   private constructor(
@@ -74,24 +80,43 @@ export class Replica {
 
   tick(): void {
     if (this.stopped) return;
-    this.node.tick();
+    this.guarded(() => this.node.tick());
     this.schedule();
   }
 
   receive(message: Message): void {
     if (this.stopped) return;
-    this.node.step(message);
+    this.guarded(() => this.node.step(message));
     this.schedule();
+  }
+
+  /**
+   * Stops the node for good because of `err` (a broken invariant): no more input, and
+   * the fatal handler (which logs and exits the process) is told once. Request handlers
+   * call this too, so an invariant broken on any path stops the node.
+   */
+  halt(err: unknown): void {
+    if (this.halted) return;
+    this.halted = true;
+    this.stopped = true;
+    this.onFatal(err);
+  }
+
+  /** Callers waiting in each map; all zero once every caller was answered or gave up. */
+  pendingCounts(): PendingCounts {
+    return { proposals: this.proposals.size, reads: this.reads.size, appliedWaiters: this.appliedWaiters.length };
   }
 
   /**
    * Proposes a write; resolves with its result once it is committed and applied here.
    * `encoded` spares a second encoding when the caller already holds the bytes (a write
-   * forwarded by a follower).
+   * forwarded by a follower). When `signal` aborts (the caller's deadline passed), the
+   * caller gets TIMEOUT and stops waiting here; the entry may still commit later.
    */
-  propose(command: Command, encoded: Uint8Array = Command.encode(command).finish()): Promise<CommandResult> {
+  propose(command: Command, encoded: Uint8Array = Command.encode(command).finish(), signal?: AbortSignal): Promise<CommandResult> {
     if (this.stopped) return Promise.reject(stoppedError());
-    const proposed = this.node.propose(encoded);
+    if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
+    const proposed = this.guarded(() => this.node.propose(encoded));
     if (!proposed.ok) {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
@@ -100,11 +125,19 @@ export class Replica {
     if (superseded) {
       // An older term's proposal at this index was truncated here while we did not
       // lead; another node may still hold it and commit it later.
-      assert(superseded.term < proposed.term, `two proposals for index ${proposed.index} in term ${proposed.term}`);
+      this.guarded(() => assert(superseded.term < proposed.term, `two proposals for index ${proposed.index} in term ${proposed.term}`));
       superseded.reject(new CairnError(ErrorCode.OUTCOME_UNKNOWN, `lost track of the proposal at index ${proposed.index}`));
     }
     const result = new Promise<CommandResult>((resolve, reject) => {
-      this.proposals.set(proposed.index, { term: proposed.term, resolve, reject });
+      const pending: PendingProposal = {
+        term: proposed.term,
+        ...releasedOnAbort(signal, { resolve, reject }, () => {
+          if (this.proposals.get(proposed.index) !== pending) return;
+          this.proposals.delete(proposed.index);
+          pending.reject(abortError(signal!, WRITE_TIMED_OUT));
+        }),
+      };
+      this.proposals.set(proposed.index, pending);
     });
     this.schedule();
     return result;
@@ -114,8 +147,8 @@ export class Replica {
    * Resolves when a linearizable read may be served from this node's state machine:
    * leadership was confirmed after the call and everything committed before it is applied.
    */
-  async readBarrier(): Promise<void> {
-    await this.waitForApplied(await this.confirmReadIndex());
+  async readBarrier(signal?: AbortSignal): Promise<void> {
+    await this.waitForApplied(await this.confirmReadIndex(signal), signal);
   }
 
   /**
@@ -123,23 +156,42 @@ export class Replica {
    * quorum after this call (ReadIndex). A follower asks the leader for one over the
    * peer service and then waits for its own state machine to reach it.
    */
-  confirmReadIndex(): Promise<number> {
+  confirmReadIndex(signal?: AbortSignal): Promise<number> {
     if (this.stopped) return Promise.reject(stoppedError());
+    if (signal?.aborted) return Promise.reject(abortError(signal, READ_TIMED_OUT));
     const readId = this.nextReadId++;
-    const asked = this.node.readIndex(readId);
+    const asked = this.guarded(() => this.node.readIndex(readId));
     if (!asked.ok) {
       return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, 'not the leader', { leader: asked.leader }));
     }
-    const confirmed = new Promise<number>((resolve, reject) => this.reads.set(readId, { resolve, reject }));
+    const confirmed = new Promise<number>((resolve, reject) => {
+      const pending: PendingRead = releasedOnAbort(signal, { resolve, reject }, () => {
+        if (this.reads.get(readId) !== pending) return;
+        this.reads.delete(readId);
+        pending.reject(abortError(signal!, READ_TIMED_OUT));
+      });
+      this.reads.set(readId, pending);
+    });
     this.schedule();
     return confirmed;
   }
 
-  /** Resolves once the state machine has applied `index`. */
-  waitForApplied(index: number): Promise<void> {
+  /** Resolves once the state machine has applied `index`; rejects with TIMEOUT if `signal` aborts first. */
+  waitForApplied(index: number, signal?: AbortSignal): Promise<void> {
     if (this.stateMachine.appliedIndex() >= index) return Promise.resolve();
     if (this.stopped) return Promise.reject(stoppedError());
-    return new Promise((resolve, reject) => this.appliedWaiters.push({ index, resolve, reject }));
+    if (signal?.aborted) return Promise.reject(abortError(signal, CATCH_UP_TIMED_OUT));
+    return new Promise((resolve, reject) => {
+      const waiter: AppliedWaiter = {
+        index,
+        ...releasedOnAbort(signal, { resolve, reject }, () => {
+          const before = this.appliedWaiters.length;
+          this.appliedWaiters = this.appliedWaiters.filter((w) => w !== waiter);
+          if (this.appliedWaiters.length < before) waiter.reject(abortError(signal!, CATCH_UP_TIMED_OUT));
+        }),
+      };
+      this.appliedWaiters.push(waiter);
+    });
   }
 
   /** Stops taking input; pending requests fail with STOPPED (a write's outcome is then unknown). */
@@ -166,8 +218,17 @@ export class Replica {
     try {
       while (!this.stopped && this.node.hasReady()) await this.handleReady(this.node.ready());
     } catch (err) {
-      this.stopped = true;
-      this.onFatal(err);
+      this.halt(err);
+    }
+  }
+
+  /** Runs a step of the core; a broken invariant in it halts the node before it is rethrown. */
+  private guarded<T>(step: () => T): T {
+    try {
+      return step();
+    } catch (err) {
+      if (isInvariantViolation(err)) this.halt(err);
+      throw err;
     }
   }
 
@@ -226,4 +287,32 @@ export class Replica {
 
 function stoppedError(): CairnError {
   return new CairnError(ErrorCode.STOPPED, 'the node has stopped');
+}
+
+const WRITE_TIMED_OUT = 'the write did not commit in time; its outcome is unknown';
+const READ_TIMED_OUT = 'the read could not be confirmed in time';
+const CATCH_UP_TIMED_OUT = 'this node did not catch up with the leader in time';
+
+/** The error an aborted caller gets: the signal's own CairnError, else TIMEOUT. */
+function abortError(signal: AbortSignal, message: string): CairnError {
+  return signal.reason instanceof CairnError ? signal.reason : new CairnError(ErrorCode.TIMEOUT, message);
+}
+
+/**
+ * Settle functions that also detach from `signal`, so a long-lived signal does not
+ * collect listeners; `onAbort` runs if the signal aborts before the entry settles.
+ */
+function releasedOnAbort<T>(signal: AbortSignal | undefined, settle: Settle<T>, onAbort: () => void): Settle<T> {
+  if (!signal) return settle;
+  signal.addEventListener('abort', onAbort, { once: true });
+  return {
+    resolve: (value) => {
+      signal.removeEventListener('abort', onAbort);
+      settle.resolve(value);
+    },
+    reject: (err) => {
+      signal.removeEventListener('abort', onAbort);
+      settle.reject(err);
+    },
+  };
 }

@@ -6,6 +6,8 @@ export interface Limits {
   maxValueBytes: number;
   maxRequestBytes: number;
   maxRangeLimit: number;
+  /** Budget for one Range response's keys and values; beyond it the range stops and sets `more`. */
+  maxRangeBytes: number;
   maxClientIdBytes: number;
 }
 
@@ -52,6 +54,7 @@ export const SERVE_FLAGS = [
   { flag: 'max-value-bytes', env: 'CAIRN_MAX_VALUE_BYTES', default: '1048576', help: 'largest value' },
   { flag: 'max-request-bytes', env: 'CAIRN_MAX_REQUEST_BYTES', default: '1572864', help: 'largest request (key + value + client id)' },
   { flag: 'max-range-limit', env: 'CAIRN_MAX_RANGE_LIMIT', default: '10000', help: 'most keys one Range returns (limit 0 means this)' },
+  { flag: 'max-range-bytes', env: 'CAIRN_MAX_RANGE_BYTES', default: '3145728', help: 'most key and value bytes one Range returns (it then sets more; at least one key is returned)' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -113,6 +116,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
       maxValueBytes: integer('max-value-bytes', values['max-value-bytes']!, 0),
       maxRequestBytes: integer('max-request-bytes', values['max-request-bytes']!, 1),
       maxRangeLimit: integer('max-range-limit', values['max-range-limit']!, 1),
+      maxRangeBytes: integer('max-range-bytes', values['max-range-bytes']!, 1),
       maxClientIdBytes: MAX_CLIENT_ID_BYTES,
     },
   };

@@ -82,7 +82,7 @@ export class CairnNode {
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
     addReflectionAndHealth(clientServer);
-    peerServer.addService(RaftServiceService, raftService(context));
+    peerServer.addService(withLenientDecoding(RaftServiceService), raftService(context));
     const clientPort = await bind(clientServer, config.clientAddr);
     const peerPort = await bind(peerServer, config.peerAddr);
     const node = new CairnNode(config, identity.clusterId, replica, db, transport, clientServer, peerServer, clientPort, peerPort, logger);

@@ -1,4 +1,4 @@
-import { sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
+import { Deadline, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -11,14 +11,16 @@ import {
   ResponseHeader,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
-import { RaftServiceServer } from '../../gen/cairn/raft/v1/raft';
+import { RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
+import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { Replica } from '../node/replica';
 import { Limits } from './config';
 import { Logger } from './logger';
-import { RequestRouter, withTimeout } from './router';
+import { RateLimitedLog } from './rate-limited-log';
+import { RequestRouter, RequestScope } from './router';
 import { toGrpcError } from './status';
-import { validateDelete, validateGet, validatePut, validateRange } from './validate';
+import { validateCommand, validateDelete, validateGet, validatePut, validateRange } from './validate';
 
 export const VERSION = '0.1.0';
 
@@ -63,19 +65,54 @@ export function withLenientDecoding<T extends Record<string, { requestDeserializ
   return copy as T;
 }
 
-/** Runs a handler and answers the call with its result or its error as a gRPC status. */
-function unary<Req, Res>(handler: (request: Req) => Promise<Res>) {
-  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
-    const malformed = (call.request as Partial<Malformed>)[MALFORMED];
-    if (malformed !== undefined) {
-      callback(toGrpcError(new CairnError(ErrorCode.INVALID_ARGUMENT, `request does not decode as protobuf: ${malformed}`)));
-      return;
-    }
-    handler(call.request).then(
-      (response) => callback(null, response),
-      (err) => callback(toGrpcError(err)),
-    );
-  };
+function malformedError(message: unknown): CairnError | undefined {
+  const malformed = (message as Partial<Malformed> | undefined)?.[MALFORMED];
+  return malformed === undefined ? undefined : new CairnError(ErrorCode.INVALID_ARGUMENT, `request does not decode as protobuf: ${malformed}`);
+}
+
+/** The epoch-ms instant a request must be answered by: the client's deadline, capped by ours. */
+export function effectiveDeadlineMs(clientDeadline: Deadline, requestTimeoutMs: number, nowMs = Date.now()): number {
+  const client = clientDeadline instanceof Date ? clientDeadline.getTime() : clientDeadline;
+  return Math.min(Number.isNaN(client) ? Infinity : client, nowMs + requestTimeoutMs);
+}
+
+/** The longest delay setTimeout honours (a larger one fires at once): about 24.8 days. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A scope that aborts at the effective deadline or when the client cancels; close() frees its timer. */
+export function openRequestScope(call: Pick<ServerUnaryCall<unknown, unknown>, 'getDeadline' | 'once'>, requestTimeoutMs: number): RequestScope & { close(): void } {
+  const deadlineMs = effectiveDeadlineMs(call.getDeadline(), requestTimeoutMs);
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), Math.min(MAX_TIMER_MS, Math.max(0, deadlineMs - Date.now())));
+  call.once('cancelled', () => controller.abort());
+  return { deadlineMs, signal: controller.signal, close: () => clearTimeout(timer) };
+}
+
+/**
+ * Makes the unary-call wrapper for a service: it answers INVALID_ARGUMENT for undecodable
+ * requests, runs the handler within the request's deadline, and answers with its result or
+ * its error as a gRPC status. A broken invariant halts the node (docs/architecture.md):
+ * the node's state can no longer be trusted, whatever request found it out.
+ */
+function unaryCalls(context: ServiceContext) {
+  return <Req, Res>(handler: (request: Req, scope: RequestScope) => Promise<Res>) =>
+    (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const malformed = malformedError(call.request);
+      if (malformed) {
+        callback(toGrpcError(malformed));
+        return;
+      }
+      const scope = openRequestScope(call, context.requestTimeoutMs);
+      handler(call.request, scope)
+        .then(
+          (response) => callback(null, response),
+          (err) => {
+            if (isInvariantViolation(err)) context.replica.halt(err);
+            callback(toGrpcError(err));
+          },
+        )
+        .finally(scope.close);
+    };
 }
 
 function header(context: ServiceContext, revision = context.replica.stateMachine.revision()): ResponseHeader {
@@ -83,41 +120,43 @@ function header(context: ServiceContext, revision = context.replica.stateMachine
   return { revision, memberId: node.id, leaderId: node.leader, raftTerm: node.term };
 }
 
-async function readBarrier(context: ServiceContext, consistency: Consistency): Promise<void> {
-  if (consistency !== Consistency.CONSISTENCY_SERIALIZABLE) await context.router.readBarrier();
+async function readBarrier(context: ServiceContext, consistency: Consistency, scope: RequestScope): Promise<void> {
+  if (consistency !== Consistency.CONSISTENCY_SERIALIZABLE) await context.router.readBarrier(scope);
 }
 
 export function kvService(context: ServiceContext): KVServer {
-  const write = (command: Command) => context.router.write(command);
+  const unary = unaryCalls(context);
+  const write = (command: Command, scope: RequestScope) => context.router.write(command, scope);
   return {
-    put: unary(async (request) => {
+    put: unary(async (request, scope) => {
       validatePut(request, context.limits);
-      const result = await write({ op: { $case: 'put', value: request } });
+      const result = await write({ op: { $case: 'put', value: request } }, scope);
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
     }),
-    delete: unary(async (request) => {
+    delete: unary(async (request, scope) => {
       validateDelete(request, context.limits);
-      const result = await write({ op: { $case: 'delete', value: request } });
+      const result = await write({ op: { $case: 'delete', value: request } }, scope);
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
     }),
-    get: unary(async (request) => {
+    get: unary(async (request, scope) => {
       validateGet(request, context.limits);
-      await readBarrier(context, request.consistency);
+      await readBarrier(context, request.consistency, scope);
       const kv = await context.replica.stateMachine.get(request.key);
       return { header: header(context), kv };
     }),
-    range: unary(async (request) => {
+    range: unary(async (request, scope) => {
       const range = validateRange(request, context.limits);
-      await readBarrier(context, request.consistency);
-      const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly });
+      await readBarrier(context, request.consistency, scope);
+      const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
       return { header: header(context), kvs, more };
     }),
   };
 }
 
 export function clusterService(context: ServiceContext): ClusterServer {
+  const unary = unaryCalls(context);
   return {
     status: unary(async (): Promise<StatusResponse> => {
       const status = context.replica.node.status();
@@ -140,9 +179,28 @@ export function clusterService(context: ServiceContext): ClusterServer {
   };
 }
 
+/** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */
+export const PEER_REJECTION_LOG_LINES_PER_SECOND = 5;
+
+/** What the peer service refused, counted for tests and metrics, and logged with a rate limit. */
+export class PeerInputStats {
+  /** Streams answered with an error: undecodable frames, another cluster, a non-member. */
+  rejectedStreams = 0;
+  /** Messages dropped because their from_id is not their frame's. */
+  foreignMessages = 0;
+  readonly log: RateLimitedLog;
+
+  constructor(logger: Pick<Logger, 'warn'>, maxLinesPerSecond = PEER_REJECTION_LOG_LINES_PER_SECOND) {
+    this.log = new RateLimitedLog(logger, maxLinesPerSecond);
+  }
+}
+
+type CheckSender = (clusterId: number, from: number) => void;
+
 /** The peer service: Raft messages in, and writes and read-index requests from followers. */
-export function raftService(context: ServiceContext): RaftServiceServer {
-  const checkSender = (clusterId: number, from: number): void => {
+export function raftService(context: ServiceContext, peerInput = new PeerInputStats(context.logger)): RaftServiceServer {
+  const unary = unaryCalls(context);
+  const checkSender: CheckSender = (clusterId, from) => {
     if (clusterId !== context.clusterId) {
       throw new CairnError(ErrorCode.WRONG_CLUSTER, `cluster id ${clusterId} is not this cluster's (${context.clusterId})`);
     }
@@ -151,44 +209,72 @@ export function raftService(context: ServiceContext): RaftServiceServer {
     }
   };
   return {
-    stream: (call, callback) => {
-      let rejected = false;
-      call.on('data', (frame) => {
-        if (rejected) return;
-        try {
-          checkSender(frame.clusterId, frame.fromId);
-        } catch (err) {
-          rejected = true;
-          context.logger.warn({ from: frame.fromId, clusterId: frame.clusterId, reason: (err as Error).message }, 'peer stream rejected');
-          callback(toGrpcError(err));
-          return;
-        }
-        if (frame.clientAddr) context.noteClientAddr(frame.fromId, frame.clientAddr);
-        for (const message of frame.messages) {
-          if (message.fromId === frame.fromId) context.replica.receive(message);
-        }
-      });
-      call.on('end', () => {
-        if (!rejected) callback(null, {});
-      });
-      call.on('error', () => undefined);
-    },
-    propose: unary(async (request) => {
+    stream: (call, callback) => receivePeerStream(context, peerInput, checkSender, call, callback),
+    propose: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);
-      let command: Command;
-      try {
-        command = Command.decode(request.command);
-      } catch (err) {
-        throw new CairnError(ErrorCode.INVALID_ARGUMENT, `forwarded command does not decode: ${(err as Error).message}`);
-      }
-      const result = await withTimeout(context.replica.propose(command, request.command), context.requestTimeoutMs, 'the forwarded write did not commit in time; its outcome is unknown');
+      // The same limits as a client's write: the leader logs these bytes as they came.
+      const command = validateCommand(request.command, context.limits);
+      const result = await context.replica.propose(command, request.command, scope.signal);
       return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
     }),
-    readIndex: unary(async (request) => {
+    readIndex: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);
-      const index = await withTimeout(context.replica.confirmReadIndex(), context.requestTimeoutMs, 'the read index could not be confirmed in time');
+      const index = await context.replica.confirmReadIndex(scope.signal);
       return { index };
     }),
   };
 }
 
+/**
+ * One peer's stream of frames. The first frame that does not decode, names another cluster
+ * or comes from a non-member ends the stream with an error (INVALID_ARGUMENT or
+ * PERMISSION_DENIED); messages whose sender is not the frame's are dropped.
+ */
+function receivePeerStream(
+  context: ServiceContext,
+  stats: PeerInputStats,
+  checkSender: CheckSender,
+  call: ServerReadableStream<StreamRequest, StreamResponse>,
+  callback: sendUnaryData<StreamResponse>,
+): void {
+  let rejected = false;
+  const reject = (err: unknown, fields: Record<string, unknown>) => {
+    rejected = true;
+    stats.rejectedStreams++;
+    stats.log.warn({ peer: call.getPeer(), ...fields, reason: (err as Error).message }, 'peer stream rejected');
+    callback(toGrpcError(err));
+  };
+  call.on('data', (frame: StreamRequest) => {
+    if (rejected) return;
+    const malformed = malformedError(frame);
+    if (malformed) return reject(malformed, {});
+    try {
+      checkSender(frame.clusterId, frame.fromId);
+    } catch (err) {
+      return reject(err, { from: frame.fromId, clusterId: frame.clusterId });
+    }
+    if (frame.clientAddr) context.noteClientAddr(frame.fromId, frame.clientAddr);
+    let foreign = 0;
+    for (const message of frame.messages) {
+      if (message.fromId !== frame.fromId) {
+        foreign++;
+        continue;
+      }
+      try {
+        context.replica.receive(message);
+      } catch (err) {
+        // A broken invariant has halted the replica already; anything else is a bug too,
+        // but one this stream's sender provoked: refuse the stream, keep serving others.
+        return reject(err, { from: frame.fromId });
+      }
+    }
+    if (foreign > 0) {
+      stats.foreignMessages += foreign;
+      stats.log.warn({ peer: call.getPeer(), from: frame.fromId, dropped: foreign }, 'peer frame carried messages from another sender; dropped them');
+    }
+  });
+  call.on('end', () => {
+    if (!rejected) callback(null, {});
+  });
+  call.on('error', () => undefined);
+}

@@ -9,13 +9,14 @@ export const ERROR_CODE_METADATA = 'cairn-error-code';
 const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.INVALID_ARGUMENT]: Status.INVALID_ARGUMENT,
   [ErrorCode.NOT_LEADER]: Status.UNAVAILABLE,
-  [ErrorCode.OVERLOADED]: Status.UNAVAILABLE,
+  [ErrorCode.OVERLOADED]: Status.RESOURCE_EXHAUSTED,
   [ErrorCode.PROPOSAL_DROPPED]: Status.UNAVAILABLE,
   [ErrorCode.READ_ABORTED]: Status.UNAVAILABLE,
   [ErrorCode.OUTCOME_UNKNOWN]: Status.UNAVAILABLE,
   [ErrorCode.STOPPED]: Status.UNAVAILABLE,
   [ErrorCode.TIMEOUT]: Status.DEADLINE_EXCEEDED,
   [ErrorCode.NO_LEADER]: Status.UNAVAILABLE,
+  [ErrorCode.LEADER_UNREACHABLE]: Status.UNAVAILABLE,
   [ErrorCode.WRONG_CLUSTER]: Status.PERMISSION_DENIED,
   [ErrorCode.DATA_DIR_LOCKED]: Status.INTERNAL,
   [ErrorCode.CORRUPTION]: Status.DATA_LOSS,
@@ -37,6 +38,18 @@ export function toGrpcError(err: unknown): GrpcError {
     return { code: STATUS_OF[err.code], details: err.message, metadata };
   }
   return { code: Status.INTERNAL, details: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+/**
+ * The CairnError a status from another cairn node stands for (its `cairn-error-code` and
+ * `cairn-leader-id` trailers), so a forwarded request's error is relayed as the leader gave
+ * it; undefined for a status without a code this version knows.
+ */
+export function fromGrpcError(err: ServiceError): CairnError | undefined {
+  const code = err.metadata?.get(ERROR_CODE_METADATA)[0];
+  if (typeof code !== 'string' || !Object.hasOwn(STATUS_OF, code)) return undefined;
+  const leader = Number(err.metadata.get(LEADER_ID_METADATA)[0] ?? 0);
+  return new CairnError(code as ErrorCode, err.details, { leader: Number.isSafeInteger(leader) && leader > 0 ? leader : undefined });
 }
 
 export function isGrpcError(err: unknown): err is ServiceError {

@@ -1,4 +1,4 @@
-import { Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest } from '../../gen/cairn/kv/v1/kv';
+import { Command, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest } from '../../gen/cairn/kv/v1/kv';
 import { CairnError, ErrorCode } from '../errors';
 import { Limits } from './config';
 
@@ -39,6 +39,42 @@ export function validatePut(request: PutRequest, limits: Limits): void {
 export function validateDelete(request: DeleteRequest, limits: Limits): void {
   checkKey(request.key, limits);
   checkSession(request, limits);
+}
+
+/**
+ * What a forwarded command's encoding may add to the request bytes that --max-request-bytes
+ * counts (field tags, lengths, sequence numbers): unknown fields beyond it are refused,
+ * since the leader logs the bytes as sent.
+ */
+export const MAX_COMMAND_ENVELOPE_BYTES = 1024;
+
+/**
+ * A write forwarded by a follower: `encoded` is what the leader will put in its log, so it is
+ * held to the same limits as a client's write (the follower may run another version, or be a
+ * stranger on the peer port).
+ */
+export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
+  const maxEncodedBytes = limits.maxRequestBytes + MAX_COMMAND_ENVELOPE_BYTES;
+  if (encoded.length > maxEncodedBytes) {
+    invalid(`forwarded command is ${encoded.length} bytes, over the limit of ${maxEncodedBytes} (--max-request-bytes + ${MAX_COMMAND_ENVELOPE_BYTES})`);
+  }
+  let command: Command;
+  try {
+    command = Command.decode(encoded);
+  } catch (err) {
+    invalid(`forwarded command does not decode: ${(err as Error).message}`);
+  }
+  switch (command.op?.$case) {
+    case 'put':
+      validatePut(command.op.value, limits);
+      break;
+    case 'delete':
+      validateDelete(command.op.value, limits);
+      break;
+    default:
+      invalid('forwarded command has no operation');
+  }
+  return command;
 }
 
 export function validateGet(request: GetRequest, limits: Limits): void {

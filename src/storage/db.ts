@@ -1,4 +1,4 @@
-import { AbstractLevel, AbstractSublevel } from 'abstract-level';
+import { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel, AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { CairnError, ErrorCode } from '../errors';
 
@@ -35,8 +35,13 @@ export interface Db {
 
 type AnyLevel = AbstractLevel<string | Buffer | Uint8Array, Buffer, Buffer>;
 type AnySublevel = AbstractSublevel<AnyLevel, string | Buffer | Uint8Array, Buffer, Buffer>;
-/** abstract-level's option types lack `sync`, which classic-level honours. */
-interface WriteOptions {
+type BatchKey = string | Buffer | Uint8Array;
+
+/**
+ * abstract-level's option types lack `sync`, which classic-level honours (memory-level
+ * ignores it). `sync` is required here, so no write can leave it out by accident.
+ */
+export interface WriteOptions extends AbstractBatchOptions<BatchKey, Buffer> {
   sync: boolean;
 }
 
@@ -92,12 +97,14 @@ export class LevelDb implements Db {
 
   async write(ops: readonly DbOp[], options: WriteOptions): Promise<void> {
     if (ops.length === 0) return;
-    const batch = ops.map((op) =>
-      op.type === 'put'
-        ? { type: 'put' as const, sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key), value: asBuffer(op.value) }
-        : { type: 'del' as const, sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key) },
+    const batch = ops.map(
+      (op): AbstractBatchOperation<AnyLevel, BatchKey, Buffer> =>
+        op.type === 'put'
+          ? { type: 'put', sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key), value: asBuffer(op.value) }
+          : { type: 'del', sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key) },
     );
-    await this.level.batch(batch as never, options as never);
+    const batchOptions: WriteOptions = { sync: options.sync };
+    await this.level.batch<BatchKey, Buffer>(batch, batchOptions);
   }
 
   async close(): Promise<void> {

@@ -5,7 +5,7 @@ import { prefixEnd, validatePut, validateRange } from '../../src/server/validate
 import { parseArgs, resolveFlags } from '../../src/cli/flags';
 import { splitWords } from '../../src/cli/shell';
 
-const limits = { maxKeyBytes: 8, maxValueBytes: 16, maxRequestBytes: 20, maxRangeLimit: 100, maxClientIdBytes: 10 };
+const limits = { maxKeyBytes: 8, maxValueBytes: 16, maxRequestBytes: 20, maxRangeLimit: 100, maxRangeBytes: 1000, maxClientIdBytes: 10 };
 const range = (overrides: Partial<RangeRequest>): RangeRequest => ({
   key: Buffer.from('a'),
   rangeEnd: Buffer.alloc(0),

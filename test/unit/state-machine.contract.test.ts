@@ -1,7 +1,7 @@
 import { Command, CommandResult, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { InvariantViolation } from '../../src/assert';
-import { ApplyOutcome, KvStateMachine } from '../../src/kv/state-machine';
+import { ApplyOutcome, KvStateMachine, RANGE_ENTRY_OVERHEAD_BYTES } from '../../src/kv/state-machine';
 import { Db, LevelDb } from '../../src/storage/db';
 import { BACKENDS } from '../support/db-backends';
 
@@ -787,5 +787,52 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
       expect(await applyOne(fresh, put(key, value, { clientId: 'bin', sequence: 1 }))).toEqual(first);
       expect(await fresh.get(key)).toEqual(kv(key, value, 1, 1, 1));
     });
+  });
+});
+
+describe.each(BACKENDS)('KvStateMachine range byte budget on $name', (backend) => {
+  let handle: Awaited<ReturnType<typeof backend.open>>;
+  let sm: KvStateMachine;
+
+  beforeEach(async () => {
+    handle = await backend.open();
+    sm = await KvStateMachine.open(handle.db);
+    // Ten keys k0..k9, each with a 100-byte value: 2 + 100 + overhead bytes per entry.
+    await applyAll(sm, ...Array.from({ length: 10 }, (_, i) => put(`k${i}`, 'v'.repeat(100))));
+  });
+  afterEach(() => handle.cleanup());
+
+  const entryBytes = 2 + 100 + RANGE_ENTRY_OVERHEAD_BYTES;
+  const all = { start: Buffer.from('k'), end: Buffer.from('l'), limit: 100, keysOnly: false };
+
+  test('a range stops at the byte budget and sets more; paging from the next key reads the rest', async () => {
+    const first = await sm.range({ ...all, maxBytes: 3 * entryBytes + 1 });
+    expect(hexKeys(first.kvs)).toEqual(['k0', 'k1', 'k2'].map((k) => Buffer.from(k).toString('hex')));
+    expect(first.more).toBe(true);
+    const seen = [...first.kvs];
+    for (let page = 0; page < 10 && seen.length < 10; page++) {
+      const next = await sm.range({ ...all, start: Buffer.concat([seen[seen.length - 1]!.key, Buffer.from([0])]), maxBytes: 3 * entryBytes + 1 });
+      seen.push(...next.kvs);
+      expect(next.more).toBe(seen.length < 10);
+    }
+    expect(seen.map((k) => k.key.toString())).toEqual(Array.from({ length: 10 }, (_, i) => `k${i}`));
+  });
+
+  test('a budget that fits exactly returns every entry without more', async () => {
+    const exact = await sm.range({ ...all, maxBytes: 10 * entryBytes });
+    expect(exact.kvs).toHaveLength(10);
+    expect(exact.more).toBe(false);
+  });
+
+  test('the first entry is returned even when it alone is over the budget', async () => {
+    const tiny = await sm.range({ ...all, maxBytes: 1 });
+    expect(tiny.kvs.map((k) => k.key.toString())).toEqual(['k0']);
+    expect(tiny.kvs[0]!.value.length).toBe(100);
+    expect(tiny.more).toBe(true);
+  });
+
+  test('keys_only counts only the keys, so more of them fit', async () => {
+    const keysOnly = await sm.range({ ...all, keysOnly: true, maxBytes: 3 * entryBytes });
+    expect(keysOnly.kvs).toHaveLength(Math.min(10, Math.floor((3 * entryBytes) / (2 + RANGE_ENTRY_OVERHEAD_BYTES))));
   });
 });
