@@ -51,7 +51,7 @@ export class CairnNode {
   }
 
   private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void) {
-    const identity = await loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers));
+    const identity = await loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers), config.peers, logger);
     const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, config.peers, logger);
     const replica = await Replica.open({
       config: raftConfig(config),
