@@ -17,6 +17,9 @@ interface ReflectionRequest {
   host: string;
   messageRequest: { case: RequestCase; value: unknown } | { case: undefined; value?: undefined };
 }
+interface Undecodable {
+  undecodable: string;
+}
 type ReflectionAnswer =
   | { case: 'fileDescriptorResponse'; value: { fileDescriptorProto: Uint8Array[] } }
   | { case: 'allExtensionNumbersResponse'; value: { baseTypeName: string; extensionNumber: number[] } }
@@ -171,7 +174,14 @@ function reflectionDefinition(service: string, types: { request: DescMessage; re
       path: `/${service}/ServerReflectionInfo`,
       requestStream: true,
       responseStream: true,
-      requestDeserialize: (bytes: Buffer) => fromBinary(types.request, bytes),
+      // Undecodable bytes are the client's mistake: answered INVALID_ARGUMENT, not INTERNAL.
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return fromBinary(types.request, bytes);
+        } catch (err) {
+          return { undecodable: (err as Error).message } satisfies Undecodable;
+        }
+      },
       requestSerialize: (message: unknown) => Buffer.from(toBinary(types.request, message as never)),
       responseDeserialize: (bytes: Buffer) => fromBinary(types.response, bytes),
       responseSerialize: (message: unknown) => Buffer.from(toBinary(types.response, message as never)),
@@ -188,8 +198,12 @@ export function addReflection(server: Server, services: readonly string[]): void
   for (const service of REFLECTION_SERVICES) {
     const types = reflectionMessages(service);
     server.addService(reflectionDefinition(service, types), {
-      ServerReflectionInfo: (call: ServerDuplexStream<ReflectionRequest, unknown>) => {
-        call.on('data', (request: ReflectionRequest) => {
+      ServerReflectionInfo: (call: ServerDuplexStream<ReflectionRequest | Undecodable, unknown>) => {
+        call.on('data', (request: ReflectionRequest | Undecodable) => {
+          if ('undecodable' in request) {
+            call.emit('error', { code: Status.INVALID_ARGUMENT, details: `reflection request does not decode as protobuf: ${request.undecodable}` });
+            return;
+          }
           call.write(create(types.response, { validHost: request.host, originalRequest: request, messageResponse: answer(index, request) } as never));
         });
         call.on('end', () => call.end());

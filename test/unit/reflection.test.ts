@@ -90,6 +90,10 @@ describe('server reflection', () => {
     }
   }
 
+  test('a request that does not decode is answered INVALID_ARGUMENT', async () => {
+    await expect(ask('v1', Buffer.from([0xff, 0xff, 0xff, 0xff]))).rejects.toMatchObject({ code: 3, details: expect.stringContaining('does not decode') });
+  });
+
   const bySymbol = (symbol: string) => new BinaryWriter().tag(4, 2).string(symbol).finish();
 
   test('serves kv.proto under its own name, with snake_case field names, json names and comments', async () => {
