@@ -36,7 +36,7 @@ class ReflectionError extends Error {
 }
 
 /** What reflection describes: the files that define the served services, and what they import. */
-export class ReflectionIndex {
+class ReflectionIndex {
   private readonly files = new Map<string, FileDescriptorProto>();
   private readonly encoded = new Map<string, Uint8Array>();
   /** Fully qualified name of every symbol (service, method, message, field, enum, value) -> its file. */
@@ -118,7 +118,6 @@ export class ReflectionIndex {
       for (const nested of message.nestedType) addMessage(name, nested);
       addEnums(name, message.enumType);
     };
-    if (file.package) add(file.package);
     for (const message of file.messageType) addMessage(file.package, message);
     addEnums(file.package, file.enumType);
     for (const extension of file.extension) add(qualify(file.package, extension.name));
