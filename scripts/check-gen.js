@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Fails when gen/ differs from what `buf generate` produces from proto/ now.
+// Fails when gen/ differs from what `npm run gen` (buf generate, then the descriptor set) produces now.
 'use strict';
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -10,6 +10,7 @@ const root = path.resolve(__dirname, '..');
 const out = fs.mkdtempSync(path.join(os.tmpdir(), 'cairn-gen-'));
 try {
   execFileSync(path.join(root, 'node_modules/.bin/buf'), ['generate', '-o', out], { cwd: root, stdio: 'inherit' });
+  execFileSync(process.execPath, [path.join(root, 'scripts/gen-descriptors.js'), path.join(out, 'gen')], { cwd: root, stdio: 'inherit' });
   execFileSync('diff', ['-r', path.join(out, 'gen'), path.join(root, 'gen')], { stdio: 'inherit' });
   console.log('gen/ matches proto/');
 } catch (err) {

@@ -1,8 +1,4 @@
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
-import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { ClusterService, KVService, Member } from '../../gen/cairn/kv/v1/kv';
 import { RaftServiceService } from '../../gen/cairn/raft/v1/raft';
@@ -15,6 +11,7 @@ import { LevelRaftStorage } from '../storage/raft-storage';
 import { ServerConfig } from './config';
 import { deriveClusterId, loadOrCreateIdentity } from './identity';
 import { Logger } from './logger';
+import { addReflection } from './reflection';
 import { GrpcPeerTransport, PEER_CHANNEL_OPTIONS } from './peer-transport';
 import { RequestRouter } from './router';
 import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
@@ -54,7 +51,7 @@ export class CairnNode {
   }
 
   private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void) {
-    const identity = await loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers));
+    const identity = await loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers), config.peers, logger);
     const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, config.peers, logger);
     const replica = await Replica.open({
       config: raftConfig(config),
@@ -161,21 +158,7 @@ function shutdownServer(server: Server): Promise<void> {
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): void {
-  const protoRoot = findProtoRoot();
-  // Health is served but not described through reflection: @grpc/reflection renames its
-  // file, and clients such as buf curl then fail to resolve it (and to list methods).
-  // Health checkers (grpc_health_probe, Kubernetes gRPC probes) need no reflection.
-  const definitions = loadSync(['cairn/kv/v1/kv.proto'], { includeDirs: [protoRoot] });
-  new ReflectionService(definitions).addToServer(server);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'grpc.health.v1.Health']);
   const health = new HealthImplementation({ '': 'SERVING', 'cairn.kv.v1.KV': 'SERVING', 'cairn.kv.v1.Cluster': 'SERVING' });
   health.addToServer(server);
-}
-
-/** The proto/ folder of the package, from src/ (ts-jest) or dist/src/ (built). */
-function findProtoRoot(): string {
-  for (let dir = __dirname; dir !== dirname(dir); dir = dirname(dir)) {
-    const candidate = join(dir, 'proto');
-    if (existsSync(join(candidate, 'cairn/kv/v1/kv.proto'))) return candidate;
-  }
-  throw new Error(`proto/ not found above ${__dirname}`);
 }

@@ -16,10 +16,12 @@ import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { Replica } from '../node/replica';
 import { Limits } from './config';
+import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
 import { toGrpcError } from './status';
+import { findUnsupportedInteger } from './unsafe-integers';
 import { validateCommand, validateDelete, validateGet, validatePut, validateRange } from './validate';
 
 export const VERSION = '0.1.0';
@@ -46,18 +48,22 @@ interface Malformed {
 
 /**
  * A copy of a generated service definition whose request decoders never throw: grpc-js
- * would answer INTERNAL, but undecodable bytes are the client's mistake.
+ * would answer INTERNAL, but undecodable bytes are the client's mistake. A valid request with
+ * a 64-bit integer beyond 2^53 - 1 (which cairn's generated code cannot hold) is named by its
+ * field, found by walking the bytes against the proto's descriptor.
  */
-export function withLenientDecoding<T extends Record<string, { requestDeserialize: (bytes: Buffer) => unknown }>>(definition: T): T {
+export function withLenientDecoding<T extends Record<string, { path: string; requestDeserialize: (bytes: Buffer) => unknown }>>(definition: T): T {
   const copy: Record<string, unknown> = {};
   for (const [name, method] of Object.entries(definition)) {
+    const requestMessage = requestMessageOf(method.path);
     copy[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
         try {
           return method.requestDeserialize(bytes);
         } catch (err) {
-          return { [MALFORMED]: (err as Error).message } satisfies Malformed;
+          const unsupported = requestMessage && findUnsupportedInteger(requestMessage, bytes);
+          return { [MALFORMED]: unsupported || `request does not decode as protobuf: ${(err as Error).message}` } satisfies Malformed;
         }
       },
     };
@@ -67,7 +73,7 @@ export function withLenientDecoding<T extends Record<string, { requestDeserializ
 
 function malformedError(message: unknown): CairnError | undefined {
   const malformed = (message as Partial<Malformed> | undefined)?.[MALFORMED];
-  return malformed === undefined ? undefined : new CairnError(ErrorCode.INVALID_ARGUMENT, `request does not decode as protobuf: ${malformed}`);
+  return malformed === undefined ? undefined : new CairnError(ErrorCode.INVALID_ARGUMENT, malformed);
 }
 
 /** The epoch-ms instant a request must be answered by: the client's deadline, capped by ours. */

@@ -147,10 +147,27 @@ describe('a 3-node cluster of real processes', () => {
     const base = `http://${cluster.node(2).clientAddr}`;
     const flags = ['curl', '--protocol', 'grpc', '--http2-prior-knowledge'];
     const services = await run(BUF, [...flags, '--list-services', base]);
-    expect(services.stdout.split('\n')).toEqual(expect.arrayContaining(['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster']));
+    expect(services.stdout.split('\n')).toEqual(expect.arrayContaining(['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'grpc.health.v1.Health']));
+    const methods = await run(BUF, [...flags, '--list-methods', base]);
+    expect(methods.stdout.split('\n')).toEqual(expect.arrayContaining(['cairn.kv.v1.KV/Range', 'grpc.health.v1.Health/Check']));
     const body = JSON.stringify({ key: key('via-buf').toString('base64'), value: key('yes').toString('base64') });
     const put = JSON.parse((await run(BUF, [...flags, '-d', body, `${base}/cairn.kv.v1.KV/Put`])).stdout);
     expect(Number(put.header.revision)).toBeGreaterThan(0);
+    // Protobuf JSON accepts the proto field name and the JSON name alike.
+    for (const spelling of ['prev_kv', 'prevKv']) {
+      const again = JSON.stringify({ key: key('via-buf').toString('base64'), value: key('yes').toString('base64'), [spelling]: true });
+      const answer = JSON.parse((await run(BUF, [...flags, '-d', again, `${base}/cairn.kv.v1.KV/Put`])).stdout);
+      expect(Buffer.from(answer.prevKv.value, 'base64').toString()).toBe('yes');
+    }
+    const health = JSON.parse((await run(BUF, [...flags, '-d', '{"service":""}', `${base}/grpc.health.v1.Health/Check`])).stdout);
+    expect(health.status).toBe('SERVING');
+    // A uint64 beyond 2^53 - 1 is refused, naming the field and the limit.
+    const huge = JSON.stringify({ key: key('via-buf').toString('base64'), limit: '18446744073709551615' });
+    const refused = await run(BUF, [...flags, '-d', huge, `${base}/cairn.kv.v1.KV/Range`]).then(
+      () => undefined,
+      (err: { stderr: string }) => JSON.parse(err.stderr),
+    );
+    expect(refused).toEqual({ code: 'invalid_argument', message: expect.stringContaining('field limit (3) = 18446744073709551615 is above the largest supported value 9007199254740991') });
     const got = JSON.parse((await run(BUF, [...flags, '-d', JSON.stringify({ key: key('via-buf').toString('base64') }), `${base}/cairn.kv.v1.KV/Get`])).stdout);
     expect(Buffer.from(got.kv.value, 'base64').toString()).toBe('yes');
   });

@@ -34,6 +34,20 @@ export interface AppliedState {
 export interface ClusterIdentity {
   clusterId: number;
   nodeId: number;
+  /**
+   * The voters, as --peers named them when this data dir was bootstrapped (in id order).
+   * A restart whose --peers names other ids is refused: that would be a membership change.
+   * A changed address for the same id is accepted and stored. Empty in data dirs written
+   * before cairn stored it: the next start adopts --peers and stores it.
+   */
+  voters: Voter[];
+}
+
+/** Voter is one voting member of the cluster. */
+export interface Voter {
+  id: number;
+  /** Where it serves peers (cairn.raft.v1.RaftService). */
+  peerAddr: string;
 }
 
 /** SessionRecord is stored under a client id in the `sessions` sublevel. */
@@ -254,7 +268,7 @@ export const AppliedState: MessageFns<AppliedState> = {
 };
 
 function createBaseClusterIdentity(): ClusterIdentity {
-  return { clusterId: 0, nodeId: 0 };
+  return { clusterId: 0, nodeId: 0, voters: [] };
 }
 
 export const ClusterIdentity: MessageFns<ClusterIdentity> = {
@@ -264,6 +278,9 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     }
     if (message.nodeId !== 0) {
       writer.uint32(16).uint64(message.nodeId);
+    }
+    for (const v of message.voters) {
+      Voter.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -297,6 +314,14 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
             message.nodeId = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.voters.push(Voter.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -321,6 +346,7 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
         : isSet(object.node_id)
         ? globalThis.Number(object.node_id)
         : 0,
+      voters: globalThis.Array.isArray(object?.voters) ? object.voters.map((e: any) => Voter.fromJSON(e)) : [],
     };
   },
 
@@ -332,6 +358,9 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     if (message.nodeId !== 0) {
       obj.nodeId = Math.round(message.nodeId);
     }
+    if (message.voters?.length) {
+      obj.voters = message.voters.map((e) => Voter.toJSON(e));
+    }
     return obj;
   },
 
@@ -342,6 +371,96 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     const message = createBaseClusterIdentity();
     message.clusterId = object.clusterId ?? 0;
     message.nodeId = object.nodeId ?? 0;
+    message.voters = object.voters?.map((e) => Voter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseVoter(): Voter {
+  return { id: 0, peerAddr: "" };
+}
+
+export const Voter: MessageFns<Voter> = {
+  encode(message: Voter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.peerAddr !== "") {
+      writer.uint32(18).string(message.peerAddr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Voter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVoter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.peerAddr = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Voter {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      peerAddr: isSet(object.peerAddr)
+        ? globalThis.String(object.peerAddr)
+        : isSet(object.peer_addr)
+        ? globalThis.String(object.peer_addr)
+        : "",
+    };
+  },
+
+  toJSON(message: Voter): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.peerAddr !== "") {
+      obj.peerAddr = message.peerAddr;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Voter>): Voter {
+    return Voter.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Voter>): Voter {
+    const message = createBaseVoter();
+    message.id = object.id ?? 0;
+    message.peerAddr = object.peerAddr ?? "";
     return message;
   },
 };
