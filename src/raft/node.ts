@@ -807,6 +807,9 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
   if (!m.body) return 'no body (an unknown message kind?)';
   const badNumber = badNumberReason(m);
   if (badNumber) return badNumber;
+  if (m.body.$case === 'voteRequest' && m.body.value.lastLogTerm > m.term) {
+    return `last log term ${m.body.value.lastLogTerm} above message term ${m.term}`;
+  }
   if (m.body.$case !== 'appendRequest') return undefined;
   const request = m.body.value;
   if (request.prevLogTerm > m.term) return `prev log term ${request.prevLogTerm} above message term ${m.term}`;

@@ -197,8 +197,11 @@ describe('terms across their range (MAX_TERM)', () => {
     net.node(2).step({ fromId: 1, to: 2, term: 1, body: { $case: 'appendRequest', value: { prevLogIndex: 1, prevLogTerm: 1, commit: 1, entries: [entry] } } });
     net.node(2).step({ fromId: 3, to: 2, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: MAX_TERM + 1, preVote: false } } });
     net.node(2).step({ fromId: 1, to: 2, term: 1, body: { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: Number.MAX_SAFE_INTEGER } } });
-    expect(net.node(2).rejectedMessages).toHaveLength(3);
+    // A log term above the candidate's own term cannot be: it would win votes it has no right to.
+    net.node(2).step({ fromId: 3, to: 2, term: 2, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: 3, preVote: true } } });
+    expect(net.node(2).rejectedMessages).toHaveLength(4);
     expect(net.node(2).status()).toEqual(before);
+    expect(net.node(2).ready().messages).toEqual([]);
   });
 
   test('a cluster at MAX_TERM - 1 elects once more, then stays followers and says why, without crashing', () => {
