@@ -12,7 +12,12 @@ export const ENTRY_FRAMING_BYTES = 36;
 
 /** The bytes an entry costs against every byte limit: its data plus its framing. */
 export function entryBytes(entry: { data: Uint8Array }): number {
-  return entry.data.length + ENTRY_FRAMING_BYTES;
+  return dataBytes(entry.data);
+}
+
+/** entryBytes of an entry carrying `data`, before the entry exists. */
+export function dataBytes(data: Uint8Array): number {
+  return data.length + ENTRY_FRAMING_BYTES;
 }
 
 /**
@@ -42,11 +47,11 @@ export class RaftLog {
   static restore(entries: readonly Entry[], appliedIndex: number): RaftLog {
     const log = new RaftLog();
     entries.forEach((entry, i) => {
-      assert(entry.index === i + 1, `restored log has index ${entry.index} at position ${i + 1}`);
-      assert(i === 0 || entry.term >= entries[i - 1]!.term, `restored log term goes down at index ${entry.index}`);
+      assert(entry.index === i + 1, () => `restored log has index ${entry.index} at position ${i + 1}`);
+      assert(i === 0 || entry.term >= entries[i - 1]!.term, () => `restored log term goes down at index ${entry.index}`);
       log.push(entry);
     });
-    assert(appliedIndex <= log.lastIndex(), `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
+    assert(appliedIndex <= log.lastIndex(), () => `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
     log.stableIndex = log.lastIndex();
     log.unstableFrom = log.lastIndex() + 1;
     log.commitIndex = appliedIndex;
@@ -70,7 +75,7 @@ export class RaftLog {
 
   entry(index: number): Entry {
     const entry = this.entries[index - 1];
-    assert(entry !== undefined, `no entry at index ${index} (last ${this.lastIndex()})`);
+    assert(entry !== undefined, () => `no entry at index ${index} (last ${this.lastIndex()})`);
     return entry;
   }
 
@@ -82,7 +87,7 @@ export class RaftLog {
   /** The summed entryBytes of the entries in [from, to] (0 when the range is empty). */
   bytesBetween(from: number, to: number): number {
     if (to < from) return 0;
-    assert(from >= 1 && to <= this.lastIndex(), `byte range [${from}, ${to}] outside the log 1..${this.lastIndex()}`);
+    assert(from >= 1 && to <= this.lastIndex(), () => `byte range [${from}, ${to}] outside the log 1..${this.lastIndex()}`);
     return this.bytesThrough[to - 1]! - (from > 1 ? this.bytesThrough[from - 2]! : 0);
   }
 
@@ -117,8 +122,8 @@ export class RaftLog {
 
   /** A leader appends its own new entries. */
   appendAsLeader(entry: Entry): void {
-    assert(entry.index === this.lastIndex() + 1, `leader appends index ${entry.index} after ${this.lastIndex()}`);
-    assert(entry.term >= this.lastTerm(), `leader appends term ${entry.term} after term ${this.lastTerm()}`);
+    assert(entry.index === this.lastIndex() + 1, () => `leader appends index ${entry.index} after ${this.lastIndex()}`);
+    assert(entry.term >= this.lastTerm(), () => `leader appends term ${entry.term} after term ${this.lastTerm()}`);
     this.push(entry);
   }
 
@@ -128,9 +133,9 @@ export class RaftLog {
    * it is replaced. Returns the index of the last entry now known to match the leader.
    */
   appendFromLeader(prevIndex: number, entries: readonly Entry[]): number {
-    assert(prevIndex <= this.lastIndex(), `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
+    assert(prevIndex <= this.lastIndex(), () => `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
     for (const [i, entry] of entries.entries()) {
-      assert(entry.index === prevIndex + 1 + i, `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
+      assert(entry.index === prevIndex + 1 + i, () => `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
       const existingTerm = this.termAt(entry.index);
       if (existingTerm === entry.term) continue;
       if (existingTerm !== undefined) this.truncateFrom(entry.index);
@@ -140,8 +145,8 @@ export class RaftLog {
   }
 
   private truncateFrom(index: number): void {
-    assert(index > this.commitIndex, `truncating committed entry ${index} (commit ${this.commitIndex})`);
-    assert(index > this.appliedIndex, `truncating applied entry ${index} (applied ${this.appliedIndex})`);
+    assert(index > this.commitIndex, () => `truncating committed entry ${index} (commit ${this.commitIndex})`);
+    assert(index > this.appliedIndex, () => `truncating applied entry ${index} (applied ${this.appliedIndex})`);
     this.entries.length = index - 1;
     this.bytesThrough.length = index - 1;
     this.stableIndex = Math.min(this.stableIndex, index - 1);
@@ -166,12 +171,12 @@ export class RaftLog {
   markStable(index: number, term: number): void {
     if (this.termAt(index) !== term) return;
     this.stableIndex = Math.max(this.stableIndex, index);
-    assert(this.stableIndex < this.unstableFrom, `stable ${this.stableIndex} beyond handed-out ${this.unstableFrom - 1}`);
+    assert(this.stableIndex < this.unstableFrom, () => `stable ${this.stableIndex} beyond handed-out ${this.unstableFrom - 1}`);
   }
 
   commitTo(index: number): void {
     if (index <= this.commitIndex) return;
-    assert(index <= this.lastIndex(), `commit ${index} beyond log end ${this.lastIndex()}`);
+    assert(index <= this.lastIndex(), () => `commit ${index} beyond log end ${this.lastIndex()}`);
     this.commitIndex = index;
   }
 

@@ -11,7 +11,7 @@ import {
   VoteResponse,
 } from '../../gen/cairn/raft/v1/raft';
 import { assert } from '../assert';
-import { entryBytes, RaftLog } from './log';
+import { dataBytes, entryBytes, RaftLog } from './log';
 import { Progress } from './progress';
 import { Random } from './random';
 
@@ -200,7 +200,7 @@ export class RaftNode {
     this.votedFor = restored.hardState.votedFor;
     this.lastSavedHardState = { ...restored.hardState };
     this.log = RaftLog.restore(restored.entries, restored.appliedIndex);
-    assert(this.log.lastTerm() <= this.term, `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
+    assert(this.log.lastTerm() <= this.term, () => `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
     this.resetElectionTimer();
   }
 
@@ -385,7 +385,7 @@ export class RaftNode {
   // ----------------------------------------------------------------- roles
 
   private becomeFollower(term: number, leader: NodeId): void {
-    assert(term >= this.term, `becomeFollower to term ${term} below ${this.term}`);
+    assert(term >= this.term, () => `becomeFollower to term ${term} below ${this.term}`);
     const wasLeader = this.role === 'leader';
     if (term > this.term) {
       this.term = term;
@@ -408,7 +408,7 @@ export class RaftNode {
 
   private becomeCandidate(): void {
     assert(this.role !== 'leader', 'a leader does not campaign');
-    assert(this.term < MAX_TERM, `campaign beyond MAX_TERM from term ${this.term}`);
+    assert(this.term < MAX_TERM, () => `campaign beyond MAX_TERM from term ${this.term}`);
     this.term += 1;
     this.votedFor = this.id;
     this.role = 'candidate';
@@ -419,7 +419,7 @@ export class RaftNode {
   }
 
   private becomeLeader(): void {
-    assert(this.role === 'candidate', `only a candidate becomes leader, not a ${this.role}`);
+    assert(this.role === 'candidate', () => `only a candidate becomes leader, not a ${this.role}`);
     assert(this.votedFor === this.id, 'a leader voted for itself');
     this.role = 'leader';
     this.leader = this.id;
@@ -535,7 +535,7 @@ export class RaftNode {
   private uncommittedBytesExceeded(data: Uint8Array): boolean {
     const tailBytes = this.log.uncommittedBytes();
     if (tailBytes === 0) return false; // alone it always goes, or a huge entry would wait for ever
-    return tailBytes + entryBytes({ data }) > this.config.maxUncommittedBytes;
+    return tailBytes + dataBytes(data) > this.config.maxUncommittedBytes;
   }
 
   private hasUnsentEntries(): boolean {
@@ -570,7 +570,7 @@ export class RaftNode {
   private sendAppend(to: NodeId, pr: Progress, budgetBytes: number): void {
     const prevLogIndex = pr.nextIndex - 1;
     const prevLogTerm = this.log.termAt(prevLogIndex);
-    assert(prevLogTerm !== undefined, `no term for prev index ${prevLogIndex} (last ${this.log.lastIndex()})`);
+    assert(prevLogTerm !== undefined, () => `no term for prev index ${prevLogIndex} (last ${this.log.lastIndex()})`);
     const entries = this.log.slice(pr.nextIndex, this.config.maxEntriesPerAppend, budgetBytes);
     const request: AppendRequest = { prevLogIndex, prevLogTerm, entries, commit: this.log.commitIndex };
     this.send(to, { $case: 'appendRequest', value: request });
@@ -771,7 +771,7 @@ export class RaftNode {
 
   private send(to: NodeId, body: Message['body'], term = this.term): void {
     // Every term this node sends must decode on the other side (see MAX_TERM).
-    assert(Number.isSafeInteger(term) && term >= 0, `sending term ${term}, which does not encode`);
+    assert(Number.isSafeInteger(term) && term >= 0, () => `sending term ${term}, which does not encode`);
     this.outbox.push({ fromId: this.id, to, term, body });
   }
 }
@@ -814,9 +814,15 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
   const request = m.body.value;
   if (request.prevLogTerm > m.term) return `prev log term ${request.prevLogTerm} above message term ${m.term}`;
   let previousTerm = request.prevLogTerm;
-  for (const [i, entry] of request.entries.entries()) {
+  // prev log index and term, the last index and the message term are in range already
+  // (badNumberReason), so these checks keep every entry's index and term in range too.
+  for (let i = 0; i < request.entries.length; i++) {
+    const entry = request.entries[i]!;
     if (entry.index !== request.prevLogIndex + 1 + i) return `entry ${i} has index ${entry.index}, not ${request.prevLogIndex + 1 + i}`;
-    if (entry.term < previousTerm || entry.term > m.term) return `entry ${entry.index} has term ${entry.term} out of order`;
+    if (!(Number.isInteger(entry.term) && entry.term >= previousTerm && entry.term <= m.term)) {
+      return `entry ${entry.index} has term ${entry.term} out of order`;
+    }
+    if (!KNOWN_ENTRY_TYPES.has(entry.type)) return `entry ${entry.index} has unknown type ${entry.type}`;
     previousTerm = entry.term;
   }
   return undefined;
@@ -825,7 +831,7 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
 /**
  * Terms must lie in [0, MAX_TERM] and indexes in [0, MAX_INDEX], as integers: a message
  * naming anything else is corrupt or hostile, and believing it could leave a term that
- * cannot be incremented or encoded (see MAX_TERM). Entries must be of a known type.
+ * cannot be incremented or encoded (see MAX_TERM).
  */
 function badNumberReason(m: Message): string | undefined {
   const bad = badTerm('term', m.term);
@@ -848,19 +854,14 @@ function badNumberReason(m: Message): string | undefined {
   }
 }
 
+/** The AppendRequest's own numbers; malformedReason checks its entries against them. */
 function badAppendNumber(request: AppendRequest): string | undefined {
-  const bad =
+  return (
     badTerm('prev log term', request.prevLogTerm) ??
     badIndex('prev log index', request.prevLogIndex) ??
     badIndex('commit', request.commit) ??
-    badIndex('last entry index', request.prevLogIndex + request.entries.length);
-  if (bad) return bad;
-  for (const entry of request.entries) {
-    const badEntry = badTerm('entry term', entry.term) ?? badIndex('entry index', entry.index);
-    if (badEntry) return badEntry;
-    if (!KNOWN_ENTRY_TYPES.has(entry.type)) return `entry ${entry.index} has unknown type ${entry.type}`;
-  }
-  return undefined;
+    badIndex('last entry index', request.prevLogIndex + request.entries.length)
+  );
 }
 
 const KNOWN_ENTRY_TYPES: ReadonlySet<number> = new Set([EntryType.ENTRY_TYPE_NOOP, EntryType.ENTRY_TYPE_COMMAND]);

@@ -35,8 +35,8 @@ export class Progress {
     private readonly maxInflightBytes: number,
     nowTick: number,
   ) {
-    assert(maxInflight >= 1, `maxInflight must be >= 1, got ${maxInflight}`);
-    assert(maxInflightBytes >= 1, `maxInflightBytes must be >= 1, got ${maxInflightBytes}`);
+    assert(maxInflight >= 1, () => `maxInflight must be >= 1, got ${maxInflight}`);
+    assert(maxInflightBytes >= 1, () => `maxInflightBytes must be >= 1, got ${maxInflightBytes}`);
     this.nextIndex = nextIndex;
     this.acknowledgedAtTick = nowTick;
   }
@@ -71,7 +71,7 @@ export class Progress {
       this.probeSentAtTick = nowTick;
       return;
     }
-    assert(lastIndex >= this.nextIndex - 1, `sent up to ${lastIndex} below next ${this.nextIndex}`);
+    assert(lastIndex >= this.nextIndex - 1, () => `sent up to ${lastIndex} below next ${this.nextIndex}`);
     if (this.inflight.length === 0) this.acknowledgedAtTick = nowTick; // the silence starts now
     this.inflight.push({ lastIndex, bytes });
     this.inflightBytes += bytes;
@@ -101,7 +101,7 @@ export class Progress {
   }
 
   becomeProbe(nextIndex: number): void {
-    assert(nextIndex > this.matchIndex, `probe from ${nextIndex} at or below match ${this.matchIndex}`);
+    assert(nextIndex > this.matchIndex, () => `probe from ${nextIndex} at or below match ${this.matchIndex}`);
     this.state = 'probe';
     this.nextIndex = nextIndex;
     this.probeSent = false;
