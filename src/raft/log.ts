@@ -2,6 +2,25 @@ import { Entry } from '../../gen/cairn/raft/v1/raft';
 import { assert } from '../assert';
 
 /**
+ * An upper bound on the protobuf framing of one entry inside an AppendRequest: the
+ * field tag and length of the entry itself (6 bytes), index and term as tagged varints
+ * (11 bytes each at most), the type (2 bytes for the values that exist), and the data
+ * field's tag and length (6 bytes). Byte limits count `entryBytes`, so a message built
+ * under a byte budget encodes to at most that budget plus a fixed header.
+ */
+export const ENTRY_FRAMING_BYTES = 36;
+
+/** The bytes an entry costs against every byte limit: its data plus its framing. */
+export function entryBytes(entry: { data: Uint8Array }): number {
+  return dataBytes(entry.data);
+}
+
+/** entryBytes of an entry carrying `data`, before the entry exists. */
+export function dataBytes(data: Uint8Array): number {
+  return data.length + ENTRY_FRAMING_BYTES;
+}
+
+/**
  * The in-memory view of a node's Raft log, and the bookkeeping of how much of it is
  * durable, committed and handed out for applying.
  *
@@ -14,6 +33,8 @@ import { assert } from '../assert';
  */
 export class RaftLog {
   private readonly entries: Entry[] = [];
+  /** bytesThrough[i - 1]: the sum of entryBytes over entries 1..i (so byte budgets cost no scan). */
+  private readonly bytesThrough: number[] = [];
   /** Highest index known to be durable (synced) in the LogStore. */
   stableIndex = 0;
   /** First index not yet handed to storage for persisting. */
@@ -26,11 +47,11 @@ export class RaftLog {
   static restore(entries: readonly Entry[], appliedIndex: number): RaftLog {
     const log = new RaftLog();
     entries.forEach((entry, i) => {
-      assert(entry.index === i + 1, `restored log has index ${entry.index} at position ${i + 1}`);
-      assert(i === 0 || entry.term >= entries[i - 1]!.term, `restored log term goes down at index ${entry.index}`);
-      log.entries.push(entry);
+      assert(entry.index === i + 1, () => `restored log has index ${entry.index} at position ${i + 1}`);
+      assert(i === 0 || entry.term >= entries[i - 1]!.term, () => `restored log term goes down at index ${entry.index}`);
+      log.push(entry);
     });
-    assert(appliedIndex <= log.lastIndex(), `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
+    assert(appliedIndex <= log.lastIndex(), () => `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
     log.stableIndex = log.lastIndex();
     log.unstableFrom = log.lastIndex() + 1;
     log.commitIndex = appliedIndex;
@@ -54,7 +75,7 @@ export class RaftLog {
 
   entry(index: number): Entry {
     const entry = this.entries[index - 1];
-    assert(entry !== undefined, `no entry at index ${index} (last ${this.lastIndex()})`);
+    assert(entry !== undefined, () => `no entry at index ${index} (last ${this.lastIndex()})`);
     return entry;
   }
 
@@ -63,16 +84,29 @@ export class RaftLog {
     return lastTerm > this.lastTerm() || (lastTerm === this.lastTerm() && lastIndex >= this.lastIndex());
   }
 
+  /** The summed entryBytes of the entries in [from, to] (0 when the range is empty). */
+  bytesBetween(from: number, to: number): number {
+    if (to < from) return 0;
+    assert(from >= 1 && to <= this.lastIndex(), () => `byte range [${from}, ${to}] outside the log 1..${this.lastIndex()}`);
+    return this.bytesThrough[to - 1]! - (from > 1 ? this.bytesThrough[from - 2]! : 0);
+  }
+
+  /** Bytes of the entries a leader has not yet committed: what back-pressure bounds. */
+  uncommittedBytes(): number {
+    return this.bytesBetween(this.commitIndex + 1, this.lastIndex());
+  }
+
   /**
    * Entries from `from` on, at most `maxCount` of them and, beyond the first, at most
-   * `maxBytes` of data in all.
+   * `maxBytes` (counted as entryBytes) in all. The first always comes, so one entry
+   * larger than every budget still moves.
    */
   slice(from: number, maxCount: number, maxBytes: number): Entry[] {
     const out: Entry[] = [];
     let bytes = 0;
     for (let index = from; index <= this.lastIndex() && out.length < maxCount; index++) {
       const entry = this.entry(index);
-      bytes += entry.data.length;
+      bytes += entryBytes(entry);
       if (out.length > 0 && bytes > maxBytes) break;
       out.push(entry);
     }
@@ -88,9 +122,9 @@ export class RaftLog {
 
   /** A leader appends its own new entries. */
   appendAsLeader(entry: Entry): void {
-    assert(entry.index === this.lastIndex() + 1, `leader appends index ${entry.index} after ${this.lastIndex()}`);
-    assert(entry.term >= this.lastTerm(), `leader appends term ${entry.term} after term ${this.lastTerm()}`);
-    this.entries.push(entry);
+    assert(entry.index === this.lastIndex() + 1, () => `leader appends index ${entry.index} after ${this.lastIndex()}`);
+    assert(entry.term >= this.lastTerm(), () => `leader appends term ${entry.term} after term ${this.lastTerm()}`);
+    this.push(entry);
   }
 
   /**
@@ -99,21 +133,22 @@ export class RaftLog {
    * it is replaced. Returns the index of the last entry now known to match the leader.
    */
   appendFromLeader(prevIndex: number, entries: readonly Entry[]): number {
-    assert(prevIndex <= this.lastIndex(), `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
+    assert(prevIndex <= this.lastIndex(), () => `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
     for (const [i, entry] of entries.entries()) {
-      assert(entry.index === prevIndex + 1 + i, `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
+      assert(entry.index === prevIndex + 1 + i, () => `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
       const existingTerm = this.termAt(entry.index);
       if (existingTerm === entry.term) continue;
       if (existingTerm !== undefined) this.truncateFrom(entry.index);
-      this.entries.push(entry);
+      this.push(entry);
     }
     return prevIndex + entries.length;
   }
 
   private truncateFrom(index: number): void {
-    assert(index > this.commitIndex, `truncating committed entry ${index} (commit ${this.commitIndex})`);
-    assert(index > this.appliedIndex, `truncating applied entry ${index} (applied ${this.appliedIndex})`);
+    assert(index > this.commitIndex, () => `truncating committed entry ${index} (commit ${this.commitIndex})`);
+    assert(index > this.appliedIndex, () => `truncating applied entry ${index} (applied ${this.appliedIndex})`);
     this.entries.length = index - 1;
+    this.bytesThrough.length = index - 1;
     this.stableIndex = Math.min(this.stableIndex, index - 1);
     this.unstableFrom = Math.min(this.unstableFrom, index);
   }
@@ -136,25 +171,35 @@ export class RaftLog {
   markStable(index: number, term: number): void {
     if (this.termAt(index) !== term) return;
     this.stableIndex = Math.max(this.stableIndex, index);
-    assert(this.stableIndex < this.unstableFrom, `stable ${this.stableIndex} beyond handed-out ${this.unstableFrom - 1}`);
+    assert(this.stableIndex < this.unstableFrom, () => `stable ${this.stableIndex} beyond handed-out ${this.unstableFrom - 1}`);
   }
 
   commitTo(index: number): void {
     if (index <= this.commitIndex) return;
-    assert(index <= this.lastIndex(), `commit ${index} beyond log end ${this.lastIndex()}`);
+    assert(index <= this.lastIndex(), () => `commit ${index} beyond log end ${this.lastIndex()}`);
     this.commitIndex = index;
   }
 
-  /** Committed entries that are durable here and not yet handed out for applying. */
-  takeCommitted(): Entry[] {
+  /**
+   * Committed entries that are durable here and not yet handed out for applying, at
+   * most `maxBytes` of them (counted as entryBytes) beyond the first, so a huge entry is
+   * never stuck. The rest stay for the next call; hasCommitted() says whether any do.
+   */
+  takeCommitted(maxBytes: number): Entry[] {
     const upTo = Math.min(this.commitIndex, this.stableIndex);
     if (upTo <= this.appliedIndex) return [];
-    const out = this.entries.slice(this.appliedIndex, upTo);
-    this.appliedIndex = upTo;
+    const out = this.slice(this.appliedIndex + 1, upTo - this.appliedIndex, maxBytes);
+    this.appliedIndex += out.length;
     return out;
   }
 
   hasCommitted(): boolean {
     return Math.min(this.commitIndex, this.stableIndex) > this.appliedIndex;
+  }
+
+  private push(entry: Entry): void {
+    const before = this.bytesThrough.length > 0 ? this.bytesThrough[this.bytesThrough.length - 1]! : 0;
+    this.entries.push(entry);
+    this.bytesThrough.push(before + entryBytes(entry));
   }
 }

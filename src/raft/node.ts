@@ -11,7 +11,7 @@ import {
   VoteResponse,
 } from '../../gen/cairn/raft/v1/raft';
 import { assert } from '../assert';
-import { RaftLog } from './log';
+import { dataBytes, entryBytes, RaftLog } from './log';
 import { Progress } from './progress';
 import { Random } from './random';
 
@@ -20,6 +20,29 @@ export type NodeId = number;
 export const NO_NODE: NodeId = 0;
 
 export type Role = 'follower' | 'pre-candidate' | 'candidate' | 'leader';
+
+/**
+ * The highest term a node holds, campaigns for, or accepts from a peer: 2^52.
+ *
+ * uint64 fields are JavaScript numbers (ts-proto forceLong=number), and a number above
+ * Number.MAX_SAFE_INTEGER (2^53 - 1) does not decode. Once a heartbeat with term
+ * 2^53 - 1 was believed and saved, the next pre-vote asked for 2^53, which no node could
+ * decode, and the cluster never elected again. So a message with a term above MAX_TERM is
+ * refused before it touches any state, and a node never campaigns beyond it: every term
+ * ever sent stays encodable and decodable, with a margin of 2^52 below the limit that no
+ * arithmetic here can cross. 2^52 terms is more elections than any cluster holds (one a
+ * millisecond for 140,000 years), so only a corrupt or hostile message gets near it.
+ * A node whose term reaches MAX_TERM (only a message at exactly MAX_TERM can put it
+ * there) stays a follower and says why in status().campaignBlocked; peers that can send
+ * such a message at will must be kept out by authentication (TLS, a later issue).
+ */
+export const MAX_TERM = 2 ** 52;
+
+/**
+ * The highest log index (and commit, hint, or read round) a peer message may name: no
+ * log gets near 2^52 entries, and staying far below 2^53 keeps `index + 1` exact.
+ */
+export const MAX_INDEX = 2 ** 52;
 
 export interface RaftConfig {
   id: NodeId;
@@ -31,12 +54,29 @@ export interface RaftConfig {
   heartbeatIntervalTicks: number;
   /** Unanswered AppendRequests a leader keeps in flight per follower. */
   maxInflightAppends: number;
+  /**
+   * Entry bytes (entryBytes: data plus framing) of the unanswered AppendRequests a leader
+   * keeps in flight per follower. With nothing in flight one AppendRequest goes whatever
+   * its size, so an entry larger than the budget still moves.
+   */
+  maxInflightBytes: number;
   /** Entries in one AppendRequest. */
   maxEntriesPerAppend: number;
-  /** Bytes of entry data in one AppendRequest (one entry may exceed it alone). */
+  /** Entry bytes (data plus framing) in one AppendRequest (one entry may exceed it alone). */
   maxBytesPerAppend: number;
+  /**
+   * Entry bytes of committed entries handed out in one Ready for applying (at least one
+   * entry goes, whatever its size); the rest come in the next Ready.
+   */
+  maxCommittedBytesPerReady: number;
   /** Proposals beyond this many uncommitted entries are refused (back-pressure). */
   maxUncommittedEntries: number;
+  /**
+   * Proposals that would take the leader's uncommitted tail beyond this many entry bytes
+   * are refused as 'overloaded'. A proposal is always accepted when the tail is empty,
+   * so one larger than the whole budget is not refused for ever.
+   */
+  maxUncommittedBytes: number;
   /** Ask "would you vote for me?" before disrupting a cluster with a new term. */
   preVote: boolean;
   /** A leader that hears no majority for an election timeout steps down. */
@@ -48,9 +88,12 @@ export const DEFAULT_RAFT_CONFIG = {
   electionTimeoutTicks: 10,
   heartbeatIntervalTicks: 1,
   maxInflightAppends: 64,
+  maxInflightBytes: 8 << 20, // 8 MiB: eight full AppendRequests per follower
   maxEntriesPerAppend: 512,
-  maxBytesPerAppend: 1 << 20,
+  maxBytesPerAppend: 1 << 20, // 1 MiB, well under gRPC's 4 MiB message limit
+  maxCommittedBytesPerReady: 4 << 20, // 4 MiB per apply batch
   maxUncommittedEntries: 10_000,
+  maxUncommittedBytes: 32 << 20, // 32 MiB of proposals waiting to commit
   preVote: true,
   checkQuorum: true,
 } as const;
@@ -130,6 +173,8 @@ export class RaftNode {
    * one; the simulator asserts the count stays zero. A node never crashes on them.
    */
   readonly rejectedMessages: string[] = [];
+  /** Every rejected peer message, including those beyond the ones rejectedMessages keeps. */
+  rejectedMessageCount = 0;
   private electionElapsedTicks = 0;
   private heartbeatElapsedTicks = 0;
   private randomizedElectionTimeoutTicks = 0;
@@ -155,7 +200,7 @@ export class RaftNode {
     this.votedFor = restored.hardState.votedFor;
     this.lastSavedHardState = { ...restored.hardState };
     this.log = RaftLog.restore(restored.entries, restored.appliedIndex);
-    assert(this.log.lastTerm() <= this.term, `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
+    assert(this.log.lastTerm() <= this.term, () => `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
     this.resetElectionTimer();
   }
 
@@ -196,7 +241,7 @@ export class RaftNode {
   /** Appends a command to the leader's log. It is replicated in the next Ready. */
   propose(data: Uint8Array): ProposeResult {
     if (this.role !== 'leader') return { ok: false, reason: 'not-leader', leader: this.leader };
-    if (this.log.lastIndex() - this.log.commitIndex >= this.config.maxUncommittedEntries) {
+    if (this.log.lastIndex() - this.log.commitIndex >= this.config.maxUncommittedEntries || this.uncommittedBytesExceeded(data)) {
       return { ok: false, reason: 'overloaded', leader: this.id };
     }
     const index = this.appendAsLeader(EntryType.ENTRY_TYPE_COMMAND, data);
@@ -250,7 +295,7 @@ export class RaftNode {
       hardState,
       entries: this.log.takeUnstable(),
       messages: this.outbox,
-      committed: this.log.takeCommitted(),
+      committed: this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
       reads: this.grantedReads,
       failedReads: this.failedReads,
     };
@@ -274,12 +319,15 @@ export class RaftNode {
       stableIndex: this.log.stableIndex,
       lastIndex: this.log.lastIndex(),
       lastTerm: this.log.lastTerm(),
+      uncommittedBytes: this.log.uncommittedBytes(),
+      campaignBlocked: this.campaignBlockedReason(),
       progress: [...this.progress].map(([id, pr]) => ({
         id,
         state: pr.state,
         matchIndex: pr.matchIndex,
         nextIndex: pr.nextIndex,
         inflight: pr.inflightCount(),
+        inflightBytes: pr.inflightByteCount(),
       })),
     };
   }
@@ -337,7 +385,7 @@ export class RaftNode {
   // ----------------------------------------------------------------- roles
 
   private becomeFollower(term: number, leader: NodeId): void {
-    assert(term >= this.term, `becomeFollower to term ${term} below ${this.term}`);
+    assert(term >= this.term, () => `becomeFollower to term ${term} below ${this.term}`);
     const wasLeader = this.role === 'leader';
     if (term > this.term) {
       this.term = term;
@@ -360,6 +408,7 @@ export class RaftNode {
 
   private becomeCandidate(): void {
     assert(this.role !== 'leader', 'a leader does not campaign');
+    assert(this.term < MAX_TERM, () => `campaign beyond MAX_TERM from term ${this.term}`);
     this.term += 1;
     this.votedFor = this.id;
     this.role = 'candidate';
@@ -370,7 +419,7 @@ export class RaftNode {
   }
 
   private becomeLeader(): void {
-    assert(this.role === 'candidate', `only a candidate becomes leader, not a ${this.role}`);
+    assert(this.role === 'candidate', () => `only a candidate becomes leader, not a ${this.role}`);
     assert(this.votedFor === this.id, 'a leader voted for itself');
     this.role = 'leader';
     this.leader = this.id;
@@ -380,7 +429,10 @@ export class RaftNode {
     this.progress = new Map();
     for (const voter of this.voters) {
       if (voter !== this.id) {
-        this.progress.set(voter, new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends, this.ticks));
+        this.progress.set(
+          voter,
+          new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends, this.config.maxInflightBytes, this.ticks),
+        );
       }
     }
     this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));
@@ -402,12 +454,23 @@ export class RaftNode {
     this.electionElapsedTicks++;
     if (this.electionElapsedTicks < this.randomizedElectionTimeoutTicks) return;
     if (!this.voters.includes(this.id)) return;
+    if (this.campaignBlockedReason()) {
+      // Stay a follower: a leader at this term can still be followed, and no crash.
+      this.becomeFollower(this.term, NO_NODE);
+      return;
+    }
     if (this.config.preVote) {
       this.becomePreCandidate();
     } else {
       this.becomeCandidate();
     }
     this.tallyVotes();
+  }
+
+  /** Why this node may not campaign, if it may not: its next term would pass MAX_TERM. */
+  private campaignBlockedReason(): string | undefined {
+    if (this.term < MAX_TERM) return undefined;
+    return `term ${this.term} has reached MAX_TERM (${MAX_TERM}): this node will not campaign`;
   }
 
   private requestVotes(preVote: boolean): void {
@@ -468,9 +531,16 @@ export class RaftNode {
     return index;
   }
 
+  /** Whether a new proposal of `data` would take the uncommitted tail beyond maxUncommittedBytes. */
+  private uncommittedBytesExceeded(data: Uint8Array): boolean {
+    const tailBytes = this.log.uncommittedBytes();
+    if (tailBytes === 0) return false; // alone it always goes, or a huge entry would wait for ever
+    return tailBytes + dataBytes(data) > this.config.maxUncommittedBytes;
+  }
+
   private hasUnsentEntries(): boolean {
     for (const pr of this.progress.values()) {
-      if (pr.canSend() && pr.nextIndex <= this.log.lastIndex()) return true;
+      if (this.appendBudgetBytes(pr) !== undefined) return true;
     }
     return false;
   }
@@ -478,18 +548,34 @@ export class RaftNode {
   /** Sends every follower what it is missing, as far as its window allows. */
   private broadcastAppend(): void {
     for (const [id, pr] of this.progress) {
-      while (pr.canSend() && pr.nextIndex <= this.log.lastIndex()) this.sendAppend(id, pr);
+      for (let budget = this.appendBudgetBytes(pr); budget !== undefined; budget = this.appendBudgetBytes(pr)) {
+        this.sendAppend(id, pr, budget);
+      }
     }
   }
 
-  private sendAppend(to: NodeId, pr: Progress): void {
+  /**
+   * The entry bytes the next AppendRequest to this follower may carry, or undefined when
+   * nothing may go now: nothing is missing, the window is full by count, or the next
+   * entry does not fit in the bytes left in flight. With nothing in flight the next entry
+   * always goes, whatever its size.
+   */
+  private appendBudgetBytes(pr: Progress): number | undefined {
+    if (!pr.canSend() || pr.nextIndex > this.log.lastIndex()) return undefined;
+    const budget = Math.min(this.config.maxBytesPerAppend, pr.availableInflightBytes());
+    if (pr.inflightCount() > 0 && entryBytes(this.log.entry(pr.nextIndex)) > budget) return undefined;
+    return budget;
+  }
+
+  private sendAppend(to: NodeId, pr: Progress, budgetBytes: number): void {
     const prevLogIndex = pr.nextIndex - 1;
     const prevLogTerm = this.log.termAt(prevLogIndex);
-    assert(prevLogTerm !== undefined, `no term for prev index ${prevLogIndex} (last ${this.log.lastIndex()})`);
-    const entries = this.log.slice(pr.nextIndex, this.config.maxEntriesPerAppend, this.config.maxBytesPerAppend);
+    assert(prevLogTerm !== undefined, () => `no term for prev index ${prevLogIndex} (last ${this.log.lastIndex()})`);
+    const entries = this.log.slice(pr.nextIndex, this.config.maxEntriesPerAppend, budgetBytes);
     const request: AppendRequest = { prevLogIndex, prevLogTerm, entries, commit: this.log.commitIndex };
     this.send(to, { $case: 'appendRequest', value: request });
-    pr.sent(prevLogIndex + entries.length, this.ticks);
+    const lastIndex = prevLogIndex + entries.length;
+    pr.sent(lastIndex, this.log.bytesBetween(pr.nextIndex, lastIndex), this.ticks);
   }
 
   private handleAppendRequest(m: Message, request: AppendRequest): void {
@@ -677,12 +763,15 @@ export class RaftNode {
 
   private rejectMessage(m: Message, reason: string): void {
     const MAX_KEPT = 100;
+    this.rejectedMessageCount++;
     if (this.rejectedMessages.length < MAX_KEPT) {
       this.rejectedMessages.push(`from ${m.fromId} term ${m.term} ${m.body?.$case ?? 'empty'}: ${reason}`);
     }
   }
 
   private send(to: NodeId, body: Message['body'], term = this.term): void {
+    // Every term this node sends must decode on the other side (see MAX_TERM).
+    assert(Number.isSafeInteger(term) && term >= 0, () => `sending term ${term}, which does not encode`);
     this.outbox.push({ fromId: this.id, to, term, body });
   }
 }
@@ -692,12 +781,15 @@ function validateConfig(config: RaftConfig): void {
     'electionTimeoutTicks',
     'heartbeatIntervalTicks',
     'maxInflightAppends',
+    'maxInflightBytes',
     'maxEntriesPerAppend',
     'maxBytesPerAppend',
+    'maxCommittedBytesPerReady',
     'maxUncommittedEntries',
+    'maxUncommittedBytes',
   ] as const;
   for (const name of positive) {
-    if (!Number.isInteger(config[name]) || config[name] < 1) throw new RangeError(`${name} must be a positive integer`);
+    if (!Number.isSafeInteger(config[name]) || config[name] < 1) throw new RangeError(`${name} must be a positive integer`);
   }
   if (config.heartbeatIntervalTicks >= config.electionTimeoutTicks) {
     throw new RangeError('heartbeatIntervalTicks must be below electionTimeoutTicks');
@@ -713,14 +805,75 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
   if (m.to !== self) return `addressed to ${m.to}`;
   if (m.fromId === self) return 'claims to come from this node';
   if (!m.body) return 'no body (an unknown message kind?)';
+  const badNumber = badNumberReason(m);
+  if (badNumber) return badNumber;
+  if (m.body.$case === 'voteRequest' && m.body.value.lastLogTerm > m.term) {
+    return `last log term ${m.body.value.lastLogTerm} above message term ${m.term}`;
+  }
   if (m.body.$case !== 'appendRequest') return undefined;
   const request = m.body.value;
   if (request.prevLogTerm > m.term) return `prev log term ${request.prevLogTerm} above message term ${m.term}`;
   let previousTerm = request.prevLogTerm;
-  for (const [i, entry] of request.entries.entries()) {
+  // prev log index and term, the last index and the message term are in range already
+  // (badNumberReason), so these checks keep every entry's index and term in range too.
+  for (let i = 0; i < request.entries.length; i++) {
+    const entry = request.entries[i]!;
     if (entry.index !== request.prevLogIndex + 1 + i) return `entry ${i} has index ${entry.index}, not ${request.prevLogIndex + 1 + i}`;
-    if (entry.term < previousTerm || entry.term > m.term) return `entry ${entry.index} has term ${entry.term} out of order`;
+    if (!(Number.isInteger(entry.term) && entry.term >= previousTerm && entry.term <= m.term)) {
+      return `entry ${entry.index} has term ${entry.term} out of order`;
+    }
+    if (!KNOWN_ENTRY_TYPES.has(entry.type)) return `entry ${entry.index} has unknown type ${entry.type}`;
     previousTerm = entry.term;
   }
   return undefined;
+}
+
+/**
+ * Terms must lie in [0, MAX_TERM] and indexes in [0, MAX_INDEX], as integers: a message
+ * naming anything else is corrupt or hostile, and believing it could leave a term that
+ * cannot be incremented or encoded (see MAX_TERM).
+ */
+function badNumberReason(m: Message): string | undefined {
+  const bad = badTerm('term', m.term);
+  if (bad) return bad;
+  switch (m.body?.$case) {
+    case 'voteRequest':
+      return badTerm('last log term', m.body.value.lastLogTerm) ?? badIndex('last log index', m.body.value.lastLogIndex);
+    case 'appendRequest':
+      return badAppendNumber(m.body.value);
+    case 'appendResponse': {
+      const response = m.body.value;
+      return badIndex('index', response.index) ?? badIndex('hint index', response.hintIndex) ?? badTerm('hint term', response.hintTerm);
+    }
+    case 'heartbeatRequest':
+      return badIndex('commit', m.body.value.commit) ?? badIndex('read round', m.body.value.readRound);
+    case 'heartbeatResponse':
+      return badIndex('read round', m.body.value.readRound);
+    case undefined:
+      return undefined;
+  }
+}
+
+/** The AppendRequest's own numbers; malformedReason checks its entries against them. */
+function badAppendNumber(request: AppendRequest): string | undefined {
+  return (
+    badTerm('prev log term', request.prevLogTerm) ??
+    badIndex('prev log index', request.prevLogIndex) ??
+    badIndex('commit', request.commit) ??
+    badIndex('last entry index', request.prevLogIndex + request.entries.length)
+  );
+}
+
+const KNOWN_ENTRY_TYPES: ReadonlySet<number> = new Set([EntryType.ENTRY_TYPE_NOOP, EntryType.ENTRY_TYPE_COMMAND]);
+
+function badTerm(name: string, value: number): string | undefined {
+  return inRange(value, MAX_TERM) ? undefined : `${name} ${value} is not an integer in [0, MAX_TERM ${MAX_TERM}]`;
+}
+
+function badIndex(name: string, value: number): string | undefined {
+  return inRange(value, MAX_INDEX) ? undefined : `${name} ${value} is not an integer in [0, MAX_INDEX ${MAX_INDEX}]`;
+}
+
+function inRange(value: number, max: number): boolean {
+  return Number.isInteger(value) && value >= 0 && value <= max;
 }

@@ -6,7 +6,9 @@ import { assert } from '../assert';
  * probe:     the leader does not know where the logs match; it sends one AppendRequest
  *            and waits for its answer before sending another.
  * replicate: the logs match up to `matchIndex`; the leader streams AppendRequests
- *            optimistically, keeping at most `maxInflight` unanswered ones.
+ *            optimistically, keeping at most `maxInflight` unanswered ones carrying at
+ *            most `maxInflightBytes` (entryBytes) between them; when nothing is in
+ *            flight one AppendRequest goes whatever its size, so progress is never stuck.
  *
  * A lost AppendRequest would leave either state waiting forever, so the leader
  * notes when it last sent a probe and when it last heard an acknowledgement: a
@@ -23,15 +25,18 @@ export class Progress {
   recentlyActive = false;
   private probeSentAtTick = 0;
   private acknowledgedAtTick = 0;
-  /** Last index of each unanswered AppendRequest, oldest first. */
-  private readonly inflight: number[] = [];
+  /** Last index and entry bytes of each unanswered AppendRequest, oldest first. */
+  private readonly inflight: { lastIndex: number; bytes: number }[] = [];
+  private inflightBytes = 0;
 
   constructor(
     nextIndex: number,
     private readonly maxInflight: number,
+    private readonly maxInflightBytes: number,
     nowTick: number,
   ) {
-    assert(maxInflight >= 1, `maxInflight must be >= 1, got ${maxInflight}`);
+    assert(maxInflight >= 1, () => `maxInflight must be >= 1, got ${maxInflight}`);
+    assert(maxInflightBytes >= 1, () => `maxInflightBytes must be >= 1, got ${maxInflightBytes}`);
     this.nextIndex = nextIndex;
     this.acknowledgedAtTick = nowTick;
   }
@@ -45,22 +50,39 @@ export class Progress {
     return this.inflight.length;
   }
 
-  /** Records an AppendRequest whose entries end at `lastIndex`. */
-  sent(lastIndex: number, nowTick: number): void {
+  /** Entry bytes of the unanswered AppendRequests. */
+  inflightByteCount(): number {
+    return this.inflightBytes;
+  }
+
+  /**
+   * How many entry bytes the next AppendRequest may carry, or 0 when the byte window is
+   * full. With nothing in flight the whole window is free (and the caller sends at
+   * least one entry whatever its size).
+   */
+  availableInflightBytes(): number {
+    return Math.max(0, this.maxInflightBytes - this.inflightBytes);
+  }
+
+  /** Records an AppendRequest whose entries end at `lastIndex` and carry `bytes`. */
+  sent(lastIndex: number, bytes: number, nowTick: number): void {
     if (this.state === 'probe') {
       this.probeSent = true;
       this.probeSentAtTick = nowTick;
       return;
     }
-    assert(lastIndex >= this.nextIndex - 1, `sent up to ${lastIndex} below next ${this.nextIndex}`);
+    assert(lastIndex >= this.nextIndex - 1, () => `sent up to ${lastIndex} below next ${this.nextIndex}`);
     if (this.inflight.length === 0) this.acknowledgedAtTick = nowTick; // the silence starts now
-    this.inflight.push(lastIndex);
+    this.inflight.push({ lastIndex, bytes });
+    this.inflightBytes += bytes;
     this.nextIndex = lastIndex + 1;
   }
 
   /** The follower holds the leader's log up to `index`. Returns whether that is news. */
   acknowledge(index: number, nowTick: number): boolean {
-    while (this.inflight.length > 0 && this.inflight[0]! <= index) this.inflight.shift();
+    while (this.inflight.length > 0 && this.inflight[0]!.lastIndex <= index) {
+      this.inflightBytes -= this.inflight.shift()!.bytes;
+    }
     if (index <= this.matchIndex) return false;
     this.matchIndex = index;
     this.acknowledgedAtTick = nowTick;
@@ -79,17 +101,22 @@ export class Progress {
   }
 
   becomeProbe(nextIndex: number): void {
-    assert(nextIndex > this.matchIndex, `probe from ${nextIndex} at or below match ${this.matchIndex}`);
+    assert(nextIndex > this.matchIndex, () => `probe from ${nextIndex} at or below match ${this.matchIndex}`);
     this.state = 'probe';
     this.nextIndex = nextIndex;
     this.probeSent = false;
-    this.inflight.length = 0;
+    this.clearInflight();
   }
 
   private becomeReplicate(): void {
     this.state = 'replicate';
     this.nextIndex = this.matchIndex + 1;
     this.probeSent = false;
+    this.clearInflight();
+  }
+
+  private clearInflight(): void {
     this.inflight.length = 0;
+    this.inflightBytes = 0;
   }
 }
