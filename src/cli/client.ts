@@ -214,7 +214,11 @@ export class CairnClient {
         return result;
       } catch (err) {
         const error = err as ServiceError;
-        const failure: AttemptFailure = { endpoint: this.options.endpoints[index]!, kind: failureKind(error), error, attemptMs };
+        const kind = failureKind(error);
+        const earlier = lastFailure.get(index);
+        // The longest wait an endpoint was given is the one worth reporting.
+        const longestMs = earlier?.kind === kind ? Math.max(earlier.attemptMs, attemptMs) : attemptMs;
+        const failure: AttemptFailure = { endpoint: this.options.endpoints[index]!, kind, error, attemptMs: longestMs };
         lastFailure.set(index, failure);
         if (!primary || RANK[failure.kind] >= RANK[primary.kind]) primary = failure;
         outcomeUnknown ||= leavesOutcomeUnknown(failure);

@@ -53,7 +53,8 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   const parentWatch = watchParent(() => stop('the process that started cairn cluster is gone'));
   void exited.then(() => clearInterval(parentWatch));
 
-  const leader = await waitForLeader(endpoints);
+  const leader = await waitForLeader(endpoints, () => stopping);
+  if (stopping) return exitCode(await exited);
   console.log(`\ncairn cluster of ${count} running; data in ${dataDir}`);
   for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${peerAddr(i + 1)}`);
   console.log(leader ? `  leader: node ${leader}` : '  no leader yet (see the logs)');
@@ -61,7 +62,10 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   const e = defaults ? '' : ` -e ${endpoints.join(',')}`;
   console.log(`try: npx cairn put hello world${e} && npx cairn get hello${e}    (Ctrl-C stops the cluster)\n`);
 
-  const codes = await exited;
+  return exitCode(await exited);
+}
+
+function exitCode(codes: number[]): number {
   return codes.every((code) => code === 0) ? 0 : 1;
 }
 
@@ -110,11 +114,11 @@ function compact(line: string): string {
   }
 }
 
-async function waitForLeader(endpoints: string[]): Promise<number | undefined> {
+async function waitForLeader(endpoints: string[], stopped: () => boolean): Promise<number | undefined> {
   const client = new CairnClient({ endpoints, timeoutMs: 1000, consistency: Consistency.CONSISTENCY_SERIALIZABLE });
   const deadline = Date.now() + LEADER_WAIT_MS;
   try {
-    while (Date.now() < deadline) {
+    while (Date.now() < deadline && !stopped()) {
       for (let i = 0; i < endpoints.length; i++) {
         const status = await client.statusOf(i).catch(() => undefined);
         if (status?.leaderId) return status.leaderId;

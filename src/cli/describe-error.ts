@@ -18,9 +18,9 @@ export function describeError(err: unknown): string {
 }
 
 /**
- * The most informative failure first, then what the other endpoints did: "UNAVAILABLE: no
- * leader is known right now (from 127.0.0.1:7002; 127.0.0.1:7001 and 127.0.0.1:7003
- * refused the connection)".
+ * The most informative failure first, then what the other endpoints did: "UNAVAILABLE from
+ * 127.0.0.1:7002: no leader is known right now ...; 127.0.0.1:7001 and 127.0.0.1:7003
+ * refused the connection".
  */
 function describeCallFailure(err: CallFailedError): string {
   const { primary } = err;
@@ -37,7 +37,7 @@ function describeCallFailure(err: CallFailedError): string {
       line = wrongService(primary);
       break;
     case 'answered':
-      line = `${Status[primary.error.code]}: ${primary.error.details}${err.failures.length > 1 ? ` (from ${primary.endpoint})` : ''}`;
+      line = `${Status[primary.error.code]}${err.failures.length > 1 ? ` from ${primary.endpoint}` : ''}: ${primary.error.details}`;
       break;
   }
   if (others.length > 0) line += `; ${summarize(others)}`;
