@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { logVerbosity, setLogVerbosity } from '@grpc/grpc-js';
 import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { buildServerConfig, SERVE_FLAGS } from '../server/config';
 import { createLogger } from '../server/logger';
@@ -6,7 +7,7 @@ import { CairnNode } from '../server/server';
 import { VERSION } from '../server/services';
 import { CairnClient } from './client';
 import { runLocalCluster } from './cluster';
-import { describeError } from './describe-error';
+import { describeError, describeStartupError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
@@ -117,6 +118,9 @@ async function serve(argv: string[]): Promise<number> {
   const config = buildServerConfig(resolveFlags(SERVE_FLAGS, flags, process.env));
   const logger = createLogger(config.logLevel, { node: config.id });
   let node: CairnNode;
+  // grpc-js prints its own line for a failed bind; the error below says it once, clearly.
+  const quietGrpc = !process.env.GRPC_VERBOSITY;
+  if (quietGrpc) setLogVerbosity(logVerbosity.NONE);
   try {
     node = await CairnNode.start(config, logger, (err) => {
       logger.fatal({ err }, 'fatal error: stopping the node');
@@ -125,8 +129,10 @@ async function serve(argv: string[]): Promise<number> {
   } catch (err) {
     // A port in use, a locked data dir: one line, not a stack trace, and no half-started
     // node (a bound port or an open database) keeping the process alive.
-    console.error(`cairn serve: ${describeError(err)}`);
+    console.error(`cairn serve: ${describeStartupError(err)}`);
     process.exit(1);
+  } finally {
+    if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);
   }
   await new Promise<void>((resolve) => {
     let stopping = false;

@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import { describeError } from './describe-error';
 import { CairnClient } from './client';
 import { parseArgs, UsageError } from './flags';
-import { checkVerbFlags, runVerb, VERB_FLAGS } from './verbs';
+import { checkVerbFlags, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
 const ALIASES: Record<string, string> = { set: 'put', delete: 'del', keys: 'list', ls: 'list' };
@@ -56,11 +56,12 @@ export async function runShellLine(
       return 'ok';
     }
     const verb = ALIASES[word] ?? word;
+    if (!VERBS.includes(verb)) throw new UsageError(`unknown verb "${first}" ("help" lists the verbs)`);
     if (args.some((arg) => arg === '--consistency' || arg.startsWith('--consistency='))) {
       throw new UsageError('--consistency is chosen when the shell starts: cairn shell --consistency serializable');
     }
     const { positional, flags } = parseArgs(args, [], LINE_FLAGS);
-    checkVerbFlags(verb, flags, [], first);
+    checkVerbFlags(verb, flags, [], first, LINE_FLAGS);
     await runVerb(client, verb, positional, flags, print, { typed: first });
     return 'ok';
   } catch (err) {

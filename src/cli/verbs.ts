@@ -14,22 +14,24 @@ const DEFAULT_LIST_LIMIT = 1000;
 export const MAX_INPUT_VALUE_BYTES = 64 * 1024 * 1024;
 
 interface VerbSpec {
-  /** What follows the verb, for "usage: VERB ...". */
-  usage: string;
+  /** What may follow the verb, one form each, for "usage: VERB ...". */
+  usage: readonly string[];
   minArgs: number;
   maxArgs: number;
   /** Flags of this verb, besides the ones every verb takes (--endpoints, --timeout-ms). */
   flags: readonly string[];
 }
 
+const STDIN_FORM = 'KEY - (the value from stdin)';
+
 const VERB_SPECS: Record<string, VerbSpec> = {
-  put: { usage: 'KEY VALUE | KEY --from-file FILE | KEY - (value from stdin)', minArgs: 1, maxArgs: 2, flags: ['from-file'] },
-  get: { usage: 'KEY', minArgs: 1, maxArgs: 1, flags: ['consistency'] },
-  has: { usage: 'KEY', minArgs: 1, maxArgs: 1, flags: ['consistency'] },
-  del: { usage: 'KEY', minArgs: 1, maxArgs: 1, flags: [] },
-  list: { usage: '[PREFIX] [--limit N]', minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
-  status: { usage: '', minArgs: 0, maxArgs: 0, flags: [] },
-  members: { usage: '', minArgs: 0, maxArgs: 0, flags: [] },
+  put: { usage: ['KEY VALUE', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file'] },
+  get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
+  has: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
+  del: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: [] },
+  list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
+  status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
+  members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -40,10 +42,16 @@ export const VERB_FLAGS = [...new Set(Object.values(VERB_SPECS).flatMap((spec) =
  * A flag that some verb takes but not this one is an error, not silently ignored
  * (`get k --limit 5`). `common` are the flags every verb takes.
  */
-export function checkVerbFlags(verb: string, flags: Record<string, string>, common: readonly string[], typed = verb): void {
+export function checkVerbFlags(
+  verb: string,
+  flags: Record<string, string>,
+  common: readonly string[],
+  typed = verb,
+  available: readonly string[] = VERB_FLAGS,
+): void {
   const spec = VERB_SPECS[verb];
   if (!spec) return;
-  const allowed = [...spec.flags, ...common];
+  const allowed = [...spec.flags.filter((flag) => available.includes(flag)), ...common];
   for (const name of Object.keys(flags)) {
     if (!allowed.includes(name)) {
       const takes = allowed.length > 0 ? `; ${typed} takes ${allowed.map((f) => `--${f}`).join(', ')}` : `; ${typed} takes no flags`;
@@ -59,9 +67,15 @@ export interface VerbOptions {
   readStdin?: () => Promise<Buffer>;
 }
 
-function arity(verb: string, args: string[], typed: string): void {
+/** "usage: SET KEY VALUE | SET KEY --from-file FILE", with the verb as typed. */
+function usage(verb: string, typed: string, options: VerbOptions): UsageError {
+  const forms = VERB_SPECS[verb]!.usage.filter((form) => form !== STDIN_FORM || options.readStdin);
+  return new UsageError(`usage: ${forms.map((form) => (form ? `${typed} ${form}` : typed)).join(' | ')}`);
+}
+
+function arity(verb: string, args: string[], typed: string, options: VerbOptions): void {
   const spec = VERB_SPECS[verb]!;
-  if (args.length < spec.minArgs || args.length > spec.maxArgs) throw new UsageError(`usage: ${typed}${spec.usage ? ` ${spec.usage}` : ''}`);
+  if (args.length < spec.minArgs || args.length > spec.maxArgs) throw usage(verb, typed, options);
 }
 
 function show(kv: KeyValue): string {
@@ -82,7 +96,7 @@ export async function runVerb(
   options: VerbOptions = {},
 ): Promise<number> {
   const typed = options.typed ?? verb;
-  if (VERB_SPECS[verb]) arity(verb, args, typed);
+  if (VERB_SPECS[verb]) arity(verb, args, typed, options);
   switch (verb) {
     case 'put': {
       const value = await putValue(args, flags, typed, options);
@@ -138,7 +152,7 @@ async function putValue(args: string[], flags: Record<string, string>, typed: st
   const file = flags['from-file'];
   if (file !== undefined && args.length === 2) throw new UsageError(`${typed}: give the value once, as an argument or with --from-file, not both`);
   if (file !== undefined) return readValueFile(file);
-  if (args.length < 2) throw new UsageError(`usage: ${typed} ${VERB_SPECS.put!.usage}`);
+  if (args.length < 2) throw usage('put', typed, options);
   if (args[1] !== '-') return Buffer.from(args[1]!);
   if (!options.readStdin) throw new UsageError(`${typed} KEY - reads the value from stdin, which only works on the command line; use --from-file here`);
   return options.readStdin();
