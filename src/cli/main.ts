@@ -75,6 +75,11 @@ async function main(argv: string[]): Promise<number> {
     }
     return runLocalCluster(rest, __filename);
   }
+  const flagWords = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (flagWords.includes('--help') || flagWords.includes('-h')) {
+    console.log(USAGE);
+    return 0;
+  }
   const isShell = command === 'shell';
   if (!isShell && !VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
   const { positional, flags } = parseArgs(rest, [], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
