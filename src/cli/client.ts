@@ -222,7 +222,8 @@ export class CairnClient {
         lastFailure.set(index, failure);
         if (!primary || RANK[failure.kind] >= RANK[primary.kind]) primary = failure;
         outcomeUnknown ||= leavesOutcomeUnknown(failure);
-        if (!RETRYABLE.has(error.code)) throw fail();
+        // A definitive answer (bad input, say) stands alone: the other endpoints do not matter.
+        if (!RETRYABLE.has(error.code)) throw new CallFailedError(failure, [failure], isWrite && outcomeUnknown);
         if (Date.now() >= callDeadline) break;
         if ((attempt + 1) % count === 0) await new Promise((resolve) => setTimeout(resolve, Math.min(RETRY_DELAY_MS, Math.max(0, callDeadline - Date.now()))));
         if (Date.now() >= callDeadline) break;
