@@ -184,8 +184,8 @@ export async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
 
 /**
  * Every endpoint's status, then one line that says whether the cluster serves. Exit code
- * 0 when a majority of the endpoints answered and the freshest of them knows a leader (a
- * node down does not fail it), 1 when the cluster is not serving.
+ * 0 when a majority of the endpoints answered and one of them knows a leader (a node down
+ * does not fail it), 1 when the cluster is not serving.
  */
 async function status(client: CairnClient, print: (line: string) => void): Promise<number> {
   const results = await Promise.all(
@@ -203,7 +203,10 @@ async function status(client: CairnClient, print: (line: string) => void): Promi
     print(`${endpoint.padEnd(22)} ${String(s.id).padEnd(3)} ${s.role.padEnd(14)} ${String(s.term).padEnd(5)} ${String(s.leaderId || '-').padEnd(7)} ${String(s.commitIndex).padEnd(7)} ${s.appliedIndex}`);
   }
   const answered = results.filter((s): s is StatusResponse => !(s instanceof Error));
-  const freshest = answered.reduce<StatusResponse | undefined>((best, s) => (!best || Number(s.term) > Number(best.term) ? s : best), undefined);
+  // A node cut off from the rest may have a newer term and no leader: ask those that know one.
+  const freshest = answered
+    .filter((s) => Number(s.leaderId) !== 0)
+    .reduce<StatusResponse | undefined>((best, s) => (!best || Number(s.term) > Number(best.term) ? s : best), undefined);
   const majority = answered.length > client.endpoints.length / 2;
   const leader = freshest ? Number(freshest.leaderId) : 0;
   const counts = `${answered.length} of ${client.endpoints.length} endpoints answered`;
