@@ -266,17 +266,20 @@ describe('cairn serve and cairn cluster as processes', () => {
     ['cairn cluster itself is killed with SIGKILL', false],
   ])('the local cluster\'s nodes stop when %s', async (_what, viaParent) => {
     const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
-    const { parent, clusterPid, clientAddr } = await startLocalCluster(dir, viaParent);
+    let started: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
     try {
-      parent.kill('SIGKILL');
-      await expectNodeGone(clientAddr);
+      started = await startLocalCluster(dir, viaParent);
+      started.parent.kill('SIGKILL');
+      await expectNodeGone(started.clientAddr);
     } finally {
-      parent.kill('SIGKILL');
-      // Only if the test failed is the cluster still there to clean up.
-      try {
-        process.kill(clusterPid, 'SIGTERM');
-      } catch {
-        // Already gone, as it should be.
+      if (started) {
+        started.parent.kill('SIGKILL');
+        // Only if the test failed is the cluster still there to clean up.
+        try {
+          process.kill(started.clusterPid, 'SIGTERM');
+        } catch {
+          // Already gone, as it should be.
+        }
       }
       rmSync(dir, { recursive: true, force: true });
     }
