@@ -13,20 +13,86 @@ import {
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 
-export const DEFAULT_ENDPOINTS = ['127.0.0.1:7001', '127.0.0.1:7002', '127.0.0.1:7003'];
 /** Rounds over all endpoints before a request is given up. */
 const MAX_ROUNDS = 5;
 const RETRY_DELAY_MS = 200;
+/** With a whole-call budget, the least one attempt at one endpoint is given. */
+const MIN_ATTEMPT_MS = 500;
+/** The trailer with cairn's own error code: present only on answers from a cairn node. */
+const ERROR_CODE_TRAILER = 'cairn-error-code';
 
 export interface ClientOptions {
   endpoints: string[];
-  /** Per attempt. */
+  /** Longest wait for one attempt at one endpoint. */
   timeoutMs: number;
+  /**
+   * Budget for a whole call, every endpoint and retry included (the CLI's --timeout-ms).
+   * Unset: up to MAX_ROUNDS rounds of `timeoutMs` attempts.
+   */
+  totalTimeoutMs?: number;
   consistency: Consistency;
 }
 
 /** Errors worth another endpoint or another try. Writes carry a session, so a retry is safe. */
-const RETRYABLE = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNKNOWN]);
+const RETRYABLE = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED, Status.UNKNOWN, Status.UNIMPLEMENTED]);
+
+/**
+ * Why one attempt at one endpoint failed, from the least to the most informative: nothing
+ * listened, something listened but did not answer in time, something answered that is not
+ * cairn's client API (a peer port, another service), a cairn node answered with an error.
+ */
+export type FailureKind = 'unreachable' | 'no-answer' | 'wrong-service' | 'answered';
+const RANK: Record<FailureKind, number> = { unreachable: 0, 'no-answer': 1, 'wrong-service': 2, answered: 3 };
+
+export interface AttemptFailure {
+  endpoint: string;
+  kind: FailureKind;
+  error: ServiceError;
+  /** The deadline this attempt was given, in ms. */
+  attemptMs: number;
+}
+
+export function failureKind(error: ServiceError): FailureKind {
+  if (error.metadata?.get(ERROR_CODE_TRAILER).length) return 'answered';
+  if (error.code === Status.UNIMPLEMENTED) return 'wrong-service';
+  if (error.code === Status.DEADLINE_EXCEEDED || error.code === Status.CANCELLED) return 'no-answer';
+  if (error.code === Status.UNAVAILABLE) return 'unreachable';
+  return 'answered';
+}
+
+/**
+ * A call that failed at every endpoint it tried. It carries the most informative failure's
+ * gRPC code, details and trailers (so code that matches on them keeps working), and every
+ * endpoint's last failure, for a message that says what happened everywhere.
+ */
+export class CallFailedError extends Error implements Partial<ServiceError> {
+  override name = 'CallFailedError';
+  readonly code: Status;
+  readonly details: string;
+  readonly metadata: Metadata;
+
+  constructor(
+    readonly primary: AttemptFailure,
+    /** Each endpoint's last failure, in endpoint order. */
+    readonly failures: AttemptFailure[],
+    /** A write that may have been applied although no answer said so. */
+    readonly outcomeUnknown: boolean,
+  ) {
+    super(`${Status[primary.error.code]}: ${primary.error.details}`);
+    this.code = primary.error.code;
+    this.details = primary.error.details;
+    this.metadata = primary.error.metadata;
+  }
+}
+
+/** Cairn's codes that leave a write's outcome unknown (errors.ts), as carried in the trailer. */
+const UNKNOWN_OUTCOME_CODES = new Set(['OUTCOME_UNKNOWN', 'TIMEOUT', 'STOPPED']);
+
+function leavesOutcomeUnknown(failure: AttemptFailure): boolean {
+  if (failure.kind === 'no-answer') return true;
+  const code = failure.error.metadata?.get(ERROR_CODE_TRAILER)[0];
+  return code !== undefined && UNKNOWN_OUTCOME_CODES.has(String(code));
+}
 
 /**
  * A client of any cairn cluster: it tries the endpoints in turn, sticks with the one
@@ -50,7 +116,7 @@ export class CairnClient {
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
     const request = { key, value, prevKv, clientId: this.clientId, sequence: ++this.sequence };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb));
+    return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb), true);
   }
 
   get(key: Buffer): Promise<GetResponse> {
@@ -60,7 +126,7 @@ export class CairnClient {
 
   delete(key: Buffer, prevKv = false): Promise<DeleteResponse> {
     const request = { key, prevKv, clientId: this.clientId, sequence: ++this.sequence };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb));
+    return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb), true);
   }
 
   /** Keys with `prefix` (all keys when empty), in order. */
@@ -69,15 +135,21 @@ export class CairnClient {
     return this.retry((i, md, opts, cb) => this.kv[i]!.range(request, md, opts, cb));
   }
 
-  /** Status of one endpoint (no retry elsewhere: the caller asked about that node). */
+  /** Status of one endpoint (no retry elsewhere: the caller asked about that node), within the whole-call budget. */
   statusOf(index: number): Promise<StatusResponse> {
+    const timeoutMs = this.statusTimeoutMs;
     return new Promise((resolve, reject) =>
-      this.cluster[index]!.status({}, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+      this.cluster[index]!.status({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
     );
   }
 
   members(): Promise<MemberListResponse> {
     return this.retry((i, md, opts, cb) => this.cluster[i]!.memberList({}, md, opts, cb));
+  }
+
+  /** How long statusOf waits for its one endpoint. */
+  get statusTimeoutMs(): number {
+    return this.options.totalTimeoutMs ?? this.options.timeoutMs;
   }
 
   get endpoints(): string[] {
@@ -92,11 +164,13 @@ export class CairnClient {
    * After an answer from a follower, prefer the leader's endpoint (when it is one of
    * ours), so the next request skips the forwarding hop.
    */
-  private async followLeader(header: ResponseHeader | undefined): Promise<void> {
+  private async followLeader(header: ResponseHeader | undefined, deadline: number): Promise<void> {
     if (!header?.leaderId || header.leaderId === header.memberId) return;
     if (!this.clientAddrs.has(header.leaderId)) {
       const members = await new Promise<MemberListResponse | undefined>((resolve) =>
-        this.cluster[this.preferred]!.memberList({}, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => resolve(err ? undefined : res)),
+        this.cluster[this.preferred]!.memberList({}, new Metadata(), { deadline: Math.min(deadline, Date.now() + this.options.timeoutMs) }, (err, res) =>
+          resolve(err ? undefined : res),
+        ),
       );
       for (const member of members?.members ?? []) if (member.clientAddr) this.clientAddrs.set(member.id, member.clientAddr);
     }
@@ -104,26 +178,57 @@ export class CairnClient {
     if (index >= 0) this.preferred = index;
   }
 
+  /** One attempt's deadline: its share of the whole-call budget, never past the budget. */
+  private attemptMs(callDeadline: number): number {
+    const { timeoutMs, totalTimeoutMs } = this.options;
+    if (totalTimeoutMs === undefined) return timeoutMs;
+    const share = Math.max(MIN_ATTEMPT_MS, Math.ceil(totalTimeoutMs / this.options.endpoints.length));
+    return Math.max(1, Math.min(timeoutMs, share, callDeadline - Date.now()));
+  }
+
+  /**
+   * Tries the endpoints in turn, from the preferred one, for MAX_ROUNDS rounds or until the
+   * whole-call budget runs out. An endpoint that is not cairn's client API is not tried again.
+   * A failure reports the most informative error seen, not merely the last one.
+   */
   private async retry<T>(
     call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
+    isWrite = false,
   ): Promise<T> {
-    let lastError: ServiceError | undefined;
     const count = this.options.endpoints.length;
+    const callDeadline = Date.now() + (this.options.totalTimeoutMs ?? Number.POSITIVE_INFINITY);
+    const lastFailure = new Map<number, AttemptFailure>();
+    let primary: AttemptFailure | undefined;
+    let outcomeUnknown = false;
+    const fail = () => new CallFailedError(primary!, [...lastFailure.keys()].sort((a, b) => a - b).map((i) => lastFailure.get(i)!), isWrite && outcomeUnknown);
     for (let attempt = 0; attempt < MAX_ROUNDS * count; attempt++) {
       const index = (this.preferred + attempt) % count;
+      if (lastFailure.get(index)?.kind === 'wrong-service') continue;
+      const attemptMs = this.attemptMs(callDeadline);
       try {
         const result = await new Promise<T>((resolve, reject) =>
-          call(index, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+          call(index, new Metadata(), { deadline: Date.now() + attemptMs }, (err, res) => (err ? reject(err) : resolve(res!))),
         );
         this.preferred = index;
-        await this.followLeader((result as { header?: ResponseHeader }).header);
+        await this.followLeader((result as { header?: ResponseHeader }).header, callDeadline);
         return result;
       } catch (err) {
-        lastError = err as ServiceError;
-        if (!RETRYABLE.has(lastError.code)) throw lastError;
-        if ((attempt + 1) % count === 0) await new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
+        const error = err as ServiceError;
+        const kind = failureKind(error);
+        const earlier = lastFailure.get(index);
+        // The longest wait an endpoint was given is the one worth reporting.
+        const longestMs = earlier?.kind === kind ? Math.max(earlier.attemptMs, attemptMs) : attemptMs;
+        const failure: AttemptFailure = { endpoint: this.options.endpoints[index]!, kind, error, attemptMs: longestMs };
+        lastFailure.set(index, failure);
+        if (!primary || RANK[failure.kind] >= RANK[primary.kind]) primary = failure;
+        outcomeUnknown ||= leavesOutcomeUnknown(failure);
+        // A definitive answer (bad input, say) stands alone: the other endpoints do not matter.
+        if (!RETRYABLE.has(error.code)) throw new CallFailedError(failure, [failure], isWrite && outcomeUnknown);
+        if (Date.now() >= callDeadline) break;
+        if ((attempt + 1) % count === 0) await new Promise((resolve) => setTimeout(resolve, Math.min(RETRY_DELAY_MS, Math.max(0, callDeadline - Date.now()))));
+        if (Date.now() >= callDeadline) break;
       }
     }
-    throw lastError!;
+    throw fail();
   }
 }

@@ -3,10 +3,15 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
+import { DEFAULT_ENDPOINTS } from './endpoints';
 import { parseArgs, UsageError } from './flags';
 
 const LEADER_WAIT_MS = 30_000;
-const CLUSTER_FLAGS = ['nodes', 'data-dir', 'timing', 'log-level', 'host'];
+/** How often the cluster checks that the process that started it is still there. */
+const PARENT_CHECK_INTERVAL_MS = 500;
+const DEFAULT_CLIENT_PORT = 7001;
+const DEFAULT_PEER_PORT = 7101;
+const CLUSTER_FLAGS = ['nodes', 'data-dir', 'timing', 'log-level', 'host', 'client-port', 'peer-port'];
 
 /**
  * `cairn cluster`: three (or --nodes) `cairn serve` processes on this machine, their
@@ -21,37 +26,73 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   if (!Number.isSafeInteger(count) || count < 1 || count > 9) throw new UsageError('--nodes must be 1 to 9');
   const host = flags.host ?? '127.0.0.1';
   const dataDir = resolve(flags['data-dir'] ?? './data');
+  const clientPort = portFlag(flags, 'client-port', DEFAULT_CLIENT_PORT, count);
+  const peerPort = portFlag(flags, 'peer-port', DEFAULT_PEER_PORT, count);
   const ids = Array.from({ length: count }, (_, i) => i + 1);
-  const peers = ids.map((id) => `${id}=${host}:${7100 + id}`).join(',');
-  const endpoints = ids.map((id) => `${host}:${7000 + id}`);
+  const peerAddr = (id: number) => `${host}:${peerPort + id - 1}`;
+  const peers = ids.map((id) => `${id}=${peerAddr(id)}`).join(',');
+  const endpoints = ids.map((id) => `${host}:${clientPort + id - 1}`);
 
   const children = ids.map((id) =>
     startNode(mainPath, id, [
       'serve', '--id', String(id), '--data-dir', join(dataDir, `node-${id}`),
-      '--client-addr', `${host}:${7000 + id}`, '--peer-addr', `${host}:${7100 + id}`, '--peers', peers,
+      '--client-addr', endpoints[id - 1]!, '--peer-addr', peerAddr(id), '--peers', peers,
       '--timing', flags.timing ?? 'default', '--log-level', flags['log-level'] ?? 'info',
     ]),
   );
   const exited = Promise.all(children.map((child) => new Promise<number>((done) => child.once('exit', (code) => done(code ?? 1)))));
-  const stop = () => {
-    console.log('\nstopping the cluster...');
+  let stopping = false;
+  const stop = (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`\n${why}: stopping the cluster...`);
     for (const child of children) child.kill('SIGTERM');
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  const parentWatch = watchParent(() => stop('the process that started cairn cluster is gone'));
+  void exited.then(() => clearInterval(parentWatch));
 
-  const leader = await waitForLeader(endpoints);
+  const leader = await waitForLeader(endpoints, () => stopping);
+  if (stopping) return exitCode(await exited);
   console.log(`\ncairn cluster of ${count} running; data in ${dataDir}`);
-  for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${host}:${7101 + i}`);
+  for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${peerAddr(i + 1)}`);
   console.log(leader ? `  leader: node ${leader}` : '  no leader yet (see the logs)');
-  console.log('try: npx cairn put hello world && npx cairn get hello    (Ctrl-C stops the cluster)\n');
+  const defaults = endpoints.join(',') === DEFAULT_ENDPOINTS.join(',');
+  const e = defaults ? '' : ` -e ${endpoints.join(',')}`;
+  console.log(`try: npx cairn put hello world${e} && npx cairn get hello${e}    (Ctrl-C stops the cluster)\n`);
 
-  const codes = await exited;
+  return exitCode(await exited);
+}
+
+function exitCode(codes: number[]): number {
   return codes.every((code) => code === 0) ? 0 : 1;
 }
 
+function portFlag(flags: Record<string, string>, name: string, fallback: number, count: number): number {
+  const port = Number(flags[name] ?? fallback);
+  if (!Number.isSafeInteger(port) || port < 1 || port + count - 1 > 65535) throw new UsageError(`--${name} must be a port such that ${name} + nodes - 1 <= 65535`);
+  return port;
+}
+
+/**
+ * Calls `gone` once the process that started this one exits (the parent id changes when
+ * the orphan is adopted). A signal to that parent alone (SIGINT to `npm start`) then
+ * still stops the nodes. Polled: Node has no event for it.
+ */
+function watchParent(gone: () => void): NodeJS.Timeout {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid !== parent) gone();
+  }, PARENT_CHECK_INTERVAL_MS);
+  timer.unref();
+  return timer;
+}
+
 function startNode(mainPath: string, id: number, args: string[]): ChildProcess {
-  const child = spawn(process.execPath, [mainPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // The IPC channel is the node's lifeline: it closes when this process dies, even by
+  // kill -9, and the node then stops (stopWithParent in main.ts).
+  const child = spawn(process.execPath, [mainPath, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
   for (const stream of [child.stdout!, child.stderr!]) {
     createInterface({ input: stream }).on('line', (line) => console.log(`[node ${id}] ${compact(line)}`));
   }
@@ -73,11 +114,11 @@ function compact(line: string): string {
   }
 }
 
-async function waitForLeader(endpoints: string[]): Promise<number | undefined> {
+async function waitForLeader(endpoints: string[], stopped: () => boolean): Promise<number | undefined> {
   const client = new CairnClient({ endpoints, timeoutMs: 1000, consistency: Consistency.CONSISTENCY_SERIALIZABLE });
   const deadline = Date.now() + LEADER_WAIT_MS;
   try {
-    while (Date.now() < deadline) {
+    while (Date.now() < deadline && !stopped()) {
       for (let i = 0; i < endpoints.length; i++) {
         const status = await client.statusOf(i).catch(() => undefined);
         if (status?.leaderId) return status.leaderId;

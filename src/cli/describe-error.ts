@@ -1,19 +1,101 @@
 import { ServiceError, status as Status } from '@grpc/grpc-js';
 import { CairnError } from '../errors';
+import { AttemptFailure, CallFailedError, failureKind } from './client';
 import { UsageError } from './flags';
+
+const START_HINT = 'is the cluster running? (npm start)';
 
 /** One line that says what went wrong, for a person at a terminal. */
 export function describeError(err: unknown): string {
   if (err instanceof UsageError) return err.message;
+  if (err instanceof CallFailedError) return describeCallFailure(err);
   if (err instanceof CairnError) return err.code === 'INVALID_ARGUMENT' ? err.message : `${err.code}: ${err.message}`;
   const grpc = err as ServiceError;
-  if (typeof grpc?.code === 'number' && typeof grpc.details === 'string') {
-    if (grpc.code === Status.UNAVAILABLE && /No connection established|ECONNREFUSED|connect/i.test(grpc.details)) {
-      const refused = /ECONNREFUSED ([\d.:]+)/.exec(grpc.details);
-      const where = refused ? `${refused[1]} refused the connection` : grpc.details.replace(/\s*Resolution note:\s*$/, '');
-      return `cannot reach any endpoint (${where}); is the cluster running? (npm start)`;
-    }
-    return `${Status[grpc.code]}: ${grpc.details}`;
+  if (typeof grpc?.code === 'number' && typeof grpc.details === 'string') return `${Status[grpc.code]}: ${grpc.details}`;
+  // Anything else is a plain message (say, "cannot listen on ...") unless asked for the stack.
+  if (err instanceof Error) return process.env.CAIRN_DEBUG ? (err.stack ?? err.message) : err.message;
+  return String(err);
+}
+
+/** Why `cairn serve` could not start, in one line ("cannot listen on ADDR: ..." from server.ts made plain). */
+export function describeStartupError(err: unknown): string {
+  const message = describeError(err);
+  const listen = /^cannot listen on (\S+): /.exec(message);
+  if (!listen) return message;
+  const addr = listen[1]!;
+  if (/EADDRINUSE/.test(message)) return `cannot listen on ${addr}: the port is already in use (another cairn serve, or another program?)`;
+  if (/EADDRNOTAVAIL/.test(message)) return `cannot listen on ${addr}: that is not an address of this machine`;
+  if (/EACCES/.test(message)) return `cannot listen on ${addr}: permission denied (ports below 1024 need privileges)`;
+  return message;
+}
+
+/**
+ * The most informative failure first, then what the other endpoints did: "UNAVAILABLE from
+ * 127.0.0.1:7002: no leader is known right now ...; 127.0.0.1:7001 and 127.0.0.1:7003
+ * refused the connection".
+ */
+function describeCallFailure(err: CallFailedError): string {
+  const { primary } = err;
+  const others = err.failures.filter((f) => f.endpoint !== primary.endpoint);
+  let line: string;
+  switch (primary.kind) {
+    case 'unreachable':
+      line = `cannot reach any endpoint (${summarize(err.failures)}); ${START_HINT}`;
+      return withOutcome(line, err);
+    case 'no-answer':
+      line = `no answer from ${primary.endpoint} within ${primary.attemptMs} ms (--timeout-ms covers the whole command)`;
+      break;
+    case 'wrong-service':
+      line = wrongService(primary);
+      break;
+    case 'answered':
+      line = `${Status[primary.error.code]}${err.failures.length > 1 ? ` from ${primary.endpoint}` : ''}: ${primary.error.details}`;
+      break;
   }
-  return (err as Error)?.stack ?? String(err);
+  if (others.length > 0) line += `; ${summarize(others)}`;
+  return withOutcome(line, err);
+}
+
+function withOutcome(line: string, err: CallFailedError): string {
+  return err.outcomeUnknown ? `${line}; the write may or may not have been applied (check with get)` : line;
+}
+
+/** "127.0.0.1:7001 and 127.0.0.1:7003 refused the connection; 127.0.0.1:7002 did not answer in 500 ms". */
+function summarize(failures: AttemptFailure[]): string {
+  const groups = new Map<string, string[]>();
+  for (const failure of failures) {
+    const what = describeFailure(failure);
+    groups.set(what, [...(groups.get(what) ?? []), failure.endpoint]);
+  }
+  return [...groups].map(([what, endpoints]) => `${joinAnd(endpoints)} ${what}`).join('; ');
+}
+
+function joinAnd(items: string[]): string {
+  return items.length <= 1 ? (items[0] ?? '') : `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}`;
+}
+
+/** What one endpoint did, as a phrase after its address ("refused the connection"). */
+export function describeFailure(failure: Pick<AttemptFailure, 'error' | 'attemptMs'> & { kind?: AttemptFailure['kind'] }): string {
+  const { error } = failure;
+  switch (failure.kind ?? failureKind(error)) {
+    case 'unreachable':
+      if (/ECONNREFUSED/.test(error.details)) return 'refused the connection';
+      if (/ENOTFOUND|EAI_AGAIN|Name resolution failed|DNS resolution failed/i.test(error.details)) return 'is not a host name that resolves';
+      if (/EHOSTUNREACH|ENETUNREACH/.test(error.details)) return 'is not reachable (no route)';
+      return `is unreachable (${error.details.replace(/\s*Resolution note:.*$/s, '').trim()})`;
+    case 'no-answer':
+      return `did not answer within ${failure.attemptMs} ms`;
+    case 'wrong-service':
+      return 'answered UNIMPLEMENTED: not a cairn client port (a peer port?)';
+    case 'answered':
+      return `answered ${Status[error.code]}: ${error.details}`;
+  }
+}
+
+function wrongService(failure: AttemptFailure): string {
+  const method = /\/[\w.]+\/\w+/.exec(failure.error.details)?.[0];
+  return (
+    `${failure.endpoint} does not serve cairn's client API (UNIMPLEMENTED${method ? ` ${method}` : ''}): ` +
+    `is it a peer port? --endpoints takes client ports (--client-addr; 7001-7003 in the local cluster), not peer ports (--peer-addr; 7101-7103)`
+  );
 }

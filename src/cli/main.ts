@@ -1,44 +1,61 @@
 #!/usr/bin/env node
+import { logVerbosity, setLogVerbosity } from '@grpc/grpc-js';
 import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { buildServerConfig, SERVE_FLAGS } from '../server/config';
 import { createLogger } from '../server/logger';
 import { CairnNode } from '../server/server';
 import { VERSION } from '../server/services';
-import { CairnClient, DEFAULT_ENDPOINTS } from './client';
+import { CairnClient } from './client';
 import { runLocalCluster } from './cluster';
-import { describeError } from './describe-error';
+import { describeError, describeStartupError } from './describe-error';
+import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
-import { runVerb, VERBS } from './verbs';
+import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
+
+/** The CLI's whole-command budget when --timeout-ms is not given. */
+const DEFAULT_TIMEOUT_MS = 5000;
 
 const USAGE = `cairn: a Raft-replicated key-value database
 
 Usage:
   cairn serve --id ID --data-dir DIR --client-addr HOST:PORT --peer-addr HOST:PORT --peers ID=HOST:PORT,...
-  cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo]
+  cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--client-port 7001] [--peer-port 7101]
                                    start a local cluster (client ports 7001.., peer ports 7101..)
   cairn put KEY VALUE              set a key
+  cairn put KEY --from-file FILE   set a key to a file's bytes
+  cairn put KEY -                  set a key to stdin's bytes
   cairn get KEY                    print a key's value
   cairn del KEY                    delete a key
   cairn has KEY                    print true or false
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
-  cairn status                     every endpoint's Raft status
+  cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
 
 Client flags:
-  --endpoints HOST:PORT,...        default ${DEFAULT_ENDPOINTS.join(',')} (env CAIRN_ENDPOINTS)
-  --consistency linearizable|serializable   for reads (default linearizable)
-  --timeout-ms N                   per attempt (default 5000)
+  -e, --endpoints HOST:PORT,...    client ports; default ${DEFAULT_ENDPOINTS.join(',')} (env CAIRN_ENDPOINTS)
+  --consistency linearizable|serializable   for get, has, list and shell (default linearizable)
+  --timeout-ms N                   for the whole command, every endpoint and retry (default ${DEFAULT_TIMEOUT_MS});
+                                   in the shell, for each line
+
+Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error.
 
 Run "cairn serve --help" for every server flag.`;
 
-const CLIENT_FLAGS = ['endpoints', 'consistency', 'timeout-ms', 'limit'];
+/** Flags every client verb takes. */
+const COMMON_FLAGS = ['endpoints', 'timeout-ms'];
+const SHELL_FLAGS = [...COMMON_FLAGS, 'consistency'];
+/** `-e` is what a newcomer used from other tools' habits. */
+const SHORT_FLAGS = { e: 'endpoints' };
 const CLUSTER_USAGE = `cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--log-level info] [--host 127.0.0.1]
+              [--client-port 7001] [--peer-port 7101]
 
-Starts --nodes local cairn serve processes: node N serves clients on port 7000+N and peers on
-7100+N, keeps its data in DATA-DIR/node-N, and logs here. Ctrl-C stops them all. A node that
-dies is not restarted until the next start.`;
+Starts --nodes local cairn serve processes: node N serves clients on port CLIENT-PORT+N-1 and
+peers on PEER-PORT+N-1, keeps its data in DATA-DIR/node-N, and logs here. Ctrl-C (SIGINT or
+SIGTERM) stops them all, and so does the end of the process that started cairn cluster; the
+nodes also stop if cairn cluster itself is killed. A node that dies is not restarted until
+the next start.`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -58,23 +75,27 @@ async function main(argv: string[]): Promise<number> {
     }
     return runLocalCluster(rest, __filename);
   }
-  const { positional, flags } = parseArgs(rest, [], CLIENT_FLAGS);
+  const flagWords = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (flagWords.includes('--help') || flagWords.includes('-h')) {
+    console.log(USAGE);
+    return 0;
+  }
+  const isShell = command === 'shell';
+  if (!isShell && !VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
+  const { positional, flags } = parseArgs(rest, [], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
+  if (isShell && positional.length > 0) throw new UsageError(`cairn shell takes no arguments, got "${positional.join(' ')}"`);
+  if (!isShell) checkVerbFlags(command, flags, COMMON_FLAGS);
   const client = clientFromFlags(flags);
   try {
-    if (command === 'shell') return await runShell(client);
-    if (!VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
-    return await runVerb(client, command, positional, flags, (line) => console.log(line));
+    if (isShell) return await runShell(client);
+    return await runVerb(client, command, positional, flags, (line) => console.log(line), { readStdin: () => readAll(process.stdin) });
   } finally {
     client.close();
   }
 }
 
 function clientFromFlags(flags: Record<string, string>): CairnClient {
-  const endpoints = (flags.endpoints ?? process.env.CAIRN_ENDPOINTS ?? DEFAULT_ENDPOINTS.join(','))
-    .split(',')
-    .map((e) => e.trim())
-    .filter(Boolean);
-  if (endpoints.length === 0) throw new UsageError('--endpoints names no endpoint');
+  const endpoints = parseEndpoints(flags.endpoints ?? process.env.CAIRN_ENDPOINTS ?? DEFAULT_ENDPOINTS.join(','));
   const consistencyName = (flags.consistency ?? 'linearizable').toLowerCase();
   const consistency =
     consistencyName === 'linearizable'
@@ -83,12 +104,12 @@ function clientFromFlags(flags: Record<string, string>): CairnClient {
         ? Consistency.CONSISTENCY_SERIALIZABLE
         : undefined;
   if (consistency === undefined) throw new UsageError(`--consistency must be linearizable or serializable, got "${flags.consistency}"`);
-  const timeoutMs = Number(flags['timeout-ms'] ?? 5000);
+  const timeoutMs = Number(flags['timeout-ms'] ?? DEFAULT_TIMEOUT_MS);
   if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new UsageError('--timeout-ms must be a positive integer');
   delete flags.endpoints;
   delete flags.consistency;
   delete flags['timeout-ms'];
-  return new CairnClient({ endpoints, timeoutMs, consistency });
+  return new CairnClient({ endpoints, timeoutMs, totalTimeoutMs: timeoutMs, consistency });
 }
 
 async function serve(argv: string[]): Promise<number> {
@@ -101,10 +122,23 @@ async function serve(argv: string[]): Promise<number> {
   if (positional.length > 0) throw new UsageError(`cairn serve takes no arguments, got "${positional.join(' ')}"`);
   const config = buildServerConfig(resolveFlags(SERVE_FLAGS, flags, process.env));
   const logger = createLogger(config.logLevel, { node: config.id });
-  const node = await CairnNode.start(config, logger, (err) => {
-    logger.fatal({ err }, 'fatal error: stopping the node');
+  let node: CairnNode;
+  // grpc-js prints its own line for a failed bind; the error below says it once, clearly.
+  const quietGrpc = !process.env.GRPC_VERBOSITY;
+  if (quietGrpc) setLogVerbosity(logVerbosity.NONE);
+  try {
+    node = await CairnNode.start(config, logger, (err) => {
+      logger.fatal({ err }, 'fatal error: stopping the node');
+      process.exit(1);
+    });
+  } catch (err) {
+    // A port in use, a locked data dir: one line, not a stack trace, and no half-started
+    // node (a bound port or an open database) keeping the process alive.
+    console.error(`cairn serve: ${describeStartupError(err)}`);
     process.exit(1);
-  });
+  } finally {
+    if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);
+  }
   await new Promise<void>((resolve) => {
     let stopping = false;
     const onSignal = (signal: string) => {
@@ -118,8 +152,21 @@ async function serve(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
     process.on('SIGINT', () => onSignal('SIGINT'));
+    stopWithParent(() => onSignal('parent gone'));
   });
   return 0;
+}
+
+/**
+ * A node started with an IPC channel (as `cairn cluster` starts its nodes) stops when the
+ * channel closes, which happens when its parent exits by any means, kill -9 included, so
+ * no node outlives the cluster command that started it.
+ */
+function stopWithParent(stop: () => void): void {
+  if (!process.channel) return;
+  process.once('disconnect', stop);
+  // The channel must not keep the process alive once the node has stopped.
+  process.channel.unref();
 }
 
 if (require.main === module) {

@@ -1,50 +1,94 @@
 import { createInterface } from 'node:readline';
 import { describeError } from './describe-error';
 import { CairnClient } from './client';
-import { parseArgs } from './flags';
-import { runVerb } from './verbs';
+import { parseArgs, UsageError } from './flags';
+import { checkVerbFlags, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
 const ALIASES: Record<string, string> = { set: 'put', delete: 'del', keys: 'list', ls: 'list' };
-const HELP = `verbs: put KEY VALUE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | help | exit
+const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | help | exit
 (SET, GET, DEL, DELETE, HAS and LIST work too, in any case)`;
+/** Flags a shell line may carry; the client's own (--endpoints, --consistency, --timeout-ms) are fixed when the shell starts. */
+const LINE_FLAGS = VERB_FLAGS.filter((flag) => flag !== 'consistency');
 
-/** Splits a line into words; "double quotes" keep spaces in a value. */
+/**
+ * Splits a line into words at whitespace; "double quotes" keep spaces (and \" a quote) in
+ * a word. A quote left open is an error, not a word that silently starts with `"`.
+ */
 export function splitWords(line: string): string[] {
   const words: string[] = [];
-  for (const match of line.matchAll(/"((?:[^"\\]|\\.)*)"|(\S+)/g)) {
-    words.push(match[1] !== undefined ? match[1].replace(/\\(.)/g, '$1') : match[2]!);
+  let word: string | undefined;
+  for (let i = 0; i < line.length; i++) {
+    const char = line[i]!;
+    if (char === '"') {
+      const start = i;
+      let quoted = '';
+      for (i++; i < line.length && line[i] !== '"'; i++) quoted += line[i] === '\\' && i + 1 < line.length ? line[++i] : line[i];
+      if (i >= line.length) throw new UsageError(`unterminated quote: the " at column ${start + 1} is never closed`);
+      word = (word ?? '') + quoted;
+    } else if (/\s/.test(char)) {
+      if (word !== undefined) words.push(word);
+      word = undefined;
+    } else {
+      word = (word ?? '') + char;
+    }
   }
+  if (word !== undefined) words.push(word);
   return words;
 }
 
-/** Runs one shell line; returns false when the user asked to leave. */
-export async function runShellLine(client: CairnClient, line: string, print: (text: string) => void): Promise<boolean> {
-  const [first, ...args] = splitWords(line);
-  if (!first) return true;
-  const word = first.toLowerCase();
-  if (word === 'exit' || word === 'quit') return false;
-  if (word === 'help' || word === '?') {
-    print(HELP);
-    return true;
-  }
+export type LineResult = 'ok' | 'failed' | 'exit';
+
+/** Runs one shell line: 'exit' when the user asked to leave, 'failed' when it printed an error. */
+export async function runShellLine(
+  client: CairnClient,
+  line: string,
+  print: (text: string) => void,
+  printError: (text: string) => void = print,
+): Promise<LineResult> {
   try {
-    const { positional, flags } = parseArgs(args, [], ['limit']);
-    await runVerb(client, ALIASES[word] ?? word, positional, flags, print);
+    const [first, ...args] = splitWords(line);
+    if (!first) return 'ok';
+    const word = first.toLowerCase();
+    if (word === 'exit' || word === 'quit') return 'exit';
+    if (word === 'help' || word === '?') {
+      print(HELP);
+      return 'ok';
+    }
+    const verb = ALIASES[word] ?? word;
+    if (!VERBS.includes(verb)) throw new UsageError(`unknown verb "${first}" ("help" lists the verbs)`);
+    if (args.some((arg) => arg === '--consistency' || arg.startsWith('--consistency='))) {
+      throw new UsageError('--consistency is chosen when the shell starts: cairn shell --consistency serializable');
+    }
+    const { positional, flags } = parseArgs(args, [], LINE_FLAGS);
+    checkVerbFlags(verb, flags, [], first, LINE_FLAGS);
+    await runVerb(client, verb, positional, flags, print, { typed: first });
+    return 'ok';
   } catch (err) {
-    print(`error: ${describeError(err)}`);
+    printError(`error: ${describeError(err)}`);
+    return 'failed';
   }
-  return true;
 }
 
+/**
+ * The prompt. Exit code 1 when any line failed with an error (a "not found" answer is not
+ * an error), so a piped script's failures reach the caller; 0 otherwise.
+ */
 export async function runShell(client: CairnClient): Promise<number> {
-  const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: 'cairn> ', historySize: 1000, terminal: process.stdin.isTTY });
-  console.log(`connected to ${client.endpoints.join(', ')}; "help" lists the verbs`);
-  rl.prompt();
+  const interactive = Boolean(process.stdin.isTTY);
+  const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: 'cairn> ', historySize: 1000, terminal: interactive });
+  if (interactive) console.log(`connected to ${client.endpoints.join(', ')}; "help" lists the verbs`);
+  let failures = 0;
+  let lineNumber = 0;
+  if (interactive) rl.prompt();
   for await (const line of rl) {
-    if (!(await runShellLine(client, line, (text) => console.log(text)))) break;
-    rl.prompt();
+    lineNumber++;
+    const where = interactive ? '' : ` (line ${lineNumber})`;
+    const result = await runShellLine(client, line, (text) => console.log(text), (text) => console.error(text.replace(/^error:/, `error${where}:`)));
+    if (result === 'exit') break;
+    if (result === 'failed') failures++;
+    if (interactive) rl.prompt();
   }
   rl.close();
-  return 0;
+  return failures > 0 ? 1 : 0;
 }

@@ -1,13 +1,81 @@
-import { KeyValue } from '../../gen/cairn/kv/v1/kv';
+import { readFile, stat } from 'node:fs/promises';
+import { ServiceError } from '@grpc/grpc-js';
+import { KeyValue, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
-import { describeError } from './describe-error';
+import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
 
-export const VERBS = ['put', 'get', 'del', 'has', 'list', 'status', 'members'];
 const DEFAULT_LIST_LIMIT = 1000;
+/**
+ * The largest value `put` reads from a file or stdin. Far above the server's default
+ * --max-value-bytes (1 MiB), so the server's limit is the one users meet; this one only
+ * keeps a mistaken `put k --from-file /dev/zero` from eating the machine's memory.
+ */
+export const MAX_INPUT_VALUE_BYTES = 64 * 1024 * 1024;
 
-function arity(verb: string, args: string[], min: number, max: number, usage: string): void {
-  if (args.length < min || args.length > max) throw new UsageError(`usage: ${verb} ${usage}`);
+interface VerbSpec {
+  /** What may follow the verb, one form each, for "usage: VERB ...". */
+  usage: readonly string[];
+  minArgs: number;
+  maxArgs: number;
+  /** Flags of this verb, besides the ones every verb takes (--endpoints, --timeout-ms). */
+  flags: readonly string[];
+}
+
+const STDIN_FORM = 'KEY - (the value from stdin)';
+
+const VERB_SPECS: Record<string, VerbSpec> = {
+  put: { usage: ['KEY VALUE', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file'] },
+  get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
+  has: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
+  del: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: [] },
+  list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
+  status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
+  members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
+};
+
+export const VERBS = Object.keys(VERB_SPECS);
+/** Every flag some verb takes. */
+export const VERB_FLAGS = [...new Set(Object.values(VERB_SPECS).flatMap((spec) => spec.flags))];
+
+/**
+ * A flag that some verb takes but not this one is an error, not silently ignored
+ * (`get k --limit 5`). `common` are the flags every verb takes.
+ */
+export function checkVerbFlags(
+  verb: string,
+  flags: Record<string, string>,
+  common: readonly string[],
+  typed = verb,
+  available: readonly string[] = VERB_FLAGS,
+): void {
+  const spec = VERB_SPECS[verb];
+  if (!spec) return;
+  const allowed = [...spec.flags.filter((flag) => available.includes(flag)), ...common];
+  for (const name of Object.keys(flags)) {
+    if (!allowed.includes(name)) {
+      const takes = allowed.length > 0 ? `; ${typed} takes ${allowed.map((f) => `--${f}`).join(', ')}` : `; ${typed} takes no flags`;
+      throw new UsageError(`--${name} does not apply to ${typed}${takes}`);
+    }
+  }
+}
+
+export interface VerbOptions {
+  /** The verb as the user typed it (`SET` in the shell), for usage messages. */
+  typed?: string;
+  /** Reads stdin to its end; absent where stdin is not the value's (the shell). */
+  readStdin?: () => Promise<Buffer>;
+}
+
+/** "usage: SET KEY VALUE | SET KEY --from-file FILE", with the verb as typed. */
+function usage(verb: string, typed: string, options: VerbOptions): UsageError {
+  const forms = VERB_SPECS[verb]!.usage.filter((form) => form !== STDIN_FORM || options.readStdin);
+  return new UsageError(`usage: ${forms.map((form) => (form ? `${typed} ${form}` : typed)).join(' | ')}`);
+}
+
+function arity(verb: string, args: string[], typed: string, options: VerbOptions): void {
+  const spec = VERB_SPECS[verb]!;
+  if (args.length < spec.minArgs || args.length > spec.maxArgs) throw usage(verb, typed, options);
 }
 
 function show(kv: KeyValue): string {
@@ -16,7 +84,8 @@ function show(kv: KeyValue): string {
 
 /**
  * Runs one client verb and prints its result with `print`. Returns the exit code:
- * 0 on success, 1 when the key is not found (get), so scripts can tell.
+ * 0 on success, 1 when the key is not found (get) or the cluster is not serving
+ * (status), so scripts can tell.
  */
 export async function runVerb(
   client: CairnClient,
@@ -24,16 +93,18 @@ export async function runVerb(
   args: string[],
   flags: Record<string, string>,
   print: (line: string) => void,
+  options: VerbOptions = {},
 ): Promise<number> {
+  const typed = options.typed ?? verb;
+  if (VERB_SPECS[verb]) arity(verb, args, typed, options);
   switch (verb) {
     case 'put': {
-      arity('put', args, 2, 2, 'KEY VALUE');
-      const response = await client.put(Buffer.from(args[0]!), Buffer.from(args[1]!));
+      const value = await putValue(args, flags, typed, options);
+      const response = await client.put(Buffer.from(args[0]!), value);
       print(`OK (revision ${response.header?.revision})`);
       return 0;
     }
     case 'get': {
-      arity('get', args, 1, 1, 'KEY');
       const response = await client.get(Buffer.from(args[0]!));
       if (!response.kv) {
         print(`(not found: ${args[0]})`);
@@ -43,19 +114,16 @@ export async function runVerb(
       return 0;
     }
     case 'has': {
-      arity('has', args, 1, 1, 'KEY');
       const response = await client.get(Buffer.from(args[0]!));
       print(response.kv ? 'true' : 'false');
       return 0;
     }
     case 'del': {
-      arity('del', args, 1, 1, 'KEY');
       const response = await client.delete(Buffer.from(args[0]!));
       print(response.deleted ? `deleted ${args[0]}` : `(not found: ${args[0]})`);
       return 0;
     }
     case 'list': {
-      arity('list', args, 0, 1, '[PREFIX] [--limit N]');
       const limit = Number(flags.limit ?? DEFAULT_LIST_LIMIT);
       if (!Number.isSafeInteger(limit) || limit < 1) throw new UsageError('--limit must be a positive integer');
       const response = await client.list(Buffer.from(args[0] ?? ''), limit);
@@ -75,22 +143,78 @@ export async function runVerb(
       return 0;
     }
     default:
-      throw new UsageError(`unknown verb "${verb}"`);
+      throw new UsageError(`unknown verb "${typed}"`);
   }
 }
 
-async function status(client: CairnClient, print: (line: string) => void): Promise<number> {
-  print('ENDPOINT               ID  ROLE           TERM  LEADER  COMMIT  APPLIED');
-  let failures = 0;
-  for (const [i, endpoint] of client.endpoints.entries()) {
-    try {
-      const s = await client.statusOf(i);
-      print(`${endpoint.padEnd(22)} ${String(s.id).padEnd(3)} ${s.role.padEnd(14)} ${String(s.term).padEnd(5)} ${String(s.leaderId || '-').padEnd(7)} ${String(s.commitIndex).padEnd(7)} ${s.appliedIndex}`);
-    } catch (err) {
-      failures++;
-      print(`${endpoint.padEnd(22)} unreachable: ${describeError(err)}`);
-    }
+/** The value of a put: its second argument, a file (--from-file), or stdin (`-`). */
+async function putValue(args: string[], flags: Record<string, string>, typed: string, options: VerbOptions): Promise<Buffer> {
+  const file = flags['from-file'];
+  if (file !== undefined && args.length === 2) throw new UsageError(`${typed}: give the value once, as an argument or with --from-file, not both`);
+  if (file !== undefined) return readValueFile(file);
+  if (args.length < 2) throw usage('put', typed, options);
+  if (args[1] !== '-') return Buffer.from(args[1]!);
+  if (!options.readStdin) throw new UsageError(`${typed} KEY - reads the value from stdin, which only works on the command line; use --from-file here`);
+  return options.readStdin();
+}
+
+async function readValueFile(file: string): Promise<Buffer> {
+  const size = await stat(file).then(
+    (s) => s.size,
+    (err: NodeJS.ErrnoException) => {
+      throw new Error(`cannot read --from-file ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
+    },
+  );
+  if (size > MAX_INPUT_VALUE_BYTES) throw new Error(`--from-file ${file} is ${size} bytes, over the ${MAX_INPUT_VALUE_BYTES} bytes put reads`);
+  return readFile(file);
+}
+
+/** Reads a stream to its end, refusing more than MAX_INPUT_VALUE_BYTES. */
+export async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of stream) {
+    const buffer = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+    bytes += buffer.length;
+    if (bytes > MAX_INPUT_VALUE_BYTES) throw new Error(`stdin holds over ${MAX_INPUT_VALUE_BYTES} bytes, more than put reads`);
+    chunks.push(buffer);
   }
-  // Non-zero when any endpoint is down, so a script notices a degraded cluster.
-  return failures > 0 ? 1 : 0;
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Every endpoint's status, then one line that says whether the cluster serves. Exit code
+ * 0 when a majority of the endpoints answered and one of them knows a leader (a node down
+ * does not fail it), 1 when the cluster is not serving.
+ */
+async function status(client: CairnClient, print: (line: string) => void): Promise<number> {
+  const results = await Promise.all(
+    client.endpoints.map((_, i) => client.statusOf(i).then((s): StatusResponse | Error => s, (err: Error) => err)),
+  );
+  print('ENDPOINT               ID  ROLE           TERM  LEADER  COMMIT  APPLIED');
+  const down: string[] = [];
+  for (const [i, endpoint] of client.endpoints.entries()) {
+    const s = results[i]!;
+    if (s instanceof Error) {
+      down.push(endpoint);
+      print(`${endpoint.padEnd(22)} down: ${describeFailure({ error: s as ServiceError, attemptMs: client.statusTimeoutMs })}`);
+      continue;
+    }
+    print(`${endpoint.padEnd(22)} ${String(s.id).padEnd(3)} ${s.role.padEnd(14)} ${String(s.term).padEnd(5)} ${String(s.leaderId || '-').padEnd(7)} ${String(s.commitIndex).padEnd(7)} ${s.appliedIndex}`);
+  }
+  const answered = results.filter((s): s is StatusResponse => !(s instanceof Error));
+  // A node cut off from the rest may have a newer term and no leader: ask those that know one.
+  const freshest = answered
+    .filter((s) => Number(s.leaderId) !== 0)
+    .reduce<StatusResponse | undefined>((best, s) => (!best || Number(s.term) > Number(best.term) ? s : best), undefined);
+  const majority = answered.length > client.endpoints.length / 2;
+  const leader = freshest ? Number(freshest.leaderId) : 0;
+  const counts = `${answered.length} of ${client.endpoints.length} endpoints answered`;
+  const downNote = down.length > 0 ? `; down: ${down.join(', ')}` : '';
+  if (majority && leader) {
+    print(`cluster serving: node ${leader} leads term ${freshest!.term}; ${counts}${downNote}`);
+    return 0;
+  }
+  print(`cluster NOT serving: ${leader ? `only ${counts}` : `no leader known; ${counts}`}${downNote}`);
+  return 1;
 }

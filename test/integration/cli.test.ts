@@ -1,6 +1,10 @@
-import { execFile } from 'node:child_process';
+import { ChildProcess, execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, Server, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { CAIRN_MAIN, ProcessCluster } from '../support/process-cluster';
+import { CAIRN_MAIN, freePort, ProcessCluster, waitFor } from '../support/process-cluster';
 
 jest.setTimeout(60_000);
 
@@ -8,7 +12,7 @@ const execFileAsync = promisify(execFile);
 
 /** Runs the built `cairn` command; resolves with its output and exit code, never rejects. */
 async function cairn(args: string[], input?: string): Promise<{ stdout: string; stderr: string; code: number }> {
-  const child = execFileAsync(process.execPath, [CAIRN_MAIN, ...args], { timeout: 30_000 });
+  const child = execFileAsync(process.execPath, [CAIRN_MAIN, ...args], { timeout: 30_000, maxBuffer: 16 << 20 });
   if (input !== undefined) {
     child.child.stdin!.end(input);
   }
@@ -85,5 +89,199 @@ describe('the cairn command against real nodes', () => {
     expect(stdout).toContain('motd\thello there');
     expect(stdout).toContain('deleted motd');
     expect(stdout).toContain('(not found: motd)');
+  });
+  test('-e is --endpoints; a flag another verb takes is an error here; an endpoint without a port is refused', async () => {
+    const leader = await cluster.waitForLeader();
+    const one = cluster.node(leader).clientAddr;
+    expect(await cairn(['put', 'short', 'flag', '-e', one])).toMatchObject({ code: 0 });
+    expect(await cairn(['get', 'short', '-e', one])).toMatchObject({ code: 0, stdout: 'flag\n' });
+    expect(await cairn(['get', 'short', '--limit', '5', '-e', one])).toMatchObject({
+      code: 2,
+      stderr: 'cairn: --limit does not apply to get; get takes --consistency, --endpoints, --timeout-ms\n',
+    });
+    expect(await cairn(['put', 'short', 'x', '--consistency', 'serializable', '-e', one])).toMatchObject({ code: 2, stderr: expect.stringContaining('--consistency does not apply to put') });
+    const bare = await cairn(['get', 'short', '--endpoints', '127.0.0.1']);
+    expect(bare).toMatchObject({ code: 2, stderr: expect.stringContaining('endpoint "127.0.0.1" is not HOST:PORT') });
+  });
+
+  test('a peer port given as an endpoint is named as one; a client port after it still serves', async () => {
+    const node = cluster.node(1);
+    const alone = await cairn(['get', 'short', '-e', node.peerAddr]);
+    expect(alone.code).toBe(1);
+    expect(alone.stderr).toContain(`${node.peerAddr} does not serve cairn's client API (UNIMPLEMENTED /cairn.kv.v1.KV/Get): is it a peer port?`);
+    expect(await cairn(['get', 'short', '-e', `${node.peerAddr},${node.clientAddr}`])).toMatchObject({ code: 0, stdout: 'flag\n' });
+  });
+
+  test('put takes its value from a file or from stdin, beyond the size one argument may have', async () => {
+    // Linux caps one argument at 128 KiB (MAX_ARG_STRLEN): this value could not be an argument.
+    const value = 'v'.repeat(300_000);
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
+    try {
+      const file = join(dir, 'value');
+      writeFileSync(file, value);
+      expect(await cairn(['put', 'from-file', '--from-file', file, '-e', endpoints])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK/) });
+      expect((await cairn(['get', 'from-file', '-e', endpoints])).stdout).toBe(`${value}\n`);
+      expect(await cairn(['put', 'from-stdin', '-', '-e', endpoints], value)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK/) });
+      expect((await cairn(['get', 'from-stdin', '-e', endpoints])).stdout).toBe(`${value}\n`);
+      expect(await cairn(['put', 'both', 'v', '--from-file', file, '-e', endpoints])).toMatchObject({ code: 2, stderr: expect.stringContaining('give the value once') });
+      expect(await cairn(['put', 'nofile', '--from-file', join(dir, 'missing'), '-e', endpoints])).toMatchObject({ code: 1, stderr: expect.stringContaining('no such file') });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the shell names the verb the user typed, says when a quote is open, and a failing script exits 1', async () => {
+    const script = 'SET onlykey\nSET motd "unterminated\nset fine yes\nget fine --limit 3\nGET fine\n';
+    const { stdout, stderr, code } = await cairn(['shell', '-e', endpoints], script);
+    expect(stderr).toContain('error (line 1): usage: SET KEY VALUE');
+    expect(stderr).not.toContain('usage: put');
+    expect(stderr).toContain('error (line 2): unterminated quote: the " at column 10 is never closed');
+    expect(stderr).toContain('error (line 4): --limit does not apply to get');
+    // The lines that could run did.
+    expect(stdout).toMatch(/OK \(revision \d+\)\nyes\n/);
+    expect(code).toBe(1);
+  });
+
+  test('status with one node down exits 0 and says which is down', async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.find((n) => n.id !== leader)!;
+    await cluster.kill(follower.id, 'SIGKILL');
+    const status = await cairn(['status', '-e', endpoints]);
+    expect(status.stdout).toContain(`${follower.clientAddr.padEnd(22)} down: refused the connection\n`);
+    expect(status.stdout).toMatch(new RegExp(`cluster serving: node ${leader} leads term \\d+; 2 of 3 endpoints answered; down: ${follower.clientAddr}\\n`));
+    expect(status.code).toBe(0);
+  });
+});
+
+describe('the cairn command when nodes are down or do not answer', () => {
+  test('with two of three nodes down, put reports the survivor\'s NO_LEADER, not the last refusal; status exits 1', async () => {
+    // Node 2 runs alone: its peers never start, so it knows no leader; 1 and 3 refuse.
+    const cluster = await ProcessCluster.prepare(3);
+    try {
+      cluster.spawn(cluster.node(2));
+      const [one, two, three] = cluster.nodes.map((n) => n.clientAddr) as [string, string, string];
+      await waitFor('node 2 to answer', () => cluster.status(2));
+      const put = await cairn(['put', 'k', 'v', '-e', `${one},${two},${three}`]);
+      expect(put.code).toBe(1);
+      expect(put.stderr).toMatch(new RegExp(`^cairn: UNAVAILABLE from ${two}: no leader is known`));
+      // Every refusal is named, with no stray "." after the port.
+      expect(put.stderr).toContain(`; ${one} and ${three} refused the connection`);
+      const status = await cairn(['status', '-e', `${one},${two},${three}`]);
+      expect(status.stdout).toContain(`${one.padEnd(22)} down: refused the connection\n`);
+      expect(status.stdout).toContain('cluster NOT serving: no leader known; 1 of 3 endpoints answered');
+      expect(status.code).toBe(1);
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  describe('an endpoint that accepts TCP and never answers', () => {
+    let server: Server;
+    let hung: string;
+    const sockets = new Set<Socket>();
+    beforeAll(async () => {
+      server = createServer((socket) => {
+        sockets.add(socket);
+        socket.on('close', () => sockets.delete(socket));
+      });
+      await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+      hung = `127.0.0.1:${(server.address() as { port: number }).port}`;
+    });
+    afterAll(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((done) => server.close(done));
+    });
+
+    test('the command fails within --timeout-ms (plus a generous margin) with a clean message', async () => {
+      const timeoutMs = 2000;
+      const started = Date.now();
+      const result = await cairn(['get', 'k', '-e', hung, '--timeout-ms', String(timeoutMs)]);
+      const elapsedMs = Date.now() - started;
+      expect(result).toMatchObject({ code: 1, stderr: `cairn: no answer from ${hung} within ${timeoutMs} ms (--timeout-ms covers the whole command)\n` });
+      // Generous: process start-up included. Before the fix it took MAX_ROUNDS attempts of --timeout-ms each.
+      expect(elapsedMs).toBeLessThan(timeoutMs + 5000);
+    });
+
+    test('a hung endpoint takes only its share of the budget: the next endpoint still answers', async () => {
+      const cluster = await ProcessCluster.start(1);
+      try {
+        await cluster.waitForLeader();
+        const put = await cairn(['put', 'k', 'v', '-e', `${hung},${cluster.node(1).clientAddr}`, '--timeout-ms', '4000']);
+        expect(put).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK/) });
+      } finally {
+        await cluster.stop();
+      }
+    });
+  });
+});
+
+describe('cairn serve and cairn cluster as processes', () => {
+  test('serve on a port in use prints one clear line and exits 1', async () => {
+    const holder = createServer();
+    await new Promise<void>((done) => holder.listen(0, '127.0.0.1', done));
+    const taken = `127.0.0.1:${(holder.address() as { port: number }).port}`;
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
+    try {
+      const peer = `127.0.0.1:${await freePort()}`;
+      const result = await cairn(['serve', '--id', '1', '--data-dir', join(dir, 'n1'), '--client-addr', taken, '--peer-addr', peer, '--peers', `1=${peer}`]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(`cairn serve: cannot listen on ${taken}: the port is already in use (another cairn serve, or another program?)\n`);
+    } finally {
+      await new Promise((done) => holder.close(done));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  /**
+   * Starts `cairn cluster` of one node on free ports, directly or through a parent that
+   * starts it and then only waits (as `npm start` does). Returns both processes' ids.
+   */
+  async function startLocalCluster(dir: string, viaParent: boolean): Promise<{ parent: ChildProcess; clusterPid: number; clientAddr: string }> {
+    const clientPort = await freePort();
+    const peerPort = await freePort();
+    const args = [CAIRN_MAIN, 'cluster', '--nodes', '1', '--client-port', String(clientPort), '--peer-port', String(peerPort), '--data-dir', dir];
+    const parentScript = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify(args)}, { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 60000);`;
+    const parent = viaParent ? spawn(process.execPath, ['-e', parentScript], { stdio: ['ignore', 'pipe', 'ignore'] }) : spawn(process.execPath, args, { stdio: 'ignore' });
+    const clientAddr = `127.0.0.1:${clientPort}`;
+    try {
+      const clusterPid = viaParent ? await new Promise<number>((done) => parent.stdout!.once('data', (chunk: Buffer) => done(Number(chunk.toString().trim())))) : parent.pid!;
+      await waitFor('the cluster\'s node to lead', async () => (await cairn(['status', '-e', clientAddr, '--timeout-ms', '1000'])).code === 0, 30_000);
+      return { parent, clusterPid, clientAddr };
+    } catch (err) {
+      parent.kill('SIGKILL');
+      throw err;
+    }
+  }
+
+  async function expectNodeGone(clientAddr: string): Promise<void> {
+    await waitFor(
+      'the node to stop',
+      async () => (await cairn(['status', '-e', clientAddr, '--timeout-ms', '1000'])).stdout.includes('down: refused the connection'),
+      20_000,
+    );
+  }
+
+  test.each([
+    ['the process that started cairn cluster is killed', true],
+    ['cairn cluster itself is killed with SIGKILL', false],
+  ])('the local cluster\'s nodes stop when %s', async (_what, viaParent) => {
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
+    let started: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
+    try {
+      started = await startLocalCluster(dir, viaParent);
+      started.parent.kill('SIGKILL');
+      await expectNodeGone(started.clientAddr);
+    } finally {
+      if (started) {
+        started.parent.kill('SIGKILL');
+        // Only if the test failed is the cluster still there to clean up.
+        try {
+          process.kill(started.clusterPid, 'SIGTERM');
+        } catch {
+          // Already gone, as it should be.
+        }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
