@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { connect, createServer, Socket } from 'node:net';
 import { credentials, Metadata, makeGenericClientConstructor } from '@grpc/grpc-js';
 import { KVClient } from '../../gen/cairn/kv/v1/kv';
@@ -123,11 +125,15 @@ describe('the client port against hostile connections', () => {
       await get(client, 'warm-up');
       const baseline = openFds(node);
 
-      // Bounded: 200 malformed connections (20 at a time), 50 slowloris, 20 that send nothing.
+      // Bounded: 200 + 50 malformed connections (20 or 10 at a time), 50 slowloris, 20 that send nothing.
       const silent = await Promise.all(Array.from({ length: 20 }, () => open(node.clientAddr)));
       const slow = Array.from({ length: 50 }, () => slowloris(node.clientAddr, 200));
       for (let batch = 0; batch < 10; batch++) {
         await Promise.all(Array.from({ length: 20 }, () => malformedConnection(node.clientAddr)));
+      }
+      // The peer port has the same protection: 50 malformed connections there too.
+      for (let batch = 0; batch < 5; batch++) {
+        await Promise.all(Array.from({ length: 10 }, () => malformedConnection(node.peerAddr)));
       }
       expect(await Promise.all(slow)).toEqual(Array(50).fill('closed by server'));
       await waitFor('the silent connections to be closed by the server', () => silent.every((s) => s.destroyed), 15_000);
@@ -140,6 +146,36 @@ describe('the client port against hostile connections', () => {
       await get(newcomer, 'after');
       client.close();
       newcomer.close();
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  test('a client that made calls and then stopped answering (a frozen process) is closed by keepalive', async () => {
+    const cluster = await ProcessCluster.start(1, ['--keepalive-time-ms', '1000', '--keepalive-timeout-ms', '1000']);
+    try {
+      await cluster.waitForLeader();
+      const node = cluster.node(1);
+      const baseline = openFds(node);
+      // A separate process, so that SIGSTOP freezes its HTTP/2 stack (no more PING acks) while its kernel keeps the TCP connection up.
+      const kv = resolvePath(__dirname, '../../dist/gen/cairn/kv/v1/kv.js');
+      const script = `
+        const grpc = require(${JSON.stringify(require.resolve('@grpc/grpc-js'))});
+        const { KVClient } = require(${JSON.stringify(kv)});
+        const client = new KVClient(${JSON.stringify(node.clientAddr)}, grpc.credentials.createInsecure());
+        client.get({ key: Buffer.from('k'), consistency: 0 }, (err) => console.log(err ? 'error ' + err.message : 'served'));
+        setInterval(() => undefined, 1000);`;
+      const frozen = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        let output = '';
+        frozen.stdout!.on('data', (chunk) => (output += chunk));
+        await waitFor('the other process to be served', () => output.includes('served'));
+        expect(openFds(node)).toBeGreaterThan(baseline);
+        frozen.kill('SIGSTOP');
+        await waitFor(`the server's open file descriptors to return to ${baseline}`, () => openFds(node) <= baseline, 15_000);
+      } finally {
+        frozen.kill('SIGKILL');
+      }
     } finally {
       await cluster.stop();
     }
