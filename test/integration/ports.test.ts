@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { connect, createServer, Socket } from 'node:net';
 import { credentials, Metadata, makeGenericClientConstructor } from '@grpc/grpc-js';
@@ -30,6 +30,38 @@ function hostPort(addr: string): { host: string; port: number } {
 
 function openFds(node: ProcessNode): number {
   return readdirSync(`/proc/${node.process!.pid}/fd`).length;
+}
+
+interface TcpSocket {
+  localPort: number;
+  remotePort: number;
+  /** /proc/net/tcp's state: '01' is ESTABLISHED. */
+  state: string;
+  inode: string;
+}
+
+/** Every IPv4 TCP socket of this machine (this network namespace), from /proc/net/tcp. */
+function tcpSockets(): TcpSocket[] {
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .filter(Boolean)
+    .map((line) => {
+      const fields = line.trim().split(/\s+/);
+      const port = (address: string) => parseInt(address.split(':')[1]!, 16);
+      return { localPort: port(fields[1]!), remotePort: port(fields[2]!), state: fields[3]!, inode: fields[9]! };
+    });
+}
+
+/** The local ports of process `pid`'s connections to `remotePort`. */
+function clientPortsOf(pid: number, remotePort: number): number[] {
+  const inodes = new Set(
+    readdirSync(`/proc/${pid}/fd`)
+      .map((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } })
+      .map((link) => /^socket:\[(\d+)\]$/.exec(link)?.[1])
+      .filter((inode): inode is string => inode !== undefined),
+  );
+  return tcpSockets().filter((s) => inodes.has(s.inode) && s.remotePort === remotePort).map((s) => s.localPort);
 }
 
 /** Opens a socket and resolves once it is connected (or has failed). */
@@ -156,7 +188,7 @@ describe('the client port against hostile connections', () => {
     try {
       await cluster.waitForLeader();
       const node = cluster.node(1);
-      const baseline = openFds(node);
+      const serverPort = hostPort(node.clientAddr).port;
       // A separate process, so that SIGSTOP freezes its HTTP/2 stack (no more PING acks) while its kernel keeps the TCP connection up.
       const kv = resolvePath(__dirname, '../../dist/gen/cairn/kv/v1/kv.js');
       const script = `
@@ -170,9 +202,13 @@ describe('the client port against hostile connections', () => {
         let output = '';
         frozen.stdout!.on('data', (chunk) => (output += chunk));
         await waitFor('the other process to be served', () => output.includes('served'));
-        expect(openFds(node)).toBeGreaterThan(baseline);
+        const [clientPort] = clientPortsOf(frozen.pid!, serverPort);
+        expect(clientPort).toBeDefined();
+        const serverEnd = () => tcpSockets().find((s) => s.localPort === serverPort && s.remotePort === clientPort);
+        expect(serverEnd()?.state).toBe('01');
         frozen.kill('SIGSTOP');
-        await waitFor(`the server's open file descriptors to return to ${baseline}`, () => openFds(node) <= baseline, 15_000);
+        // The server closes its end (FIN-WAIT or gone) although the frozen client never answers.
+        await waitFor("the server's end of the frozen client's connection to close", () => serverEnd()?.state !== '01', 15_000);
       } finally {
         frozen.kill('SIGKILL');
       }
