@@ -120,12 +120,18 @@ export class CairnNode {
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(RaftServiceService, incomingPeerStreams.wrap(raftService(context)));
-    const clientPort = await clientPortGuard.listen(clientServer, config.clientAddr);
-    const peerPort = await peerPortGuard.listen(peerServer, config.peerAddr).catch(async (err) => {
-      clientPortGuard.stopAccepting();
+    let clientPort: number;
+    let peerPort: number;
+    try {
+      clientPort = await clientPortGuard.listen(clientServer, config.clientAddr);
+      peerPort = await peerPortGuard.listen(peerServer, config.peerAddr);
+    } catch (err) {
+      for (const guard of [clientPortGuard, peerPortGuard]) guard.stopAccepting();
       clientServer.forceShutdown();
+      peerServer.forceShutdown();
+      transport.close();
       throw err;
-    });
+    }
     const node = new CairnNode(
       config, identity.clusterId, replica, db, transport,
       { server: clientServer, port: clientPortGuard }, { server: peerServer, port: peerPortGuard },
