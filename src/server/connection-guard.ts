@@ -1,5 +1,6 @@
 import { createServer, Server as NetServer, Socket } from 'node:net';
 import { ChannelOptions, Server, ServerCredentials, ServerInterceptingCall, ServerInterceptor } from '@grpc/grpc-js';
+import { CairnError, ErrorCode } from '../errors';
 import { Logger } from './logger';
 
 /**
@@ -71,7 +72,7 @@ export class GuardedPort {
     const { host, port } = splitHostPort(addr);
     this.injector = server.createConnectionInjector(ServerCredentials.createInsecure());
     return new Promise((resolve, reject) => {
-      const fail = (err: Error) => reject(new Error(`cannot listen on ${addr}: ${err.message}`));
+      const fail = (err: NodeJS.ErrnoException) => reject(listenError(`--${this.name}-addr`, addr, err));
       this.listener.once('error', fail);
       this.listener.listen({ host, port }, () => {
         this.listener.off('error', fail);
@@ -144,6 +145,18 @@ export class GuardedPort {
     this.lastRejectionLogAt.set(kind, now);
     this.logger.warn({ port: this.name, openConnections: this.connections.size, ...fields }, message);
   }
+}
+
+const LISTEN_FAILURES: Record<string, string> = {
+  EADDRINUSE: 'the address is already in use (another process listens there)',
+  EADDRNOTAVAIL: 'this machine has no such address',
+  EACCES: 'permission denied (ports below 1024 need privileges)',
+};
+
+/** One clear line naming the flag, not a stack trace: the configuration is at fault. */
+function listenError(flag: string, addr: string, err: NodeJS.ErrnoException): CairnError {
+  const reason = (err.code && LISTEN_FAILURES[err.code]) || err.message;
+  return new CairnError(ErrorCode.INVALID_ARGUMENT, `cannot listen on ${flag} ${addr}: ${reason}`);
 }
 
 /** The same text grpc-js's call.getPeer() gives for a socket. */

@@ -1,6 +1,9 @@
 import { resolveFlags } from '../../src/cli/flags';
 import { buildServerConfig, PEER_IDLE_TIMEOUT_MS, PEER_MAX_CONCURRENT_STREAMS, SERVE_FLAGS } from '../../src/server/config';
-import { splitHostPort } from '../../src/server/connection-guard';
+import { createServer } from 'node:net';
+import { Server } from '@grpc/grpc-js';
+import { GuardedPort, splitHostPort } from '../../src/server/connection-guard';
+import { createLogger } from '../../src/server/logger';
 
 const config = (overrides: Record<string, string>, env: Record<string, string> = {}) => buildServerConfig(resolveFlags(SERVE_FLAGS, { id: '1', ...overrides }, env));
 
@@ -31,4 +34,18 @@ describe('port protection flags', () => {
     expect(splitHostPort('[::1]:7001')).toEqual({ host: '::1', port: 7001 });
     expect(() => splitHostPort('localhost')).toThrow('is not HOST:PORT');
   });
+});
+
+test('a port in use is one clear INVALID_ARGUMENT line naming the flag', async () => {
+  const squatter = createServer();
+  await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+  const addr = `127.0.0.1:${(squatter.address() as { port: number }).port}`;
+  const port = new GuardedPort('peer', config({}).peerPortProtection, createLogger('silent'));
+  const server = new Server(port.serverOptions());
+  await expect(port.listen(server, addr)).rejects.toMatchObject({
+    code: 'INVALID_ARGUMENT',
+    message: `cannot listen on --peer-addr ${addr}: the address is already in use (another process listens there)`,
+  });
+  server.forceShutdown();
+  await new Promise<void>((resolve) => squatter.close(() => resolve()));
 });
