@@ -221,10 +221,11 @@ describe('the client port against hostile connections', () => {
     const bound = 12;
     const cluster = await ProcessCluster.start(1, ['--max-client-connections', String(bound), '--handshake-timeout-ms', '60000']);
     try {
-      await cluster.waitForLeader();
       const node = cluster.node(1);
+      // Only this client connects before the port is filled (no status polling, whose
+      // short-lived clients' connections linger in grpc-js's subchannel pool).
       const established = ownConnectionClient(node.clientAddr);
-      await get(established, 'k');
+      await waitFor('the node to serve a linearizable read', () => get(established, 'k', 1000).then(() => true));
       // Fill the port up. Some connections of the test's own clients may still be open, so
       // open more than the bound at once: those beyond it are closed by the server at once.
       const attempts = await Promise.all(Array.from({ length: bound + 8 }, () => open(node.clientAddr)));
