@@ -1,4 +1,5 @@
 import { CairnError, ErrorCode } from '../errors';
+import { PortProtection } from './connection-guard';
 
 /** Request limits. Going over one is INVALID_ARGUMENT naming the flag. */
 export interface Limits {
@@ -31,6 +32,10 @@ export interface ServerConfig {
   requestTimeoutMs: number;
   logLevel: string;
   limits: Limits;
+  /** What the client port tolerates from its connections. */
+  clientPortProtection: PortProtection;
+  /** What the peer port tolerates from its connections. */
+  peerPortProtection: PortProtection;
 }
 
 /**
@@ -55,6 +60,13 @@ export const SERVE_FLAGS = [
   { flag: 'max-request-bytes', env: 'CAIRN_MAX_REQUEST_BYTES', default: '1572864', help: 'largest request (key + value + client id)' },
   { flag: 'max-range-limit', env: 'CAIRN_MAX_RANGE_LIMIT', default: '10000', help: 'most keys one Range returns (limit 0 means this)' },
   { flag: 'max-range-bytes', env: 'CAIRN_MAX_RANGE_BYTES', default: '3145728', help: 'most key and value bytes one Range returns (it then sets more; at least one key is returned)' },
+  { flag: 'max-client-connections', env: 'CAIRN_MAX_CLIENT_CONNECTIONS', default: '1024', help: 'connections open at once on the client port; more are closed at once' },
+  { flag: 'max-peer-connections', env: 'CAIRN_MAX_PEER_CONNECTIONS', default: '64', help: 'connections open at once on the peer port; more are closed at once' },
+  { flag: 'max-concurrent-streams', env: 'CAIRN_MAX_CONCURRENT_STREAMS', default: '256', help: 'calls open at once on one client connection' },
+  { flag: 'handshake-timeout-ms', env: 'CAIRN_HANDSHAKE_TIMEOUT_MS', default: '5000', help: 'a connection (either port) that starts no call within this is closed' },
+  { flag: 'client-idle-timeout-ms', env: 'CAIRN_CLIENT_IDLE_TIMEOUT_MS', default: '300000', help: 'a client connection with no call open for this long is closed' },
+  { flag: 'keepalive-time-ms', env: 'CAIRN_KEEPALIVE_TIME_MS', default: '10000', help: 'ping a connection (either port) after this long without one' },
+  { flag: 'keepalive-timeout-ms', env: 'CAIRN_KEEPALIVE_TIMEOUT_MS', default: '5000', help: 'close a connection whose ping is not answered within this' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -64,6 +76,13 @@ const TIMING_PRESETS = {
 } as const;
 
 export const MAX_CLIENT_ID_BYTES = 128;
+/**
+ * Calls open at once on one peer connection. A follower forwards every client write it
+ * receives over its one connection to the leader, so this is well above a client's bound.
+ */
+export const PEER_MAX_CONCURRENT_STREAMS = 4096;
+/** A peer connection with no call open this long is closed (peer streams keep live links busy). */
+export const PEER_IDLE_TIMEOUT_MS = 300_000;
 
 function invalid(message: string): CairnError {
   return new CairnError(ErrorCode.INVALID_ARGUMENT, message);
@@ -88,6 +107,29 @@ export function parsePeers(text: string): Map<number, string> {
     peers.set(id, match[2]!);
   }
   return peers;
+}
+
+/** The client and peer ports' connection bounds, from their flags. */
+function portProtections(values: Record<string, string>): Pick<ServerConfig, 'clientPortProtection' | 'peerPortProtection'> {
+  const shared = {
+    handshakeTimeoutMs: integer('handshake-timeout-ms', values['handshake-timeout-ms']!, 1),
+    keepaliveTimeMs: integer('keepalive-time-ms', values['keepalive-time-ms']!, 1),
+    keepaliveTimeoutMs: integer('keepalive-timeout-ms', values['keepalive-timeout-ms']!, 1),
+  };
+  return {
+    clientPortProtection: {
+      ...shared,
+      maxConnections: integer('max-client-connections', values['max-client-connections']!, 1),
+      maxConcurrentStreams: integer('max-concurrent-streams', values['max-concurrent-streams']!, 1),
+      idleTimeoutMs: integer('client-idle-timeout-ms', values['client-idle-timeout-ms']!, 1),
+    },
+    peerPortProtection: {
+      ...shared,
+      maxConnections: integer('max-peer-connections', values['max-peer-connections']!, 1),
+      maxConcurrentStreams: PEER_MAX_CONCURRENT_STREAMS,
+      idleTimeoutMs: PEER_IDLE_TIMEOUT_MS,
+    },
+  };
 }
 
 /** Builds the config from flag values (already merged with environment and defaults). */
@@ -119,6 +161,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
       maxRangeBytes: integer('max-range-bytes', values['max-range-bytes']!, 1),
       maxClientIdBytes: MAX_CLIENT_ID_BYTES,
     },
+    ...portProtections(values),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

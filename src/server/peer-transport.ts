@@ -1,25 +1,101 @@
-import { ChannelCredentials, ClientWritableStream, credentials } from '@grpc/grpc-js';
-import { Message, RaftServiceClient, StreamRequest } from '../../gen/cairn/raft/v1/raft';
+import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream } from '@grpc/grpc-js';
+import { Message, RaftServiceClient, RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
 import { Transport } from '../node/replica';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
 
-/** Messages waiting for one peer; beyond this the oldest are dropped (Raft tolerates loss). */
+/**
+ * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
+ * so that a frame of many messages never fails the stream (heartbeats included); a single
+ * message larger than this goes in a frame of its own.
+ */
+export const MAX_FRAME_BYTES = 512 * 1024;
+/** Bytes waiting for one peer; beyond this the oldest messages are dropped (Raft tolerates loss). */
+export const MAX_QUEUED_BYTES_PER_PEER = 32 * 1024 * 1024;
+/** Messages waiting for one peer, for the same reason. */
 export const MAX_QUEUED_MESSAGES_PER_PEER = 4096;
-/** Messages in one stream frame. */
-export const MAX_MESSAGES_PER_FRAME = 256;
+/** Upper bound of a Message's encoded bytes besides its entries: ids, term, indexes, flags, tags. */
+const MESSAGE_OVERHEAD_BOUND_BYTES = 128;
+/** Upper bound of an Entry's encoded bytes besides its data: index, term, type, tags, lengths. */
+const ENTRY_OVERHEAD_BOUND_BYTES = 48;
+/** Upper bound of a StreamRequest's bytes besides its messages: cluster id, sender, client address. */
+const FRAME_OVERHEAD_BOUND_BYTES = 1024;
 const MIN_RECONNECT_DELAY_MS = 50;
-const MAX_RECONNECT_DELAY_MS = 2000;
+/** The transport's own reconnect backoff is capped at this unless a smaller cap is given. */
+export const DEFAULT_MAX_RECONNECT_DELAY_MS = 2000;
 /** A stream that lived this long before failing was healthy: reconnect quickly. */
 const HEALTHY_STREAM_MS = 5000;
 
-export const PEER_CHANNEL_OPTIONS = {
-  'grpc.keepalive_time_ms': 10_000,
-  'grpc.keepalive_timeout_ms': 5_000,
-  'grpc.keepalive_permit_without_calls': 1,
-  'grpc.max_receive_message_length': 64 * 1024 * 1024,
-  'grpc.max_send_message_length': 64 * 1024 * 1024,
-};
+/** What bounds the largest Raft message a node can send (see RaftConfig and Limits). */
+export interface PeerMessageBounds {
+  maxBytesPerAppend: number;
+  maxEntriesPerAppend: number;
+  /** The largest entry data: an encoded command, at most the largest request plus its framing. */
+  maxEntryDataBytes: number;
+}
+
+/** An upper bound of `message`'s encoded size, without encoding it. */
+export function encodedBytesBound(message: Message): number {
+  let bytes = MESSAGE_OVERHEAD_BOUND_BYTES;
+  if (message.body?.$case === 'appendRequest') {
+    for (const entry of message.body.value.entries) bytes += ENTRY_OVERHEAD_BOUND_BYTES + entry.data.length;
+  }
+  return bytes;
+}
+
+/**
+ * The peer channel's message limit, on both ends: larger than any frame the transport can
+ * build, i.e. MAX_FRAME_BYTES of small messages plus the largest single message.
+ */
+export function peerMaxMessageBytes(bounds: PeerMessageBounds): number {
+  // An AppendRequest stops adding entries at maxBytesPerAppend, but its first entry goes
+  // in whatever its size: its data is at most the larger of the two.
+  const largestMessage =
+    MESSAGE_OVERHEAD_BOUND_BYTES + bounds.maxEntriesPerAppend * ENTRY_OVERHEAD_BOUND_BYTES + Math.max(bounds.maxBytesPerAppend, bounds.maxEntryDataBytes);
+  return FRAME_OVERHEAD_BOUND_BYTES + MAX_FRAME_BYTES + largestMessage;
+}
+
+/**
+ * Channel options of the peer clients. The reconnect backoff (grpc-js's own, besides the
+ * transport's) is capped so that a peer that restarts is reached again within about an
+ * election timeout; grpc-js's default grows to 120 s.
+ */
+export function peerChannelOptions(maxMessageBytes: number, maxReconnectBackoffMs: number) {
+  return {
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.max_receive_message_length': maxMessageBytes,
+    'grpc.max_send_message_length': maxMessageBytes,
+    'grpc.initial_reconnect_backoff_ms': Math.min(MIN_RECONNECT_DELAY_MS * 2, maxReconnectBackoffMs),
+    'grpc.max_reconnect_backoff_ms': maxReconnectBackoffMs,
+  };
+}
+
+export interface PeerTransportOptions {
+  maxMessageBytes: number;
+  /** Longest wait before trying a failed peer again. */
+  maxReconnectBackoffMs: number;
+}
+
+/** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
+export function splitIntoFrames(messages: readonly Message[], maxFrameBytes = MAX_FRAME_BYTES): Message[][] {
+  const frames: Message[][] = [];
+  let frame: Message[] = [];
+  let frameBytes = 0;
+  for (const message of messages) {
+    const bytes = encodedBytesBound(message);
+    if (frame.length > 0 && frameBytes + bytes > maxFrameBytes) {
+      frames.push(frame);
+      frame = [];
+      frameBytes = 0;
+    }
+    frame.push(message);
+    frameBytes += bytes;
+  }
+  if (frame.length > 0) frames.push(frame);
+  return frames;
+}
 
 interface TransportIdentity {
   clusterId: number;
@@ -40,10 +116,11 @@ export class GrpcPeerTransport implements Transport {
     identity: TransportIdentity,
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
+    options: PeerTransportOptions,
     channelCredentials: ChannelCredentials = credentials.createInsecure(),
   ) {
     for (const [id, addr] of peers) {
-      if (id !== identity.selfId) this.links.set(id, new PeerLink(id, addr, identity, channelCredentials, logger));
+      if (id !== identity.selfId) this.links.set(id, new PeerLink(id, addr, identity, channelCredentials, options, logger));
     }
   }
 
@@ -66,18 +143,26 @@ export class GrpcPeerTransport implements Transport {
     return this.links.get(id)?.client;
   }
 
+  /** Ends every outgoing stream (the peers see a clean end) and closes the channels. */
   close(): void {
     for (const link of this.links.values()) link.close();
   }
 }
 
+interface QueuedMessage {
+  message: Message;
+  bytes: number;
+}
+
 class PeerLink {
   readonly client: RaftServiceClient;
   private call: ClientWritableStream<StreamRequest> | undefined;
-  private queue: Message[] = [];
+  private queue: QueuedMessage[] = [];
+  private queuedBytes = 0;
   private congested = false;
   private closed = false;
   private reconnectDelayMs = MIN_RECONNECT_DELAY_MS;
+  private readonly maxReconnectDelayMs: number;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private droppedMessages = 0;
   private lastErrorLoggedAt = 0;
@@ -87,19 +172,21 @@ class PeerLink {
     private readonly addr: string,
     private readonly identity: TransportIdentity,
     channelCredentials: ChannelCredentials,
+    options: PeerTransportOptions,
     private readonly logger: Logger,
   ) {
-    this.client = new RaftServiceClient(addr, channelCredentials, PEER_CHANNEL_OPTIONS);
+    this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
+    this.client = new RaftServiceClient(addr, channelCredentials, peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs));
   }
 
   enqueue(messages: Message[]): void {
     if (this.closed) return;
-    this.queue.push(...messages);
-    const excess = this.queue.length - MAX_QUEUED_MESSAGES_PER_PEER;
-    if (excess > 0) {
-      this.queue.splice(0, excess);
-      this.droppedMessages += excess;
+    for (const message of messages) {
+      const bytes = encodedBytesBound(message);
+      this.queue.push({ message, bytes });
+      this.queuedBytes += bytes;
     }
+    this.dropOldestBeyondBounds();
     this.flush();
   }
 
@@ -111,6 +198,33 @@ class PeerLink {
     this.client.close();
   }
 
+  /** The newest message always stays, however large: it is the one most worth sending. */
+  private dropOldestBeyondBounds(): void {
+    let drop = 0;
+    while (
+      drop < this.queue.length - 1 &&
+      (this.queuedBytes > MAX_QUEUED_BYTES_PER_PEER || this.queue.length - drop > MAX_QUEUED_MESSAGES_PER_PEER)
+    ) {
+      this.queuedBytes -= this.queue[drop]!.bytes;
+      drop++;
+    }
+    if (drop === 0) return;
+    this.queue.splice(0, drop);
+    this.droppedMessages += drop;
+  }
+
+  /** Takes the next frame's messages off the queue: up to MAX_FRAME_BYTES, or one message alone. */
+  private takeFrame(): Message[] {
+    let count = 0;
+    let bytes = 0;
+    while (count < this.queue.length && (count === 0 || bytes + this.queue[count]!.bytes <= MAX_FRAME_BYTES)) {
+      bytes += this.queue[count]!.bytes;
+      count++;
+    }
+    this.queuedBytes -= bytes;
+    return this.queue.splice(0, count).map((queued) => queued.message);
+  }
+
   private flush(): void {
     if (this.congested || this.queue.length === 0 || this.reconnectTimer) return;
     const call = this.call ?? this.open();
@@ -119,7 +233,7 @@ class PeerLink {
         clusterId: this.identity.clusterId,
         fromId: this.identity.selfId,
         clientAddr: this.identity.clientAddr,
-        messages: this.queue.splice(0, MAX_MESSAGES_PER_FRAME),
+        messages: this.takeFrame(),
       };
       if (!call.write(frame)) {
         // HTTP/2 flow control: wait for the peer to take what we sent.
@@ -142,7 +256,7 @@ class PeerLink {
       if (this.closed) return;
       if (err) this.logFailure(err.message);
       this.reconnectDelayMs =
-        Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, MAX_RECONNECT_DELAY_MS);
+        Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {
         this.reconnectTimer = undefined;
         this.flush();
@@ -159,5 +273,48 @@ class PeerLink {
     if (now - this.lastErrorLoggedAt < 5000) return;
     this.lastErrorLoggedAt = now;
     this.logger.warn({ peer: this.peerId, addr: this.addr, reason, droppedMessages: this.droppedMessages }, 'peer stream failed; reconnecting');
+  }
+}
+
+/**
+ * The incoming peer streams a node serves. They never end by themselves (the peers keep
+ * sending), so a graceful shutdown would wait its whole grace period for them: `endAll`
+ * answers each one (a clean end for the peer, which reconnects elsewhere or later).
+ */
+export class IncomingPeerStreams {
+  private readonly open = new Set<() => void>();
+
+  /** `service` with its Stream handler tracked. */
+  wrap(service: RaftServiceServer): RaftServiceServer {
+    return {
+      ...service,
+      stream: (call: ServerReadableStream<StreamRequest, StreamResponse>, callback: sendUnaryData<StreamResponse>) => {
+        let answered = false;
+        const answer: sendUnaryData<StreamResponse> = (err, value) => {
+          if (answered) return;
+          answered = true;
+          this.open.delete(end);
+          callback(err, value);
+        };
+        const end = () => answer(null, {});
+        const forget = () => this.open.delete(end);
+        this.open.add(end);
+        call.once('cancelled', forget);
+        call.once('error', forget);
+        service.stream(call, answer);
+      },
+    };
+  }
+
+  /** Streams being served right now. */
+  count(): number {
+    return this.open.size;
+  }
+
+  /** Ends every stream being served; returns how many. */
+  endAll(): number {
+    const ends = [...this.open];
+    for (const end of ends) end();
+    return ends.length;
   }
 }

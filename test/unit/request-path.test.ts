@@ -103,6 +103,7 @@ const put = (key: string, value = 'v'): Command => ({
 });
 
 const NO_PENDING = { proposals: 0, reads: 0, appliedWaiters: 0 };
+const TEST_TRANSPORT_OPTIONS = { maxMessageBytes: 4 << 20, maxReconnectBackoffMs: 1000 };
 
 function abortedSoon(ms: number): RequestScope {
   return { deadlineMs: Date.now() + ms, signal: AbortSignal.timeout(ms) };
@@ -184,7 +185,7 @@ describe('timeouts release pending work', () => {
 
   test('the router: a write or read that runs out of time on the leader is removed from the maps', async () => {
     const { replica, storage } = harness;
-    const transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captureLogger().logger);
+    const transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captureLogger().logger, TEST_TRANSPORT_OPTIONS);
     const router = new RequestRouter(replica, transport, CLUSTER_ID, 60_000);
     storage.stall();
     await expect(router.write(put('b'), abortedSoon(50))).rejects.toMatchObject({ code: ErrorCode.TIMEOUT });
@@ -195,7 +196,7 @@ describe('timeouts release pending work', () => {
 
   test("a client's short gRPC deadline is honoured by the server: DEADLINE_EXCEEDED, and the pending maps drain", async () => {
     const { replica, storage } = harness;
-    const transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captureLogger().logger);
+    const transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captureLogger().logger, TEST_TRANSPORT_OPTIONS);
     // --request-timeout-ms is a minute: only the client's deadline can release the write.
     const router = new RequestRouter(replica, transport, CLUSTER_ID, 60_000);
     const server = new Server();
@@ -324,7 +325,7 @@ describe('the peer port against bad input', () => {
     const captured = captureLogger();
     lines = captured.lines;
     stats = new PeerInputStats(captured.logger, MAX_LINES);
-    transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captured.logger);
+    transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[1, '127.0.0.1:1']]), captured.logger, TEST_TRANSPORT_OPTIONS);
     const context = contextFor(harness.replica, new RequestRouter(harness.replica, transport, CLUSTER_ID, 60_000), { logger: captured.logger });
     server = new Server();
     server.addService(withLenientDecoding(RaftServiceService), raftService(context, stats));

@@ -1,0 +1,51 @@
+import { resolveFlags } from '../../src/cli/flags';
+import { buildServerConfig, PEER_IDLE_TIMEOUT_MS, PEER_MAX_CONCURRENT_STREAMS, SERVE_FLAGS } from '../../src/server/config';
+import { createServer } from 'node:net';
+import { Server } from '@grpc/grpc-js';
+import { GuardedPort, splitHostPort } from '../../src/server/connection-guard';
+import { createLogger } from '../../src/server/logger';
+
+const config = (overrides: Record<string, string>, env: Record<string, string> = {}) => buildServerConfig(resolveFlags(SERVE_FLAGS, { id: '1', ...overrides }, env));
+
+describe('port protection flags', () => {
+  test('defaults, flags and environment variables reach both ports', () => {
+    const defaults = config({});
+    expect(defaults.clientPortProtection).toEqual({
+      maxConnections: 1024,
+      maxConcurrentStreams: 256,
+      handshakeTimeoutMs: 5000,
+      idleTimeoutMs: 300_000,
+      keepaliveTimeMs: 10_000,
+      keepaliveTimeoutMs: 5000,
+    });
+    expect(defaults.peerPortProtection).toMatchObject({ maxConnections: 64, maxConcurrentStreams: PEER_MAX_CONCURRENT_STREAMS, idleTimeoutMs: PEER_IDLE_TIMEOUT_MS });
+    const tuned = config({ 'max-client-connections': '7', 'handshake-timeout-ms': '900' }, { CAIRN_KEEPALIVE_TIME_MS: '1234', CAIRN_MAX_PEER_CONNECTIONS: '3' });
+    expect(tuned.clientPortProtection).toMatchObject({ maxConnections: 7, handshakeTimeoutMs: 900, keepaliveTimeMs: 1234 });
+    expect(tuned.peerPortProtection).toMatchObject({ maxConnections: 3, handshakeTimeoutMs: 900, keepaliveTimeMs: 1234 });
+  });
+
+  test('a bound that is not a positive integer is refused naming the flag', () => {
+    expect(() => config({ 'max-client-connections': '0' })).toThrow('--max-client-connections must be an integer >= 1');
+    expect(() => config({ 'keepalive-timeout-ms': 'soon' })).toThrow('--keepalive-timeout-ms');
+  });
+
+  test('listen addresses split into host and port, IPv6 included', () => {
+    expect(splitHostPort('127.0.0.1:0')).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(splitHostPort('[::1]:7001')).toEqual({ host: '::1', port: 7001 });
+    expect(() => splitHostPort('localhost')).toThrow('is not HOST:PORT');
+  });
+});
+
+test('a port in use is one clear INVALID_ARGUMENT line naming the flag', async () => {
+  const squatter = createServer();
+  await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+  const addr = `127.0.0.1:${(squatter.address() as { port: number }).port}`;
+  const port = new GuardedPort('peer', config({}).peerPortProtection, createLogger('silent'));
+  const server = new Server(port.serverOptions());
+  await expect(port.listen(server, addr)).rejects.toMatchObject({
+    code: 'INVALID_ARGUMENT',
+    message: `cannot listen on --peer-addr ${addr}: the address is already in use (another process listens there)`,
+  });
+  server.forceShutdown();
+  await new Promise<void>((resolve) => squatter.close(() => resolve()));
+});
