@@ -17,18 +17,6 @@ export function describeError(err: unknown): string {
   return String(err);
 }
 
-/** Why `cairn serve` could not start, in one line ("cannot listen on ADDR: ..." from server.ts made plain). */
-export function describeStartupError(err: unknown): string {
-  const message = describeError(err);
-  const listen = /^cannot listen on (\S+): /.exec(message);
-  if (!listen) return message;
-  const addr = listen[1]!;
-  if (/EADDRINUSE/.test(message)) return `cannot listen on ${addr}: the port is already in use (another cairn serve, or another program?)`;
-  if (/EADDRNOTAVAIL/.test(message)) return `cannot listen on ${addr}: that is not an address of this machine`;
-  if (/EACCES/.test(message)) return `cannot listen on ${addr}: permission denied (ports below 1024 need privileges)`;
-  return message;
-}
-
 /**
  * The most informative failure first, then what the other endpoints did: "UNAVAILABLE from
  * 127.0.0.1:7002: no leader is known right now ...; 127.0.0.1:7001 and 127.0.0.1:7003

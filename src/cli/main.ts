@@ -7,7 +7,7 @@ import { CairnNode } from '../server/server';
 import { VERSION } from '../server/services';
 import { CairnClient } from './client';
 import { runLocalCluster } from './cluster';
-import { describeError, describeStartupError } from './describe-error';
+import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
@@ -134,7 +134,7 @@ async function serve(argv: string[]): Promise<number> {
   } catch (err) {
     // A port in use, a locked data dir: one line, not a stack trace, and no half-started
     // node (a bound port or an open database) keeping the process alive.
-    console.error(`cairn serve: ${describeStartupError(err)}`);
+    console.error(`cairn serve: ${describeError(err)}`);
     process.exit(1);
   } finally {
     if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);

@@ -225,7 +225,7 @@ describe('cairn serve and cairn cluster as processes', () => {
       const peer = `127.0.0.1:${await freePort()}`;
       const result = await cairn(['serve', '--id', '1', '--data-dir', join(dir, 'n1'), '--client-addr', taken, '--peer-addr', peer, '--peers', `1=${peer}`]);
       expect(result.code).toBe(1);
-      expect(result.stderr).toBe(`cairn serve: cannot listen on ${taken}: the port is already in use (another cairn serve, or another program?)\n`);
+      expect(result.stderr).toBe(`cairn serve: cannot listen on --client-addr ${taken}: the address is already in use (another process listens there)\n`);
     } finally {
       await new Promise((done) => holder.close(done));
       rmSync(dir, { recursive: true, force: true });

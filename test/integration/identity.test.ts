@@ -30,7 +30,7 @@ describe('the voter set stored at bootstrap', () => {
       cluster.spawn(node, ['--peers', other]);
       expect(await exitOf(node.process!)).toBe(1);
       node.process = undefined;
-      const errors = node.logs.filter((line) => line.startsWith('cairn: '));
+      const errors = node.logs.filter((line) => line.startsWith('cairn serve: '));
       expect(errors).toEqual([
         expect.stringContaining(`--peers names the voters ${other} but this data dir's cluster has the voters ${stored}: changing membership`),
       ]);
