@@ -98,6 +98,8 @@ interface TailChurn {
   term: number;
   links: string[];
   roundsLeft: number;
+  /** Cut the next leader once it has committed in its term, not as soon as it is elected. */
+  cutAfterFirstCommit: boolean;
   giveUpUnits: number;
 }
 
@@ -125,6 +127,11 @@ export class Simulation {
   private readonly faultEndUnits: number;
   private readonly clientsStopUnits: number;
   private readonly blockedLinks = new Set<string>();
+  /**
+   * Links cut by the targeted faults, counted (two faults may cut one link). Kept apart
+   * from blockedLinks so that a random heal does not undo a schedule half-way.
+   */
+  private readonly cutLinks = new Map<string, number>();
   private dropRate: number;
   private duplicateRate = 0;
   private readonly history: HistoryOp[] = [];
@@ -321,12 +328,17 @@ export class Simulation {
     if (from.incarnation !== incarnation || !from.up) return;
     for (const message of messages) {
       this.maybeCrashAfterPromise(from, message);
-      if (this.blockedLinks.has(`${message.fromId}>${message.to}`)) continue;
+      if (this.linkDown(message.fromId, message.to)) continue;
       if (this.rand.chance(this.dropRate)) continue;
       const wire = Message.encode(message).finish();
       const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;
       for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.fromId, message.to, wire));
     }
+  }
+
+  private linkDown(from: NodeId, to: NodeId): boolean {
+    const link = `${from}>${to}`;
+    return this.blockedLinks.has(link) || this.cutLinks.has(link);
   }
 
   private networkDelay(): number {
@@ -336,7 +348,7 @@ export class Simulation {
 
   /** A partition also loses what was in flight on a link when it was cut. */
   private deliver(from: NodeId, to: NodeId, wire: Uint8Array): void {
-    if (this.blockedLinks.has(`${from}>${to}`)) return;
+    if (this.linkDown(from, to)) return;
     const node = this.nodes[to - 1]!;
     if (node.up) node.replica?.receive(Message.decode(wire));
   }
@@ -423,6 +435,7 @@ export class Simulation {
     this.dropRate = 0;
     this.duplicateRate = 0;
     this.tailChurn = undefined;
+    this.cutLinks.clear();
     for (const node of this.nodes) if (!node.up) this.restartNode(node);
     this.log('nemesis: heal everything, faults over');
   }
@@ -436,7 +449,7 @@ export class Simulation {
     return {
       crashAfterVoteRate: this.faultRand.pick([0, 0.2, 0.5, 1]),
       crashAfterAckRate: this.faultRand.pick([0, 0.005, 0.02, 0.05]),
-      tailChurnRate: this.faultRand.pick([0, 0.3, 0.7]),
+      tailChurnRate: this.faultRand.pick([0, 0.5, 1]),
       cutOnFirstCommitRate: this.faultRand.pick([0, 0.2, 0.5]),
     };
   }
@@ -471,21 +484,26 @@ export class Simulation {
   }
 
   /** Cuts a node off in both directions (what is in flight is lost too) for a while. */
-  private isolateFor(node: SimNode, units: number, why: string): string[] {
+  private isolateFor(node: SimNode, units: number, why: string): void {
+    if (this.now >= this.faultEndUnits) return;
     const links = this.isolate(node);
     this.log(`nemesis: isolate node ${node.id} for ${(units / UNITS_PER_TICK).toFixed(1)} ticks: ${why}`);
     this.at(units, () => this.restoreLinks(links));
-    return links;
   }
 
   private isolate(node: SimNode): string[] {
     const links = this.nodes.filter((n) => n !== node).flatMap((n) => [`${node.id}>${n.id}`, `${n.id}>${node.id}`]);
-    for (const link of links) this.blockedLinks.add(link);
+    for (const link of links) this.cutLinks.set(link, (this.cutLinks.get(link) ?? 0) + 1);
     return links;
   }
 
+  /** Undoes one isolate(); a no-op once healAll has restored everything. */
   private restoreLinks(links: readonly string[]): void {
-    for (const link of links) this.blockedLinks.delete(link);
+    for (const link of links) {
+      const count = this.cutLinks.get(link) ?? 0;
+      if (count <= 1) this.cutLinks.delete(link);
+      else this.cutLinks.set(link, count - 1);
+    }
   }
 
   /**
@@ -505,10 +523,13 @@ export class Simulation {
   }
 
   /**
-   * Isolates a leader that holds uncommitted entries; once a newer leader is elected
-   * elsewhere, isolates that one in turn (its fresh entries uncommitted too) and
-   * restores the old one, for a few rounds: logs whose tails come from different terms,
-   * and old leaders that come back to replicate an old-term tail (Figure 8).
+   * The Figure 8 dance. Isolates a leader that holds uncommitted entries; once a newer
+   * leader appears elsewhere, isolates that one and restores the one cut off before,
+   * for a few rounds. Newcomers are cut alternately at once (their fresh entries stay
+   * on them alone, in a higher term) and right after their first commit of the term
+   * (what they committed may be an old-term entry only they and one follower hold):
+   * logs whose tails come from different terms, and old leaders that come back to
+   * replicate them.
    */
   private driveTailChurn(): void {
     if (this.profile.tailChurnRate === 0) return;
@@ -517,23 +538,24 @@ export class Simulation {
     const successor = this.nodes.find(
       (n) => n !== churn.isolated && n.up && n.replica?.node.role === 'leader' && n.replica.node.term > churn.term,
     );
-    if (!successor) {
+    const term = successor?.replica!.node.term ?? 0;
+    const ripe = successor !== undefined && (!churn.cutAfterFirstCommit || successor.lastCommitTerm === term);
+    if (!successor || !ripe) {
       if (this.now < churn.giveUpUnits) return;
       this.restoreLinks(churn.links);
-      this.log(`nemesis: tail churn: no newer leader; restore node ${churn.isolated.id}`);
+      this.log(`nemesis: tail churn: no newer leader in time; restore node ${churn.isolated.id}`);
       this.tailChurn = undefined;
       return;
     }
-    const term = successor.replica!.node.term;
     const links = this.isolate(successor);
     this.restoreLinks(churn.links);
-    this.log(`nemesis: tail churn: isolate leader ${successor.id} of term ${term}, restore node ${churn.isolated.id}`);
+    this.log(`nemesis: tail churn: isolate leader ${successor.id} of term ${term}${churn.cutAfterFirstCommit ? ' after its first commit' : ''}, restore node ${churn.isolated.id}`);
     if (churn.roundsLeft <= 1) {
       this.at(1 + this.faultRand.int(40 * UNITS_PER_TICK), () => this.restoreLinks(links));
       this.tailChurn = undefined;
       return;
     }
-    this.tailChurn = { isolated: successor, term, links, roundsLeft: churn.roundsLeft - 1, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
+    this.tailChurn = this.nextChurnRound(successor, term, links, churn.roundsLeft - 1, !churn.cutAfterFirstCommit);
   }
 
   private maybeStartTailChurn(): void {
@@ -545,11 +567,15 @@ export class Simulation {
       if (this.churnConsideredTerms.has(status.term)) continue;
       this.churnConsideredTerms.add(status.term);
       if (!this.faultRand.chance(this.profile.tailChurnRate)) continue;
-      const rounds = 1 + this.faultRand.int(4);
+      const rounds = 2 + this.faultRand.int(4);
       this.log(`nemesis: tail churn: isolate leader ${node.id} of term ${status.term} with uncommitted ${status.commitIndex + 1}..${status.lastIndex} (${rounds} rounds)`);
-      this.tailChurn = { isolated: node, term: status.term, links: this.isolate(node), roundsLeft: rounds, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
+      this.tailChurn = this.nextChurnRound(node, status.term, this.isolate(node), rounds, this.faultRand.chance(0.5));
       return;
     }
+  }
+
+  private nextChurnRound(isolated: SimNode, term: number, links: string[], roundsLeft: number, cutAfterFirstCommit: boolean): TailChurn {
+    return { isolated, term, links, roundsLeft, cutAfterFirstCommit, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
   }
 
   // --------------------------------------------------------------- clients
