@@ -458,9 +458,9 @@ export class Simulation {
    * A node that has just sent a durable promise (a granted vote, an acknowledgement of
    * entries) may crash at that very instant, before its disk syncs what is pending. In
    * correct code the promise is already durable by then, so the crash is harmless. The
-   * node that collected the promise is then cut off (a vote) or cut off once the
-   * acknowledgement has reached it (entries), so that the rest of the cluster must get
-   * on without it and a forgotten promise decides the outcome.
+   * node that collected the promise is cut off once the promise has reached it, so that
+   * the rest of the cluster must get on without it and a forgotten promise decides the
+   * outcome (a second leader in the term, a committed entry missing from a quorum).
    */
   private maybeCrashAfterPromise(from: SimNode, message: Message): void {
     if (this.now >= this.faultEndUnits || message.fromId === message.to) return;
@@ -478,8 +478,7 @@ export class Simulation {
         if (!from.up && this.now < this.faultEndUnits) this.restartNode(from);
       });
       const collector = this.nodes[message.to - 1]!;
-      const cutAfter = vote ? 0 : this.profile.maxDelayUnits + 1;
-      this.at(cutAfter, () => this.isolateFor(collector, 1 + this.faultRand.int(40 * UNITS_PER_TICK), `it collected a promise from node ${from.id}`));
+      this.at(this.profile.maxDelayUnits + 1, () => this.isolateFor(collector, 1 + this.faultRand.int(40 * UNITS_PER_TICK), `it collected a promise from node ${from.id}`));
     });
   }
 
