@@ -164,7 +164,7 @@ export class Simulation {
     };
     this.tuning = {
       maxInflightAppends: this.rand.pick([1, 2, 4, 16]),
-      maxEntriesPerAppend: this.rand.pick([1, 2, 8, 64]),
+      maxEntriesPerAppend: this.rand.pick([1, 2, 2, 8, 64]),
       electionTimeoutTicks: this.rand.pick([5, 10, 20]),
       heartbeatIntervalTicks: this.rand.pick([1, 2]),
       // Without check-quorum a partitioned leader keeps believing it leads: safety must
@@ -449,7 +449,7 @@ export class Simulation {
     return {
       crashAfterVoteRate: this.faultRand.pick([0, 0.2, 0.5, 1]),
       crashAfterAckRate: this.faultRand.pick([0, 0.005, 0.02, 0.05]),
-      tailChurnRate: this.faultRand.pick([0, 0.5, 1]),
+      tailChurnRate: this.faultRand.pick([0, 0.5, 1, 1]),
       cutOnFirstCommitRate: this.faultRand.pick([0, 0.2, 0.5]),
     };
   }
