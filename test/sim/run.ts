@@ -6,7 +6,8 @@
  * --stop-on-failure ends the sweep at the first failing seed and prints how to replay it.
  */
 import { ChildProcess, fork } from 'node:child_process';
-import { Simulation, SimResult } from './simulation';
+import { Simulation } from './simulation';
+import { runRange, SeedReport, Tally } from './sweep';
 
 interface Args {
   seeds: number;
@@ -16,14 +17,6 @@ interface Args {
   workers: number;
   verbose: boolean;
   stopOnFailure: boolean;
-}
-
-/** What a worker reports for each seed it ran. */
-interface SeedReport {
-  seed: number;
-  ok: boolean;
-  failure?: string;
-  stats?: SimResult['stats'];
 }
 
 function parseArgs(argv: string[]): Args {
@@ -60,72 +53,6 @@ async function replay(seed: number, nodes: number | undefined): Promise<number> 
   return 1;
 }
 
-/**
- * Runs one seed. Whatever escapes the simulation (an exception, a rejection nobody
- * awaited) while it runs is that seed's failure, so a sweep always ends in a summary.
- */
-async function runSeed(seed: number, nodes: number | undefined): Promise<SeedReport> {
-  let escaped: unknown;
-  const onEscape = (err: unknown) => {
-    escaped ??= err;
-  };
-  process.on('unhandledRejection', onEscape);
-  process.on('uncaughtException', onEscape);
-  try {
-    const result = await new Simulation({ seed, nodes }).run();
-    // Let stray continuations of this seed surface before its verdict is given.
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    if (escaped !== undefined) return { seed, ok: false, failure: `escaped the simulation: ${describe(escaped)}` };
-    return { seed, ok: result.ok, failure: result.failure, stats: result.stats };
-  } catch (err) {
-    return { seed, ok: false, failure: `the simulation threw: ${describe(err)}` };
-  } finally {
-    process.off('unhandledRejection', onEscape);
-    process.off('uncaughtException', onEscape);
-  }
-}
-
-function describe(err: unknown): string {
-  return err instanceof Error ? (err.stack ?? err.message) : String(err);
-}
-
-function printFailure(report: SeedReport): void {
-  console.log(`seed ${report.seed}: FAILED: ${report.failure}\n  replay: npm run sim -- --seed ${report.seed}`);
-}
-
-/** A sweep's tally; `stopped` once a failure ended it early (--stop-on-failure). */
-class Tally {
-  passed = 0;
-  readonly failed: number[] = [];
-  stopped = false;
-
-  constructor(
-    private readonly verbose: boolean,
-    private readonly stopOnFailure: boolean,
-  ) {}
-
-  /** Records a report; returns false once the sweep should stop. */
-  record(report: SeedReport): boolean {
-    if (this.stopped) return false;
-    if (report.ok) {
-      this.passed++;
-      if (this.verbose) console.log(`seed ${report.seed}: ok ${JSON.stringify(report.stats)}`);
-      return true;
-    }
-    this.failed.push(report.seed);
-    printFailure(report);
-    if (this.stopOnFailure) this.stopped = true;
-    return !this.stopped;
-  }
-}
-
-/** Runs seeds [from, from + count) in this process, handing each report to `onReport`. */
-async function runRange(from: number, count: number, nodes: number | undefined, onReport: (report: SeedReport) => boolean) {
-  for (let seed = from; seed < from + count; seed++) {
-    if (!onReport(await runSeed(seed, nodes))) return;
-  }
-}
-
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.seed !== undefined) {
@@ -133,7 +60,7 @@ async function main(): Promise<void> {
     return;
   }
   const started = Date.now();
-  const tally = new Tally(args.verbose, args.stopOnFailure);
+  const tally = new Tally({ verbose: args.verbose, stopOnFailure: args.stopOnFailure, print: (line) => console.log(line) });
   const workers: ChildProcess[] = [];
   const stopAll = () => {
     for (const worker of workers) worker.kill();

@@ -19,6 +19,17 @@ describe('simulator', () => {
     expect(first.stats.crashes).toBeGreaterThan(0);
   });
 
+  test('an exception while restarting a node is that seed\'s failure, with the node named', async () => {
+    const result = await new Simulation({
+      seed: 14,
+      beforeRestart: (node) => {
+        throw new Error(`disk of node ${node} unreadable`);
+      },
+    }).run();
+    expect(result.ok).toBe(false);
+    expect(result.failure).toMatch(/^restarting node (\d) threw: Error: disk of node \1 unreadable/);
+  });
+
   test('5-node clusters run too', async () => {
     const result = await new Simulation({ seed: 42, nodes: 5 }).run();
     expect(result.failure).toBeUndefined();

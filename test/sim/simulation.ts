@@ -25,6 +25,8 @@ export interface SimOptions {
   nodes?: number;
   /** Override the fault phase length, in ticks. */
   faultTicks?: number;
+  /** Test hook: runs as a crashed node starts again; a throw is a restart that fails. */
+  beforeRestart?: (node: NodeId) => void;
 }
 
 export interface SimResult {
@@ -269,6 +271,7 @@ export class Simulation {
     node.starting = true;
     node.incarnation++;
     const incarnation = node.incarnation;
+    if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
     const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db), (entry) => this.checkApplied(node, entry));
     const replica = await Replica.open({
