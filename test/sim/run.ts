@@ -115,7 +115,8 @@ function runWorker(
       next = report.seed + 1;
       record(report);
     });
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': it comes after every message the worker sent has arrived.
+    child.on('close', (code, signal) => {
       if (!tally.stopped && next < from + count) {
         record({ seed: next, ok: false, failure: `the worker running it exited (code ${code}, signal ${signal})` });
         if (next + 1 < from + count) console.log(`seeds ${next + 1}..${from + count - 1} not run: their worker died`);
