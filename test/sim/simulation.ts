@@ -142,6 +142,11 @@ export class Simulation {
   private readonly leadersByTerm = new Map<number, NodeId>();
   /** index -> identity of the committed entry (term, type, data). */
   private readonly committed = new Map<number, string>();
+  /**
+   * index -> the lowest term of a node seen holding it as committed: it was committed in
+   * that term or an earlier one, so every leader of a later term must hold it.
+   */
+  private readonly committedByTerm = new Map<number, number>();
   private clientsRunning = 0;
   private crashes = 0;
   private tailChurn: TailChurn | undefined;
@@ -716,6 +721,9 @@ export class Simulation {
     this.leadersByTerm.set(term, node.id);
     if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
+      // A leader of an older term may be elected after a newer term committed entries
+      // (its votes were cast before, delivered late); it needs only what came before it.
+      if (this.committedByTerm.get(index)! >= term) continue;
       const entry = node.replica!.node.entryAt(index);
       if (!entry || entryIdentity(entry) !== identity) {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
@@ -728,17 +736,18 @@ export class Simulation {
     for (let index = node.checkedCommit + 1; index <= commitIndex; index++) {
       const entry = node.replica!.node.entryAt(index);
       if (!entry) return this.fail(`node ${node.id} says ${commitIndex} is committed but lacks entry ${index}`);
-      this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry));
+      this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry), node.replica!.node.term);
     }
     node.checkedCommit = Math.max(node.checkedCommit, commitIndex);
   }
 
   /** State-machine safety: every node applies the same entry at each index. */
   private checkApplied(node: SimNode, entry: Entry): void {
-    this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry));
+    this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
   }
 
-  private recordCommitted(who: string, index: number, identity: string): void {
+  private recordCommitted(who: string, index: number, identity: string, term: number): void {
+    this.committedByTerm.set(index, Math.min(term, this.committedByTerm.get(index) ?? Infinity));
     const known = this.committed.get(index);
     if (known === undefined) this.committed.set(index, identity);
     else if (known !== identity) this.fail(`${who} ${identity} at index ${index}, but ${known} was committed there`);
