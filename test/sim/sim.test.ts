@@ -19,6 +19,20 @@ describe('simulator', () => {
     expect(first.stats.crashes).toBeGreaterThan(0);
   });
 
+  test.each([
+    [38, 'ack'],
+    [136, 'vote'],
+  ])('seed %i runs the targeted fault schedules (crash after a %s, tail churn, cut at first commit) and replays exactly', async (seed, promise) => {
+    const first = await new Simulation({ seed }).run();
+    const second = await new Simulation({ seed }).run();
+    expect(first.failure).toBeUndefined();
+    const trace = first.trace.join('\n');
+    expect(trace).toContain(`right after its ${promise} to`);
+    expect(trace).toContain('tail churn: isolate leader');
+    expect(trace).toContain('at its first commit of term');
+    expect(second.trace).toEqual(first.trace);
+  });
+
   test('an exception while restarting a node is that seed\'s failure, with the node named', async () => {
     const result = await new Simulation({
       seed: 14,
