@@ -19,17 +19,21 @@ describe('simulator', () => {
     expect(first.stats.crashes).toBeGreaterThan(0);
   });
 
-  test.each([
-    [38, 'ack'],
-    [136, 'vote'],
-  ])('seed %i runs the targeted fault schedules (crash after a %s, tail churn, cut at first commit) and replays exactly', async (seed, promise) => {
+  test('the targeted fault schedules fire, and a seed that runs them replays exactly', async () => {
+    // Scanned rather than pinned seeds, so a change elsewhere in what a seed does (the
+    // client workload) cannot quietly leave a schedule unexercised here.
+    const markers = ['right after its vote to', 'right after its ack to', 'tail churn: isolate leader', 'at its first commit of term'];
+    const seen = new Map<string, number>();
+    for (let seed = 1; seed <= 60 && seen.size < markers.length; seed++) {
+      const result = await new Simulation({ seed }).run();
+      if (!result.ok) throw new Error(`seed ${seed}: ${result.failure}`);
+      const trace = result.trace.join('\n');
+      for (const marker of markers) if (!seen.has(marker) && trace.includes(marker)) seen.set(marker, seed);
+    }
+    expect([...seen.keys()].sort()).toEqual([...markers].sort());
+    const seed = seen.get('tail churn: isolate leader')!;
     const first = await new Simulation({ seed }).run();
     const second = await new Simulation({ seed }).run();
-    expect(first.failure).toBeUndefined();
-    const trace = first.trace.join('\n');
-    expect(trace).toContain(`right after its ${promise} to`);
-    expect(trace).toContain('tail churn: isolate leader');
-    expect(trace).toContain('at its first commit of term');
     expect(second.trace).toEqual(first.trace);
   });
 
