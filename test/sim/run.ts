@@ -1,11 +1,13 @@
 /**
- * npm run sim -- --seeds N [--from S] [--workers W]   runs seeds S..S+N-1
- * npm run sim -- --seed S [--nodes K]                  replays one seed, prints its trace on failure
+ * npm run sim -- --seeds N [--from S] [--workers W] [--stop-on-failure]   runs seeds S..S+N-1
+ * npm run sim -- --seed S [--nodes K]                                    replays one seed, prints its trace on failure
  *
  * Ends with `sim: N seeds passed, F failed` and exits non-zero when F > 0.
+ * --stop-on-failure ends the sweep at the first failing seed and prints how to replay it.
  */
-import { fork } from 'node:child_process';
+import { ChildProcess, fork } from 'node:child_process';
 import { Simulation } from './simulation';
+import { runRange, SeedReport, Tally } from './sweep';
 
 interface Args {
   seeds: number;
@@ -14,10 +16,11 @@ interface Args {
   nodes?: number;
   workers: number;
   verbose: boolean;
+  stopOnFailure: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { seeds: 100, from: 1, workers: 1, verbose: false };
+  const args: Args = { seeds: 100, from: 1, workers: 1, verbose: false, stopOnFailure: false };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = () => {
@@ -31,6 +34,7 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--nodes') args.nodes = value();
     else if (flag === '--workers') args.workers = Math.max(1, value());
     else if (flag === '--verbose') args.verbose = true;
+    else if (flag === '--stop-on-failure') args.stopOnFailure = true;
     else throw new Error(`unknown flag ${flag}`);
   }
   return args;
@@ -49,23 +53,6 @@ async function replay(seed: number, nodes: number | undefined): Promise<number> 
   return 1;
 }
 
-/** Runs seeds [from, from + count) in this process; reports failures as they happen. */
-async function runRange(from: number, count: number, nodes: number | undefined, verbose: boolean) {
-  let passed = 0;
-  const failed: number[] = [];
-  for (let seed = from; seed < from + count; seed++) {
-    const result = await new Simulation({ seed, nodes }).run();
-    if (result.ok) {
-      passed++;
-      if (verbose) console.log(`seed ${seed}: ok ${JSON.stringify(result.stats)}`);
-    } else {
-      failed.push(seed);
-      console.log(`seed ${seed}: FAILED: ${result.failure}\n  replay: npm run sim -- --seed ${seed}`);
-    }
-  }
-  return { passed, failed };
-}
-
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (args.seed !== undefined) {
@@ -73,35 +60,79 @@ async function main(): Promise<void> {
     return;
   }
   const started = Date.now();
-  const parts: Promise<{ passed: number; failed: number[] }>[] = [];
+  const tally = new Tally({ verbose: args.verbose, stopOnFailure: args.stopOnFailure, print: (line) => console.log(line) });
+  const workers: ChildProcess[] = [];
+  const stopAll = () => {
+    for (const worker of workers) worker.kill();
+  };
+  const record = (report: SeedReport) => {
+    const goOn = tally.record(report);
+    if (!goOn) stopAll();
+    return goOn;
+  };
+  const parts: Promise<void>[] = [];
   const perWorker = Math.ceil(args.seeds / args.workers);
   for (let w = 0; w < args.workers; w++) {
     const from = args.from + w * perWorker;
     const count = Math.min(perWorker, args.from + args.seeds - from);
     if (count <= 0) continue;
-    parts.push(args.workers === 1 ? runRange(from, count, args.nodes, args.verbose) : runWorker(from, count, args));
+    parts.push(args.workers === 1 ? runRange(from, count, args.nodes, record) : runWorker(from, count, args, workers, record, tally));
   }
-  const results = await Promise.all(parts);
-  const passed = results.reduce((sum, r) => sum + r.passed, 0);
-  const failed = results.flatMap((r) => r.failed);
+  await Promise.all(parts);
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
-  if (failed.length > 0) console.log(`failed seeds: ${failed.join(' ')}`);
+  const notRun = args.seeds - tally.passed - tally.failed.length;
+  if (tally.failed.length > 0) console.log(`failed seeds: ${tally.failed.join(' ')}`);
+  if (tally.stopped) {
+    const first = tally.failed[0]!;
+    console.log(`stopped at the first failure (--stop-on-failure), ${notRun} seeds not run; replay: npm run sim -- --seed ${first}`);
+  } else if (notRun > 0) {
+    console.log(`${notRun} seeds not run`);
+  }
   console.log(`(${seconds} s)`);
-  console.log(`sim: ${passed} seeds passed, ${failed.length} failed`);
-  process.exitCode = failed.length > 0 ? 1 : 0;
+  console.log(`sim: ${tally.passed} seeds passed, ${tally.failed.length} failed`);
+  process.exitCode = tally.failed.length > 0 ? 1 : 0;
 }
 
-function runWorker(from: number, count: number, args: Args): Promise<{ passed: number; failed: number[] }> {
-  return new Promise((resolve, reject) => {
-    const child = fork(__filename, [], { env: { ...process.env, CAIRN_SIM_WORKER: JSON.stringify({ from, count, nodes: args.nodes, verbose: args.verbose }) } });
-    child.on('message', (result) => resolve(result as { passed: number; failed: number[] }));
-    child.on('exit', (code) => (code === 0 ? undefined : reject(new Error(`sim worker for seeds ${from}.. exited with ${code}`))));
+/**
+ * Runs seeds in a child process that reports each seed as it finishes. If the child
+ * dies anyway, the seed it was running is reported as failed (with its exit code), the
+ * rest of its range as failed too, and the sweep still ends in a summary.
+ */
+function runWorker(
+  from: number,
+  count: number,
+  args: Args,
+  workers: ChildProcess[],
+  record: (report: SeedReport) => boolean,
+  tally: Tally,
+): Promise<void> {
+  return new Promise((resolve) => {
+    const child = fork(__filename, [], { env: { ...process.env, CAIRN_SIM_WORKER: JSON.stringify({ from, count, nodes: args.nodes }) } });
+    workers.push(child);
+    let next = from;
+    child.on('message', (report: SeedReport | 'done') => {
+      if (report === 'done') return;
+      next = report.seed + 1;
+      record(report);
+    });
+    // 'close', not 'exit': it comes after every message the worker sent has arrived.
+    child.on('close', (code, signal) => {
+      if (!tally.stopped && next < from + count) {
+        record({ seed: next, ok: false, failure: `the worker running it exited (code ${code}, signal ${signal})` });
+        if (next + 1 < from + count) console.log(`seeds ${next + 1}..${from + count - 1} not run: their worker died`);
+      }
+      resolve();
+    });
   });
 }
 
 if (process.env.CAIRN_SIM_WORKER) {
-  const { from, count, nodes, verbose } = JSON.parse(process.env.CAIRN_SIM_WORKER);
-  runRange(from, count, nodes, verbose).then((result) => process.send!(result, () => process.exit(0)));
+  const { from, count, nodes } = JSON.parse(process.env.CAIRN_SIM_WORKER);
+  const send = (report: SeedReport) => {
+    process.send!(report);
+    return true;
+  };
+  runRange(from, count, nodes, send).then(() => process.send!('done', () => process.exit(0)));
 } else {
   main().catch((err) => {
     console.error(err);

@@ -45,6 +45,11 @@ export class SimDisk {
     this.makeDurable(this.unsynced.splice(0, position + 1));
   }
 
+  /** Some write was issued since the last sync completed: a crash now may lose it. */
+  hasUnsyncedWrites(): boolean {
+    return this.unsynced.length > 0;
+  }
+
   latency(): Promise<void> {
     return this.writeLatency();
   }

@@ -25,6 +25,8 @@ export interface SimOptions {
   nodes?: number;
   /** Override the fault phase length, in ticks. */
   faultTicks?: number;
+  /** Test hook: runs as a crashed node starts again; a throw is a restart that fails. */
+  beforeRestart?: (node: NodeId) => void;
 }
 
 export interface SimResult {
@@ -56,6 +58,23 @@ interface FaultProfile {
    * entries that justify it spread).
    */
   crashOnCommitRate: number;
+  /**
+   * Chance, per durable promise a node sends (a granted vote, an acknowledgement of
+   * entries), that the node is crashed at that instant, before its disk syncs whatever
+   * is still pending, and restarted almost at once: a vote or entry that was promised
+   * but not yet durable is then forgotten while the promise is still in flight.
+   */
+  crashAfterVoteRate: number;
+  crashAfterAckRate: number;
+  /**
+   * Chance that a leader holding an uncommitted tail is isolated; while it is cut off
+   * a newer leader is elected, then that one is isolated in turn and the old one
+   * restored, several times over: logs that disagree in their last terms, which is
+   * what Figure 8 is made of.
+   */
+  tailChurnRate: number;
+  /** Chance that a leader is crashed or isolated as it makes its first commit of its term. */
+  cutOnFirstCommitRate: number;
 }
 
 interface SimNode {
@@ -71,6 +90,19 @@ interface SimNode {
   checkedCommit: number;
   lastRole: string;
   lastTerm: number;
+  /** The last term in which this node, as leader, was seen advancing commit. */
+  lastCommitTerm: number;
+}
+
+/** A tail churn in progress: the leader now cut off, and the term it led. */
+interface TailChurn {
+  isolated: SimNode;
+  term: number;
+  links: string[];
+  roundsLeft: number;
+  /** Cut the next leader once it has committed in its term, not as soon as it is elected. */
+  cutAfterFirstCommit: boolean;
+  giveUpUnits: number;
 }
 
 class SimulationFailure extends Error {}
@@ -85,6 +117,8 @@ export class Simulation {
   private now = 0;
   private readonly queue = new EventQueue();
   private readonly rand: SeededRandom;
+  /** Draws of the targeted faults only, so they do not shift the rest of a seed's draws. */
+  private readonly faultRand: SeededRandom;
   private readonly nodes: SimNode[] = [];
   private readonly profile: FaultProfile;
   /** Raft tuning drawn per seed: small windows and batches expose more interleavings. */
@@ -95,6 +129,11 @@ export class Simulation {
   private readonly faultEndUnits: number;
   private readonly clientsStopUnits: number;
   private readonly blockedLinks = new Set<string>();
+  /**
+   * Links cut by the targeted faults, counted (two faults may cut one link). Kept apart
+   * from blockedLinks so that a random heal does not undo a schedule half-way.
+   */
+  private readonly cutLinks = new Map<string, number>();
   private dropRate: number;
   private duplicateRate = 0;
   private readonly history: HistoryOp[] = [];
@@ -103,11 +142,20 @@ export class Simulation {
   private readonly leadersByTerm = new Map<number, NodeId>();
   /** index -> identity of the committed entry (term, type, data). */
   private readonly committed = new Map<number, string>();
+  /**
+   * index -> the lowest term of a node seen holding it as committed: it was committed in
+   * that term or an earlier one, so every leader of a later term must hold it.
+   */
+  private readonly committedByTerm = new Map<number, number>();
   private clientsRunning = 0;
   private crashes = 0;
+  private tailChurn: TailChurn | undefined;
+  /** Terms whose leader was already considered for a tail churn. */
+  private readonly churnConsideredTerms = new Set<number>();
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
+    this.faultRand = new SeededRandom(options.seed * 2_654_435_761 + 97);
     const nodeCount = options.nodes ?? this.rand.pick([1, 3, 3, 3, 3, 5, 5, 5]);
     this.profile = {
       dropRate: this.rand.pick([0, 0.01, 0.05, 0.1, 0.2]),
@@ -119,10 +167,11 @@ export class Simulation {
       partitionWeight: this.rand.pick([0, 1, 2]),
       newLeaderIsolationRate: this.rand.pick([0, 0, 0.3, 0.6]),
       crashOnCommitRate: this.rand.pick([0, 0, 0.02, 0.1]),
+      ...this.drawTargetedFaults(),
     };
     this.tuning = {
       maxInflightAppends: this.rand.pick([1, 2, 4, 16]),
-      maxEntriesPerAppend: this.rand.pick([1, 2, 8, 64]),
+      maxEntriesPerAppend: this.rand.pick([1, 2, 2, 8, 64]),
       electionTimeoutTicks: this.rand.pick([5, 10, 20]),
       heartbeatIntervalTicks: this.rand.pick([1, 2]),
       // Without check-quorum a partitioned leader keeps believing it leads: safety must
@@ -135,7 +184,7 @@ export class Simulation {
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
     for (let id = 1; id <= nodeCount; id++) {
       const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
-      this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0 });
+      this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0 });
     }
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
   }
@@ -227,6 +276,7 @@ export class Simulation {
     node.starting = true;
     node.incarnation++;
     const incarnation = node.incarnation;
+    if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
     const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db), (entry) => this.checkApplied(node, entry));
     const replica = await Replica.open({
@@ -240,6 +290,18 @@ export class Simulation {
     });
     Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
+  }
+
+  /**
+   * Restarts a crashed node. An exception while restarting (reading its disk back,
+   * opening the core) is this seed's failure, not an unhandled rejection that would
+   * take the whole sweep down with it.
+   */
+  private restartNode(node: SimNode): void {
+    this.startNode(node).catch((err: unknown) => {
+      node.starting = false;
+      this.fail(`restarting node ${node.id} threw: ${(err as Error).stack ?? err}`);
+    });
   }
 
   private crashNode(node: SimNode): void {
@@ -256,7 +318,7 @@ export class Simulation {
     this.log(`nemesis: crash leader ${node.id} as it commits`);
     this.crashNode(node);
     this.at(1 + this.rand.int(30 * UNITS_PER_TICK), () => {
-      if (!node.up && this.now < this.faultEndUnits) void this.startNode(node);
+      if (!node.up && this.now < this.faultEndUnits) this.restartNode(node);
     });
   }
 
@@ -273,12 +335,18 @@ export class Simulation {
   private transmit(from: SimNode, incarnation: number, messages: readonly Message[]): void {
     if (from.incarnation !== incarnation || !from.up) return;
     for (const message of messages) {
-      if (this.blockedLinks.has(`${message.fromId}>${message.to}`)) continue;
+      this.maybeCrashAfterPromise(from, message);
+      if (this.linkDown(message.fromId, message.to)) continue;
       if (this.rand.chance(this.dropRate)) continue;
       const wire = Message.encode(message).finish();
       const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;
-      for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.to, wire));
+      for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.fromId, message.to, wire));
     }
+  }
+
+  private linkDown(from: NodeId, to: NodeId): boolean {
+    const link = `${from}>${to}`;
+    return this.blockedLinks.has(link) || this.cutLinks.has(link);
   }
 
   private networkDelay(): number {
@@ -286,7 +354,9 @@ export class Simulation {
     return this.rand.chance(this.profile.longDelayRate) ? base + this.rand.int(20 * UNITS_PER_TICK) : base;
   }
 
-  private deliver(to: NodeId, wire: Uint8Array): void {
+  /** A partition also loses what was in flight on a link when it was cut. */
+  private deliver(from: NodeId, to: NodeId, wire: Uint8Array): void {
+    if (this.linkDown(from, to)) return;
     const node = this.nodes[to - 1]!;
     if (node.up) node.replica?.receive(Message.decode(wire));
   }
@@ -321,7 +391,7 @@ export class Simulation {
     this.crashNode(victim);
     const downtime = 1 + this.rand.int(80 * UNITS_PER_TICK);
     this.at(downtime, () => {
-      if (!victim.up && this.now < this.faultEndUnits) void this.startNode(victim);
+      if (!victim.up && this.now < this.faultEndUnits) this.restartNode(victim);
     });
   }
 
@@ -372,8 +442,147 @@ export class Simulation {
     this.healNetwork();
     this.dropRate = 0;
     this.duplicateRate = 0;
-    for (const node of this.nodes) if (!node.up) void this.startNode(node);
+    this.tailChurn = undefined;
+    this.cutLinks.clear();
+    for (const node of this.nodes) if (!node.up) this.restartNode(node);
     this.log('nemesis: heal everything, faults over');
+  }
+
+  // ------------------------------------------------------- targeted faults
+  //
+  // Each aims at a window where a classic Raft slip does its damage, and which random
+  // crashes and partitions hit only rarely (docs/testing.md has the planted-bug rates).
+
+  private drawTargetedFaults(): Pick<FaultProfile, 'crashAfterVoteRate' | 'crashAfterAckRate' | 'tailChurnRate' | 'cutOnFirstCommitRate'> {
+    return {
+      crashAfterVoteRate: this.faultRand.pick([0, 0.2, 0.5, 1]),
+      crashAfterAckRate: this.faultRand.pick([0, 0.005, 0.02, 0.05]),
+      tailChurnRate: this.faultRand.pick([0, 0.5, 1, 1]),
+      cutOnFirstCommitRate: this.faultRand.pick([0, 0.2, 0.5]),
+    };
+  }
+
+  /**
+   * A node that has just sent a durable promise (a granted vote, an acknowledgement of
+   * entries) may crash at that very instant, before its disk syncs what is pending. In
+   * correct code the promise is already durable by then, so the crash is harmless. The
+   * node that collected the promise is cut off once the promise has reached it, so that
+   * the rest of the cluster must get on without it and a forgotten promise decides the
+   * outcome (a second leader in the term, a committed entry missing from a quorum).
+   */
+  private maybeCrashAfterPromise(from: SimNode, message: Message): void {
+    if (this.now >= this.faultEndUnits || message.fromId === message.to) return;
+    const body = message.body;
+    const vote = body?.$case === 'voteResponse' && body.value.granted && !body.value.preVote;
+    const ack = body?.$case === 'appendResponse' && !body.value.rejected;
+    if (!vote && !ack) return;
+    if (!this.faultRand.chance(vote ? this.profile.crashAfterVoteRate : this.profile.crashAfterAckRate)) return;
+    const incarnation = from.incarnation;
+    this.at(0, () => {
+      if (!from.up || from.incarnation !== incarnation || !from.disk.hasUnsyncedWrites()) return;
+      this.log(`nemesis: crash node ${from.id} right after its ${vote ? 'vote' : 'ack'} to ${message.to}, before its writes sync`);
+      this.crashNode(from);
+      this.at(1 + this.faultRand.int(3 * UNITS_PER_TICK), () => {
+        if (!from.up && this.now < this.faultEndUnits) this.restartNode(from);
+      });
+      const collector = this.nodes[message.to - 1]!;
+      this.at(this.profile.maxDelayUnits + 1, () => this.isolateFor(collector, 1 + this.faultRand.int(40 * UNITS_PER_TICK), `it collected a promise from node ${from.id}`));
+    });
+  }
+
+  /** Cuts a node off in both directions (what is in flight is lost too) for a while. */
+  private isolateFor(node: SimNode, units: number, why: string): void {
+    if (this.now >= this.faultEndUnits) return;
+    const links = this.isolate(node);
+    this.log(`nemesis: isolate node ${node.id} for ${(units / UNITS_PER_TICK).toFixed(1)} ticks: ${why}`);
+    this.at(units, () => this.restoreLinks(links));
+  }
+
+  private isolate(node: SimNode): string[] {
+    const links = this.nodes.filter((n) => n !== node).flatMap((n) => [`${node.id}>${n.id}`, `${n.id}>${node.id}`]);
+    for (const link of links) this.cutLinks.set(link, (this.cutLinks.get(link) ?? 0) + 1);
+    return links;
+  }
+
+  /** Undoes one isolate(); a no-op once healAll has restored everything. */
+  private restoreLinks(links: readonly string[]): void {
+    for (const link of links) {
+      const count = this.cutLinks.get(link) ?? 0;
+      if (count <= 1) this.cutLinks.delete(link);
+      else this.cutLinks.set(link, count - 1);
+    }
+  }
+
+  /**
+   * A leader's first commit of its term is where counting an old-term entry would
+   * show: cut the leader off (or crash it) right there, before its own entries spread.
+   */
+  private cutLeaderAtFirstCommit(node: SimNode): void {
+    if (this.faultRand.chance(0.5)) {
+      this.log(`nemesis: crash leader ${node.id} at its first commit of term ${node.lastCommitTerm}`);
+      this.crashNode(node);
+      this.at(1 + this.faultRand.int(30 * UNITS_PER_TICK), () => {
+        if (!node.up && this.now < this.faultEndUnits) this.restartNode(node);
+      });
+    } else {
+      this.isolateFor(node, 1 + this.faultRand.int(60 * UNITS_PER_TICK), `leader at its first commit of term ${node.lastCommitTerm}`);
+    }
+  }
+
+  /**
+   * The Figure 8 dance. Isolates a leader that holds uncommitted entries; once a newer
+   * leader appears elsewhere, isolates that one and restores the one cut off before,
+   * for a few rounds. Newcomers are cut alternately at once (their fresh entries stay
+   * on them alone, in a higher term) and right after their first commit of the term
+   * (what they committed may be an old-term entry only they and one follower hold):
+   * logs whose tails come from different terms, and old leaders that come back to
+   * replicate them.
+   */
+  private driveTailChurn(): void {
+    if (this.profile.tailChurnRate === 0) return;
+    const churn = this.tailChurn;
+    if (!churn) return this.maybeStartTailChurn();
+    const successor = this.nodes.find(
+      (n) => n !== churn.isolated && n.up && n.replica?.node.role === 'leader' && n.replica.node.term > churn.term,
+    );
+    const term = successor?.replica!.node.term ?? 0;
+    const ripe = successor !== undefined && (!churn.cutAfterFirstCommit || successor.lastCommitTerm === term);
+    if (!successor || !ripe) {
+      if (this.now < churn.giveUpUnits) return;
+      this.restoreLinks(churn.links);
+      this.log(`nemesis: tail churn: no newer leader in time; restore node ${churn.isolated.id}`);
+      this.tailChurn = undefined;
+      return;
+    }
+    const links = this.isolate(successor);
+    this.restoreLinks(churn.links);
+    this.log(`nemesis: tail churn: isolate leader ${successor.id} of term ${term}${churn.cutAfterFirstCommit ? ' after its first commit' : ''}, restore node ${churn.isolated.id}`);
+    if (churn.roundsLeft <= 1) {
+      this.at(1 + this.faultRand.int(40 * UNITS_PER_TICK), () => this.restoreLinks(links));
+      this.tailChurn = undefined;
+      return;
+    }
+    this.tailChurn = this.nextChurnRound(successor, term, links, churn.roundsLeft - 1, !churn.cutAfterFirstCommit);
+  }
+
+  private maybeStartTailChurn(): void {
+    for (const node of this.nodes) {
+      const status = node.up ? node.replica?.node.status() : undefined;
+      // A leader that has committed in its term and has more in flight: its tail holds
+      // client entries (a fresh leader's lone no-op is newLeaderIsolationRate's business).
+      if (status?.role !== 'leader' || node.lastCommitTerm !== status.term || status.lastIndex <= status.commitIndex) continue;
+      if (this.churnConsideredTerms.has(status.term)) continue;
+      this.churnConsideredTerms.add(status.term);
+      if (!this.faultRand.chance(this.profile.tailChurnRate)) continue;
+      const rounds = 2 + this.faultRand.int(4);
+      this.log(`nemesis: tail churn: isolate leader ${node.id} of term ${status.term} with uncommitted ${status.commitIndex + 1}..${status.lastIndex} (${rounds} rounds)`);
+      this.tailChurn = this.nextChurnRound(node, status.term, this.isolate(node), rounds, this.faultRand.chance(0.5));
+      return;
+    }
+  }
+
+  private nextChurnRound(isolated: SimNode, term: number, links: string[], roundsLeft: number, cutAfterFirstCommit: boolean): TailChurn {
+    return { isolated, term, links, roundsLeft, cutAfterFirstCommit, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
   }
 
   // --------------------------------------------------------------- clients
@@ -494,10 +703,14 @@ export class Simulation {
       if (status.role === 'leader') this.checkLeader(node, status.term);
       const advanced = status.commitIndex > node.checkedCommit;
       this.checkCommitted(node, status.commitIndex);
-      if (advanced && status.role === 'leader' && this.now < this.faultEndUnits && this.rand.chance(this.profile.crashOnCommitRate)) {
-        this.crashLeaderAfterCommit(node);
+      if (advanced && status.role === 'leader' && this.now < this.faultEndUnits) {
+        const firstInTerm = node.lastCommitTerm !== status.term;
+        node.lastCommitTerm = status.term;
+        if (this.rand.chance(this.profile.crashOnCommitRate)) this.crashLeaderAfterCommit(node);
+        else if (firstInTerm && this.faultRand.chance(this.profile.cutOnFirstCommitRate)) this.cutLeaderAtFirstCommit(node);
       }
     }
+    if (this.now < this.faultEndUnits) this.driveTailChurn();
   }
 
   /** Election safety and leader completeness. */
@@ -508,6 +721,9 @@ export class Simulation {
     this.leadersByTerm.set(term, node.id);
     if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
+      // A leader of an older term may be elected after a newer term committed entries
+      // (its votes were cast before, delivered late); it needs only what came before it.
+      if (this.committedByTerm.get(index)! >= term) continue;
       const entry = node.replica!.node.entryAt(index);
       if (!entry || entryIdentity(entry) !== identity) {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
@@ -520,17 +736,18 @@ export class Simulation {
     for (let index = node.checkedCommit + 1; index <= commitIndex; index++) {
       const entry = node.replica!.node.entryAt(index);
       if (!entry) return this.fail(`node ${node.id} says ${commitIndex} is committed but lacks entry ${index}`);
-      this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry));
+      this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry), node.replica!.node.term);
     }
     node.checkedCommit = Math.max(node.checkedCommit, commitIndex);
   }
 
   /** State-machine safety: every node applies the same entry at each index. */
   private checkApplied(node: SimNode, entry: Entry): void {
-    this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry));
+    this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
   }
 
-  private recordCommitted(who: string, index: number, identity: string): void {
+  private recordCommitted(who: string, index: number, identity: string, term: number): void {
+    this.committedByTerm.set(index, Math.min(term, this.committedByTerm.get(index) ?? Infinity));
     const known = this.committed.get(index);
     if (known === undefined) this.committed.set(index, identity);
     else if (known !== identity) this.fail(`${who} ${identity} at index ${index}, but ${known} was committed there`);
