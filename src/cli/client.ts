@@ -49,7 +49,7 @@ export class CairnClient {
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
-    const request = { key, value, prevKv, clientId: this.clientId, sequence: ++this.sequence };
+    const request = { key, value, prevKv, ...this.nextSession() };
     return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb));
   }
 
@@ -59,8 +59,14 @@ export class CairnClient {
   }
 
   delete(key: Buffer, prevKv = false): Promise<DeleteResponse> {
-    const request = { key, prevKv, clientId: this.clientId, sequence: ++this.sequence };
+    const request = { key, prevKv, ...this.nextSession() };
     return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb));
+  }
+
+  /** One write in flight at a time: the write's own sequence is the lowest unanswered one. */
+  private nextSession() {
+    const sequence = ++this.sequence;
+    return { clientId: this.clientId, sequence, lowestUnansweredSequence: sequence };
   }
 
   /** Keys with `prefix` (all keys when empty), in order. */

@@ -12,6 +12,7 @@ import {
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { RaftServiceServer } from '../../gen/cairn/raft/v1/raft';
+import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { Replica } from '../node/replica';
 import { Limits } from './config';
@@ -87,18 +88,31 @@ async function readBarrier(context: ServiceContext, consistency: Consistency): P
   if (consistency !== Consistency.CONSISTENCY_SERIALIZABLE) await context.router.readBarrier();
 }
 
+/**
+ * A write refused inside apply (a session error) carries its error in the result, the
+ * same on every replica: here it becomes the client's error.
+ */
+function throwIfRefused(result: CommandResult): CommandResult {
+  const refused = result.error;
+  if (!refused) return result;
+  const code = Object.values(ErrorCode).find((c) => c === refused.code);
+  assert(code !== undefined, `the state machine refused a write with unknown code ${refused.code}`);
+  throw new CairnError(code, refused.message);
+}
+
 export function kvService(context: ServiceContext): KVServer {
-  const write = (command: Command) => context.router.write(command);
+  // The leader stamps the log time (Replica.propose), so the command goes out unstamped.
+  const write = async (op: Command['op']) => throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0 }));
   return {
     put: unary(async (request) => {
       validatePut(request, context.limits);
-      const result = await write({ op: { $case: 'put', value: request } });
+      const result = await write({ $case: 'put', value: request });
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
     }),
     delete: unary(async (request) => {
       validateDelete(request, context.limits);
-      const result = await write({ op: { $case: 'delete', value: request } });
+      const result = await write({ $case: 'delete', value: request });
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
     }),

@@ -84,10 +84,10 @@ async function attemptWrite(
     const client = rand.pick(clients);
     try {
       if (kind === 'put') {
-        await unary((md, opts, cb) => client.put({ key: Buffer.from(key), value: Buffer.from(value!), prevKv: false, clientId, sequence }, md, opts, cb), config);
+        await unary((md, opts, cb) => client.put({ key: Buffer.from(key), value: Buffer.from(value!), prevKv: false, clientId, sequence, lowestUnansweredSequence: sequence }, md, opts, cb), config);
         return { client: config.client, op: 'put', key, value, output: {}, call, return: now(), known: true };
       }
-      const response = await unary<{ deleted: boolean }>((md, opts, cb) => client.delete({ key: Buffer.from(key), prevKv: false, clientId, sequence }, md, opts, cb), config);
+      const response = await unary<{ deleted: boolean }>((md, opts, cb) => client.delete({ key: Buffer.from(key), prevKv: false, clientId, sequence, lowestUnansweredSequence: sequence }, md, opts, cb), config);
       return { client: config.client, op: 'delete', key, output: { existed: response.deleted }, call, return: now(), known: true };
     } catch (err) {
       const code = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0];

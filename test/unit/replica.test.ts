@@ -34,7 +34,8 @@ async function becomeLeader(replica: Replica): Promise<void> {
 }
 
 const put = (key: string, value: string, sequence = 0): Command => ({
-  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: sequence ? 'c1' : '', sequence } },
+  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: sequence ? 'c1' : '', sequence, lowestUnansweredSequence: sequence } },
+  proposedAtUnixMs: 0,
 });
 
 describe('Replica on LevelDB', () => {

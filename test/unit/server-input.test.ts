@@ -19,7 +19,7 @@ const range = (overrides: Partial<RangeRequest>): RangeRequest => ({
 describe('request validation', () => {
   test('puts: empty keys, oversized keys, values and requests, and bad sessions name the problem', () => {
     const put = (key: string, value: string, clientId = '', sequence = 0) => () =>
-      validatePut({ key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId, sequence }, limits);
+      validatePut({ key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId, sequence, lowestUnansweredSequence: 0 }, limits);
     expect(put('', 'v')).toThrow('key is empty');
     expect(put('123456789', 'v')).toThrow('over the limit of 8 (--max-key-bytes)');
     expect(put('k', 'x'.repeat(17))).toThrow('--max-value-bytes');

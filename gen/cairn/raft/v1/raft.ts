@@ -106,7 +106,7 @@ export interface ReadIndexResponse {
 export interface StreamRequest {
   /** The cluster this sender belongs to; a receiver rejects frames from another cluster. */
   clusterId: number;
-  /** The sending node's id; every message in the frame must carry the same `from`. */
+  /** The sending node's id; every message in the frame must carry the same `from_id`. */
   fromId: number;
   messages: Message[];
   /**
