@@ -101,6 +101,8 @@ interface ClientSession {
   nextSequence: number;
   /** Sequences sent and neither answered nor given up. */
   unanswered: Set<number>;
+  /** A write of this session was answered OK: the session exists in the state machine. */
+  exists: boolean;
 }
 
 /** One simulated client: lanes share its current session and issue ops concurrently. */
@@ -454,7 +456,7 @@ export class Simulation {
   }
 
   private newSession(client: number, generation: number): ClientSession {
-    return { clientId: `client-${client}-g${generation}`, nextSequence: 1, unanswered: new Set() };
+    return { clientId: `client-${client}-g${generation}`, nextSequence: 1, unanswered: new Set(), exists: false };
   }
 
   /** `lane` is the history's client: one op at a time. */
@@ -517,6 +519,7 @@ export class Simulation {
           const op = outcome.value.op;
           const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
           this.history.push({ client: lane, kind, key, value, output, call, ret: this.now, known: true });
+          session.exists = true;
           this.log(`${name} ok ${JSON.stringify(output)}`);
           return;
         } else {
@@ -537,7 +540,9 @@ export class Simulation {
 
   /**
    * A write refused inside apply (not applied). Returns true when the write is over:
-   * SESSION_EXPIRED starts a new session; SESSION_LIMIT is retried.
+   * SESSION_EXPIRED starts a new session; SESSION_LIMIT is retried. With the default
+   * limits nothing is evicted, so only a session that may never have been created (its
+   * first writes were all given up) may be refused as expired.
    */
   private onSessionRefusal(client: SimClient, session: ClientSession, name: string, error: { code: string; message: string }): boolean {
     this.log(`${name} refused: ${error.code} ${error.message}`);
@@ -545,7 +550,7 @@ export class Simulation {
       this.sessionErrors.limit++;
       return false;
     }
-    if (error.code !== ErrorCode.SESSION_EXPIRED || !this.tightSessions()) {
+    if (error.code !== ErrorCode.SESSION_EXPIRED || (session.exists && !this.tightSessions())) {
       this.fail(`${name} refused with ${error.code} although no session can be evicted in this run: ${error.message}`);
       return true;
     }
