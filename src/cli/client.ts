@@ -12,6 +12,8 @@ import {
   ResponseHeader,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
+import { ErrorCode } from '../errors';
+import { ERROR_CODE_METADATA } from '../server/status';
 
 export const DEFAULT_ENDPOINTS = ['127.0.0.1:7001', '127.0.0.1:7002', '127.0.0.1:7003'];
 /** Rounds over all endpoints before a request is given up. */
@@ -23,6 +25,17 @@ export interface ClientOptions {
   /** Per attempt. */
   timeoutMs: number;
   consistency: Consistency;
+}
+
+type CallArgs<T> = [index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void];
+interface SessionFields {
+  clientId: string;
+  sequence: number;
+  lowestUnansweredSequence: number;
+}
+
+function newClientId(): string {
+  return `cli-${randomUUID()}`;
 }
 
 /** Errors worth another endpoint or another try. Writes carry a session, so a retry is safe. */
@@ -39,7 +52,7 @@ export class CairnClient {
   private preferred = 0;
   /** Leader id -> its client address, as the cluster reports it (MemberList). */
   private readonly clientAddrs = new Map<number, string>();
-  private readonly clientId = `cli-${randomUUID()}`;
+  private clientId = newClientId();
   private sequence = 0;
 
   constructor(private readonly options: ClientOptions) {
@@ -49,8 +62,7 @@ export class CairnClient {
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
-    const request = { key, value, prevKv, ...this.nextSession() };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb));
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.put({ key, value, prevKv, ...session }, md, opts, cb));
   }
 
   get(key: Buffer): Promise<GetResponse> {
@@ -59,14 +71,31 @@ export class CairnClient {
   }
 
   delete(key: Buffer, prevKv = false): Promise<DeleteResponse> {
-    const request = { key, prevKv, ...this.nextSession() };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb));
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.delete({ key, prevKv, ...session }, md, opts, cb));
   }
 
-  /** One write in flight at a time: the write's own sequence is the lowest unanswered one. */
-  private nextSession() {
-    const sequence = ++this.sequence;
-    return { clientId: this.clientId, sequence, lowestUnansweredSequence: sequence };
+  /**
+   * Sends a write under the client's session (kv.proto, "Client sessions"), retried with
+   * the same sequence. One write is in flight at a time, so its own sequence is the lowest
+   * unanswered one. A write that failed is never retried again: the next one starts a new
+   * session rather than claim answers this one never got. A write refused as
+   * SESSION_EXPIRED on its first attempt (the session was evicted while idle) was applied
+   * nowhere, so it is sent once more under a new session.
+   */
+  private async write<T>(send: (session: SessionFields, ...call: CallArgs<T>) => void): Promise<T> {
+    for (let renewed = false; ; renewed = true) {
+      const sequence = ++this.sequence;
+      const session = { clientId: this.clientId, sequence, lowestUnansweredSequence: sequence };
+      const attempts = { count: 0 };
+      try {
+        return await this.retry((...call: CallArgs<T>) => send(session, ...call), attempts);
+      } catch (err) {
+        this.clientId = newClientId();
+        this.sequence = 0;
+        const expired = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.SESSION_EXPIRED;
+        if (renewed || !expired || attempts.count !== 1) throw err;
+      }
+    }
   }
 
   /** Keys with `prefix` (all keys when empty), in order. */
@@ -110,13 +139,12 @@ export class CairnClient {
     if (index >= 0) this.preferred = index;
   }
 
-  private async retry<T>(
-    call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
-  ): Promise<T> {
+  private async retry<T>(call: (...call: CallArgs<T>) => void, attempts = { count: 0 }): Promise<T> {
     let lastError: ServiceError | undefined;
     const count = this.options.endpoints.length;
     for (let attempt = 0; attempt < MAX_ROUNDS * count; attempt++) {
       const index = (this.preferred + attempt) % count;
+      attempts.count++;
       try {
         const result = await new Promise<T>((resolve, reject) =>
           call(index, new Metadata(), { deadline: Date.now() + this.options.timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),

@@ -10,7 +10,11 @@ import { Db, DbOp } from '../storage/db';
  * applied log, so every replica keeps, answers and evicts exactly the same sessions.
  */
 
-/** Bounds on the session table. Time is log time (leader stamps), never a local clock. */
+/**
+ * Bounds on the session table. Time is log time (leader stamps), never a local clock.
+ * They shape the replicated state, so every replica must use the same: they are
+ * constants, not flags.
+ */
 export interface SessionLimits {
   /** Most sessions kept; past it the least recently active evictable one goes. */
   maxSessions: number;
@@ -37,6 +41,20 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxSessionResultBytes: 1024 * 1024,
   maxTotalSessionResultBytes: 64 * 1024 * 1024,
 };
+
+/**
+ * Throws when the limits cannot keep the contract. Idle eviction ignores the grace, so
+ * the idle timeout must be at least the grace.
+ */
+export function checkSessionLimits(limits: SessionLimits): void {
+  for (const [name, value] of Object.entries(limits)) {
+    const min = name === 'sessionEvictionGraceMs' ? 0 : 1;
+    if (!Number.isSafeInteger(value) || value < min) throw new RangeError(`session limit ${name} must be an integer >= ${min}, got ${value}`);
+  }
+  if (limits.sessionIdleTimeoutMs < limits.sessionEvictionGraceMs) {
+    throw new RangeError(`sessionIdleTimeoutMs (${limits.sessionIdleTimeoutMs}) must be >= sessionEvictionGraceMs (${limits.sessionEvictionGraceMs})`);
+  }
+}
 
 /** The part of a write that names its session. */
 export interface SessionWrite {

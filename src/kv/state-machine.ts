@@ -3,7 +3,7 @@ import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { Db, DbOp } from '../storage/db';
-import { DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
+import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 
 const APPLIED_KEY = Buffer.from('applied');
 
@@ -28,6 +28,8 @@ export interface StateMachine {
   /** The index of the last entry applied (durably, or re-applied after a crash). */
   appliedIndex(): number;
   revision(): number;
+  /** Log time: the highest leader stamp applied so far (kv.proto, Command.proposed_at_unix_ms). */
+  logTimeUnixMs(): number;
   /** Applies entries in one atomic write with the new applied index. */
   apply(entries: readonly Entry[]): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
@@ -57,6 +59,7 @@ export class KvStateMachine implements StateMachine {
 
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS): Promise<KvStateMachine> {
+    checkSessionLimits(sessionLimits);
     const value = await db.get('meta', APPLIED_KEY);
     const applied = value ? AppliedState.decode(value) : { index: 0, revision: 0, logTimeUnixMs: 0 };
     return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits);

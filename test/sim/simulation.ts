@@ -727,6 +727,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.revision();
   }
 
+  logTimeUnixMs(): number {
+    return this.inner.logTimeUnixMs();
+  }
+
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
     for (const entry of entries) this.onApply(entry);
     return this.inner.apply(entries);

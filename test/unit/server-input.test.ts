@@ -1,7 +1,7 @@
 import { Consistency, RangeRequest } from '../../gen/cairn/kv/v1/kv';
 import { buildServerConfig, parsePeers, SERVE_FLAGS } from '../../src/server/config';
 import { deriveClusterId } from '../../src/server/identity';
-import { prefixEnd, validatePut, validateRange } from '../../src/server/validate';
+import { prefixEnd, validateDelete, validatePut, validateRange } from '../../src/server/validate';
 import { parseArgs, resolveFlags } from '../../src/cli/flags';
 import { splitWords } from '../../src/cli/shell';
 
@@ -28,6 +28,14 @@ describe('request validation', () => {
     expect(put('k', 'v', '', 3)).toThrow('sequence needs a client_id');
     expect(put('k', 'v', 'c'.repeat(11), 1)).toThrow('client_id is 11 bytes');
     expect(put('k', 'v', 'c', 1)).not.toThrow();
+  });
+
+  test('a session\'s lowest_unanswered_sequence must not be above the sequence, and needs a client_id', () => {
+    const write = (clientId: string, sequence: number, lowestUnansweredSequence: number) => ({ key: Buffer.from('k'), prevKv: false, clientId, sequence, lowestUnansweredSequence });
+    expect(() => validatePut({ ...write('c', 3, 4), value: Buffer.from('v') }, limits)).toThrow('lowest_unanswered_sequence 4 is above sequence 3');
+    expect(() => validateDelete(write('c', 3, 4), limits)).toThrow('lowest_unanswered_sequence 4 is above sequence 3');
+    expect(() => validateDelete(write('', 0, 1), limits)).toThrow('lowest_unanswered_sequence needs a client_id');
+    for (const lowest of [0, 1, 3]) expect(() => validateDelete(write('c', 3, lowest), limits)).not.toThrow();
   });
 
   test('ranges: single key, to the end, [start, end), limits', () => {

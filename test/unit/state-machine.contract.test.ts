@@ -775,7 +775,7 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
     });
 
     test('a stamp from a clock that went back does not age sessions backwards', async () => {
-      const limited = await KvStateMachine.open(handle.db, { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000 });
+      const limited = await KvStateMachine.open(handle.db, { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
       await applyOne(limited, put('a', '1', { clientId: 'old', sequence: 1, at: 10_000 }));
       // A new leader whose clock is behind: idle age is measured from 10,000, not 2,000.
       await applyOne(limited, put('a', '2', { clientId: 'other', sequence: 1, at: 2_000 }));
@@ -789,7 +789,7 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
     const w = (clientId: string, sequence: number, at: number, extra: WriteOptions = {}) => put(`k-${clientId}`, `${clientId}${sequence}`, { clientId, sequence, at, ...extra });
 
     test('a session idle for sessionIdleTimeoutMs of log time is evicted: its next write gets SESSION_EXPIRED', async () => {
-      const machine = await KvStateMachine.open(handle.db, limits({ sessionIdleTimeoutMs: 1_000 }));
+      const machine = await KvStateMachine.open(handle.db, limits({ sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 500 }));
       await applyOne(machine, w('a', 1, 100));
       await applyOne(machine, w('b', 1, 600));
       // 1,099 ms after a's last write: not yet.
@@ -876,6 +876,11 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
       expect(refused.error?.code).toBe('SESSION_LIMIT');
       expect(refused.error?.message).toContain('maxSessionResultBytes 100');
       expect((await applyOne(machine, put('small', 'z', { clientId: 'a', sequence: 2, lowest: 2 }))).error).toBeUndefined();
+    });
+
+    test('limits that cannot keep the contract are refused', async () => {
+      await expect(KvStateMachine.open(handle.db, limits({ sessionIdleTimeoutMs: 10, sessionEvictionGraceMs: 11 }))).rejects.toThrow('must be >= sessionEvictionGraceMs');
+      await expect(KvStateMachine.open(handle.db, limits({ maxSessions: 0 }))).rejects.toThrow('maxSessions must be an integer >= 1');
     });
 
     test('past maxTotalSessionResultBytes the least recently active sessions are evicted', async () => {
