@@ -170,16 +170,16 @@ export function raftService(context: ServiceContext): RaftServiceServer {
       call.on('data', (frame) => {
         if (rejected) return;
         try {
-          checkSender(frame.clusterId, frame.from);
+          checkSender(frame.clusterId, frame.fromId);
         } catch (err) {
           rejected = true;
-          context.logger.warn({ from: frame.from, clusterId: frame.clusterId, reason: (err as Error).message }, 'peer stream rejected');
+          context.logger.warn({ from: frame.fromId, clusterId: frame.clusterId, reason: (err as Error).message }, 'peer stream rejected');
           callback(toGrpcError(err));
           return;
         }
-        if (frame.clientAddr) context.noteClientAddr(frame.from, frame.clientAddr);
+        if (frame.clientAddr) context.noteClientAddr(frame.fromId, frame.clientAddr);
         for (const message of frame.messages) {
-          if (message.from === frame.from) context.replica.receive(message);
+          if (message.fromId === frame.fromId) context.replica.receive(message);
         }
       });
       call.on('end', () => {
