@@ -36,7 +36,7 @@ export interface SessionLimits {
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxSessions: 10_000,
   sessionIdleTimeoutMs: 60 * 60 * 1000,
-  sessionEvictionGraceMs: 60 * 1000,
+  sessionEvictionGraceMs: 5 * 60 * 1000,
   maxResultsPerSession: 256,
   maxSessionResultBytes: 1024 * 1024,
   maxTotalSessionResultBytes: 64 * 1024 * 1024,
