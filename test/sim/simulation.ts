@@ -20,7 +20,8 @@ const MS_PER_UNIT = 10;
 const CLIENT_ATTEMPT_TIMEOUT_UNITS = 15 * UNITS_PER_TICK;
 const CLIENT_OP_DEADLINE_UNITS = 60 * UNITS_PER_TICK;
 /** Most writes one simulated client keeps in flight under its client id. */
-const MAX_WRITES_IN_FLIGHT = 4;
+const MAX_WRITES_IN_FLIGHT = 3;
+const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
 
@@ -498,6 +499,7 @@ export class Simulation {
     const call = this.now;
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     let maybeApplied = false;
+    let failedAttempts = 0;
     try {
       while (this.now < deadline) {
         const replica = this.pickLeader();
@@ -525,7 +527,9 @@ export class Simulation {
         } else {
           maybeApplied ||= outcome.maybeApplied;
         }
-        await this.sleep(UNITS_PER_TICK);
+        // Back off as real clients do: with several writes in flight per client, retrying
+        // every tick would grow the log faster than a slow cluster replicates it.
+        await this.sleep(UNITS_PER_TICK * Math.min(2 ** failedAttempts++, MAX_RETRY_BACKOFF_TICKS));
       }
       // Given up (or expired): this attempt changed nothing, an earlier one may have.
       if (maybeApplied) {
