@@ -12,7 +12,6 @@ import {
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { RaftServiceServer } from '../../gen/cairn/raft/v1/raft';
-import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { Replica } from '../node/replica';
 import { Limits } from './config';
@@ -96,7 +95,8 @@ function throwIfRefused(result: CommandResult): CommandResult {
   const refused = result.error;
   if (!refused) return result;
   const code = Object.values(ErrorCode).find((c) => c === refused.code);
-  assert(code !== undefined, `the state machine refused a write with unknown code ${refused.code}`);
+  // A code this node does not know (a newer leader during an upgrade): still a refusal.
+  if (code === undefined) throw new Error(`the write was refused (${refused.code}): ${refused.message}`);
   throw new CairnError(code, refused.message);
 }
 
