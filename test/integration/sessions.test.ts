@@ -1,7 +1,7 @@
 import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import { KVClient, PutRequest, PutResponse } from '../../gen/cairn/kv/v1/kv';
 import { ERROR_CODE_METADATA } from '../../src/server/status';
-import { ProcessCluster } from '../support/process-cluster';
+import { ProcessCluster, waitFor } from '../support/process-cluster';
 
 jest.setTimeout(120_000);
 
@@ -72,5 +72,23 @@ describe('client sessions on a 3-node cluster of real processes', () => {
     // A lowest_unanswered_sequence above the sequence is the client's mistake.
     const invalid = put(viaLeader, { clientId: 'c', key: Buffer.from('u'), value: Buffer.from('x'), sequence: 1, lowestUnansweredSequence: 2 });
     await expect(invalid).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringContaining('lowest_unanswered_sequence 2 is above sequence 1') });
+  });
+
+  test('the cairn client recovers after a write that failed before its session existed', async () => {
+    const leader = await cluster.waitForLeader();
+    const [a, b] = [1, 2, 3].filter((id) => id !== leader) as [number, number];
+    const client = cluster.client([leader], undefined, 500);
+    await cluster.kill(a, 'SIGKILL');
+    await cluster.kill(b, 'SIGKILL');
+    await waitFor('the survivor to know no leader', async () => (await cluster.status(leader)).leaderId === 0);
+    // Its first write (sequence 1) fails and is never applied: the session never comes to be.
+    await expect(client.put(Buffer.from('after-outage'), Buffer.from('1'))).rejects.toMatchObject({ code: Status.UNAVAILABLE });
+    cluster.restart(a);
+    await cluster.waitForLeader([leader, a]);
+    // Without a new session this write would claim sequence 1 was answered: SESSION_EXPIRED.
+    const put = await client.put(Buffer.from('after-outage'), Buffer.from('2'));
+    expect(put.header?.revision).toBeGreaterThan(0);
+    expect((await client.get(Buffer.from('after-outage'))).kv?.value.toString()).toBe('2');
+    cluster.restart(b);
   });
 });
