@@ -120,6 +120,18 @@ export class SessionTable {
     this.totalBytes += summary.resultBytes;
   }
 
+  /** Sessions last active before log time began (0): see SessionBatch.startLogTime. */
+  unstamped(): string[] {
+    return [...this.byActivity].filter(([, summary]) => summary.lastActiveUnixMs === 0).map(([clientId]) => clientId);
+  }
+
+  /** Sets a session's last log time without moving it in the eviction order. */
+  restamp(clientId: string, lastActiveUnixMs: number): void {
+    const summary = this.byActivity.get(clientId);
+    assert(summary !== undefined, `restamping unknown session ${clientId}`);
+    summary.lastActiveUnixMs = lastActiveUnixMs;
+  }
+
   remove(clientId: string): void {
     const existing = this.byActivity.get(clientId);
     if (!existing) return;
@@ -140,6 +152,21 @@ export class SessionBatch {
     private readonly table: SessionTable,
     private readonly limits: SessionLimits,
   ) {}
+
+  /**
+   * Log time has just begun (its first stamp, e.g. on a store written before stamps
+   * existed): sessions active before it count as active now, rather than idle since 1970.
+   * Runs once, on every replica at the same entry.
+   */
+  async startLogTime(logTimeUnixMs: number): Promise<void> {
+    for (const clientId of this.table.unstamped()) {
+      const record = await this.read(clientId);
+      assert(record !== undefined, `unstamped session ${clientId} is not stored`);
+      record.lastActiveUnixMs = logTimeUnixMs;
+      this.staged.set(clientId, record);
+      this.table.restamp(clientId, logTimeUnixMs);
+    }
+  }
 
   /** Evicts every session idle for sessionIdleTimeoutMs at `logTimeUnixMs`. */
   evictIdle(logTimeUnixMs: number): void {

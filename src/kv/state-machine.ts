@@ -154,7 +154,9 @@ class ApplyBatch {
       return { revision: this.revision, op: undefined };
     }
     // Log time never goes back, whatever a new leader's clock says.
-    this.logTimeUnixMs = Math.max(this.logTimeUnixMs, command.proposedAtUnixMs);
+    const before = this.logTimeUnixMs;
+    this.logTimeUnixMs = Math.max(before, command.proposedAtUnixMs);
+    if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);

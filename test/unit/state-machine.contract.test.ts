@@ -737,6 +737,18 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
       expect((await applyOne(fresh, put('a', 'v6', { clientId: 'legacy', sequence: 6 }))).revision).toBe(2);
     });
 
+    test('sessions from before log time began are not idle since 1970 at the first stamp', async () => {
+      const machine = await KvStateMachine.open(handle.db, { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
+      const first = await applyOne(machine, put('a', 'v', { clientId: 'early', sequence: 1 }));
+      // The first stamped write (a leader with a clock): log time jumps from 0.
+      await applyOne(machine, put('b', 'w', { clientId: 'other', sequence: 1, at: 1_700_000_000_000 }));
+      const fresh = await KvStateMachine.open(await handle.reopen(), { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
+      expect(await applyOne(fresh, put('a', 'v', { clientId: 'early', sequence: 1, at: 1_700_000_000_999 }))).toEqual(first);
+      // Idle from then on like any other: 1,000 ms after its last write it is gone.
+      await applyOne(fresh, put('b', 'w', { clientId: 'other', sequence: 2, at: 1_700_000_002_000 }));
+      expect((await applyOne(fresh, put('a', 'v2', { clientId: 'early', sequence: 2 }))).error?.code).toBe('SESSION_EXPIRED');
+    });
+
     test('writes with an empty clientId are never deduplicated', async () => {
       const first = await applyOne(sm, put('a', 'v', { clientId: '', sequence: 1 }));
       const second = await applyOne(sm, put('a', 'v', { clientId: '', sequence: 1 }));
