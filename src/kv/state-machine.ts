@@ -89,15 +89,17 @@ export class KvStateMachine implements StateMachine {
   }
 
   private async applyInOrder(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
-    // A failed write below stops the node (the shell treats it as fatal) and the state is
-    // reopened from disk, so the session table may be updated as the batch goes.
-    const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions);
-    const outcomes: ApplyOutcome[] = [];
     let index = this.applied.index;
     for (const entry of entries) {
       assert(entry.index === index + 1, `applying index ${entry.index} after ${index}`);
       index = entry.index;
+    }
+    // The session table is updated as the batch goes: a failure after this point (a failed
+    // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
+    const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions);
+    const outcomes: ApplyOutcome[] = [];
+    for (const entry of entries) {
       outcomes.push({ index: entry.index, term: entry.term, result: await batch.applyEntry(entry) });
     }
     const applied: AppliedState = { index, revision: batch.revision, logTimeUnixMs: batch.logTimeUnixMs };
