@@ -207,7 +207,7 @@ export class SessionBatch {
     const kept = record.results.find((r) => r.sequence === sequence);
     if (kept) return CommandResult.decode(kept.result);
     if (sequence < record.lowestUnansweredSequence) {
-      return refusal(at.revision, ErrorCode.SESSION_EXPIRED, `the result of sequence ${sequence} of client ${clientId} was discarded (the client said every sequence below ${record.lowestUnansweredSequence} was answered): it is not applied again`);
+      return refusal(at.revision, ErrorCode.SESSION_EXPIRED, `sequence ${sequence} of client ${clientId} is below ${record.lowestUnansweredSequence}, and the client said every sequence below that was answered: its result, if it had one, was discarded, and it is not applied`);
     }
     const bytes = resultBytes(record);
     if (record.results.length >= this.limits.maxResultsPerSession || bytes >= this.limits.maxSessionResultBytes) {
