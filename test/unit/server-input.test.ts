@@ -1,4 +1,7 @@
+import { status as Status } from '@grpc/grpc-js';
 import { Consistency, RangeRequest } from '../../gen/cairn/kv/v1/kv';
+import { CairnError, ErrorCode } from '../../src/errors';
+import { ERROR_CODE_METADATA, toGrpcError } from '../../src/server/status';
 import { buildServerConfig, parsePeers, SERVE_FLAGS } from '../../src/server/config';
 import { deriveClusterId } from '../../src/server/identity';
 import { prefixEnd, validateDelete, validatePut, validateRange } from '../../src/server/validate';
@@ -103,5 +106,19 @@ describe('command line', () => {
   test('the shell splits quoted values', () => {
     expect(splitWords('SET motd "hello there"')).toEqual(['SET', 'motd', 'hello there']);
     expect(splitWords('  get   k ')).toEqual(['get', 'k']);
+  });
+});
+
+describe('session errors as gRPC status', () => {
+  test('SESSION_EXPIRED is FAILED_PRECONDITION and SESSION_LIMIT is RESOURCE_EXHAUSTED, each with its cairn-error-code trailer', () => {
+    for (const [code, status] of [
+      [ErrorCode.SESSION_EXPIRED, Status.FAILED_PRECONDITION],
+      [ErrorCode.SESSION_LIMIT, Status.RESOURCE_EXHAUSTED],
+    ] as const) {
+      const grpc = toGrpcError(new CairnError(code, 'why'));
+      expect(grpc.code).toBe(status);
+      expect(grpc.details).toBe('why');
+      expect(grpc.metadata?.get(ERROR_CODE_METADATA)).toEqual([code]);
+    }
   });
 });
