@@ -139,7 +139,10 @@ export class CairnClient {
     if (index >= 0) this.preferred = index;
   }
 
-  private async retry<T>(call: (...call: CallArgs<T>) => void, attempts = { count: 0 }): Promise<T> {
+  private async retry<T>(
+    call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
+    attempts = { count: 0 },
+  ): Promise<T> {
     let lastError: ServiceError | undefined;
     const count = this.options.endpoints.length;
     for (let attempt = 0; attempt < MAX_ROUNDS * count; attempt++) {
