@@ -21,6 +21,12 @@ const CLIENT_ATTEMPT_TIMEOUT_UNITS = 15 * UNITS_PER_TICK;
 const CLIENT_OP_DEADLINE_UNITS = 60 * UNITS_PER_TICK;
 /** Most writes one simulated client keeps in flight under its client id. */
 const MAX_WRITES_IN_FLIGHT = 3;
+/**
+ * Lanes (one op at a time each) over all clients: the slowest drawn clusters (window 1,
+ * batch 1, long delays) commit about one entry per round trip, and more concurrent
+ * writers than this outrun them, so the log grows until the run cannot converge.
+ */
+const MAX_LANES = 5;
 const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
@@ -213,7 +219,7 @@ export class Simulation {
       for (const node of this.nodes) this.scheduleTicks(node, 1 + this.rand.int(UNITS_PER_TICK));
       this.scheduleNemesis();
       const clientCount = 2 + this.rand.int(4);
-      for (let c = 1; c <= clientCount; c++) this.startClient(c);
+      for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -450,9 +456,14 @@ export class Simulation {
   // --------------------------------------------------------------- clients
 
   /** A client with several lanes: each lane is one op at a time, all share the client's session. */
-  private startClient(id: number): void {
+  private lanesStarted = 0;
+
+  private startClient(id: number, clientCount: number): void {
     const client: SimClient = { id, generation: 0, session: this.newSession(id, 0), pausedUntil: 0 };
-    const lanes = 1 + this.rand.int(MAX_WRITES_IN_FLIGHT);
+    // Every client gets a lane; what the budget leaves, the earlier ones may share.
+    const spare = MAX_LANES - this.lanesStarted - (clientCount - id);
+    const lanes = Math.max(1, Math.min(1 + this.rand.int(MAX_WRITES_IN_FLIGHT), spare));
+    this.lanesStarted += lanes;
     for (let lane = 1; lane <= lanes; lane++) void this.runLane(client, id * 10 + lane);
   }
 
@@ -514,7 +525,8 @@ export class Simulation {
           kind === 'put'
             ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0 }
             : { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0 };
-        const outcome = await this.withTimeout(replica.propose(command));
+        // Each attempt waits longer: a slow cluster's queue must not fill with retries of writes it is still committing.
+        const outcome = await this.withTimeout(replica.propose(command), CLIENT_ATTEMPT_TIMEOUT_UNITS * Math.min(2 ** failedAttempts, 4));
         if (outcome.ok && outcome.value.error) {
           if (this.onSessionRefusal(client, session, name, outcome.value.error)) break;
         } else if (outcome.ok) {
@@ -603,12 +615,13 @@ export class Simulation {
   /** Settles a request, or gives up on it after the attempt timeout. */
   private async withTimeout<T>(
     promise: Promise<T>,
+    timeoutUnits = CLIENT_ATTEMPT_TIMEOUT_UNITS,
   ): Promise<{ ok: true; value: T } | { ok: false; maybeApplied: boolean }> {
     const outcome = promise.then(
       (value) => ({ ok: true as const, value }),
       (err: unknown) => ({ ok: false as const, maybeApplied: !definitelyNotApplied(err) }),
     );
-    const timedOut = this.sleep(CLIENT_ATTEMPT_TIMEOUT_UNITS).then(() => ({ ok: false as const, maybeApplied: true }));
+    const timedOut = this.sleep(timeoutUnits).then(() => ({ ok: false as const, maybeApplied: true }));
     return Promise.race([outcome, timedOut]);
   }
 
