@@ -30,6 +30,17 @@ export const ErrorCode = {
   LEADER_UNREACHABLE: 'LEADER_UNREACHABLE',
   /** A peer from another cluster, or a node that is not a member. */
   WRONG_CLUSTER: 'WRONG_CLUSTER',
+  /**
+   * The session's result for this write was discarded (its sequence is below one the
+   * client said was answered, or the session was evicted): the write was not applied
+   * now. Start again with a new client id (kv.proto, "Client sessions").
+   */
+  SESSION_EXPIRED: 'SESSION_EXPIRED',
+  /**
+   * A session bound was reached (too many sessions, or too many unanswered results in
+   * one): the write was not applied. Retry later, after answers advance the session.
+   */
+  SESSION_LIMIT: 'SESSION_LIMIT',
   /** The request is malformed or over a limit. */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
   /** Another process holds the data directory. */

@@ -12,6 +12,8 @@ import {
   ResponseHeader,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
+import { ErrorCode } from '../errors';
+import { ERROR_CODE_METADATA } from '../server/status';
 
 /** Rounds over all endpoints before a request is given up. */
 const MAX_ROUNDS = 5;
@@ -31,6 +33,17 @@ export interface ClientOptions {
    */
   totalTimeoutMs?: number;
   consistency: Consistency;
+}
+
+type CallArgs<T> = [index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void];
+interface SessionFields {
+  clientId: string;
+  sequence: number;
+  lowestUnansweredSequence: number;
+}
+
+function newClientId(): string {
+  return `cli-${randomUUID()}`;
 }
 
 /** Errors worth another endpoint or another try. Writes carry a session, so a retry is safe. */
@@ -105,7 +118,7 @@ export class CairnClient {
   private preferred = 0;
   /** Leader id -> its client address, as the cluster reports it (MemberList). */
   private readonly clientAddrs = new Map<number, string>();
-  private readonly clientId = `cli-${randomUUID()}`;
+  private clientId = newClientId();
   private sequence = 0;
 
   constructor(private readonly options: ClientOptions) {
@@ -115,8 +128,7 @@ export class CairnClient {
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
-    const request = { key, value, prevKv, clientId: this.clientId, sequence: ++this.sequence };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.put(request, md, opts, cb), true);
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.put({ key, value, prevKv, ...session }, md, opts, cb));
   }
 
   get(key: Buffer): Promise<GetResponse> {
@@ -125,8 +137,31 @@ export class CairnClient {
   }
 
   delete(key: Buffer, prevKv = false): Promise<DeleteResponse> {
-    const request = { key, prevKv, clientId: this.clientId, sequence: ++this.sequence };
-    return this.retry((i, md, opts, cb) => this.kv[i]!.delete(request, md, opts, cb), true);
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.delete({ key, prevKv, ...session }, md, opts, cb));
+  }
+
+  /**
+   * Sends a write under the client's session (kv.proto, "Client sessions"), retried with
+   * the same sequence. One write is in flight at a time, so its own sequence is the lowest
+   * unanswered one. A write that failed is never retried again: the next one starts a new
+   * session rather than claim answers this one never got. A write refused as
+   * SESSION_EXPIRED on its first attempt (the session was evicted while idle) was applied
+   * nowhere, so it is sent once more under a new session.
+   */
+  private async write<T>(send: (session: SessionFields, ...call: CallArgs<T>) => void): Promise<T> {
+    for (let renewed = false; ; renewed = true) {
+      const sequence = ++this.sequence;
+      const session = { clientId: this.clientId, sequence, lowestUnansweredSequence: sequence };
+      const attempts = { count: 0 };
+      try {
+        return await this.retry((...call: CallArgs<T>) => send(session, ...call), true, attempts);
+      } catch (err) {
+        this.clientId = newClientId();
+        this.sequence = 0;
+        const expired = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.SESSION_EXPIRED;
+        if (renewed || !expired || attempts.count !== 1) throw err;
+      }
+    }
   }
 
   /** Keys with `prefix` (all keys when empty), in order. */
@@ -194,6 +229,7 @@ export class CairnClient {
   private async retry<T>(
     call: (index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void) => void,
     isWrite = false,
+    attempts = { count: 0 },
   ): Promise<T> {
     const count = this.options.endpoints.length;
     const callDeadline = Date.now() + (this.options.totalTimeoutMs ?? Number.POSITIVE_INFINITY);
@@ -205,6 +241,7 @@ export class CairnClient {
       const index = (this.preferred + attempt) % count;
       if (lastFailure.get(index)?.kind === 'wrong-service') continue;
       const attemptMs = this.attemptMs(callDeadline);
+      attempts.count++;
       try {
         const result = await new Promise<T>((resolve, reject) =>
           call(index, new Metadata(), { deadline: Date.now() + attemptMs }, (err, res) => (err ? reject(err) : resolve(res!))),

@@ -1,8 +1,9 @@
 import { Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
-import { AppliedState, KeyRecord, SessionRecord } from '../../gen/cairn/storage/v1/storage';
+import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { Db, DbOp } from '../storage/db';
+import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 
 const APPLIED_KEY = Buffer.from('applied');
 
@@ -36,6 +37,8 @@ export interface StateMachine {
   /** The index of the last entry applied (durably, or re-applied after a crash). */
   appliedIndex(): number;
   revision(): number;
+  /** Log time: the highest leader stamp applied so far (kv.proto, Command.proposed_at_unix_ms). */
+  logTimeUnixMs(): number;
   /** Applies entries in one atomic write with the new applied index. */
   apply(entries: readonly Entry[]): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
@@ -57,13 +60,18 @@ export class KvStateMachine implements StateMachine {
   private constructor(
     private readonly db: Db,
     applied: AppliedState,
+    private readonly sessions: SessionTable,
+    private readonly sessionLimits: SessionLimits,
   ) {
     this.applied = applied;
   }
 
-  static async open(db: Db): Promise<KvStateMachine> {
+  /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
+  static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS): Promise<KvStateMachine> {
+    checkSessionLimits(sessionLimits);
     const value = await db.get('meta', APPLIED_KEY);
-    return new KvStateMachine(db, value ? AppliedState.decode(value) : { index: 0, revision: 0 });
+    const applied = value ? AppliedState.decode(value) : { index: 0, revision: 0, logTimeUnixMs: 0 };
+    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits);
   }
 
   appliedIndex(): number {
@@ -72,6 +80,11 @@ export class KvStateMachine implements StateMachine {
 
   revision(): number {
     return this.applied.revision;
+  }
+
+  /** Log time: the highest leader stamp (proposed_at_unix_ms) applied so far. */
+  logTimeUnixMs(): number {
+    return this.applied.logTimeUnixMs;
   }
 
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
@@ -85,16 +98,24 @@ export class KvStateMachine implements StateMachine {
   }
 
   private async applyInOrder(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
-    const batch = new ApplyBatch(this.db, this.applied.revision);
-    const outcomes: ApplyOutcome[] = [];
     let index = this.applied.index;
     for (const entry of entries) {
       assert(entry.index === index + 1, `applying index ${entry.index} after ${index}`);
       index = entry.index;
+    }
+    // The session table is updated as the batch goes: a failure after this point (a failed
+    // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
+    const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions);
+    const outcomes: ApplyOutcome[] = [];
+    for (const entry of entries) {
       outcomes.push({ index: entry.index, term: entry.term, result: await batch.applyEntry(entry) });
     }
-    const applied: AppliedState = { index, revision: batch.revision };
-    assert(applied.index >= this.applied.index && applied.revision >= this.applied.revision, 'applied state went back');
+    const applied: AppliedState = { index, revision: batch.revision, logTimeUnixMs: batch.logTimeUnixMs };
+    assert(
+      applied.index >= this.applied.index && applied.revision >= this.applied.revision && applied.logTimeUnixMs >= this.applied.logTimeUnixMs,
+      'applied state went back',
+    );
     await this.db.write(batch.ops(applied), { sync: false });
     this.applied = applied;
     return outcomes;
@@ -132,11 +153,12 @@ export class KvStateMachine implements StateMachine {
 /** The writes of one apply call, with reads that see the batch's own earlier writes. */
 class ApplyBatch {
   private readonly kv = new Map<string, KeyRecord | null>();
-  private readonly sessions = new Map<string, SessionRecord>();
 
   constructor(
     private readonly db: Db,
     public revision: number,
+    public logTimeUnixMs: number,
+    private readonly sessions: SessionBatch,
   ) {}
 
   async applyEntry(entry: Entry): Promise<CommandResult | undefined> {
@@ -149,12 +171,14 @@ class ApplyBatch {
       // every node fails the same way, so the replicas stay identical.
       return { revision: this.revision, op: undefined };
     }
+    // Log time never goes back, whatever a new leader's clock says.
+    const before = this.logTimeUnixMs;
+    this.logTimeUnixMs = Math.max(before, command.proposedAtUnixMs);
+    if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
+    this.sessions.evictIdle(this.logTimeUnixMs);
     const write = command.op?.value;
-    const cached = write ? await this.sessionResult(write) : undefined;
-    if (cached) return cached;
-    const result = await this.applyCommand(command);
-    if (write && write.clientId !== '') this.rememberSession(write, result);
-    return result;
+    if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
+    return this.sessions.write(write, { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision }, () => this.applyCommand(command));
   }
 
   private async applyCommand(command: Command): Promise<CommandResult> {
@@ -192,35 +216,11 @@ class ApplyBatch {
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
-  /**
-   * Exactly-once: a write whose (client, sequence) was applied already gets the
-   * original result and changes nothing. An older sequence than the last one is a
-   * stray duplicate nobody waits for any more: it changes nothing either.
-   */
-  private async sessionResult(write: PutRequest | DeleteRequest): Promise<CommandResult | undefined> {
-    if (write.clientId === '') return undefined;
-    const session = await this.readSession(write.clientId);
-    if (!session || write.sequence > session.sequence) return undefined;
-    if (write.sequence === session.sequence) return CommandResult.decode(session.result);
-    return { revision: this.revision, op: undefined };
-  }
-
-  private rememberSession(write: PutRequest | DeleteRequest, result: CommandResult): void {
-    this.sessions.set(write.clientId, { sequence: write.sequence, result: Buffer.from(CommandResult.encode(result).finish()) });
-  }
-
   private async read(key: Buffer): Promise<KeyRecord | undefined> {
     const staged = this.kv.get(hex(key));
     if (staged !== undefined) return staged ?? undefined;
     const value = await this.db.get('kv', key);
     return value ? KeyRecord.decode(value) : undefined;
-  }
-
-  private async readSession(clientId: string): Promise<SessionRecord | undefined> {
-    const staged = this.sessions.get(clientId);
-    if (staged) return staged;
-    const value = await this.db.get('sessions', Buffer.from(clientId));
-    return value ? SessionRecord.decode(value) : undefined;
   }
 
   ops(applied: AppliedState): DbOp[] {
@@ -232,9 +232,7 @@ class ApplyBatch {
           : { type: 'del', sublevel: 'kv', key: Buffer.from(key, 'hex') },
       );
     }
-    for (const [clientId, session] of this.sessions) {
-      ops.push({ type: 'put', sublevel: 'sessions', key: Buffer.from(clientId), value: SessionRecord.encode(session).finish() });
-    }
+    ops.push(...this.sessions.ops());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
     return ops;
   }

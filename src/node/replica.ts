@@ -2,6 +2,7 @@ import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { Message } from '../../gen/cairn/raft/v1/raft';
 import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
+import { stampCommand } from '../kv/log-time';
 import { ApplyOutcome, StateMachine } from '../kv/state-machine';
 import { NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
@@ -59,6 +60,7 @@ export class Replica {
     readonly stateMachine: StateMachine,
     private readonly transport: Transport,
     private readonly onFatal: (err: unknown) => void,
+    private readonly clockUnixMs: () => number,
   ) {}
 
   static async open(options: {
@@ -67,11 +69,13 @@ export class Replica {
     stateMachine: StateMachine;
     transport: Transport;
     onFatal: (err: unknown) => void;
+    /** The wall clock that stamps proposals with log time (the simulator passes its virtual one). */
+    clockUnixMs?: () => number;
   }): Promise<Replica> {
     const { hardState, entries } = await options.storage.load();
     const appliedIndex = options.stateMachine.appliedIndex();
     const node = new RaftNode(options.config, { hardState, entries, appliedIndex });
-    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal);
+    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal, options.clockUnixMs ?? Date.now);
   }
 
   get id(): NodeId {
@@ -110,13 +114,14 @@ export class Replica {
   /**
    * Proposes a write; resolves with its result once it is committed and applied here.
    * `encoded` spares a second encoding when the caller already holds the bytes (a write
-   * forwarded by a follower). When `signal` aborts (the caller's deadline passed), the
-   * caller gets TIMEOUT and stops waiting here; the entry may still commit later.
+   * forwarded by a follower). The command is stamped with this node's clock (log time):
+   * only a leader's proposal enters the log. When `signal` aborts (the caller's deadline
+   * passed), the caller gets TIMEOUT and stops waiting here; the entry may still commit later.
    */
   propose(command: Command, encoded: Uint8Array = Command.encode(command).finish(), signal?: AbortSignal): Promise<CommandResult> {
     if (this.stopped) return Promise.reject(stoppedError());
     if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
-    const proposed = this.guarded(() => this.node.propose(encoded));
+    const proposed = this.guarded(() => this.node.propose(stampCommand(encoded, this.clockUnixMs())));
     if (!proposed.ok) {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));

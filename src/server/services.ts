@@ -130,19 +130,33 @@ async function readBarrier(context: ServiceContext, consistency: Consistency, sc
   if (consistency !== Consistency.CONSISTENCY_SERIALIZABLE) await context.router.readBarrier(scope);
 }
 
+/**
+ * A write refused inside apply (a session error) carries its error in the result, the
+ * same on every replica: here it becomes the client's error.
+ */
+function throwIfRefused(result: CommandResult): CommandResult {
+  const refused = result.error;
+  if (!refused) return result;
+  const code = Object.values(ErrorCode).find((c) => c === refused.code);
+  // A code this node does not know (a newer leader during an upgrade): still a refusal.
+  if (code === undefined) throw new Error(`the write was refused (${refused.code}): ${refused.message}`);
+  throw new CairnError(code, refused.message);
+}
+
 export function kvService(context: ServiceContext): KVServer {
   const unary = unaryCalls(context);
-  const write = (command: Command, scope: RequestScope) => context.router.write(command, scope);
+  // The leader stamps the log time (Replica.propose), so the command goes out unstamped.
+  const write = async (op: Command['op'], scope: RequestScope) => throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0 }, scope));
   return {
     put: unary(async (request, scope) => {
       validatePut(request, context.limits);
-      const result = await write({ op: { $case: 'put', value: request } }, scope);
+      const result = await write({ $case: 'put', value: request }, scope);
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
     }),
     delete: unary(async (request, scope) => {
       validateDelete(request, context.limits);
-      const result = await write({ op: { $case: 'delete', value: request } }, scope);
+      const result = await write({ $case: 'delete', value: request }, scope);
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
     }),

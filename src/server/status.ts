@@ -18,6 +18,8 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.NO_LEADER]: Status.UNAVAILABLE,
   [ErrorCode.LEADER_UNREACHABLE]: Status.UNAVAILABLE,
   [ErrorCode.WRONG_CLUSTER]: Status.PERMISSION_DENIED,
+  [ErrorCode.SESSION_EXPIRED]: Status.FAILED_PRECONDITION,
+  [ErrorCode.SESSION_LIMIT]: Status.RESOURCE_EXHAUSTED,
   [ErrorCode.DATA_DIR_LOCKED]: Status.INTERNAL,
   [ErrorCode.CORRUPTION]: Status.DATA_LOSS,
 };

@@ -12,11 +12,15 @@ function checkKey(key: Uint8Array | undefined, limits: Limits, field = 'key'): v
   if (key.length > limits.maxKeyBytes) invalid(`${field} is ${key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
 }
 
-function checkSession(request: { clientId: string; sequence: number }, limits: Limits): void {
+function checkSession(request: { clientId: string; sequence: number; lowestUnansweredSequence: number }, limits: Limits): void {
   const idBytes = Buffer.byteLength(request.clientId);
   if (idBytes > limits.maxClientIdBytes) invalid(`client_id is ${idBytes} bytes, over the limit of ${limits.maxClientIdBytes}`);
   if (request.clientId !== '' && request.sequence < 1) invalid('sequence must be >= 1 when client_id is set');
   if (request.clientId === '' && request.sequence !== 0) invalid('sequence needs a client_id');
+  if (request.clientId === '' && request.lowestUnansweredSequence !== 0) invalid('lowest_unanswered_sequence needs a client_id');
+  if (request.lowestUnansweredSequence > request.sequence) {
+    invalid(`lowest_unanswered_sequence ${request.lowestUnansweredSequence} is above sequence ${request.sequence}: this write itself is unanswered`);
+  }
 }
 
 function checkRequestSize(bytes: number, limits: Limits): void {

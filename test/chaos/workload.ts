@@ -46,7 +46,10 @@ export async function runWorkload(config: WorkloadConfig): Promise<RecordedOp[]>
   const rand = new SeededRandom(config.seed);
   const clients = config.endpoints.map((e) => new KVClient(e, credentials.createInsecure()));
   const history: RecordedOp[] = [];
-  const clientId = `${config.runId}-client-${config.client}`;
+  // A write that ends without an answer is never retried again, so the next write starts
+  // a new session: it must not claim answers (lowest_unanswered_sequence) it never got.
+  let generation = 0;
+  let answered = false;
   let sequence = 0;
   const end = Date.now() + config.durationMs;
   try {
@@ -57,8 +60,11 @@ export async function runWorkload(config: WorkloadConfig): Promise<RecordedOp[]>
         const op = await attemptGet(clients, rand, config, key);
         if (op) history.push(op);
       } else {
-        const op = await attemptWrite(clients, rand, config, kind, key, clientId, ++sequence);
+        const session = { clientId: `${config.runId}-client-${config.client}-g${generation}`, sequence: ++sequence };
+        const op = await attemptWrite(clients, rand, config, kind, key, { ...session, lowestUnansweredSequence: answered ? sequence : 1 });
         if (op) history.push(op);
+        answered = op?.known === true;
+        if (!answered) generation++;
       }
     }
   } finally {
@@ -73,9 +79,9 @@ async function attemptWrite(
   config: WorkloadConfig,
   kind: 'put' | 'delete',
   key: string,
-  clientId: string,
-  sequence: number,
+  session: { clientId: string; sequence: number; lowestUnansweredSequence: number },
 ): Promise<RecordedOp | undefined> {
+  const { sequence } = session;
   const value = kind === 'put' ? `c${config.client}-${sequence}` : undefined;
   const call = now();
   const deadline = Date.now() + config.opDeadlineMs;
@@ -84,10 +90,10 @@ async function attemptWrite(
     const client = rand.pick(clients);
     try {
       if (kind === 'put') {
-        await unary((md, opts, cb) => client.put({ key: Buffer.from(key), value: Buffer.from(value!), prevKv: false, clientId, sequence }, md, opts, cb), config);
+        await unary((md, opts, cb) => client.put({ key: Buffer.from(key), value: Buffer.from(value!), prevKv: false, ...session }, md, opts, cb), config);
         return { client: config.client, op: 'put', key, value, output: {}, call, return: now(), known: true };
       }
-      const response = await unary<{ deleted: boolean }>((md, opts, cb) => client.delete({ key: Buffer.from(key), prevKv: false, clientId, sequence }, md, opts, cb), config);
+      const response = await unary<{ deleted: boolean }>((md, opts, cb) => client.delete({ key: Buffer.from(key), prevKv: false, ...session }, md, opts, cb), config);
       return { client: config.client, op: 'delete', key, output: { existed: response.deleted }, call, return: now(), known: true };
     } catch (err) {
       const code = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0];

@@ -7,7 +7,7 @@ jest.setTimeout(120_000);
 const RAW_GRPC_TEXT = /No connection established|ECONNREFUSED|Last error|Connection dropped|read ECONNRESET/;
 
 function putRequest(key: string): PutRequest {
-  return { key: Buffer.from(key), value: Buffer.from(key), prevKv: false, clientId: '', sequence: 0 };
+  return { key: Buffer.from(key), value: Buffer.from(key), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
 }
 
 function put(client: KVClient, key: string, timeoutMs: number): Promise<ServiceError | null> {

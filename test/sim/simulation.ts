@@ -3,6 +3,7 @@ import { Command } from '../../gen/cairn/kv/v1/kv';
 import { Entry, Message } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
+import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { Replica } from '../../src/node/replica';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
@@ -14,8 +15,19 @@ import { SimDisk } from './sim-disk';
 
 /** Virtual time units per Raft tick. Network delays and disk latencies are in units. */
 const UNITS_PER_TICK = 10;
+/** The virtual wall clock that stamps proposals (log time): a tick is 100 ms, as in production. */
+const MS_PER_UNIT = 10;
 const CLIENT_ATTEMPT_TIMEOUT_UNITS = 15 * UNITS_PER_TICK;
 const CLIENT_OP_DEADLINE_UNITS = 60 * UNITS_PER_TICK;
+/** Most writes one simulated client keeps in flight under its client id. */
+const MAX_WRITES_IN_FLIGHT = 3;
+/**
+ * Lanes (one op at a time each) over all clients: the slowest drawn clusters (window 1,
+ * batch 1, long delays) commit about one entry per round trip, and more concurrent
+ * writers than this outrun them, so the log grows until the run cannot converge.
+ */
+const MAX_LANES = 5;
+const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
 
@@ -34,7 +46,19 @@ export interface SimResult {
   ok: boolean;
   failure?: string;
   trace: string[];
-  stats: { nodes: number; ops: number; unknownOps: number; committed: number; leaders: number; crashes: number; virtualTicks: number };
+  stats: {
+    nodes: number;
+    ops: number;
+    unknownOps: number;
+    committed: number;
+    leaders: number;
+    crashes: number;
+    virtualTicks: number;
+    /** Writes that found another write of their client id in flight when sent. */
+    concurrentWrites: number;
+    sessionExpired: number;
+    sessionLimited: number;
+  };
 }
 
 /** The knobs one seed draws: how hostile its network and nemesis are. */
@@ -108,6 +132,28 @@ interface TailChurn {
 class SimulationFailure extends Error {}
 
 /**
+ * One client id as a simulated client uses it: several writes in flight, each retried
+ * with its sequence until answered, and the lowest unanswered sequence sent with each.
+ */
+interface ClientSession {
+  clientId: string;
+  nextSequence: number;
+  /** Sequences sent and neither answered nor given up. */
+  unanswered: Set<number>;
+  /** A write of this session was answered OK: the session exists in the state machine. */
+  exists: boolean;
+}
+
+/** One simulated client: lanes share its current session and issue ops concurrently. */
+interface SimClient {
+  id: number;
+  generation: number;
+  session: ClientSession;
+  /** Lanes start no new op before this time: the session idles (and may be evicted). */
+  pausedUntil: number;
+}
+
+/**
  * A deterministic simulation of one cairn cluster: real RaftNodes inside real Replicas
  * on memory-level disks that forget unsynced writes, a network that drops, delays,
  * duplicates, reorders and partitions, a nemesis that crashes nodes, and clients
@@ -152,6 +198,10 @@ export class Simulation {
   private tailChurn: TailChurn | undefined;
   /** Terms whose leader was already considered for a tail churn. */
   private readonly churnConsideredTerms = new Set<number>();
+  /** Session bounds drawn per seed: tight ones make eviction and SESSION_LIMIT happen. */
+  private readonly sessionLimits: SessionLimits;
+  private readonly sessionErrors = { expired: 0, limit: 0 };
+  private concurrentWrites = 0;
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -179,6 +229,7 @@ export class Simulation {
       checkQuorum: this.rand.pick([true, true, false]),
       preVote: this.rand.pick([true, true, false]),
     };
+    this.sessionLimits = this.drawSessionLimits();
     this.dropRate = this.profile.dropRate;
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
@@ -187,6 +238,28 @@ export class Simulation {
       this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0 });
     }
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
+    this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
+  }
+
+  /**
+   * Mostly the defaults (nothing is evicted within a run, so SESSION_EXPIRED would be a
+   * bug); sometimes tight bounds. The grace always outlasts a client's retries of one
+   * write, as the client contract demands.
+   */
+  private drawSessionLimits(): SessionLimits {
+    if (this.rand.chance(0.7)) return DEFAULT_SESSION_LIMITS;
+    const graceMs = 2 * CLIENT_OP_DEADLINE_UNITS * MS_PER_UNIT;
+    return {
+      ...DEFAULT_SESSION_LIMITS,
+      maxSessions: this.rand.pick([2, 3, 4]),
+      sessionEvictionGraceMs: graceMs,
+      sessionIdleTimeoutMs: this.rand.pick([graceMs, 2 * graceMs]),
+      maxResultsPerSession: this.rand.pick([2, 4, 8, 256]),
+    };
+  }
+
+  private tightSessions(): boolean {
+    return this.sessionLimits !== DEFAULT_SESSION_LIMITS;
   }
 
   async run(): Promise<SimResult> {
@@ -195,7 +268,7 @@ export class Simulation {
       for (const node of this.nodes) this.scheduleTicks(node, 1 + this.rand.int(UNITS_PER_TICK));
       this.scheduleNemesis();
       const clientCount = 2 + this.rand.int(4);
-      for (let c = 1; c <= clientCount; c++) void this.runClient(c);
+      for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -216,6 +289,9 @@ export class Simulation {
         leaders: this.leadersByTerm.size,
         crashes: this.crashes,
         virtualTicks: Math.round(this.now / UNITS_PER_TICK),
+        concurrentWrites: this.concurrentWrites,
+        sessionExpired: this.sessionErrors.expired,
+        sessionLimited: this.sessionErrors.limit,
       },
     };
   }
@@ -278,8 +354,9 @@ export class Simulation {
     const incarnation = node.incarnation;
     if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
-    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db), (entry) => this.checkApplied(node, entry));
+    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), (entry) => this.checkApplied(node, entry));
     const replica = await Replica.open({
+      clockUnixMs: () => this.now * MS_PER_UNIT,
       config: this.raftConfig(node),
       storage: new LevelRaftStorage(db),
       stateMachine,
@@ -587,57 +664,128 @@ export class Simulation {
 
   // --------------------------------------------------------------- clients
 
-  private async runClient(client: number): Promise<void> {
+  /** A client with several lanes: each lane is one op at a time, all share the client's session. */
+  private lanesStarted = 0;
+
+  private startClient(id: number, clientCount: number): void {
+    const client: SimClient = { id, generation: 0, session: this.newSession(id, 0), pausedUntil: 0 };
+    // Every client gets a lane; what the budget leaves, the earlier ones may share.
+    const spare = MAX_LANES - this.lanesStarted - (clientCount - id);
+    const lanes = Math.max(1, Math.min(1 + this.rand.int(MAX_WRITES_IN_FLIGHT), spare));
+    this.lanesStarted += lanes;
+    for (let lane = 1; lane <= lanes; lane++) void this.runLane(client, id * 10 + lane);
+  }
+
+  private newSession(client: number, generation: number): ClientSession {
+    return { clientId: `client-${client}-g${generation}`, nextSequence: 1, unanswered: new Set(), exists: false };
+  }
+
+  /** `lane` is the history's client: one op at a time. */
+  private async runLane(client: SimClient, lane: number): Promise<void> {
     this.clientsRunning++;
     const keys = ['a', 'b', 'c', 'd'];
-    let sequence = 0;
     try {
       while (this.now < this.clientsStopUnits && !this.failure) {
         await this.sleep(this.rand.int(3 * UNITS_PER_TICK));
+        if (this.now < client.pausedUntil) await this.sleep(client.pausedUntil - this.now);
+        if (this.tightSessions() && this.rand.chance(0.01)) this.pauseClient(client);
         const key = this.rand.pick(keys);
         const kind = this.rand.pick(['put', 'put', 'get', 'get', 'delete'] as const);
-        if (kind === 'get') await this.clientGet(client, key);
-        else await this.clientWrite(client, kind, key, ++sequence);
+        if (kind === 'get') await this.clientGet(lane, key);
+        else await this.clientWrite(client, lane, kind, key);
       }
     } catch (err) {
-      this.fail(`client ${client} crashed: ${(err as Error).stack ?? err}`);
+      this.fail(`client ${lane} crashed: ${(err as Error).stack ?? err}`);
     } finally {
       this.clientsRunning--;
     }
   }
 
-  private async clientWrite(client: number, kind: 'put' | 'delete', key: string, sequence: number): Promise<void> {
-    const value = kind === 'put' ? `c${client}s${sequence}` : undefined;
-    const clientId = `client-${client}`;
+  /** The client stops starting ops for longer than the idle timeout: its session may be evicted. */
+  private pauseClient(client: SimClient): void {
+    const units = Math.ceil(this.sessionLimits.sessionIdleTimeoutMs / MS_PER_UNIT) + this.rand.int(20 * UNITS_PER_TICK);
+    client.pausedUntil = Math.max(client.pausedUntil, this.now + units);
+    this.log(`client ${client.id}: pauses for ${units / UNITS_PER_TICK} ticks`);
+  }
+
+  private async clientWrite(client: SimClient, lane: number, kind: 'put' | 'delete', key: string): Promise<void> {
+    const session = client.session;
+    const sequence = session.nextSequence++;
+    if (session.unanswered.size > 0) this.concurrentWrites++;
+    session.unanswered.add(sequence);
+    const value = kind === 'put' ? `c${client.id}g${client.generation}s${sequence}` : undefined;
     const keyBytes = Buffer.from(key);
-    const command: Command =
-      kind === 'put'
-        ? { op: { $case: 'put', value: { key: keyBytes, value: Buffer.from(value!), prevKv: false, clientId, sequence } } }
-        : { op: { $case: 'delete', value: { key: keyBytes, prevKv: false, clientId, sequence } } };
+    const name = `client ${lane}: ${kind} ${key}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
     const call = this.now;
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     let maybeApplied = false;
-    while (this.now < deadline) {
-      const replica = this.pickLeader();
-      if (!replica) {
-        await this.sleep(UNITS_PER_TICK);
-        continue;
+    let failedAttempts = 0;
+    try {
+      while (this.now < deadline) {
+        const replica = this.pickLeader();
+        if (!replica) {
+          await this.sleep(UNITS_PER_TICK);
+          continue;
+        }
+        // Sent afresh with each attempt: answers to other lanes may have raised it.
+        const lowestUnansweredSequence = Math.min(...session.unanswered);
+        const write = { key: keyBytes, prevKv: false, clientId: session.clientId, sequence, lowestUnansweredSequence };
+        const command: Command =
+          kind === 'put'
+            ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0 }
+            : { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0 };
+        // Each attempt waits longer: a slow cluster's queue must not fill with retries of writes it is still committing.
+        const outcome = await this.withTimeout(replica.propose(command), CLIENT_ATTEMPT_TIMEOUT_UNITS * Math.min(2 ** failedAttempts, 4));
+        if (outcome.ok && outcome.value.error) {
+          if (this.onSessionRefusal(client, session, name, outcome.value.error)) break;
+        } else if (outcome.ok) {
+          const op = outcome.value.op;
+          const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
+          this.history.push({ client: lane, kind, key, value, output, call, ret: this.now, known: true });
+          session.exists = true;
+          this.log(`${name} ok ${JSON.stringify(output)}`);
+          return;
+        } else {
+          maybeApplied ||= outcome.maybeApplied;
+        }
+        // Back off as real clients do: with several writes in flight per client, retrying
+        // every tick would grow the log faster than a slow cluster replicates it.
+        await this.sleep(UNITS_PER_TICK * Math.min(2 ** failedAttempts++, MAX_RETRY_BACKOFF_TICKS));
       }
-      const outcome = await this.withTimeout(replica.propose(command));
-      if (outcome.ok) {
-        const op = outcome.value.op;
-        const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
-        this.history.push({ client, kind, key, value, output, call, ret: this.now, known: true });
-        this.log(`client ${client}: ${kind} ${key}${value ? '=' + value : ''} ok ${JSON.stringify(output)}`);
-        return;
+      // Given up (or expired): this attempt changed nothing, an earlier one may have.
+      if (maybeApplied) {
+        this.history.push({ client: lane, kind, key, value, call, known: false });
+        this.log(`${name} UNKNOWN`);
       }
-      maybeApplied ||= outcome.maybeApplied;
-      await this.sleep(UNITS_PER_TICK);
+    } finally {
+      // Answered or given up: the client never retries it again.
+      session.unanswered.delete(sequence);
     }
-    if (maybeApplied) {
-      this.history.push({ client, kind, key, value, call, known: false });
-      this.log(`client ${client}: ${kind} ${key}${value ? '=' + value : ''} UNKNOWN`);
+  }
+
+  /**
+   * A write refused inside apply (not applied). Returns true when the write is over:
+   * SESSION_EXPIRED starts a new session; SESSION_LIMIT is retried. With the default
+   * limits nothing is evicted, so only a session that may never have been created (its
+   * first writes were all given up) may be refused as expired.
+   */
+  private onSessionRefusal(client: SimClient, session: ClientSession, name: string, error: { code: string; message: string }): boolean {
+    this.log(`${name} refused: ${error.code} ${error.message}`);
+    if (error.code === ErrorCode.SESSION_LIMIT) {
+      this.sessionErrors.limit++;
+      return false;
     }
+    if (error.code !== ErrorCode.SESSION_EXPIRED || (session.exists && !this.tightSessions())) {
+      this.fail(`${name} refused with ${error.code} although no session can be evicted in this run: ${error.message}`);
+      return true;
+    }
+    this.sessionErrors.expired++;
+    if (client.session === session) {
+      client.generation++;
+      client.session = this.newSession(client.id, client.generation);
+      this.log(`client ${client.id}: new session ${client.session.clientId}`);
+    }
+    return true;
   }
 
   private async clientGet(client: number, key: string): Promise<void> {
@@ -676,12 +824,13 @@ export class Simulation {
   /** Settles a request, or gives up on it after the attempt timeout. */
   private async withTimeout<T>(
     promise: Promise<T>,
+    timeoutUnits = CLIENT_ATTEMPT_TIMEOUT_UNITS,
   ): Promise<{ ok: true; value: T } | { ok: false; maybeApplied: boolean }> {
     const outcome = promise.then(
       (value) => ({ ok: true as const, value }),
       (err: unknown) => ({ ok: false as const, maybeApplied: !definitelyNotApplied(err) }),
     );
-    const timedOut = this.sleep(CLIENT_ATTEMPT_TIMEOUT_UNITS).then(() => ({ ok: false as const, maybeApplied: true }));
+    const timedOut = this.sleep(timeoutUnits).then(() => ({ ok: false as const, maybeApplied: true }));
     return Promise.race([outcome, timedOut]);
   }
 
@@ -812,6 +961,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.revision();
   }
 
+  logTimeUnixMs(): number {
+    return this.inner.logTimeUnixMs();
+  }
+
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
     for (const entry of entries) this.onApply(entry);
     return this.inner.apply(entries);
@@ -830,7 +983,10 @@ function entryIdentity(entry: Entry): string {
   return `${entry.term}/${entry.type}/${Buffer.from(entry.data).toString('hex')}`;
 }
 
-/** Errors after which a write surely did not and will not take effect. */
+/**
+ * Errors after which a write surely did not and will not take effect. (A refusal inside
+ * apply, SESSION_LIMIT or SESSION_EXPIRED, is a result, not an error: onSessionRefusal.)
+ */
 function definitelyNotApplied(err: unknown): boolean {
   return (
     isCairnError(err, ErrorCode.NOT_LEADER) ||

@@ -11,10 +11,11 @@ import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
 
 /** A single-node Replica on a real LevelDB directory, restarted for real. */
-async function openReplica(dir: string) {
+async function openReplica(dir: string, clockUnixMs?: () => number) {
   const db = await LevelDb.openDirectory(dir);
   const fatal: unknown[] = [];
   const replica = await Replica.open({
+    clockUnixMs,
     config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1], random: new SeededRandom(7) },
     storage: new LevelRaftStorage(db),
     stateMachine: await KvStateMachine.open(db),
@@ -34,7 +35,8 @@ async function becomeLeader(replica: Replica): Promise<void> {
 }
 
 const put = (key: string, value: string, sequence = 0): Command => ({
-  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: sequence ? 'c1' : '', sequence } },
+  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: sequence ? 'c1' : '', sequence, lowestUnansweredSequence: sequence } },
+  proposedAtUnixMs: 0,
 });
 
 describe('Replica on LevelDB', () => {
@@ -78,6 +80,22 @@ describe('Replica on LevelDB', () => {
     const retry = await replica.propose(put('x', '1', 1));
     expect(retry).toEqual(original);
     expect((await replica.stateMachine.get(Buffer.from('x')))?.version).toBe(1);
+    await replica.stop();
+    await db.close();
+  });
+
+  test('the leader stamps each proposal with its clock, replacing a stamp the bytes carried: that is the log time', async () => {
+    let clock = 1_700_000_000_000;
+    const { db, replica } = await openReplica(dir, () => clock);
+    await becomeLeader(replica);
+    expect(replica.stateMachine.logTimeUnixMs()).toBe(0);
+    await replica.propose(put('t', '1'));
+    expect(replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_000_000);
+    // A forwarded command arrives as bytes, perhaps with a stamp of its own: the leader's wins.
+    clock += 5_000;
+    const forwarded = { ...put('t', '2'), proposedAtUnixMs: 9_999_999_999_999 };
+    await replica.propose(forwarded, Command.encode(forwarded).finish());
+    expect(replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_005_000);
     await replica.stop();
     await db.close();
   });

@@ -99,7 +99,8 @@ async function waitFor<T>(what: string, condition: () => Promise<T> | T, timeout
 }
 
 const put = (key: string, value = 'v'): Command => ({
-  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: '', sequence: 0 } },
+  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } },
+  proposedAtUnixMs: 0,
 });
 
 const NO_PENDING = { proposals: 0, reads: 0, appliedWaiters: 0 };
@@ -206,7 +207,7 @@ describe('timeouts release pending work', () => {
     try {
       storage.stall();
       const err = await new Promise<ServiceError | null>((resolve) =>
-        client.put({ key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0 }, new Metadata(), { deadline: Date.now() + 300 }, (e) => resolve(e)),
+        client.put({ key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, new Metadata(), { deadline: Date.now() + 300 }, (e) => resolve(e)),
       );
       expect(err?.code).toBe(Status.DEADLINE_EXCEEDED);
       await waitFor('the server to drop the abandoned write', () => replica.pendingCounts().proposals === 0, 5000);
@@ -237,7 +238,7 @@ describe('a broken invariant stops the node on every path', () => {
     const violation = new InvariantViolation('planted: two leaders in one term');
     const router = { write: () => Promise.reject(violation), readBarrier: () => Promise.resolve() } as unknown as RequestRouter;
     const service = kvService(contextFor(harness.replica, router));
-    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
+    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
     const answer = await new Promise<{ code?: Status } | null>((resolve) => (service.put as unknown as (c: unknown, cb: (e: { code?: Status } | null) => void) => void)(call, resolve));
     expect(harness.fatal).toEqual([violation]);
     expect(answer?.code).toBe(Status.INTERNAL);
@@ -248,7 +249,7 @@ describe('a broken invariant stops the node on every path', () => {
   test('ordinary errors from a handler do not stop the node', async () => {
     const router = { write: () => Promise.reject(new CairnError(ErrorCode.NO_LEADER, 'none')), readBarrier: () => Promise.resolve() } as unknown as RequestRouter;
     const service = kvService(contextFor(harness.replica, router));
-    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
+    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
     const answer = await new Promise<{ code?: Status } | null>((resolve) => (service.put as unknown as (c: unknown, cb: (e: { code?: Status } | null) => void) => void)(call, resolve));
     expect(answer?.code).toBe(Status.UNAVAILABLE);
     expect(harness.fatal).toEqual([]);
@@ -443,7 +444,7 @@ describe('the peer port against bad input', () => {
       expect(tooBig?.details).toMatch(/--max-value-bytes/);
       const emptyKey = await propose(Buffer.from(Command.encode(put('')).finish()));
       expect(emptyKey?.details).toMatch(/key is empty/);
-      const noOp = await propose(Buffer.from(Command.encode({ op: undefined }).finish()));
+      const noOp = await propose(Buffer.from(Command.encode({ op: undefined, proposedAtUnixMs: 0 }).finish()));
       expect(noOp?.details).toMatch(/no operation/);
       const garbage = await propose(Buffer.from([0xff, 0xff, 0xff]));
       expect(garbage?.code).toBe(Status.INVALID_ARGUMENT);

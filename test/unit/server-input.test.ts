@@ -1,7 +1,10 @@
+import { status as Status } from '@grpc/grpc-js';
 import { Consistency, RangeRequest } from '../../gen/cairn/kv/v1/kv';
+import { CairnError, ErrorCode } from '../../src/errors';
+import { ERROR_CODE_METADATA, toGrpcError } from '../../src/server/status';
 import { buildServerConfig, parsePeers, SERVE_FLAGS } from '../../src/server/config';
 import { deriveClusterId } from '../../src/server/identity';
-import { prefixEnd, validatePut, validateRange } from '../../src/server/validate';
+import { prefixEnd, validateDelete, validatePut, validateRange } from '../../src/server/validate';
 import { parseArgs, resolveFlags } from '../../src/cli/flags';
 import { splitWords } from '../../src/cli/shell';
 
@@ -19,7 +22,7 @@ const range = (overrides: Partial<RangeRequest>): RangeRequest => ({
 describe('request validation', () => {
   test('puts: empty keys, oversized keys, values and requests, and bad sessions name the problem', () => {
     const put = (key: string, value: string, clientId = '', sequence = 0) => () =>
-      validatePut({ key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId, sequence }, limits);
+      validatePut({ key: Buffer.from(key), value: Buffer.from(value), prevKv: false, clientId, sequence, lowestUnansweredSequence: 0 }, limits);
     expect(put('', 'v')).toThrow('key is empty');
     expect(put('123456789', 'v')).toThrow('over the limit of 8 (--max-key-bytes)');
     expect(put('k', 'x'.repeat(17))).toThrow('--max-value-bytes');
@@ -28,6 +31,14 @@ describe('request validation', () => {
     expect(put('k', 'v', '', 3)).toThrow('sequence needs a client_id');
     expect(put('k', 'v', 'c'.repeat(11), 1)).toThrow('client_id is 11 bytes');
     expect(put('k', 'v', 'c', 1)).not.toThrow();
+  });
+
+  test('a session\'s lowest_unanswered_sequence must not be above the sequence, and needs a client_id', () => {
+    const write = (clientId: string, sequence: number, lowestUnansweredSequence: number) => ({ key: Buffer.from('k'), prevKv: false, clientId, sequence, lowestUnansweredSequence });
+    expect(() => validatePut({ ...write('c', 3, 4), value: Buffer.from('v') }, limits)).toThrow('lowest_unanswered_sequence 4 is above sequence 3');
+    expect(() => validateDelete(write('c', 3, 4), limits)).toThrow('lowest_unanswered_sequence 4 is above sequence 3');
+    expect(() => validateDelete(write('', 0, 1), limits)).toThrow('lowest_unanswered_sequence needs a client_id');
+    for (const lowest of [0, 1, 3]) expect(() => validateDelete(write('c', 3, lowest), limits)).not.toThrow();
   });
 
   test('ranges: single key, to the end, [start, end), limits', () => {
@@ -95,5 +106,19 @@ describe('command line', () => {
   test('the shell splits quoted values', () => {
     expect(splitWords('SET motd "hello there"')).toEqual(['SET', 'motd', 'hello there']);
     expect(splitWords('  get   k ')).toEqual(['get', 'k']);
+  });
+});
+
+describe('session errors as gRPC status', () => {
+  test('SESSION_EXPIRED is FAILED_PRECONDITION and SESSION_LIMIT is RESOURCE_EXHAUSTED, each with its cairn-error-code trailer', () => {
+    for (const [code, status] of [
+      [ErrorCode.SESSION_EXPIRED, Status.FAILED_PRECONDITION],
+      [ErrorCode.SESSION_LIMIT, Status.RESOURCE_EXHAUSTED],
+    ] as const) {
+      const grpc = toGrpcError(new CairnError(code, 'why'));
+      expect(grpc.code).toBe(status);
+      expect(grpc.details).toBe('why');
+      expect(grpc.metadata?.get(ERROR_CODE_METADATA)).toEqual([code]);
+    }
   });
 });

@@ -1,6 +1,8 @@
 import { Command, CommandResult, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { InvariantViolation } from '../../src/assert';
+import { SessionRecord } from '../../gen/cairn/storage/v1/storage';
+import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, RANGE_ENTRY_OVERHEAD_BYTES } from '../../src/kv/state-machine';
 import { Db, LevelDb } from '../../src/storage/db';
 import { BACKENDS } from '../support/db-backends';
@@ -19,6 +21,10 @@ interface WriteOptions {
   prevKv?: boolean;
   clientId?: string;
   sequence?: number;
+  /** 0 (the default) = the write's own sequence. */
+  lowest?: number;
+  /** The leader's stamp (log time). */
+  at?: number;
 }
 
 function put(key: Key, value: Key, options: WriteOptions = {}): Command {
@@ -31,8 +37,10 @@ function put(key: Key, value: Key, options: WriteOptions = {}): Command {
         prevKv: options.prevKv ?? false,
         clientId: options.clientId ?? '',
         sequence: options.sequence ?? 0,
+        lowestUnansweredSequence: options.lowest ?? 0,
       },
     },
+    proposedAtUnixMs: options.at ?? 0,
   };
 }
 
@@ -45,8 +53,10 @@ function del(key: Key, options: WriteOptions = {}): Command {
         prevKv: options.prevKv ?? false,
         clientId: options.clientId ?? '',
         sequence: options.sequence ?? 0,
+        lowestUnansweredSequence: options.lowest ?? 0,
       },
     },
+    proposedAtUnixMs: options.at ?? 0,
   };
 }
 
@@ -116,6 +126,18 @@ async function observe(sm: KvStateMachine) {
     more,
     kvs: kvs.map((k) => ({ ...k, key: k.key.toString('hex'), value: k.value.toString('hex') })),
   };
+}
+
+async function sessionIds(db: Db): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const [key] of db.entries('sessions')) ids.push(key.toString());
+  return ids;
+}
+
+async function sessionDump(db: Db): Promise<Record<string, unknown>> {
+  const dump: Record<string, unknown> = {};
+  for await (const [key, value] of db.entries('sessions')) dump[key.toString()] = SessionRecord.toJSON(SessionRecord.decode(value));
+  return dump;
 }
 
 function hexKeys(kvs: KeyValue[]): string[] {
@@ -538,13 +560,48 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
       expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
     });
 
+    test('two writes in flight under one client id both apply, in log order, and a retry of each gets its original result', async () => {
+      await applyOne(sm, put('a', 'v0'));
+      // Sequence 2 reaches the log before sequence 1: both are unanswered (lowest 1).
+      const second = await applyOne(sm, put('b', 'w2', c(2, { lowest: 1, prevKv: true })));
+      const first = await applyOne(sm, put('a', 'v1', c(1, { lowest: 1, prevKv: true })));
+      expect(first.error).toBeUndefined();
+      expect(putOp(first).prevKv).toEqual(kv('a', 'v0', 1, 1, 1));
+      expect([first.revision, second.revision]).toEqual([3, 2]);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v1', 1, 3, 2));
+      expect(await sm.get(Buffer.from('b'))).toEqual(kv('b', 'w2', 2, 2, 1));
+      await applyOne(sm, put('a', 'other-writer'));
+      // Retries, in any order and with the lowest the client still reports, change nothing.
+      expect(await applyOne(sm, put('a', 'v1', c(1, { lowest: 1, prevKv: true })))).toEqual(first);
+      expect(await applyOne(sm, put('b', 'w2', c(2, { lowest: 1, prevKv: true })))).toEqual(second);
+      // Sequence 1 answered: the client now reports lowest 2, and 2's result is still kept.
+      expect(await applyOne(sm, put('b', 'w2', c(2, { lowest: 2, prevKv: true })))).toEqual(second);
+      expect(sm.revision()).toBe(4);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'other-writer', 1, 4, 3));
+    });
+
+    test('several in flight in one apply batch each apply once', async () => {
+      const results = await applyAll(
+        sm,
+        put('a', '3', c(3, { lowest: 1 })),
+        put('a', '1', c(1, { lowest: 1 })),
+        put('a', '3', c(3, { lowest: 1 })),
+        del('a', c(2, { lowest: 1 })),
+        put('a', '1', c(1, { lowest: 1 })),
+      );
+      expect(results.map((r) => r?.revision)).toEqual([1, 2, 1, 3, 2]);
+      expect(results.every((r) => r?.error === undefined)).toBe(true);
+      expect(deleteOp(results[3]).deleted).toBe(true);
+      expect(await sm.get(Buffer.from('a'))).toBeUndefined();
+    });
+
     test('a retried write gets its original answer even after other writes', async () => {
       await applyOne(sm, put('a', 'v0'));
-      const first = await applyOne(sm, put('a', 'v1', c(7, { prevKv: true })));
+      const first = await applyOne(sm, put('a', 'v1', c(1, { prevKv: true })));
       expect(putOp(first).prevKv).toEqual(kv('a', 'v0', 1, 1, 1));
       await applyOne(sm, put('a', 'other-writer'));
       await applyOne(sm, put('b', 'other-key'));
-      const retry = await applyOne(sm, put('a', 'v1', c(7, { prevKv: true })));
+      const retry = await applyOne(sm, put('a', 'v1', c(1, { prevKv: true })));
       expect(retry).toEqual(first);
       expect(retry.revision).toBe(2);
       expect(sm.revision()).toBe(4);
@@ -574,28 +631,54 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
       expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v3', 1, 3, 3));
     });
 
-    test('a lower sequence than the last changes nothing and does not reset the session', async () => {
-      await applyOne(sm, put('a', 'v5', c(5)));
-      const latest = await applyOne(sm, put('a', 'v6', c(6)));
-      const stalePut = await applyOne(sm, put('a', 'stale', c(5)));
-      expect(stalePut.revision).toBe(2);
-      const staleDelete = await applyOne(sm, del('a', c(3)));
-      expect(staleDelete.revision).toBe(2);
-      const staleOther = await applyOne(sm, put('b', 'stale', c(4)));
-      expect(staleOther.revision).toBe(2);
-      expect(sm.revision()).toBe(2);
-      expect(sm.appliedIndex()).toBe(5);
-      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v6', 1, 2, 2));
+    test('a write whose result was discarded gets SESSION_EXPIRED and changes nothing, put or delete', async () => {
+      await applyOne(sm, put('a', 'v1', c(1)));
+      // lowest 0 = the write's own sequence: the client says 1 was answered.
+      await applyOne(sm, put('a', 'v2', c(2)));
+      const stalePut = await applyOne(sm, put('a', 'stale', c(1)));
+      expect(stalePut.error?.code).toBe('SESSION_EXPIRED');
+      expect(stalePut.error?.message).toContain('discarded');
+      expect(stalePut.op).toBeUndefined();
+      // Also a sequence never applied, once below what the client said it saw answered.
+      await applyOne(sm, put('x', 'x', c(9, { lowest: 7 })));
+      for (const stale of [put('b', 'stale', c(5)), del('a', c(6)), put('a', 'stale', c(2, { lowest: 1 }))]) {
+        const result = await applyOne(sm, stale);
+        expect(result.error?.code).toBe('SESSION_EXPIRED');
+        expect(result.revision).toBe(3);
+      }
+      expect(sm.revision()).toBe(3);
+      expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v2', 1, 2, 2));
       expect(await sm.get(Buffer.from('b'))).toBeUndefined();
-      // The session still remembers sequence 6, not the stale ones.
-      expect(await applyOne(sm, put('a', 'v6', c(6)))).toEqual(latest);
-      expect(sm.revision()).toBe(2);
+      // The session still answers its kept sequence and goes on.
+      expect((await applyOne(sm, put('x', 'x', c(9, { lowest: 7 })))).revision).toBe(3);
+      expect((await applyOne(sm, put('a', 'v10', c(10)))).revision).toBe(4);
     });
 
-    test('a lower sequence in the same batch as the higher one changes nothing', async () => {
+    test('a discarded sequence in the same batch as the write that discards it gets SESSION_EXPIRED', async () => {
       const [, , stale] = await applyAll(sm, put('a', 'v1', c(1)), put('a', 'v2', c(2)), put('a', 'stale', c(1)));
-      expect(stale?.revision).toBe(2);
+      expect(stale?.error?.code).toBe('SESSION_EXPIRED');
       expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'v2', 1, 2, 2));
+    });
+
+    test('an unknown client id starts a session only when it claims no earlier answers', async () => {
+      const claims = await applyOne(sm, put('a', 'v', { clientId: 'new', sequence: 4, lowest: 2 }));
+      expect(claims.error?.code).toBe('SESSION_EXPIRED');
+      expect(claims.error?.message).toContain('has no session');
+      const own = await applyOne(sm, put('a', 'v', { clientId: 'new', sequence: 4 }));
+      expect(own.error?.code).toBe('SESSION_EXPIRED');
+      expect(sm.revision()).toBe(0);
+      const fresh = await applyOne(sm, put('a', 'v', { clientId: 'new', sequence: 4, lowest: 1 }));
+      expect(fresh.error).toBeUndefined();
+      expect(fresh.revision).toBe(1);
+      expect(await applyOne(sm, put('a', 'v', { clientId: 'new', sequence: 4, lowest: 3 }))).toEqual(fresh);
+    });
+
+    test('a lowest_unanswered_sequence above the sequence counts as the sequence', async () => {
+      await applyOne(sm, put('a', 'v1', c(1)));
+      const first = await applyOne(sm, put('a', 'v3', c(3, { lowest: 2 })));
+      await applyOne(sm, put('a', 'v2', c(2, { lowest: 99 })));
+      expect(await applyOne(sm, put('a', 'v3', c(3, { lowest: 3 })))).toEqual(first);
+      expect(sm.revision()).toBe(3);
     });
 
     test('sessions are per client', async () => {
@@ -607,32 +690,63 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
 
     test('sessions survive reopen', async () => {
       await applyOne(sm, put('a', 'other'));
-      const first = await applyOne(sm, put('a', 'v', c(5, { prevKv: true })));
+      const first = await applyOne(sm, put('a', 'v', c(1, { prevKv: true })));
+      const inFlight = await applyOne(sm, put('b', 'w', c(3, { lowest: 1 })));
       expect(first.revision).toBe(2);
 
       const fresh = await reopen();
-      expect(fresh.appliedIndex()).toBe(2);
-      const retry = await applyOne(fresh, put('a', 'v', c(5, { prevKv: true })));
-      expect(retry).toEqual(first);
-      expect(fresh.revision()).toBe(2);
       expect(fresh.appliedIndex()).toBe(3);
+      const retry = await applyOne(fresh, put('a', 'v', c(1, { prevKv: true })));
+      expect(retry).toEqual(first);
+      expect(await applyOne(fresh, put('b', 'w', c(3, { lowest: 1 })))).toEqual(inFlight);
+      expect(fresh.revision()).toBe(3);
+      expect(fresh.appliedIndex()).toBe(5);
       expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 2, 2));
 
       // And the session goes on from there.
-      const stale = await applyOne(fresh, put('a', 'stale', c(4)));
-      expect(stale.revision).toBe(2);
-      expect((await applyOne(fresh, put('a', 'next', c(6)))).revision).toBe(3);
-      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'next', 1, 3, 3));
+      const stale = await applyOne(fresh, put('a', 'stale', c(2, { lowest: 2 })));
+      expect(stale.error).toBeUndefined();
+      expect((await applyOne(fresh, put('a', 'late', c(1)))).error?.code).toBe('SESSION_EXPIRED');
+      expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'stale', 1, 4, 3));
     });
 
     test('a session first seen in a batch that also re-applies it survives reopen', async () => {
-      await applyAll(sm, put('a', 'v', c(1)), put('a', 'v', c(1)), put('b', 'w', c(2)));
+      await applyAll(sm, put('a', 'v', c(1, { lowest: 1 })), put('a', 'v', c(1, { lowest: 1 })), put('b', 'w', c(2, { lowest: 1 })));
       expect(sm.revision()).toBe(2);
       const fresh = await reopen();
-      await applyAll(fresh, put('a', 'v', c(1)), put('b', 'w', c(2)));
+      await applyAll(fresh, put('a', 'v', c(1, { lowest: 1 })), put('b', 'w', c(2, { lowest: 1 })));
       expect(fresh.revision()).toBe(2);
       expect(await fresh.get(Buffer.from('a'))).toEqual(kv('a', 'v', 1, 1, 1));
       expect(await fresh.get(Buffer.from('b'))).toEqual(kv('b', 'w', 2, 2, 1));
+    });
+
+    test('a session record in the old one-result form is still honoured', async () => {
+      const old = await applyOne(sm, put('a', 'v', { clientId: 'legacy', sequence: 1 }));
+      const legacy = SessionRecord.encode({
+        sequence: 5,
+        result: Buffer.from(CommandResult.encode(old).finish()),
+        lowestUnansweredSequence: 0,
+        results: [],
+        lastActiveIndex: 0,
+        lastActiveUnixMs: 0,
+      }).finish();
+      await handle.db.write([{ type: 'put', sublevel: 'sessions', key: Buffer.from('legacy'), value: legacy }], { sync: true });
+      const fresh = await reopen();
+      expect(await applyOne(fresh, put('a', 'v', { clientId: 'legacy', sequence: 5 }))).toEqual(old);
+      expect((await applyOne(fresh, put('a', 'v', { clientId: 'legacy', sequence: 4 }))).error?.code).toBe('SESSION_EXPIRED');
+      expect((await applyOne(fresh, put('a', 'v6', { clientId: 'legacy', sequence: 6 }))).revision).toBe(2);
+    });
+
+    test('sessions from before log time began are not idle since 1970 at the first stamp', async () => {
+      const machine = await KvStateMachine.open(handle.db, { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
+      const first = await applyOne(machine, put('a', 'v', { clientId: 'early', sequence: 1 }));
+      // The first stamped write (a leader with a clock): log time jumps from 0.
+      await applyOne(machine, put('b', 'w', { clientId: 'other', sequence: 1, at: 1_700_000_000_000 }));
+      const fresh = await KvStateMachine.open(await handle.reopen(), { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
+      expect(await applyOne(fresh, put('a', 'v', { clientId: 'early', sequence: 1, at: 1_700_000_000_999 }))).toEqual(first);
+      // Idle from then on like any other: 1,000 ms after its last write it is gone.
+      await applyOne(fresh, put('b', 'w', { clientId: 'other', sequence: 2, at: 1_700_000_002_000 }));
+      expect((await applyOne(fresh, put('a', 'v2', { clientId: 'early', sequence: 2 }))).error?.code).toBe('SESSION_EXPIRED');
     });
 
     test('writes with an empty clientId are never deduplicated', async () => {
@@ -649,11 +763,145 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
     });
 
     test('an empty clientId does not disturb a real session', async () => {
-      const first = await applyOne(sm, put('a', 'v', c(3)));
+      const first = await applyOne(sm, put('a', 'v', c(1)));
       await applyOne(sm, put('a', 'anon', { clientId: '', sequence: 3 }));
-      expect(await applyOne(sm, put('a', 'v', c(3)))).toEqual(first);
+      expect(await applyOne(sm, put('a', 'v', c(1)))).toEqual(first);
       expect(sm.revision()).toBe(2);
       expect(await sm.get(Buffer.from('a'))).toEqual(kv('a', 'anon', 1, 2, 2));
+    });
+  });
+
+  describe('log time', () => {
+    test('is the highest stamp applied, never goes back, and survives reopen', async () => {
+      expect(sm.logTimeUnixMs()).toBe(0);
+      await applyAll(sm, put('a', '1', { at: 5_000 }), 'noop', put('a', '2', { at: 3_000 }));
+      expect(sm.logTimeUnixMs()).toBe(5_000);
+      await applyOne(sm, put('a', '3'));
+      expect(sm.logTimeUnixMs()).toBe(5_000);
+      await applyOne(sm, put('a', '4', { at: 7_000 }));
+      expect(sm.logTimeUnixMs()).toBe(7_000);
+      const fresh = await reopen();
+      expect(fresh.logTimeUnixMs()).toBe(7_000);
+      await applyOne(fresh, put('a', '5', { at: 1 }));
+      expect(fresh.logTimeUnixMs()).toBe(7_000);
+    });
+
+    test('a stamp from a clock that went back does not age sessions backwards', async () => {
+      const limited = await KvStateMachine.open(handle.db, { ...DEFAULT_SESSION_LIMITS, sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 1_000 });
+      await applyOne(limited, put('a', '1', { clientId: 'old', sequence: 1, at: 10_000 }));
+      // A new leader whose clock is behind: idle age is measured from 10,000, not 2,000.
+      await applyOne(limited, put('a', '2', { clientId: 'other', sequence: 1, at: 2_000 }));
+      await applyOne(limited, put('a', '3', { clientId: 'other', sequence: 2, at: 10_999 }));
+      expect((await applyOne(limited, put('a', 'old2', { clientId: 'old', sequence: 2 }))).error).toBeUndefined();
+    });
+  });
+
+  describe('session eviction', () => {
+    const limits = (overrides: Partial<SessionLimits>): SessionLimits => ({ ...DEFAULT_SESSION_LIMITS, ...overrides });
+    const w = (clientId: string, sequence: number, at: number, extra: WriteOptions = {}) => put(`k-${clientId}`, `${clientId}${sequence}`, { clientId, sequence, at, ...extra });
+
+    test('a session idle for sessionIdleTimeoutMs of log time is evicted: its next write gets SESSION_EXPIRED', async () => {
+      const machine = await KvStateMachine.open(handle.db, limits({ sessionIdleTimeoutMs: 1_000, sessionEvictionGraceMs: 500 }));
+      await applyOne(machine, w('a', 1, 100));
+      await applyOne(machine, w('b', 1, 600));
+      // 1,099 ms after a's last write: not yet.
+      await applyOne(machine, w('c', 1, 1_099));
+      expect((await applyOne(machine, w('a', 2, 1_099))).error).toBeUndefined();
+      // a was active at 1,099; b at 600: b goes at 1,600, a stays.
+      await applyOne(machine, w('c', 2, 1_600));
+      expect((await applyOne(machine, w('b', 2, 1_600))).error?.code).toBe('SESSION_EXPIRED');
+      expect((await applyOne(machine, w('a', 3, 1_600))).error).toBeUndefined();
+      expect(await sessionIds(handle.db)).toEqual(['a', 'c']);
+    });
+
+    test('past maxSessions the least recently active session is evicted, unless it is within the grace', async () => {
+      const machine = await KvStateMachine.open(handle.db, limits({ maxSessions: 2, sessionEvictionGraceMs: 500 }));
+      await applyOne(machine, w('a', 1, 1_000));
+      await applyOne(machine, w('b', 1, 1_100));
+      // Both active within 500 ms: the third session is refused, and nothing changes.
+      const refused = await applyOne(machine, w('c', 1, 1_200));
+      expect(refused.error?.code).toBe('SESSION_LIMIT');
+      expect(await machine.get(Buffer.from('k-c'))).toBeUndefined();
+      // a touched again: b is now the least recently active.
+      await applyOne(machine, w('a', 2, 1_650));
+      const admitted = await applyOne(machine, w('c', 1, 1_650));
+      expect(admitted.error).toBeUndefined();
+      expect(await sessionIds(handle.db)).toEqual(['a', 'c']);
+      expect((await applyOne(machine, w('b', 2, 1_650))).error?.code).toBe('SESSION_EXPIRED');
+    });
+
+    test('eviction is the same whatever the apply batches and restarts', async () => {
+      const sessionLimits = limits({ maxSessions: 3, sessionIdleTimeoutMs: 400, sessionEvictionGraceMs: 0, maxResultsPerSession: 3 });
+      const items: Command[] = [];
+      let at = 0;
+      for (let i = 0; i < 60; i++) {
+        at += (i * 37) % 90;
+        const client = `c${(i * 7) % 5}`;
+        const sequence = 1 + Math.floor(i / 5);
+        items.push(put(`k${i % 4}`, `v${i}`, { clientId: client, sequence, lowest: Math.max(1, sequence - (i % 3)), at, prevKv: true }));
+        if (i % 4 === 0) items.push(put(`k${i % 4}`, `v${i}`, { clientId: client, sequence, lowest: 1, at }));
+      }
+      const oneBatch = await KvStateMachine.open(handle.db, sessionLimits);
+      const all = await applyAll(oneBatch, ...items);
+      const oneBatchState = { observed: await observe(oneBatch), sessions: await sessionDump(handle.db) };
+      expect(all.filter((r) => r?.error?.code === 'SESSION_EXPIRED').length).toBeGreaterThan(0);
+      expect(all.filter((r) => r?.error === undefined).length).toBeGreaterThan(10);
+
+      const other = await BACKENDS[0]!.open();
+      try {
+        let machine = await KvStateMachine.open(other.db, sessionLimits);
+        const results: (CommandResult | undefined)[] = [];
+        for (let i = 0; i < items.length; ) {
+          const size = 1 + (i % 4);
+          const entries = entriesFor(machine, items.slice(i, i + size));
+          results.push(...(await machine.apply(entries)).map((o) => o.result));
+          i += size;
+          if (i % 3 === 0) machine = await KvStateMachine.open(await other.reopen(), sessionLimits);
+        }
+        expect(results).toEqual(all);
+        expect({ observed: await observe(machine), sessions: await sessionDump(other.db) }).toEqual(oneBatchState);
+      } finally {
+        await other.cleanup();
+      }
+    });
+
+    test('a session keeps at most maxResultsPerSession results: more unanswered writes get SESSION_LIMIT until answers come', async () => {
+      const machine = await KvStateMachine.open(handle.db, limits({ maxResultsPerSession: 2 }));
+      const one = await applyOne(machine, w('a', 1, 0, { lowest: 1 }));
+      await applyOne(machine, w('a', 2, 0, { lowest: 1 }));
+      const third = await applyOne(machine, w('a', 3, 0, { lowest: 1 }));
+      expect(third.error?.code).toBe('SESSION_LIMIT');
+      expect(machine.revision()).toBe(2);
+      // The kept ones still answer; an answer moves the window and 3 goes in.
+      expect(await applyOne(machine, w('a', 1, 0, { lowest: 1 }))).toEqual(one);
+      expect((await applyOne(machine, w('a', 3, 0, { lowest: 2 }))).error).toBeUndefined();
+      expect(machine.revision()).toBe(3);
+    });
+
+    test('a session keeps at most maxSessionResultBytes of results', async () => {
+      const machine = await KvStateMachine.open(handle.db, limits({ maxSessionResultBytes: 100 }));
+      await applyOne(machine, put('big', 'x'.repeat(200)));
+      // The first result passes the budget (prev_kv holds 200 bytes): it is kept, the next is refused.
+      const first = await applyOne(machine, put('big', 'y', { clientId: 'a', sequence: 1, lowest: 1, prevKv: true }));
+      expect(first.error).toBeUndefined();
+      const refused = await applyOne(machine, put('small', 'z', { clientId: 'a', sequence: 2, lowest: 1 }));
+      expect(refused.error?.code).toBe('SESSION_LIMIT');
+      expect(refused.error?.message).toContain('maxSessionResultBytes 100');
+      expect((await applyOne(machine, put('small', 'z', { clientId: 'a', sequence: 2, lowest: 2 }))).error).toBeUndefined();
+    });
+
+    test('limits that cannot keep the contract are refused', async () => {
+      await expect(KvStateMachine.open(handle.db, limits({ sessionIdleTimeoutMs: 10, sessionEvictionGraceMs: 11 }))).rejects.toThrow('must be >= sessionEvictionGraceMs');
+      await expect(KvStateMachine.open(handle.db, limits({ maxSessions: 0 }))).rejects.toThrow('maxSessions must be an integer >= 1');
+    });
+
+    test('past maxTotalSessionResultBytes the least recently active sessions are evicted', async () => {
+      const machine = await KvStateMachine.open(handle.db, limits({ maxTotalSessionResultBytes: 300, sessionEvictionGraceMs: 0 }));
+      await applyOne(machine, put('big', 'x'.repeat(200)));
+      await applyOne(machine, put('big', 'x'.repeat(200), { clientId: 'a', sequence: 1, prevKv: true, at: 1 }));
+      await applyOne(machine, put('big', 'x'.repeat(200), { clientId: 'b', sequence: 1, prevKv: true, at: 2 }));
+      await applyOne(machine, put('other', 'v', { clientId: 'c', sequence: 1, at: 3 }));
+      expect(await sessionIds(handle.db)).toEqual(['b', 'c']);
     });
   });
 
@@ -690,7 +938,7 @@ describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
 
     test('an empty COMMAND (no op) changes no data', async () => {
       await applyOne(sm, put('a', 'v'));
-      const [result] = await applyAll(sm, {});
+      const [result] = await applyAll(sm, { op: undefined, proposedAtUnixMs: 0 });
       expect(result?.revision).toBe(1);
       expect(sm.revision()).toBe(1);
       expect(sm.appliedIndex()).toBe(2);

@@ -154,9 +154,15 @@ export interface PutRequest {
   value: Buffer;
   /** Return the value the key had before this put. */
   prevKv: boolean;
-  /** Exactly-once: a client's id and its write sequence number (see Command). */
+  /** Exactly-once: the client's id, see "Client sessions" above. */
   clientId: string;
+  /** This write's sequence number (>= 1 with a client_id), see "Client sessions". */
   sequence: number;
+  /**
+   * The lowest sequence of this client not yet answered (<= sequence; 0 = sequence),
+   * see "Client sessions".
+   */
+  lowestUnansweredSequence: number;
 }
 
 /** PutResponse answers a PutRequest. */
@@ -188,8 +194,10 @@ export interface DeleteRequest {
   key: Buffer;
   /** Return the value the key had before this delete. */
   prevKv: boolean;
+  /** Exactly-once, as in PutRequest: see "Client sessions" above. */
   clientId: string;
   sequence: number;
+  lowestUnansweredSequence: number;
 }
 
 /** DeleteResponse answers a DeleteRequest. */
@@ -229,17 +237,41 @@ export interface RangeResponse {
 
 /** Command is what a write becomes in the Raft log: the state machine applies it. */
 export interface Command {
-  op?: { $case: "put"; value: PutRequest } | { $case: "delete"; value: DeleteRequest } | undefined;
+  op?:
+    | { $case: "put"; value: PutRequest }
+    | { $case: "delete"; value: DeleteRequest }
+    | undefined;
+  /**
+   * The leader's wall clock when it proposed the command (set by the leader, never by
+   * a client). The state machine's log time is the highest stamp applied so far: it
+   * ages client sessions the same way on every replica.
+   */
+  proposedAtUnixMs: number;
 }
 
 /**
  * CommandResult is what applying a Command produced; a client session keeps the
- * last one so that a retried write gets the original answer.
+ * results of its unanswered writes so that a retried write gets the original answer.
  */
 export interface CommandResult {
   /** The store revision after the command. */
   revision: number;
-  op?: { $case: "put"; value: PutResponse } | { $case: "delete"; value: DeleteResponse } | undefined;
+  op?:
+    | { $case: "put"; value: PutResponse }
+    | { $case: "delete"; value: DeleteResponse }
+    | undefined;
+  /**
+   * Set when the command was refused inside apply (and changed nothing); the same on
+   * every replica, so the server answers with this error.
+   */
+  error?: CommandError | undefined;
+}
+
+/** CommandError is a refusal decided while applying a command. */
+export interface CommandError {
+  /** A cairn error code (cairn-error-code), e.g. SESSION_EXPIRED or SESSION_LIMIT. */
+  code: string;
+  message: string;
 }
 
 function createBaseMember(): Member {
@@ -1242,7 +1274,14 @@ export const KeyValue: MessageFns<KeyValue> = {
 };
 
 function createBasePutRequest(): PutRequest {
-  return { key: Buffer.alloc(0), value: Buffer.alloc(0), prevKv: false, clientId: "", sequence: 0 };
+  return {
+    key: Buffer.alloc(0),
+    value: Buffer.alloc(0),
+    prevKv: false,
+    clientId: "",
+    sequence: 0,
+    lowestUnansweredSequence: 0,
+  };
 }
 
 export const PutRequest: MessageFns<PutRequest> = {
@@ -1261,6 +1300,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     }
     if (message.sequence !== 0) {
       writer.uint32(40).uint64(message.sequence);
+    }
+    if (message.lowestUnansweredSequence !== 0) {
+      writer.uint32(48).uint64(message.lowestUnansweredSequence);
     }
     return writer;
   },
@@ -1318,6 +1360,14 @@ export const PutRequest: MessageFns<PutRequest> = {
             message.sequence = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lowestUnansweredSequence = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1345,6 +1395,11 @@ export const PutRequest: MessageFns<PutRequest> = {
         ? globalThis.String(object.client_id)
         : "",
       sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      lowestUnansweredSequence: isSet(object.lowestUnansweredSequence)
+        ? globalThis.Number(object.lowestUnansweredSequence)
+        : isSet(object.lowest_unanswered_sequence)
+        ? globalThis.Number(object.lowest_unanswered_sequence)
+        : 0,
     };
   },
 
@@ -1365,6 +1420,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     if (message.sequence !== 0) {
       obj.sequence = Math.round(message.sequence);
     }
+    if (message.lowestUnansweredSequence !== 0) {
+      obj.lowestUnansweredSequence = Math.round(message.lowestUnansweredSequence);
+    }
     return obj;
   },
 
@@ -1378,6 +1436,7 @@ export const PutRequest: MessageFns<PutRequest> = {
     message.prevKv = object.prevKv ?? false;
     message.clientId = object.clientId ?? "";
     message.sequence = object.sequence ?? 0;
+    message.lowestUnansweredSequence = object.lowestUnansweredSequence ?? 0;
     return message;
   },
 };
@@ -1648,7 +1707,7 @@ export const GetResponse: MessageFns<GetResponse> = {
 };
 
 function createBaseDeleteRequest(): DeleteRequest {
-  return { key: Buffer.alloc(0), prevKv: false, clientId: "", sequence: 0 };
+  return { key: Buffer.alloc(0), prevKv: false, clientId: "", sequence: 0, lowestUnansweredSequence: 0 };
 }
 
 export const DeleteRequest: MessageFns<DeleteRequest> = {
@@ -1664,6 +1723,9 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
     }
     if (message.sequence !== 0) {
       writer.uint32(32).uint64(message.sequence);
+    }
+    if (message.lowestUnansweredSequence !== 0) {
+      writer.uint32(40).uint64(message.lowestUnansweredSequence);
     }
     return writer;
   },
@@ -1713,6 +1775,14 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
             message.sequence = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lowestUnansweredSequence = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1739,6 +1809,11 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
         ? globalThis.String(object.client_id)
         : "",
       sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      lowestUnansweredSequence: isSet(object.lowestUnansweredSequence)
+        ? globalThis.Number(object.lowestUnansweredSequence)
+        : isSet(object.lowest_unanswered_sequence)
+        ? globalThis.Number(object.lowest_unanswered_sequence)
+        : 0,
     };
   },
 
@@ -1756,6 +1831,9 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
     if (message.sequence !== 0) {
       obj.sequence = Math.round(message.sequence);
     }
+    if (message.lowestUnansweredSequence !== 0) {
+      obj.lowestUnansweredSequence = Math.round(message.lowestUnansweredSequence);
+    }
     return obj;
   },
 
@@ -1768,6 +1846,7 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
     message.prevKv = object.prevKv ?? false;
     message.clientId = object.clientId ?? "";
     message.sequence = object.sequence ?? 0;
+    message.lowestUnansweredSequence = object.lowestUnansweredSequence ?? 0;
     return message;
   },
 };
@@ -2142,7 +2221,7 @@ export const RangeResponse: MessageFns<RangeResponse> = {
 };
 
 function createBaseCommand(): Command {
-  return { op: undefined };
+  return { op: undefined, proposedAtUnixMs: 0 };
 }
 
 export const Command: MessageFns<Command> = {
@@ -2154,6 +2233,9 @@ export const Command: MessageFns<Command> = {
       case "delete":
         DeleteRequest.encode(message.op.value, writer.uint32(18).fork()).join();
         break;
+    }
+    if (message.proposedAtUnixMs !== 0) {
+      writer.uint32(24).uint64(message.proposedAtUnixMs);
     }
     return writer;
   },
@@ -2187,6 +2269,14 @@ export const Command: MessageFns<Command> = {
             message.op = { $case: "delete", value: DeleteRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.proposedAtUnixMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2206,6 +2296,11 @@ export const Command: MessageFns<Command> = {
         : isSet(object.delete)
         ? { $case: "delete", value: DeleteRequest.fromJSON(object.delete) }
         : undefined,
+      proposedAtUnixMs: isSet(object.proposedAtUnixMs)
+        ? globalThis.Number(object.proposedAtUnixMs)
+        : isSet(object.proposed_at_unix_ms)
+        ? globalThis.Number(object.proposed_at_unix_ms)
+        : 0,
     };
   },
 
@@ -2215,6 +2310,9 @@ export const Command: MessageFns<Command> = {
       obj.put = PutRequest.toJSON(message.op.value);
     } else if (message.op?.$case === "delete") {
       obj.delete = DeleteRequest.toJSON(message.op.value);
+    }
+    if (message.proposedAtUnixMs !== 0) {
+      obj.proposedAtUnixMs = Math.round(message.proposedAtUnixMs);
     }
     return obj;
   },
@@ -2238,12 +2336,13 @@ export const Command: MessageFns<Command> = {
         break;
       }
     }
+    message.proposedAtUnixMs = object.proposedAtUnixMs ?? 0;
     return message;
   },
 };
 
 function createBaseCommandResult(): CommandResult {
-  return { revision: 0, op: undefined };
+  return { revision: 0, op: undefined, error: undefined };
 }
 
 export const CommandResult: MessageFns<CommandResult> = {
@@ -2258,6 +2357,9 @@ export const CommandResult: MessageFns<CommandResult> = {
       case "delete":
         DeleteResponse.encode(message.op.value, writer.uint32(26).fork()).join();
         break;
+    }
+    if (message.error !== undefined) {
+      CommandError.encode(message.error, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -2299,6 +2401,14 @@ export const CommandResult: MessageFns<CommandResult> = {
             message.op = { $case: "delete", value: DeleteResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = CommandError.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2319,6 +2429,7 @@ export const CommandResult: MessageFns<CommandResult> = {
         : isSet(object.delete)
         ? { $case: "delete", value: DeleteResponse.fromJSON(object.delete) }
         : undefined,
+      error: isSet(object.error) ? CommandError.fromJSON(object.error) : undefined,
     };
   },
 
@@ -2331,6 +2442,9 @@ export const CommandResult: MessageFns<CommandResult> = {
       obj.put = PutResponse.toJSON(message.op.value);
     } else if (message.op?.$case === "delete") {
       obj.delete = DeleteResponse.toJSON(message.op.value);
+    }
+    if (message.error !== undefined) {
+      obj.error = CommandError.toJSON(message.error);
     }
     return obj;
   },
@@ -2355,6 +2469,94 @@ export const CommandResult: MessageFns<CommandResult> = {
         break;
       }
     }
+    message.error = (object.error !== undefined && object.error !== null)
+      ? CommandError.fromPartial(object.error)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCommandError(): CommandError {
+  return { code: "", message: "" };
+}
+
+export const CommandError: MessageFns<CommandError> = {
+  encode(message: CommandError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== "") {
+      writer.uint32(10).string(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommandError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommandError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CommandError {
+    return {
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: CommandError): unknown {
+    const obj: any = {};
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CommandError>): CommandError {
+    return CommandError.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CommandError>): CommandError {
+    const message = createBaseCommandError();
+    message.code = object.code ?? "";
+    message.message = object.message ?? "";
     return message;
   },
 };

@@ -28,6 +28,8 @@ export interface AppliedState {
   index: number;
   /** The store revision after it. */
   revision: number;
+  /** Log time: the highest proposed_at_unix_ms of the commands applied so far. */
+  logTimeUnixMs: number;
 }
 
 /** ClusterIdentity is stored under `cluster` in the `meta` sublevel. */
@@ -52,6 +54,26 @@ export interface Voter {
 
 /** SessionRecord is stored under a client id in the `sessions` sublevel. */
 export interface SessionRecord {
+  /**
+   * Legacy (records written before sessions kept several results): the last applied
+   * sequence and its encoded result. Read as one kept result; never written now.
+   */
+  sequence: number;
+  result: Buffer;
+  /**
+   * Results below this sequence were discarded (the client's highest
+   * lowest_unanswered_sequence so far); a retry of one gets SESSION_EXPIRED.
+   */
+  lowestUnansweredSequence: number;
+  /** The result of every applied sequence at or above it, in sequence order. */
+  results: SessionResult[];
+  /** The log index and log time of the last write of this session: eviction order. */
+  lastActiveIndex: number;
+  lastActiveUnixMs: number;
+}
+
+/** SessionResult is one kept result of a client session. */
+export interface SessionResult {
   sequence: number;
   /** The encoded cairn.kv.v1.CommandResult of that sequence. */
   result: Buffer;
@@ -183,7 +205,7 @@ export const KeyRecord: MessageFns<KeyRecord> = {
 };
 
 function createBaseAppliedState(): AppliedState {
-  return { index: 0, revision: 0 };
+  return { index: 0, revision: 0, logTimeUnixMs: 0 };
 }
 
 export const AppliedState: MessageFns<AppliedState> = {
@@ -193,6 +215,9 @@ export const AppliedState: MessageFns<AppliedState> = {
     }
     if (message.revision !== 0) {
       writer.uint32(16).uint64(message.revision);
+    }
+    if (message.logTimeUnixMs !== 0) {
+      writer.uint32(24).uint64(message.logTimeUnixMs);
     }
     return writer;
   },
@@ -226,6 +251,14 @@ export const AppliedState: MessageFns<AppliedState> = {
             message.revision = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.logTimeUnixMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -242,6 +275,11 @@ export const AppliedState: MessageFns<AppliedState> = {
     return {
       index: isSet(object.index) ? globalThis.Number(object.index) : 0,
       revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0,
+      logTimeUnixMs: isSet(object.logTimeUnixMs)
+        ? globalThis.Number(object.logTimeUnixMs)
+        : isSet(object.log_time_unix_ms)
+        ? globalThis.Number(object.log_time_unix_ms)
+        : 0,
     };
   },
 
@@ -253,6 +291,9 @@ export const AppliedState: MessageFns<AppliedState> = {
     if (message.revision !== 0) {
       obj.revision = Math.round(message.revision);
     }
+    if (message.logTimeUnixMs !== 0) {
+      obj.logTimeUnixMs = Math.round(message.logTimeUnixMs);
+    }
     return obj;
   },
 
@@ -263,6 +304,7 @@ export const AppliedState: MessageFns<AppliedState> = {
     const message = createBaseAppliedState();
     message.index = object.index ?? 0;
     message.revision = object.revision ?? 0;
+    message.logTimeUnixMs = object.logTimeUnixMs ?? 0;
     return message;
   },
 };
@@ -466,7 +508,14 @@ export const Voter: MessageFns<Voter> = {
 };
 
 function createBaseSessionRecord(): SessionRecord {
-  return { sequence: 0, result: Buffer.alloc(0) };
+  return {
+    sequence: 0,
+    result: Buffer.alloc(0),
+    lowestUnansweredSequence: 0,
+    results: [],
+    lastActiveIndex: 0,
+    lastActiveUnixMs: 0,
+  };
 }
 
 export const SessionRecord: MessageFns<SessionRecord> = {
@@ -476,6 +525,18 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     }
     if (message.result.length !== 0) {
       writer.uint32(18).bytes(message.result);
+    }
+    if (message.lowestUnansweredSequence !== 0) {
+      writer.uint32(24).uint64(message.lowestUnansweredSequence);
+    }
+    for (const v of message.results) {
+      SessionResult.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.lastActiveIndex !== 0) {
+      writer.uint32(40).uint64(message.lastActiveIndex);
+    }
+    if (message.lastActiveUnixMs !== 0) {
+      writer.uint32(48).uint64(message.lastActiveUnixMs);
     }
     return writer;
   },
@@ -509,6 +570,38 @@ export const SessionRecord: MessageFns<SessionRecord> = {
             message.result = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.lowestUnansweredSequence = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.results.push(SessionResult.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lastActiveIndex = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lastActiveUnixMs = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -525,6 +618,24 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     return {
       sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
       result: isSet(object.result) ? Buffer.from(bytesFromBase64(object.result)) : Buffer.alloc(0),
+      lowestUnansweredSequence: isSet(object.lowestUnansweredSequence)
+        ? globalThis.Number(object.lowestUnansweredSequence)
+        : isSet(object.lowest_unanswered_sequence)
+        ? globalThis.Number(object.lowest_unanswered_sequence)
+        : 0,
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => SessionResult.fromJSON(e))
+        : [],
+      lastActiveIndex: isSet(object.lastActiveIndex)
+        ? globalThis.Number(object.lastActiveIndex)
+        : isSet(object.last_active_index)
+        ? globalThis.Number(object.last_active_index)
+        : 0,
+      lastActiveUnixMs: isSet(object.lastActiveUnixMs)
+        ? globalThis.Number(object.lastActiveUnixMs)
+        : isSet(object.last_active_unix_ms)
+        ? globalThis.Number(object.last_active_unix_ms)
+        : 0,
     };
   },
 
@@ -536,6 +647,18 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     if (message.result.length !== 0) {
       obj.result = base64FromBytes(message.result);
     }
+    if (message.lowestUnansweredSequence !== 0) {
+      obj.lowestUnansweredSequence = Math.round(message.lowestUnansweredSequence);
+    }
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => SessionResult.toJSON(e));
+    }
+    if (message.lastActiveIndex !== 0) {
+      obj.lastActiveIndex = Math.round(message.lastActiveIndex);
+    }
+    if (message.lastActiveUnixMs !== 0) {
+      obj.lastActiveUnixMs = Math.round(message.lastActiveUnixMs);
+    }
     return obj;
   },
 
@@ -544,6 +667,95 @@ export const SessionRecord: MessageFns<SessionRecord> = {
   },
   fromPartial(object: DeepPartial<SessionRecord>): SessionRecord {
     const message = createBaseSessionRecord();
+    message.sequence = object.sequence ?? 0;
+    message.result = object.result ?? Buffer.alloc(0);
+    message.lowestUnansweredSequence = object.lowestUnansweredSequence ?? 0;
+    message.results = object.results?.map((e) => SessionResult.fromPartial(e)) || [];
+    message.lastActiveIndex = object.lastActiveIndex ?? 0;
+    message.lastActiveUnixMs = object.lastActiveUnixMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseSessionResult(): SessionResult {
+  return { sequence: 0, result: Buffer.alloc(0) };
+}
+
+export const SessionResult: MessageFns<SessionResult> = {
+  encode(message: SessionResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sequence !== 0) {
+      writer.uint32(8).uint64(message.sequence);
+    }
+    if (message.result.length !== 0) {
+      writer.uint32(18).bytes(message.result);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.sequence = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.result = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionResult {
+    return {
+      sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      result: isSet(object.result) ? Buffer.from(bytesFromBase64(object.result)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SessionResult): unknown {
+    const obj: any = {};
+    if (message.sequence !== 0) {
+      obj.sequence = Math.round(message.sequence);
+    }
+    if (message.result.length !== 0) {
+      obj.result = base64FromBytes(message.result);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionResult>): SessionResult {
+    return SessionResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionResult>): SessionResult {
+    const message = createBaseSessionResult();
     message.sequence = object.sequence ?? 0;
     message.result = object.result ?? Buffer.alloc(0);
     return message;
