@@ -558,13 +558,14 @@ export class RaftNode {
    * The entry bytes the next AppendRequest to this follower may carry, or undefined when
    * nothing may go now: nothing is missing, the window is full by count, or the next
    * entry does not fit in the bytes left in flight. With nothing in flight the next entry
-   * always goes, whatever its size.
+   * always goes, whatever its size; an entry larger than maxBytesPerAppend goes alone
+   * (RaftLog.slice) as soon as it fits in the in-flight bytes, without draining the pipeline.
    */
   private appendBudgetBytes(pr: Progress): number | undefined {
     if (!pr.canSend() || pr.nextIndex > this.log.lastIndex()) return undefined;
-    const budget = Math.min(this.config.maxBytesPerAppend, pr.availableInflightBytes());
-    if (pr.inflightCount() > 0 && entryBytes(this.log.entry(pr.nextIndex)) > budget) return undefined;
-    return budget;
+    const availableBytes = pr.availableInflightBytes();
+    if (pr.inflightCount() > 0 && entryBytes(this.log.entry(pr.nextIndex)) > availableBytes) return undefined;
+    return Math.min(this.config.maxBytesPerAppend, availableBytes);
   }
 
   private sendAppend(to: NodeId, pr: Progress, budgetBytes: number): void {

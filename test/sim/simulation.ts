@@ -171,7 +171,8 @@ export class Simulation {
   private readonly tuning: Pick<
     RaftConfig,
     'maxInflightAppends' | 'maxEntriesPerAppend' | 'electionTimeoutTicks' | 'heartbeatIntervalTicks' | 'checkQuorum' | 'preVote'
-  >;
+  > &
+    Partial<Pick<RaftConfig, 'maxBytesPerAppend' | 'maxInflightBytes' | 'maxCommittedBytesPerReady' | 'maxUncommittedBytes'>>;
   private readonly faultEndUnits: number;
   private readonly clientsStopUnits: number;
   private readonly blockedLinks = new Set<string>();
@@ -228,6 +229,7 @@ export class Simulation {
       // not depend on it (ReadIndex, not leases, protects reads).
       checkQuorum: this.rand.pick([true, true, false]),
       preVote: this.rand.pick([true, true, false]),
+      ...drawByteBounds(new SeededRandom(options.seed * 40_503 + 11)),
     };
     this.sessionLimits = this.drawSessionLimits();
     this.dropRate = this.profile.dropRate;
@@ -1001,3 +1003,17 @@ async function kvDigest(db: Db): Promise<string> {
   return hash.digest('hex').slice(0, 16);
 }
 
+/**
+ * The core's byte bounds, drawn from their own generator (so the other draws of a seed stay
+ * as they were): half the seeds keep the defaults, which the simulator's small values never
+ * reach; the others get budgets of a few entries, so the bounds bind all the time.
+ */
+function drawByteBounds(rand: SeededRandom): Partial<Pick<RaftConfig, 'maxBytesPerAppend' | 'maxInflightBytes' | 'maxCommittedBytesPerReady' | 'maxUncommittedBytes'>> {
+  if (rand.float() < 0.5) return {};
+  return {
+    maxBytesPerAppend: rand.pick([1, 60, 200]),
+    maxInflightBytes: rand.pick([60, 200, 600]),
+    maxCommittedBytesPerReady: rand.pick([1, 100, 400]),
+    maxUncommittedBytes: rand.pick([200, 1000, 4000]),
+  };
+}

@@ -62,6 +62,15 @@ describe('in-flight bytes per follower (maxInflightBytes)', () => {
     expect(net.node(1).status().commitIndex).toBe(4);
     for (const id of [2, 3]) expect(net.node(id).status().lastIndex).toBe(4);
   });
+  test('entries larger than maxBytesPerAppend are pipelined while they fit in the in-flight bytes', () => {
+    // Each 1 KiB entry exceeds maxBytesPerAppend, so each goes alone, but the in-flight
+    // budget holds all five: none waits for the one before it to be acknowledged.
+    const net = new RaftNetwork(3, { maxBytesPerAppend: 500, maxInflightBytes: 100 * KIB_ENTRY_BYTES });
+    net.elect(1);
+    net.settle();
+    for (let i = 0; i < 5; i++) expect(net.node(1).propose(KIB).ok).toBe(true);
+    expect(appendsTo(net.node(1).ready().messages, 2).map((a) => a.entries.length)).toEqual([1, 1, 1, 1, 1]);
+  });
 });
 
 describe('committed bytes per Ready (maxCommittedBytesPerReady)', () => {
