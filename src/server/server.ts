@@ -15,12 +15,11 @@ import { Logger } from './logger';
 import { addReflection } from './reflection';
 import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './peer-transport';
 import { RequestRouter } from './router';
+import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
-/** Framing a command adds to the request it came from (tags, lengths, client id and sequence). */
-const COMMAND_OVERHEAD_BOUND_BYTES = 1024;
 /** The health service name that follows whether this node knows a leader. */
 const KV_HEALTH_SERVICE = 'cairn.kv.v1.KV';
 
@@ -77,7 +76,7 @@ export class CairnNode {
     const peerMessageBytes = peerMaxMessageBytes({
       maxBytesPerAppend: DEFAULT_RAFT_CONFIG.maxBytesPerAppend,
       maxEntriesPerAppend: DEFAULT_RAFT_CONFIG.maxEntriesPerAppend,
-      maxEntryDataBytes: config.limits.maxRequestBytes + COMMAND_OVERHEAD_BOUND_BYTES,
+      maxEntryDataBytes: config.limits.maxRequestBytes + MAX_COMMAND_ENVELOPE_BYTES,
     });
     const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, config.peers, logger, {
       maxMessageBytes: peerMessageBytes,
