@@ -32,8 +32,8 @@ export interface WorkloadConfig {
   maxOps: number;
 }
 
-/** cairn error codes after which a write surely did not take effect. */
-const NOT_APPLIED = new Set(['NOT_LEADER', 'NO_LEADER', 'OVERLOADED', 'PROPOSAL_DROPPED']);
+/** cairn error codes that prove this attempt changed nothing (an earlier attempt may still have applied). */
+const NOT_APPLIED = new Set(['NOT_LEADER', 'NO_LEADER', 'LEADER_UNREACHABLE', 'OVERLOADED', 'PROPOSAL_DROPPED', 'SESSION_EXPIRED', 'SESSION_LIMIT']);
 
 const now = () => Number(process.hrtime.bigint());
 
