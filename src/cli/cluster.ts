@@ -53,7 +53,14 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   const parentWatch = watchParent(() => stop('the process that started cairn cluster is gone'));
   void exited.then(() => clearInterval(parentWatch));
 
-  const leader = await waitForLeader(endpoints, () => stopping);
+  // A node that exits while the cluster starts (a port or data dir in use) means the ports
+  // may answer for someone else's cluster: never print the banner then.
+  let exitedEarly: number | undefined;
+  children.forEach((child, i) => child.once('exit', () => (exitedEarly ??= i + 1)));
+  const startingOver = () => stopping || exitedEarly !== undefined;
+  await Promise.race([Promise.all(children.map(started)), exited, untilTrue(startingOver)]);
+  const leader = startingOver() ? undefined : await waitForLeader(endpoints, startingOver);
+  if (exitedEarly !== undefined && !stopping) stop(`node ${exitedEarly} exited while the cluster was starting (see its line above)`);
   if (stopping) return exitCode(await exited);
   console.log(`\ncairn cluster of ${count} running; data in ${dataDir}`);
   for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${peerAddr(i + 1)}`);
@@ -87,6 +94,26 @@ function watchParent(gone: () => void): NodeJS.Timeout {
   }, PARENT_CHECK_INTERVAL_MS);
   timer.unref();
   return timer;
+}
+
+/** What `cairn serve` sends over its IPC channel once both its ports listen. */
+export const NODE_STARTED_MESSAGE = 'cairn-node-started';
+
+/** Resolves once the node says its ports listen (so they answer for it, not for another cluster). */
+function started(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    const onMessage = (message: unknown) => {
+      if (message !== NODE_STARTED_MESSAGE) return;
+      child.off('message', onMessage);
+      resolve();
+    };
+    child.on('message', onMessage);
+  });
+}
+
+/** Resolves once `condition` holds, checked every 100 ms. */
+async function untilTrue(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((r) => setTimeout(r, 100).unref());
 }
 
 function startNode(mainPath: string, id: number, args: string[]): ChildProcess {

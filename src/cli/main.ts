@@ -6,7 +6,7 @@ import { createLogger } from '../server/logger';
 import { CairnNode } from '../server/server';
 import { VERSION } from '../server/services';
 import { CairnClient } from './client';
-import { runLocalCluster } from './cluster';
+import { NODE_STARTED_MESSAGE, runLocalCluster } from './cluster';
 import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
@@ -88,7 +88,10 @@ async function main(argv: string[]): Promise<number> {
   const client = clientFromFlags(flags);
   try {
     if (isShell) return await runShell(client);
-    return await runVerb(client, command, positional, flags, (line) => console.log(line), { readStdin: () => readAll(process.stdin) });
+    return await runVerb(client, command, positional, flags, (line) => console.log(line), {
+      readStdin: () => readAll(process.stdin),
+      writeValue: writeValueToStdout,
+    });
   } finally {
     client.close();
   }
@@ -139,6 +142,8 @@ async function serve(argv: string[]): Promise<number> {
   } finally {
     if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);
   }
+  // `cairn cluster` waits for this before it believes what its ports answer.
+  process.send?.(NODE_STARTED_MESSAGE);
   await new Promise<void>((resolve) => {
     let stopping = false;
     const onSignal = (signal: string) => {
@@ -179,4 +184,13 @@ if (require.main === module) {
       process.exitCode = err instanceof UsageError ? 2 : 1;
     },
   );
+}
+
+/**
+ * `get` writes the value's bytes as they are, so `cairn get k > file` gives back exactly what
+ * `put k --from-file file` stored; a newline follows only on a terminal, for the prompt.
+ */
+function writeValueToStdout(value: Buffer): void {
+  process.stdout.write(value);
+  if (process.stdout.isTTY) process.stdout.write('\n');
 }

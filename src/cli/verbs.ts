@@ -65,6 +65,11 @@ export interface VerbOptions {
   typed?: string;
   /** Reads stdin to its end; absent where stdin is not the value's (the shell). */
   readStdin?: () => Promise<Buffer>;
+  /**
+   * Writes a value exactly as stored (`get`), so binary values and files round-trip;
+   * absent in the shell, which prints values as text lines.
+   */
+  writeValue?: (value: Buffer) => void;
 }
 
 /** "usage: SET KEY VALUE | SET KEY --from-file FILE", with the verb as typed. */
@@ -110,7 +115,8 @@ export async function runVerb(
         print(`(not found: ${args[0]})`);
         return 1;
       }
-      print(response.kv.value.toString());
+      if (options.writeValue) options.writeValue(response.kv.value);
+      else print(response.kv.value.toString());
       return 0;
     }
     case 'has': {
@@ -165,6 +171,7 @@ async function readValueFile(file: string): Promise<Buffer> {
       throw new Error(`cannot read --from-file ${file}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`);
     },
   );
+  if (!(await stat(file)).isFile()) throw new Error(`cannot read --from-file ${file}: not a regular file`);
   if (size > MAX_INPUT_VALUE_BYTES) throw new Error(`--from-file ${file} is ${size} bytes, over the ${MAX_INPUT_VALUE_BYTES} bytes put reads`);
   return readFile(file);
 }

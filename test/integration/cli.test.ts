@@ -38,7 +38,7 @@ describe('the cairn command against real nodes', () => {
   test('put, get, list, del, status and members print what the README says', async () => {
     const e = ['--endpoints', endpoints];
     expect(await cairn(['put', 'hello', 'world', ...e])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK \(revision \d+\)/) });
-    expect(await cairn(['get', 'hello', ...e])).toMatchObject({ code: 0, stdout: 'world\n' });
+    expect(await cairn(['get', 'hello', ...e])).toMatchObject({ code: 0, stdout: 'world' });
     await cairn(['put', 'app/color', 'blue', ...e]);
     await cairn(['put', 'app/size', 'large', ...e]);
     expect((await cairn(['list', 'app/', ...e])).stdout).toBe('app/color\tblue\napp/size\tlarge\n');
@@ -53,7 +53,7 @@ describe('the cairn command against real nodes', () => {
     // A follower alone, serializable.
     const leader = await cluster.waitForLeader();
     const follower = cluster.nodes.find((n) => n.id !== leader)!;
-    expect(await cairn(['get', 'app/color', '--consistency', 'serializable', '--endpoints', follower.clientAddr])).toMatchObject({ stdout: 'blue\n' });
+    expect(await cairn(['get', 'app/color', '--consistency', 'serializable', '--endpoints', follower.clientAddr])).toMatchObject({ stdout: 'blue' });
   });
 
   test('the client follows the leader: after a follower answers, requests go to the leader', async () => {
@@ -94,7 +94,7 @@ describe('the cairn command against real nodes', () => {
     const leader = await cluster.waitForLeader();
     const one = cluster.node(leader).clientAddr;
     expect(await cairn(['put', 'short', 'flag', '-e', one])).toMatchObject({ code: 0 });
-    expect(await cairn(['get', 'short', '-e', one])).toMatchObject({ code: 0, stdout: 'flag\n' });
+    expect(await cairn(['get', 'short', '-e', one])).toMatchObject({ code: 0, stdout: 'flag' });
     expect(await cairn(['get', 'short', '--limit', '5', '-e', one])).toMatchObject({
       code: 2,
       stderr: 'cairn: --limit does not apply to get; get takes --consistency, --endpoints, --timeout-ms\n',
@@ -109,7 +109,7 @@ describe('the cairn command against real nodes', () => {
     const alone = await cairn(['get', 'short', '-e', node.peerAddr]);
     expect(alone.code).toBe(1);
     expect(alone.stderr).toContain(`${node.peerAddr} does not serve cairn's client API (UNIMPLEMENTED /cairn.kv.v1.KV/Get): is it a peer port?`);
-    expect(await cairn(['get', 'short', '-e', `${node.peerAddr},${node.clientAddr}`])).toMatchObject({ code: 0, stdout: 'flag\n' });
+    expect(await cairn(['get', 'short', '-e', `${node.peerAddr},${node.clientAddr}`])).toMatchObject({ code: 0, stdout: 'flag' });
   });
 
   test('put takes its value from a file or from stdin, beyond the size one argument may have', async () => {
@@ -120,11 +120,19 @@ describe('the cairn command against real nodes', () => {
       const file = join(dir, 'value');
       writeFileSync(file, value);
       expect(await cairn(['put', 'from-file', '--from-file', file, '-e', endpoints])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK/) });
-      expect((await cairn(['get', 'from-file', '-e', endpoints])).stdout).toBe(`${value}\n`);
+      expect((await cairn(['get', 'from-file', '-e', endpoints])).stdout).toBe(value);
       expect(await cairn(['put', 'from-stdin', '-', '-e', endpoints], value)).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK/) });
-      expect((await cairn(['get', 'from-stdin', '-e', endpoints])).stdout).toBe(`${value}\n`);
+      expect((await cairn(['get', 'from-stdin', '-e', endpoints])).stdout).toBe(value);
       expect(await cairn(['put', 'both', 'v', '--from-file', file, '-e', endpoints])).toMatchObject({ code: 2, stderr: expect.stringContaining('give the value once') });
       expect(await cairn(['put', 'nofile', '--from-file', join(dir, 'missing'), '-e', endpoints])).toMatchObject({ code: 1, stderr: expect.stringContaining('no such file') });
+      expect(await cairn(['put', 'adir', '--from-file', dir, '-e', endpoints])).toMatchObject({ code: 1, stderr: `cairn: cannot read --from-file ${dir}: not a regular file\n` });
+
+      // Binary values round-trip byte for byte: get writes the stored bytes, no newline when piped.
+      const binary = Buffer.from(Array.from({ length: 3000 }, (_, i) => (i * 151 + 7) % 256));
+      writeFileSync(file, binary);
+      expect(await cairn(['put', 'binary', '--from-file', file, '-e', endpoints])).toMatchObject({ code: 0 });
+      const { stdout } = await execFileAsync(process.execPath, [CAIRN_MAIN, 'get', 'binary', '-e', endpoints], { encoding: 'buffer', timeout: 30_000 });
+      expect(Buffer.compare(stdout, binary)).toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -260,6 +268,23 @@ describe('cairn serve and cairn cluster as processes', () => {
       20_000,
     );
   }
+
+  test('a local cluster whose node cannot start says so and exits 1, never claiming the cluster on the port is its own', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
+    let running: Awaited<ReturnType<typeof startLocalCluster>> | undefined;
+    try {
+      running = await startLocalCluster(join(dir, 'first'), false);
+      const port = running.clientAddr.split(':')[1]!;
+      const second = await cairn(['cluster', '--nodes', '1', '--client-port', port, '--peer-port', String(await freePort()), '--data-dir', join(dir, 'second')]);
+      expect(second.code).toBe(1);
+      expect(second.stdout).not.toContain('running');
+      expect(second.stdout + second.stderr).toContain('the address is already in use');
+    } finally {
+      running?.parent.kill('SIGTERM');
+      if (running) await expectNodeGone(running.clientAddr);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   test.each([
     ['the process that started cairn cluster is killed', true],
