@@ -13,6 +13,13 @@ import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
+/**
+ * The longest --timeout-ms: a write is retried for at most this long, well inside the 5
+ * minutes a session is safe from eviction (sessions.ts sessionEvictionGraceMs), so a retry
+ * never meets an evicted session and applies twice.
+ */
+const MAX_TIMEOUT_MS = 240_000;
+
 /** The CLI's whole-command budget when --timeout-ms is not given. */
 const DEFAULT_TIMEOUT_MS = 5000;
 
@@ -108,7 +115,9 @@ function clientFromFlags(flags: Record<string, string>): CairnClient {
         : undefined;
   if (consistency === undefined) throw new UsageError(`--consistency must be linearizable or serializable, got "${flags.consistency}"`);
   const timeoutMs = Number(flags['timeout-ms'] ?? DEFAULT_TIMEOUT_MS);
-  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) throw new UsageError('--timeout-ms must be a positive integer');
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > MAX_TIMEOUT_MS) {
+    throw new UsageError(`--timeout-ms must be an integer from 1 to ${MAX_TIMEOUT_MS} (a write is retried only while its session keeps the answer)`);
+  }
   delete flags.endpoints;
   delete flags.consistency;
   delete flags['timeout-ms'];

@@ -1,11 +1,12 @@
 import { Command } from '../../gen/cairn/kv/v1/kv';
 
 /**
- * Log time: the leader stamps every command with its wall clock when it proposes it
- * (Command.proposed_at_unix_ms), and the state machine's clock is the highest stamp
- * applied so far. It ages client sessions identically on every replica, and it never
- * goes back even when a new leader's clock is behind (a leader whose clock runs ahead
- * moves it forward for good: keep the nodes' clocks synchronized, e.g. with NTP).
+ * Log time: the leader stamps every command when it proposes it
+ * (Command.proposed_at_unix_ms) with a clock that continues from the log time it had
+ * applied when it took over, advanced by its monotonic clock (Replica.logTimeStampMs), and
+ * the state machine's clock is the highest stamp applied so far. It ages client sessions
+ * identically on every replica, never goes back, and moves at the rate of real time
+ * whatever the nodes' wall clocks say.
  */
 
 /**

@@ -53,6 +53,8 @@ export class Replica {
   private stopped = false;
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
+  /** Where this node's log-time stamps start in its current term as leader (see logTimeStampMs). */
+  private leaderClock: { term: number; baseMs: number; startMonotonicMs: number } | undefined;
 
   private constructor(
     readonly node: RaftNode,
@@ -60,7 +62,7 @@ export class Replica {
     readonly stateMachine: StateMachine,
     private readonly transport: Transport,
     private readonly onFatal: (err: unknown) => void,
-    private readonly clockUnixMs: () => number,
+    private readonly clock: LogClockSource,
   ) {}
 
   static async open(options: {
@@ -69,13 +71,13 @@ export class Replica {
     stateMachine: StateMachine;
     transport: Transport;
     onFatal: (err: unknown) => void;
-    /** The wall clock that stamps proposals with log time (the simulator passes its virtual one). */
-    clockUnixMs?: () => number;
+    /** The clocks that stamp proposals with log time (the simulator passes its virtual one). */
+    clock?: LogClockSource;
   }): Promise<Replica> {
     const { hardState, entries } = await options.storage.load();
     const appliedIndex = options.stateMachine.appliedIndex();
     const node = new RaftNode(options.config, { hardState, entries, appliedIndex });
-    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal, options.clockUnixMs ?? Date.now);
+    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal, options.clock ?? SYSTEM_CLOCK);
   }
 
   get id(): NodeId {
@@ -85,12 +87,14 @@ export class Replica {
   tick(): void {
     if (this.stopped) return;
     this.guarded(() => this.node.tick());
+    this.noteLeadership();
     this.schedule();
   }
 
   receive(message: Message): void {
     if (this.stopped) return;
     this.guarded(() => this.node.step(message));
+    this.noteLeadership();
     this.schedule();
   }
 
@@ -104,6 +108,30 @@ export class Replica {
     this.halted = true;
     this.stopped = true;
     this.onFatal(err);
+  }
+
+  /**
+   * The log time to stamp a proposal with. A leader's stamps continue from the log time it
+   * had applied when it took over (the wall clock only for the very first leader, when there
+   * is none), advanced by its monotonic clock. So log time moves at the rate real time does,
+   * whatever the nodes' wall clocks say: a leader whose clock runs hours ahead cannot make
+   * sessions expire early (a retried write applied twice), nor stop them expiring at all.
+   * It lags real time by each election's gap, which only keeps sessions a little longer.
+   */
+  private logTimeStampMs(): number {
+    this.noteLeadership();
+    const leaderClock = this.leaderClock;
+    // Not leading: the core refuses the proposal, so the stamp is never logged.
+    if (!leaderClock) return 0;
+    return leaderClock.baseMs + Math.max(0, this.clock.monotonicMs() - leaderClock.startMonotonicMs);
+  }
+
+  /** Starts the log-time clock of a term the moment this node is seen leading it. */
+  private noteLeadership(): void {
+    const term = this.node.term;
+    if (this.node.role !== 'leader' || this.leaderClock?.term === term) return;
+    const applied = this.stateMachine.logTimeUnixMs();
+    this.leaderClock = { term, baseMs: applied > 0 ? applied : this.clock.wallUnixMs(), startMonotonicMs: this.clock.monotonicMs() };
   }
 
   /** Callers waiting in each map; all zero once every caller was answered or gave up. */
@@ -121,7 +149,7 @@ export class Replica {
   propose(command: Command, encoded: Uint8Array = Command.encode(command).finish(), signal?: AbortSignal): Promise<CommandResult> {
     if (this.stopped) return Promise.reject(stoppedError());
     if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
-    const proposed = this.guarded(() => this.node.propose(stampCommand(encoded, this.clockUnixMs())));
+    const proposed = this.guarded(() => this.node.propose(stampCommand(encoded, this.logTimeStampMs())));
     if (!proposed.ok) {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
@@ -289,6 +317,14 @@ export class Replica {
     this.reads.delete(readId);
   }
 }
+
+/** The clocks log time is made from: the wall clock only seeds the first leader's stamps. */
+export interface LogClockSource {
+  wallUnixMs(): number;
+  monotonicMs(): number;
+}
+
+const SYSTEM_CLOCK: LogClockSource = { wallUnixMs: () => Date.now(), monotonicMs: () => performance.now() };
 
 function stoppedError(): CairnError {
   return new CairnError(ErrorCode.STOPPED, 'the node has stopped');

@@ -232,9 +232,11 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
     stream: (call, callback) => receivePeerStream(context, peerInput, checkSender, call, callback),
     propose: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);
-      // The same limits as a client's write: the leader logs these bytes as they came.
+      // The same limits as a client's write. The command is encoded again rather than logged
+      // as sent: bytes the decoder skipped (after a 0 tag, say) could otherwise hide a stamp
+      // of the sender's own behind the leader's (see stampCommand).
       const command = validateCommand(request.command, context.limits);
-      const result = await context.replica.propose(command, request.command, scope.signal);
+      const result = await context.replica.propose({ ...command, proposedAtUnixMs: 0 }, undefined, scope.signal);
       return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
     }),
     readIndex: unary(async (request, scope) => {

@@ -358,7 +358,7 @@ export class Simulation {
     const db = await node.disk.open();
     const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), (entry) => this.checkApplied(node, entry));
     const replica = await Replica.open({
-      clockUnixMs: () => this.now * MS_PER_UNIT,
+      clock: { wallUnixMs: () => this.now * MS_PER_UNIT, monotonicMs: () => this.now * MS_PER_UNIT },
       config: this.raftConfig(node),
       storage: new LevelRaftStorage(db),
       stateMachine,

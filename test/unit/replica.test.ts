@@ -4,18 +4,18 @@ import { join } from 'node:path';
 import { Command } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../../src/errors';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { Replica } from '../../src/node/replica';
+import { LogClockSource, Replica } from '../../src/node/replica';
 import { DEFAULT_RAFT_CONFIG } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
 
 /** A single-node Replica on a real LevelDB directory, restarted for real. */
-async function openReplica(dir: string, clockUnixMs?: () => number) {
+async function openReplica(dir: string, clock?: LogClockSource) {
   const db = await LevelDb.openDirectory(dir);
   const fatal: unknown[] = [];
   const replica = await Replica.open({
-    clockUnixMs,
+    clock,
     config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1], random: new SeededRandom(7) },
     storage: new LevelRaftStorage(db),
     stateMachine: await KvStateMachine.open(db),
@@ -84,20 +84,33 @@ describe('Replica on LevelDB', () => {
     await db.close();
   });
 
-  test('the leader stamps each proposal with its clock, replacing a stamp the bytes carried: that is the log time', async () => {
-    let clock = 1_700_000_000_000;
-    const { db, replica } = await openReplica(dir, () => clock);
-    await becomeLeader(replica);
-    expect(replica.stateMachine.logTimeUnixMs()).toBe(0);
-    await replica.propose(put('t', '1'));
-    expect(replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_000_000);
+  test('log time: the first leader starts from its wall clock, then only its monotonic clock moves it; a stamp the bytes carried loses', async () => {
+    const clock = { wall: 1_700_000_000_000, monotonic: 100 };
+    const source: LogClockSource = { wallUnixMs: () => clock.wall, monotonicMs: () => clock.monotonic };
+    const first = await openReplica(dir, source);
+    await becomeLeader(first.replica);
+    expect(first.replica.stateMachine.logTimeUnixMs()).toBe(0);
+    await first.replica.propose(put('t', '1'));
+    expect(first.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_000_000);
+    // Five seconds pass while the wall clock jumps two hours ahead: log time moves five seconds.
+    clock.monotonic += 5_000;
+    clock.wall += 2 * 3600_000;
     // A forwarded command arrives as bytes, perhaps with a stamp of its own: the leader's wins.
-    clock += 5_000;
     const forwarded = { ...put('t', '2'), proposedAtUnixMs: 9_999_999_999_999 };
-    await replica.propose(forwarded, Command.encode(forwarded).finish());
-    expect(replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_005_000);
-    await replica.stop();
-    await db.close();
+    await first.replica.propose(forwarded, Command.encode(forwarded).finish());
+    expect(first.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_005_000);
+    await first.replica.stop();
+    await first.db.close();
+
+    // After a restart the new term's stamps continue from the applied log time, not the wall clock.
+    clock.monotonic = 0;
+    const second = await openReplica(dir, source);
+    await becomeLeader(second.replica);
+    clock.monotonic += 1_000;
+    await second.replica.propose(put('t', '3'));
+    expect(second.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_006_000);
+    await second.replica.stop();
+    await second.db.close();
   });
 
   test('a linearizable read barrier on a single node resolves; a follower refuses it', async () => {

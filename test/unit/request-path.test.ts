@@ -450,6 +450,11 @@ describe('the peer port against bad input', () => {
       expect(garbage?.code).toBe(Status.INVALID_ARGUMENT);
       expect(harness.replica.node.status().lastIndex).toBe(1); // nothing reached the log
       expect(await propose(Buffer.from(Command.encode(put('k', 'ok')).finish()))).toBeNull();
+      // A stamp of the sender's own, hidden behind a 0 tag the decoder stops at, is not logged:
+      // the leader encodes the command again before it stamps it.
+      const forged = Buffer.concat([Command.encode({ ...put('k', 'forged'), proposedAtUnixMs: 9_000_000_000_000_000 }).finish(), Buffer.from([0])]);
+      expect(await propose(forged)).toBeNull();
+      expect(harness.replica.stateMachine.logTimeUnixMs()).toBeLessThan(9_000_000_000_000_000);
     } finally {
       client.close();
     }

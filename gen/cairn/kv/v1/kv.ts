@@ -242,9 +242,11 @@ export interface Command {
     | { $case: "delete"; value: DeleteRequest }
     | undefined;
   /**
-   * The leader's wall clock when it proposed the command (set by the leader, never by
-   * a client). The state machine's log time is the highest stamp applied so far: it
-   * ages client sessions the same way on every replica.
+   * Log time when the leader proposed the command, in ms (set by the leader, never by
+   * a client or a forwarding follower): the first leader starts from its wall clock,
+   * every later one from the log time it had applied when it took over, advanced by its
+   * monotonic clock. The state machine's log time is the highest stamp applied so far:
+   * it ages client sessions the same way on every replica.
    */
   proposedAtUnixMs: number;
 }
