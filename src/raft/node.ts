@@ -159,10 +159,28 @@ export class RaftNode {
   private readonly voters: readonly NodeId[];
   private readonly log: RaftLog;
 
-  role: Role = 'follower';
-  term: number;
-  votedFor: NodeId;
-  leader: NodeId = NO_NODE;
+  // Written only by the core; the shell and tests read them through the getters below.
+  private currentRole: Role = 'follower';
+  private currentTerm: number;
+  private currentVote: NodeId;
+  private currentLeader: NodeId = NO_NODE;
+
+  get role(): Role {
+    return this.currentRole;
+  }
+
+  get term(): number {
+    return this.currentTerm;
+  }
+
+  /** The candidate this node voted for in the current term (NO_NODE if none). */
+  get votedFor(): NodeId {
+    return this.currentVote;
+  }
+
+  get leader(): NodeId {
+    return this.currentLeader;
+  }
 
   private lastSavedHardState: HardState;
   /** Ticks since start: Progress uses it to notice lost AppendRequests. */
@@ -196,8 +214,8 @@ export class RaftNode {
     this.config = config;
     this.id = config.id;
     this.voters = [...config.voters];
-    this.term = restored.hardState.term;
-    this.votedFor = restored.hardState.votedFor;
+    this.currentTerm = restored.hardState.term;
+    this.currentVote = restored.hardState.votedFor;
     this.lastSavedHardState = { ...restored.hardState };
     this.log = RaftLog.restore(restored.entries, restored.appliedIndex);
     assert(this.log.lastTerm() <= this.term, () => `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
@@ -388,19 +406,19 @@ export class RaftNode {
     assert(term >= this.term, () => `becomeFollower to term ${term} below ${this.term}`);
     const wasLeader = this.role === 'leader';
     if (term > this.term) {
-      this.term = term;
-      this.votedFor = NO_NODE;
+      this.currentTerm = term;
+      this.currentVote = NO_NODE;
     }
-    this.role = 'follower';
-    this.leader = leader;
+    this.currentRole = 'follower';
+    this.currentLeader = leader;
     this.resetElectionTimer();
     if (wasLeader) this.dropLeaderState();
   }
 
   private becomePreCandidate(): void {
     assert(this.role !== 'leader', 'a leader does not campaign');
-    this.role = 'pre-candidate';
-    this.leader = NO_NODE;
+    this.currentRole = 'pre-candidate';
+    this.currentLeader = NO_NODE;
     this.votes = new Map();
     this.resetElectionTimer();
     this.requestVotes(true);
@@ -409,10 +427,10 @@ export class RaftNode {
   private becomeCandidate(): void {
     assert(this.role !== 'leader', 'a leader does not campaign');
     assert(this.term < MAX_TERM, () => `campaign beyond MAX_TERM from term ${this.term}`);
-    this.term += 1;
-    this.votedFor = this.id;
-    this.role = 'candidate';
-    this.leader = NO_NODE;
+    this.currentTerm += 1;
+    this.currentVote = this.id;
+    this.currentRole = 'candidate';
+    this.currentLeader = NO_NODE;
     this.votes = new Map();
     this.resetElectionTimer();
     this.requestVotes(false);
@@ -421,8 +439,8 @@ export class RaftNode {
   private becomeLeader(): void {
     assert(this.role === 'candidate', () => `only a candidate becomes leader, not a ${this.role}`);
     assert(this.votedFor === this.id, 'a leader voted for itself');
-    this.role = 'leader';
-    this.leader = this.id;
+    this.currentRole = 'leader';
+    this.currentLeader = this.id;
     this.heartbeatElapsedTicks = 0;
     this.electionElapsedTicks = 0;
     this.committedInTerm = false;
@@ -489,7 +507,7 @@ export class RaftNode {
     const grant =
       (alreadyVotedForIt || freeToVote || futureTerm) && this.log.isUpToDate(request.lastLogIndex, request.lastLogTerm);
     if (grant && !request.preVote) {
-      this.votedFor = m.fromId;
+      this.currentVote = m.fromId;
       this.electionElapsedTicks = 0;
     }
     const responseTerm = request.preVote && grant ? m.term : this.term;
