@@ -2,17 +2,14 @@ import { Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
+import { ApplyOutcome as FsmApplyOutcome, Fsm } from '../node/fsm';
 import { Db, DbOp } from '../storage/db';
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 
 const APPLIED_KEY = Buffer.from('applied');
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
-export interface ApplyOutcome {
-  index: number;
-  term: number;
-  result?: CommandResult;
-}
+export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
 
 export interface RangeOptions {
   /** First key, inclusive. */
@@ -33,7 +30,7 @@ export interface RangeOptions {
 export const RANGE_ENTRY_OVERHEAD_BYTES = 64;
 
 /** The replicated state machine: the shell applies committed entries to it, in order. */
-export interface StateMachine {
+export interface StateMachine extends Fsm<CommandResult> {
   /** The index of the last entry applied (durably, or re-applied after a crash). */
   appliedIndex(): number;
   revision(): number;

@@ -1,11 +1,9 @@
-import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { Message } from '../../gen/cairn/raft/v1/raft';
 import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
-import { stampCommand } from '../kv/log-time';
-import { ApplyOutcome, StateMachine } from '../kv/state-machine';
 import { NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
+import { ApplyOutcome, Fsm, ProposalCodec } from './fsm';
 
 /** Carries messages to peers. Delivery is best effort: Raft tolerates loss. */
 export interface Transport {
@@ -17,7 +15,7 @@ interface Settle<T> {
   reject(err: Error): void;
 }
 
-interface PendingProposal extends Settle<CommandResult> {
+interface PendingProposal<R> extends Settle<R> {
   term: number;
 }
 
@@ -42,9 +40,12 @@ export interface PendingCounts {
  * One loop drains the core's Ready batches: persist (one synced write), then send,
  * then apply. Inputs that arrive while a batch is being persisted pile up in the
  * core and go out together in the next batch: that is the group commit.
+ *
+ * It is generic over the state machine: `C` is what callers propose (encoded by the
+ * ProposalCodec), `R` what they get back, `F` the state machine (an Fsm<R>).
  */
-export class Replica {
-  private readonly proposals = new Map<number, PendingProposal>();
+export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
+  private readonly proposals = new Map<number, PendingProposal<R>>();
   private readonly reads = new Map<number, PendingRead>();
   /** Callers waiting for the state machine to reach an index. */
   private appliedWaiters: AppliedWaiter[] = [];
@@ -53,31 +54,29 @@ export class Replica {
   private stopped = false;
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
-  /** Where this node's log-time stamps start in its current term as leader (see logTimeStampMs). */
-  private leaderClock: { term: number; baseMs: number; startMonotonicMs: number } | undefined;
 
   private constructor(
     readonly node: RaftNode,
     private readonly storage: RaftStorage,
-    readonly stateMachine: StateMachine,
+    readonly stateMachine: F,
+    private readonly codec: ProposalCodec<C>,
     private readonly transport: Transport,
     private readonly onFatal: (err: unknown) => void,
-    private readonly clock: LogClockSource,
   ) {}
 
-  static async open(options: {
+  static async open<C, R, F extends Fsm<R>>(options: {
     config: RaftConfig;
     storage: RaftStorage;
-    stateMachine: StateMachine;
+    stateMachine: F;
+    /** Encodes (and, for the kv, stamps with log time) what callers propose. */
+    codec: ProposalCodec<C>;
     transport: Transport;
     onFatal: (err: unknown) => void;
-    /** The clocks that stamp proposals with log time (the simulator passes its virtual one). */
-    clock?: LogClockSource;
-  }): Promise<Replica> {
+  }): Promise<Replica<C, R, F>> {
     const { hardState, entries } = await options.storage.load();
     const appliedIndex = options.stateMachine.appliedIndex();
     const node = new RaftNode(options.config, { hardState, entries, appliedIndex });
-    return new Replica(node, options.storage, options.stateMachine, options.transport, options.onFatal, options.clock ?? SYSTEM_CLOCK);
+    return new Replica<C, R, F>(node, options.storage, options.stateMachine, options.codec, options.transport, options.onFatal);
   }
 
   get id(): NodeId {
@@ -110,28 +109,15 @@ export class Replica {
     this.onFatal(err);
   }
 
-  /**
-   * The log time to stamp a proposal with. A leader's stamps continue from the log time it
-   * had applied when it took over (the wall clock only for the very first leader, when there
-   * is none), advanced by its monotonic clock. So log time moves at the rate real time does,
-   * whatever the nodes' wall clocks say: a leader whose clock runs hours ahead cannot make
-   * sessions expire early (a retried write applied twice), nor stop them expiring at all.
-   * It lags real time by each election's gap, which only keeps sessions a little longer.
-   */
-  private logTimeStampMs(): number {
-    this.noteLeadership();
-    const leaderClock = this.leaderClock;
-    // Not leading: the core refuses the proposal, so the stamp is never logged.
-    if (!leaderClock) return 0;
-    return leaderClock.baseMs + Math.max(0, this.clock.monotonicMs() - leaderClock.startMonotonicMs);
+  /** Tells the codec whether this node leads (the kv starts its term's log-time clock then). */
+  private noteLeadership(): void {
+    this.codec.observeLeadership(this.node.term, this.node.role === 'leader');
   }
 
-  /** Starts the log-time clock of a term the moment this node is seen leading it. */
-  private noteLeadership(): void {
-    const term = this.node.term;
-    if (this.node.role !== 'leader' || this.leaderClock?.term === term) return;
-    const applied = this.stateMachine.logTimeUnixMs();
-    this.leaderClock = { term, baseMs: applied > 0 ? applied : this.clock.wallUnixMs(), startMonotonicMs: this.clock.monotonicMs() };
+  /** The bytes to log for `encoded`, prepared (stamped) as of this node's current leadership. */
+  private prepareProposal(encoded: Uint8Array): Uint8Array {
+    this.noteLeadership();
+    return this.codec.prepare(encoded);
   }
 
   /** Callers waiting in each map; all zero once every caller was answered or gave up. */
@@ -142,14 +128,14 @@ export class Replica {
   /**
    * Proposes a write; resolves with its result once it is committed and applied here.
    * `encoded` spares a second encoding when the caller already holds the bytes (a write
-   * forwarded by a follower). The command is stamped with this node's clock (log time):
-   * only a leader's proposal enters the log. When `signal` aborts (the caller's deadline
+   * forwarded by a follower). The codec prepares the bytes (the kv stamps them with this
+   * node's log time): only a leader's proposal enters the log. When `signal` aborts (the caller's deadline
    * passed), the caller gets TIMEOUT and stops waiting here; the entry may still commit later.
    */
-  propose(command: Command, encoded: Uint8Array = Command.encode(command).finish(), signal?: AbortSignal): Promise<CommandResult> {
+  propose(command: C, encoded: Uint8Array = this.codec.encode(command), signal?: AbortSignal): Promise<R> {
     if (this.stopped) return Promise.reject(stoppedError());
     if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
-    const proposed = this.guarded(() => this.node.propose(stampCommand(encoded, this.logTimeStampMs())));
+    const proposed = this.guarded(() => this.node.propose(this.prepareProposal(encoded)));
     if (!proposed.ok) {
       const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
@@ -161,8 +147,8 @@ export class Replica {
       this.guarded(() => assert(superseded.term < proposed.term, `two proposals for index ${proposed.index} in term ${proposed.term}`));
       superseded.reject(new CairnError(ErrorCode.OUTCOME_UNKNOWN, `lost track of the proposal at index ${proposed.index}`));
     }
-    const result = new Promise<CommandResult>((resolve, reject) => {
-      const pending: PendingProposal = {
+    const result = new Promise<R>((resolve, reject) => {
+      const pending: PendingProposal<R> = {
         term: proposed.term,
         ...releasedOnAbort(signal, { resolve, reject }, () => {
           if (this.proposals.get(proposed.index) !== pending) return;
@@ -282,12 +268,12 @@ export class Replica {
     }
   }
 
-  private resolveProposals(outcomes: readonly ApplyOutcome[]): void {
+  private resolveProposals(outcomes: readonly ApplyOutcome<R>[]): void {
     for (const outcome of outcomes) {
       const pending = this.proposals.get(outcome.index);
       if (!pending) continue;
       this.proposals.delete(outcome.index);
-      if (pending.term === outcome.term && outcome.result) {
+      if (pending.term === outcome.term && outcome.result !== undefined) {
         pending.resolve(outcome.result);
       } else {
         pending.reject(
@@ -317,14 +303,6 @@ export class Replica {
     this.reads.delete(readId);
   }
 }
-
-/** The clocks log time is made from: the wall clock only seeds the first leader's stamps. */
-export interface LogClockSource {
-  wallUnixMs(): number;
-  monotonicMs(): number;
-}
-
-const SYSTEM_CLOCK: LogClockSource = { wallUnixMs: () => Date.now(), monotonicMs: () => performance.now() };
 
 function stoppedError(): CairnError {
   return new CairnError(ErrorCode.STOPPED, 'the node has stopped');

@@ -2,7 +2,7 @@ import { ClientUnaryCall, Metadata, ServiceError, status as Status } from '@grpc
 import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { ProposeResponse, ReadIndexResponse, RaftServiceClient } from '../../gen/cairn/raft/v1/raft';
 import { CairnError, ErrorCode } from '../errors';
-import { Replica } from '../node/replica';
+import { KvReplica } from '../kv/kv-replica';
 import { NO_NODE, NodeId } from '../raft/node';
 import { GrpcPeerTransport } from './peer-transport';
 import { fromGrpcError, isGrpcError } from './status';
@@ -24,7 +24,7 @@ export interface RequestScope {
  */
 export class RequestRouter {
   constructor(
-    private readonly replica: Replica,
+    private readonly replica: KvReplica,
     private readonly transport: GrpcPeerTransport,
     private readonly clusterId: number,
     private readonly requestTimeoutMs: number,

@@ -3,7 +3,7 @@ import { HealthImplementation } from 'grpc-health-check';
 import { ClusterService, KVService, Member } from '../../gen/cairn/kv/v1/kv';
 import { RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { KvStateMachine } from '../kv/state-machine';
-import { Replica } from '../node/replica';
+import { KvReplica, openKvReplica } from '../kv/kv-replica';
 import { DEFAULT_RAFT_CONFIG, RaftConfig } from '../raft/node';
 import { SeededRandom } from '../raft/random';
 import { LevelDb } from '../storage/db';
@@ -49,7 +49,7 @@ export class CairnNode {
   private constructor(
     readonly config: ServerConfig,
     readonly clusterId: number,
-    readonly replica: Replica,
+    readonly replica: KvReplica,
     private readonly db: LevelDb,
     private readonly transport: GrpcPeerTransport,
     private readonly clientServer: GuardedServer,
@@ -82,7 +82,7 @@ export class CairnNode {
       maxMessageBytes: peerMessageBytes,
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
     });
-    const replica = await Replica.open({
+    const replica = await openKvReplica({
       config: raftConfig(config),
       storage: new LevelRaftStorage(db),
       stateMachine: await KvStateMachine.open(db),

@@ -14,7 +14,7 @@ import {
 import { RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
 import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
-import { Replica } from '../node/replica';
+import { KvReplica } from '../kv/kv-replica';
 import { Limits } from './config';
 import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
@@ -28,7 +28,7 @@ export const VERSION = '0.1.0';
 
 /** What the services need to know about the node they run on. */
 export interface ServiceContext {
-  replica: Replica;
+  replica: KvReplica;
   router: RequestRouter;
   clusterId: number;
   limits: Limits;

@@ -5,7 +5,7 @@ import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
-import { Replica } from '../../src/node/replica';
+import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { Db } from '../../src/storage/db';
@@ -104,7 +104,7 @@ interface FaultProfile {
 interface SimNode {
   id: NodeId;
   disk: SimDisk;
-  replica?: Replica;
+  replica?: KvReplica;
   db?: Db;
   up: boolean;
   /** A restart is under way (opening the disk is asynchronous). */
@@ -357,7 +357,7 @@ export class Simulation {
     if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
     const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), (entry) => this.checkApplied(node, entry));
-    const replica = await Replica.open({
+    const replica = await openKvReplica({
       clock: { wallUnixMs: () => this.now * MS_PER_UNIT, monotonicMs: () => this.now * MS_PER_UNIT },
       config: this.raftConfig(node),
       storage: new LevelRaftStorage(db),
@@ -815,7 +815,7 @@ export class Simulation {
    * leader information reaches them too: that is where stale reads would show), or
    * now and then a random live one.
    */
-  private pickLeader(): Replica | undefined {
+  private pickLeader(): KvReplica | undefined {
     const up = this.nodes.filter((n) => n.up && n.replica);
     if (up.length === 0) return undefined;
     const leaders = up.filter((n) => n.replica!.node.role === 'leader');

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { Command } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../../src/errors';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { LogClockSource, Replica } from '../../src/node/replica';
+import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
+import { LogClockSource } from '../../src/kv/log-time';
 import { DEFAULT_RAFT_CONFIG } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { LevelDb } from '../../src/storage/db';
@@ -14,7 +15,7 @@ import { LevelRaftStorage } from '../../src/storage/raft-storage';
 async function openReplica(dir: string, clock?: LogClockSource) {
   const db = await LevelDb.openDirectory(dir);
   const fatal: unknown[] = [];
-  const replica = await Replica.open({
+  const replica = await openKvReplica({
     clock,
     config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1], random: new SeededRandom(7) },
     storage: new LevelRaftStorage(db),
@@ -25,7 +26,7 @@ async function openReplica(dir: string, clock?: LogClockSource) {
   return { db, replica, fatal };
 }
 
-async function becomeLeader(replica: Replica): Promise<void> {
+async function becomeLeader(replica: KvReplica): Promise<void> {
   const deadline = Date.now() + 5000;
   while (replica.node.role !== 'leader') {
     if (Date.now() > deadline) throw new Error('no leader within 5 s');

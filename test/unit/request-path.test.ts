@@ -14,7 +14,7 @@ import { HardState, Entry, Message, RaftServiceClient, RaftServiceService, Strea
 import { InvariantViolation } from '../../src/assert';
 import { CairnError, ErrorCode } from '../../src/errors';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { Replica } from '../../src/node/replica';
+import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { DEFAULT_RAFT_CONFIG } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { Limits } from '../../src/server/config';
@@ -53,7 +53,7 @@ class StallableStorage implements RaftStorage {
 }
 
 interface Harness {
-  replica: Replica;
+  replica: KvReplica;
   storage: StallableStorage;
   fatal: unknown[];
   close(): Promise<void>;
@@ -64,7 +64,7 @@ async function leaderReplica(): Promise<Harness> {
   const db = await LevelDb.openMemory();
   const storage = new StallableStorage(new LevelRaftStorage(db));
   const fatal: unknown[] = [];
-  const replica = await Replica.open({
+  const replica = await openKvReplica({
     config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1], random: new SeededRandom(3) },
     storage,
     stateMachine: await KvStateMachine.open(db),
@@ -127,7 +127,7 @@ function captureLogger() {
   return { logger, lines };
 }
 
-function contextFor(replica: Replica, router: RequestRouter, overrides: Partial<ServiceContext> = {}): ServiceContext {
+function contextFor(replica: KvReplica, router: RequestRouter, overrides: Partial<ServiceContext> = {}): ServiceContext {
   const members: Member[] = [
     { id: 1, peerAddr: '127.0.0.1:1', clientAddr: '', isLeader: true },
     { id: 2, peerAddr: '127.0.0.1:2', clientAddr: '', isLeader: false },
