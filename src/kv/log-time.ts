@@ -3,7 +3,7 @@ import { Command } from '../../gen/cairn/kv/v1/kv';
 /**
  * Log time: the leader stamps every command when it proposes it
  * (Command.proposed_at_unix_ms) with a clock that continues from the log time it had
- * applied when it took over, advanced by its monotonic clock (Replica.logTimeStampMs), and
+ * applied when it took over, advanced by its monotonic clock (LogTimeStamper, below), and
  * the state machine's clock is the highest stamp applied so far. It ages client sessions
  * identically on every replica, never goes back, and moves at the rate of real time
  * whatever the nodes' wall clocks say.
