@@ -13,6 +13,7 @@ import {
 import { assert } from '../assert';
 import { dataBytes, entryBytes, RaftLog } from './log';
 import { Progress } from './progress';
+import { committedIndex, hasQuorum, QuorumConfig, quorumConfig, voteResult } from './quorum';
 import { Random } from './random';
 
 export type NodeId = number;
@@ -157,6 +158,8 @@ export class RaftNode {
   readonly id: NodeId;
   private readonly config: RaftConfig;
   private readonly voters: readonly NodeId[];
+  /** Who counts for commit, votes, check-quorum and reads: config.voters, no learners. */
+  private readonly quorum: QuorumConfig;
   private readonly log: RaftLog;
 
   // Written only by the core; the shell and tests read them through the getters below.
@@ -214,6 +217,7 @@ export class RaftNode {
     this.config = config;
     this.id = config.id;
     this.voters = [...config.voters];
+    this.quorum = quorumConfig({ voters: config.voters });
     this.currentTerm = restored.hardState.term;
     this.currentVote = restored.hardState.votedFor;
     this.lastSavedHardState = { ...restored.hardState };
@@ -274,7 +278,7 @@ export class RaftNode {
     if (this.role !== 'leader') return { ok: false, reason: 'not-leader', leader: this.leader };
     if (!this.committedInTerm) {
       this.readsAwaitingTermCommit.push(readId);
-    } else if (this.voters.length === 1) {
+    } else if (this.aloneIsQuorum()) {
       this.grantedReads.push({ readId, index: this.log.commitIndex });
     } else {
       this.openReadRound.push(readId);
@@ -525,17 +529,15 @@ export class RaftNode {
   }
 
   private tallyVotes(): void {
-    let granted = 0;
-    let rejected = 0;
-    for (const vote of this.votes.values()) vote ? granted++ : rejected++;
-    if (granted >= this.quorum()) {
+    const result = voteResult(this.quorum, this.votes);
+    if (result === 'won') {
       if (this.role === 'pre-candidate') {
         this.becomeCandidate();
         this.tallyVotes(); // a single-node cluster wins at once
       } else if (this.role === 'candidate') {
         this.becomeLeader();
       }
-    } else if (rejected >= this.quorum()) {
+    } else if (result === 'lost') {
       this.becomeFollower(this.term, NO_NODE);
     }
   }
@@ -545,7 +547,7 @@ export class RaftNode {
   private appendAsLeader(type: EntryType, data: Uint8Array): number {
     const index = this.log.lastIndex() + 1;
     this.log.appendAsLeader({ index, term: this.term, type, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength) });
-    if (this.voters.length === 1) this.maybeCommit(); // commits once persisted
+    if (this.aloneIsQuorum()) this.maybeCommit(); // commits once persisted
     return index;
   }
 
@@ -652,9 +654,8 @@ export class RaftNode {
 
   /** Commits the highest index a majority holds, if it is of the current term. */
   private maybeCommit(): void {
-    const matches = this.voters.map((id) => (id === this.id ? this.log.stableIndex : this.progress.get(id)!.matchIndex));
-    matches.sort((a, b) => b - a);
-    const quorumIndex = matches[this.quorum() - 1]!;
+    const quorumIndex = committedIndex(this.quorum, (id) => (id === this.id ? this.log.stableIndex : this.progress.get(id)!.matchIndex));
+    assert(Number.isSafeInteger(quorumIndex), () => `quorum index ${quorumIndex} of a config without voters`);
     if (quorumIndex <= this.log.commitIndex) return;
     // Raft §5.4.2: an entry of an earlier term is committed only indirectly, by
     // committing one of the current term after it.
@@ -664,7 +665,7 @@ export class RaftNode {
       this.committedInTerm = true;
       this.openReadRound.push(...this.readsAwaitingTermCommit);
       this.readsAwaitingTermCommit = [];
-      if (this.voters.length === 1) this.grantSingleNodeReads();
+      if (this.aloneIsQuorum()) this.grantSingleNodeReads();
     }
   }
 
@@ -692,12 +693,12 @@ export class RaftNode {
   }
 
   private hasActiveQuorum(): boolean {
-    let active = 1; // ourselves
-    for (const pr of this.progress.values()) {
-      if (pr.recentlyActive) active++;
+    const active = new Set([this.id]);
+    for (const [id, pr] of this.progress) {
+      if (pr.recentlyActive) active.add(id);
       pr.recentlyActive = false;
     }
-    return active >= this.quorum();
+    return hasQuorum(this.quorum, active);
   }
 
   private broadcastHeartbeat(readRound: number): void {
@@ -754,7 +755,7 @@ export class RaftNode {
     for (const [i, round] of this.sealedReadRounds.entries()) {
       if (round.round > roundId) break;
       round.acks.add(from);
-      if (round.acks.size >= this.quorum()) confirmedUpTo = i;
+      if (hasQuorum(this.quorum, round.acks)) confirmedUpTo = i;
     }
     if (confirmedUpTo < 0) return;
     // Confirming a later round also confirms every earlier one: leadership was
@@ -766,8 +767,9 @@ export class RaftNode {
 
   // --------------------------------------------------------------- helpers
 
-  private quorum(): number {
-    return Math.floor(this.voters.length / 2) + 1;
+  /** A single-voter cluster: the leader's own acknowledgement decides everything. */
+  private aloneIsQuorum(): boolean {
+    return hasQuorum(this.quorum, new Set([this.id]));
   }
 
   private resetElectionTimer(): void {
