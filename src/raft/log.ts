@@ -21,36 +21,76 @@ export function dataBytes(data: Uint8Array): number {
 }
 
 /**
+ * The last log entry a snapshot covers: entries up to `index` are no longer in the log,
+ * only their effect in the state machine. {0, 0} (NO_SNAPSHOT) is the empty log's sentinel.
+ */
+export interface SnapshotPoint {
+  index: number;
+  term: number;
+}
+
+export const NO_SNAPSHOT: SnapshotPoint = Object.freeze({ index: 0, term: 0 });
+
+function assertSnapshotPoint(snapshot: SnapshotPoint): void {
+  assert(Number.isSafeInteger(snapshot.index) && snapshot.index >= 0, () => `snapshot index ${snapshot.index} is not a safe non-negative integer`);
+  assert(Number.isSafeInteger(snapshot.term) && snapshot.term >= 0, () => `snapshot term ${snapshot.term} is not a safe non-negative integer`);
+  assert((snapshot.index === 0) === (snapshot.term === 0), () => `snapshot point ${snapshot.index}/${snapshot.term}: only index 0 has term 0`);
+}
+
+/**
  * The in-memory view of a node's Raft log, and the bookkeeping of how much of it is
  * durable, committed and handed out for applying.
  *
- * Index 0 is a sentinel with term 0. Every entry the node holds is in memory; the
- * durable copy lives in a LogStore, and `stableIndex` says how far it goes.
+ * The log holds the entries from `firstIndex()` on; the ones before it are covered by a
+ * snapshot, whose last index and term (`snapshotIndex()`, `snapshotTerm()`) stand in for
+ * them as the sentinel that AppendRequest consistency checks match against. Without a
+ * snapshot that sentinel is index 0, term 0, and the log starts at 1. Every position in
+ * the arrays is `index - firstIndex()`. The durable copy lives in a LogStore, and
+ * `stableIndex` says how far it goes.
  *
- *   1 ........ appliedIndex ..... commitIndex ..... stableIndex ..... lastIndex
+ *   snapshotIndex < firstIndex .. appliedIndex .. commitIndex .. stableIndex .. lastIndex
  *   (a follower may know entries are committed before it has persisted them, so
  *   commitIndex and stableIndex are not ordered; entries are applied only once both)
  */
 export class RaftLog {
+  /** entries[index - firstIndex()]: the entries after the snapshot point, contiguous. */
   private readonly entries: Entry[] = [];
-  /** bytesThrough[i - 1]: the sum of entryBytes over entries 1..i (so byte budgets cost no scan). */
+  /** bytesThrough[index - firstIndex()]: the sum of entryBytes from firstIndex() through index (so byte budgets cost no scan). */
   private readonly bytesThrough: number[] = [];
-  /** Highest index known to be durable (synced) in the LogStore. */
-  stableIndex = 0;
+  private readonly snapshot: SnapshotPoint;
+  /** Highest index known to be durable (synced) in the LogStore (or covered by the snapshot). */
+  stableIndex: number;
   /** First index not yet handed to storage for persisting. */
-  private unstableFrom = 1;
-  commitIndex = 0;
+  private unstableFrom: number;
+  commitIndex: number;
   /** Highest index handed out for applying. */
-  appliedIndex = 0;
+  appliedIndex: number;
 
-  /** Restores a log that was read back from storage: all of it is durable. */
-  static restore(entries: readonly Entry[], appliedIndex: number): RaftLog {
-    const log = new RaftLog();
+  /** An empty log after `snapshot`: everything up to it is durable, committed and applied. */
+  constructor(snapshot: SnapshotPoint = NO_SNAPSHOT) {
+    assertSnapshotPoint(snapshot);
+    this.snapshot = { index: snapshot.index, term: snapshot.term };
+    this.stableIndex = snapshot.index;
+    this.unstableFrom = snapshot.index + 1;
+    this.commitIndex = snapshot.index;
+    this.appliedIndex = snapshot.index;
+  }
+
+  /**
+   * Restores a log that was read back from storage: all of it is durable. `entries` must
+   * start right after `snapshot` and be contiguous; the state machine has applied at
+   * least through the snapshot (it was restored from it).
+   */
+  static restore(entries: readonly Entry[], appliedIndex: number, snapshot: SnapshotPoint = NO_SNAPSHOT): RaftLog {
+    const log = new RaftLog(snapshot);
     entries.forEach((entry, i) => {
-      assert(entry.index === i + 1, () => `restored log has index ${entry.index} at position ${i + 1}`);
-      assert(i === 0 || entry.term >= entries[i - 1]!.term, () => `restored log term goes down at index ${entry.index}`);
+      const expected = log.firstIndex() + i;
+      assert(entry.index === expected, () => `restored log has index ${entry.index} where ${expected} belongs (snapshot index ${log.snapshotIndex()})`);
+      const previousTerm = i === 0 ? log.snapshotTerm() : entries[i - 1]!.term;
+      assert(entry.term >= previousTerm, () => `restored log term goes down at index ${entry.index}`);
       log.push(entry);
     });
+    assert(appliedIndex >= log.snapshotIndex(), () => `applied index ${appliedIndex} below the snapshot index ${log.snapshotIndex()}`);
     assert(appliedIndex <= log.lastIndex(), () => `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
     log.stableIndex = log.lastIndex();
     log.unstableFrom = log.lastIndex() + 1;
@@ -59,22 +99,41 @@ export class RaftLog {
     return log;
   }
 
+  /** The first index the log holds (or would hold next, when empty); everything before it is in the snapshot. */
+  firstIndex(): number {
+    return this.snapshot.index + 1;
+  }
+
+  /** The last index the snapshot covers (0 without one): termAt answers for it, entry() does not. */
+  snapshotIndex(): number {
+    return this.snapshot.index;
+  }
+
+  snapshotTerm(): number {
+    return this.snapshot.term;
+  }
+
   lastIndex(): number {
-    return this.entries.length;
+    return this.snapshot.index + this.entries.length;
   }
 
   lastTerm(): number {
     return this.termAt(this.lastIndex())!;
   }
 
-  /** The term of the entry at `index`, 0 for the sentinel, undefined beyond the end. */
+  /**
+   * The term of the entry at `index`: the snapshot term at the snapshot index (0 at index
+   * 0 without a snapshot), undefined before it (compacted) and beyond the end.
+   */
   termAt(index: number): number | undefined {
-    if (index === 0) return 0;
-    return this.entries[index - 1]?.term;
+    if (index === this.snapshot.index) return this.snapshot.term;
+    if (index < this.snapshot.index) return undefined;
+    return this.entries[index - this.firstIndex()]?.term;
   }
 
   entry(index: number): Entry {
-    const entry = this.entries[index - 1];
+    assert(index >= this.firstIndex(), () => `entry ${index} is compacted (first index ${this.firstIndex()})`);
+    const entry = this.entries[index - this.firstIndex()];
     assert(entry !== undefined, () => `no entry at index ${index} (last ${this.lastIndex()})`);
     return entry;
   }
@@ -87,8 +146,9 @@ export class RaftLog {
   /** The summed entryBytes of the entries in [from, to] (0 when the range is empty). */
   bytesBetween(from: number, to: number): number {
     if (to < from) return 0;
-    assert(from >= 1 && to <= this.lastIndex(), () => `byte range [${from}, ${to}] outside the log 1..${this.lastIndex()}`);
-    return this.bytesThrough[to - 1]! - (from > 1 ? this.bytesThrough[from - 2]! : 0);
+    const first = this.firstIndex();
+    assert(from >= first && to <= this.lastIndex(), () => `byte range [${from}, ${to}] outside the log ${first}..${this.lastIndex()}`);
+    return this.bytesThrough[to - first]! - (from > first ? this.bytesThrough[from - first - 1]! : 0);
   }
 
   /** Bytes of the entries a leader has not yet committed: what back-pressure bounds. */
@@ -113,10 +173,14 @@ export class RaftLog {
     return out;
   }
 
-  /** The largest index <= `index` whose term is <= `term`: where two logs may still agree. */
+  /**
+   * The largest index <= `index` whose term is <= `term`: where two logs may still agree.
+   * It stops at the snapshot index: a snapshot holds only committed entries, which every
+   * leader's log shares.
+   */
   findConflictByTerm(index: number, term: number): number {
     let i = Math.min(index, this.lastIndex());
-    while (i > 0 && this.termAt(i)! > term) i--;
+    while (i > this.snapshot.index && this.termAt(i)! > term) i--;
     return i;
   }
 
@@ -134,6 +198,7 @@ export class RaftLog {
    */
   appendFromLeader(prevIndex: number, entries: readonly Entry[]): number {
     assert(prevIndex <= this.lastIndex(), () => `append after ${prevIndex} beyond log end ${this.lastIndex()}`);
+    assert(prevIndex >= this.snapshot.index, () => `append after ${prevIndex}, inside the snapshot (snapshot index ${this.snapshot.index})`);
     for (const [i, entry] of entries.entries()) {
       assert(entry.index === prevIndex + 1 + i, () => `leader sent index ${entry.index} at offset ${i} after ${prevIndex}`);
       const existingTerm = this.termAt(entry.index);
@@ -147,15 +212,16 @@ export class RaftLog {
   private truncateFrom(index: number): void {
     assert(index > this.commitIndex, () => `truncating committed entry ${index} (commit ${this.commitIndex})`);
     assert(index > this.appliedIndex, () => `truncating applied entry ${index} (applied ${this.appliedIndex})`);
-    this.entries.length = index - 1;
-    this.bytesThrough.length = index - 1;
+    assert(index > this.snapshot.index, () => `truncating entry ${index} covered by the snapshot at ${this.snapshot.index}`);
+    this.entries.length = index - this.firstIndex();
+    this.bytesThrough.length = index - this.firstIndex();
     this.stableIndex = Math.min(this.stableIndex, index - 1);
     this.unstableFrom = Math.min(this.unstableFrom, index);
   }
 
   /** Hands out the entries that storage must persist next; truncation is implied by the first index. */
   takeUnstable(): Entry[] {
-    const out = this.entries.slice(this.unstableFrom - 1);
+    const out = this.entries.slice(this.unstableFrom - this.firstIndex());
     this.unstableFrom = this.lastIndex() + 1;
     return out;
   }

@@ -1,5 +1,6 @@
 import { Entry, HardState } from '../../gen/cairn/raft/v1/raft';
 import { assert } from '../assert';
+import { NO_SNAPSHOT, SnapshotPoint } from '../raft/log';
 import { Db, DbOp } from './db';
 
 const INDEX_KEY_BYTES = 8;
@@ -22,8 +23,12 @@ export function decodeIndexKey(key: Uint8Array): number {
 
 /** The durable Raft log. */
 export interface LogStore {
-  /** Reads back the whole log, indexes 1..N. */
-  load(): Promise<Entry[]>;
+  /**
+   * Reads back the log after the snapshot point: indexes snapshot.index + 1 .. N,
+   * contiguous (without a snapshot, 1..N). A gap anywhere, including before the first
+   * stored entry, fails loudly.
+   */
+  load(snapshot?: SnapshotPoint): Promise<Entry[]>;
   /** The operations that replace the entries at or after entries[0].index with `entries`. */
   stageAppend(entries: readonly Entry[]): DbOp[];
 }
@@ -36,7 +41,8 @@ export interface HardStateStore {
 
 /** What the shell persists for the core: one synced batch per Ready. */
 export interface RaftStorage {
-  load(): Promise<{ hardState: HardState; entries: Entry[] }>;
+  /** `snapshot` is where the state machine's snapshot ends (NO_SNAPSHOT today: nothing compacts yet). */
+  load(snapshot?: SnapshotPoint): Promise<{ hardState: HardState; entries: Entry[] }>;
   /** Persists both in one synced, atomic write. */
   persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void>;
 }
@@ -44,26 +50,37 @@ export interface RaftStorage {
 export class LevelLogStore implements LogStore {
   /** The last index written (staged), so a truncation knows which keys to delete. */
   private lastIndex = 0;
+  /** The snapshot index the log was loaded after: appends never reach into the snapshot. */
+  private snapshotIndex = 0;
 
   constructor(private readonly db: Db) {}
 
-  async load(): Promise<Entry[]> {
+  async load(snapshot: SnapshotPoint = NO_SNAPSHOT): Promise<Entry[]> {
+    const firstIndex = snapshot.index + 1;
     const entries: Entry[] = [];
     for await (const [key, value] of this.db.entries('log')) {
       const index = decodeIndexKey(key);
       const entry = Entry.decode(value);
       assert(entry.index === index, `log key ${index} holds entry ${entry.index}`);
-      assert(index === entries.length + 1, `log has a gap before index ${index}`);
+      const expected = firstIndex + entries.length;
+      assert(
+        index === expected,
+        entries.length === 0
+          ? `log has a gap before index ${index}: the first stored entry must be ${expected}, right after the snapshot index ${snapshot.index}`
+          : `log has a gap before index ${index} (expected ${expected})`,
+      );
       entries.push(entry);
     }
-    this.lastIndex = entries.length;
+    this.snapshotIndex = snapshot.index;
+    this.lastIndex = snapshot.index + entries.length;
     return entries;
   }
 
   stageAppend(entries: readonly Entry[]): DbOp[] {
     if (entries.length === 0) return [];
     const first = entries[0]!.index;
-    assert(first >= 1 && first <= this.lastIndex + 1, `append at ${first} leaves a gap after ${this.lastIndex}`);
+    assert(first > this.snapshotIndex, `append at ${first} inside the snapshot (snapshot index ${this.snapshotIndex})`);
+    assert(first <= this.lastIndex + 1, `append at ${first} leaves a gap after ${this.lastIndex}`);
     const ops: DbOp[] = [];
     const newLast = first + entries.length - 1;
     for (let index = newLast + 1; index <= this.lastIndex; index++) {
@@ -100,8 +117,8 @@ export class LevelRaftStorage implements RaftStorage {
     this.hardState = new LevelHardStateStore(db);
   }
 
-  async load(): Promise<{ hardState: HardState; entries: Entry[] }> {
-    return { hardState: await this.hardState.load(), entries: await this.log.load() };
+  async load(snapshot: SnapshotPoint = NO_SNAPSHOT): Promise<{ hardState: HardState; entries: Entry[] }> {
+    return { hardState: await this.hardState.load(), entries: await this.log.load(snapshot) };
   }
 
   async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {

@@ -1,6 +1,10 @@
 import { Message } from '../../gen/cairn/raft/v1/raft';
-import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig, RaftNode, Ready } from '../../src/raft/node';
+import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig, RaftNode, Ready, RestoredState } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
+
+function freshState(): RestoredState {
+  return { hardState: { term: 0, votedFor: 0 }, entries: [], appliedIndex: 0 };
+}
 
 /**
  * A scripted network for scenario tests: nodes persist instantly, messages wait in a
@@ -16,11 +20,12 @@ export class RaftNetwork {
   readonly failedReads: { node: NodeId; readId: number }[] = [];
   private readonly cut = new Set<string>();
 
-  constructor(count: number, overrides: Partial<RaftConfig> = {}) {
+  /** `restore` gives each node the state it resumes from (default: a fresh node). */
+  constructor(count: number, overrides: Partial<RaftConfig> = {}, restore: (id: NodeId) => RestoredState = freshState) {
     const voters = Array.from({ length: count }, (_, i) => i + 1);
     for (const id of voters) {
       const config: RaftConfig = { ...DEFAULT_RAFT_CONFIG, id, voters, random: new SeededRandom(id), ...overrides };
-      this.nodes.set(id, new RaftNode(config, { hardState: { term: 0, votedFor: 0 }, entries: [], appliedIndex: 0 }));
+      this.nodes.set(id, new RaftNode(config, restore(id)));
       this.readies.set(id, []);
       this.applied.set(id, []);
     }

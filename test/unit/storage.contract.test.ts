@@ -57,6 +57,42 @@ describe.each(BACKENDS)('storage contract on $name', (backend) => {
     await expect(new LevelLogStore(handle.db).load()).rejects.toThrow(/gap/);
   });
 
+  test('a log that starts right after a snapshot point loads and takes appends after it', async () => {
+    const snapshot = { index: 100, term: 3 };
+    const storage = new LevelRaftStorage(handle.db);
+    await storage.load(snapshot);
+    await storage.persist({ term: 4, votedFor: 1 }, [entry(101, 3), entry(102, 4), entry(103, 4)]);
+    const reopened = new LevelRaftStorage(await handle.reopen());
+    const loaded = await reopened.load(snapshot);
+    expect(loaded.entries.map((e) => `${e.index}/${e.term}`)).toEqual(['101/3', '102/4', '103/4']);
+    await reopened.persist(undefined, [entry(103, 5)]);
+    expect((await new LevelRaftStorage(await handle.reopen()).load(snapshot)).entries.map((e) => `${e.index}/${e.term}`)).toEqual([
+      '101/3',
+      '102/4',
+      '103/5',
+    ]);
+  });
+
+  test('appends inside the snapshot are refused', async () => {
+    const log = new LevelLogStore(handle.db);
+    await log.load({ index: 100, term: 3 });
+    expect(() => log.stageAppend([entry(100, 3)])).toThrow(/inside the snapshot/);
+    expect(() => log.stageAppend([entry(102, 3)])).toThrow(/gap/);
+  });
+
+  test('a log after a snapshot point with a gap, or not starting right after it, fails loudly on load', async () => {
+    const snapshot = { index: 100, term: 3 };
+    const log = new LevelLogStore(handle.db);
+    await log.load(snapshot);
+    await handle.db.write(log.stageAppend([entry(101, 3), entry(102, 3), entry(103, 3)]), { sync: true });
+    // Read back without the snapshot point, the log does not start at 1.
+    await expect(new LevelLogStore(handle.db).load()).rejects.toThrow(/gap before index 101: the first stored entry must be 1/);
+    // A snapshot point past the first stored entry does not fit either.
+    await expect(new LevelLogStore(handle.db).load({ index: 99, term: 3 })).rejects.toThrow(/first stored entry must be 100/);
+    await handle.db.write([{ type: 'del', sublevel: 'log', key: encodeIndexKey(102) }], { sync: true });
+    await expect(new LevelLogStore(await handle.reopen()).load(snapshot)).rejects.toThrow(/gap before index 103 \(expected 102\)/);
+  });
+
   test('the hard state store round-trips', async () => {
     const store = new LevelHardStateStore(handle.db);
     await handle.db.write(store.stageSave({ term: 9, votedFor: 5 }), { sync: true });
