@@ -214,11 +214,11 @@ export class CairnClient {
   }
 
   /** One attempt's deadline: its share of the whole-call budget, never past the budget. */
-  private attemptMs(callDeadline: number): number {
+  private attemptMs(callDeadline: number, nowMs: number): number {
     const { timeoutMs, totalTimeoutMs } = this.options;
     if (totalTimeoutMs === undefined) return timeoutMs;
     const share = Math.max(MIN_ATTEMPT_MS, Math.ceil(totalTimeoutMs / this.options.endpoints.length));
-    return Math.max(1, Math.min(timeoutMs, share, callDeadline - Date.now()));
+    return Math.max(1, Math.min(timeoutMs, share, callDeadline - nowMs));
   }
 
   /**
@@ -232,7 +232,8 @@ export class CairnClient {
     attempts = { count: 0 },
   ): Promise<T> {
     const count = this.options.endpoints.length;
-    const callDeadline = Date.now() + (this.options.totalTimeoutMs ?? Number.POSITIVE_INFINITY);
+    const startedMs = Date.now();
+    const callDeadline = startedMs + (this.options.totalTimeoutMs ?? Number.POSITIVE_INFINITY);
     const lastFailure = new Map<number, AttemptFailure>();
     let primary: AttemptFailure | undefined;
     let outcomeUnknown = false;
@@ -240,7 +241,9 @@ export class CairnClient {
     for (let attempt = 0; attempt < MAX_ROUNDS * count; attempt++) {
       const index = (this.preferred + attempt) % count;
       if (lastFailure.get(index)?.kind === 'wrong-service') continue;
-      const attemptMs = this.attemptMs(callDeadline);
+      // The first attempt reads the clock the deadline was set from, so it gets exactly its
+      // share (the clock may tick in between, and the message names the wait it was given).
+      const attemptMs = this.attemptMs(callDeadline, attempt === 0 ? startedMs : Date.now());
       attempts.count++;
       try {
         const result = await new Promise<T>((resolve, reject) =>
