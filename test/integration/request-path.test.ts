@@ -1,6 +1,7 @@
-import { credentials, makeGenericClientConstructor, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import { KVClient, PutRequest } from '../../gen/cairn/kv/v1/kv';
 import { ProcessCluster, waitFor } from '../support/process-cluster';
+import { rawPeerStream } from '../support/raw-peer';
 
 jest.setTimeout(120_000);
 
@@ -65,35 +66,9 @@ describe('the request path of real processes', () => {
   test('a peer frame that does not decode is refused with INVALID_ARGUMENT, and the cluster keeps serving', async () => {
     cluster = await ProcessCluster.start(3);
     const leader = await cluster.waitForLeader();
-    const Raw = makeGenericClientConstructor(
-      {
-        stream: {
-          path: '/cairn.raft.v1.RaftService/Stream',
-          requestStream: true,
-          responseStream: false,
-          requestSerialize: (bytes: Buffer) => bytes,
-          requestDeserialize: (bytes: Buffer) => bytes,
-          responseSerialize: (bytes: Buffer) => bytes,
-          responseDeserialize: (bytes: Buffer) => bytes,
-        },
-      },
-      'RawRaft',
-    );
-    const raw = new Raw(cluster.node(leader).peerAddr, credentials.createInsecure()) as unknown as {
-      stream(cb: (err: ServiceError | null) => void): { write(bytes: Buffer): void; end(): void };
-      close(): void;
-    };
-    try {
-      const err = await new Promise<ServiceError | null>((resolve) => {
-        const call = raw.stream(resolve);
-        call.write(Buffer.from([0xff, 0xff, 0xff, 0xff]));
-        call.end();
-      });
-      expect(err?.code).toBe(Status.INVALID_ARGUMENT);
-      expect(err?.details).toMatch(/does not decode/);
-    } finally {
-      raw.close();
-    }
+    const err = await rawPeerStream(cluster.node(leader).peerAddr, [Buffer.from([0xff, 0xff, 0xff, 0xff])]);
+    expect(err?.code).toBe(Status.INVALID_ARGUMENT);
+    expect(err?.details).toMatch(/does not decode/);
     await waitFor('the leader to log the rejection', () => cluster!.node(leader).logs.some((line) => line.includes('peer stream rejected')));
     const client = cluster.client();
     await client.put(Buffer.from('still'), Buffer.from('serving'));

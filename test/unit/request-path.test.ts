@@ -1,7 +1,6 @@
 import { createServer } from 'node:net';
 import {
   credentials,
-  makeGenericClientConstructor,
   Metadata,
   Server,
   ServerCredentials,
@@ -25,6 +24,7 @@ import { effectiveDeadlineMs, kvService, PeerInputStats, raftService, ServiceCon
 import { ERROR_CODE_METADATA, fromGrpcError, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
 import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
+import { rawPeerStream, rawPeerUnary } from '../support/raw-peer';
 
 jest.setTimeout(30_000);
 
@@ -338,35 +338,7 @@ describe('the peer port against bad input', () => {
     await harness.close();
   });
 
-  /** Opens a peer stream that sends `frames` as raw bytes and returns how it ended. */
-  function rawStream(frames: Buffer[]): Promise<ServiceError | null> {
-    const Raw = makeGenericClientConstructor(
-      {
-        stream: {
-          path: '/cairn.raft.v1.RaftService/Stream',
-          requestStream: true,
-          responseStream: false,
-          requestSerialize: (bytes: Buffer) => bytes,
-          requestDeserialize: (bytes: Buffer) => bytes,
-          responseSerialize: (bytes: Buffer) => bytes,
-          responseDeserialize: (bytes: Buffer) => bytes,
-        },
-      },
-      'RawRaft',
-    );
-    const client = new Raw(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as {
-      stream(cb: (err: ServiceError | null) => void): { write(b: Buffer): void; end(): void };
-      close(): void;
-    };
-    return new Promise((resolve) => {
-      const call = client.stream((err) => {
-        client.close();
-        resolve(err);
-      });
-      for (const frame of frames) call.write(frame);
-      call.end();
-    });
-  }
+  const rawStream = (frames: Buffer[]) => rawPeerStream(`127.0.0.1:${port}`, frames);
 
   const frame = (overrides: Partial<StreamRequest>) =>
     Buffer.from(StreamRequest.encode({ clusterId: CLUSTER_ID, fromId: 2, clientAddr: '', messages: [], ...overrides }).finish());
@@ -381,31 +353,9 @@ describe('the peer port against bad input', () => {
   });
 
   test('undecodable Propose and ReadIndex requests are INVALID_ARGUMENT', async () => {
-    const Raw = makeGenericClientConstructor(
-      Object.fromEntries(
-        ['Propose', 'ReadIndex'].map((name) => [
-          name,
-          {
-            path: `/cairn.raft.v1.RaftService/${name}`,
-            requestStream: false,
-            responseStream: false,
-            requestSerialize: (bytes: Buffer) => bytes,
-            requestDeserialize: (bytes: Buffer) => bytes,
-            responseSerialize: (bytes: Buffer) => bytes,
-            responseDeserialize: (bytes: Buffer) => bytes,
-          },
-        ]),
-      ),
-      'RawRaftUnary',
-    );
-    const client = new Raw(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as Record<string, (b: Buffer, cb: (err: ServiceError | null) => void) => void> & { close(): void };
-    try {
-      for (const name of ['Propose', 'ReadIndex']) {
-        const err = await new Promise<ServiceError | null>((resolve) => client[name]!(Buffer.from([0xff, 0xff, 0xff, 0xff]), resolve));
-        expect({ name, code: err?.code, details: err?.details }).toEqual({ name, code: Status.INVALID_ARGUMENT, details: expect.stringContaining('does not decode') });
-      }
-    } finally {
-      client.close();
+    for (const name of ['propose', 'readIndex'] as const) {
+      const err = await rawPeerUnary(`127.0.0.1:${port}`, name, Buffer.from([0xff, 0xff, 0xff, 0xff]));
+      expect({ name, code: err?.code, details: err?.details }).toEqual({ name, code: Status.INVALID_ARGUMENT, details: expect.stringContaining('does not decode') });
     }
   });
 
