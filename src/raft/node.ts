@@ -500,7 +500,7 @@ export class RaftNode {
   private requestVotes(preVote: boolean): void {
     this.votes.set(this.id, true);
     const term = preVote ? this.term + 1 : this.term;
-    const request: VoteRequest = { lastLogIndex: this.log.lastIndex(), lastLogTerm: this.log.lastTerm(), preVote };
+    const request: VoteRequest = { lastLogIndex: this.log.lastIndex(), lastLogTerm: this.log.lastTerm(), preVote, leadershipTransfer: false };
     for (const voter of this.voters) {
       if (voter !== this.id) this.send(voter, { $case: 'voteRequest', value: request }, term);
     }

@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { ClusterService, KVService, Member } from '../../gen/cairn/kv/v1/kv';
+import { ClusterService, KVService, Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
 import { RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { KvStateMachine } from '../kv/state-machine';
 import { KvReplica, openKvReplica } from '../kv/kv-replica';
@@ -195,7 +195,7 @@ function raftConfig(config: ServerConfig): RaftConfig {
 function members(config: ServerConfig, clientAddrs: Map<number, string>, leader: number): Member[] {
   return [...config.peers]
     .sort(([a], [b]) => a - b)
-    .map(([id, peerAddr]) => ({ id, peerAddr, clientAddr: clientAddrs.get(id) ?? '', isLeader: id === leader }));
+    .map(([id, peerAddr]) => ({ id, peerAddr, clientAddr: clientAddrs.get(id) ?? '', isLeader: id === leader, role: MemberRole.MEMBER_ROLE_VOTER }));
 }
 
 /**

@@ -1,4 +1,4 @@
-import { Deadline, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
+import { Deadline, sendUnaryData, ServerErrorResponse, status as GrpcStatus, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -193,10 +193,28 @@ export function clusterService(context: ServiceContext): ClusterServer {
         members: context.members(),
         followers: status.progress.map((p) => ({ id: p.id, matchIndex: p.matchIndex, nextIndex: p.nextIndex, state: p.state })),
         version: VERSION,
+        snapshotIndex: 0,
+        firstIndex: 1,
+        leaderTransferee: 0,
       };
     }),
     memberList: unary(async () => ({ header: header(context), members: context.members() })),
+    memberAdd: notBuiltYet,
+    memberPromote: notBuiltYet,
+    memberRemove: notBuiltYet,
+    leaderTransfer: notBuiltYet,
+    snapshot: notBuiltYet,
+    snapshotSave: (call) => call.emit('error', notBuiltYetError()),
   };
+}
+
+/** Issue 8 work in progress: RPCs declared in the protos whose handlers are not merged yet. */
+function notBuiltYetError(): ServerErrorResponse {
+  return Object.assign(new Error('not built yet'), { code: GrpcStatus.UNIMPLEMENTED, details: 'not built yet' });
+}
+
+function notBuiltYet(_call: unknown, callback: (err: ServerErrorResponse) => void): void {
+  callback(notBuiltYetError());
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */
@@ -230,6 +248,7 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
   };
   return {
     stream: (call, callback) => receivePeerStream(context, peerInput, checkSender, call, callback),
+    installSnapshot: (_call, callback) => callback(notBuiltYetError()),
     propose: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);
       // The same limits as a client's write. The command is encoded again rather than logged

@@ -56,6 +56,7 @@ async function recordingPeer(maxReceiveBytes = MAX_MESSAGE_BYTES): Promise<{ ser
     },
     propose: (_call, callback) => callback(null, { result: Buffer.alloc(0), term: 0 }),
     readIndex: (_call, callback) => callback(null, { index: 0 }),
+    installSnapshot: (_call, callback) => callback(null, { term: 0, installed: false, reason: 'not in this test' }),
   };
   server.addService(RaftServiceService, service);
   const port = await new Promise<number>((resolve, reject) =>
@@ -134,6 +135,7 @@ describe('peer streams on stop', () => {
       incoming.wrap({
         stream: (call) => call.on('data', () => undefined), // never answers by itself, like a live peer stream
         propose: (_call, callback) => callback(null, { result: Buffer.alloc(0), term: 0 }),
+        installSnapshot: (_call, callback) => callback(null, { term: 0, installed: false, reason: 'not in this test' }),
         readIndex: (_call, callback) => callback(null, { index: 0 }),
       }),
     );

@@ -155,8 +155,8 @@ describe('terms across their range (MAX_TERM)', () => {
     return [
       { fromId: 2, to, term, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } },
       { fromId: 2, to, term, body: { $case: 'appendRequest', value: { prevLogIndex: 0, prevLogTerm: 0, commit: 0, entries: [] } } },
-      { fromId: 3, to, term, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 1, preVote: false } } },
-      { fromId: 3, to, term, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 1, preVote: true } } },
+      { fromId: 3, to, term, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 1, preVote: false, leadershipTransfer: false } } },
+      { fromId: 3, to, term, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 1, preVote: true, leadershipTransfer: false } } },
       { fromId: 2, to, term, body: { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: 0 } } },
     ];
   }
@@ -204,10 +204,10 @@ describe('terms across their range (MAX_TERM)', () => {
     const before = net.node(2).status();
     const entry: Entry = { index: 2, term: MAX_TERM + 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from('x') };
     net.node(2).step({ fromId: 1, to: 2, term: 1, body: { $case: 'appendRequest', value: { prevLogIndex: 1, prevLogTerm: 1, commit: 1, entries: [entry] } } });
-    net.node(2).step({ fromId: 3, to: 2, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: MAX_TERM + 1, preVote: false } } });
+    net.node(2).step({ fromId: 3, to: 2, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: MAX_TERM + 1, preVote: false, leadershipTransfer: false } } });
     net.node(2).step({ fromId: 1, to: 2, term: 1, body: { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: Number.MAX_SAFE_INTEGER } } });
     // A log term above the candidate's own term cannot be: it would win votes it has no right to.
-    net.node(2).step({ fromId: 3, to: 2, term: 2, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: 3, preVote: true } } });
+    net.node(2).step({ fromId: 3, to: 2, term: 2, body: { $case: 'voteRequest', value: { lastLogIndex: 5, lastLogTerm: 3, preVote: true, leadershipTransfer: false } } });
     expect(net.node(2).rejectedMessages).toHaveLength(4);
     expect(net.node(2).status()).toEqual(before);
     expect(net.node(2).ready().messages).toEqual([]);
@@ -266,7 +266,7 @@ describe('absurd indexes in peer messages', () => {
       append({ entries: [{ index: value, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from('x') }] }),
       { fromId: 1, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: value, readRound: 0 } } },
       { fromId: 1, to: 2, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 1, readRound: value } } },
-      { fromId: 3, to: 2, term: 2, body: { $case: 'voteRequest', value: { lastLogIndex: value, lastLogTerm: 1, preVote: true } } },
+      { fromId: 3, to: 2, term: 2, body: { $case: 'voteRequest', value: { lastLogIndex: value, lastLogTerm: 1, preVote: true, leadershipTransfer: false } } },
     ];
     const toLeader: Message[] = [
       { fromId: 2, to: 1, term: 1, body: { $case: 'appendResponse', value: { index: value, rejected: false, hintIndex: 0, hintTerm: 0 } } },

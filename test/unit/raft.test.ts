@@ -36,7 +36,7 @@ describe('leader election', () => {
 
   test('a node votes once per term', () => {
     const net = new RaftNetwork(3, { preVote: false });
-    const ask = (fromId: number): Message => ({ fromId, to: 3, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 0, lastLogTerm: 0, preVote: false } } });
+    const ask = (fromId: number): Message => ({ fromId, to: 3, term: 1, body: { $case: 'voteRequest', value: { lastLogIndex: 0, lastLogTerm: 0, preVote: false, leadershipTransfer: false } } });
     net.node(3).step(ask(1));
     net.node(3).step(ask(2));
     const responses = net.node(3).ready().messages.map((m) => (m.body?.$case === 'voteResponse' ? [m.to, m.body.value.granted] : null));
@@ -52,7 +52,7 @@ describe('leader election', () => {
     net.node(1).propose(data('a'));
     net.settle();
     net.isolate(1);
-    net.node(3).step({ fromId: 2, to: 3, term: 5, body: { $case: 'voteRequest', value: { lastLogIndex: 1, lastLogTerm: 1, preVote: false } } });
+    net.node(3).step({ fromId: 2, to: 3, term: 5, body: { $case: 'voteRequest', value: { lastLogIndex: 1, lastLogTerm: 1, preVote: false, leadershipTransfer: false } } });
     const response = net.node(3).ready().messages.find((m) => m.body?.$case === 'voteResponse');
     expect(response?.body?.value).toMatchObject({ granted: false });
   });
@@ -85,7 +85,7 @@ describe('leader election', () => {
   test('followers that hear their leader ignore a disruptive higher-term vote request', () => {
     const net = new RaftNetwork(3);
     net.elect(1);
-    net.node(2).step({ fromId: 3, to: 2, term: 9, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 9, preVote: false } } });
+    net.node(2).step({ fromId: 3, to: 2, term: 9, body: { $case: 'voteRequest', value: { lastLogIndex: 99, lastLogTerm: 9, preVote: false, leadershipTransfer: false } } });
     expect(net.node(2).term).toBe(1);
     expect(net.node(2).ready().messages).toEqual([]);
   });

@@ -8,7 +8,7 @@ import {
   status as Status,
 } from '@grpc/grpc-js';
 import pino from 'pino';
-import { Command, KVClient, KVService, Member } from '../../gen/cairn/kv/v1/kv';
+import { Command, KVClient, KVService, Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
 import { HardState, Entry, Message, RaftServiceClient, RaftServiceService, StreamRequest } from '../../gen/cairn/raft/v1/raft';
 import { InvariantViolation } from '../../src/assert';
 import { CairnError, ErrorCode } from '../../src/errors';
@@ -129,8 +129,8 @@ function captureLogger() {
 
 function contextFor(replica: KvReplica, router: RequestRouter, overrides: Partial<ServiceContext> = {}): ServiceContext {
   const members: Member[] = [
-    { id: 1, peerAddr: '127.0.0.1:1', clientAddr: '', isLeader: true },
-    { id: 2, peerAddr: '127.0.0.1:2', clientAddr: '', isLeader: false },
+    { id: 1, peerAddr: '127.0.0.1:1', clientAddr: '', isLeader: true, role: MemberRole.MEMBER_ROLE_VOTER },
+    { id: 2, peerAddr: '127.0.0.1:2', clientAddr: '', isLeader: false, role: MemberRole.MEMBER_ROLE_VOTER },
   ];
   return {
     replica,

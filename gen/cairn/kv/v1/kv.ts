@@ -11,7 +11,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -22,6 +24,46 @@ import {
 export const protobufPackage = "cairn.kv.v1";
 
 export const protobufFileName = "cairn/kv/v1/kv.proto";
+
+/** MemberRole says whether a member votes. */
+export enum MemberRole {
+  MEMBER_ROLE_UNSPECIFIED = 0,
+  MEMBER_ROLE_VOTER = 1,
+  MEMBER_ROLE_LEARNER = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function memberRoleFromJSON(object: any): MemberRole {
+  switch (object) {
+    case 0:
+    case "MEMBER_ROLE_UNSPECIFIED":
+      return MemberRole.MEMBER_ROLE_UNSPECIFIED;
+    case 1:
+    case "MEMBER_ROLE_VOTER":
+      return MemberRole.MEMBER_ROLE_VOTER;
+    case 2:
+    case "MEMBER_ROLE_LEARNER":
+      return MemberRole.MEMBER_ROLE_LEARNER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MemberRole.UNRECOGNIZED;
+  }
+}
+
+export function memberRoleToJSON(object: MemberRole): string {
+  switch (object) {
+    case MemberRole.MEMBER_ROLE_UNSPECIFIED:
+      return "MEMBER_ROLE_UNSPECIFIED";
+    case MemberRole.MEMBER_ROLE_VOTER:
+      return "MEMBER_ROLE_VOTER";
+    case MemberRole.MEMBER_ROLE_LEARNER:
+      return "MEMBER_ROLE_LEARNER";
+    case MemberRole.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 /** Consistency chooses how a read is served. */
 export enum Consistency {
@@ -78,6 +120,8 @@ export interface Member {
   clientAddr: string;
   /** Whether this node believes it is the leader. */
   isLeader: boolean;
+  /** Voter or learner, in the latest configuration this node knows. */
+  role: MemberRole;
 }
 
 /** StatusRequest asks a node for its status. */
@@ -89,7 +133,7 @@ export interface FollowerProgress {
   id: number;
   matchIndex: number;
   nextIndex: number;
-  /** "probe" or "replicate". */
+  /** "probe", "replicate" or "snapshot". */
   state: string;
 }
 
@@ -109,6 +153,12 @@ export interface StatusResponse {
   /** On the leader: each follower's progress. */
   followers: FollowerProgress[];
   version: string;
+  /** The last index covered by this node's latest snapshot (0 = none yet). */
+  snapshotIndex: number;
+  /** The first index this node's log still holds (entries before it were compacted). */
+  firstIndex: number;
+  /** On a leader handing over leadership: the member it transfers to (0 = none). */
+  leaderTransferee: number;
 }
 
 /** MemberListRequest asks for the members. */
@@ -119,6 +169,78 @@ export interface MemberListRequest {
 export interface MemberListResponse {
   header?: ResponseHeader | undefined;
   members: Member[];
+}
+
+/** MemberAddRequest names the new member. */
+export interface MemberAddRequest {
+  id: number;
+  /** Where it serves peers (HOST:PORT). */
+  peerAddr: string;
+  /** Where it serves clients (HOST:PORT), if known. */
+  clientAddr: string;
+}
+
+/** MemberAddResponse is answered once the change is committed. */
+export interface MemberAddResponse {
+  header?:
+    | ResponseHeader
+    | undefined;
+  /** The configuration after the change: what a joining node starts from. */
+  members: Member[];
+}
+
+/** MemberPromoteRequest names the learner to promote. */
+export interface MemberPromoteRequest {
+  id: number;
+}
+
+/** MemberPromoteResponse is answered once the change is committed. */
+export interface MemberPromoteResponse {
+  header?: ResponseHeader | undefined;
+  members: Member[];
+}
+
+/** MemberRemoveRequest names the member to remove. */
+export interface MemberRemoveRequest {
+  id: number;
+}
+
+/** MemberRemoveResponse is answered once the change is committed. */
+export interface MemberRemoveResponse {
+  header?: ResponseHeader | undefined;
+  members: Member[];
+}
+
+/** LeaderTransferRequest names the voter to hand leadership to. */
+export interface LeaderTransferRequest {
+  /** 0: the most caught-up voter. */
+  toId: number;
+}
+
+/** LeaderTransferResponse names the new leader. */
+export interface LeaderTransferResponse {
+  header?: ResponseHeader | undefined;
+  leaderId: number;
+}
+
+/** SnapshotRequest asks a node to snapshot and compact now. */
+export interface SnapshotRequest {
+}
+
+/** SnapshotResponse reports the node's snapshot and log after compacting. */
+export interface SnapshotResponse {
+  header?: ResponseHeader | undefined;
+  snapshotIndex: number;
+  firstIndex: number;
+}
+
+/** SnapshotSaveRequest asks for a backup. */
+export interface SnapshotSaveRequest {
+}
+
+/** SnapshotSaveResponse is one piece of a snapshot file. */
+export interface SnapshotSaveResponse {
+  data: Buffer;
 }
 
 /** ResponseHeader comes with every response. */
@@ -277,7 +399,7 @@ export interface CommandError {
 }
 
 function createBaseMember(): Member {
-  return { id: 0, peerAddr: "", clientAddr: "", isLeader: false };
+  return { id: 0, peerAddr: "", clientAddr: "", isLeader: false, role: 0 };
 }
 
 export const Member: MessageFns<Member> = {
@@ -293,6 +415,9 @@ export const Member: MessageFns<Member> = {
     }
     if (message.isLeader !== false) {
       writer.uint32(32).bool(message.isLeader);
+    }
+    if (message.role !== 0) {
+      writer.uint32(40).int32(message.role);
     }
     return writer;
   },
@@ -342,6 +467,14 @@ export const Member: MessageFns<Member> = {
             message.isLeader = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -372,6 +505,7 @@ export const Member: MessageFns<Member> = {
         : isSet(object.is_leader)
         ? globalThis.Boolean(object.is_leader)
         : false,
+      role: isSet(object.role) ? memberRoleFromJSON(object.role) : 0,
     };
   },
 
@@ -389,6 +523,9 @@ export const Member: MessageFns<Member> = {
     if (message.isLeader !== false) {
       obj.isLeader = message.isLeader;
     }
+    if (message.role !== 0) {
+      obj.role = memberRoleToJSON(message.role);
+    }
     return obj;
   },
 
@@ -401,6 +538,7 @@ export const Member: MessageFns<Member> = {
     message.peerAddr = object.peerAddr ?? "";
     message.clientAddr = object.clientAddr ?? "";
     message.isLeader = object.isLeader ?? false;
+    message.role = object.role ?? 0;
     return message;
   },
 };
@@ -596,6 +734,9 @@ function createBaseStatusResponse(): StatusResponse {
     members: [],
     followers: [],
     version: "",
+    snapshotIndex: 0,
+    firstIndex: 0,
+    leaderTransferee: 0,
   };
 }
 
@@ -636,6 +777,15 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     }
     if (message.version !== "") {
       writer.uint32(98).string(message.version);
+    }
+    if (message.snapshotIndex !== 0) {
+      writer.uint32(104).uint64(message.snapshotIndex);
+    }
+    if (message.firstIndex !== 0) {
+      writer.uint32(112).uint64(message.firstIndex);
+    }
+    if (message.leaderTransferee !== 0) {
+      writer.uint32(120).uint64(message.leaderTransferee);
     }
     return writer;
   },
@@ -749,6 +899,30 @@ export const StatusResponse: MessageFns<StatusResponse> = {
             message.version = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.snapshotIndex = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.firstIndex = longToNumber(reader.uint64());
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.leaderTransferee = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -799,6 +973,21 @@ export const StatusResponse: MessageFns<StatusResponse> = {
         ? object.followers.map((e: any) => FollowerProgress.fromJSON(e))
         : [],
       version: isSet(object.version) ? globalThis.String(object.version) : "",
+      snapshotIndex: isSet(object.snapshotIndex)
+        ? globalThis.Number(object.snapshotIndex)
+        : isSet(object.snapshot_index)
+        ? globalThis.Number(object.snapshot_index)
+        : 0,
+      firstIndex: isSet(object.firstIndex)
+        ? globalThis.Number(object.firstIndex)
+        : isSet(object.first_index)
+        ? globalThis.Number(object.first_index)
+        : 0,
+      leaderTransferee: isSet(object.leaderTransferee)
+        ? globalThis.Number(object.leaderTransferee)
+        : isSet(object.leader_transferee)
+        ? globalThis.Number(object.leader_transferee)
+        : 0,
     };
   },
 
@@ -840,6 +1029,15 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     if (message.version !== "") {
       obj.version = message.version;
     }
+    if (message.snapshotIndex !== 0) {
+      obj.snapshotIndex = Math.round(message.snapshotIndex);
+    }
+    if (message.firstIndex !== 0) {
+      obj.firstIndex = Math.round(message.firstIndex);
+    }
+    if (message.leaderTransferee !== 0) {
+      obj.leaderTransferee = Math.round(message.leaderTransferee);
+    }
     return obj;
   },
 
@@ -862,6 +1060,9 @@ export const StatusResponse: MessageFns<StatusResponse> = {
     message.members = object.members?.map((e) => Member.fromPartial(e)) || [];
     message.followers = object.followers?.map((e) => FollowerProgress.fromPartial(e)) || [];
     message.version = object.version ?? "";
+    message.snapshotIndex = object.snapshotIndex ?? 0;
+    message.firstIndex = object.firstIndex ?? 0;
+    message.leaderTransferee = object.leaderTransferee ?? 0;
     return message;
   },
 };
@@ -1001,6 +1202,956 @@ export const MemberListResponse: MessageFns<MemberListResponse> = {
       ? ResponseHeader.fromPartial(object.header)
       : undefined;
     message.members = object.members?.map((e) => Member.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMemberAddRequest(): MemberAddRequest {
+  return { id: 0, peerAddr: "", clientAddr: "" };
+}
+
+export const MemberAddRequest: MessageFns<MemberAddRequest> = {
+  encode(message: MemberAddRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.peerAddr !== "") {
+      writer.uint32(18).string(message.peerAddr);
+    }
+    if (message.clientAddr !== "") {
+      writer.uint32(26).string(message.clientAddr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberAddRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberAddRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.peerAddr = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientAddr = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberAddRequest {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      peerAddr: isSet(object.peerAddr)
+        ? globalThis.String(object.peerAddr)
+        : isSet(object.peer_addr)
+        ? globalThis.String(object.peer_addr)
+        : "",
+      clientAddr: isSet(object.clientAddr)
+        ? globalThis.String(object.clientAddr)
+        : isSet(object.client_addr)
+        ? globalThis.String(object.client_addr)
+        : "",
+    };
+  },
+
+  toJSON(message: MemberAddRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.peerAddr !== "") {
+      obj.peerAddr = message.peerAddr;
+    }
+    if (message.clientAddr !== "") {
+      obj.clientAddr = message.clientAddr;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberAddRequest>): MemberAddRequest {
+    return MemberAddRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberAddRequest>): MemberAddRequest {
+    const message = createBaseMemberAddRequest();
+    message.id = object.id ?? 0;
+    message.peerAddr = object.peerAddr ?? "";
+    message.clientAddr = object.clientAddr ?? "";
+    return message;
+  },
+};
+
+function createBaseMemberAddResponse(): MemberAddResponse {
+  return { header: undefined, members: [] };
+}
+
+export const MemberAddResponse: MessageFns<MemberAddResponse> = {
+  encode(message: MemberAddResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.members) {
+      Member.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberAddResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberAddResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.members.push(Member.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberAddResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => Member.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: MemberAddResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => Member.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberAddResponse>): MemberAddResponse {
+    return MemberAddResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberAddResponse>): MemberAddResponse {
+    const message = createBaseMemberAddResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.members = object.members?.map((e) => Member.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMemberPromoteRequest(): MemberPromoteRequest {
+  return { id: 0 };
+}
+
+export const MemberPromoteRequest: MessageFns<MemberPromoteRequest> = {
+  encode(message: MemberPromoteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberPromoteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberPromoteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberPromoteRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: MemberPromoteRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberPromoteRequest>): MemberPromoteRequest {
+    return MemberPromoteRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberPromoteRequest>): MemberPromoteRequest {
+    const message = createBaseMemberPromoteRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseMemberPromoteResponse(): MemberPromoteResponse {
+  return { header: undefined, members: [] };
+}
+
+export const MemberPromoteResponse: MessageFns<MemberPromoteResponse> = {
+  encode(message: MemberPromoteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.members) {
+      Member.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberPromoteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberPromoteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.members.push(Member.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberPromoteResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => Member.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: MemberPromoteResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => Member.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberPromoteResponse>): MemberPromoteResponse {
+    return MemberPromoteResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberPromoteResponse>): MemberPromoteResponse {
+    const message = createBaseMemberPromoteResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.members = object.members?.map((e) => Member.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMemberRemoveRequest(): MemberRemoveRequest {
+  return { id: 0 };
+}
+
+export const MemberRemoveRequest: MessageFns<MemberRemoveRequest> = {
+  encode(message: MemberRemoveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberRemoveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberRemoveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberRemoveRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: MemberRemoveRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberRemoveRequest>): MemberRemoveRequest {
+    return MemberRemoveRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberRemoveRequest>): MemberRemoveRequest {
+    const message = createBaseMemberRemoveRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseMemberRemoveResponse(): MemberRemoveResponse {
+  return { header: undefined, members: [] };
+}
+
+export const MemberRemoveResponse: MessageFns<MemberRemoveResponse> = {
+  encode(message: MemberRemoveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.members) {
+      Member.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MemberRemoveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMemberRemoveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.members.push(Member.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MemberRemoveResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      members: globalThis.Array.isArray(object?.members) ? object.members.map((e: any) => Member.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: MemberRemoveResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => Member.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MemberRemoveResponse>): MemberRemoveResponse {
+    return MemberRemoveResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MemberRemoveResponse>): MemberRemoveResponse {
+    const message = createBaseMemberRemoveResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.members = object.members?.map((e) => Member.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLeaderTransferRequest(): LeaderTransferRequest {
+  return { toId: 0 };
+}
+
+export const LeaderTransferRequest: MessageFns<LeaderTransferRequest> = {
+  encode(message: LeaderTransferRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.toId !== 0) {
+      writer.uint32(8).uint64(message.toId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaderTransferRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaderTransferRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.toId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaderTransferRequest {
+    return {
+      toId: isSet(object.toId)
+        ? globalThis.Number(object.toId)
+        : isSet(object.to_id)
+        ? globalThis.Number(object.to_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: LeaderTransferRequest): unknown {
+    const obj: any = {};
+    if (message.toId !== 0) {
+      obj.toId = Math.round(message.toId);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaderTransferRequest>): LeaderTransferRequest {
+    return LeaderTransferRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaderTransferRequest>): LeaderTransferRequest {
+    const message = createBaseLeaderTransferRequest();
+    message.toId = object.toId ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaderTransferResponse(): LeaderTransferResponse {
+  return { header: undefined, leaderId: 0 };
+}
+
+export const LeaderTransferResponse: MessageFns<LeaderTransferResponse> = {
+  encode(message: LeaderTransferResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.leaderId !== 0) {
+      writer.uint32(16).uint64(message.leaderId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaderTransferResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaderTransferResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.leaderId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaderTransferResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      leaderId: isSet(object.leaderId)
+        ? globalThis.Number(object.leaderId)
+        : isSet(object.leader_id)
+        ? globalThis.Number(object.leader_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: LeaderTransferResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.leaderId !== 0) {
+      obj.leaderId = Math.round(message.leaderId);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaderTransferResponse>): LeaderTransferResponse {
+    return LeaderTransferResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaderTransferResponse>): LeaderTransferResponse {
+    const message = createBaseLeaderTransferResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.leaderId = object.leaderId ?? 0;
+    return message;
+  },
+};
+
+function createBaseSnapshotRequest(): SnapshotRequest {
+  return {};
+}
+
+export const SnapshotRequest: MessageFns<SnapshotRequest> = {
+  encode(_: SnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SnapshotRequest {
+    return {};
+  },
+
+  toJSON(_: SnapshotRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotRequest>): SnapshotRequest {
+    return SnapshotRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<SnapshotRequest>): SnapshotRequest {
+    const message = createBaseSnapshotRequest();
+    return message;
+  },
+};
+
+function createBaseSnapshotResponse(): SnapshotResponse {
+  return { header: undefined, snapshotIndex: 0, firstIndex: 0 };
+}
+
+export const SnapshotResponse: MessageFns<SnapshotResponse> = {
+  encode(message: SnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.snapshotIndex !== 0) {
+      writer.uint32(16).uint64(message.snapshotIndex);
+    }
+    if (message.firstIndex !== 0) {
+      writer.uint32(24).uint64(message.firstIndex);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.snapshotIndex = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.firstIndex = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      snapshotIndex: isSet(object.snapshotIndex)
+        ? globalThis.Number(object.snapshotIndex)
+        : isSet(object.snapshot_index)
+        ? globalThis.Number(object.snapshot_index)
+        : 0,
+      firstIndex: isSet(object.firstIndex)
+        ? globalThis.Number(object.firstIndex)
+        : isSet(object.first_index)
+        ? globalThis.Number(object.first_index)
+        : 0,
+    };
+  },
+
+  toJSON(message: SnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.snapshotIndex !== 0) {
+      obj.snapshotIndex = Math.round(message.snapshotIndex);
+    }
+    if (message.firstIndex !== 0) {
+      obj.firstIndex = Math.round(message.firstIndex);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotResponse>): SnapshotResponse {
+    return SnapshotResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotResponse>): SnapshotResponse {
+    const message = createBaseSnapshotResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.snapshotIndex = object.snapshotIndex ?? 0;
+    message.firstIndex = object.firstIndex ?? 0;
+    return message;
+  },
+};
+
+function createBaseSnapshotSaveRequest(): SnapshotSaveRequest {
+  return {};
+}
+
+export const SnapshotSaveRequest: MessageFns<SnapshotSaveRequest> = {
+  encode(_: SnapshotSaveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotSaveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotSaveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): SnapshotSaveRequest {
+    return {};
+  },
+
+  toJSON(_: SnapshotSaveRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotSaveRequest>): SnapshotSaveRequest {
+    return SnapshotSaveRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<SnapshotSaveRequest>): SnapshotSaveRequest {
+    const message = createBaseSnapshotSaveRequest();
+    return message;
+  },
+};
+
+function createBaseSnapshotSaveResponse(): SnapshotSaveResponse {
+  return { data: Buffer.alloc(0) };
+}
+
+export const SnapshotSaveResponse: MessageFns<SnapshotSaveResponse> = {
+  encode(message: SnapshotSaveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.data.length !== 0) {
+      writer.uint32(10).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotSaveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotSaveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotSaveResponse {
+    return { data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0) };
+  },
+
+  toJSON(message: SnapshotSaveResponse): unknown {
+    const obj: any = {};
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotSaveResponse>): SnapshotSaveResponse {
+    return SnapshotSaveResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotSaveResponse>): SnapshotSaveResponse {
+    const message = createBaseSnapshotSaveResponse();
+    message.data = object.data ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -2712,6 +3863,86 @@ export const ClusterService = {
     responseSerialize: (value: MemberListResponse): Buffer => Buffer.from(MemberListResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): MemberListResponse => MemberListResponse.decode(value),
   },
+  /**
+   * MemberAdd adds a member as a learner: it receives the log (or a snapshot) but
+   * does not vote. Served by the leader; one membership change at a time.
+   */
+  memberAdd: {
+    path: "/cairn.kv.v1.Cluster/MemberAdd" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MemberAddRequest): Buffer => Buffer.from(MemberAddRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MemberAddRequest => MemberAddRequest.decode(value),
+    responseSerialize: (value: MemberAddResponse): Buffer => Buffer.from(MemberAddResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MemberAddResponse => MemberAddResponse.decode(value),
+  },
+  /**
+   * MemberPromote makes a learner a voter, once it has caught up with the leader
+   * (FAILED_PRECONDITION with cairn-error-code LEARNER_NOT_CAUGHT_UP otherwise).
+   */
+  memberPromote: {
+    path: "/cairn.kv.v1.Cluster/MemberPromote" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MemberPromoteRequest): Buffer => Buffer.from(MemberPromoteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MemberPromoteRequest => MemberPromoteRequest.decode(value),
+    responseSerialize: (value: MemberPromoteResponse): Buffer =>
+      Buffer.from(MemberPromoteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MemberPromoteResponse => MemberPromoteResponse.decode(value),
+  },
+  /**
+   * MemberRemove removes a voter or a learner (the leader too: it steps down once the
+   * change commits).
+   */
+  memberRemove: {
+    path: "/cairn.kv.v1.Cluster/MemberRemove" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: MemberRemoveRequest): Buffer => Buffer.from(MemberRemoveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): MemberRemoveRequest => MemberRemoveRequest.decode(value),
+    responseSerialize: (value: MemberRemoveResponse): Buffer =>
+      Buffer.from(MemberRemoveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): MemberRemoveResponse => MemberRemoveResponse.decode(value),
+  },
+  /**
+   * LeaderTransfer hands leadership to another voter (the most caught-up one when
+   * to_id is 0) and answers once it leads.
+   */
+  leaderTransfer: {
+    path: "/cairn.kv.v1.Cluster/LeaderTransfer" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaderTransferRequest): Buffer =>
+      Buffer.from(LeaderTransferRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaderTransferRequest => LeaderTransferRequest.decode(value),
+    responseSerialize: (value: LeaderTransferResponse): Buffer =>
+      Buffer.from(LeaderTransferResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaderTransferResponse => LeaderTransferResponse.decode(value),
+  },
+  /** Snapshot makes the receiving node snapshot its state and compact its log now. */
+  snapshot: {
+    path: "/cairn.kv.v1.Cluster/Snapshot" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SnapshotRequest): Buffer => Buffer.from(SnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SnapshotRequest => SnapshotRequest.decode(value),
+    responseSerialize: (value: SnapshotResponse): Buffer => Buffer.from(SnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SnapshotResponse => SnapshotResponse.decode(value),
+  },
+  /**
+   * SnapshotSave streams a backup of the receiving node's state: the bytes of a cairn
+   * snapshot file, in order (`cairn snapshot save FILE` writes them to FILE).
+   */
+  snapshotSave: {
+    path: "/cairn.kv.v1.Cluster/SnapshotSave" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: SnapshotSaveRequest): Buffer => Buffer.from(SnapshotSaveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SnapshotSaveRequest => SnapshotSaveRequest.decode(value),
+    responseSerialize: (value: SnapshotSaveResponse): Buffer =>
+      Buffer.from(SnapshotSaveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SnapshotSaveResponse => SnapshotSaveResponse.decode(value),
+  },
 } as const;
 
 export interface ClusterServer extends UntypedServiceImplementation {
@@ -2719,6 +3950,33 @@ export interface ClusterServer extends UntypedServiceImplementation {
   status: handleUnaryCall<StatusRequest, StatusResponse>;
   /** MemberList lists the members and their addresses. */
   memberList: handleUnaryCall<MemberListRequest, MemberListResponse>;
+  /**
+   * MemberAdd adds a member as a learner: it receives the log (or a snapshot) but
+   * does not vote. Served by the leader; one membership change at a time.
+   */
+  memberAdd: handleUnaryCall<MemberAddRequest, MemberAddResponse>;
+  /**
+   * MemberPromote makes a learner a voter, once it has caught up with the leader
+   * (FAILED_PRECONDITION with cairn-error-code LEARNER_NOT_CAUGHT_UP otherwise).
+   */
+  memberPromote: handleUnaryCall<MemberPromoteRequest, MemberPromoteResponse>;
+  /**
+   * MemberRemove removes a voter or a learner (the leader too: it steps down once the
+   * change commits).
+   */
+  memberRemove: handleUnaryCall<MemberRemoveRequest, MemberRemoveResponse>;
+  /**
+   * LeaderTransfer hands leadership to another voter (the most caught-up one when
+   * to_id is 0) and answers once it leads.
+   */
+  leaderTransfer: handleUnaryCall<LeaderTransferRequest, LeaderTransferResponse>;
+  /** Snapshot makes the receiving node snapshot its state and compact its log now. */
+  snapshot: handleUnaryCall<SnapshotRequest, SnapshotResponse>;
+  /**
+   * SnapshotSave streams a backup of the receiving node's state: the bytes of a cairn
+   * snapshot file, in order (`cairn snapshot save FILE` writes them to FILE).
+   */
+  snapshotSave: handleServerStreamingCall<SnapshotSaveRequest, SnapshotSaveResponse>;
 }
 
 export interface ClusterClient extends Client {
@@ -2754,6 +4012,111 @@ export interface ClusterClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MemberListResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * MemberAdd adds a member as a learner: it receives the log (or a snapshot) but
+   * does not vote. Served by the leader; one membership change at a time.
+   */
+  memberAdd(
+    request: MemberAddRequest,
+    callback: (error: ServiceError | null, response: MemberAddResponse) => void,
+  ): ClientUnaryCall;
+  memberAdd(
+    request: MemberAddRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MemberAddResponse) => void,
+  ): ClientUnaryCall;
+  memberAdd(
+    request: MemberAddRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MemberAddResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * MemberPromote makes a learner a voter, once it has caught up with the leader
+   * (FAILED_PRECONDITION with cairn-error-code LEARNER_NOT_CAUGHT_UP otherwise).
+   */
+  memberPromote(
+    request: MemberPromoteRequest,
+    callback: (error: ServiceError | null, response: MemberPromoteResponse) => void,
+  ): ClientUnaryCall;
+  memberPromote(
+    request: MemberPromoteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MemberPromoteResponse) => void,
+  ): ClientUnaryCall;
+  memberPromote(
+    request: MemberPromoteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MemberPromoteResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * MemberRemove removes a voter or a learner (the leader too: it steps down once the
+   * change commits).
+   */
+  memberRemove(
+    request: MemberRemoveRequest,
+    callback: (error: ServiceError | null, response: MemberRemoveResponse) => void,
+  ): ClientUnaryCall;
+  memberRemove(
+    request: MemberRemoveRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: MemberRemoveResponse) => void,
+  ): ClientUnaryCall;
+  memberRemove(
+    request: MemberRemoveRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: MemberRemoveResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * LeaderTransfer hands leadership to another voter (the most caught-up one when
+   * to_id is 0) and answers once it leads.
+   */
+  leaderTransfer(
+    request: LeaderTransferRequest,
+    callback: (error: ServiceError | null, response: LeaderTransferResponse) => void,
+  ): ClientUnaryCall;
+  leaderTransfer(
+    request: LeaderTransferRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaderTransferResponse) => void,
+  ): ClientUnaryCall;
+  leaderTransfer(
+    request: LeaderTransferRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaderTransferResponse) => void,
+  ): ClientUnaryCall;
+  /** Snapshot makes the receiving node snapshot its state and compact its log now. */
+  snapshot(
+    request: SnapshotRequest,
+    callback: (error: ServiceError | null, response: SnapshotResponse) => void,
+  ): ClientUnaryCall;
+  snapshot(
+    request: SnapshotRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SnapshotResponse) => void,
+  ): ClientUnaryCall;
+  snapshot(
+    request: SnapshotRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SnapshotResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * SnapshotSave streams a backup of the receiving node's state: the bytes of a cairn
+   * snapshot file, in order (`cairn snapshot save FILE` writes them to FILE).
+   */
+  snapshotSave(
+    request: SnapshotSaveRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SnapshotSaveResponse>;
+  snapshotSave(
+    request: SnapshotSaveRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<SnapshotSaveResponse>;
 }
 
 export const ClusterClient = makeGenericClientConstructor(ClusterService, "cairn.kv.v1.Cluster") as unknown as {

@@ -25,6 +25,55 @@ export const protobufPackage = "cairn.raft.v1";
 
 export const protobufFileName = "cairn/raft/v1/raft.proto";
 
+/** ConfigChangeType is one single-server membership change. */
+export enum ConfigChangeType {
+  CONFIG_CHANGE_TYPE_UNSPECIFIED = 0,
+  /** CONFIG_CHANGE_TYPE_ADD_LEARNER - Add a new member as a learner. */
+  CONFIG_CHANGE_TYPE_ADD_LEARNER = 1,
+  /** CONFIG_CHANGE_TYPE_PROMOTE - Make a caught-up learner a voter. */
+  CONFIG_CHANGE_TYPE_PROMOTE = 2,
+  /** CONFIG_CHANGE_TYPE_REMOVE - Remove a voter or a learner. */
+  CONFIG_CHANGE_TYPE_REMOVE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function configChangeTypeFromJSON(object: any): ConfigChangeType {
+  switch (object) {
+    case 0:
+    case "CONFIG_CHANGE_TYPE_UNSPECIFIED":
+      return ConfigChangeType.CONFIG_CHANGE_TYPE_UNSPECIFIED;
+    case 1:
+    case "CONFIG_CHANGE_TYPE_ADD_LEARNER":
+      return ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER;
+    case 2:
+    case "CONFIG_CHANGE_TYPE_PROMOTE":
+      return ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE;
+    case 3:
+    case "CONFIG_CHANGE_TYPE_REMOVE":
+      return ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ConfigChangeType.UNRECOGNIZED;
+  }
+}
+
+export function configChangeTypeToJSON(object: ConfigChangeType): string {
+  switch (object) {
+    case ConfigChangeType.CONFIG_CHANGE_TYPE_UNSPECIFIED:
+      return "CONFIG_CHANGE_TYPE_UNSPECIFIED";
+    case ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER:
+      return "CONFIG_CHANGE_TYPE_ADD_LEARNER";
+    case ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE:
+      return "CONFIG_CHANGE_TYPE_PROMOTE";
+    case ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE:
+      return "CONFIG_CHANGE_TYPE_REMOVE";
+    case ConfigChangeType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** EntryType says how the state machine treats an entry. */
 export enum EntryType {
   ENTRY_TYPE_UNSPECIFIED = 0,
@@ -35,7 +84,7 @@ export enum EntryType {
   ENTRY_TYPE_NOOP = 1,
   /** ENTRY_TYPE_COMMAND - A state-machine command (a cairn.kv.v1.Command). */
   ENTRY_TYPE_COMMAND = 2,
-  /** ENTRY_TYPE_CONFIG - Reserved for membership changes. */
+  /** ENTRY_TYPE_CONFIG - A membership change: the data is the whole new ClusterConfig. */
   ENTRY_TYPE_CONFIG = 3,
   UNRECOGNIZED = -1,
 }
@@ -75,6 +124,80 @@ export function entryTypeToJSON(object: EntryType): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/** ClusterMember is one member of a configuration. */
+export interface ClusterMember {
+  id: number;
+  /** Where it serves peers (cairn.raft.v1.RaftService). */
+  peerAddr: string;
+  /** Where it serves clients, when known (empty otherwise). */
+  clientAddr: string;
+}
+
+/**
+ * ClusterConfig is a whole membership configuration. It is the data of an
+ * ENTRY_TYPE_CONFIG entry, and it takes effect on each node as soon as the entry is in
+ * its log (Raft dissertation section 4.1: a node uses the latest configuration in its
+ * log, committed or not); a snapshot carries the configuration at its index.
+ */
+export interface ClusterConfig {
+  /** Members that vote and count for commit, in id order. */
+  voters: ClusterMember[];
+  /** Members that receive the log but neither vote nor count, in id order. */
+  learners: ClusterMember[];
+}
+
+/**
+ * ConfigChange is what an operator asks the leader for; the leader turns it into the
+ * whole new ClusterConfig it logs.
+ */
+export interface ConfigChange {
+  type: ConfigChangeType;
+  /** For ADD_LEARNER: id and addresses; for PROMOTE and REMOVE: the id. */
+  member?: ClusterMember | undefined;
+}
+
+/**
+ * SnapshotMeta says what a snapshot covers: the log up to `index` (whose entry has
+ * `term`), and the configuration at that index.
+ */
+export interface SnapshotMeta {
+  index: number;
+  term: number;
+  config?: ClusterConfig | undefined;
+}
+
+/** SnapshotHeader opens an InstallSnapshot stream. */
+export interface SnapshotHeader {
+  clusterId: number;
+  fromId: number;
+  to: number;
+  /** The sender's term; the receiver's Raft core refuses a stale one. */
+  term: number;
+  meta?: SnapshotMeta | undefined;
+}
+
+/** InstallSnapshotRequest is one chunk of an InstallSnapshot stream. */
+export interface InstallSnapshotRequest {
+  /** On the first chunk only. */
+  header?:
+    | SnapshotHeader
+    | undefined;
+  /** Opaque state-machine data (at most MAX_SNAPSHOT_CHUNK_BYTES). */
+  data: Buffer;
+  /** Set on the last chunk: the snapshot is complete. */
+  done: boolean;
+}
+
+/** InstallSnapshotResponse ends an InstallSnapshot stream. */
+export interface InstallSnapshotResponse {
+  /** The receiver's term. */
+  term: number;
+  /** Whether the receiver installed the snapshot. */
+  installed: boolean;
+  /** Why not, when not. */
+  reason: string;
 }
 
 /** ProposeRequest carries an encoded cairn.kv.v1.Command to the leader. */
@@ -153,7 +276,27 @@ export interface Message {
     | { $case: "appendResponse"; value: AppendResponse }
     | { $case: "heartbeatRequest"; value: HeartbeatRequest }
     | { $case: "heartbeatResponse"; value: HeartbeatResponse }
+    | //
+    /**
+     * Never sent over RaftService.Stream (a receiver drops it there): the receiving
+     * shell hands it to its core once an InstallSnapshot stream has been staged whole.
+     * The follower answers with an AppendResponse for the snapshot's index.
+     */
+    { $case: "installSnapshot"; value: SnapshotOffer }
+    | { $case: "timeoutNow"; value: TimeoutNow }
     | undefined;
+}
+
+/** SnapshotOffer offers a staged snapshot to the core. */
+export interface SnapshotOffer {
+  meta?: SnapshotMeta | undefined;
+}
+
+/**
+ * TimeoutNow tells a caught-up voter to campaign at once (leadership transfer): it
+ * skips pre-vote, and its vote requests carry leadership_transfer.
+ */
+export interface TimeoutNow {
 }
 
 /**
@@ -164,6 +307,11 @@ export interface VoteRequest {
   lastLogIndex: number;
   lastLogTerm: number;
   preVote: boolean;
+  /**
+   * Set when the candidate campaigns because the leader told it to (TimeoutNow): voters
+   * then grant it even though they heard from that leader recently (the lease check).
+   */
+  leadershipTransfer: boolean;
 }
 
 /** VoteResponse answers a VoteRequest. */
@@ -217,6 +365,739 @@ export interface HeartbeatRequest {
 export interface HeartbeatResponse {
   readRound: number;
 }
+
+function createBaseClusterMember(): ClusterMember {
+  return { id: 0, peerAddr: "", clientAddr: "" };
+}
+
+export const ClusterMember: MessageFns<ClusterMember> = {
+  encode(message: ClusterMember, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.peerAddr !== "") {
+      writer.uint32(18).string(message.peerAddr);
+    }
+    if (message.clientAddr !== "") {
+      writer.uint32(26).string(message.clientAddr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterMember {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterMember();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.peerAddr = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientAddr = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterMember {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      peerAddr: isSet(object.peerAddr)
+        ? globalThis.String(object.peerAddr)
+        : isSet(object.peer_addr)
+        ? globalThis.String(object.peer_addr)
+        : "",
+      clientAddr: isSet(object.clientAddr)
+        ? globalThis.String(object.clientAddr)
+        : isSet(object.client_addr)
+        ? globalThis.String(object.client_addr)
+        : "",
+    };
+  },
+
+  toJSON(message: ClusterMember): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.peerAddr !== "") {
+      obj.peerAddr = message.peerAddr;
+    }
+    if (message.clientAddr !== "") {
+      obj.clientAddr = message.clientAddr;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClusterMember>): ClusterMember {
+    return ClusterMember.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClusterMember>): ClusterMember {
+    const message = createBaseClusterMember();
+    message.id = object.id ?? 0;
+    message.peerAddr = object.peerAddr ?? "";
+    message.clientAddr = object.clientAddr ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterConfig(): ClusterConfig {
+  return { voters: [], learners: [] };
+}
+
+export const ClusterConfig: MessageFns<ClusterConfig> = {
+  encode(message: ClusterConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.voters) {
+      ClusterMember.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.learners) {
+      ClusterMember.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.voters.push(ClusterMember.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.learners.push(ClusterMember.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterConfig {
+    return {
+      voters: globalThis.Array.isArray(object?.voters) ? object.voters.map((e: any) => ClusterMember.fromJSON(e)) : [],
+      learners: globalThis.Array.isArray(object?.learners)
+        ? object.learners.map((e: any) => ClusterMember.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClusterConfig): unknown {
+    const obj: any = {};
+    if (message.voters?.length) {
+      obj.voters = message.voters.map((e) => ClusterMember.toJSON(e));
+    }
+    if (message.learners?.length) {
+      obj.learners = message.learners.map((e) => ClusterMember.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClusterConfig>): ClusterConfig {
+    return ClusterConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClusterConfig>): ClusterConfig {
+    const message = createBaseClusterConfig();
+    message.voters = object.voters?.map((e) => ClusterMember.fromPartial(e)) || [];
+    message.learners = object.learners?.map((e) => ClusterMember.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseConfigChange(): ConfigChange {
+  return { type: 0, member: undefined };
+}
+
+export const ConfigChange: MessageFns<ConfigChange> = {
+  encode(message: ConfigChange, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.member !== undefined) {
+      ClusterMember.encode(message.member, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigChange {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigChange();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.member = ClusterMember.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigChange {
+    return {
+      type: isSet(object.type) ? configChangeTypeFromJSON(object.type) : 0,
+      member: isSet(object.member) ? ClusterMember.fromJSON(object.member) : undefined,
+    };
+  },
+
+  toJSON(message: ConfigChange): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = configChangeTypeToJSON(message.type);
+    }
+    if (message.member !== undefined) {
+      obj.member = ClusterMember.toJSON(message.member);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigChange>): ConfigChange {
+    return ConfigChange.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigChange>): ConfigChange {
+    const message = createBaseConfigChange();
+    message.type = object.type ?? 0;
+    message.member = (object.member !== undefined && object.member !== null)
+      ? ClusterMember.fromPartial(object.member)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSnapshotMeta(): SnapshotMeta {
+  return { index: 0, term: 0, config: undefined };
+}
+
+export const SnapshotMeta: MessageFns<SnapshotMeta> = {
+  encode(message: SnapshotMeta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint64(message.index);
+    }
+    if (message.term !== 0) {
+      writer.uint32(16).uint64(message.term);
+    }
+    if (message.config !== undefined) {
+      ClusterConfig.encode(message.config, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotMeta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotMeta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.term = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.config = ClusterConfig.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotMeta {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+      config: isSet(object.config) ? ClusterConfig.fromJSON(object.config) : undefined,
+    };
+  },
+
+  toJSON(message: SnapshotMeta): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    if (message.config !== undefined) {
+      obj.config = ClusterConfig.toJSON(message.config);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotMeta>): SnapshotMeta {
+    return SnapshotMeta.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotMeta>): SnapshotMeta {
+    const message = createBaseSnapshotMeta();
+    message.index = object.index ?? 0;
+    message.term = object.term ?? 0;
+    message.config = (object.config !== undefined && object.config !== null)
+      ? ClusterConfig.fromPartial(object.config)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSnapshotHeader(): SnapshotHeader {
+  return { clusterId: 0, fromId: 0, to: 0, term: 0, meta: undefined };
+}
+
+export const SnapshotHeader: MessageFns<SnapshotHeader> = {
+  encode(message: SnapshotHeader, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clusterId !== 0) {
+      writer.uint32(8).uint64(message.clusterId);
+    }
+    if (message.fromId !== 0) {
+      writer.uint32(16).uint64(message.fromId);
+    }
+    if (message.to !== 0) {
+      writer.uint32(24).uint64(message.to);
+    }
+    if (message.term !== 0) {
+      writer.uint32(32).uint64(message.term);
+    }
+    if (message.meta !== undefined) {
+      SnapshotMeta.encode(message.meta, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotHeader {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotHeader();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.clusterId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.to = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.term = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.meta = SnapshotMeta.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotHeader {
+    return {
+      clusterId: isSet(object.clusterId)
+        ? globalThis.Number(object.clusterId)
+        : isSet(object.cluster_id)
+        ? globalThis.Number(object.cluster_id)
+        : 0,
+      fromId: isSet(object.fromId)
+        ? globalThis.Number(object.fromId)
+        : isSet(object.from_id)
+        ? globalThis.Number(object.from_id)
+        : 0,
+      to: isSet(object.to) ? globalThis.Number(object.to) : 0,
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+      meta: isSet(object.meta) ? SnapshotMeta.fromJSON(object.meta) : undefined,
+    };
+  },
+
+  toJSON(message: SnapshotHeader): unknown {
+    const obj: any = {};
+    if (message.clusterId !== 0) {
+      obj.clusterId = Math.round(message.clusterId);
+    }
+    if (message.fromId !== 0) {
+      obj.fromId = Math.round(message.fromId);
+    }
+    if (message.to !== 0) {
+      obj.to = Math.round(message.to);
+    }
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    if (message.meta !== undefined) {
+      obj.meta = SnapshotMeta.toJSON(message.meta);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotHeader>): SnapshotHeader {
+    return SnapshotHeader.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotHeader>): SnapshotHeader {
+    const message = createBaseSnapshotHeader();
+    message.clusterId = object.clusterId ?? 0;
+    message.fromId = object.fromId ?? 0;
+    message.to = object.to ?? 0;
+    message.term = object.term ?? 0;
+    message.meta = (object.meta !== undefined && object.meta !== null)
+      ? SnapshotMeta.fromPartial(object.meta)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseInstallSnapshotRequest(): InstallSnapshotRequest {
+  return { header: undefined, data: Buffer.alloc(0), done: false };
+}
+
+export const InstallSnapshotRequest: MessageFns<InstallSnapshotRequest> = {
+  encode(message: InstallSnapshotRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      SnapshotHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(18).bytes(message.data);
+    }
+    if (message.done !== false) {
+      writer.uint32(24).bool(message.done);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstallSnapshotRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstallSnapshotRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = SnapshotHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.done = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstallSnapshotRequest {
+    return {
+      header: isSet(object.header) ? SnapshotHeader.fromJSON(object.header) : undefined,
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+      done: isSet(object.done) ? globalThis.Boolean(object.done) : false,
+    };
+  },
+
+  toJSON(message: InstallSnapshotRequest): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = SnapshotHeader.toJSON(message.header);
+    }
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    if (message.done !== false) {
+      obj.done = message.done;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InstallSnapshotRequest>): InstallSnapshotRequest {
+    return InstallSnapshotRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InstallSnapshotRequest>): InstallSnapshotRequest {
+    const message = createBaseInstallSnapshotRequest();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? SnapshotHeader.fromPartial(object.header)
+      : undefined;
+    message.data = object.data ?? Buffer.alloc(0);
+    message.done = object.done ?? false;
+    return message;
+  },
+};
+
+function createBaseInstallSnapshotResponse(): InstallSnapshotResponse {
+  return { term: 0, installed: false, reason: "" };
+}
+
+export const InstallSnapshotResponse: MessageFns<InstallSnapshotResponse> = {
+  encode(message: InstallSnapshotResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.term !== 0) {
+      writer.uint32(8).uint64(message.term);
+    }
+    if (message.installed !== false) {
+      writer.uint32(16).bool(message.installed);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstallSnapshotResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstallSnapshotResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.term = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.installed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstallSnapshotResponse {
+    return {
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+      installed: isSet(object.installed) ? globalThis.Boolean(object.installed) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: InstallSnapshotResponse): unknown {
+    const obj: any = {};
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    if (message.installed !== false) {
+      obj.installed = message.installed;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InstallSnapshotResponse>): InstallSnapshotResponse {
+    return InstallSnapshotResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InstallSnapshotResponse>): InstallSnapshotResponse {
+    const message = createBaseInstallSnapshotResponse();
+    message.term = object.term ?? 0;
+    message.installed = object.installed ?? false;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
 
 function createBaseProposeRequest(): ProposeRequest {
   return { clusterId: 0, fromId: 0, command: Buffer.alloc(0) };
@@ -993,6 +1874,12 @@ export const Message: MessageFns<Message> = {
       case "heartbeatResponse":
         HeartbeatResponse.encode(message.body.value, writer.uint32(122).fork()).join();
         break;
+      case "installSnapshot":
+        SnapshotOffer.encode(message.body.value, writer.uint32(154).fork()).join();
+        break;
+      case "timeoutNow":
+        TimeoutNow.encode(message.body.value, writer.uint32(162).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1082,6 +1969,22 @@ export const Message: MessageFns<Message> = {
             message.body = { $case: "heartbeatResponse", value: HeartbeatResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.body = { $case: "installSnapshot", value: SnapshotOffer.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.body = { $case: "timeoutNow", value: TimeoutNow.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1127,6 +2030,14 @@ export const Message: MessageFns<Message> = {
         ? { $case: "heartbeatResponse", value: HeartbeatResponse.fromJSON(object.heartbeatResponse) }
         : isSet(object.heartbeat_response)
         ? { $case: "heartbeatResponse", value: HeartbeatResponse.fromJSON(object.heartbeat_response) }
+        : isSet(object.installSnapshot)
+        ? { $case: "installSnapshot", value: SnapshotOffer.fromJSON(object.installSnapshot) }
+        : isSet(object.install_snapshot)
+        ? { $case: "installSnapshot", value: SnapshotOffer.fromJSON(object.install_snapshot) }
+        : isSet(object.timeoutNow)
+        ? { $case: "timeoutNow", value: TimeoutNow.fromJSON(object.timeoutNow) }
+        : isSet(object.timeout_now)
+        ? { $case: "timeoutNow", value: TimeoutNow.fromJSON(object.timeout_now) }
         : undefined,
     };
   },
@@ -1154,6 +2065,10 @@ export const Message: MessageFns<Message> = {
       obj.heartbeatRequest = HeartbeatRequest.toJSON(message.body.value);
     } else if (message.body?.$case === "heartbeatResponse") {
       obj.heartbeatResponse = HeartbeatResponse.toJSON(message.body.value);
+    } else if (message.body?.$case === "installSnapshot") {
+      obj.installSnapshot = SnapshotOffer.toJSON(message.body.value);
+    } else if (message.body?.$case === "timeoutNow") {
+      obj.timeoutNow = TimeoutNow.toJSON(message.body.value);
     }
     return obj;
   },
@@ -1203,13 +2118,146 @@ export const Message: MessageFns<Message> = {
         }
         break;
       }
+      case "installSnapshot": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "installSnapshot", value: SnapshotOffer.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "timeoutNow": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "timeoutNow", value: TimeoutNow.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
     return message;
   },
 };
 
+function createBaseSnapshotOffer(): SnapshotOffer {
+  return { meta: undefined };
+}
+
+export const SnapshotOffer: MessageFns<SnapshotOffer> = {
+  encode(message: SnapshotOffer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.meta !== undefined) {
+      SnapshotMeta.encode(message.meta, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotOffer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotOffer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.meta = SnapshotMeta.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotOffer {
+    return { meta: isSet(object.meta) ? SnapshotMeta.fromJSON(object.meta) : undefined };
+  },
+
+  toJSON(message: SnapshotOffer): unknown {
+    const obj: any = {};
+    if (message.meta !== undefined) {
+      obj.meta = SnapshotMeta.toJSON(message.meta);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotOffer>): SnapshotOffer {
+    return SnapshotOffer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotOffer>): SnapshotOffer {
+    const message = createBaseSnapshotOffer();
+    message.meta = (object.meta !== undefined && object.meta !== null)
+      ? SnapshotMeta.fromPartial(object.meta)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTimeoutNow(): TimeoutNow {
+  return {};
+}
+
+export const TimeoutNow: MessageFns<TimeoutNow> = {
+  encode(_: TimeoutNow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TimeoutNow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTimeoutNow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): TimeoutNow {
+    return {};
+  },
+
+  toJSON(_: TimeoutNow): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<TimeoutNow>): TimeoutNow {
+    return TimeoutNow.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<TimeoutNow>): TimeoutNow {
+    const message = createBaseTimeoutNow();
+    return message;
+  },
+};
+
 function createBaseVoteRequest(): VoteRequest {
-  return { lastLogIndex: 0, lastLogTerm: 0, preVote: false };
+  return { lastLogIndex: 0, lastLogTerm: 0, preVote: false, leadershipTransfer: false };
 }
 
 export const VoteRequest: MessageFns<VoteRequest> = {
@@ -1222,6 +2270,9 @@ export const VoteRequest: MessageFns<VoteRequest> = {
     }
     if (message.preVote !== false) {
       writer.uint32(24).bool(message.preVote);
+    }
+    if (message.leadershipTransfer !== false) {
+      writer.uint32(32).bool(message.leadershipTransfer);
     }
     return writer;
   },
@@ -1263,6 +2314,14 @@ export const VoteRequest: MessageFns<VoteRequest> = {
             message.preVote = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.leadershipTransfer = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1292,6 +2351,11 @@ export const VoteRequest: MessageFns<VoteRequest> = {
         : isSet(object.pre_vote)
         ? globalThis.Boolean(object.pre_vote)
         : false,
+      leadershipTransfer: isSet(object.leadershipTransfer)
+        ? globalThis.Boolean(object.leadershipTransfer)
+        : isSet(object.leadership_transfer)
+        ? globalThis.Boolean(object.leadership_transfer)
+        : false,
     };
   },
 
@@ -1306,6 +2370,9 @@ export const VoteRequest: MessageFns<VoteRequest> = {
     if (message.preVote !== false) {
       obj.preVote = message.preVote;
     }
+    if (message.leadershipTransfer !== false) {
+      obj.leadershipTransfer = message.leadershipTransfer;
+    }
     return obj;
   },
 
@@ -1317,6 +2384,7 @@ export const VoteRequest: MessageFns<VoteRequest> = {
     message.lastLogIndex = object.lastLogIndex ?? 0;
     message.lastLogTerm = object.lastLogTerm ?? 0;
     message.preVote = object.preVote ?? false;
+    message.leadershipTransfer = object.leadershipTransfer ?? false;
     return message;
   },
 };
@@ -1865,6 +2933,24 @@ export const RaftServiceService = {
     responseSerialize: (value: ReadIndexResponse): Buffer => Buffer.from(ReadIndexResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReadIndexResponse => ReadIndexResponse.decode(value),
   },
+  /**
+   * InstallSnapshot carries a state-machine snapshot from the leader to one follower
+   * whose next entry the leader's log no longer holds: a stream of bounded chunks, the
+   * first with the header. It has its own stream, so a transfer never blocks the Raft
+   * stream or other followers. The receiver stages the chunks and installs the snapshot
+   * only once the last one arrived and its Raft core accepted the header's term.
+   */
+  installSnapshot: {
+    path: "/cairn.raft.v1.RaftService/InstallSnapshot" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: InstallSnapshotRequest): Buffer =>
+      Buffer.from(InstallSnapshotRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): InstallSnapshotRequest => InstallSnapshotRequest.decode(value),
+    responseSerialize: (value: InstallSnapshotResponse): Buffer =>
+      Buffer.from(InstallSnapshotResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InstallSnapshotResponse => InstallSnapshotResponse.decode(value),
+  },
 } as const;
 
 export interface RaftServiceServer extends UntypedServiceImplementation {
@@ -1884,6 +2970,14 @@ export interface RaftServiceServer extends UntypedServiceImplementation {
    * a linearizable read from its own state once it has applied that index.
    */
   readIndex: handleUnaryCall<ReadIndexRequest, ReadIndexResponse>;
+  /**
+   * InstallSnapshot carries a state-machine snapshot from the leader to one follower
+   * whose next entry the leader's log no longer holds: a stream of bounded chunks, the
+   * first with the header. It has its own stream, so a transfer never blocks the Raft
+   * stream or other followers. The receiver stages the chunks and installs the snapshot
+   * only once the last one arrived and its Raft core accepted the header's term.
+   */
+  installSnapshot: handleClientStreamingCall<InstallSnapshotRequest, InstallSnapshotResponse>;
 }
 
 export interface RaftServiceClient extends Client {
@@ -1944,6 +3038,29 @@ export interface RaftServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReadIndexResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * InstallSnapshot carries a state-machine snapshot from the leader to one follower
+   * whose next entry the leader's log no longer holds: a stream of bounded chunks, the
+   * first with the header. It has its own stream, so a transfer never blocks the Raft
+   * stream or other followers. The receiver stages the chunks and installs the snapshot
+   * only once the last one arrived and its Raft core accepted the header's term.
+   */
+  installSnapshot(
+    callback: (error: ServiceError | null, response: InstallSnapshotResponse) => void,
+  ): ClientWritableStream<InstallSnapshotRequest>;
+  installSnapshot(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InstallSnapshotResponse) => void,
+  ): ClientWritableStream<InstallSnapshotRequest>;
+  installSnapshot(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InstallSnapshotResponse) => void,
+  ): ClientWritableStream<InstallSnapshotRequest>;
+  installSnapshot(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InstallSnapshotResponse) => void,
+  ): ClientWritableStream<InstallSnapshotRequest>;
 }
 
 export const RaftServiceClient = makeGenericClientConstructor(

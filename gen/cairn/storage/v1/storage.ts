@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { SnapshotMeta } from "../../raft/v1/raft";
 
 export const protobufPackage = "cairn.storage.v1";
 
@@ -77,6 +78,27 @@ export interface SessionResult {
   sequence: number;
   /** The encoded cairn.kv.v1.CommandResult of that sequence. */
   result: Buffer;
+}
+
+/** SnapshotRecord is one stored record in a state-machine snapshot. */
+export interface SnapshotRecord {
+  /** The sublevel it lives in ("kv", "sessions" or "meta"). */
+  sublevel: string;
+  key: Buffer;
+  value: Buffer;
+}
+
+/** SnapshotBatch is the data of one snapshot chunk: records in key order. */
+export interface SnapshotBatch {
+  records: SnapshotRecord[];
+}
+
+/**
+ * StoredSnapshot is stored under `snapshot` in the `meta` sublevel: what the node's
+ * latest snapshot covers. Log entries up to snapshot.index may be compacted away.
+ */
+export interface StoredSnapshot {
+  meta?: SnapshotMeta | undefined;
 }
 
 function createBaseKeyRecord(): KeyRecord {
@@ -758,6 +780,247 @@ export const SessionResult: MessageFns<SessionResult> = {
     const message = createBaseSessionResult();
     message.sequence = object.sequence ?? 0;
     message.result = object.result ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseSnapshotRecord(): SnapshotRecord {
+  return { sublevel: "", key: Buffer.alloc(0), value: Buffer.alloc(0) };
+}
+
+export const SnapshotRecord: MessageFns<SnapshotRecord> = {
+  encode(message: SnapshotRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sublevel !== "") {
+      writer.uint32(10).string(message.sublevel);
+    }
+    if (message.key.length !== 0) {
+      writer.uint32(18).bytes(message.key);
+    }
+    if (message.value.length !== 0) {
+      writer.uint32(26).bytes(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sublevel = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.value = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotRecord {
+    return {
+      sublevel: isSet(object.sublevel) ? globalThis.String(object.sublevel) : "",
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      value: isSet(object.value) ? Buffer.from(bytesFromBase64(object.value)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SnapshotRecord): unknown {
+    const obj: any = {};
+    if (message.sublevel !== "") {
+      obj.sublevel = message.sublevel;
+    }
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.value.length !== 0) {
+      obj.value = base64FromBytes(message.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotRecord>): SnapshotRecord {
+    return SnapshotRecord.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotRecord>): SnapshotRecord {
+    const message = createBaseSnapshotRecord();
+    message.sublevel = object.sublevel ?? "";
+    message.key = object.key ?? Buffer.alloc(0);
+    message.value = object.value ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseSnapshotBatch(): SnapshotBatch {
+  return { records: [] };
+}
+
+export const SnapshotBatch: MessageFns<SnapshotBatch> = {
+  encode(message: SnapshotBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      SnapshotRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SnapshotBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSnapshotBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(SnapshotRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SnapshotBatch {
+    return {
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => SnapshotRecord.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SnapshotBatch): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => SnapshotRecord.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SnapshotBatch>): SnapshotBatch {
+    return SnapshotBatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SnapshotBatch>): SnapshotBatch {
+    const message = createBaseSnapshotBatch();
+    message.records = object.records?.map((e) => SnapshotRecord.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseStoredSnapshot(): StoredSnapshot {
+  return { meta: undefined };
+}
+
+export const StoredSnapshot: MessageFns<StoredSnapshot> = {
+  encode(message: StoredSnapshot, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.meta !== undefined) {
+      SnapshotMeta.encode(message.meta, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoredSnapshot {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoredSnapshot();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.meta = SnapshotMeta.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoredSnapshot {
+    return { meta: isSet(object.meta) ? SnapshotMeta.fromJSON(object.meta) : undefined };
+  },
+
+  toJSON(message: StoredSnapshot): unknown {
+    const obj: any = {};
+    if (message.meta !== undefined) {
+      obj.meta = SnapshotMeta.toJSON(message.meta);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StoredSnapshot>): StoredSnapshot {
+    return StoredSnapshot.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StoredSnapshot>): StoredSnapshot {
+    const message = createBaseStoredSnapshot();
+    message.meta = (object.meta !== undefined && object.meta !== null)
+      ? SnapshotMeta.fromPartial(object.meta)
+      : undefined;
     return message;
   },
 };
