@@ -752,7 +752,9 @@ export class RaftNode {
     // Raft §5.4.2: an entry of an earlier term is committed only indirectly, by
     // committing one of the current term after it.
     if (this.log.termAt(quorumIndex) !== this.term) return;
+    const configWasPending = this.configs.latestIndex() > this.log.commitIndex;
     this.log.commitTo(quorumIndex);
+    if (configWasPending && this.configs.latestIndex() <= this.log.commitIndex) this.syncProgressWithConfig();
     if (!this.committedInTerm) {
       this.committedInTerm = true;
       this.openReadRound.push(...this.readsAwaitingTermCommit);
@@ -944,13 +946,23 @@ export class RaftNode {
     this.maybeCommit(); // a smaller voter set may commit at once
   }
 
-  /** Leader: one Progress for every member of the config but this node, and none for others. */
+  /**
+   * Leader: one Progress for every member of the config but this node, and none for
+   * others. A member the latest config removed is replicated to until that config
+   * commits, so that it learns of its removal (and, knowing it, never campaigns).
+   */
   private syncProgressWithConfig(): void {
     const peers = new Set(peersOf(this.configs.latest(), this.id));
+    if (this.configs.latestIndex() > this.log.commitIndex) {
+      for (const id of peersOf(this.configs.at(this.log.commitIndex), this.id)) peers.add(id);
+    }
     for (const id of [...this.progress.keys()]) if (!peers.has(id)) this.progress.delete(id);
+    // A new leader probes from after its log (its no-op comes next); a member added
+    // later from the config entry that added it, so that entry goes out at once.
+    const nextIndex = this.role === 'leader' && this.log.lastTerm() === this.term ? this.log.lastIndex() : this.log.lastIndex() + 1;
     for (const id of peers) {
       if (this.progress.has(id)) continue;
-      this.progress.set(id, new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends, this.config.maxInflightBytes, this.ticks));
+      this.progress.set(id, new Progress(Math.max(1, nextIndex), this.config.maxInflightAppends, this.config.maxInflightBytes, this.ticks));
     }
   }
 
