@@ -65,7 +65,7 @@ export interface SimResult {
     sessionLimited: number;
     /** Membership changes (add, promote, remove) applied on the leader that proposed them. */
     membershipChanges: number;
-    /** Leadership transfers that ended with another leader. */
+    /** Leadership transfers that ended with another leader. (`nodes` counts the bootstrap voters, not the nodes that joined.) */
     transfers: number;
   };
 }
@@ -315,7 +315,7 @@ export class Simulation {
       failure: this.failure,
       trace: this.trace,
       stats: {
-        nodes: this.nodes.length,
+        nodes: this.bootstrapVoters.length,
         ops: this.history.length,
         unknownOps,
         committed: this.committed.size,
