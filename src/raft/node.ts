@@ -260,9 +260,8 @@ export class RaftNode {
   private currentTransferee: NodeId = NO_NODE;
   private transferElapsedTicks = 0;
   private timeoutNowSent = false;
-  /** The voters whose votes made this node leader of its current term, and the voters of its config then (for invariant checks). */
+  /** The voters whose votes made this node leader of its current term (for invariant checks). */
   private electedBy: NodeId[] = [];
-  private electedIn: NodeId[] = [];
 
   /** Leader: the voter a leadership transfer is handing over to, NO_NODE when none. */
   get transferee(): NodeId {
@@ -409,7 +408,6 @@ export class RaftNode {
       config: this.clusterConfig(),
       transferee: this.transferee,
       electedBy: this.role === 'leader' ? [...this.electedBy] : [],
-      electedIn: this.role === 'leader' ? [...this.electedIn] : [],
       progress: [...this.progress].map(([id, pr]) => ({
         id,
         state: pr.state,
@@ -518,7 +516,6 @@ export class RaftNode {
     this.committedInTerm = false;
     assert(isVoter(this.quorum, this.id), () => `node ${this.id} leads without being a voter of its config`);
     this.electedBy = [...this.votes].filter(([id, granted]) => granted && isVoter(this.quorum, id)).map(([id]) => id);
-    this.electedIn = voterIds(this.configs.latest());
     this.progress = new Map();
     this.syncProgressWithConfig();
     this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Command } from '../../gen/cairn/kv/v1/kv';
-import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, Message } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, Message } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
@@ -1044,11 +1044,13 @@ export class Simulation {
     // Across configuration changes too: every node ever started, joined and removed ones included.
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
-    const { electedBy, electedIn } = node.replica!.node.status();
-    if (!electedIn.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${electedIn}}`);
-    const strangers = electedBy.filter((id) => !electedIn.includes(id));
-    if (strangers.length > 0 || electedBy.length < majoritySize(electedIn.length)) {
-      return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${electedIn}} of its config`);
+    // Only voters of the leader's config vote it in: that config read from its log here, not from the core's bookkeeping.
+    const { electedBy } = node.replica!.node.status();
+    const voters = this.votersInLog(node);
+    if (!voters.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}`);
+    const strangers = electedBy.filter((id) => !voters.includes(id));
+    if (strangers.length > 0 || electedBy.length < majoritySize(voters.length)) {
+      return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${voters}} of its config`);
     }
     if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
@@ -1060,6 +1062,17 @@ export class Simulation {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
       }
     }
+  }
+
+  /** The voters of the latest config entry in a node's log (the bootstrap voters when there is none). */
+  private votersInLog(node: SimNode): NodeId[] {
+    const core = node.replica!.node;
+    for (let index = core.status().lastIndex; index >= 1; index--) {
+      const entry = core.entryAt(index);
+      if (!entry) return core.configAt(index).voters.map((m) => m.id); // compacted: the snapshot's config
+      if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data).voters.map((m) => m.id);
+    }
+    return this.bootstrapVoters;
   }
 
   /** A committed entry never changes, whoever commits it. */
