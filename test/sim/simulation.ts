@@ -738,9 +738,12 @@ export class Simulation {
       return this.proposeMembership(leader, isLearner ? promoteChange(joiner.id) : addLearnerChange(joiner.id), `${isLearner ? 'promote' : 'add learner'} ${joiner.id}`);
     }
     const kind = this.memberRand.pick(['add', 'remove', 'transfer', 'transfer'] as const);
-    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) return this.joinNewNode(leader);
-    if (kind === 'remove') return this.removeVoter(leader, config);
-    if (kind === 'transfer') return this.transferLeadership(leader, config);
+    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) this.joinNewNode(leader);
+    else if (kind === 'remove') this.removeVoter(leader, config);
+    else if (kind === 'transfer') return this.transferLeadership(leader, config);
+    else return;
+    // Now and then a second change at once, which one-at-a-time must refuse while the first is uncommitted.
+    if (this.memberRand.chance(0.3)) this.removeVoter(leader, leader.replica!.clusterConfig());
   }
 
   /**
