@@ -101,10 +101,11 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.restore = undefined;
         this.retire(generation - 1);
       },
-      aborted: () => {
+      aborted: async () => {
         this.switching = false;
         this.restore = undefined;
         this.retire(generation);
+        await this.retiring;
       },
     });
     this.restore = restore;
@@ -214,7 +215,8 @@ async function clearGeneration(db: Db, generation: number): Promise<void> {
 interface RestoreHooks {
   switching(): void;
   activated(applied: AppliedState): Promise<void>;
-  aborted(): void;
+  /** Resolves once the staged data is deleted (or its deletion failed: the next open clears it). */
+  aborted(): Promise<void>;
 }
 
 /** One restore: stage chunks into `generation`, switch to it in the shell's batch, activate. */
@@ -265,7 +267,7 @@ class KvRestore implements FsmRestore {
     if (this.phase === 'done') return;
     assert(this.db.generation() !== this.generation, 'restore aborted after its switch batch was written');
     this.phase = 'done';
-    this.hooks.aborted();
+    await this.hooks.aborted();
   }
 
   private stagedApplied(): AppliedState {
