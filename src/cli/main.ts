@@ -11,6 +11,7 @@ import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
+import { runSnapshotRestore } from './snapshot-restore';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -39,6 +40,8 @@ Usage:
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
+  cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... [--cluster-token T]
+                                   seed a new cluster's data dir from a snapshot file (--help for more)
 
 Client flags:
   -e, --endpoints HOST:PORT,...    client ports; default ${DEFAULT_ENDPOINTS.join(',')} (env CAIRN_ENDPOINTS)
@@ -75,6 +78,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'serve') return serve(rest);
+  if (command === 'snapshot' && rest[0] === 'restore') return runSnapshotRestore(rest.slice(1), (line) => console.log(line));
   if (command === 'cluster') {
     if (rest.includes('--help')) {
       console.log(CLUSTER_USAGE);
