@@ -47,6 +47,11 @@ export const ErrorCode = {
   DATA_DIR_LOCKED: 'DATA_DIR_LOCKED',
   /** Data on disk is not what cairn wrote. */
   CORRUPTION: 'CORRUPTION',
+  /**
+   * A peer refused this node because a committed configuration removed it: the node is no
+   * longer a member and stops (docs/architecture.md, "Membership on the server").
+   */
+  MEMBER_REMOVED: 'MEMBER_REMOVED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -22,6 +22,7 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.SESSION_LIMIT]: Status.RESOURCE_EXHAUSTED,
   [ErrorCode.DATA_DIR_LOCKED]: Status.INTERNAL,
   [ErrorCode.CORRUPTION]: Status.DATA_LOSS,
+  [ErrorCode.MEMBER_REMOVED]: Status.PERMISSION_DENIED,
 };
 
 export interface GrpcError extends Partial<ServiceError> {
