@@ -215,7 +215,7 @@ export function clusterService(context: ServiceContext): ClusterServer {
       };
     }),
     memberList: unary(async () => ({ header: header(context), members: context.membership.members(context.replica.node.leader) })),
-    memberAdd: unary((request, scope, metadata) => {
+    memberAdd: unary(async (request, scope, metadata) => {
       validateMemberAdd(request);
       return onLeader<MemberAddResponse>(context, scope, metadata, (client, md, options, done) => client.memberAdd(request, md, options, done), async () => {
         const member = { id: request.id, peerAddr: request.peerAddr, clientAddr: request.clientAddr };
@@ -224,21 +224,21 @@ export function clusterService(context: ServiceContext): ClusterServer {
         return changed(context, config);
       });
     }),
-    memberPromote: unary((request, scope, metadata) => {
+    memberPromote: unary(async (request, scope, metadata) => {
       validateMemberId(request);
       return onLeader<MemberPromoteResponse>(context, scope, metadata, (client, md, options, done) => client.memberPromote(request, md, options, done), async () => {
         const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
         return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
       });
     }),
-    memberRemove: unary((request, scope, metadata) => {
+    memberRemove: unary(async (request, scope, metadata) => {
       validateMemberId(request);
       return onLeader<MemberRemoveResponse>(context, scope, metadata, (client, md, options, done) => client.memberRemove(request, md, options, done), async () => {
         const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
         return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
       });
     }),
-    leaderTransfer: unary((request, scope, metadata) => {
+    leaderTransfer: unary(async (request, scope, metadata) => {
       validateLeaderTransfer(request);
       return onLeader<LeaderTransferResponse>(context, scope, metadata, (client, md, options, done) => client.leaderTransfer(request, md, options, done), async () => {
         const leaderId = await context.membershipReplica.transferLeadership(request.toId || undefined, scope.signal);
