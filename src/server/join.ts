@@ -46,12 +46,8 @@ function cairnCode(err: unknown): string | undefined {
   return typeof value === 'string' ? value : undefined;
 }
 
-/**
- * Cairn's codes worth waiting out: the change can succeed later without anyone doing anything.
- * (Spelled out until the membership codes are merged into errors.ts.)
- */
-const WAIT_CODES = new Set<string>(['LEARNER_NOT_CAUGHT_UP', 'CONFIG_CHANGE_PENDING', 'LEADER_TRANSFERRING']);
-const MEMBER_EXISTS = 'MEMBER_EXISTS';
+/** Cairn's codes worth waiting out: the change can succeed later without anyone doing anything. */
+const WAIT_CODES = new Set<string>([ErrorCode.LEARNER_NOT_CAUGHT_UP, ErrorCode.CONFIG_CHANGE_PENDING, ErrorCode.LEADER_TRANSFERRING]);
 
 type Call<T> = (client: ClusterClient, metadata: Metadata, options: { deadline: number }, done: (err: ServiceError | null, value?: T) => void) => unknown;
 
@@ -119,12 +115,12 @@ export async function joinCluster(request: JoinRequest, logger: Pick<Logger, 'in
       const added = await endpoints.call<MemberAddResponse>('MemberAdd', deadlineMs, (c, md, o, done) => c.memberAdd(member, md, o, done), retrying('MemberAdd'));
       return { clusterId: status.clusterId, config: configFromMembers(added.members) };
     } catch (err) {
-      if (cairnCode(err) !== MEMBER_EXISTS) throw err;
+      if (cairnCode(err) !== ErrorCode.MEMBER_EXISTS) throw err;
       const listed = await endpoints.call<MemberListResponse>('MemberList', deadlineMs, (c, md, o, done) => c.memberList({}, md, o, done), retrying('MemberList'));
       const existing = listed.members.find((m) => m.id === request.id);
       if (!existing || existing.peerAddr !== request.peerAddr) {
         throw new CairnError(
-          ErrorCode.INVALID_ARGUMENT,
+          ErrorCode.MEMBER_EXISTS,
           `the cluster already has a member ${request.id}${existing ? ` at ${existing.peerAddr}` : ''}: choose another --id, or remove it first (cairn member remove ${request.id})`,
         );
       }

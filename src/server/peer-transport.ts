@@ -146,6 +146,15 @@ export class GrpcPeerTransport implements Transport {
     }
   }
 
+  /**
+   * Sends every peer a frame with no messages: a node that its own log says is being
+   * removed asks this way whether the removal committed (the peers answer MEMBER_REMOVED
+   * then, and onRemoved hears it), since nobody sends it anything once it has.
+   */
+  probe(): void {
+    for (const link of this.links.values()) link.probe();
+  }
+
   /** The peers this transport links to, by id: for tests and status. */
   peerAddrs(): Map<NodeId, string> {
     return new Map([...this.links].map(([id, link]) => [id, link.addr]));
@@ -216,6 +225,12 @@ class PeerLink {
     }
     this.dropOldestBeyondBounds();
     this.flush();
+  }
+
+  probe(): void {
+    if (this.closed || this.congested || this.reconnectTimer || this.queue.length > 0) return;
+    const call = this.call ?? this.open();
+    call.write({ clusterId: this.identity.clusterId, fromId: this.identity.selfId, clientAddr: this.identity.clientAddr, messages: [] } satisfies StreamRequest);
   }
 
   close(): void {

@@ -59,6 +59,7 @@ export class CairnNode {
   /** The configuration the peer links follow, as a comparable string. */
   private linkedConfig = '';
   private removalNoted = false;
+  private ticksSinceProbe = 0;
   private readonly promotion = new AbortController();
 
   private constructor(
@@ -114,6 +115,8 @@ export class CairnNode {
     });
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),
+      // Links to a new member open as soon as its entry is appended, not a tick later.
+      onConfigChange: () => node?.followConfig(),
       storage: new LevelRaftStorage(db),
       stateMachine: await KvStateMachine.open(db),
       transport,
@@ -129,7 +132,7 @@ export class CairnNode {
       ...peerPortGuard.serverOptions(),
     });
     const incomingPeerStreams = new IncomingPeerStreams();
-    const membershipReplica = membershipReplicaOf(replica, bootstrap);
+    const membershipReplica = membershipReplicaOf(replica);
     const membership = new ClusterMembership(config.id, config.clientAddr, membershipReplica);
     const leaderClients = new LeaderClients(config.id);
     const context: ServiceContext = {
@@ -191,15 +194,22 @@ export class CairnNode {
     );
   }
 
-  /** Points the peer links at the members of the current configuration, when it changed. */
-  private followConfig(): void {
+  /**
+   * Points the peer links at the members of the current configuration and, while a change
+   * is uncommitted, of the committed one too: the leader replicates to a member it is
+   * removing until the removal commits, so that the member learns of it.
+   */
+  followConfig(): void {
     const config = this.membershipReplica.clusterConfig();
-    const key = configMembers(config).map((m) => `${m.id}=${m.peerAddr}`).join(',');
+    const committed = this.membershipReplica.committedConfig();
+    const peers = new Map([...this.membership.peerAddrs(committed), ...this.membership.peerAddrs(config)]);
+    const key = [...peers].map(([id, addr]) => `${id}=${addr}`).join(',');
     if (key === this.linkedConfig) return;
+    const first = this.linkedConfig === '';
     this.linkedConfig = key;
     this.membership.noteConfig(config);
-    this.transport.setPeers(this.membership.peerAddrs(config));
-    this.logger.info({ voters: config.voters.map((m) => m.id), learners: config.learners.map((m) => m.id) }, 'configuration changed');
+    this.transport.setPeers(peers);
+    if (!first) this.logger.info({ voters: config.voters.map((m) => m.id), learners: config.learners.map((m) => m.id), links: [...peers.keys()] }, 'configuration changed');
   }
 
   /**
@@ -262,10 +272,26 @@ export class CairnNode {
     }
   }
 
+  /**
+   * Whether this node is still a member: a committed configuration without it means it was
+   * removed; while only its log says so (the removal not known committed here), it asks the
+   * peers every election timeout (GrpcPeerTransport.probe).
+   */
+  private checkMembership(): void {
+    if (!hasMember(this.membershipReplica.committedConfig(), this.config.id)) {
+      this.noteRemoved('a committed configuration no longer has this node');
+      return;
+    }
+    if (hasMember(this.membershipReplica.clusterConfig(), this.config.id)) return;
+    if (++this.ticksSinceProbe < this.config.electionTicks) return;
+    this.ticksSinceProbe = 0;
+    this.transport.probe();
+  }
+
   private tick(): void {
     this.replica.tick();
     this.followConfig();
-    if (!hasMember(this.membershipReplica.committedConfig(), this.config.id)) this.noteRemoved('a committed configuration no longer has this node');
+    this.checkMembership();
     const { role, term, leader } = this.replica.node;
     if (role === this.lastRole && term === this.lastTerm && leader === this.lastLeader) return;
     this.lastRole = role;
@@ -293,29 +319,20 @@ async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger
   return loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers), config.peers, logger);
 }
 
-/**
- * The Replica's membership methods (issue 8 contract). Until the core and Replica side is
- * merged they may be absent: the configuration is then the bootstrap one and changes answer
- * UNIMPLEMENTED. (Temporary bridge: once merged, the Replica is passed as it is.)
- */
-function membershipReplicaOf(replica: KvReplica, bootstrap: ClusterConfig): MembershipReplica {
-  const shell = replica as unknown as Partial<MembershipReplica>;
-  const core = replica.node as unknown as { configAt?(index: number): ClusterConfig };
-  const unbuilt = () => Promise.reject(Object.assign(new Error('not built yet'), { code: 12, details: 'membership changes are not built yet', metadata: undefined }));
+/** The Replica's membership side as the services use it, with the configuration as of the commit index. */
+function membershipReplicaOf(replica: KvReplica): MembershipReplica {
   return {
-    clusterConfig: () => (shell.clusterConfig ? shell.clusterConfig() : bootstrap),
-    committedConfig: () => (core.configAt ? core.configAt(replica.node.status().commitIndex) : bootstrap),
-    proposeConfigChange: (change, signal) => (shell.proposeConfigChange ? shell.proposeConfigChange(change, signal) : unbuilt()),
-    transferLeadership: (to, signal) => (shell.transferLeadership ? shell.transferLeadership(to, signal) : unbuilt()),
+    clusterConfig: () => replica.clusterConfig(),
+    committedConfig: () => replica.node.configAt(replica.node.status().commitIndex),
+    proposeConfigChange: (change, signal) => replica.proposeConfigChange(change, signal),
+    transferLeadership: (to, signal) => replica.transferLeadership(to, signal),
   };
 }
 
 function raftConfig(config: ServerConfig, bootstrap: ClusterConfig): RaftConfig {
-  // bootstrapConfig is spread in: RaftConfig gains the field with the core's side of issue 8.
-  const bootstrapConfig: object = { bootstrapConfig: bootstrap };
   return {
     ...DEFAULT_RAFT_CONFIG,
-    ...bootstrapConfig,
+    bootstrapConfig: bootstrap,
     id: config.id,
     voters: bootstrap.voters.map((m) => m.id),
     electionTimeoutTicks: config.electionTicks,
