@@ -10,13 +10,20 @@ import { assert } from '../assert';
  *            most `maxInflightBytes` (entryBytes) between them; when nothing is in
  *            flight one AppendRequest goes whatever its size, so progress is never stuck.
  *
+ * snapshot:  the follower needs entries the leader's log no longer holds; the shell is
+ *            streaming it a snapshot. Nothing is appended to it until the shell reports
+ *            the transfer (reportSnapshot) or the follower acknowledges an index at or
+ *            beyond `pendingSnapshot` (the leader's snapshot index when the transfer began).
+ *
  * A lost AppendRequest would leave either state waiting forever, so the leader
  * notes when it last sent a probe and when it last heard an acknowledgement: a
  * heartbeat answer (the follower is reachable) after a long enough silence means
  * the AppendRequest was lost, and it is sent again (see `isStalled`).
  */
 export class Progress {
-  state: 'probe' | 'replicate' = 'probe';
+  state: 'probe' | 'replicate' | 'snapshot' = 'probe';
+  /** In snapshot state: an acknowledgement at or beyond this index ends it. */
+  pendingSnapshot = 0;
   matchIndex = 0;
   nextIndex: number;
   /** In probe state: an AppendRequest is out and unanswered. */
@@ -43,6 +50,7 @@ export class Progress {
 
   /** Whether the leader may send another AppendRequest now. */
   canSend(): boolean {
+    if (this.state === 'snapshot') return false;
     return this.state === 'probe' ? !this.probeSent : this.inflight.length < this.maxInflight;
   }
 
@@ -66,6 +74,7 @@ export class Progress {
 
   /** Records an AppendRequest whose entries end at `lastIndex` and carry `bytes`. */
   sent(lastIndex: number, bytes: number, nowTick: number): void {
+    assert(this.state !== 'snapshot', 'an AppendRequest to a follower receiving a snapshot');
     if (this.state === 'probe') {
       this.probeSent = true;
       this.probeSentAtTick = nowTick;
@@ -87,7 +96,7 @@ export class Progress {
     this.matchIndex = index;
     this.acknowledgedAtTick = nowTick;
     this.nextIndex = Math.max(this.nextIndex, index + 1);
-    if (this.state === 'probe') this.becomeReplicate();
+    if (this.state === 'probe' || (this.state === 'snapshot' && index >= this.pendingSnapshot)) this.becomeReplicate();
     return true;
   }
 
@@ -96,6 +105,7 @@ export class Progress {
    * is known to be reachable: it was lost, and must be sent again.
    */
   isStalled(nowTick: number, quietTicks: number): boolean {
+    if (this.state === 'snapshot') return false; // the shell reports the transfer's end
     if (this.state === 'probe') return this.probeSent && nowTick - this.probeSentAtTick >= quietTicks;
     return this.inflight.length > 0 && nowTick - this.acknowledgedAtTick >= quietTicks;
   }
@@ -106,6 +116,29 @@ export class Progress {
     this.nextIndex = nextIndex;
     this.probeSent = false;
     this.clearInflight();
+  }
+
+  /** A snapshot covering up to `snapshotIndex` is on its way to the follower. */
+  becomeSnapshot(snapshotIndex: number): void {
+    assert(snapshotIndex > this.matchIndex, () => `snapshot at ${snapshotIndex} at or below match ${this.matchIndex}`);
+    this.state = 'snapshot';
+    this.pendingSnapshot = snapshotIndex;
+    this.probeSent = false;
+    this.clearInflight();
+  }
+
+  /**
+   * The snapshot transfer ended. Installed: probe right after the snapshot. Failed:
+   * probe again, but paused as if a probe were out, so the next attempt waits until a
+   * heartbeat answer shows the follower is reachable (isStalled), not a retry storm.
+   */
+  snapshotEnded(installed: boolean, nowTick: number): void {
+    assert(this.state === 'snapshot', () => `snapshot transfer ended in state ${this.state}`);
+    this.becomeProbe(installed ? Math.max(this.matchIndex + 1, this.pendingSnapshot + 1) : this.matchIndex + 1);
+    if (!installed) {
+      this.probeSent = true;
+      this.probeSentAtTick = nowTick;
+    }
   }
 
   private becomeReplicate(): void {
