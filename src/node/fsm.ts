@@ -1,4 +1,5 @@
 import { Entry } from '../../gen/cairn/raft/v1/raft';
+import { DbOp } from '../storage/db';
 
 /**
  * What the Replica needs from the replicated state machine, and nothing more: the shell
@@ -20,22 +21,49 @@ export interface ApplyOutcome<R> {
 }
 
 /**
- * The next step, not built yet (issue 8, snapshots): a state machine that can also be
- * snapshotted and restored, in hashicorp/raft's FSM shape (Snapshot returns an FSMSnapshot
- * that is persisted to a sink and then released; Restore replaces the whole state from a
- * stream). No state machine implements it today and the Replica never calls it.
+ * A state machine that can also be snapshotted and restored, in hashicorp/raft's FSM
+ * shape (issue 8). Its live LevelDB state is the snapshot of everything up to its applied
+ * index: compaction needs nothing from it, InstallSnapshot streams it (snapshot) to a
+ * follower that stages and switches to it (beginRestore).
  */
 export interface SnapshottingFsm<R> extends Fsm<R> {
+  /** A consistent, point-in-time view of the state at the current applied index. */
   snapshot(): Promise<FsmSnapshot>;
-  /** Replaces the state with the snapshot's, atomically: the old state or the new, never a mix. */
-  restore(chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  /** Starts staging a snapshot into fresh storage, invisible until the switch. */
+  beginRestore(): Promise<FsmRestore>;
 }
 
-/** A consistent, point-in-time view of the state, written out as a stream of chunks. */
+/** A consistent view of the state (a LevelDB snapshot), read lazily as chunks. */
 export interface FsmSnapshot {
-  persist(sink: (chunk: Uint8Array) => Promise<void>): Promise<void>;
-  /** Frees what the snapshot holds (e.g. a LevelDB snapshot), whether or not it was persisted. */
+  /** The applied index the view is at. */
+  index: number;
+  /** The state as encoded cairn.storage.v1.SnapshotBatch chunks of at most `maxChunkBytes` each. */
+  chunks(maxChunkBytes: number): AsyncIterable<Uint8Array>;
+  /** Frees what the view holds, whether or not it was read. */
   release(): void;
+}
+
+/**
+ * A snapshot being staged. Restore is atomic: the staged data becomes live only through
+ * switchOps, written in the same synced batch as the Raft side of the install.
+ */
+export interface FsmRestore {
+  /** Stages one chunk (unsynced is fine: the switch batch syncs). */
+  write(chunk: Uint8Array): Promise<void>;
+  /** The applied index of the staged state (from its meta/applied). */
+  appliedIndex(): number;
+  /** The operations that make the staged state live, with its applied state. */
+  switchOps(): DbOp[];
+  /** After the switch batch is durable: serve the new state, drop the old one in the background. */
+  activate(): Promise<void>;
+  /** Drops what was staged; the live state is untouched. */
+  abort(): Promise<void>;
+}
+
+/** Whether `fsm` can be snapshotted and restored. */
+export function isSnapshotting<R>(fsm: Fsm<R>): fsm is SnapshottingFsm<R> {
+  const candidate = fsm as Partial<SnapshottingFsm<R>>;
+  return typeof candidate.snapshot === 'function' && typeof candidate.beginRestore === 'function';
 }
 
 /**
