@@ -405,12 +405,15 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     const message: Message = { fromId: header.fromId, to: this.id, term: header.term, body: { $case: 'installSnapshot', value: { meta } } };
     this.guarded(() => this.node.step(message));
     this.noteLeadership();
-    this.schedule();
-    if (this.node.pendingSnapshotMeta()?.index !== meta.index) return undefined;
-    assert(this.pendingInstall === undefined, () => `snapshot ${meta.index} accepted while ${this.pendingInstall?.index} is being installed`);
-    return new Promise<void>((resolve, reject) => {
-      this.pendingInstall = { index: meta.index, restore, resolve, reject };
-    });
+    let installed: Promise<void> | undefined;
+    if (this.node.pendingSnapshotMeta()?.index === meta.index) {
+      assert(this.pendingInstall === undefined, () => `snapshot ${meta.index} accepted while ${this.pendingInstall?.index} is being installed`);
+      installed = new Promise<void>((resolve, reject) => {
+        this.pendingInstall = { index: meta.index, restore, resolve, reject };
+      });
+    }
+    this.schedule(); // after pendingInstall is set: the Ready that installs it may be handled at once
+    return installed;
   }
 
   /**
