@@ -47,6 +47,21 @@ export const ErrorCode = {
   DATA_DIR_LOCKED: 'DATA_DIR_LOCKED',
   /** Data on disk is not what cairn wrote. */
   CORRUPTION: 'CORRUPTION',
+  /**
+   * A membership change is already under way (its entry has not committed), or the
+   * leader has not yet committed an entry of its term: retry shortly (FAILED_PRECONDITION).
+   */
+  CONFIG_CHANGE_PENDING: 'CONFIG_CHANGE_PENDING',
+  /** The learner to promote has not caught up with the leader's log (or was not heard from lately). */
+  LEARNER_NOT_CAUGHT_UP: 'LEARNER_NOT_CAUGHT_UP',
+  /** No member with this id in the configuration. */
+  MEMBER_NOT_FOUND: 'MEMBER_NOT_FOUND',
+  /** A member with this id is already in the configuration. */
+  MEMBER_EXISTS: 'MEMBER_EXISTS',
+  /** The leader is handing leadership over and takes no proposals meanwhile: retry (UNAVAILABLE). */
+  LEADER_TRANSFERRING: 'LEADER_TRANSFERRING',
+  /** A leadership transfer was abandoned: the target did not win within an election timeout. */
+  TRANSFER_FAILED: 'TRANSFER_FAILED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -1,4 +1,5 @@
 import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
+import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { ProposalCodec } from '../node/fsm';
 import { Replica, Transport } from '../node/replica';
 import { RaftConfig } from '../raft/node';
@@ -37,6 +38,8 @@ export function openKvReplica(options: {
   stateMachine: StateMachine;
   transport: Transport;
   onFatal: (err: unknown) => void;
+  /** Called with the config in force at open and whenever it changes. */
+  onConfigChange?: (config: ClusterConfig) => void;
   /** The clocks that stamp proposals with log time (the simulator passes its virtual one). */
   clock?: LogClockSource;
   /** Compaction (Replica.open): applied entries after the snapshot point that trigger it, and the tail it keeps. */

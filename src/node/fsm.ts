@@ -22,41 +22,47 @@ export interface ApplyOutcome<R> {
 
 /**
  * A state machine that can also be snapshotted and restored, in hashicorp/raft's FSM
- * shape (issue 8). Its live LevelDB state is the snapshot of everything up to its applied
- * index: compaction needs nothing from it, InstallSnapshot streams it (snapshot) to a
- * follower that stages and switches to it (beginRestore).
+ * shape (Snapshot returns an FSMSnapshot that is written out and then released; Restore
+ * replaces the whole state from a stream). Restore is split so that the shell can make the
+ * switch part of its own synced batch (with the log truncation and meta/snapshot): stage
+ * the chunks (`write`), put `switchOps()` in the batch, then `activate()`.
  */
 export interface SnapshottingFsm<R> extends Fsm<R> {
-  /** A consistent, point-in-time view of the state at the current applied index. */
+  /** A consistent view of the whole state at its applied index, read lazily. */
   snapshot(): Promise<FsmSnapshot>;
-  /** Starts staging a snapshot into fresh storage, invisible until the switch. */
+  /** Starts staging a replacement state; one restore at a time. */
   beginRestore(): Promise<FsmRestore>;
 }
 
 /** A consistent view of the state (a LevelDB snapshot), read lazily as chunks. */
 export interface FsmSnapshot {
-  /** The applied index the view is at. */
-  index: number;
-  /** The state as encoded cairn.storage.v1.SnapshotBatch chunks of at most `maxChunkBytes` each. */
+  /** The applied index the view is at: it holds exactly the entries up to it. */
+  readonly index: number;
+  /**
+   * The state as opaque chunks of at most `maxChunkBytes` each (a single record larger than
+   * that goes alone), read lazily: never all in memory. May be iterated more than once.
+   */
   chunks(maxChunkBytes: number): AsyncIterable<Uint8Array>;
-  /** Frees what the view holds, whether or not it was read. */
+  /** Frees what the snapshot holds (e.g. a LevelDB snapshot), whether or not it was read. */
   release(): void;
 }
 
 /**
- * A snapshot being staged. Restore is atomic: the staged data becomes live only through
- * switchOps, written in the same synced batch as the Raft side of the install.
+ * A restore in progress: chunks go to a staging area that nothing reads. The old state
+ * stays live (and may still be applied to) until the batch holding `switchOps()` is
+ * written; then `activate()`. A crash before that batch leaves the old state, after it the
+ * new one, never a mix.
  */
 export interface FsmRestore {
-  /** Stages one chunk (unsynced is fine: the switch batch syncs). */
+  /** Stages one chunk (unsynced: the switch batch is synced). Bad data: a CairnError. */
   write(chunk: Uint8Array): Promise<void>;
-  /** The applied index of the staged state (from its meta/applied). */
+  /** The applied index of the staged state (once its chunks are written). */
   appliedIndex(): number;
-  /** The operations that make the staged state live, with its applied state. */
+  /** The writes that make the staged state live, for the shell's one synced batch. No apply may run from here until activate(). */
   switchOps(): DbOp[];
-  /** After the switch batch is durable: serve the new state, drop the old one in the background. */
+  /** After the switch batch is written: serve the new state (and free the old one in the background). */
   activate(): Promise<void>;
-  /** Drops what was staged; the live state is untouched. */
+  /** Drops the staged state; the old one stays. */
   abort(): Promise<void>;
 }
 

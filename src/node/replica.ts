@@ -1,7 +1,7 @@
-import { InstallSnapshotResponse, Message, SnapshotHeader, SnapshotMeta } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, InstallSnapshotResponse, Message, SnapshotHeader, SnapshotMeta } from '../../gen/cairn/raft/v1/raft';
 import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
-import { NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
+import { ConfigProposeResult, NO_NODE, NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
 import { ApplyOutcome, Fsm, FsmRestore, isSnapshotting, ProposalCodec } from './fsm';
 
@@ -52,6 +52,18 @@ interface AppliedWaiter extends Settle<void> {
   index: number;
 }
 
+interface PendingConfigChange extends Settle<ClusterConfig> {
+  term: number;
+  config: ClusterConfig;
+}
+
+/** A leadership transfer this node started, waiting to see another leader of a later term. */
+interface PendingTransfer extends Settle<NodeId> {
+  term: number;
+  target: NodeId;
+  ticksWaited: number;
+}
+
 /** How many callers wait in each of the Replica's maps: for tests and metrics. */
 export interface PendingCounts {
   proposals: number;
@@ -76,6 +88,11 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private readonly reads = new Map<number, PendingRead>();
   /** Callers waiting for the state machine to reach an index. */
   private appliedWaiters: AppliedWaiter[] = [];
+  /** Config change proposals by log index, resolved once their entry is applied here. */
+  private readonly configChanges = new Map<number, PendingConfigChange>();
+  private transfers: PendingTransfer[] = [];
+  /** The config onConfigChange was last told about. */
+  private announcedConfig: ClusterConfig | undefined;
   private nextReadId = 1;
   private draining = false;
   private stopped = false;
@@ -95,8 +112,12 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     private readonly codec: ProposalCodec<C>,
     private readonly transport: Transport,
     private readonly onFatal: (err: unknown) => void,
+    private readonly electionTimeoutTicks: number,
+    private readonly onConfigChange: (config: ClusterConfig) => void,
     private readonly compaction: CompactionOptions,
-  ) {}
+  ) {
+    this.announceConfig();
+  }
 
   static async open<C, R, F extends Fsm<R>>(options: {
     config: RaftConfig;
@@ -110,6 +131,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     snapshotEntries?: number;
     /** Entries kept before the snapshot point at compaction (default DEFAULT_SNAPSHOT_CATCHUP_ENTRIES). */
     snapshotCatchupEntries?: number;
+    /** Called with the config in force at open and whenever it changes (peer links follow it). */
+    onConfigChange?: (config: ClusterConfig) => void;
   }): Promise<Replica<C, R, F>> {
     const compaction: CompactionOptions = {
       snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
@@ -123,7 +146,17 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     const appliedIndex = options.stateMachine.appliedIndex();
     const point = snapshot ? { index: snapshot.index, term: snapshot.term, config: snapshot.config } : undefined;
     const node = new RaftNode(options.config, { hardState, entries, appliedIndex, snapshot: point });
-    return new Replica<C, R, F>(node, options.storage, options.stateMachine, options.codec, options.transport, options.onFatal, compaction);
+    return new Replica<C, R, F>(
+      node,
+      options.storage,
+      options.stateMachine,
+      options.codec,
+      options.transport,
+      options.onFatal,
+      options.config.electionTimeoutTicks,
+      options.onConfigChange ?? (() => undefined),
+      compaction,
+    );
   }
 
   get id(): NodeId {
@@ -134,6 +167,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (this.stopped) return;
     this.guarded(() => this.node.tick());
     this.noteLeadership();
+    for (const transfer of this.transfers) transfer.ticksWaited++;
+    this.afterInput();
     this.schedule();
   }
 
@@ -141,6 +176,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (this.stopped) return;
     this.guarded(() => this.node.step(message));
     this.noteLeadership();
+    this.afterInput();
     this.schedule();
   }
 
@@ -184,7 +220,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
     const proposed = this.guarded(() => this.node.propose(this.prepareProposal(encoded)));
     if (!proposed.ok) {
-      const code = proposed.reason === 'not-leader' ? ErrorCode.NOT_LEADER : ErrorCode.OVERLOADED;
+      const code = { 'not-leader': ErrorCode.NOT_LEADER, overloaded: ErrorCode.OVERLOADED, transferring: ErrorCode.LEADER_TRANSFERRING }[proposed.reason];
       return Promise.reject(new CairnError(code, `cannot propose: ${proposed.reason}`, { leader: proposed.leader }));
     }
     const superseded = this.proposals.get(proposed.index);
@@ -260,10 +296,108 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     });
   }
 
+  // ------------------------------------------------------------ membership
+
+  /** The configuration in force here: the latest in the log, committed or not. */
+  clusterConfig(): ClusterConfig {
+    return this.node.clusterConfig();
+  }
+
+  /**
+   * Leader only: proposes a single-server membership change; resolves with the new
+   * configuration once its entry is applied here. Errors: NOT_LEADER,
+   * CONFIG_CHANGE_PENDING, LEADER_TRANSFERRING, INVALID_ARGUMENT, LEARNER_NOT_CAUGHT_UP,
+   * MEMBER_NOT_FOUND, MEMBER_EXISTS; TIMEOUT when `signal` aborts first (the change may
+   * still commit).
+   */
+  proposeConfigChange(change: ConfigChange, signal?: AbortSignal): Promise<ClusterConfig> {
+    if (this.stopped) return Promise.reject(stoppedError());
+    if (signal?.aborted) return Promise.reject(abortError(signal, CONFIG_TIMED_OUT));
+    const proposed = this.guarded(() => this.node.proposeConfigChange(change));
+    if (!proposed.ok) return Promise.reject(configRefusalError(proposed));
+    this.afterInput();
+    const result = new Promise<ClusterConfig>((resolve, reject) => {
+      const pending: PendingConfigChange = {
+        term: proposed.term,
+        config: proposed.config,
+        ...releasedOnAbort(signal, { resolve, reject }, () => {
+          if (this.configChanges.get(proposed.index) !== pending) return;
+          this.configChanges.delete(proposed.index);
+          pending.reject(abortError(signal!, CONFIG_TIMED_OUT));
+        }),
+      };
+      this.configChanges.get(proposed.index)?.reject(new CairnError(ErrorCode.OUTCOME_UNKNOWN, `lost track of the change at index ${proposed.index}`));
+      this.configChanges.set(proposed.index, pending);
+    });
+    this.schedule();
+    return result;
+  }
+
+  /**
+   * Leader only: hands leadership to voter `to` (default: the most caught-up one).
+   * Resolves with the new leader once this node sees a leader of a later term;
+   * rejects TRANSFER_FAILED when the transfer is abandoned (or this node leads again),
+   * NOT_LEADER, LEADER_TRANSFERRING (one is under way), INVALID_ARGUMENT.
+   */
+  transferLeadership(to?: NodeId, signal?: AbortSignal): Promise<NodeId> {
+    if (this.stopped) return Promise.reject(stoppedError());
+    if (signal?.aborted) return Promise.reject(abortError(signal, TRANSFER_TIMED_OUT));
+    const started = this.guarded(() => this.node.transferLeadership(to));
+    if (!started.ok) {
+      const code = { 'not-leader': ErrorCode.NOT_LEADER, transferring: ErrorCode.LEADER_TRANSFERRING, invalid: ErrorCode.INVALID_ARGUMENT }[started.reason];
+      return Promise.reject(new CairnError(code, `cannot transfer leadership: ${started.message}`, { leader: started.leader }));
+    }
+    const term = this.node.term;
+    const result = new Promise<NodeId>((resolve, reject) => {
+      const pending: PendingTransfer = {
+        term,
+        target: started.target,
+        ticksWaited: 0,
+        ...releasedOnAbort(signal, { resolve, reject }, () => {
+          if (!this.transfers.includes(pending)) return;
+          this.transfers = this.transfers.filter((t) => t !== pending);
+          pending.reject(abortError(signal!, TRANSFER_TIMED_OUT));
+        }),
+      };
+      this.transfers.push(pending);
+    });
+    this.schedule();
+    return result;
+  }
+
+  /** After every input to the core: tell about a new config, settle transfers that ended. */
+  private afterInput(): void {
+    this.announceConfig();
+    if (this.transfers.length > 0) this.settleTransfers();
+  }
+
+  private announceConfig(): void {
+    const config = this.node.clusterConfig();
+    if (config === this.announcedConfig) return;
+    this.announcedConfig = config;
+    this.onConfigChange(config);
+  }
+
+  private settleTransfers(): void {
+    const node = this.node;
+    const waiting: PendingTransfer[] = [];
+    for (const transfer of this.transfers) {
+      const outcome = transferOutcome(transfer, node, this.electionTimeoutTicks);
+      if (outcome === undefined) waiting.push(transfer);
+      else if (typeof outcome === 'number') transfer.resolve(outcome);
+      else transfer.reject(new CairnError(ErrorCode.TRANSFER_FAILED, `leadership transfer to ${transfer.target} failed: ${outcome}`, { leader: node.leader }));
+    }
+    this.transfers = waiting;
+  }
+
   /** Stops taking input; pending requests fail with STOPPED (a write's outcome is then unknown). */
   async stop(): Promise<void> {
     this.stopped = true;
     await this.drained;
+    for (const pending of this.configChanges.values()) pending.reject(stoppedError());
+    for (const transfer of this.transfers) transfer.reject(stoppedError());
+    this.configChanges.clear();
+    this.transfers = [];
     for (const pending of this.proposals.values()) pending.reject(stoppedError());
     for (const pending of this.reads.values()) pending.reject(stoppedError());
     for (const waiter of this.appliedWaiters) waiter.reject(stoppedError());
@@ -288,6 +422,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       while (!this.stopped) {
         if (this.node.hasReady()) {
           await this.handleReady(this.node.ready());
+          this.afterInput();
         } else if (this.compactRequests.length > 0) {
           await this.serveCompactRequests();
         } else {
@@ -325,6 +460,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (ready.committed.length > 0) {
       const outcomes = await this.stateMachine.apply(ready.committed);
       this.resolveProposals(outcomes);
+      this.resolveConfigChanges(ready.committed);
       this.releaseAppliedWaiters();
     }
     if (this.compactionDue()) await this.compact();
@@ -524,6 +660,17 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     }
   }
 
+  private resolveConfigChanges(applied: Ready['committed']): void {
+    if (this.configChanges.size === 0) return;
+    for (const entry of applied) {
+      const pending = this.configChanges.get(entry.index);
+      if (!pending) continue;
+      this.configChanges.delete(entry.index);
+      if (pending.term === entry.term) pending.resolve(pending.config);
+      else pending.reject(new CairnError(ErrorCode.PROPOSAL_DROPPED, `index ${entry.index} was taken by another leader's entry`));
+    }
+  }
+
   private grantRead(readId: number, index: number): void {
     this.reads.get(readId)?.resolve(index);
     this.reads.delete(readId);
@@ -552,6 +699,39 @@ function stoppedError(): CairnError {
 const WRITE_TIMED_OUT = 'the write did not commit in time; its outcome is unknown';
 const READ_TIMED_OUT = 'the read could not be confirmed in time';
 const CATCH_UP_TIMED_OUT = 'this node did not catch up with the leader in time';
+const CONFIG_TIMED_OUT = 'the membership change did not commit in time; its outcome is unknown';
+const TRANSFER_TIMED_OUT = 'the leadership transfer did not finish in time';
+
+/** The error for a config change the core refused. */
+function configRefusalError(refused: Exclude<ConfigProposeResult, { ok: true }>): CairnError {
+  const code =
+    refused.reason === 'invalid'
+      ? { invalid: ErrorCode.INVALID_ARGUMENT, 'member-exists': ErrorCode.MEMBER_EXISTS, 'member-not-found': ErrorCode.MEMBER_NOT_FOUND }[refused.refusal ?? 'invalid']
+      : {
+          'not-leader': ErrorCode.NOT_LEADER,
+          pending: ErrorCode.CONFIG_CHANGE_PENDING,
+          transferring: ErrorCode.LEADER_TRANSFERRING,
+          'not-caught-up': ErrorCode.LEARNER_NOT_CAUGHT_UP,
+        }[refused.reason];
+  return new CairnError(code, `cannot change membership: ${refused.message}`, { leader: refused.leader });
+}
+
+/**
+ * How a transfer ended, as this node sees it: the new leader's id, a reason it failed,
+ * or undefined while it may still succeed. Success is another leader of a later term;
+ * the core abandoning it (we still lead, no transferee), or leading again in a later
+ * term, is failure; so is seeing no new leader within two election timeouts (the
+ * core abandons after one; a follower that stepped down may never hear the winner).
+ */
+function transferOutcome(transfer: PendingTransfer, node: RaftNode, electionTimeoutTicks: number): NodeId | string | undefined {
+  if (node.term > transfer.term && node.leader !== NO_NODE && node.leader !== node.id) return node.leader;
+  if (node.role === 'leader' && node.term === transfer.term && node.transferee === NO_NODE) {
+    return `node ${transfer.target} did not win an election within ${electionTimeoutTicks} ticks`;
+  }
+  if (node.role === 'leader' && node.term > transfer.term) return `this node was elected again in term ${node.term}`;
+  if (transfer.ticksWaited > 2 * electionTimeoutTicks) return `no new leader seen within ${2 * electionTimeoutTicks} ticks`;
+  return undefined;
+}
 
 /** The error an aborted caller gets: the signal's own CairnError, else TIMEOUT. */
 function abortError(signal: AbortSignal, message: string): CairnError {

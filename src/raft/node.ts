@@ -2,6 +2,8 @@ import {
   AppendRequest,
   AppendResponse,
   ClusterConfig,
+  ConfigChange,
+  ConfigChangeType,
   Entry,
   EntryType,
   HardState,
@@ -16,7 +18,18 @@ import {
 import { assert } from '../assert';
 import { dataBytes, entryBytes, NO_SNAPSHOT, RaftLog, SnapshotPoint } from './log';
 import { Progress } from './progress';
-import { committedIndex, hasQuorum, QuorumConfig, quorumConfig, voteResult } from './quorum';
+import {
+  applyConfigChange,
+  badConfigReason,
+  ConfigHistory,
+  configOfVoters,
+  isRefusal,
+  peersOf,
+  PROMOTE_MAX_LAG_ENTRIES,
+  quorumOf,
+  voterIds,
+} from './membership';
+import { committedIndex, hasQuorum, isVoter, QuorumConfig, voteResult } from './quorum';
 import { Random } from './random';
 
 export type NodeId = number;
@@ -50,8 +63,16 @@ export const MAX_INDEX = 2 ** 52;
 
 export interface RaftConfig {
   id: NodeId;
-  /** Every voting member, this node included. */
+  /**
+   * The bootstrap voters (this node among them, unless it joins a running cluster): the
+   * configuration when neither the log nor a snapshot holds one (see bootstrapConfig).
+   */
   voters: readonly NodeId[];
+  /**
+   * The bootstrap configuration with addresses; when absent it is `voters` without
+   * addresses. Once the log or a snapshot holds a config entry, that one wins.
+   */
+  bootstrapConfig?: ClusterConfig;
   /** A follower that hears no leader for this long (randomized up to twice it) campaigns. */
   electionTimeoutTicks: number;
   /** A leader sends heartbeats this often. Must be well below electionTimeoutTicks. */
@@ -156,7 +177,26 @@ export interface Ready {
 
 export type ProposeResult =
   | { ok: true; index: number; term: number }
-  | { ok: false; reason: 'not-leader' | 'overloaded'; leader: NodeId };
+  | { ok: false; reason: 'not-leader' | 'overloaded' | 'transferring'; leader: NodeId };
+
+/**
+ * The answer to proposeConfigChange. 'invalid' carries `refusal` to tell a bad request
+ * ('invalid') from a member that already exists or does not ('member-exists',
+ * 'member-not-found').
+ */
+export type ConfigProposeResult =
+  | { ok: true; index: number; term: number; config: ClusterConfig }
+  | {
+      ok: false;
+      reason: 'not-leader' | 'pending' | 'transferring' | 'invalid' | 'not-caught-up';
+      leader: NodeId;
+      message: string;
+      refusal?: 'invalid' | 'member-exists' | 'member-not-found';
+    };
+
+export type TransferResult =
+  | { ok: true; target: NodeId }
+  | { ok: false; reason: 'not-leader' | 'transferring' | 'invalid'; leader: NodeId; message: string };
 
 export type ReadResult = { ok: true } | { ok: false; reason: 'not-leader'; leader: NodeId };
 
@@ -179,9 +219,10 @@ interface ReadRound {
 export class RaftNode {
   readonly id: NodeId;
   private readonly config: RaftConfig;
-  private readonly voters: readonly NodeId[];
-  /** Who counts for commit, votes, check-quorum and reads: config.voters, no learners. */
-  private readonly quorum: QuorumConfig;
+  /** Who counts for commit, votes, check-quorum and reads: the voters of the latest config. */
+  private quorum: QuorumConfig;
+  /** The configurations in the log (the latest is in force, committed or not). */
+  private readonly configs: ConfigHistory;
   private readonly log: RaftLog;
 
   // Written only by the core; the shell and tests read them through the getters below.
@@ -242,16 +283,30 @@ export class RaftNode {
    */
   private pendingSnapshot: { meta: SnapshotMeta; handedOut: boolean; leader: NodeId; term: number } | undefined;
 
+  /** Leader: the voter leadership is being handed to (NO_NODE: no transfer under way). */
+  private currentTransferee: NodeId = NO_NODE;
+  private transferElapsedTicks = 0;
+  private timeoutNowSent = false;
+  /** The voters whose votes made this node leader of its current term (for invariant checks). */
+  private electedBy: NodeId[] = [];
+
+  /** Leader: the voter a leadership transfer is handing over to, NO_NODE when none. */
+  get transferee(): NodeId {
+    return this.currentTransferee;
+  }
+
   constructor(config: RaftConfig, restored: RestoredState) {
     validateConfig(config);
     this.config = config;
     this.id = config.id;
-    this.voters = [...config.voters];
-    this.quorum = quorumConfig({ voters: config.voters });
     this.currentTerm = restored.hardState.term;
     this.currentVote = restored.hardState.votedFor;
     this.lastSavedHardState = { ...restored.hardState };
-    this.log = RaftLog.restore(restored.entries, restored.appliedIndex, restored.snapshot ?? NO_SNAPSHOT);
+    const snapshot = restored.snapshot ?? NO_SNAPSHOT;
+    this.log = RaftLog.restore(restored.entries, restored.appliedIndex, { index: snapshot.index, term: snapshot.term });
+    this.configs = new ConfigHistory(restored.snapshot?.config ?? config.bootstrapConfig ?? configOfVoters(config.voters));
+    this.noteConfigEntriesFrom(this.log.firstIndex());
+    this.quorum = quorumOf(this.configs.latest());
     assert(this.log.lastTerm() <= this.term, () => `log term ${this.log.lastTerm()} above hard-state term ${this.term}`);
     this.resetElectionTimer();
   }
@@ -268,7 +323,8 @@ export class RaftNode {
   }
 
   step(message: Message): void {
-    if (!this.voters.includes(message.fromId)) return; // not a member: nothing it says counts
+    // Who may send is the transport's business (it follows the current config); here
+    // only voters of the current config count, through the quorum.
     const malformed = malformedReason(message, this.id);
     if (malformed) return this.rejectMessage(message, malformed);
     if (!this.stepTerm(message)) return;
@@ -288,7 +344,8 @@ export class RaftNode {
       case 'installSnapshot':
         return this.handleInstallSnapshot(message, message.body.value);
       case 'timeoutNow':
-      case undefined:
+        return this.handleTimeoutNow(message);
+      default:
         return;
     }
   }
@@ -296,6 +353,7 @@ export class RaftNode {
   /** Appends a command to the leader's log. It is replicated in the next Ready. */
   propose(data: Uint8Array): ProposeResult {
     if (this.role !== 'leader') return { ok: false, reason: 'not-leader', leader: this.leader };
+    if (this.transferee !== NO_NODE) return { ok: false, reason: 'transferring', leader: this.id };
     if (this.log.lastIndex() - this.log.commitIndex >= this.config.maxUncommittedEntries || this.uncommittedBytesExceeded(data)) {
       return { ok: false, reason: 'overloaded', leader: this.id };
     }
@@ -341,6 +399,7 @@ export class RaftNode {
     const snapshot = this.snapshotMetaAt(at);
     const compactThrough = Math.max(this.log.firstIndex() - 1, at - catchupEntries);
     this.log.compact({ index: snapshot.index, term: snapshot.term, config: snapshot.config }, compactThrough);
+    this.configs.compactTo(snapshot.index);
     return { snapshot, compactThrough: Math.min(compactThrough, at) };
   }
 
@@ -349,7 +408,7 @@ export class RaftNode {
     assert(index >= this.log.snapshotIndex() && index <= this.log.lastIndex(), () => `no snapshot meta at ${index}: the log holds ${this.log.snapshotIndex()}..${this.log.lastIndex()}`);
     const term = this.log.termAt(index);
     assert(term !== undefined, () => `no term at ${index}`);
-    return { index, term, config: this.snapshotConfigAt(index) };
+    return { index, term, config: this.configAt(index) };
   }
 
   /**
@@ -440,6 +499,9 @@ export class RaftNode {
       firstIndex: this.log.firstIndex(),
       uncommittedBytes: this.log.uncommittedBytes(),
       campaignBlocked: this.campaignBlockedReason(),
+      config: this.clusterConfig(),
+      transferee: this.transferee,
+      electedBy: this.role === 'leader' ? [...this.electedBy] : [],
       progress: [...this.progress].map(([id, pr]) => ({
         id,
         state: pr.state,
@@ -467,7 +529,8 @@ export class RaftNode {
     const preVoteRequest = m.body?.$case === 'voteRequest' && m.body.value.preVote;
     const grantedPreVote = m.body?.$case === 'voteResponse' && m.body.value.preVote && m.body.value.granted;
     if (m.term > this.term) {
-      if (kind === 'voteRequest' && this.inLease()) {
+      const transferVote = m.body?.$case === 'voteRequest' && m.body.value.leadershipTransfer && !m.body.value.preVote;
+      if (kind === 'voteRequest' && this.inLease() && !transferVote) {
         return false; // a leader we heard recently is alive: don't let a partitioned node disrupt it
       }
       if (preVoteRequest || grantedPreVote) return true; // pre-votes speak of a future term
@@ -525,7 +588,7 @@ export class RaftNode {
     this.requestVotes(true);
   }
 
-  private becomeCandidate(): void {
+  private becomeCandidate(leadershipTransfer = false): void {
     assert(this.role !== 'leader', 'a leader does not campaign');
     assert(this.term < MAX_TERM, () => `campaign beyond MAX_TERM from term ${this.term}`);
     this.currentTerm += 1;
@@ -534,7 +597,7 @@ export class RaftNode {
     this.currentLeader = NO_NODE;
     this.votes = new Map();
     this.resetElectionTimer();
-    this.requestVotes(false);
+    this.requestVotes(false, leadershipTransfer);
   }
 
   private becomeLeader(): void {
@@ -545,15 +608,10 @@ export class RaftNode {
     this.heartbeatElapsedTicks = 0;
     this.electionElapsedTicks = 0;
     this.committedInTerm = false;
+    assert(isVoter(this.quorum, this.id), () => `node ${this.id} leads without being a voter of its config`);
+    this.electedBy = [...this.votes].filter(([id, granted]) => granted && isVoter(this.quorum, id)).map(([id]) => id);
     this.progress = new Map();
-    for (const voter of this.voters) {
-      if (voter !== this.id) {
-        this.progress.set(
-          voter,
-          new Progress(this.log.lastIndex() + 1, this.config.maxInflightAppends, this.config.maxInflightBytes, this.ticks),
-        );
-      }
-    }
+    this.syncProgressWithConfig();
     this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));
   }
 
@@ -566,6 +624,7 @@ export class RaftNode {
     this.openReadRound = [];
     this.sealedReadRounds = [];
     this.committedInTerm = false;
+    this.endTransfer();
   }
 
   // ------------------------------------------------------------- elections
@@ -573,7 +632,7 @@ export class RaftNode {
   private tickElection(): void {
     this.electionElapsedTicks++;
     if (this.electionElapsedTicks < this.randomizedElectionTimeoutTicks) return;
-    if (!this.voters.includes(this.id)) return;
+    if (!isVoter(this.quorum, this.id)) return; // learners and removed members never campaign
     if (this.campaignBlockedReason()) {
       // Stay a follower: a leader at this term can still be followed, and no crash.
       this.becomeFollower(this.term, NO_NODE);
@@ -593,11 +652,11 @@ export class RaftNode {
     return `term ${this.term} has reached MAX_TERM (${MAX_TERM}): this node will not campaign`;
   }
 
-  private requestVotes(preVote: boolean): void {
+  private requestVotes(preVote: boolean, leadershipTransfer = false): void {
     this.votes.set(this.id, true);
     const term = preVote ? this.term + 1 : this.term;
-    const request: VoteRequest = { lastLogIndex: this.log.lastIndex(), lastLogTerm: this.log.lastTerm(), preVote, leadershipTransfer: false };
-    for (const voter of this.voters) {
+    const request: VoteRequest = { lastLogIndex: this.log.lastIndex(), lastLogTerm: this.log.lastTerm(), preVote, leadershipTransfer };
+    for (const voter of voterIds(this.configs.latest())) {
       if (voter !== this.id) this.send(voter, { $case: 'voteRequest', value: request }, term);
     }
   }
@@ -726,22 +785,12 @@ export class RaftNode {
     const meta = offer.meta!;
     if (this.pendingSnapshot !== undefined) return; // one install at a time; the leader's shell retries
     if (meta.index <= this.log.commitIndex) return this.acceptAppend(m.fromId, this.log.commitIndex);
-    this.log.installSnapshot({ index: meta.index, term: meta.term, config: meta.config });
+    const { keptTail } = this.log.installSnapshot({ index: meta.index, term: meta.term, config: meta.config });
+    // The snapshot's configuration is the one at its index; a kept tail's config entries follow it.
+    if (keptTail) this.configs.compactTo(meta.index);
+    else this.configs.reset(meta.config ?? this.configs.at(meta.index));
+    this.onConfigChanged();
     this.pendingSnapshot = { meta, handedOut: false, leader: m.fromId, term: this.term };
-  }
-
-  /**
-   * The configuration a snapshot at `index` records: the latest config entry at or
-   * before it, else the snapshot's, else the bootstrap voters (without addresses).
-   */
-  private snapshotConfigAt(index: number): ClusterConfig {
-    for (let i = Math.min(index, this.log.lastIndex()); i >= this.log.firstIndex(); i--) {
-      const entry = this.log.entry(i);
-      if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data);
-    }
-    const fromSnapshot = this.log.snapshotPoint().config;
-    if (fromSnapshot && index >= this.log.snapshotIndex()) return fromSnapshot;
-    return { voters: [...this.voters].sort((a, b) => a - b).map((id) => ({ id, peerAddr: '', clientAddr: '' })), learners: [] };
   }
 
   private handleAppendRequest(m: Message, request: AppendRequest): void {
@@ -758,7 +807,9 @@ export class RaftNode {
     if (this.log.termAt(request.prevLogIndex) !== request.prevLogTerm) {
       return this.rejectAppend(m.fromId, request);
     }
+    const firstChanged = request.entries.find((e) => this.log.termAt(e.index) !== e.term)?.index;
     const lastNewIndex = this.log.appendFromLeader(request.prevLogIndex, request.entries);
+    if (firstChanged !== undefined) this.onLogChangedFrom(firstChanged);
     this.log.commitTo(Math.min(request.commit, lastNewIndex));
     this.acceptAppend(m.fromId, lastNewIndex);
   }
@@ -783,9 +834,11 @@ export class RaftNode {
     if (!pr) return;
     pr.recentlyActive = true;
     if (response.index > this.log.lastIndex()) return this.rejectMessage(m, `acknowledges ${response.index} beyond our log`);
+    pr.heardAtTick = this.ticks;
     if (response.rejected) {
       this.handleAppendRejection(pr, response);
     } else if (pr.acknowledge(response.index, this.ticks)) {
+      this.maybeSendTimeoutNow();
       this.maybeCommit();
     }
   }
@@ -805,13 +858,16 @@ export class RaftNode {
     // Raft §5.4.2: an entry of an earlier term is committed only indirectly, by
     // committing one of the current term after it.
     if (this.log.termAt(quorumIndex) !== this.term) return;
+    const configWasPending = this.configs.latestIndex() > this.log.commitIndex;
     this.log.commitTo(quorumIndex);
+    if (configWasPending && this.configs.latestIndex() <= this.log.commitIndex) this.syncProgressWithConfig();
     if (!this.committedInTerm) {
       this.committedInTerm = true;
       this.openReadRound.push(...this.readsAwaitingTermCommit);
       this.readsAwaitingTermCommit = [];
       if (this.aloneIsQuorum()) this.grantSingleNodeReads();
     }
+    this.maybeStepDownAfterRemoval();
   }
 
   private grantSingleNodeReads(): void {
@@ -824,6 +880,9 @@ export class RaftNode {
   private tickLeader(): void {
     this.heartbeatElapsedTicks++;
     this.electionElapsedTicks++;
+    if (this.transferee !== NO_NODE && ++this.transferElapsedTicks >= this.config.electionTimeoutTicks) {
+      this.endTransfer(); // the target did not win in time: proposals resume
+    }
     if (this.electionElapsedTicks >= this.config.electionTimeoutTicks) {
       this.electionElapsedTicks = 0;
       if (this.config.checkQuorum && !this.hasActiveQuorum()) {
@@ -880,6 +939,7 @@ export class RaftNode {
     const pr = this.progress.get(m.fromId);
     if (!pr) return;
     pr.recentlyActive = true;
+    pr.heardAtTick = this.ticks;
     this.resendIfStalled(pr);
     if (response.readRound > 0) this.acknowledgeReadRound(m.fromId, response.readRound);
   }
@@ -908,6 +968,181 @@ export class RaftNode {
     for (const round of this.sealedReadRounds.splice(0, confirmedUpTo + 1)) {
       for (const readId of round.readIds) this.grantedReads.push({ readId, index: round.index });
     }
+  }
+
+  // ------------------------------------------------------------ membership
+
+  /** The configuration in force: the latest in the log, committed or not. */
+  clusterConfig(): ClusterConfig {
+    return this.configs.latest();
+  }
+
+  /** The configuration in force once the log held entries up to `index`. */
+  configAt(index: number): ClusterConfig {
+    return this.configs.at(index);
+  }
+
+  /**
+   * Leader only: logs the configuration `change` makes of the current one. It takes
+   * effect here at once (on append), and on each follower as it appends the entry.
+   * Refused while an earlier change is uncommitted (one at a time), before an entry of
+   * this term has committed (the leader-change bug: a config entry of an earlier leader
+   * could still be in flight), during a leadership transfer, for a change that makes no
+   * sense, and for a promotion of a learner that has not caught up.
+   */
+  proposeConfigChange(change: ConfigChange): ConfigProposeResult {
+    const refuse = (reason: Exclude<ConfigProposeResult, { ok: true }>['reason'], message: string, leader = this.id) =>
+      ({ ok: false, reason, leader, message }) as const;
+    if (this.role !== 'leader') return refuse('not-leader', 'not the leader', this.leader);
+    if (!this.committedInTerm) return refuse('pending', `no entry of term ${this.term} has committed yet`);
+    if (this.configs.latestIndex() > this.log.commitIndex) {
+      return refuse('pending', `the configuration change at index ${this.configs.latestIndex()} has not committed yet`);
+    }
+    if (this.transferee !== NO_NODE) return refuse('transferring', `leadership is being transferred to ${this.transferee}`);
+    const next = applyConfigChange(this.configs.latest(), change);
+    if (isRefusal(next)) return { ...refuse('invalid', next.message), refusal: next.kind };
+    const lagging = this.promotionLag(change);
+    if (lagging) return refuse('not-caught-up', lagging);
+    const index = this.appendAsLeader(EntryType.ENTRY_TYPE_CONFIG, ClusterConfig.encode(next).finish());
+    this.configs.record(index, next);
+    this.onConfigChanged();
+    return { ok: true, index, term: this.term, config: next };
+  }
+
+  /**
+   * Why the learner a PROMOTE names is not ready to vote, if it is not: it must have been
+   * heard from within an election timeout, hold the entry that added it (the latest
+   * config, committed), and be at most PROMOTE_MAX_LAG_ENTRIES behind our last index.
+   */
+  private promotionLag(change: ConfigChange): string | undefined {
+    if (change.type !== ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE) return undefined;
+    const id = change.member!.id;
+    const pr = this.progress.get(id);
+    assert(pr !== undefined, () => `no progress for learner ${id}`);
+    if (this.ticks - pr.heardAtTick > this.config.electionTimeoutTicks) {
+      return `learner ${id} has not been heard from in the last ${this.config.electionTimeoutTicks} ticks`;
+    }
+    const needed = Math.max(this.configs.latestIndex(), this.log.lastIndex() - PROMOTE_MAX_LAG_ENTRIES);
+    if (pr.matchIndex < needed) {
+      return `learner ${id} holds the log up to ${pr.matchIndex}, it must reach ${needed} (last index ${this.log.lastIndex()}, at most ${PROMOTE_MAX_LAG_ENTRIES} behind)`;
+    }
+    return undefined;
+  }
+
+  /** Records the config entries among the log's entries from `index` on. */
+  private noteConfigEntriesFrom(index: number): void {
+    for (let i = Math.max(index, this.log.firstIndex()); i <= this.log.lastIndex(); i++) {
+      const entry = this.log.entry(i);
+      if (entry.type === EntryType.ENTRY_TYPE_CONFIG) this.configs.record(i, decodeConfig(entry));
+    }
+  }
+
+  /** A follower's log changed from `index` on (entries replaced or added): configs follow it. */
+  private onLogChangedFrom(index: number): void {
+    const before = this.configs.latestIndex();
+    this.configs.truncateFrom(index);
+    this.noteConfigEntriesFrom(index);
+    if (this.configs.latestIndex() !== before) this.onConfigChanged();
+  }
+
+  private onConfigChanged(): void {
+    this.quorum = quorumOf(this.configs.latest());
+    if (this.role !== 'leader') return;
+    this.syncProgressWithConfig();
+    this.maybeCommit(); // a smaller voter set may commit at once
+  }
+
+  /**
+   * Leader: one Progress for every member of the config but this node, and none for
+   * others. A member the latest config removed is replicated to until that config
+   * commits, so that it learns of its removal (and, knowing it, never campaigns).
+   */
+  private syncProgressWithConfig(): void {
+    const peers = new Set(peersOf(this.configs.latest(), this.id));
+    if (this.configs.latestIndex() > this.log.commitIndex) {
+      for (const id of peersOf(this.configs.at(this.log.commitIndex), this.id)) peers.add(id);
+    }
+    for (const id of [...this.progress.keys()]) if (!peers.has(id)) this.progress.delete(id);
+    // A new leader probes from after its log (its no-op comes next); a member added
+    // later from the config entry that added it, so that entry goes out at once.
+    const nextIndex = this.role === 'leader' && this.log.lastTerm() === this.term ? this.log.lastIndex() : this.log.lastIndex() + 1;
+    for (const id of peers) {
+      if (this.progress.has(id)) continue;
+      this.progress.set(id, new Progress(Math.max(1, nextIndex), this.config.maxInflightAppends, this.config.maxInflightBytes, this.ticks));
+    }
+  }
+
+  /**
+   * A leader that the latest config removed from the voters leads (without counting
+   * itself) until that config commits, then steps down: it hands over to the most
+   * caught-up voter with TimeoutNow, so the cluster need not wait an election timeout.
+   */
+  private maybeStepDownAfterRemoval(): void {
+    if (this.role !== 'leader' || isVoter(this.quorum, this.id) || this.configs.latestIndex() > this.log.commitIndex) return;
+    const successor = this.mostCaughtUpVoter();
+    if (successor !== undefined && this.progress.get(successor)!.matchIndex === this.log.lastIndex()) {
+      this.send(successor, { $case: 'timeoutNow', value: {} });
+    }
+    this.becomeFollower(this.term, NO_NODE);
+  }
+
+  // ---------------------------------------------------- leadership transfer
+
+  /**
+   * Leader only: hands leadership to voter `to` (default: the most caught-up voter heard
+   * from recently). Proposals and config changes are refused meanwhile; once the target
+   * holds our whole log it gets TimeoutNow and campaigns at once. Abandoned (proposals
+   * resume) if this node still leads after an election timeout.
+   */
+  transferLeadership(to?: NodeId): TransferResult {
+    const refuse = (reason: 'not-leader' | 'transferring' | 'invalid', message: string, leader = this.id) =>
+      ({ ok: false, reason, leader, message }) as const;
+    if (this.role !== 'leader') return refuse('not-leader', 'not the leader', this.leader);
+    if (this.transferee !== NO_NODE) return refuse('transferring', `leadership is already being transferred to ${this.transferee}`);
+    const target = to ?? this.mostCaughtUpVoter();
+    if (target === undefined) return refuse('invalid', 'no other voter to transfer leadership to');
+    if (target === this.id) return refuse('invalid', `node ${target} is the leader already`);
+    if (!this.configs.latest().voters.some((m) => m.id === target)) return refuse('invalid', `node ${target} is not a voter`);
+    this.currentTransferee = target;
+    this.transferElapsedTicks = 0;
+    this.timeoutNowSent = false;
+    this.maybeSendTimeoutNow();
+    return { ok: true, target };
+  }
+
+  /** The voter (not this node) holding the most of our log, preferring ones heard from within an election timeout. */
+  private mostCaughtUpVoter(): NodeId | undefined {
+    let best: NodeId | undefined;
+    let bestScore = -Infinity;
+    for (const id of voterIds(this.configs.latest())) {
+      const pr = this.progress.get(id);
+      if (id === this.id || !pr) continue;
+      const active = this.ticks - pr.heardAtTick <= this.config.electionTimeoutTicks;
+      const score = pr.matchIndex + (active ? MAX_INDEX : 0);
+      if (score > bestScore) [best, bestScore] = [id, score];
+    }
+    return best;
+  }
+
+  private maybeSendTimeoutNow(): void {
+    if (this.transferee === NO_NODE || this.timeoutNowSent) return;
+    if (this.progress.get(this.transferee)?.matchIndex !== this.log.lastIndex()) return;
+    this.timeoutNowSent = true;
+    this.send(this.transferee, { $case: 'timeoutNow', value: {} });
+  }
+
+  private endTransfer(): void {
+    this.currentTransferee = NO_NODE;
+    this.transferElapsedTicks = 0;
+    this.timeoutNowSent = false;
+  }
+
+  /** The leader asks us to campaign now: no pre-vote, and voters waive their lease. */
+  private handleTimeoutNow(m: Message): void {
+    if (this.role === 'leader') return this.rejectMessage(m, `TimeoutNow to a leader of term ${this.term}`);
+    if (!isVoter(this.quorum, this.id) || this.campaignBlockedReason()) return;
+    this.becomeCandidate(true);
+    this.tallyVotes();
   }
 
   // --------------------------------------------------------------- helpers
@@ -960,10 +1195,40 @@ function validateConfig(config: RaftConfig): void {
   if (config.heartbeatIntervalTicks >= config.electionTimeoutTicks) {
     throw new RangeError('heartbeatIntervalTicks must be below electionTimeoutTicks');
   }
-  if (config.id === NO_NODE || !config.voters.includes(config.id)) {
-    throw new RangeError(`node id ${config.id} must be >= 1 and one of the voters`);
-  }
+  // A node that joins a running cluster is not among the bootstrap voters: it learns
+  // the config from the leader's log and never campaigns before it is a voter there.
+  if (!Number.isSafeInteger(config.id) || config.id < 1) throw new RangeError(`node id ${config.id} must be >= 1`);
   if (new Set(config.voters).size !== config.voters.length) throw new RangeError('voters must be distinct');
+  const bootstrap = config.bootstrapConfig;
+  if (bootstrap) {
+    const bad = badConfigReason(bootstrap);
+    if (bad) throw new RangeError(`bootstrapConfig: ${bad}`);
+  }
+}
+
+/** The ClusterConfig a config entry carries; malformedReason vetted entries from peers, storage wrote the rest. */
+function decodeConfig(entry: Entry): ClusterConfig {
+  let config: ClusterConfig;
+  try {
+    config = ClusterConfig.decode(entry.data);
+  } catch (err) {
+    assert(false, () => `config entry ${entry.index} does not decode: ${(err as Error).message}`);
+  }
+  const bad = badConfigReason(config);
+  assert(!bad, () => `config entry ${entry.index}: ${bad}`);
+  return config;
+}
+
+/** Why a config entry's data is not a usable ClusterConfig, if it is not. */
+function badConfigEntryReason(entry: Entry): string | undefined {
+  let config: ClusterConfig;
+  try {
+    config = ClusterConfig.decode(entry.data);
+  } catch (err) {
+    return `config entry ${entry.index} does not decode: ${(err as Error).message}`;
+  }
+  const bad = badConfigReason(config);
+  return bad ? `config entry ${entry.index}: ${bad}` : undefined;
 }
 
 /** Structural checks on a peer message, before any of it is believed. */
@@ -995,6 +1260,10 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
       return `entry ${entry.index} has term ${entry.term} out of order`;
     }
     if (!KNOWN_ENTRY_TYPES.has(entry.type)) return `entry ${entry.index} has unknown type ${entry.type}`;
+    if (entry.type === EntryType.ENTRY_TYPE_CONFIG) {
+      const bad = badConfigEntryReason(entry);
+      if (bad) return bad;
+    }
     previousTerm = entry.term;
   }
   return undefined;
@@ -1041,7 +1310,7 @@ function badAppendNumber(request: AppendRequest): string | undefined {
   );
 }
 
-const KNOWN_ENTRY_TYPES: ReadonlySet<number> = new Set([EntryType.ENTRY_TYPE_NOOP, EntryType.ENTRY_TYPE_COMMAND]);
+const KNOWN_ENTRY_TYPES: ReadonlySet<number> = new Set([EntryType.ENTRY_TYPE_NOOP, EntryType.ENTRY_TYPE_COMMAND, EntryType.ENTRY_TYPE_CONFIG]);
 
 function badTerm(name: string, value: number): string | undefined {
   return inRange(value, MAX_TERM) ? undefined : `${name} ${value} is not an integer in [0, MAX_TERM ${MAX_TERM}]`;

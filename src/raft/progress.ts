@@ -30,6 +30,8 @@ export class Progress {
   probeSent = false;
   /** Heard from this follower since the last check-quorum round. */
   recentlyActive = false;
+  /** The leader's tick when this follower last answered (promotion and transfer want a live one). */
+  heardAtTick = -Infinity;
   private probeSentAtTick = 0;
   private acknowledgedAtTick = 0;
   /** Last index and entry bytes of each unanswered AppendRequest, oldest first. */

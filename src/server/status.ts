@@ -22,6 +22,12 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.SESSION_LIMIT]: Status.RESOURCE_EXHAUSTED,
   [ErrorCode.DATA_DIR_LOCKED]: Status.INTERNAL,
   [ErrorCode.CORRUPTION]: Status.DATA_LOSS,
+  [ErrorCode.CONFIG_CHANGE_PENDING]: Status.FAILED_PRECONDITION,
+  [ErrorCode.LEARNER_NOT_CAUGHT_UP]: Status.FAILED_PRECONDITION,
+  [ErrorCode.MEMBER_NOT_FOUND]: Status.NOT_FOUND,
+  [ErrorCode.MEMBER_EXISTS]: Status.ALREADY_EXISTS,
+  [ErrorCode.LEADER_TRANSFERRING]: Status.UNAVAILABLE,
+  [ErrorCode.TRANSFER_FAILED]: Status.ABORTED,
 };
 
 export interface GrpcError extends Partial<ServiceError> {

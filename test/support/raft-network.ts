@@ -23,10 +23,17 @@ export class RaftNetwork {
   /** Snapshots each node installed (persisted at once), by index. */
   readonly installed = new Map<NodeId, number[]>();
   private readonly cut = new Set<string>();
+  /** The bootstrap voters every node starts with (a node added later is not among them). */
+  readonly bootstrapVoters: readonly NodeId[];
 
   /** `restore` gives each node the state it resumes from (default: a fresh node). */
-  constructor(count: number, overrides: Partial<RaftConfig> = {}, restore: (id: NodeId) => RestoredState = freshState) {
+  constructor(
+    count: number,
+    private readonly overrides: Partial<RaftConfig> = {},
+    restore: (id: NodeId) => RestoredState = freshState,
+  ) {
     const voters = Array.from({ length: count }, (_, i) => i + 1);
+    this.bootstrapVoters = voters;
     for (const id of voters) {
       const config: RaftConfig = { ...DEFAULT_RAFT_CONFIG, id, voters, random: new SeededRandom(id), ...overrides };
       this.nodes.set(id, new RaftNode(config, restore(id)));
@@ -34,6 +41,19 @@ export class RaftNetwork {
       this.applied.set(id, []);
       this.installed.set(id, []);
     }
+  }
+
+  /**
+   * A brand-new node with empty storage that will join the running cluster: its
+   * bootstrap voters are the cluster's, so it learns the config from the leader's log.
+   */
+  addNode(id: NodeId, overrides: Partial<RaftConfig> = {}): RaftNode {
+    const config: RaftConfig = { ...DEFAULT_RAFT_CONFIG, id, voters: this.bootstrapVoters, random: new SeededRandom(id), ...this.overrides, ...overrides };
+    const node = new RaftNode(config, freshState());
+    this.nodes.set(id, node);
+    this.readies.set(id, []);
+    this.applied.set(id, []);
+    return node;
   }
 
   node(id: NodeId): RaftNode {
@@ -46,6 +66,11 @@ export class RaftNetwork {
       this.cut.add(`${id}>${other}`);
       this.cut.add(`${other}>${id}`);
     }
+  }
+
+  /** Drops every message from `from` to `to` (one direction only). */
+  cutLink(from: NodeId, to: NodeId): void {
+    this.cut.add(`${from}>${to}`);
   }
 
   heal(): void {
@@ -81,14 +106,14 @@ export class RaftNetwork {
     for (let round = 0; this.pending.length > 0; round++) {
       if (round >= maxRounds) throw new Error('network did not settle');
       const batch = this.pending.splice(0);
-      for (const message of batch) this.nodes.get(message.to)!.step(message);
+      for (const message of batch) this.nodes.get(message.to)?.step(message); // no such node: an unreachable address
       this.flush();
     }
   }
 
   /** Delivers the messages queued now (not the ones they cause). */
   deliverOnce(): void {
-    for (const message of this.pending.splice(0)) this.nodes.get(message.to)!.step(message);
+    for (const message of this.pending.splice(0)) this.nodes.get(message.to)?.step(message);
     this.flush();
   }
 
@@ -117,6 +142,14 @@ export class RaftNetwork {
   elect(id: NodeId): void {
     for (let i = 0; i < 100 && this.node(id).role === 'follower'; i++) this.node(id).tick();
     this.settle();
+  }
+
+  /** Ticks the leader and lets the network settle, `rounds` times: heartbeats repair lost appends. */
+  heartbeats(leader: NodeId, rounds: number = DEFAULT_RAFT_CONFIG.electionTimeoutTicks): void {
+    for (let i = 0; i < rounds; i++) {
+      this.tick(leader);
+      this.settle();
+    }
   }
 
   leaders(): NodeId[] {

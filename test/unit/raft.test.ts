@@ -334,7 +334,8 @@ describe('configuration', () => {
     const base = { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1, 2, 3], random: new SeededRandom(1) };
     const restored = { hardState: { term: 0, votedFor: 0 }, entries: [], appliedIndex: 0 };
     expect(() => new RaftNode({ ...base, heartbeatIntervalTicks: 10 }, restored)).toThrow(/heartbeatIntervalTicks/);
-    expect(() => new RaftNode({ ...base, id: 4 }, restored)).toThrow(/one of the voters/);
+    expect(() => new RaftNode({ ...base, id: 0 }, restored)).toThrow(/node id 0 must be >= 1/);
+    expect(() => new RaftNode({ ...base, voters: [1, 1, 2] }, restored)).toThrow(/distinct/);
     expect(() => new RaftNode({ ...base, maxInflightAppends: 0 }, restored)).toThrow(/maxInflightAppends/);
   });
 });
