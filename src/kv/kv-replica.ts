@@ -45,6 +45,7 @@ export function openKvReplica(options: {
   /** Compaction (Replica.open): applied entries after the snapshot point that trigger it, and the tail it keeps. */
   snapshotEntries?: number;
   snapshotCatchupEntries?: number;
+  snapshotChunkBytes?: number;
 }): Promise<KvReplica> {
   const { clock, ...rest } = options;
   return Replica.open<Command, CommandResult, StateMachine>({ ...rest, codec: new KvProposalCodec(options.stateMachine, clock) });

@@ -29,6 +29,8 @@ export interface CompactionOptions {
   snapshotEntries: number;
   /** Entries kept before the snapshot point. */
   snapshotCatchupEntries: number;
+  /** Bytes of one chunk of an outgoing snapshot (at most MAX_SNAPSHOT_CHUNK_BYTES). */
+  snapshotChunkBytes: number;
 }
 
 /** A snapshot received whole, offered to the core, waiting for its Ready to install it. */
@@ -131,13 +133,19 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     snapshotEntries?: number;
     /** Entries kept before the snapshot point at compaction (default DEFAULT_SNAPSHOT_CATCHUP_ENTRIES). */
     snapshotCatchupEntries?: number;
+    /** Bytes of one outgoing snapshot chunk (default MAX_SNAPSHOT_CHUNK_BYTES; the simulator uses small ones). */
+    snapshotChunkBytes?: number;
     /** Called with the config in force at open and whenever it changes (peer links follow it). */
     onConfigChange?: (config: ClusterConfig) => void;
   }): Promise<Replica<C, R, F>> {
     const compaction: CompactionOptions = {
       snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
       snapshotCatchupEntries: options.snapshotCatchupEntries ?? DEFAULT_SNAPSHOT_CATCHUP_ENTRIES,
+      snapshotChunkBytes: options.snapshotChunkBytes ?? MAX_SNAPSHOT_CHUNK_BYTES,
     };
+    if (!Number.isSafeInteger(compaction.snapshotChunkBytes) || compaction.snapshotChunkBytes < 1 || compaction.snapshotChunkBytes > MAX_SNAPSHOT_CHUNK_BYTES) {
+      throw new RangeError(`snapshotChunkBytes must be an integer in [1, ${MAX_SNAPSHOT_CHUNK_BYTES}]`);
+    }
     if (!Number.isSafeInteger(compaction.snapshotEntries) || compaction.snapshotEntries < 1) throw new RangeError('snapshotEntries must be a positive integer');
     if (!Number.isSafeInteger(compaction.snapshotCatchupEntries) || compaction.snapshotCatchupEntries < 0) {
       throw new RangeError('snapshotCatchupEntries must be a non-negative integer');
@@ -588,7 +596,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     const fsm = this.stateMachine;
     if (this.outgoingSnapshots.has(to)) return; // its end reports for this request too
     this.outgoingSnapshots.add(to);
-    let installed = false;
+    let installedAt: { index: number; term: number } | undefined;
     try {
       if (!isSnapshotting(fsm) || !this.transport.sendSnapshot) return;
       const snapshot = await fsm.snapshot();
@@ -596,17 +604,19 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
         if (this.stopped || this.node.role !== 'leader' || snapshot.index < this.node.status().snapshotIndex) return;
         const meta = this.guarded(() => this.node.snapshotMetaAt(snapshot.index));
         const header: SnapshotHeader = { clusterId: 0, fromId: this.id, to, term: this.node.term, meta };
-        const response = await this.transport.sendSnapshot(to, header, snapshot.chunks(MAX_SNAPSHOT_CHUNK_BYTES));
-        installed = response.installed;
+        const response = await this.transport.sendSnapshot(to, header, snapshot.chunks(this.compaction.snapshotChunkBytes));
+        if (response.installed) installedAt = { index: meta.index, term: header.term };
       } finally {
         snapshot.release();
       }
     } catch {
-      installed = false; // a broken transfer: the core probes again once the follower is heard from
+      installedAt = undefined; // a broken transfer: the core probes again once the follower is heard from
     } finally {
       this.outgoingSnapshots.delete(to);
       if (!this.stopped) {
-        this.guarded(() => this.node.reportSnapshot(to, installed ? 'finished' : 'failed'));
+        // An install counts as an acknowledgement only in the term that sent it.
+        const acknowledged = installedAt !== undefined && installedAt.term === this.node.term ? installedAt.index : undefined;
+        this.guarded(() => (acknowledged !== undefined ? this.node.reportSnapshot(to, 'finished', acknowledged) : this.node.reportSnapshot(to, 'failed')));
         this.schedule();
       }
     }

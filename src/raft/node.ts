@@ -414,13 +414,22 @@ export class RaftNode {
   /**
    * The leader's shell ended the snapshot transfer to `to`: 'failed' (the follower did
    * not install it) goes back to probing, paused until the follower is heard from;
-   * 'finished' (installed) probes right after the snapshot. Ignored unless that follower
-   * is receiving a snapshot (leadership may have changed since).
+   * 'finished' means the follower installed the snapshot at `installedIndex`, which
+   * counts as its acknowledgement of that index. Ignored unless that follower is
+   * receiving a snapshot (leadership may have changed since).
    */
-  reportSnapshot(to: NodeId, outcome: 'failed' | 'finished'): void {
+  reportSnapshot(to: NodeId, outcome: 'failed'): void;
+  reportSnapshot(to: NodeId, outcome: 'finished', installedIndex: number): void;
+  reportSnapshot(to: NodeId, outcome: 'failed' | 'finished', installedIndex?: number): void {
     const pr = this.progress.get(to);
     if (this.role !== 'leader' || !pr || pr.state !== 'snapshot') return;
-    pr.snapshotEnded(outcome === 'finished', this.ticks);
+    if (outcome === 'finished') {
+      assert(installedIndex !== undefined && installedIndex <= this.log.lastIndex(), () => `follower ${to} installed a snapshot at ${installedIndex}, beyond our log`);
+      pr.snapshotEnded(installedIndex, this.ticks);
+      this.maybeCommit();
+    } else {
+      pr.snapshotEnded(undefined, this.ticks);
+    }
   }
 
   /** The shell has synced the snapshot of a Ready (index = its meta.index): the answer to the leader may go. */

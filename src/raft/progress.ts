@@ -130,14 +130,22 @@ export class Progress {
   }
 
   /**
-   * The snapshot transfer ended. Installed: probe right after the snapshot. Failed:
-   * probe again, but paused as if a probe were out, so the next attempt waits until a
-   * heartbeat answer shows the follower is reachable (isStalled), not a retry storm.
+   * The snapshot transfer ended. Installed at `installedIndex`: the follower durably
+   * holds the leader's log up to there (a snapshot holds committed entries only), which
+   * is an acknowledgement; it ends the snapshot state if it reaches `pendingSnapshot`,
+   * else (an older transfer's snapshot) probing goes on from there. Failed: probe again,
+   * but paused as if a probe were out, so the next attempt waits until a heartbeat answer
+   * shows the follower is reachable (isStalled), not a retry storm.
    */
-  snapshotEnded(installed: boolean, nowTick: number): void {
+  snapshotEnded(installedIndex: number | undefined, nowTick: number): void {
     assert(this.state === 'snapshot', () => `snapshot transfer ended in state ${this.state}`);
-    this.becomeProbe(installed ? Math.max(this.matchIndex + 1, this.pendingSnapshot + 1) : this.matchIndex + 1);
-    if (!installed) {
+    if (installedIndex !== undefined && installedIndex > this.matchIndex) {
+      this.matchIndex = installedIndex;
+      this.acknowledgedAtTick = nowTick;
+    }
+    if (installedIndex !== undefined && this.matchIndex >= this.pendingSnapshot) return this.becomeReplicate();
+    this.becomeProbe(this.matchIndex + 1);
+    if (installedIndex === undefined) {
       this.probeSent = true;
       this.probeSentAtTick = nowTick;
     }

@@ -130,7 +130,8 @@ export class RaftNetwork {
       this.node(to).step({ fromId: from, to, term: leader.term, body: { $case: 'installSnapshot', value: { meta } } });
       installed = this.node(to).pendingSnapshotMeta()?.index === meta.index;
     }
-    leader.reportSnapshot(to, installed ? 'finished' : 'failed');
+    if (installed) leader.reportSnapshot(to, 'finished', meta.index);
+    else leader.reportSnapshot(to, 'failed');
     this.flush();
   }
 

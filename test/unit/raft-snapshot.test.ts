@@ -136,6 +136,45 @@ describe('InstallSnapshot in the core', () => {
     expect(net.node(3).status().commitIndex).toBe(31);
   });
 
+  test('a finished transfer counts as the follower\'s acknowledgement, when its answer on the Raft stream is lost', () => {
+    const net = compactedPastFollower();
+    run(net, 1, 5);
+    const leader = net.node(1);
+    net.node(3).step(offer(1, 3, leader.term, 31, 1));
+    net.node(3).ready();
+    net.node(3).onSnapshotPersisted(31);
+    net.node(3).ready(); // its AppendResponse is lost
+    leader.reportSnapshot(3, 'finished', 31);
+    expect(leader.status().progress.find((p) => p.id === 3)).toMatchObject({ state: 'replicate', matchIndex: 31, nextIndex: 32 });
+    leader.propose(data('next'));
+    run(net, 1);
+    expect(net.node(3).status()).toMatchObject({ lastIndex: 32, commitIndex: 32 });
+  });
+
+  test('a transfer that installed an older snapshot than the one now needed leads to another, not to a stuck follower', () => {
+    const net = compactedPastFollower();
+    run(net, 1, 5);
+    const leader = net.node(1);
+    // The follower installs 31; meanwhile the leader compacts further and asks for a new snapshot.
+    net.node(3).step(offer(1, 3, leader.term, 31, 1));
+    net.node(3).ready();
+    net.node(3).onSnapshotPersisted(31);
+    const answer = net.node(3).ready().messages;
+    for (let i = 0; i < 5; i++) leader.propose(data(`more${i}`));
+    run(net, 1, 3);
+    leader.compact(leader.status().appliedIndex, 0);
+    expect(leader.status().snapshotIndex).toBe(36);
+    for (const message of answer) leader.step(message);
+    run(net, 1, 3);
+    expect(leader.status().progress.find((p) => p.id === 3)?.state).toBe('snapshot');
+    leader.reportSnapshot(3, 'finished', 31);
+    run(net, 1, 3);
+    expect(net.snapshotRequests.length).toBeGreaterThanOrEqual(2);
+    net.deliverSnapshot(1, 3);
+    run(net, 1);
+    expect(net.node(3).status()).toMatchObject({ snapshotIndex: 36, commitIndex: 36, lastIndex: 36 });
+  });
+
   test('an offer from a stale term is refused: no install, and the sender learns the newer term', () => {
     const net = new RaftNetwork(3, {}, () => ({ hardState: { term: 5, votedFor: 0 }, entries: [], appliedIndex: 0 }));
     net.node(2).step(offer(3, 2, 4, 50, 4));
