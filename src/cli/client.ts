@@ -6,7 +6,11 @@ import {
   DeleteResponse,
   GetResponse,
   KVClient,
+  LeaderTransferResponse,
+  MemberAddResponse,
   MemberListResponse,
+  MemberPromoteResponse,
+  MemberRemoveResponse,
   PutResponse,
   RangeResponse,
   ResponseHeader,
@@ -180,6 +184,24 @@ export class CairnClient {
 
   members(): Promise<MemberListResponse> {
     return this.retry((i, md, opts, cb) => this.cluster[i]!.memberList({}, md, opts, cb));
+  }
+
+  /** Adds a learner; any endpoint will do (a follower forwards to the leader). */
+  memberAdd(id: number, peerAddr: string, clientAddr = ''): Promise<MemberAddResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberAdd({ id, peerAddr, clientAddr }, md, opts, cb));
+  }
+
+  memberPromote(id: number): Promise<MemberPromoteResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberPromote({ id }, md, opts, cb));
+  }
+
+  memberRemove(id: number): Promise<MemberRemoveResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberRemove({ id }, md, opts, cb));
+  }
+
+  /** Hands leadership to `toId` (0: the most caught-up voter); resolves once it leads. */
+  leaderTransfer(toId = 0): Promise<LeaderTransferResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.leaderTransfer({ toId }, md, opts, cb));
   }
 
   /** How long statusOf waits for its one endpoint. */

@@ -1,6 +1,6 @@
 import { readFile, stat } from 'node:fs/promises';
 import { ServiceError } from '@grpc/grpc-js';
-import { KeyValue, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
@@ -24,6 +24,14 @@ interface VerbSpec {
 
 const STDIN_FORM = 'KEY - (the value from stdin)';
 
+/** `cairn member SUBCOMMAND ...`: each form's words after `member`, and how many arguments follow the subcommand. */
+const MEMBER_FORMS = [
+  { sub: 'list', usage: 'list', args: 0 },
+  { sub: 'add', usage: 'add ID PEER_ADDR [--client-addr HOST:PORT]', args: 2 },
+  { sub: 'promote', usage: 'promote ID', args: 1 },
+  { sub: 'remove', usage: 'remove ID', args: 1 },
+] as const;
+
 const VERB_SPECS: Record<string, VerbSpec> = {
   put: { usage: ['KEY VALUE', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file'] },
   get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
@@ -32,6 +40,8 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
   status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
   members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
+  member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
+  leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -140,6 +150,15 @@ export async function runVerb(
     }
     case 'status':
       return status(client, print);
+    case 'member':
+      return member(client, args, flags, print, usage('member', typed, options));
+    case 'leader': {
+      if (args[0] !== 'transfer') throw usage('leader', typed, options);
+      const to = flags.to === undefined ? 0 : memberId(flags.to, '--to');
+      const response = await client.leaderTransfer(to);
+      print(`leader: node ${response.leaderId}`);
+      return 0;
+    }
     case 'members': {
       const response = await client.members();
       print('ID  PEER ADDRESS           CLIENT ADDRESS         LEADER');
@@ -150,6 +169,52 @@ export async function runVerb(
     }
     default:
       throw new UsageError(`unknown verb "${typed}"`);
+  }
+}
+
+function memberId(text: string, what: string): number {
+  const id = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(id) || id < 1) throw new UsageError(`${what} must be a member id (an integer >= 1), got "${text}"`);
+  return id;
+}
+
+/** One member a line: id, role, peer address, client address (- when unknown), and `leader` on the leader's line. */
+export function describeMember(m: Member): string {
+  const role = m.role === MemberRole.MEMBER_ROLE_LEARNER ? 'learner' : 'voter';
+  return `${String(m.id).padEnd(3)} ${role.padEnd(7)} ${m.peerAddr.padEnd(22)} ${(m.clientAddr || '-').padEnd(22)}${m.isLeader ? ' leader' : ''}`.trimEnd();
+}
+
+/** `cairn member list|add|promote|remove`. */
+async function member(client: CairnClient, args: string[], flags: Record<string, string>, print: (line: string) => void, usageError: UsageError): Promise<number> {
+  const form = MEMBER_FORMS.find((f) => f.sub === args[0]);
+  if (!form || args.length !== form.args + 1) throw usageError;
+  if (flags['client-addr'] !== undefined && form.sub !== 'add') throw new UsageError(`--client-addr applies to member add only`);
+  const printMembers = (members: Member[]) => members.forEach((m) => print(describeMember(m)));
+  switch (form.sub) {
+    case 'list':
+      printMembers((await client.members()).members);
+      return 0;
+    case 'add': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberAdd(id, args[2]!, flags['client-addr'] ?? '');
+      print(`added node ${id} as a learner`);
+      printMembers(response.members);
+      return 0;
+    }
+    case 'promote': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberPromote(id);
+      print(`promoted node ${id} to voter`);
+      printMembers(response.members);
+      return 0;
+    }
+    case 'remove': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberRemove(id);
+      print(`removed node ${id}`);
+      printMembers(response.members);
+      return 0;
+    }
   }
 }
 

@@ -2,11 +2,11 @@ import { Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
-import { ApplyOutcome as FsmApplyOutcome, Fsm } from '../node/fsm';
-import { Db, DbOp } from '../storage/db';
+import { CairnError, ErrorCode } from '../errors';
+import { ApplyOutcome as FsmApplyOutcome, Fsm, FsmRestore, FsmSnapshot, SnapshottingFsm } from '../node/fsm';
+import { Db, DbOp, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
-
-const APPLIED_KEY = Buffer.from('applied');
+import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -48,16 +48,28 @@ export interface StateMachine extends Fsm<CommandResult> {
  * Writes are not synced: the Raft log is the durable record, and the applied index
  * is written in the same batch as the effects, so after a crash the entries after
  * the last batch that reached disk are applied again, exactly once.
+ *
+ * Snapshots are LevelDB snapshots of the live state (src/kv/snapshot.ts). A restore
+ * stages into the next generation of `kv` and `sessions` (src/storage/db.ts), which the
+ * switch batch makes current; the previous generation is then deleted in the background.
+ * At most one generation other than the current one exists at any time (a restore waits
+ * for the previous deletion), which is what lets LevelDb clear leftovers at open.
  */
-export class KvStateMachine implements StateMachine {
+export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResult> {
   private applied: AppliedState;
   /** Applies must not overlap: each one reads the state the previous one wrote. */
   private applying = false;
+  /** The restore staging now, if any: one at a time. */
+  private restore: KvRestore | undefined;
+  /** From a restore's switchOps() to its activate(): the database may already serve the new state. */
+  private switching = false;
+  /** Deletion of a generation no longer current (after a restore, or of an aborted staging). */
+  private retiring: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly db: Db,
     applied: AppliedState,
-    private readonly sessions: SessionTable,
+    private sessions: SessionTable,
     private readonly sessionLimits: SessionLimits,
   ) {
     this.applied = applied;
@@ -66,9 +78,55 @@ export class KvStateMachine implements StateMachine {
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    const value = await db.get('meta', APPLIED_KEY);
-    const applied = value ? AppliedState.decode(value) : { index: 0, revision: 0, logTimeUnixMs: 0 };
-    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits);
+    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits);
+  }
+
+  /**
+   * Consistent at any moment, also while a restore switches: the view's generation and its
+   * applied index are both read through the LevelDB snapshot, not from this object.
+   */
+  async snapshot(): Promise<FsmSnapshot> {
+    return openKvSnapshot(this.db);
+  }
+
+  async beginRestore(): Promise<FsmRestore> {
+    if (this.restore) throw new CairnError(ErrorCode.OVERLOADED, 'a snapshot restore is already in progress on this node');
+    const generation = this.db.generation() + 1;
+    const restore = new KvRestore(this.db, generation, {
+      switching: () => {
+        assert(!this.applying, 'a restore switch while an apply is in progress');
+        this.switching = true;
+      },
+      activated: async (applied) => {
+        this.applied = applied;
+        this.sessions = await SessionTable.load(this.db);
+        this.switching = false;
+        this.restore = undefined;
+        this.retire(generation - 1);
+      },
+      aborted: async () => {
+        this.switching = false;
+        this.restore = undefined;
+        this.retire(generation);
+        await this.retiring;
+      },
+    });
+    this.restore = restore;
+    try {
+      // Keeps the one-spare-generation rule, and starts staging from nothing whatever a crash left.
+      await this.retiring;
+      await clearGeneration(this.db, generation);
+    } catch (err) {
+      this.restore = undefined;
+      throw err;
+    }
+    return restore;
+  }
+
+  /** Deletes a generation in the background; what a crash cuts short is cleared at the next open. */
+  private retire(generation: number): void {
+    const previous = this.retiring;
+    this.retiring = previous.then(() => clearGeneration(this.db, generation)).catch(() => undefined);
   }
 
   appliedIndex(): number {
@@ -86,6 +144,7 @@ export class KvStateMachine implements StateMachine {
 
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
     assert(!this.applying, 'apply called while another apply is in progress');
+    assert(!this.switching, 'apply called between a restore switch and its activation');
     this.applying = true;
     try {
       return await this.applyInOrder(entries);
@@ -144,6 +203,80 @@ export class KvStateMachine implements StateMachine {
       kvs.push(kv);
     }
     return { kvs, more };
+  }
+}
+
+async function loadApplied(db: Db): Promise<AppliedState> {
+  const value = await db.get('meta', APPLIED_KEY);
+  return value ? AppliedState.decode(value) : { ...EMPTY_APPLIED_STATE };
+}
+
+async function clearGeneration(db: Db, generation: number): Promise<void> {
+  for (const sublevel of GENERATIONAL_SUBLEVELS) await db.clearGeneration(sublevel, generation);
+}
+
+interface RestoreHooks {
+  switching(): void;
+  activated(applied: AppliedState): Promise<void>;
+  /** Resolves once the staged data is deleted (or its deletion failed: the next open clears it). */
+  aborted(): Promise<void>;
+}
+
+/** One restore: stage chunks into `generation`, switch to it in the shell's batch, activate. */
+class KvRestore implements FsmRestore {
+  private phase: 'staging' | 'switching' | 'done' = 'staging';
+  private readonly stager: SnapshotStager;
+  private writing = false;
+
+  constructor(
+    private readonly db: Db,
+    private readonly generation: number,
+    private readonly hooks: RestoreHooks,
+  ) {
+    this.stager = new SnapshotStager(generation);
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    assert(this.phase === 'staging', `restore chunk written in phase ${this.phase}`);
+    assert(!this.writing, 'restore chunks written concurrently');
+    this.writing = true;
+    try {
+      await this.db.write(this.stager.stage(chunk), { sync: false });
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  appliedIndex(): number {
+    return this.stagedApplied().index;
+  }
+
+  switchOps(): DbOp[] {
+    assert(this.phase === 'staging' && !this.writing, `restore switch in phase ${this.phase}`);
+    const applied = this.stagedApplied();
+    this.hooks.switching();
+    this.phase = 'switching';
+    return [generationSwitchOp(this.generation), { type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() }];
+  }
+
+  async activate(): Promise<void> {
+    assert(this.phase === 'switching', `restore activated in phase ${this.phase}`);
+    assert(this.db.generation() === this.generation, `restore activated before its switch batch was written (generation ${this.db.generation()}, staged ${this.generation})`);
+    this.phase = 'done';
+    await this.hooks.activated(this.stagedApplied());
+  }
+
+  async abort(): Promise<void> {
+    if (this.phase === 'done') return;
+    assert(this.db.generation() !== this.generation, 'restore aborted after its switch batch was written');
+    this.phase = 'done';
+    await this.hooks.aborted();
+  }
+
+  private stagedApplied(): AppliedState {
+    const applied = this.stager.applied();
+    if (!applied) throw new CairnError(ErrorCode.INVALID_ARGUMENT, `the snapshot stream ended without its meta/applied record (after ${this.stager.records} records): it is incomplete`);
+    return applied;
   }
 }
 

@@ -1,4 +1,5 @@
 import { Entry } from '../../gen/cairn/raft/v1/raft';
+import { DbOp } from '../storage/db';
 
 /**
  * What the Replica needs from the replicated state machine, and nothing more: the shell
@@ -20,22 +21,55 @@ export interface ApplyOutcome<R> {
 }
 
 /**
- * The next step, not built yet (issue 8, snapshots): a state machine that can also be
- * snapshotted and restored, in hashicorp/raft's FSM shape (Snapshot returns an FSMSnapshot
- * that is persisted to a sink and then released; Restore replaces the whole state from a
- * stream). No state machine implements it today and the Replica never calls it.
+ * A state machine that can also be snapshotted and restored, in hashicorp/raft's FSM
+ * shape (Snapshot returns an FSMSnapshot that is written out and then released; Restore
+ * replaces the whole state from a stream). Restore is split so that the shell can make the
+ * switch part of its own synced batch (with the log truncation and meta/snapshot): stage
+ * the chunks (`write`), put `switchOps()` in the batch, then `activate()`.
  */
 export interface SnapshottingFsm<R> extends Fsm<R> {
+  /** A consistent view of the whole state at its applied index, read lazily. */
   snapshot(): Promise<FsmSnapshot>;
-  /** Replaces the state with the snapshot's, atomically: the old state or the new, never a mix. */
-  restore(chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  /** Starts staging a replacement state; one restore at a time. */
+  beginRestore(): Promise<FsmRestore>;
 }
 
-/** A consistent, point-in-time view of the state, written out as a stream of chunks. */
+/** A consistent view of the state (a LevelDB snapshot), read lazily as chunks. */
 export interface FsmSnapshot {
-  persist(sink: (chunk: Uint8Array) => Promise<void>): Promise<void>;
-  /** Frees what the snapshot holds (e.g. a LevelDB snapshot), whether or not it was persisted. */
+  /** The applied index the view is at: it holds exactly the entries up to it. */
+  readonly index: number;
+  /**
+   * The state as opaque chunks of at most `maxChunkBytes` each (a single record larger than
+   * that goes alone), read lazily: never all in memory. May be iterated more than once.
+   */
+  chunks(maxChunkBytes: number): AsyncIterable<Uint8Array>;
+  /** Frees what the snapshot holds (e.g. a LevelDB snapshot), whether or not it was read. */
   release(): void;
+}
+
+/**
+ * A restore in progress: chunks go to a staging area that nothing reads. The old state
+ * stays live (and may still be applied to) until the batch holding `switchOps()` is
+ * written; then `activate()`. A crash before that batch leaves the old state, after it the
+ * new one, never a mix.
+ */
+export interface FsmRestore {
+  /** Stages one chunk (unsynced: the switch batch is synced). Bad data: a CairnError. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** The applied index of the staged state (once its chunks are written). */
+  appliedIndex(): number;
+  /** The writes that make the staged state live, for the shell's one synced batch. No apply may run from here until activate(). */
+  switchOps(): DbOp[];
+  /** After the switch batch is written: serve the new state (and free the old one in the background). */
+  activate(): Promise<void>;
+  /** Drops the staged state; the old one stays. */
+  abort(): Promise<void>;
+}
+
+/** Whether `fsm` can be snapshotted and restored. */
+export function isSnapshotting<R>(fsm: Fsm<R>): fsm is SnapshottingFsm<R> {
+  const candidate = fsm as Partial<SnapshottingFsm<R>>;
+  return typeof candidate.snapshot === 'function' && typeof candidate.beginRestore === 'function';
 }
 
 /**

@@ -1,8 +1,19 @@
-import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream } from '@grpc/grpc-js';
-import { Message, RaftServiceClient, RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
-import { Transport } from '../node/replica';
+import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError } from '@grpc/grpc-js';
+import {
+  InstallSnapshotRequest,
+  InstallSnapshotResponse,
+  Message,
+  RaftServiceClient,
+  RaftServiceServer,
+  SnapshotHeader,
+  StreamRequest,
+  StreamResponse,
+} from '../../gen/cairn/raft/v1/raft';
+import { MAX_SNAPSHOT_CHUNK_BYTES, Transport } from '../node/replica';
+import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
+import { ERROR_CODE_METADATA } from './status';
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -25,6 +36,13 @@ const MIN_RECONNECT_DELAY_MS = 50;
 export const DEFAULT_MAX_RECONNECT_DELAY_MS = 2000;
 /** A stream that lived this long before failing was healthy: reconnect quickly. */
 const HEALTHY_STREAM_MS = 5000;
+/**
+ * The longest one InstallSnapshot transfer may take, end to end (the RPC's deadline):
+ * a transfer cut off by it fails, and the leader sends a fresh snapshot later.
+ */
+export const SNAPSHOT_TRANSFER_TIMEOUT_MS = 10 * 60_000;
+/** Upper bound of an InstallSnapshotRequest's bytes besides its data: the header (with its configuration) and tags. */
+export const SNAPSHOT_REQUEST_OVERHEAD_BOUND_BYTES = 64 * 1024;
 
 /** What bounds the largest Raft message a node can send (see RaftConfig and Limits). */
 export interface PeerMessageBounds {
@@ -52,7 +70,8 @@ export function peerMaxMessageBytes(bounds: PeerMessageBounds): number {
   // in whatever its size: its data is at most the larger of the two.
   const largestMessage =
     MESSAGE_OVERHEAD_BOUND_BYTES + bounds.maxEntriesPerAppend * ENTRY_OVERHEAD_BOUND_BYTES + Math.max(bounds.maxBytesPerAppend, bounds.maxEntryDataBytes);
-  return FRAME_OVERHEAD_BOUND_BYTES + MAX_FRAME_BYTES + largestMessage;
+  const largestFrame = FRAME_OVERHEAD_BOUND_BYTES + MAX_FRAME_BYTES + largestMessage;
+  return Math.max(largestFrame, MAX_SNAPSHOT_CHUNK_BYTES + SNAPSHOT_REQUEST_OVERHEAD_BOUND_BYTES);
 }
 
 /**
@@ -76,6 +95,8 @@ export interface PeerTransportOptions {
   maxMessageBytes: number;
   /** Longest wait before trying a failed peer again. */
   maxReconnectBackoffMs: number;
+  /** A peer refused this node with MEMBER_REMOVED: a committed configuration removed it. */
+  onRemoved?: (by: NodeId, reason: string) => void;
 }
 
 /** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
@@ -111,17 +132,49 @@ interface TransportIdentity {
  */
 export class GrpcPeerTransport implements Transport {
   private readonly links = new Map<NodeId, PeerLink>();
+  private closed = false;
 
   constructor(
-    identity: TransportIdentity,
+    private readonly identity: TransportIdentity,
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
-    options: PeerTransportOptions,
-    channelCredentials: ChannelCredentials = credentials.createInsecure(),
+    private readonly options: PeerTransportOptions,
+    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
   ) {
-    for (const [id, addr] of peers) {
-      if (id !== identity.selfId) this.links.set(id, new PeerLink(id, addr, identity, channelCredentials, options, logger));
+    this.setPeers(peers);
+  }
+
+  /**
+   * Follows the configuration: opens links to new members, closes those to members that
+   * left, and reopens a link whose peer address changed. What was queued for a closed link
+   * is dropped (Raft tolerates loss).
+   */
+  setPeers(peers: ReadonlyMap<NodeId, string>): void {
+    if (this.closed) return;
+    for (const [id, link] of this.links) {
+      if (peers.get(id) === link.addr) continue;
+      link.close();
+      this.links.delete(id);
+      this.logger.info({ peer: id, addr: link.addr }, 'peer link closed: no longer a member at this address');
     }
+    for (const [id, addr] of peers) {
+      if (id === this.identity.selfId || this.links.has(id)) continue;
+      this.links.set(id, new PeerLink(id, addr, this.identity, this.channelCredentials, this.options, this.logger));
+    }
+  }
+
+  /**
+   * Sends every peer a frame with no messages: a node that its own log says is being
+   * removed asks this way whether the removal committed (the peers answer MEMBER_REMOVED
+   * then, and onRemoved hears it), since nobody sends it anything once it has.
+   */
+  probe(): void {
+    for (const link of this.links.values()) link.probe();
+  }
+
+  /** The peers this transport links to, by id: for tests and status. */
+  peerAddrs(): Map<NodeId, string> {
+    return new Map([...this.links].map(([id, link]) => [id, link.addr]));
   }
 
   send(messages: readonly Message[]): void {
@@ -138,6 +191,16 @@ export class GrpcPeerTransport implements Transport {
     }
   }
 
+  /**
+   * Streams a snapshot to `to` on its own InstallSnapshot call (never the Raft stream):
+   * the header on the first chunk, `done` on the last, flow-controlled by HTTP/2.
+   */
+  sendSnapshot(to: NodeId, header: SnapshotHeader, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
+    const link = this.links.get(to);
+    if (!link) return Promise.reject(new Error(`node ${to} is not a peer of this node`));
+    return streamSnapshot(link.client, { ...header, clusterId: this.identity.clusterId }, chunks, SNAPSHOT_TRANSFER_TIMEOUT_MS);
+  }
+
   /** The gRPC client for a peer, for forwarding client requests to the leader. */
   client(id: NodeId): RaftServiceClient | undefined {
     return this.links.get(id)?.client;
@@ -145,8 +208,59 @@ export class GrpcPeerTransport implements Transport {
 
   /** Ends every outgoing stream (the peers see a clean end) and closes the channels. */
   close(): void {
+    this.closed = true;
     for (const link of this.links.values()) link.close();
   }
+}
+
+/**
+ * One InstallSnapshot call: writes the chunks (each at most MAX_SNAPSHOT_CHUNK_BYTES), one
+ * behind, so the last one carries `done`; waits for HTTP/2 flow control between them; and
+ * resolves with the receiver's answer. The receiver may answer early (it refused): the
+ * remaining chunks are not read.
+ */
+export function streamSnapshot(
+  client: RaftServiceClient,
+  header: SnapshotHeader,
+  chunks: AsyncIterable<Uint8Array>,
+  timeoutMs: number,
+): Promise<InstallSnapshotResponse> {
+  let call: ClientWritableStream<InstallSnapshotRequest> | undefined;
+  let answered = false;
+  const answer = new Promise<InstallSnapshotResponse>((resolve, reject) => {
+    call = client.installSnapshot({ deadline: Date.now() + timeoutMs }, (err, response) => {
+      answered = true;
+      if (err) reject(err);
+      else resolve(response);
+    });
+  });
+  const stream = call!;
+  stream.on('error', () => undefined); // reported through the callback
+  const write = async (request: InstallSnapshotRequest): Promise<void> => {
+    if (stream.write(request)) return;
+    await Promise.race([new Promise<void>((resolve) => stream.once('drain', resolve)), answer.then(() => undefined, () => undefined)]);
+  };
+  const send = async (): Promise<void> => {
+    let first = true;
+    let held: Uint8Array | undefined;
+    for await (const chunk of chunks) {
+      if (answered) return;
+      if (chunk.length > MAX_SNAPSHOT_CHUNK_BYTES) throw new Error(`snapshot chunk of ${chunk.length} bytes, over MAX_SNAPSHOT_CHUNK_BYTES ${MAX_SNAPSHOT_CHUNK_BYTES}`);
+      if (held !== undefined) {
+        await write({ header: first ? header : undefined, data: Buffer.from(held), done: false });
+        first = false;
+      }
+      held = chunk;
+    }
+    if (answered) return;
+    await write({ header: first ? header : undefined, data: Buffer.from(held ?? new Uint8Array(0)), done: true });
+    stream.end();
+  };
+  send().catch((err: unknown) => {
+    stream.cancel();
+    void err; // the call's callback reports the cancellation
+  });
+  return answer;
 }
 
 interface QueuedMessage {
@@ -169,10 +283,10 @@ class PeerLink {
 
   constructor(
     private readonly peerId: NodeId,
-    private readonly addr: string,
+    readonly addr: string,
     private readonly identity: TransportIdentity,
     channelCredentials: ChannelCredentials,
-    options: PeerTransportOptions,
+    private readonly options: PeerTransportOptions,
     private readonly logger: Logger,
   ) {
     this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
@@ -188,6 +302,12 @@ class PeerLink {
     }
     this.dropOldestBeyondBounds();
     this.flush();
+  }
+
+  probe(): void {
+    if (this.closed || this.congested || this.reconnectTimer || this.queue.length > 0) return;
+    const call = this.call ?? this.open();
+    call.write({ clusterId: this.identity.clusterId, fromId: this.identity.selfId, clientAddr: this.identity.clientAddr, messages: [] } satisfies StreamRequest);
   }
 
   close(): void {
@@ -255,6 +375,7 @@ class PeerLink {
       this.congested = false;
       if (this.closed) return;
       if (err) this.logFailure(err.message);
+      if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details);
       this.reconnectDelayMs =
         Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {
@@ -274,6 +395,11 @@ class PeerLink {
     this.lastErrorLoggedAt = now;
     this.logger.warn({ peer: this.peerId, addr: this.addr, reason, droppedMessages: this.droppedMessages }, 'peer stream failed; reconnecting');
   }
+}
+
+/** Whether a peer ended our stream because a committed configuration removed this node. */
+function removedBy(err: ServiceError): boolean {
+  return err.metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.MEMBER_REMOVED;
 }
 
 /**

@@ -1,20 +1,39 @@
-import { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel, AbstractSublevel } from 'abstract-level';
+import { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel, AbstractSnapshot, AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
+import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 
 /**
  * The sublevels of a node's one database (DESIGN.md, "Storage"):
  *   log       8-byte big-endian index -> encoded raft Entry
- *   meta      'hard-state', 'applied', 'cluster' -> encoded records
+ *   meta      'hard-state', 'applied', 'cluster', 'snapshot', 'generation' -> encoded records
  *   kv        user key -> encoded KeyRecord
  *   sessions  client id -> encoded SessionRecord
+ *
+ * `kv` and `sessions` are generational: each name maps to the physical sublevel of the
+ * current generation (`kv`, `sessions` for generation 1, so data dirs written before
+ * generations existed open unchanged; `kv.2`, `sessions.2` for generation 2, ...). A
+ * snapshot restore writes the next generation and makes it current with one write of the
+ * `generation` record in `meta` (the switch is atomic with whatever shares its batch).
+ * `log` and `meta` are not generational.
  */
 export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions'] as const;
 export type SublevelName = (typeof SUBLEVELS)[number];
+export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions'] as const;
+export type GenerationalSublevel = (typeof GENERATIONAL_SUBLEVELS)[number];
 
+/** The generation of a database that has no `generation` record. */
+export const FIRST_GENERATION = 1;
+/** Under `meta`: the current generation of `kv` and `sessions`, in decimal ASCII. */
+export const GENERATION_KEY = Buffer.from('generation');
+
+/**
+ * One write of a batch. `generation` (only for `kv` and `sessions`) targets that
+ * generation explicitly (a restore's staging generation); without it, the current one.
+ */
 export type DbOp =
-  | { type: 'put'; sublevel: SublevelName; key: Uint8Array; value: Uint8Array }
-  | { type: 'del'; sublevel: SublevelName; key: Uint8Array };
+  | { type: 'put'; sublevel: SublevelName; key: Uint8Array; value: Uint8Array; generation?: number }
+  | { type: 'del'; sublevel: SublevelName; key: Uint8Array; generation?: number };
 
 export interface KeyRange {
   gte?: Uint8Array;
@@ -23,14 +42,77 @@ export interface KeyRange {
 }
 
 /**
+ * A consistent, point-in-time view of the whole database (a LevelDB snapshot). Reads
+ * given it see the database as it was when it was taken, in the generation current then.
+ */
+export interface DbSnapshot {
+  /** The generation of `kv` and `sessions` when the snapshot was taken. */
+  readonly generation: number;
+  /** Frees the view; reads through it fail afterwards. Idempotent. */
+  release(): Promise<void>;
+}
+
+export interface ReadOptions {
+  /** Read the view of this snapshot instead of the latest state. */
+  snapshot?: DbSnapshot;
+  /** For `kv` and `sessions`: this generation (default: the snapshot's, else the current one). */
+  generation?: number;
+}
+
+/**
  * The narrow database interface the storage layer uses. Every write is one atomic
  * batch across sublevels; `sync` makes it durable before the promise resolves.
  */
 export interface Db {
-  get(sublevel: SublevelName, key: Uint8Array): Promise<Buffer | undefined>;
-  entries(sublevel: SublevelName, range?: KeyRange): AsyncIterable<[Buffer, Buffer]>;
+  get(sublevel: SublevelName, key: Uint8Array, options?: ReadOptions): Promise<Buffer | undefined>;
+  entries(sublevel: SublevelName, range?: KeyRange & ReadOptions): AsyncIterable<[Buffer, Buffer]>;
+  /** A batch holding generationSwitchOp(n) makes generation n current once it is written. */
   write(ops: readonly DbOp[], options: { sync: boolean }): Promise<void>;
+  /** The current generation of `kv` and `sessions`. */
+  generation(): number;
+  /** Deletes everything in a generation other than the current one (unsynced). */
+  clearGeneration(sublevel: GenerationalSublevel, generation: number): Promise<void>;
+  /** A consistent view of everything as it is now (its generation read through the view itself). */
+  snapshot(): Promise<DbSnapshot>;
   close(): Promise<void>;
+}
+
+export function isGenerational(sublevel: SublevelName): sublevel is GenerationalSublevel {
+  return sublevel === 'kv' || sublevel === 'sessions';
+}
+
+/** The name of the physical sublevel that holds `sublevel` in `generation`. */
+export function physicalSublevelName(sublevel: SublevelName, generation: number = FIRST_GENERATION): string {
+  if (!isGenerational(sublevel)) {
+    assert(generation === FIRST_GENERATION, `sublevel ${sublevel} has no generations (asked for ${generation})`);
+    return sublevel;
+  }
+  checkGeneration(generation);
+  return generation === FIRST_GENERATION ? sublevel : `${sublevel}.${generation}`;
+}
+
+/** The write that makes `generation` current (see Db.write). */
+export function generationSwitchOp(generation: number): DbOp {
+  checkGeneration(generation);
+  return { type: 'put', sublevel: 'meta', key: GENERATION_KEY, value: Buffer.from(String(generation)) };
+}
+
+/** Reads a stored `generation` record; anything but a positive decimal integer is corruption. */
+export function decodeGeneration(value: Uint8Array): number {
+  const text = Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1');
+  const generation = /^[1-9][0-9]{0,14}$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(generation)) {
+    throw new CairnError(ErrorCode.CORRUPTION, `meta/generation holds ${JSON.stringify(text)}, not a generation number`);
+  }
+  return generation;
+}
+
+function checkGeneration(generation: number): void {
+  assert(Number.isSafeInteger(generation) && generation >= FIRST_GENERATION, `generation ${generation} is not an integer >= ${FIRST_GENERATION}`);
+}
+
+function isGenerationSwitch(op: DbOp): boolean {
+  return op.type === 'put' && op.sublevel === 'meta' && Buffer.compare(Buffer.from(op.key), GENERATION_KEY) === 0;
 }
 
 type AnyLevel = AbstractLevel<string | Buffer | Uint8Array, Buffer, Buffer>;
@@ -47,14 +129,22 @@ export interface WriteOptions extends AbstractBatchOptions<BatchKey, Buffer> {
 
 /** A Db over any abstract-level database: classic-level (LevelDB) or memory-level. */
 export class LevelDb implements Db {
-  private readonly sublevels: Record<SublevelName, AnySublevel>;
+  private readonly physical = new Map<string, AnySublevel>();
+  private current = FIRST_GENERATION;
 
-  constructor(private readonly level: AnyLevel) {
-    const sublevels = {} as Record<SublevelName, AnySublevel>;
-    for (const name of SUBLEVELS) {
-      sublevels[name] = level.sublevel<Buffer, Buffer>(name, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-    }
-    this.sublevels = sublevels;
+  private constructor(private readonly level: AnyLevel) {}
+
+  /**
+   * A Db over an open abstract-level database, in the generation its `meta` names. The
+   * other generations that can exist (the one before it, whose deletion a crash may have
+   * cut short, and the one after it, a restore's staging left by a crash) are cleared:
+   * KvStateMachine keeps at most one non-current generation at a time, always a neighbour.
+   */
+  static async over(level: AnyLevel): Promise<LevelDb> {
+    const db = new LevelDb(level);
+    await db.loadGeneration();
+    await db.clearStaleGenerations();
+    return db;
   }
 
   /** Opens (creating if needed) the LevelDB in `dir`. */
@@ -71,7 +161,12 @@ export class LevelDb implements Db {
       }
       throw err;
     }
-    return new LevelDb(level as unknown as AnyLevel);
+    try {
+      return await LevelDb.over(level as unknown as AnyLevel);
+    } catch (err) {
+      await level.close().catch(() => undefined);
+      throw err;
+    }
   }
 
   /** Opens an in-memory database (memory-level): same code paths, no disk. */
@@ -80,36 +175,127 @@ export class LevelDb implements Db {
     const { MemoryLevel } = require('memory-level') as typeof import('memory-level');
     const level = new MemoryLevel<Buffer, Buffer>({ keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await level.open();
-    return new LevelDb(level as unknown as AnyLevel);
+    return LevelDb.over(level as unknown as AnyLevel);
   }
 
-  async get(sublevel: SublevelName, key: Uint8Array): Promise<Buffer | undefined> {
-    return this.sublevels[sublevel].get(asBuffer(key));
+  generation(): number {
+    return this.current;
   }
 
-  async *entries(sublevel: SublevelName, range: KeyRange = {}): AsyncIterable<[Buffer, Buffer]> {
+  /** Re-reads the current generation from `meta` and clears its neighbours, as at open. */
+  async clearStaleGenerations(): Promise<void> {
+    await this.loadGeneration();
+    for (const generation of [this.current - 1, this.current + 1]) {
+      if (generation < FIRST_GENERATION) continue;
+      for (const sublevel of GENERATIONAL_SUBLEVELS) await this.clearGeneration(sublevel, generation);
+    }
+  }
+
+  async clearGeneration(sublevel: GenerationalSublevel, generation: number): Promise<void> {
+    assert(generation !== this.current, `clearing ${sublevel} of generation ${generation}, the current one`);
+    await this.sublevel(sublevel, generation).clear();
+  }
+
+  async snapshot(): Promise<DbSnapshot> {
+    const handle = this.level.snapshot();
+    try {
+      // Not this.current: a switch batch may have reached the database but not yet that field.
+      const value = await this.sublevel('meta').get(GENERATION_KEY, { snapshot: handle });
+      return new LevelSnapshot(handle, value ? decodeGeneration(value) : FIRST_GENERATION);
+    } catch (err) {
+      await handle.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async get(sublevel: SublevelName, key: Uint8Array, options: ReadOptions = {}): Promise<Buffer | undefined> {
+    const snapshot = levelSnapshot(options.snapshot);
+    return this.sublevel(sublevel, this.readGeneration(sublevel, options)).get(asBuffer(key), snapshot ? { snapshot } : {});
+  }
+
+  async *entries(sublevel: SublevelName, range: KeyRange & ReadOptions = {}): AsyncIterable<[Buffer, Buffer]> {
     const options: Record<string, unknown> = {};
     if (range.gte) options.gte = asBuffer(range.gte);
     if (range.lt) options.lt = asBuffer(range.lt);
     if (range.limit !== undefined) options.limit = range.limit;
-    for await (const [key, value] of this.sublevels[sublevel].iterator(options)) yield [key, value];
+    const snapshot = levelSnapshot(range.snapshot);
+    if (snapshot) options.snapshot = snapshot;
+    const physical = this.sublevel(sublevel, this.readGeneration(sublevel, range));
+    for await (const [key, value] of physical.iterator(options)) yield [key, value];
   }
 
   async write(ops: readonly DbOp[], options: WriteOptions): Promise<void> {
     if (ops.length === 0) return;
-    const batch = ops.map(
-      (op): AbstractBatchOperation<AnyLevel, BatchKey, Buffer> =>
-        op.type === 'put'
-          ? { type: 'put', sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key), value: asBuffer(op.value) }
-          : { type: 'del', sublevel: this.sublevels[op.sublevel], key: asBuffer(op.key) },
-    );
+    let switchTo: number | undefined;
+    const batch = ops.map((op): AbstractBatchOperation<AnyLevel, BatchKey, Buffer> => {
+      if (op.type === 'put' && isGenerationSwitch(op)) switchTo = decodeGeneration(op.value);
+      const sublevel = this.sublevel(op.sublevel, this.writeGeneration(op));
+      return op.type === 'put'
+        ? { type: 'put', sublevel, key: asBuffer(op.key), value: asBuffer(op.value) }
+        : { type: 'del', sublevel, key: asBuffer(op.key) };
+    });
     const batchOptions: WriteOptions = { sync: options.sync };
     await this.level.batch<BatchKey, Buffer>(batch, batchOptions);
+    if (switchTo !== undefined) this.current = switchTo;
   }
 
   async close(): Promise<void> {
     await this.level.close();
   }
+
+  private async loadGeneration(): Promise<void> {
+    const value = await this.sublevel('meta').get(GENERATION_KEY);
+    this.current = value ? decodeGeneration(value) : FIRST_GENERATION;
+  }
+
+  private readGeneration(sublevel: SublevelName, options: ReadOptions): number {
+    if (!isGenerational(sublevel)) return FIRST_GENERATION;
+    return options.generation ?? options.snapshot?.generation ?? this.current;
+  }
+
+  private writeGeneration(op: DbOp): number {
+    if (!isGenerational(op.sublevel)) {
+      assert(op.generation === undefined, `a write to ${op.sublevel} names generation ${op.generation}, but ${op.sublevel} has none`);
+      return FIRST_GENERATION;
+    }
+    return op.generation ?? this.current;
+  }
+
+  private sublevel(name: SublevelName, generation: number = FIRST_GENERATION): AnySublevel {
+    const physicalName = physicalSublevelName(name, generation);
+    let sublevel = this.physical.get(physicalName);
+    if (!sublevel) {
+      sublevel = this.level.sublevel<Buffer, Buffer>(physicalName, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+      this.physical.set(physicalName, sublevel);
+    }
+    return sublevel;
+  }
+}
+
+class LevelSnapshot implements DbSnapshot {
+  private released = false;
+
+  constructor(
+    readonly handle: AbstractSnapshot,
+    readonly generation: number,
+  ) {}
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    await this.handle.close();
+  }
+
+  isReleased(): boolean {
+    return this.released;
+  }
+}
+
+function levelSnapshot(snapshot: DbSnapshot | undefined): AbstractSnapshot | undefined {
+  if (snapshot === undefined) return undefined;
+  assert(snapshot instanceof LevelSnapshot, 'a DbSnapshot from another database');
+  assert(!snapshot.isReleased(), 'reading through a released DbSnapshot');
+  return snapshot.handle;
 }
 
 /** A Buffer view of the same bytes: no copy on the write path. */

@@ -5,8 +5,8 @@ describe('LevelDb.write', () => {
   test('hands `sync` to the underlying batch, for synced and unsynced writes', async () => {
     const level = new MemoryLevel<Buffer, Buffer>({ keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await level.open();
+    const db = await LevelDb.over(level as unknown as Parameters<typeof LevelDb.over>[0]);
     const batch = jest.spyOn(level, 'batch');
-    const db = new LevelDb(level as unknown as ConstructorParameters<typeof LevelDb>[0]);
     const op = { type: 'put' as const, sublevel: 'meta' as const, key: Buffer.from('k'), value: Buffer.from('v') };
     await db.write([op], { sync: true });
     await db.write([op], { sync: false });

@@ -1,10 +1,13 @@
 import { Command, CommandResult, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { InvariantViolation } from '../../src/assert';
-import { SessionRecord } from '../../gen/cairn/storage/v1/storage';
+import { AppliedState, KeyRecord, SessionRecord, SnapshotBatch, SnapshotRecord } from '../../gen/cairn/storage/v1/storage';
+import { CairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, RANGE_ENTRY_OVERHEAD_BYTES } from '../../src/kv/state-machine';
-import { Db, LevelDb } from '../../src/storage/db';
+import { FsmSnapshot } from '../../src/node/fsm';
+import { Db, GENERATIONAL_SUBLEVELS, LevelDb } from '../../src/storage/db';
+import { SimDisk } from '../sim/sim-disk';
 import { BACKENDS } from '../support/db-backends';
 
 // ---------------------------------------------------------------------------
@@ -1082,5 +1085,369 @@ describe.each(BACKENDS)('KvStateMachine range byte budget on $name', (backend) =
   test('keys_only counts only the keys, so more of them fit', async () => {
     const keysOnly = await sm.range({ ...all, keysOnly: true, maxBytes: 3 * entryBytes });
     expect(keysOnly.kvs).toHaveLength(Math.min(10, Math.floor((3 * entryBytes) / (2 + RANGE_ENTRY_OVERHEAD_BYTES))));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Snapshot and restore (issue 8)
+// ---------------------------------------------------------------------------
+
+/** Streams `snapshot` into `target` and makes it live, as the shell does (one synced switch batch). */
+async function restoreInto(target: KvStateMachine, targetDb: Db, snapshot: FsmSnapshot, maxChunkBytes = 1 << 20): Promise<number> {
+  const restore = await target.beginRestore();
+  let chunks = 0;
+  for await (const chunk of snapshot.chunks(maxChunkBytes)) {
+    await restore.write(chunk);
+    chunks++;
+  }
+  expect(restore.appliedIndex()).toBe(snapshot.index);
+  await targetDb.write(restore.switchOps(), { sync: true });
+  await restore.activate();
+  return chunks;
+}
+
+async function allChunks(snapshot: FsmSnapshot, maxChunkBytes: number): Promise<Uint8Array[]> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of snapshot.chunks(maxChunkBytes)) chunks.push(chunk);
+  return chunks;
+}
+
+/** Everything observable, including log time and the raw session records. */
+async function observeAll(sm: KvStateMachine, db: Db) {
+  return { ...(await observe(sm)), logTime: sm.logTimeUnixMs(), sessions: await sessionDump(db) };
+}
+
+/** Keys, deletions, binary data and sessions with kept results: a state worth snapshotting. */
+async function buildState(sm: KvStateMachine): Promise<void> {
+  await applyAll(
+    sm,
+    put('a', 'one', { clientId: 'alice', sequence: 1, at: 1_000 }),
+    put('b', 'two', { clientId: 'alice', sequence: 2, lowest: 1, at: 1_001 }),
+    'noop',
+    put(Buffer.from([0x00, 0xff]), Buffer.from([0xff, 0x00]), { at: 1_002 }),
+    put('c', 'three', { clientId: 'bob', sequence: 1, at: 1_003 }),
+  );
+  await applyOne(sm, del('c', { clientId: 'bob', sequence: 2, prevKv: true, at: 1_004 }));
+  await applyOne(sm, put('a', 'uno', { clientId: 'carol', sequence: 7, at: 1_005 }));
+}
+
+/** The generations other than the current one that could hold leftovers. */
+async function spareGenerationRecords(db: Db): Promise<number> {
+  let records = 0;
+  for (const generation of [db.generation() - 1, db.generation() + 1, db.generation() + 2]) {
+    if (generation < 1) continue;
+    for (const sublevel of GENERATIONAL_SUBLEVELS) for await (const _ of db.entries(sublevel, { generation })) records++;
+  }
+  return records;
+}
+
+describe.each(BACKENDS)('KvStateMachine snapshot and restore on $name', (backend) => {
+  let source: Awaited<ReturnType<typeof backend.open>>;
+  let target: Awaited<ReturnType<typeof backend.open>>;
+  let sm: KvStateMachine;
+  let other: KvStateMachine;
+
+  beforeEach(async () => {
+    source = await backend.open();
+    target = await backend.open();
+    sm = await KvStateMachine.open(source.db);
+    other = await KvStateMachine.open(target.db);
+    // The target has a state of its own, which the restore must replace entirely.
+    await applyAll(other, put('zzz', 'old'), put('a', 'stale', { clientId: 'alice', sequence: 9, at: 5 }), del('zzz'));
+  });
+  afterEach(async () => {
+    await source.cleanup();
+    await target.cleanup();
+  });
+
+  test('a restored machine answers gets, ranges, revision, log time and sessions exactly as the source', async () => {
+    await buildState(sm);
+    const snapshot = await sm.snapshot();
+    expect(snapshot.index).toBe(sm.appliedIndex());
+    await restoreInto(other, target.db, snapshot);
+    snapshot.release();
+    expect(await observeAll(other, target.db)).toEqual(await observeAll(sm, source.db));
+    expect(other.logTimeUnixMs()).toBe(1_005);
+    expect(await other.get(Buffer.from([0x00, 0xff]))).toEqual(await sm.get(Buffer.from([0x00, 0xff])));
+    expect(await other.range({ start: Buffer.from('a'), end: Buffer.from('c'), limit: 1, keysOnly: true })).toEqual(
+      await sm.range({ start: Buffer.from('a'), end: Buffer.from('c'), limit: 1, keysOnly: true }),
+    );
+    // Session answers: a retry gets its kept result, a discarded one SESSION_EXPIRED, a new one applies; same on both.
+    const next = [
+      put('a', 'one', { clientId: 'alice', sequence: 2, lowest: 1, at: 1_010 }),
+      put('b', 'again', { clientId: 'alice', sequence: 3, lowest: 3, at: 1_011 }),
+      put('b', 'late', { clientId: 'alice', sequence: 1, lowest: 3, at: 1_011 }),
+      put('d', 'four', { clientId: 'bob', sequence: 3, at: 1_012 }),
+      put('e', 'five', { clientId: 'dave', sequence: 1, at: 1_013 }),
+    ];
+    const mine = await sm.apply(entriesFor(sm, next));
+    const theirs = await other.apply(entriesFor(other, next));
+    expect(theirs).toEqual(mine);
+    expect(mine[0]!.result?.revision).toBe(2);
+    expect(mine[2]!.result?.error?.code).toBe('SESSION_EXPIRED');
+    expect(await observeAll(other, target.db)).toEqual(await observeAll(sm, source.db));
+  });
+
+  test('the restored state is what reopens, in the new generation, with nothing left of the old one', async () => {
+    await buildState(sm);
+    const snapshot = await sm.snapshot();
+    await restoreInto(other, target.db, snapshot, 64);
+    snapshot.release();
+    expect(target.db.generation()).toBe(2);
+    // The old generation goes in the background; a new restore waits for it, so one is a barrier.
+    await (await other.beginRestore()).abort();
+    expect(await spareGenerationRecords(target.db)).toBe(0);
+    const reopenedDb = await target.reopen();
+    const reopened = await KvStateMachine.open(reopenedDb);
+    expect(reopenedDb.generation()).toBe(2);
+    expect(await observeAll(reopened, reopenedDb)).toEqual(await observeAll(sm, source.db));
+    expect(await spareGenerationRecords(reopenedDb)).toBe(0);
+  });
+
+  test('a snapshot keeps the state it was taken at while writes go on', async () => {
+    await buildState(sm);
+    const before = await observeAll(sm, source.db);
+    const snapshot = await sm.snapshot();
+    await applyAll(
+      sm,
+      put('a', 'later', { clientId: 'alice', sequence: 3, lowest: 3, at: 2_000 }),
+      del('b'),
+      put('new', 'key', { clientId: 'erin', sequence: 1, at: 2_001 }),
+    );
+    expect(await observeAll(sm, source.db)).not.toEqual(before);
+    expect(snapshot.index).toBe(before.appliedIndex);
+    await restoreInto(other, target.db, snapshot, 100);
+    snapshot.release();
+    expect(await observeAll(other, target.db)).toEqual(before);
+  });
+
+  test('chunks stay within maxChunkBytes, a record larger than the budget goes alone, and records come in order', async () => {
+    const maxChunkBytes = 300;
+    await applyAll(sm, ...Array.from({ length: 40 }, (_, i) => put(`key-${String(i).padStart(2, '0')}`, `value-${i}`, { clientId: `c${i % 3}`, sequence: Math.floor(i / 3) + 1, at: 10 + i })));
+    await applyOne(sm, put('huge', 'h'.repeat(1_000)));
+    const snapshot = await sm.snapshot();
+    const chunks = await allChunks(snapshot, maxChunkBytes);
+    expect(chunks.length).toBeGreaterThan(5);
+    const records: SnapshotRecord[] = [];
+    for (const chunk of chunks) {
+      const batch = SnapshotBatch.decode(chunk);
+      expect(batch.records.length).toBeGreaterThan(0);
+      if (chunk.length > maxChunkBytes) {
+        expect(batch.records).toHaveLength(1);
+        expect(batch.records[0]!.key.toString()).toBe('huge');
+      }
+      records.push(...batch.records);
+    }
+    expect(chunks.some((chunk) => chunk.length > maxChunkBytes)).toBe(true);
+    expect(records.filter((r) => r.sublevel === 'kv')).toHaveLength(41);
+    expect(records.filter((r) => r.sublevel === 'sessions').map((r) => r.key.toString())).toEqual(['c0', 'c1', 'c2']);
+    expect(records[records.length - 1]).toMatchObject({ sublevel: 'meta', key: Buffer.from('applied') });
+    // Iterating again reads the same view again.
+    expect(await allChunks(snapshot, maxChunkBytes)).toEqual(chunks);
+    snapshot.release();
+    expect(await restoreInto(other, target.db, await sm.snapshot(), maxChunkBytes)).toBe(chunks.length);
+    expect(await observeAll(other, target.db)).toEqual(await observeAll(sm, source.db));
+  });
+
+  test('an aborted restore leaves the old state, serving and applying, and no staged data', async () => {
+    await buildState(sm);
+    const before = await observeAll(other, target.db);
+    const restore = await other.beginRestore();
+    for await (const chunk of (await sm.snapshot()).chunks(50)) await restore.write(chunk);
+    expect(restore.appliedIndex()).toBe(sm.appliedIndex());
+    expect(await observeAll(other, target.db)).toEqual(before);
+    await restore.abort();
+    expect(target.db.generation()).toBe(1);
+    expect(await observeAll(other, target.db)).toEqual(before);
+    expect(await spareGenerationRecords(target.db)).toBe(0);
+    await applyOne(other, put('after', 'abort'));
+    expect(await other.get(Buffer.from('after'))).toEqual(kv('after', 'abort', 3, 3, 1));
+    const reopened = await KvStateMachine.open(await target.reopen());
+    expect(await reopened.get(Buffer.from('zzz'))).toBeUndefined();
+  });
+
+  test('entries may still be applied while a restore stages, never between its switch and activation', async () => {
+    await buildState(sm);
+    const restore = await other.beginRestore();
+    for await (const chunk of (await sm.snapshot()).chunks(1 << 20)) await restore.write(chunk);
+    await applyOne(other, put('during', 'staging'));
+    const ops = restore.switchOps();
+    await expect(other.apply(entriesFor(other, [put('x', 'y')]))).rejects.toThrow(InvariantViolation);
+    await target.db.write(ops, { sync: true });
+    // A snapshot taken in that window (a backup, say) is consistent: the new state at its index.
+    const between = await other.snapshot();
+    expect(between.index).toBe(sm.appliedIndex());
+    const betweenKeys = (await allChunks(between, 1 << 20)).flatMap((c) => SnapshotBatch.decode(c).records.filter((r) => r.sublevel === 'kv').map((r) => r.key.toString('hex')));
+    between.release();
+    expect(betweenKeys).toEqual((await observe(sm)).kvs.map((k) => k.key));
+    await restore.activate();
+    expect(await other.get(Buffer.from('during'))).toBeUndefined();
+    expect(await observeAll(other, target.db)).toEqual(await observeAll(sm, source.db));
+  });
+
+  test('one restore at a time: a second beginRestore is refused with a clear error', async () => {
+    const restore = await other.beginRestore();
+    await expect(other.beginRestore()).rejects.toThrow(/already in progress/);
+    await restore.abort();
+    await (await other.beginRestore()).abort();
+  });
+
+  describe('bad chunks give a CairnError and leave the old state', () => {
+    const record = (sublevel: string, key: string, value: Uint8Array): SnapshotRecord => ({ sublevel, key: Buffer.from(key), value: Buffer.from(value) });
+    const keyRecord = KeyRecord.encode({ value: Buffer.from('v'), createRevision: 1, modRevision: 1, version: 1 }).finish();
+    const applied = AppliedState.encode({ index: 7, revision: 1, logTimeUnixMs: 0 }).finish();
+    const encode = (...records: SnapshotRecord[]) => SnapshotBatch.encode({ records }).finish();
+    const cases: [string, Uint8Array[], RegExp][] = [
+      ['bytes that do not decode', [Buffer.from([0x0a, 0x05, 0x01])], /snapshot chunk 1 does not decode as a SnapshotBatch/],
+      ['an unknown sublevel', [encode(record('log', 'k', keyRecord))], /unknown sublevel "log"/],
+      ['a meta key other than applied', [encode(record('meta', 'hard-state', applied))], /meta key "hard-state" is not part of a snapshot/],
+      ['a kv value that is not a KeyRecord', [encode(record('kv', 'k', Buffer.from([0xff, 0xff])))], /record 1 \(kv\)/],
+      ['keys out of order', [encode(record('kv', 'b', keyRecord)), encode(record('kv', 'a', keyRecord))], /snapshot chunk 2 is invalid: record 2 \(kv key 61\) is out of order/],
+      ['sublevels out of order', [encode(record('sessions', 's', SessionRecord.encode({ sequence: 0, result: Buffer.alloc(0), lowestUnansweredSequence: 1, results: [], lastActiveIndex: 1, lastActiveUnixMs: 0 }).finish()), record('kv', 'a', keyRecord))], /out of order/],
+      ['a record after meta/applied', [encode(record('meta', 'applied', applied), record('kv', 'z', keyRecord))], /follows meta\/applied/],
+    ];
+
+    test.each(cases)('%s', async (_name, chunks, message) => {
+      const before = await observeAll(other, target.db);
+      const restore = await other.beginRestore();
+      let error: unknown;
+      try {
+        for (const chunk of chunks) await restore.write(chunk);
+      } catch (err) {
+        error = err;
+      }
+      expect(error).toBeInstanceOf(CairnError);
+      expect((error as CairnError).code).toBe('INVALID_ARGUMENT');
+      expect((error as Error).message).toMatch(message);
+      await restore.abort();
+      expect(await observeAll(other, target.db)).toEqual(before);
+      expect(await spareGenerationRecords(target.db)).toBe(0);
+    });
+
+    test('a stream without meta/applied is incomplete: no switch', async () => {
+      const restore = await other.beginRestore();
+      await restore.write(encode(record('kv', 'a', keyRecord)));
+      expect(() => restore.switchOps()).toThrow(/ended without its meta\/applied record \(after 1 records\): it is incomplete/);
+      expect(() => restore.appliedIndex()).toThrow(CairnError);
+      await restore.abort();
+      expect(target.db.generation()).toBe(1);
+    });
+  });
+});
+
+describe('KvStateMachine restore is atomic across crashes (SimDisk)', () => {
+  /** A disk whose writes can be held in flight, so a crash can land in the middle of one. */
+  function heldDisk() {
+    let hold: (() => void) | undefined;
+    let holding = false;
+    const disk = new SimDisk(() => (holding ? new Promise<void>((resolve) => (hold = resolve)) : Promise.resolve()));
+    return {
+      disk,
+      holdWrites: () => (holding = true),
+      release: () => {
+        holding = false;
+        hold?.();
+      },
+    };
+  }
+
+  /** A durable old state on a SimDisk and a source machine with a different state to restore. */
+  async function setup() {
+    const held = heldDisk();
+    const db = await held.disk.open();
+    const old = await KvStateMachine.open(db);
+    await applyAll(old, put('a', 'old'), put('gone', 'soon', { clientId: 'old-client', sequence: 1, at: 50 }), put('zz', 'old'));
+    // The state machine's writes are unsynced: a synced write makes them durable.
+    await db.write([{ type: 'put', sublevel: 'meta', key: Buffer.from('test-sync'), value: Buffer.from('1') }], { sync: true });
+    const oldState = await observeAll(old, db);
+    const sourceDb = await LevelDb.openMemory();
+    const source = await KvStateMachine.open(sourceDb);
+    await buildState(source);
+    await applyAll(source, ...Array.from({ length: 12 }, (_, i) => put(`k${i}`, 'n'.repeat(20), { clientId: `s${i % 4}`, sequence: Math.floor(i / 4) + 1, at: 2_000 + i })));
+    const newState = await observeAll(source, sourceDb);
+    expect(newState).not.toEqual(oldState);
+    const snapshot = await source.snapshot();
+    const chunks = await allChunks(snapshot, 120);
+    snapshot.release();
+    await sourceDb.close();
+    expect(chunks.length).toBeGreaterThan(4);
+    return { ...held, db, old, oldState, newState, chunks };
+  }
+
+  /** Reopens after a crash: the state must be exactly the old or exactly the new one, with no spare generation left. */
+  async function reopenAfterCrash(disk: SimDisk) {
+    const db = await disk.open();
+    const reopened = await KvStateMachine.open(db);
+    const state = await observeAll(reopened, db);
+    expect(await spareGenerationRecords(db)).toBe(0);
+    return { db, state };
+  }
+
+  // Steps: 0 = after beginRestore, 1..n = after chunk k was written, n+1 = after the switch batch, n+2 = after activate.
+  const KEEP = ['none', 'half', 'all'] as const;
+  const keepOf = (mode: (typeof KEEP)[number]) => (count: number) => (mode === 'none' ? 0 : mode === 'all' ? count : Math.floor(count / 2));
+
+  test.each(KEEP)('a crash after every step of a restore (unsynced writes kept: %s) reopens the old state before the switch and the new one after', async (mode) => {
+    const { chunks } = await setup();
+    for (let step = 0; step <= chunks.length + 2; step++) {
+      const { disk, db, old, oldState, newState } = await setup();
+      const restore = await old.beginRestore();
+      for (let k = 0; k < Math.min(step, chunks.length); k++) await restore.write(chunks[k]!);
+      if (step > chunks.length) await db.write(restore.switchOps(), { sync: true });
+      if (step > chunks.length + 1) await restore.activate();
+      disk.crash(keepOf(mode));
+      const { state } = await reopenAfterCrash(disk);
+      expect({ step, state }).toEqual({ step, state: step > chunks.length ? newState : oldState });
+    }
+  });
+
+  test.each(KEEP)('a crash while the switch batch is in flight (unsynced writes kept: %s) reopens exactly the old or the new state', async (mode) => {
+    const { disk, db, old, oldState, newState, chunks, holdWrites } = await setup();
+    const restore = await old.beginRestore();
+    for (const chunk of chunks) await restore.write(chunk);
+    holdWrites();
+    void db.write(restore.switchOps(), { sync: true }).catch(() => undefined);
+    await Promise.resolve();
+    disk.crash(keepOf(mode));
+    const { state } = await reopenAfterCrash(disk);
+    expect(state).toEqual(mode === 'all' ? newState : oldState);
+  });
+
+  test('a crash while the old generation is being deleted after activation reopens the new state and finishes the deletion', async () => {
+    const { disk, db, old, newState, chunks, holdWrites } = await setup();
+    const restore = await old.beginRestore();
+    for (const chunk of chunks) await restore.write(chunk);
+    await db.write(restore.switchOps(), { sync: true });
+    holdWrites();
+    await restore.activate();
+    expect(await observeAll(old, db)).toEqual(newState);
+    disk.crash((count) => count);
+    const { db: reopenedDb, state } = await reopenAfterCrash(disk);
+    expect(state).toEqual(newState);
+    expect(reopenedDb.generation()).toBe(2);
+  });
+
+  test('restores chain: a second restore after a crash reopens in generation 3 with the second state', async () => {
+    const first = await setup();
+    const restore = await first.old.beginRestore();
+    for (const chunk of first.chunks) await restore.write(chunk);
+    await first.db.write(restore.switchOps(), { sync: true });
+    await restore.activate();
+    first.disk.crash((count) => count);
+    const { db } = await reopenAfterCrash(first.disk);
+    const machine = await KvStateMachine.open(db);
+    const sourceDb = await LevelDb.openMemory();
+    const source = await KvStateMachine.open(sourceDb);
+    await applyAll(source, put('third', 'state'));
+    const again = await machine.beginRestore();
+    for await (const chunk of (await source.snapshot()).chunks(1 << 20)) await again.write(chunk);
+    await db.write(again.switchOps(), { sync: true });
+    await again.activate();
+    expect(db.generation()).toBe(3);
+    first.disk.crash(() => 0);
+    const { db: last, state } = await reopenAfterCrash(first.disk);
+    expect(last.generation()).toBe(3);
+    expect(state).toEqual(await observeAll(source, sourceDb));
+    await sourceDb.close();
   });
 });
