@@ -849,7 +849,7 @@ export class Simulation {
   }
 
   /**
-   * Without snapshots a new node copies the whole log, at the replication rate this seed
+   * Without compaction a new node copies the whole log, at the replication rate this seed
    * drew: with a window of one entry per round trip (and a lone voter whose clients
    * commit at disk speed) it could never catch up within the convergence deadline, so
    * such seeds add nodes only while the log is short.
@@ -857,7 +857,9 @@ export class Simulation {
   private newNodeCanCatchUp(leader: SimNode): boolean {
     const { maxEntriesPerAppend, maxInflightAppends, maxBytesPerAppend } = this.tuning;
     const fastReplication = maxEntriesPerAppend >= 8 && maxInflightAppends >= 4 && maxBytesPerAppend === undefined;
-    if (fastReplication) return true;
+    // A seed that compacts catches a newcomer up with a snapshot and the short tail after it.
+    const compacts = this.snapshotProfile.snapshotEntries <= MAX_SLOW_JOIN_LOG_ENTRIES;
+    if (fastReplication || compacts) return true;
     // A lone voter commits at disk speed, faster than a slow link copies: the learner falls ever further behind.
     return this.bootstrapVoters.length > 1 && leader.replica!.node.status().lastIndex < MAX_SLOW_JOIN_LOG_ENTRIES;
   }
