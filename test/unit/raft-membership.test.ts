@@ -238,6 +238,16 @@ describe('membership: configs follow the log', () => {
     expect(ids(restarted.node(2).configAt(1))).toEqual({ voters: [1, 2, 3], learners: [] });
   });
 
+  test('the config handed out cannot be changed from outside', () => {
+    const net = threeNodes();
+    const config = net.node(1).clusterConfig();
+    expect(() => config.voters.push(member(9))).toThrow(TypeError);
+    expect(() => {
+      (config.voters[0] as { id: number }).id = 9;
+    }).toThrow(TypeError);
+    expect(ids(net.node(1).clusterConfig())).toEqual({ voters: [1, 2, 3], learners: [] });
+  });
+
   test('a config entry whose data is not a ClusterConfig is rejected as malformed', () => {
     const net = threeNodes();
     const bad = (data: Buffer) => ({
