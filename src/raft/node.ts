@@ -1048,10 +1048,11 @@ export class RaftNode {
 
   /** A follower's log changed from `index` on (entries replaced or added): configs follow it. */
   private onLogChangedFrom(index: number): void {
-    const before = this.configs.latestIndex();
+    // Compared as objects, not by index: a config entry may be replaced by another at the same index.
+    const before = this.configs.latest();
     this.configs.truncateFrom(index);
     this.noteConfigEntriesFrom(index);
-    if (this.configs.latestIndex() !== before) this.onConfigChanged();
+    if (this.configs.latest() !== before) this.onConfigChanged();
   }
 
   private onConfigChanged(): void {

@@ -272,6 +272,38 @@ describe('membership: configs follow the log', () => {
     expect(ids(net.node(2).configAt(1))).toEqual({ voters: [1, 2, 3, 4, 5], learners: [] });
   });
 
+  test('a config entry replaced by another at the same index: the quorum follows the new one', () => {
+    const net = new RaftNetwork(5, { checkQuorum: false });
+    net.elect(1);
+    net.node(1).propose(data('x'));
+    net.heartbeats(1, 2);
+    // Leader 1 logs 'y' at 3 and the removal of node 2 at 4; only node 2 gets them.
+    for (const to of [3, 4, 5]) net.cutLink(1, to);
+    net.node(1).propose(data('y'));
+    expect(net.node(1).proposeConfigChange(remove(2))).toMatchObject({ ok: true, index: 4 });
+    net.settle();
+    expect(ids(net.node(2).clusterConfig()).voters).toEqual([1, 3, 4, 5]);
+
+    // Nodes 3, 4, 5 elect node 3: its no-op takes index 3, its own config entry (a learner) index 4.
+    net.heal();
+    net.isolate(1);
+    net.isolate(2);
+    net.elect(3);
+    net.addNode(6);
+    expect(net.node(3).proposeConfigChange(addLearner(6))).toMatchObject({ ok: true, index: 4 });
+    net.settle();
+
+    net.heal();
+    net.isolate(1);
+    net.heartbeats(3);
+    expect(net.node(2).entryAt(4)?.term).toBe(2);
+    expect(ids(net.node(2).clusterConfig())).toEqual({ voters: [1, 2, 3, 4, 5], learners: [6] });
+    // A voter again: cut off, it campaigns (with the stale quorum it would think itself removed).
+    net.isolate(2);
+    net.tick(2, LONG_TIME);
+    expect(net.node(2).role).not.toBe('follower');
+  });
+
   test('a restarted node takes its config from the config entries in its log', () => {
     const net = threeNodes();
     net.addNode(4);
