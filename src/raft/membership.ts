@@ -62,6 +62,10 @@ export function voterIds(config: ClusterConfig): NodeId[] {
   return config.voters.map((m) => m.id);
 }
 
+export function isMember(config: ClusterConfig, id: NodeId): boolean {
+  return config.voters.some((m) => m.id === id) || config.learners.some((m) => m.id === id);
+}
+
 /** Every member but `self`: whom a leader replicates to. */
 export function peersOf(config: ClusterConfig, self: NodeId): NodeId[] {
   return [...config.voters, ...config.learners].map((m) => m.id).filter((id) => id !== self);

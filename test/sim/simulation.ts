@@ -1152,9 +1152,12 @@ export class Simulation {
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
     // Only voters of the leader's config vote it in: that config read from its log here, not from the core's bookkeeping.
-    const { electedBy } = node.replica!.node.status();
+    const { electedBy, commitIndex } = node.replica!.node.status();
     const voters = this.votersInLog(node);
-    if (!voters.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}`);
+    // Itself a voter of that config, or of the committed one while its own removal is in flight.
+    if (!voters.includes(node.id) && !this.votersInLog(node, commitIndex).includes(node.id)) {
+      return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}, nor of its committed one`);
+    }
     const strangers = electedBy.filter((id) => !voters.includes(id));
     if (strangers.length > 0 || electedBy.length < majoritySize(voters.length)) {
       return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${voters}} of its config`);
@@ -1173,10 +1176,10 @@ export class Simulation {
     }
   }
 
-  /** The voters of the latest config entry in a node's log (the bootstrap voters when there is none). */
-  private votersInLog(node: SimNode): NodeId[] {
+  /** The voters of the latest config entry in a node's log up to `upTo` (the bootstrap voters when there is none). */
+  private votersInLog(node: SimNode, upTo = node.replica!.node.status().lastIndex): NodeId[] {
     const core = node.replica!.node;
-    for (let index = core.status().lastIndex; index >= 1; index--) {
+    for (let index = upTo; index >= 1; index--) {
       const entry = core.entryAt(index);
       if (!entry) return core.configAt(index).voters.map((m) => m.id); // compacted: the snapshot's config
       if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data).voters.map((m) => m.id);

@@ -241,6 +241,40 @@ describe('membership: removal', () => {
   });
 });
 
+describe('membership: a leader that loses leadership while removing itself', () => {
+  test('two voters: the removed one may still campaign until its removal commits, so the cluster is not left without a leader', () => {
+    const net = new RaftNetwork(2);
+    net.elect(1);
+    net.heartbeats(1, 1);
+    // Leader 1 logs 'x' and its own removal (voters {2}); node 2 gets neither.
+    net.isolate(2);
+    net.node(1).propose(data('x'));
+    expect(net.node(1).proposeConfigChange(remove(1))).toMatchObject({ ok: true, index: 3 });
+    net.settle();
+    // Check-quorum: it hears nothing from the voters {2} for an election timeout and steps down.
+    net.tick(1, 2 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks);
+    expect(net.node(1).role).toBe('follower');
+    expect(ids(net.node(1).clusterConfig()).voters).toEqual([2]);
+
+    // Node 2 cannot win alone (its config is {1, 2} and its log is shorter than node 1's):
+    // node 1 must campaign, win with node 2's vote, commit its removal and hand over.
+    net.heal();
+    for (let i = 0; i < LONG_TIME && !(net.node(2).role === 'leader' && net.node(2).status().commitIndex >= 3); i++) {
+      net.tick(1);
+      net.tick(2);
+      net.settle();
+    }
+    expect(net.node(2).role).toBe('leader');
+    expect(ids(net.node(2).clusterConfig()).voters).toEqual([2]);
+    expect(net.node(2).entryAt(2)?.data.toString()).toBe('x');
+    expect(net.node(1).role).toBe('follower');
+    // Knowing its removal committed, node 1 never campaigns again.
+    net.isolate(1);
+    net.tick(1, LONG_TIME);
+    expect(net.node(1).role).toBe('follower');
+  });
+});
+
 describe('membership: configs follow the log', () => {
   test('a follower whose uncommitted config entry is truncated falls back to the config before it', () => {
     const net = new RaftNetwork(5, { checkQuorum: false });
