@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import { Command } from '../../gen/cairn/kv/v1/kv';
-import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, Message } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
+import { FsmRestore, FsmSnapshot } from '../../src/node/fsm';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
 import { majoritySize } from '../../src/raft/quorum';
 import { SeededRandom } from '../../src/raft/random';
@@ -67,6 +68,11 @@ export interface SimResult {
     membershipChanges: number;
     /** Leadership transfers that ended with another leader. (`nodes` counts the bootstrap voters, not the nodes that joined.) */
     transfers: number;
+    snapshotTransfers: number;
+    snapshotsInstalled: number;
+    restoreCrashes: number;
+    /** Nodes whose log was compacted (snapshot index > 0) at the end. */
+    compactedNodes: number;
   };
 }
 
@@ -108,6 +114,24 @@ interface FaultProfile {
   tailChurnRate: number;
   /** Chance that a leader is crashed or isolated as it makes its first commit of its term. */
   cutOnFirstCommitRate: number;
+}
+
+/**
+ * Compaction and InstallSnapshot, drawn per seed from their own generator: small
+ * thresholds make every node compact often, so followers that fall behind (crashed,
+ * partitioned) need a snapshot; the crash rates cut transfers and restores short.
+ */
+interface SnapshotProfile {
+  snapshotEntries: number;
+  snapshotCatchupEntries: number;
+  /** Bytes of one snapshot chunk: small, so that a transfer is a stream of many. */
+  chunkBytes: number;
+  /** Chance, per chunk delivered, that the sender or the receiver crashes (mid-transfer). */
+  crashMidTransferRate: number;
+  /** Chance, per restore, that the receiver crashes after staging, before the synced switch batch. */
+  crashBeforeSwitchRate: number;
+  /** Chance, per restore, that the receiver crashes right after the switch batch, before it serves the new state. */
+  crashAfterSwitchRate: number;
 }
 
 interface SimNode {
@@ -228,6 +252,10 @@ export class Simulation {
   private readonly membershipStats = { changes: 0, transfers: 0 };
   /** The members of the configuration at the highest commit index any node was seen to know. */
   private latestCommittedConfig: { index: number; members: NodeId[]; seenOn: NodeId } = { index: 0, members: [], seenOn: 0 };
+  private readonly snapshotProfile: SnapshotProfile;
+  /** index -> the state-machine digest first seen at that applied index, and who had it. */
+  private readonly digestsByIndex = new Map<number, { digest: string; who: string }>();
+  private readonly snapshotStats = { transfers: 0, installed: 0, compactions: 0, restoreCrashes: 0 };
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -257,6 +285,7 @@ export class Simulation {
       ...drawByteBounds(new SeededRandom(options.seed * 40_503 + 11)),
     };
     this.sessionLimits = this.drawSessionLimits();
+    this.snapshotProfile = drawSnapshotProfile(new SeededRandom(options.seed * 7_919 + 3));
     this.dropRate = this.profile.dropRate;
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
@@ -271,6 +300,7 @@ export class Simulation {
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
+    this.log(`snapshots ${JSON.stringify(this.snapshotProfile)}`);
   }
 
   /**
@@ -327,6 +357,10 @@ export class Simulation {
         sessionLimited: this.sessionErrors.limit,
         membershipChanges: this.membershipStats.changes,
         transfers: this.membershipStats.transfers,
+        snapshotTransfers: this.snapshotStats.transfers,
+        snapshotsInstalled: this.snapshotStats.installed,
+        restoreCrashes: this.snapshotStats.restoreCrashes,
+        compactedNodes: this.nodes.filter((n) => (n.replica?.node.status().snapshotIndex ?? 0) > 0).length,
       },
     };
   }
@@ -389,13 +423,24 @@ export class Simulation {
     const incarnation = node.incarnation;
     if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
-    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), (entry) => this.checkApplied(node, entry));
+    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), db, {
+      onApply: (entry) => this.checkApplied(node, entry),
+      onState: (index, digest) => this.checkDigest(`node ${node.id}`, index, digest),
+      beforeSwitch: () => this.maybeCrashInRestore(node, incarnation, 'before', this.snapshotProfile.crashBeforeSwitchRate),
+      afterSwitch: () => this.maybeCrashInRestore(node, incarnation, 'after', this.snapshotProfile.crashAfterSwitchRate),
+    });
     const replica = await openKvReplica({
       clock: { wallUnixMs: () => this.now * MS_PER_UNIT, monotonicMs: () => this.now * MS_PER_UNIT },
       config: this.raftConfig(node),
       storage: new LevelRaftStorage(db),
       stateMachine,
-      transport: { send: (messages) => this.transmit(node, incarnation, messages) },
+      transport: {
+        send: (messages) => this.transmit(node, incarnation, messages),
+        sendSnapshot: (to, header, chunks) => this.transferSnapshot(node, incarnation, to, header, chunks),
+      },
+      snapshotEntries: this.snapshotProfile.snapshotEntries,
+      snapshotCatchupEntries: this.snapshotProfile.snapshotCatchupEntries,
+      snapshotChunkBytes: this.snapshotProfile.chunkBytes,
       onFatal: (err) => {
         if (node.incarnation === incarnation && node.up) this.fail(`node ${node.id} stopped on ${(err as Error).stack ?? err}`);
       },
@@ -461,6 +506,63 @@ export class Simulation {
       const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;
       for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.fromId, message.to, wire));
     }
+  }
+
+  /**
+   * An InstallSnapshot stream over the simulated network: each chunk takes a network
+   * delay, may be lost (the transfer fails, as a broken gRPC stream does), and is cut by
+   * a partition or by a crash of either side, which the nemesis may cause mid-transfer.
+   */
+  private async transferSnapshot(
+    from: SimNode,
+    incarnation: number,
+    to: NodeId,
+    header: SnapshotHeader,
+    chunks: AsyncIterable<Uint8Array>,
+  ): Promise<InstallSnapshotResponse> {
+    const target = this.nodes[to - 1]!;
+    const targetIncarnation = target.incarnation;
+    const receiver = target.replica;
+    const alive = () => from.incarnation === incarnation && from.up && target.incarnation === targetIncarnation && target.up;
+    this.snapshotStats.transfers++;
+    this.log(`node ${from.id}: snapshot at ${header.meta?.index} to node ${to} starts`);
+    if (!receiver || !alive() || this.linkDown(from.id, to)) throw new Error(`node ${to} is unreachable`);
+    const sim = this;
+    async function* wire(): AsyncIterable<Uint8Array> {
+      for await (const chunk of chunks) {
+        const bytes = Buffer.from(chunk); // what the wire carries, not the sender's buffer
+        await sim.sleep(sim.networkDelay());
+        if (sim.now < sim.faultEndUnits && sim.faultRand.chance(sim.snapshotProfile.crashMidTransferRate)) {
+          const victim = sim.faultRand.chance(0.5) ? from : target;
+          sim.log(`nemesis: crash node ${victim.id} mid-transfer of a snapshot to node ${to}`);
+          sim.crashAndRestartSoon(victim);
+        }
+        if (!alive()) throw new Error('a side of the transfer crashed');
+        if (sim.linkDown(from.id, to) || sim.rand.chance(sim.dropRate)) throw new Error('the snapshot stream broke');
+        yield bytes;
+      }
+    }
+    const response = await receiver.receiveSnapshot({ ...header, clusterId: 1 }, wire());
+    await this.sleep(this.networkDelay());
+    if (!alive() || this.linkDown(to, from.id)) throw new Error('the answer was lost');
+    if (response.installed) this.snapshotStats.installed++;
+    this.log(`node ${from.id}: snapshot at ${header.meta?.index} to node ${to}: ${response.installed ? 'installed' : `not installed (${response.reason})`}`);
+    return response;
+  }
+
+  /** During a restore: maybe crash the receiver at this point (with SimDisk's crash semantics), and restart it soon. */
+  private maybeCrashInRestore(node: SimNode, incarnation: number, when: 'before' | 'after', rate: number): void {
+    if (node.incarnation !== incarnation || !node.up || this.now >= this.faultEndUnits || !this.faultRand.chance(rate)) return;
+    this.snapshotStats.restoreCrashes++;
+    this.log(`nemesis: crash node ${node.id} ${when} the switch batch of a snapshot restore`);
+    this.crashAndRestartSoon(node);
+  }
+
+  private crashAndRestartSoon(node: SimNode): void {
+    this.crashNode(node);
+    this.at(1 + this.rand.int(20 * UNITS_PER_TICK), () => {
+      if (!node.up && this.now < this.faultEndUnits) this.restartNode(node);
+    });
   }
 
   private linkDown(from: NodeId, to: NodeId): boolean {
@@ -1057,6 +1159,8 @@ export class Simulation {
       // A leader of an older term may be elected after a newer term committed entries
       // (its votes were cast before, delivered late); it needs only what came before it.
       if (this.committedByTerm.get(index)! >= term) continue;
+      // Compacted: covered by its snapshot, whose state the digest invariant checks.
+      if (index < node.replica!.node.status().firstIndex) continue;
       const entry = node.replica!.node.entryAt(index);
       if (!entry || entryIdentity(entry) !== identity) {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
@@ -1077,7 +1181,10 @@ export class Simulation {
 
   /** A committed entry never changes, whoever commits it. */
   private checkCommitted(node: SimNode, commitIndex: number): void {
-    for (let index = node.checkedCommit + 1; index <= commitIndex; index++) {
+    // Entries before the first index were compacted or replaced by an installed snapshot
+    // before this check saw them: the snapshot's state is checked by its digest instead.
+    const firstIndex = node.replica!.node.status().firstIndex;
+    for (let index = Math.max(node.checkedCommit + 1, firstIndex); index <= commitIndex; index++) {
       const entry = node.replica!.node.entryAt(index);
       if (!entry) return this.fail(`node ${node.id} says ${commitIndex} is committed but lacks entry ${index}`);
       this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry), node.replica!.node.term);
@@ -1088,6 +1195,13 @@ export class Simulation {
   /** State-machine safety: every node applies the same entry at each index. */
   private checkApplied(node: SimNode, entry: Entry): void {
     this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
+  }
+
+  /** State-machine safety at snapshot granularity: every node's state at an applied index is the same. */
+  private checkDigest(who: string, index: number, digest: string): void {
+    const known = this.digestsByIndex.get(index);
+    if (known === undefined) this.digestsByIndex.set(index, { digest, who });
+    else if (known.digest !== digest) this.fail(`${who} holds state ${digest} at applied index ${index}, but ${known.who} held ${known.digest} there`);
   }
 
   private recordCommitted(who: string, index: number, identity: string, term: number): void {
@@ -1121,7 +1235,7 @@ export class Simulation {
 
   private describeNodes(): string {
     return this.nodes
-      .map((n) => (n.up && n.replica ? JSON.stringify({ ...n.replica.node.status(), progress: undefined }) : `node ${n.id} down`))
+      .map((n) => (n.up && n.replica ? JSON.stringify({ ...n.replica.node.status(), config: undefined, progress: n.replica.node.role === "leader" ? n.replica.node.status().progress : undefined }) : `node ${n.id} down`))
       .join('; ');
   }
 
@@ -1142,7 +1256,8 @@ export class Simulation {
   private checkLogMatching(): void {
     const [first, ...rest] = this.currentMembers().map((n) => n.replica!.node);
     for (const other of rest) {
-      for (let index = 1; index <= first!.status().lastIndex; index++) {
+      const from = Math.max(first!.status().firstIndex, other.status().firstIndex);
+      for (let index = from; index <= first!.status().lastIndex; index++) {
         const a = first!.entryAt(index);
         const b = other.entryAt(index);
         if (!a || !b || entryIdentity(a) !== entryIdentity(b)) {
@@ -1153,11 +1268,26 @@ export class Simulation {
   }
 }
 
-/** Records every applied entry for the state-machine safety check, then applies it. */
+interface CheckHooks {
+  /** Every entry applied, for the state-machine safety check. */
+  onApply(entry: Entry): void;
+  /** The digest of the state after each apply batch and each restore, at its applied index. */
+  onState(index: number, digest: string): void;
+  /** A restore's switch batch is about to be built (staging is complete). */
+  beforeSwitch(): void;
+  /** A restore's switch batch was written; the new state is not served yet. */
+  afterSwitch(): void;
+}
+
+/**
+ * The kv state machine with the simulator's checks: applied entries and the state's digest
+ * at every applied index are recorded, and restores can be crashed around their switch.
+ */
 class CheckedStateMachine implements StateMachine {
   constructor(
     private readonly inner: KvStateMachine,
-    private readonly onApply: (entry: Entry) => void,
+    private readonly db: Db,
+    private readonly hooks: CheckHooks,
   ) {}
 
   appliedIndex(): number {
@@ -1173,8 +1303,11 @@ class CheckedStateMachine implements StateMachine {
   }
 
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
-    for (const entry of entries) this.onApply(entry);
-    return this.inner.apply(entries);
+    for (const entry of entries) this.hooks.onApply(entry);
+    const outcomes = await this.inner.apply(entries);
+    // The shell runs nothing else against the state machine until apply returns.
+    this.hooks.onState(this.inner.appliedIndex(), await stateDigest(this.db));
+    return outcomes;
   }
 
   get(key: Uint8Array) {
@@ -1183,6 +1316,29 @@ class CheckedStateMachine implements StateMachine {
 
   range(options: Parameters<StateMachine['range']>[0]) {
     return this.inner.range(options);
+  }
+
+  snapshot(): Promise<FsmSnapshot> {
+    return this.inner.snapshot();
+  }
+
+  async beginRestore(): Promise<FsmRestore> {
+    const restore = await this.inner.beginRestore();
+    const { hooks, db, inner } = this;
+    return {
+      write: (chunk) => restore.write(chunk),
+      appliedIndex: () => restore.appliedIndex(),
+      switchOps: () => {
+        hooks.beforeSwitch();
+        return restore.switchOps();
+      },
+      activate: async () => {
+        hooks.afterSwitch();
+        await restore.activate();
+        hooks.onState(inner.appliedIndex(), await stateDigest(db));
+      },
+      abort: () => restore.abort(),
+    };
   }
 }
 
@@ -1214,6 +1370,32 @@ const removeChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CON
 
 function describeError(err: unknown): string {
   return isCairnError(err) ? `${err.code} ${err.message}` : String((err as Error)?.message ?? err);
+}
+
+/** The digest of the replicated state: kv and sessions (both generational: the current generation's). */
+async function stateDigest(db: Db): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const [key, value] of db.entries('kv')) hash.update('k').update(key).update(value);
+  for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
+  return hash.digest('hex').slice(0, 16);
+}
+
+/**
+ * Half the seeds keep the production thresholds (nothing compacts in a run); the others
+ * compact every few entries, keep a short tail or none, and stream in chunks of a few records.
+ */
+function drawSnapshotProfile(rand: SeededRandom): SnapshotProfile {
+  if (rand.float() < 0.4) {
+    return { snapshotEntries: 10_000, snapshotCatchupEntries: 5_000, chunkBytes: 1 << 20, crashMidTransferRate: 0, crashBeforeSwitchRate: 0, crashAfterSwitchRate: 0 };
+  }
+  return {
+    snapshotEntries: rand.pick([3, 5, 10, 20, 50]),
+    snapshotCatchupEntries: rand.pick([0, 0, 1, 3, 10]),
+    chunkBytes: rand.pick([1, 64, 256, 4096]),
+    crashMidTransferRate: rand.pick([0, 0.02, 0.1]),
+    crashBeforeSwitchRate: rand.pick([0, 0.2, 0.5]),
+    crashAfterSwitchRate: rand.pick([0, 0.2, 0.5]),
+  };
 }
 
 async function kvDigest(db: Db): Promise<string> {
