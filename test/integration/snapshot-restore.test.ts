@@ -64,18 +64,12 @@ async function restoreCluster(cluster: ProcessCluster, file: string, token: stri
   }
 }
 
-/** Every key, read linearizably through node `id` alone. */
+/** Every key, read linearizably through node `id` alone (one Range: well within the default limits). */
 async function readAll(cluster: ProcessCluster, id: number): Promise<Map<string, string>> {
   const client = cluster.client([id], undefined, 5000);
-  const seen = new Map<string, string>();
-  let start = 'restored/';
-  for (let page = 0; page < 100; page++) {
-    const response = await client.list(Buffer.from(start), 1000);
-    for (const kv of response.kvs) seen.set(kv.key.toString(), kv.value.toString());
-    if (!response.more || response.kvs.length === 0) break;
-    start = `${response.kvs[response.kvs.length - 1]!.key.toString()}\0`;
-  }
-  return seen;
+  const response = await client.list(Buffer.from('restored/'), KEY_COUNT + 100);
+  expect(response.more).toBe(false);
+  return new Map(response.kvs.map((kv) => [kv.key.toString(), kv.value.toString()]));
 }
 
 function expectAllKeys(seen: Map<string, string>): void {
@@ -85,12 +79,18 @@ function expectAllKeys(seen: Map<string, string>): void {
 
 /**
  * Serving from a restored data dir needs the Raft storage to load a log that starts after
- * the snapshot index (meta/snapshot), and `cairn snapshot save` needs the SnapshotSave RPC:
- * both are wt/snap's part of issue 8. Replica.saveSnapshot (the contract's backup API)
- * comes with them, so these tests run once it exists.
+ * the snapshot index (meta/snapshot): wt/snap's part of issue 8, which brought
+ * Replica.saveSnapshot (the contract's backup API) with it, so that test runs once it exists.
  */
 const snapshotsBuilt = typeof (Replica.prototype as unknown as { saveSnapshot?: unknown }).saveSnapshot === 'function';
 const withSnapshots = snapshotsBuilt ? test : test.skip;
+/**
+ * `cairn snapshot save` (the Cluster.SnapshotSave RPC streaming encodeSnapshotFile, and the
+ * CLI writing it) is the save side, not built yet when this was written: set this to true
+ * (or drop the gate) in the change that builds it.
+ */
+const SNAPSHOT_SAVE_BUILT = false;
+const withSnapshotSave = snapshotsBuilt && SNAPSHOT_SAVE_BUILT ? test : test.skip;
 
 describe('cairn snapshot restore with the real command', () => {
   let root: string;
@@ -146,8 +146,8 @@ describe('cairn snapshot restore with the real command', () => {
     }
   });
 
-  // Needs wt/snap (cairn snapshot save, the SnapshotSave RPC) as well.
-  withSnapshots('etcd-style backup and restore: cairn snapshot save from a live cluster, restore into a new one, every key there', async () => {
+  // Needs the save side (cairn snapshot save, the SnapshotSave RPC) as well.
+  withSnapshotSave('etcd-style backup and restore: cairn snapshot save from a live cluster, restore into a new one, every key there', async () => {
     const live = await ProcessCluster.start(3);
     const backup = join(root, 'live.snap');
     try {
