@@ -35,6 +35,7 @@ import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
+import { snapshotSaveCall } from './snapshot-save';
 import { toGrpcError } from './status';
 import { findUnsupportedInteger } from './unsafe-integers';
 import {
@@ -259,7 +260,7 @@ export function clusterService(context: ServiceContext): ClusterServer {
       const { snapshotIndex, firstIndex } = await context.replica.compactNow();
       return { header: header(context), snapshotIndex, firstIndex };
     }),
-    snapshotSave: (call) => call.emit('error', notBuiltYetError()),
+    snapshotSave: snapshotSaveCall(() => context.replica.saveSnapshot()),
   };
 }
 

@@ -6,7 +6,6 @@ import { promisify } from 'node:util';
 import { Command } from '../../gen/cairn/kv/v1/kv';
 import { EntryType } from '../../gen/cairn/raft/v1/raft';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { Replica } from '../../src/node/replica';
 import { LevelDb } from '../../src/storage/db';
 import { writeSnapshotFile } from '../../src/storage/snapshot-file';
 import { CAIRN_MAIN, ProcessCluster, waitFor } from '../support/process-cluster';
@@ -77,21 +76,6 @@ function expectAllKeys(seen: Map<string, string>): void {
   for (let i = 0; i < KEY_COUNT; i += 97) expect(seen.get(keyOf(i))).toBe(valueOf(i));
 }
 
-/**
- * Serving from a restored data dir needs the Raft storage to load a log that starts after
- * the snapshot index (meta/snapshot): wt/snap's part of issue 8, which brought
- * Replica.saveSnapshot (the contract's backup API) with it, so that test runs once it exists.
- */
-const snapshotsBuilt = typeof (Replica.prototype as unknown as { saveSnapshot?: unknown }).saveSnapshot === 'function';
-const withSnapshots = snapshotsBuilt ? test : test.skip;
-/**
- * `cairn snapshot save` (the Cluster.SnapshotSave RPC streaming encodeSnapshotFile, and the
- * CLI writing it) is the save side, not built yet when this was written: set this to true
- * (or drop the gate) in the change that builds it.
- */
-const SNAPSHOT_SAVE_BUILT = false;
-const withSnapshotSave = snapshotsBuilt && SNAPSHOT_SAVE_BUILT ? test : test.skip;
-
 describe('cairn snapshot restore with the real command', () => {
   let root: string;
   let file: string;
@@ -125,8 +109,7 @@ describe('cairn snapshot restore with the real command', () => {
     expect(usage.stderr).toContain('needs --data-dir');
   });
 
-  // Needs wt/snap (Raft storage that loads a log starting after meta/snapshot).
-  withSnapshots('three nodes restored from one file elect a leader, serve every key from every node, take writes and restart', async () => {
+  test('three nodes restored from one file elect a leader, serve every key from every node, take writes and restart', async () => {
     const cluster = await ProcessCluster.prepare(3, ['--cluster-token', 'restored-it']);
     try {
       await restoreCluster(cluster, file, 'restored-it');
@@ -146,8 +129,7 @@ describe('cairn snapshot restore with the real command', () => {
     }
   });
 
-  // Needs the save side (cairn snapshot save, the SnapshotSave RPC) as well.
-  withSnapshotSave('etcd-style backup and restore: cairn snapshot save from a live cluster, restore into a new one, every key there', async () => {
+  test('etcd-style backup and restore: cairn snapshot save from a live cluster, restore into a new one, every key there', async () => {
     const live = await ProcessCluster.start(3);
     const backup = join(root, 'live.snap');
     try {
@@ -156,6 +138,7 @@ describe('cairn snapshot restore with the real command', () => {
       for (let i = 0; i < 200; i++) await client.put(Buffer.from(keyOf(i)), Buffer.from(valueOf(i)));
       const saved = await cairn(['snapshot', 'save', backup, '--endpoints', live.node(1).clientAddr]);
       expect(saved).toMatchObject({ code: 0, stderr: '' });
+      expect(saved.stdout).toMatch(new RegExp(`^saved ${backup} \\(index \\d+, term \\d+, \\d+ bytes\\) from ${live.node(1).clientAddr}\n$`));
     } finally {
       await live.stop();
     }
