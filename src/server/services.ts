@@ -1,4 +1,4 @@
-import { Deadline, Metadata, sendUnaryData, ServerErrorResponse, status as GrpcStatus, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
+import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -291,15 +291,6 @@ function onLeader<Res>(
     return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, `node ${node.id} is not the leader; node ${leader} is`, { leader }));
   }
   return context.leaderClients.call<Res>(leader, addr, scope, forward);
-}
-
-/** Issue 8 work in progress: RPCs declared in the protos whose handlers are not merged yet. */
-function notBuiltYetError(): ServerErrorResponse {
-  return Object.assign(new Error('not built yet'), { code: GrpcStatus.UNIMPLEMENTED, details: 'not built yet' });
-}
-
-function notBuiltYet(_call: unknown, callback: (err: ServerErrorResponse) => void): void {
-  callback(notBuiltYetError());
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */
