@@ -11,6 +11,7 @@ import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
+import { runSnapshotRestore } from './snapshot-restore';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -47,6 +48,8 @@ Usage:
   cairn member remove ID           remove a voter or learner (the leader too)
   cairn leader transfer [--to ID]  hand leadership to a voter (default: the most caught-up); prints the new leader
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
+  cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... [--cluster-token T]
+                                   seed a new cluster's data dir from a snapshot file (--help for more)
 
 Client flags:
   -e, --endpoints HOST:PORT,...    client ports; default ${DEFAULT_ENDPOINTS.join(',')} (env CAIRN_ENDPOINTS)
@@ -85,6 +88,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'serve') return serve(rest);
+  if (command === 'snapshot' && rest[0] === 'restore') return runSnapshotRestore(rest.slice(1), (line) => console.log(line));
   if (command === 'cluster') {
     if (rest.includes('--help')) {
       console.log(CLUSTER_USAGE);

@@ -42,6 +42,10 @@ export function openKvReplica(options: {
   onConfigChange?: (config: ClusterConfig) => void;
   /** The clocks that stamp proposals with log time (the simulator passes its virtual one). */
   clock?: LogClockSource;
+  /** Compaction (Replica.open): applied entries after the snapshot point that trigger it, and the tail it keeps. */
+  snapshotEntries?: number;
+  snapshotCatchupEntries?: number;
+  snapshotChunkBytes?: number;
 }): Promise<KvReplica> {
   const { clock, ...rest } = options;
   return Replica.open<Command, CommandResult, StateMachine>({ ...rest, codec: new KvProposalCodec(options.stateMachine, clock) });

@@ -34,7 +34,7 @@ export interface SnapshottingFsm<R> extends Fsm<R> {
   beginRestore(): Promise<FsmRestore>;
 }
 
-/** A consistent, point-in-time view of the state, written out as a stream of chunks. */
+/** A consistent view of the state (a LevelDB snapshot), read lazily as chunks. */
 export interface FsmSnapshot {
   /** The applied index the view is at: it holds exactly the entries up to it. */
   readonly index: number;
@@ -64,6 +64,12 @@ export interface FsmRestore {
   activate(): Promise<void>;
   /** Drops the staged state; the old one stays. */
   abort(): Promise<void>;
+}
+
+/** Whether `fsm` can be snapshotted and restored. */
+export function isSnapshotting<R>(fsm: Fsm<R>): fsm is SnapshottingFsm<R> {
+  const candidate = fsm as Partial<SnapshottingFsm<R>>;
+  return typeof candidate.snapshot === 'function' && typeof candidate.beginRestore === 'function';
 }
 
 /**

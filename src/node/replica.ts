@@ -1,13 +1,42 @@
-import { ClusterConfig, ConfigChange, Message } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, InstallSnapshotResponse, Message, SnapshotHeader, SnapshotMeta } from '../../gen/cairn/raft/v1/raft';
 import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { ConfigProposeResult, NO_NODE, NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
-import { ApplyOutcome, Fsm, ProposalCodec } from './fsm';
+import { ApplyOutcome, Fsm, FsmRestore, isSnapshotting, ProposalCodec } from './fsm';
 
 /** Carries messages to peers. Delivery is best effort: Raft tolerates loss. */
 export interface Transport {
   send(messages: readonly Message[]): void;
+  /**
+   * Streams a snapshot to one follower on its own channel (never the Raft stream), and
+   * resolves with the follower's answer; rejects when the transfer breaks. The transport
+   * fills in the header's cluster id.
+   */
+  sendSnapshot?(to: NodeId, header: SnapshotHeader, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse>;
+}
+
+/** The largest chunk of an InstallSnapshot stream: 1 MiB of encoded SnapshotBatch, well under gRPC's 4 MiB message limit. */
+export const MAX_SNAPSHOT_CHUNK_BYTES = 1 << 20;
+/** Compact once this many applied entries follow the snapshot point (--snapshot-entries). */
+export const DEFAULT_SNAPSHOT_ENTRIES = 10_000;
+/** Entries kept before the snapshot point at compaction, for slow followers (--snapshot-catchup-entries). */
+export const DEFAULT_SNAPSHOT_CATCHUP_ENTRIES = 5_000;
+
+/** When and how much the Replica compacts. */
+export interface CompactionOptions {
+  /** Compact once applied - snapshotIndex reaches this many entries. */
+  snapshotEntries: number;
+  /** Entries kept before the snapshot point. */
+  snapshotCatchupEntries: number;
+  /** Bytes of one chunk of an outgoing snapshot (at most MAX_SNAPSHOT_CHUNK_BYTES). */
+  snapshotChunkBytes: number;
+}
+
+/** A snapshot received whole, offered to the core, waiting for its Ready to install it. */
+interface PendingInstall extends Settle<void> {
+  index: number;
+  restore: FsmRestore;
 }
 
 interface Settle<T> {
@@ -71,6 +100,12 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private stopped = false;
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
+  /** Followers a snapshot is being streamed to: at most one transfer each. */
+  private readonly outgoingSnapshots = new Set<NodeId>();
+  /** An InstallSnapshot stream is being received (one at a time). */
+  private receivingSnapshot = false;
+  private pendingInstall: PendingInstall | undefined;
+  private compactRequests: Settle<{ snapshotIndex: number; firstIndex: number }>[] = [];
 
   private constructor(
     readonly node: RaftNode,
@@ -81,6 +116,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     private readonly onFatal: (err: unknown) => void,
     private readonly electionTimeoutTicks: number,
     private readonly onConfigChange: (config: ClusterConfig) => void,
+    private readonly compaction: CompactionOptions,
   ) {
     this.announceConfig();
   }
@@ -93,12 +129,31 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     codec: ProposalCodec<C>;
     transport: Transport;
     onFatal: (err: unknown) => void;
+    /** Compact once this many applied entries follow the snapshot point (default DEFAULT_SNAPSHOT_ENTRIES). */
+    snapshotEntries?: number;
+    /** Entries kept before the snapshot point at compaction (default DEFAULT_SNAPSHOT_CATCHUP_ENTRIES). */
+    snapshotCatchupEntries?: number;
+    /** Bytes of one outgoing snapshot chunk (default MAX_SNAPSHOT_CHUNK_BYTES; the simulator uses small ones). */
+    snapshotChunkBytes?: number;
     /** Called with the config in force at open and whenever it changes (peer links follow it). */
     onConfigChange?: (config: ClusterConfig) => void;
   }): Promise<Replica<C, R, F>> {
-    const { hardState, entries } = await options.storage.load();
+    const compaction: CompactionOptions = {
+      snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
+      snapshotCatchupEntries: options.snapshotCatchupEntries ?? DEFAULT_SNAPSHOT_CATCHUP_ENTRIES,
+      snapshotChunkBytes: options.snapshotChunkBytes ?? MAX_SNAPSHOT_CHUNK_BYTES,
+    };
+    if (!Number.isSafeInteger(compaction.snapshotChunkBytes) || compaction.snapshotChunkBytes < 1 || compaction.snapshotChunkBytes > MAX_SNAPSHOT_CHUNK_BYTES) {
+      throw new RangeError(`snapshotChunkBytes must be an integer in [1, ${MAX_SNAPSHOT_CHUNK_BYTES}]`);
+    }
+    if (!Number.isSafeInteger(compaction.snapshotEntries) || compaction.snapshotEntries < 1) throw new RangeError('snapshotEntries must be a positive integer');
+    if (!Number.isSafeInteger(compaction.snapshotCatchupEntries) || compaction.snapshotCatchupEntries < 0) {
+      throw new RangeError('snapshotCatchupEntries must be a non-negative integer');
+    }
+    const { hardState, entries, snapshot } = await options.storage.load();
     const appliedIndex = options.stateMachine.appliedIndex();
-    const node = new RaftNode(options.config, { hardState, entries, appliedIndex });
+    const point = snapshot ? { index: snapshot.index, term: snapshot.term, config: snapshot.config } : undefined;
+    const node = new RaftNode(options.config, { hardState, entries, appliedIndex, snapshot: point });
     return new Replica<C, R, F>(
       node,
       options.storage,
@@ -108,6 +163,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       options.onFatal,
       options.config.electionTimeoutTicks,
       options.onConfigChange ?? (() => undefined),
+      compaction,
     );
   }
 
@@ -356,6 +412,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.proposals.clear();
     this.reads.clear();
     this.appliedWaiters = [];
+    for (const request of this.compactRequests.splice(0)) request.reject(stoppedError());
+    this.pendingInstall?.reject(stoppedError());
+    this.pendingInstall = undefined;
   }
 
   private schedule(): void {
@@ -368,9 +427,15 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   private async drain(): Promise<void> {
     try {
-      while (!this.stopped && this.node.hasReady()) {
-        await this.handleReady(this.node.ready());
-        this.afterInput();
+      while (!this.stopped) {
+        if (this.node.hasReady()) {
+          await this.handleReady(this.node.ready());
+          this.afterInput();
+        } else if (this.compactRequests.length > 0) {
+          await this.serveCompactRequests();
+        } else {
+          break;
+        }
       }
     } catch (err) {
       this.halt(err);
@@ -388,7 +453,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   }
 
   private async handleReady(ready: Ready): Promise<void> {
-    if (ready.hardState || ready.entries.length > 0) {
+    if (ready.snapshot) {
+      await this.installSnapshot(ready);
+    } else if (ready.hardState || ready.entries.length > 0) {
       await this.storage.persist(ready.hardState, ready.entries);
       const last = ready.entries[ready.entries.length - 1];
       if (last) this.node.onPersisted(last.index, last.term);
@@ -397,11 +464,194 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.transport.send(ready.messages);
     for (const readId of ready.failedReads) this.failRead(readId);
     for (const grant of ready.reads) this.grantRead(grant.readId, grant.index);
+    for (const { to } of ready.snapshotsToSend) void this.sendSnapshot(to);
     if (ready.committed.length > 0) {
       const outcomes = await this.stateMachine.apply(ready.committed);
       this.resolveProposals(outcomes);
       this.resolveConfigChanges(ready.committed);
       this.releaseAppliedWaiters();
+    }
+    if (this.compactionDue()) await this.compact();
+  }
+
+  // ------------------------------------------------------------ snapshots
+
+  /**
+   * Compacts now at the applied index (Cluster.Snapshot, `cairn snapshot`): resolves
+   * with the snapshot index and the log's first index after it.
+   */
+  compactNow(): Promise<{ snapshotIndex: number; firstIndex: number }> {
+    if (this.stopped) return Promise.reject(stoppedError());
+    const done = new Promise<{ snapshotIndex: number; firstIndex: number }>((resolve, reject) => this.compactRequests.push({ resolve, reject }));
+    this.schedule();
+    return done;
+  }
+
+  /**
+   * A consistent snapshot of the state at the applied index, for a backup
+   * (`cairn snapshot save`): its meta, its chunks (read lazily), and release(),
+   * which the caller must call when done.
+   */
+  async saveSnapshot(): Promise<{ meta: SnapshotMeta; chunks: AsyncIterable<Uint8Array>; release(): void }> {
+    if (this.stopped) throw stoppedError();
+    const fsm = this.stateMachine;
+    if (!isSnapshotting(fsm)) throw new Error('this state machine cannot be snapshotted');
+    const snapshot = await fsm.snapshot();
+    try {
+      const meta = this.guarded(() => this.node.snapshotMetaAt(snapshot.index));
+      return { meta, chunks: snapshot.chunks(MAX_SNAPSHOT_CHUNK_BYTES), release: () => snapshot.release() };
+    } catch (err) {
+      snapshot.release();
+      throw err;
+    }
+  }
+
+  /**
+   * Receives an InstallSnapshot stream from the leader: stages every chunk, and only
+   * once the last one is in offers the snapshot to the core. If the core accepts it,
+   * the next Ready installs it (one synced batch with the state machine's switch) and
+   * the answer is sent after that. One transfer at a time.
+   */
+  async receiveSnapshot(header: SnapshotHeader, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
+    const refuse = (reason: string): InstallSnapshotResponse => ({ term: this.node.term, installed: false, reason });
+    const fsm = this.stateMachine;
+    const meta = header.meta;
+    if (this.stopped) return refuse('the node has stopped');
+    if (!isSnapshotting(fsm)) return refuse('this state machine cannot be restored from a snapshot');
+    if (!meta) return refuse('the header has no snapshot meta');
+    if (this.receivingSnapshot) return refuse('another snapshot is being received');
+    if (header.term < this.node.term) return refuse(`stale term ${header.term} (ours is ${this.node.term})`);
+    this.receivingSnapshot = true;
+    let restore: FsmRestore | undefined;
+    try {
+      restore = await fsm.beginRestore();
+      for await (const chunk of chunks) {
+        if (this.stopped) return refuse('the node has stopped');
+        await restore.write(chunk);
+      }
+      if (restore.appliedIndex() !== meta.index) return refuse(`the snapshot data is at index ${restore.appliedIndex()}, its header says ${meta.index}`);
+      const installed = this.offerSnapshot(header, meta, restore);
+      if (!installed) return refuse(`not installed: index ${meta.index} is already committed here, or the offer was refused`);
+      restore = undefined; // the install owns it now
+      await installed;
+      return { term: this.node.term, installed: true, reason: '' };
+    } catch (err) {
+      return refuse(`${(err as Error).message ?? err}`);
+    } finally {
+      this.receivingSnapshot = false;
+      if (restore) await restore.abort().catch(() => undefined);
+    }
+  }
+
+  /** Steps the core with the staged snapshot; returns the install's promise when the core accepted it. */
+  private offerSnapshot(header: SnapshotHeader, meta: SnapshotMeta, restore: FsmRestore): Promise<void> | undefined {
+    if (this.stopped) return undefined;
+    const message: Message = { fromId: header.fromId, to: this.id, term: header.term, body: { $case: 'installSnapshot', value: { meta } } };
+    this.guarded(() => this.node.step(message));
+    this.noteLeadership();
+    let installed: Promise<void> | undefined;
+    if (this.node.pendingSnapshotMeta()?.index === meta.index) {
+      assert(this.pendingInstall === undefined, () => `snapshot ${meta.index} accepted while ${this.pendingInstall?.index} is being installed`);
+      installed = new Promise<void>((resolve, reject) => {
+        this.pendingInstall = { index: meta.index, restore, resolve, reject };
+      });
+    }
+    this.schedule(); // after pendingInstall is set: the Ready that installs it may be handled at once
+    return installed;
+  }
+
+  /**
+   * Persists an accepted snapshot in ONE synced batch: the Raft log's deletions and
+   * meta/snapshot, the state machine's switch to the staged data, and the rest of the
+   * Ready's hard state and entries. A crash before it leaves the old state, after it the
+   * new. Only then is the state machine switched in memory and the core told.
+   */
+  private async installSnapshot(ready: Ready): Promise<void> {
+    const meta = ready.snapshot!;
+    const pending = this.pendingInstall;
+    assert(pending !== undefined && pending.index === meta.index, () => `a Ready installs snapshot ${meta.index} but the staged one is ${pending?.index}`);
+    this.pendingInstall = undefined;
+    try {
+      const ops = [
+        ...this.storage.stageInstall(meta, this.node.status().lastIndex),
+        ...pending.restore.switchOps(),
+        ...this.storage.stagePersist(ready.hardState, ready.entries),
+      ];
+      await this.storage.writeSynced(ops);
+      const last = ready.entries[ready.entries.length - 1];
+      if (last) this.node.onPersisted(last.index, last.term);
+      await pending.restore.activate();
+      assert(this.stateMachine.appliedIndex() === meta.index, () => `state machine at ${this.stateMachine.appliedIndex()} after installing snapshot ${meta.index}`);
+      this.node.onSnapshotPersisted(meta.index);
+      this.releaseAppliedWaiters();
+      pending.resolve();
+    } catch (err) {
+      pending.reject(err as Error);
+      throw err;
+    }
+  }
+
+  /** Leader: streams a snapshot of the state at the applied index to `to`, then reports the outcome to the core. */
+  private async sendSnapshot(to: NodeId): Promise<void> {
+    const fsm = this.stateMachine;
+    if (this.outgoingSnapshots.has(to)) return; // its end reports for this request too
+    this.outgoingSnapshots.add(to);
+    let installedAt: { index: number; term: number } | undefined;
+    try {
+      if (!isSnapshotting(fsm) || !this.transport.sendSnapshot) return;
+      const snapshot = await fsm.snapshot();
+      try {
+        if (this.stopped || this.node.role !== 'leader' || snapshot.index < this.node.status().snapshotIndex) return;
+        const meta = this.guarded(() => this.node.snapshotMetaAt(snapshot.index));
+        const header: SnapshotHeader = { clusterId: 0, fromId: this.id, to, term: this.node.term, meta };
+        const response = await this.transport.sendSnapshot(to, header, snapshot.chunks(this.compaction.snapshotChunkBytes));
+        if (response.installed) installedAt = { index: meta.index, term: header.term };
+      } finally {
+        snapshot.release();
+      }
+    } catch {
+      installedAt = undefined; // a broken transfer: the core probes again once the follower is heard from
+    } finally {
+      this.outgoingSnapshots.delete(to);
+      if (!this.stopped) {
+        // An install counts as an acknowledgement only in the term that sent it.
+        const acknowledged = installedAt !== undefined && installedAt.term === this.node.term ? installedAt.index : undefined;
+        this.guarded(() => (acknowledged !== undefined ? this.node.reportSnapshot(to, 'finished', acknowledged) : this.node.reportSnapshot(to, 'failed')));
+        this.schedule();
+      }
+    }
+  }
+
+  /** Whether enough entries were applied after the snapshot point to compact. */
+  private compactionDue(): boolean {
+    if (this.node.pendingSnapshotMeta() !== undefined) return false;
+    return this.stateMachine.appliedIndex() - this.node.status().snapshotIndex >= this.compaction.snapshotEntries;
+  }
+
+  /**
+   * Compacts at the state machine's applied index: the core moves its snapshot point and
+   * drops the entries before the catch-up tail; meta/snapshot and the log deletions go in
+   * one synced batch, which also makes the state machine's earlier unsynced writes (the
+   * state at that index) durable before the entries that produced it are deleted.
+   */
+  private async compact(): Promise<{ snapshotIndex: number; firstIndex: number }> {
+    const applied = this.stateMachine.appliedIndex();
+    if (this.node.pendingSnapshotMeta() === undefined && applied > this.node.status().snapshotIndex) {
+      const { snapshot, compactThrough } = this.guarded(() => this.node.compact(applied, this.compaction.snapshotCatchupEntries));
+      await this.storage.writeSynced(this.storage.stageCompaction(snapshot, compactThrough));
+    }
+    const status = this.node.status();
+    return { snapshotIndex: status.snapshotIndex, firstIndex: status.firstIndex };
+  }
+
+  private async serveCompactRequests(): Promise<void> {
+    const requests = this.compactRequests.splice(0);
+    try {
+      const result = await this.compact();
+      for (const request of requests) request.resolve(result);
+    } catch (err) {
+      for (const request of requests) request.reject(err as Error);
+      throw err;
     }
   }
 

@@ -1,4 +1,4 @@
-import { Entry } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, Entry } from '../../gen/cairn/raft/v1/raft';
 import { assert } from '../assert';
 
 /**
@@ -27,6 +27,8 @@ export function dataBytes(data: Uint8Array): number {
 export interface SnapshotPoint {
   index: number;
   term: number;
+  /** The configuration at `index`, when the snapshot recorded one. */
+  config?: ClusterConfig;
 }
 
 export const NO_SNAPSHOT: SnapshotPoint = Object.freeze({ index: 0, term: 0 });
@@ -41,23 +43,27 @@ function assertSnapshotPoint(snapshot: SnapshotPoint): void {
  * The in-memory view of a node's Raft log, and the bookkeeping of how much of it is
  * durable, committed and handed out for applying.
  *
- * The log holds the entries from `firstIndex()` on; the ones before it are covered by a
- * snapshot, whose last index and term (`snapshotIndex()`, `snapshotTerm()`) stand in for
- * them as the sentinel that AppendRequest consistency checks match against. Without a
- * snapshot that sentinel is index 0, term 0, and the log starts at 1. Every position in
- * the arrays is `index - firstIndex()`. The durable copy lives in a LogStore, and
- * `stableIndex` says how far it goes.
+ * The snapshot point (`snapshotIndex()`, `snapshotTerm()`) is the last index the state
+ * machine's snapshot covers; it stands in for the entries before it as the sentinel that
+ * AppendRequest consistency checks match against. Without a snapshot it is index 0, term 0.
+ * The log holds the contiguous entries from `firstIndex()` on. Compaction keeps a tail of
+ * entries before the snapshot point for slow followers, so the first index may lie at or
+ * before it (firstIndex <= snapshotIndex + 1); with no entries it is snapshotIndex + 1.
+ * Every position in the arrays is `index - firstIndex()`. The durable copy lives in a
+ * LogStore, and `stableIndex` says how far it goes.
  *
- *   snapshotIndex < firstIndex .. appliedIndex .. commitIndex .. stableIndex .. lastIndex
+ *   firstIndex <= snapshotIndex + 1, snapshotIndex <= appliedIndex .. commitIndex .. lastIndex
  *   (a follower may know entries are committed before it has persisted them, so
  *   commitIndex and stableIndex are not ordered; entries are applied only once both)
  */
 export class RaftLog {
-  /** entries[index - firstIndex()]: the entries after the snapshot point, contiguous. */
-  private readonly entries: Entry[] = [];
-  /** bytesThrough[index - firstIndex()]: the sum of entryBytes from firstIndex() through index (so byte budgets cost no scan). */
-  private readonly bytesThrough: number[] = [];
-  private readonly snapshot: SnapshotPoint;
+  /** entries[index - first]: contiguous, from `first` on. */
+  private entries: Entry[] = [];
+  /** bytesThrough[index - first]: the sum of entryBytes from `first` through index (so byte budgets cost no scan). */
+  private bytesThrough: number[] = [];
+  /** The index of entries[0] (snapshot index + 1 when the log holds none). */
+  private first: number;
+  private snapshot: SnapshotPoint;
   /** Highest index known to be durable (synced) in the LogStore (or covered by the snapshot). */
   stableIndex: number;
   /** First index not yet handed to storage for persisting. */
@@ -69,7 +75,8 @@ export class RaftLog {
   /** An empty log after `snapshot`: everything up to it is durable, committed and applied. */
   constructor(snapshot: SnapshotPoint = NO_SNAPSHOT) {
     assertSnapshotPoint(snapshot);
-    this.snapshot = { index: snapshot.index, term: snapshot.term };
+    this.snapshot = { ...snapshot };
+    this.first = snapshot.index + 1;
     this.stableIndex = snapshot.index;
     this.unstableFrom = snapshot.index + 1;
     this.commitIndex = snapshot.index;
@@ -78,18 +85,26 @@ export class RaftLog {
 
   /**
    * Restores a log that was read back from storage: all of it is durable. `entries` must
-   * start right after `snapshot` and be contiguous; the state machine has applied at
-   * least through the snapshot (it was restored from it).
+   * be contiguous and start at or before snapshot.index + 1 (compaction keeps a tail
+   * before the snapshot point), and reach the snapshot index when they start before it;
+   * the state machine has applied at least through the snapshot (it was restored from it).
    */
   static restore(entries: readonly Entry[], appliedIndex: number, snapshot: SnapshotPoint = NO_SNAPSHOT): RaftLog {
     const log = new RaftLog(snapshot);
+    const start = entries[0]?.index ?? snapshot.index + 1;
+    assert(start >= 1 && start <= snapshot.index + 1, () => `restored log starts at ${start}, after the snapshot index ${snapshot.index} + 1`);
+    log.first = start;
     entries.forEach((entry, i) => {
-      const expected = log.firstIndex() + i;
+      const expected = start + i;
       assert(entry.index === expected, () => `restored log has index ${entry.index} where ${expected} belongs (snapshot index ${log.snapshotIndex()})`);
-      const previousTerm = i === 0 ? log.snapshotTerm() : entries[i - 1]!.term;
-      assert(entry.term >= previousTerm, () => `restored log term goes down at index ${entry.index}`);
+      if (i > 0) assert(entry.term >= entries[i - 1]!.term, () => `restored log term goes down at index ${entry.index}`);
+      if (entry.index === snapshot.index) assert(entry.term === snapshot.term, () => `restored entry ${entry.index} has term ${entry.term}, the snapshot says ${snapshot.term}`);
+      if (entry.index === snapshot.index + 1) assert(entry.term >= snapshot.term, () => `restored log term goes down after the snapshot at ${entry.index}`);
       log.push(entry);
     });
+    if (entries.length > 0) {
+      assert(log.lastIndex() >= snapshot.index, () => `restored log ends at ${log.lastIndex()}, before the snapshot index ${snapshot.index}`);
+    }
     assert(appliedIndex >= log.snapshotIndex(), () => `applied index ${appliedIndex} below the snapshot index ${log.snapshotIndex()}`);
     assert(appliedIndex <= log.lastIndex(), () => `applied index ${appliedIndex} beyond restored log end ${log.lastIndex()}`);
     log.stableIndex = log.lastIndex();
@@ -99,12 +114,12 @@ export class RaftLog {
     return log;
   }
 
-  /** The first index the log holds (or would hold next, when empty); everything before it is in the snapshot. */
+  /** The first index the log holds (or would hold next, when empty): at most snapshotIndex() + 1. */
   firstIndex(): number {
-    return this.snapshot.index + 1;
+    return this.first;
   }
 
-  /** The last index the snapshot covers (0 without one): termAt answers for it, entry() does not. */
+  /** The last index the snapshot covers (0 without one): termAt answers for it. */
   snapshotIndex(): number {
     return this.snapshot.index;
   }
@@ -113,8 +128,13 @@ export class RaftLog {
     return this.snapshot.term;
   }
 
+  /** The snapshot point, with the configuration the snapshot recorded (if any). */
+  snapshotPoint(): SnapshotPoint {
+    return this.snapshot;
+  }
+
   lastIndex(): number {
-    return this.snapshot.index + this.entries.length;
+    return this.entries.length > 0 ? this.first + this.entries.length - 1 : this.snapshot.index;
   }
 
   lastTerm(): number {
@@ -123,17 +143,18 @@ export class RaftLog {
 
   /**
    * The term of the entry at `index`: the snapshot term at the snapshot index (0 at index
-   * 0 without a snapshot), undefined before it (compacted) and beyond the end.
+   * 0 without a snapshot), the entry's term for the entries the log holds, undefined
+   * otherwise (compacted, or beyond the end).
    */
   termAt(index: number): number | undefined {
     if (index === this.snapshot.index) return this.snapshot.term;
-    if (index < this.snapshot.index) return undefined;
-    return this.entries[index - this.firstIndex()]?.term;
+    if (index < this.first) return undefined;
+    return this.entries[index - this.first]?.term;
   }
 
   entry(index: number): Entry {
-    assert(index >= this.firstIndex(), () => `entry ${index} is compacted (first index ${this.firstIndex()})`);
-    const entry = this.entries[index - this.firstIndex()];
+    assert(index >= this.first, () => `entry ${index} is compacted (first index ${this.first})`);
+    const entry = this.entries[index - this.first];
     assert(entry !== undefined, () => `no entry at index ${index} (last ${this.lastIndex()})`);
     return entry;
   }
@@ -213,15 +234,15 @@ export class RaftLog {
     assert(index > this.commitIndex, () => `truncating committed entry ${index} (commit ${this.commitIndex})`);
     assert(index > this.appliedIndex, () => `truncating applied entry ${index} (applied ${this.appliedIndex})`);
     assert(index > this.snapshot.index, () => `truncating entry ${index} covered by the snapshot at ${this.snapshot.index}`);
-    this.entries.length = index - this.firstIndex();
-    this.bytesThrough.length = index - this.firstIndex();
+    this.entries.length = index - this.first;
+    this.bytesThrough.length = index - this.first;
     this.stableIndex = Math.min(this.stableIndex, index - 1);
     this.unstableFrom = Math.min(this.unstableFrom, index);
   }
 
   /** Hands out the entries that storage must persist next; truncation is implied by the first index. */
   takeUnstable(): Entry[] {
-    const out = this.entries.slice(this.unstableFrom - this.firstIndex());
+    const out = this.entries.slice(Math.max(0, this.unstableFrom - this.first));
     this.unstableFrom = this.lastIndex() + 1;
     return out;
   }
@@ -261,6 +282,62 @@ export class RaftLog {
 
   hasCommitted(): boolean {
     return Math.min(this.commitIndex, this.stableIndex) > this.appliedIndex;
+  }
+
+  /**
+   * Moves the snapshot point to `snapshot` (an applied index of this log, with its term)
+   * and drops the entries up to `compactThrough` (at most the snapshot index): the
+   * entries between them stay, for followers that are only a little behind.
+   */
+  compact(snapshot: SnapshotPoint, compactThrough: number): void {
+    assertSnapshotPoint(snapshot);
+    assert(snapshot.index >= this.snapshot.index, () => `compaction at ${snapshot.index} below the snapshot index ${this.snapshot.index}`);
+    assert(snapshot.index <= this.appliedIndex, () => `compaction at ${snapshot.index} beyond the applied index ${this.appliedIndex}`);
+    assert(this.termAt(snapshot.index) === snapshot.term, () => `compaction at ${snapshot.index} with term ${snapshot.term}, the log says ${this.termAt(snapshot.index)}`);
+    assert(compactThrough <= snapshot.index, () => `compacting through ${compactThrough}, beyond the snapshot index ${snapshot.index}`);
+    this.snapshot = { ...snapshot };
+    this.dropThrough(compactThrough);
+  }
+
+  /**
+   * Installs a snapshot from the leader (Raft Figure 13): the snapshot point becomes
+   * `snapshot`, everything up to it is committed and counts as applied (the state machine
+   * is replaced), and the entries up to it go. When the log holds an entry at the
+   * snapshot index with the snapshot's term (`keepsTail`), the entries after it match the
+   * leader's log (Log Matching) and stay; otherwise the whole log is discarded.
+   */
+  installSnapshot(snapshot: SnapshotPoint): { keptTail: boolean } {
+    assertSnapshotPoint(snapshot);
+    assert(snapshot.index > this.commitIndex, () => `installing a snapshot at ${snapshot.index}, at or below the commit index ${this.commitIndex}`);
+    const keptTail = snapshot.index <= this.lastIndex() && this.termAt(snapshot.index) === snapshot.term;
+    if (keptTail) {
+      this.dropThrough(snapshot.index);
+    } else {
+      this.entries = [];
+      this.bytesThrough = [];
+    }
+    this.snapshot = { ...snapshot };
+    this.first = snapshot.index + 1;
+    this.stableIndex = Math.max(this.stableIndex, snapshot.index);
+    this.unstableFrom = Math.max(this.unstableFrom, snapshot.index + 1);
+    if (!keptTail) {
+      this.stableIndex = snapshot.index;
+      this.unstableFrom = snapshot.index + 1;
+    }
+    this.commitIndex = snapshot.index;
+    this.appliedIndex = snapshot.index;
+    return { keptTail };
+  }
+
+  /** Drops the entries up to `index` from memory (the ones the log holds). */
+  private dropThrough(index: number): void {
+    const count = Math.min(Math.max(0, index - this.first + 1), this.entries.length);
+    if (count === 0) return;
+    const droppedBytes = this.bytesThrough[count - 1]!;
+    this.entries = this.entries.slice(count);
+    this.bytesThrough = this.bytesThrough.slice(count).map((bytes) => bytes - droppedBytes);
+    this.first += count;
+    if (this.entries.length === 0) this.first = this.snapshot.index + 1;
   }
 
   private push(entry: Entry): void {

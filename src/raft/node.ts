@@ -10,6 +10,8 @@ import {
   HeartbeatRequest,
   HeartbeatResponse,
   Message,
+  SnapshotMeta,
+  SnapshotOffer,
   VoteRequest,
   VoteResponse,
 } from '../../gen/cairn/raft/v1/raft';
@@ -128,8 +130,12 @@ export interface RestoredState {
   entries: readonly Entry[];
   /** The state machine's applied index (at least snapshot.index): entries up to it are not handed out again. */
   appliedIndex: number;
-  /** The last index and term the state machine's snapshot covers, and its config; NO_SNAPSHOT ({0, 0}) when absent. */
-  snapshot?: { index: number; term: number; config?: ClusterConfig };
+  /**
+   * The last index and term the state machine's snapshot covers, and its configuration
+   * (from meta/snapshot); NO_SNAPSHOT ({0, 0}) when absent. `entries` may start before
+   * snapshot.index + 1 (compaction keeps a tail), never after it.
+   */
+  snapshot?: SnapshotPoint;
 }
 
 /** A linearizable read may be served once the state machine has applied `index`. */
@@ -154,6 +160,19 @@ export interface Ready {
   committed: Entry[];
   reads: ReadGrant[];
   failedReads: number[];
+  /**
+   * Leader: followers that need a snapshot (their next entry is compacted away). The shell
+   * streams each one and calls reportSnapshot when the transfer ends.
+   */
+  snapshotsToSend: { to: NodeId }[];
+  /**
+   * Follower: a snapshot the core accepted from the leader. Before anything else in this
+   * Ready, the shell persists it in one synced batch with the state machine's switch to
+   * the staged data and the deletion of the log entries it replaces, then calls
+   * onSnapshotPersisted; until then nothing is handed out for applying, and the answer to
+   * the leader waits.
+   */
+  snapshot?: SnapshotMeta;
 }
 
 export type ProposeResult =
@@ -256,6 +275,14 @@ export class RaftNode {
   private grantedReads: ReadGrant[] = [];
   private failedReads: number[] = [];
 
+  /** Leader: followers whose snapshot transfer the shell has not been asked for yet. */
+  private snapshotsToSend: { to: NodeId }[] = [];
+  /**
+   * Follower: an accepted snapshot that is not yet durable, whether it was handed out in a
+   * Ready, and the answer to send its leader once it is.
+   */
+  private pendingSnapshot: { meta: SnapshotMeta; handedOut: boolean; leader: NodeId; term: number } | undefined;
+
   /** Leader: the voter leadership is being handed to (NO_NODE: no transfer under way). */
   private currentTransferee: NodeId = NO_NODE;
   private transferElapsedTicks = 0;
@@ -314,6 +341,8 @@ export class RaftNode {
         return this.handleHeartbeatRequest(message, message.body.value);
       case 'heartbeatResponse':
         return this.handleHeartbeatResponse(message, message.body.value);
+      case 'installSnapshot':
+        return this.handleInstallSnapshot(message, message.body.value);
       case 'timeoutNow':
         return this.handleTimeoutNow(message);
       default:
@@ -354,16 +383,82 @@ export class RaftNode {
     if (this.role === 'leader') this.maybeCommit();
   }
 
+  // ------------------------------------------------------------ snapshots
+
+  /**
+   * Compaction (decided by the shell): the snapshot point moves to `index`, an index the
+   * state machine has applied (its live state is the snapshot), and the entries up to
+   * index - catchupEntries leave memory; the ones between stay for slow followers. The
+   * shell persists both (meta/snapshot and the log deletions, one synced batch).
+   * An index at or below the current snapshot point changes nothing.
+   */
+  compact(index: number, catchupEntries: number): { snapshot: SnapshotMeta; compactThrough: number } {
+    assert(Number.isSafeInteger(catchupEntries) && catchupEntries >= 0, () => `catchup entries ${catchupEntries} is not a non-negative integer`);
+    assert(index <= this.log.appliedIndex, () => `compaction at ${index} beyond the applied index ${this.log.appliedIndex}`);
+    const at = Math.max(index, this.log.snapshotIndex());
+    const snapshot = this.snapshotMetaAt(at);
+    const compactThrough = Math.max(this.log.firstIndex() - 1, at - catchupEntries);
+    this.log.compact({ index: snapshot.index, term: snapshot.term, config: snapshot.config }, compactThrough);
+    this.configs.compactTo(snapshot.index);
+    return { snapshot, compactThrough: Math.min(compactThrough, at) };
+  }
+
+  /** What a snapshot of the state at `index` covers: its index, term and configuration. */
+  snapshotMetaAt(index: number): SnapshotMeta {
+    assert(index >= this.log.snapshotIndex() && index <= this.log.lastIndex(), () => `no snapshot meta at ${index}: the log holds ${this.log.snapshotIndex()}..${this.log.lastIndex()}`);
+    const term = this.log.termAt(index);
+    assert(term !== undefined, () => `no term at ${index}`);
+    return { index, term, config: this.configAt(index) };
+  }
+
+  /**
+   * The leader's shell ended the snapshot transfer to `to`: 'failed' (the follower did
+   * not install it) goes back to probing, paused until the follower is heard from;
+   * 'finished' means the follower installed the snapshot at `installedIndex`, which
+   * counts as its acknowledgement of that index. Ignored unless that follower is
+   * receiving a snapshot (leadership may have changed since).
+   */
+  reportSnapshot(to: NodeId, outcome: 'failed'): void;
+  reportSnapshot(to: NodeId, outcome: 'finished', installedIndex: number): void;
+  reportSnapshot(to: NodeId, outcome: 'failed' | 'finished', installedIndex?: number): void {
+    const pr = this.progress.get(to);
+    if (this.role !== 'leader' || !pr || pr.state !== 'snapshot') return;
+    if (outcome === 'finished') {
+      assert(installedIndex !== undefined && installedIndex <= this.log.lastIndex(), () => `follower ${to} installed a snapshot at ${installedIndex}, beyond our log`);
+      pr.snapshotEnded(installedIndex, this.ticks);
+      this.maybeCommit();
+    } else {
+      pr.snapshotEnded(undefined, this.ticks);
+    }
+  }
+
+  /** The shell has synced the snapshot of a Ready (index = its meta.index): the answer to the leader may go. */
+  onSnapshotPersisted(index: number): void {
+    const pending = this.pendingSnapshot;
+    assert(pending !== undefined && pending.handedOut && pending.meta.index === index, () => `snapshot ${index} persisted, but the pending one is ${pending?.meta.index}`);
+    this.pendingSnapshot = undefined;
+    // The acknowledgement speaks of durable state only now; if the term moved on, the
+    // leader that sent the snapshot is gone and the next one probes afresh.
+    if (this.term === pending.term) this.acceptAppend(pending.leader, index);
+  }
+
+  /** The snapshot this node accepted and has not yet persisted (undefined when none). */
+  pendingSnapshotMeta(): SnapshotMeta | undefined {
+    return this.pendingSnapshot?.meta;
+  }
+
   // --------------------------------------------------------------- outputs
 
   hasReady(): boolean {
     return (
       this.outbox.length > 0 ||
       this.log.hasUnstable() ||
-      this.log.hasCommitted() ||
+      (this.log.hasCommitted() && this.pendingSnapshot === undefined) ||
       this.hardStateChanged() ||
       this.grantedReads.length > 0 ||
       this.failedReads.length > 0 ||
+      this.snapshotsToSend.length > 0 ||
+      (this.pendingSnapshot !== undefined && !this.pendingSnapshot.handedOut) ||
       (this.role === 'leader' && (this.openReadRound.length > 0 || this.hasUnsentEntries()))
     );
   }
@@ -375,17 +470,23 @@ export class RaftNode {
     }
     const hardState = this.hardStateChanged() ? { term: this.term, votedFor: this.votedFor } : undefined;
     if (hardState) this.lastSavedHardState = hardState;
+    const snapshot = this.pendingSnapshot && !this.pendingSnapshot.handedOut ? this.pendingSnapshot.meta : undefined;
+    if (this.pendingSnapshot) this.pendingSnapshot.handedOut = true;
     const ready: Ready = {
       hardState,
       entries: this.log.takeUnstable(),
       messages: this.outbox,
-      committed: this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
+      // Nothing is applied on top of a snapshot that is not yet installed.
+      committed: this.pendingSnapshot ? [] : this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
       reads: this.grantedReads,
       failedReads: this.failedReads,
+      snapshotsToSend: this.snapshotsToSend,
+      snapshot,
     };
     this.outbox = [];
     this.grantedReads = [];
     this.failedReads = [];
+    this.snapshotsToSend = [];
     return ready;
   }
 
@@ -403,6 +504,8 @@ export class RaftNode {
       stableIndex: this.log.stableIndex,
       lastIndex: this.log.lastIndex(),
       lastTerm: this.log.lastTerm(),
+      snapshotIndex: this.log.snapshotIndex(),
+      firstIndex: this.log.firstIndex(),
       uncommittedBytes: this.log.uncommittedBytes(),
       campaignBlocked: this.campaignBlockedReason(),
       config: this.clusterConfig(),
@@ -440,12 +543,12 @@ export class RaftNode {
         return false; // a leader we heard recently is alive: don't let a partitioned node disrupt it
       }
       if (preVoteRequest || grantedPreVote) return true; // pre-votes speak of a future term
-      const fromLeader = kind === 'appendRequest' || kind === 'heartbeatRequest';
+      const fromLeader = kind === 'appendRequest' || kind === 'heartbeatRequest' || kind === 'installSnapshot';
       this.becomeFollower(m.term, fromLeader ? m.fromId : NO_NODE);
       return true;
     }
     if (m.term < this.term) {
-      if (kind === 'appendRequest' || kind === 'heartbeatRequest') {
+      if (kind === 'appendRequest' || kind === 'heartbeatRequest' || kind === 'installSnapshot') {
         // A stale leader: tell it our term so it steps down (it may be cut off by
         // check-quorum or pre-vote from ever learning it otherwise).
         this.send(m.fromId, { $case: 'appendResponse', value: { index: 0, rejected: true, hintIndex: 0, hintTerm: 0 } });
@@ -523,6 +626,7 @@ export class RaftNode {
 
   private dropLeaderState(): void {
     this.progress = new Map();
+    this.snapshotsToSend = [];
     this.failedReads.push(...this.readsAwaitingTermCommit, ...this.openReadRound);
     for (const round of this.sealedReadRounds) this.failedReads.push(...round.readIds);
     this.readsAwaitingTermCommit = [];
@@ -664,27 +768,38 @@ export class RaftNode {
   }
 
   /**
-   * Whether the follower needs entries the log no longer holds: its prev index lies
-   * before our snapshot index, so no AppendRequest can match. That is where InstallSnapshot
-   * takes over.
+   * Whether the follower needs entries the log no longer holds: the leader cannot name
+   * the term of its prev index (compacted away), so no AppendRequest can match. That is
+   * where InstallSnapshot takes over.
    */
   private needsSnapshot(pr: Progress): boolean {
-    return pr.nextIndex - 1 < this.log.snapshotIndex();
+    return this.log.termAt(pr.nextIndex - 1) === undefined;
+  }
+
+  /** Asks the shell to stream a snapshot to `to`, and appends nothing to it meanwhile. */
+  private sendSnapshot(to: NodeId, pr: Progress): void {
+    pr.becomeSnapshot(this.log.snapshotIndex());
+    this.snapshotsToSend.push({ to });
   }
 
   /**
-   * The InstallSnapshot hook. Nothing compacts the log yet (the snapshot index only comes
-   * from a restore, and every node is restored at the same point in the tests that do it),
-   * so a follower behind the snapshot cannot exist; reaching here is a bug, not a follower
-   * to wait for.
+   * A snapshot from the leader, staged whole by the shell (the term rules have passed).
+   * At or below the commit index it adds nothing: the answer is the commit index, and
+   * the shell discards what it staged. Otherwise it is accepted (Raft Figure 13) and
+   * handed to the shell in the next Ready; the answer waits until it is durable.
    */
-  private sendSnapshot(to: NodeId, pr: Progress): void {
-    assert(
-      false,
-      () =>
-        `follower ${to} needs entries from ${pr.nextIndex}, before our first index ${this.log.firstIndex()} ` +
-        `(snapshot index ${this.log.snapshotIndex()}); InstallSnapshot is not built yet and nothing compacts the log`,
-    );
+  private handleInstallSnapshot(m: Message, offer: SnapshotOffer): void {
+    if (this.role === 'leader') return this.rejectMessage(m, `a second leader in our term ${this.term}`);
+    this.becomeFollower(this.term, m.fromId);
+    const meta = offer.meta!;
+    if (this.pendingSnapshot !== undefined) return; // one install at a time; the leader's shell retries
+    if (meta.index <= this.log.commitIndex) return this.acceptAppend(m.fromId, this.log.commitIndex);
+    const { keptTail } = this.log.installSnapshot({ index: meta.index, term: meta.term, config: meta.config });
+    // The snapshot's configuration is the one at its index; a kept tail's config entries follow it.
+    if (keptTail) this.configs.compactTo(meta.index);
+    else this.configs.reset(meta.config ?? this.configs.at(meta.index));
+    this.onConfigChanged();
+    this.pendingSnapshot = { meta, handedOut: false, leader: m.fromId, term: this.term };
   }
 
   private handleAppendRequest(m: Message, request: AppendRequest): void {
@@ -1135,6 +1250,12 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
   if (m.body.$case === 'voteRequest' && m.body.value.lastLogTerm > m.term) {
     return `last log term ${m.body.value.lastLogTerm} above message term ${m.term}`;
   }
+  if (m.body.$case === 'installSnapshot') {
+    const meta = m.body.value.meta;
+    if (!meta) return 'a snapshot offer without meta';
+    if (meta.index < 1) return 'a snapshot offer at index 0';
+    if (meta.term < 1 || meta.term > m.term) return `snapshot term ${meta.term} outside [1, message term ${m.term}]`;
+  }
   if (m.body.$case !== 'appendRequest') return undefined;
   const request = m.body.value;
   if (request.prevLogTerm > m.term) return `prev log term ${request.prevLogTerm} above message term ${m.term}`;
@@ -1178,6 +1299,11 @@ function badNumberReason(m: Message): string | undefined {
       return badIndex('commit', m.body.value.commit) ?? badIndex('read round', m.body.value.readRound);
     case 'heartbeatResponse':
       return badIndex('read round', m.body.value.readRound);
+    case 'installSnapshot': {
+      const meta = m.body.value.meta;
+      return meta ? badIndex('snapshot index', meta.index) ?? badTerm('snapshot term', meta.term) : undefined;
+    }
+    case 'timeoutNow':
     case undefined:
       return undefined;
   }

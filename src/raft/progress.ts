@@ -10,13 +10,20 @@ import { assert } from '../assert';
  *            most `maxInflightBytes` (entryBytes) between them; when nothing is in
  *            flight one AppendRequest goes whatever its size, so progress is never stuck.
  *
+ * snapshot:  the follower needs entries the leader's log no longer holds; the shell is
+ *            streaming it a snapshot. Nothing is appended to it until the shell reports
+ *            the transfer (reportSnapshot) or the follower acknowledges an index at or
+ *            beyond `pendingSnapshot` (the leader's snapshot index when the transfer began).
+ *
  * A lost AppendRequest would leave either state waiting forever, so the leader
  * notes when it last sent a probe and when it last heard an acknowledgement: a
  * heartbeat answer (the follower is reachable) after a long enough silence means
  * the AppendRequest was lost, and it is sent again (see `isStalled`).
  */
 export class Progress {
-  state: 'probe' | 'replicate' = 'probe';
+  state: 'probe' | 'replicate' | 'snapshot' = 'probe';
+  /** In snapshot state: an acknowledgement at or beyond this index ends it. */
+  pendingSnapshot = 0;
   matchIndex = 0;
   nextIndex: number;
   /** In probe state: an AppendRequest is out and unanswered. */
@@ -45,6 +52,7 @@ export class Progress {
 
   /** Whether the leader may send another AppendRequest now. */
   canSend(): boolean {
+    if (this.state === 'snapshot') return false;
     return this.state === 'probe' ? !this.probeSent : this.inflight.length < this.maxInflight;
   }
 
@@ -68,6 +76,7 @@ export class Progress {
 
   /** Records an AppendRequest whose entries end at `lastIndex` and carry `bytes`. */
   sent(lastIndex: number, bytes: number, nowTick: number): void {
+    assert(this.state !== 'snapshot', 'an AppendRequest to a follower receiving a snapshot');
     if (this.state === 'probe') {
       this.probeSent = true;
       this.probeSentAtTick = nowTick;
@@ -89,7 +98,7 @@ export class Progress {
     this.matchIndex = index;
     this.acknowledgedAtTick = nowTick;
     this.nextIndex = Math.max(this.nextIndex, index + 1);
-    if (this.state === 'probe') this.becomeReplicate();
+    if (this.state === 'probe' || (this.state === 'snapshot' && index >= this.pendingSnapshot)) this.becomeReplicate();
     return true;
   }
 
@@ -98,6 +107,7 @@ export class Progress {
    * is known to be reachable: it was lost, and must be sent again.
    */
   isStalled(nowTick: number, quietTicks: number): boolean {
+    if (this.state === 'snapshot') return false; // the shell reports the transfer's end
     if (this.state === 'probe') return this.probeSent && nowTick - this.probeSentAtTick >= quietTicks;
     return this.inflight.length > 0 && nowTick - this.acknowledgedAtTick >= quietTicks;
   }
@@ -108,6 +118,37 @@ export class Progress {
     this.nextIndex = nextIndex;
     this.probeSent = false;
     this.clearInflight();
+  }
+
+  /** A snapshot covering up to `snapshotIndex` is on its way to the follower. */
+  becomeSnapshot(snapshotIndex: number): void {
+    assert(snapshotIndex > this.matchIndex, () => `snapshot at ${snapshotIndex} at or below match ${this.matchIndex}`);
+    this.state = 'snapshot';
+    this.pendingSnapshot = snapshotIndex;
+    this.probeSent = false;
+    this.clearInflight();
+  }
+
+  /**
+   * The snapshot transfer ended. Installed at `installedIndex`: the follower durably
+   * holds the leader's log up to there (a snapshot holds committed entries only), which
+   * is an acknowledgement; it ends the snapshot state if it reaches `pendingSnapshot`,
+   * else (an older transfer's snapshot) probing goes on from there. Failed: probe again,
+   * but paused as if a probe were out, so the next attempt waits until a heartbeat answer
+   * shows the follower is reachable (isStalled), not a retry storm.
+   */
+  snapshotEnded(installedIndex: number | undefined, nowTick: number): void {
+    assert(this.state === 'snapshot', () => `snapshot transfer ended in state ${this.state}`);
+    if (installedIndex !== undefined && installedIndex > this.matchIndex) {
+      this.matchIndex = installedIndex;
+      this.acknowledgedAtTick = nowTick;
+    }
+    if (installedIndex !== undefined && this.matchIndex >= this.pendingSnapshot) return this.becomeReplicate();
+    this.becomeProbe(this.matchIndex + 1);
+    if (installedIndex === undefined) {
+      this.probeSent = true;
+      this.probeSentAtTick = nowTick;
+    }
   }
 
   private becomeReplicate(): void {

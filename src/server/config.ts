@@ -43,6 +43,10 @@ export interface ServerConfig {
   clientPortProtection: PortProtection;
   /** What the peer port tolerates from its connections. */
   peerPortProtection: PortProtection;
+  /** Compact once this many applied entries follow the snapshot point. */
+  snapshotEntries: number;
+  /** Log entries kept before the snapshot point at compaction, for slow followers. */
+  snapshotCatchupEntries: number;
 }
 
 /**
@@ -76,6 +80,8 @@ export const SERVE_FLAGS = [
   { flag: 'client-idle-timeout-ms', env: 'CAIRN_CLIENT_IDLE_TIMEOUT_MS', default: '300000', help: 'a client connection with no call open for this long is closed' },
   { flag: 'keepalive-time-ms', env: 'CAIRN_KEEPALIVE_TIME_MS', default: '10000', help: 'ping a connection (either port) after this long without one' },
   { flag: 'keepalive-timeout-ms', env: 'CAIRN_KEEPALIVE_TIMEOUT_MS', default: '5000', help: 'close a connection whose ping is not answered within this' },
+  { flag: 'snapshot-entries', env: 'CAIRN_SNAPSHOT_ENTRIES', default: '10000', help: 'compact the log once this many applied entries follow the last snapshot point' },
+  { flag: 'snapshot-catchup-entries', env: 'CAIRN_SNAPSHOT_CATCHUP_ENTRIES', default: '5000', help: 'log entries kept before the snapshot point at compaction, so slow followers need no snapshot' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -193,6 +199,8 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
       maxClientIdBytes: MAX_CLIENT_ID_BYTES,
     },
     ...portProtections(values),
+    snapshotEntries: integer('snapshot-entries', values['snapshot-entries']!, 1),
+    snapshotCatchupEntries: integer('snapshot-catchup-entries', values['snapshot-catchup-entries']!, 0),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { ClusterIdentity, Voter } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
-import { Db } from '../storage/db';
+import { Db, DbOp } from '../storage/db';
 import { Logger } from './logger';
 
 const CLUSTER_KEY = Buffer.from('cluster');
@@ -27,7 +27,7 @@ export function describeVoters(voters: readonly Voter[]): string {
   return voters.map((v) => `${v.id}=${v.peerAddr}`).join(',');
 }
 
-function votersOf(peers: Map<number, string>): Voter[] {
+export function votersOf(peers: Map<number, string>): Voter[] {
   return [...peers].sort(([a], [b]) => a - b).map(([id, peerAddr]) => ({ id, peerAddr }));
 }
 
@@ -100,6 +100,11 @@ export async function loadOrCreateIdentity(
 }
 
 async function storeIdentity(db: Db, identity: ClusterIdentity): Promise<ClusterIdentity> {
-  await db.write([{ type: 'put', sublevel: 'meta', key: CLUSTER_KEY, value: ClusterIdentity.encode(identity).finish() }], { sync: true });
+  await db.write(stageIdentity(identity), { sync: true });
   return identity;
+}
+
+/** The write that stores `identity` (for a batch of the caller's, e.g. a snapshot restore's). */
+export function stageIdentity(identity: ClusterIdentity): DbOp[] {
+  return [{ type: 'put', sublevel: 'meta', key: CLUSTER_KEY, value: ClusterIdentity.encode(identity).finish() }];
 }

@@ -1,6 +1,15 @@
 import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError } from '@grpc/grpc-js';
-import { Message, RaftServiceClient, RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
-import { Transport } from '../node/replica';
+import {
+  InstallSnapshotRequest,
+  InstallSnapshotResponse,
+  Message,
+  RaftServiceClient,
+  RaftServiceServer,
+  SnapshotHeader,
+  StreamRequest,
+  StreamResponse,
+} from '../../gen/cairn/raft/v1/raft';
+import { MAX_SNAPSHOT_CHUNK_BYTES, Transport } from '../node/replica';
 import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
@@ -27,6 +36,13 @@ const MIN_RECONNECT_DELAY_MS = 50;
 export const DEFAULT_MAX_RECONNECT_DELAY_MS = 2000;
 /** A stream that lived this long before failing was healthy: reconnect quickly. */
 const HEALTHY_STREAM_MS = 5000;
+/**
+ * The longest one InstallSnapshot transfer may take, end to end (the RPC's deadline):
+ * a transfer cut off by it fails, and the leader sends a fresh snapshot later.
+ */
+export const SNAPSHOT_TRANSFER_TIMEOUT_MS = 10 * 60_000;
+/** Upper bound of an InstallSnapshotRequest's bytes besides its data: the header (with its configuration) and tags. */
+export const SNAPSHOT_REQUEST_OVERHEAD_BOUND_BYTES = 64 * 1024;
 
 /** What bounds the largest Raft message a node can send (see RaftConfig and Limits). */
 export interface PeerMessageBounds {
@@ -54,7 +70,8 @@ export function peerMaxMessageBytes(bounds: PeerMessageBounds): number {
   // in whatever its size: its data is at most the larger of the two.
   const largestMessage =
     MESSAGE_OVERHEAD_BOUND_BYTES + bounds.maxEntriesPerAppend * ENTRY_OVERHEAD_BOUND_BYTES + Math.max(bounds.maxBytesPerAppend, bounds.maxEntryDataBytes);
-  return FRAME_OVERHEAD_BOUND_BYTES + MAX_FRAME_BYTES + largestMessage;
+  const largestFrame = FRAME_OVERHEAD_BOUND_BYTES + MAX_FRAME_BYTES + largestMessage;
+  return Math.max(largestFrame, MAX_SNAPSHOT_CHUNK_BYTES + SNAPSHOT_REQUEST_OVERHEAD_BOUND_BYTES);
 }
 
 /**
@@ -174,6 +191,16 @@ export class GrpcPeerTransport implements Transport {
     }
   }
 
+  /**
+   * Streams a snapshot to `to` on its own InstallSnapshot call (never the Raft stream):
+   * the header on the first chunk, `done` on the last, flow-controlled by HTTP/2.
+   */
+  sendSnapshot(to: NodeId, header: SnapshotHeader, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
+    const link = this.links.get(to);
+    if (!link) return Promise.reject(new Error(`node ${to} is not a peer of this node`));
+    return streamSnapshot(link.client, { ...header, clusterId: this.identity.clusterId }, chunks, SNAPSHOT_TRANSFER_TIMEOUT_MS);
+  }
+
   /** The gRPC client for a peer, for forwarding client requests to the leader. */
   client(id: NodeId): RaftServiceClient | undefined {
     return this.links.get(id)?.client;
@@ -184,6 +211,56 @@ export class GrpcPeerTransport implements Transport {
     this.closed = true;
     for (const link of this.links.values()) link.close();
   }
+}
+
+/**
+ * One InstallSnapshot call: writes the chunks (each at most MAX_SNAPSHOT_CHUNK_BYTES), one
+ * behind, so the last one carries `done`; waits for HTTP/2 flow control between them; and
+ * resolves with the receiver's answer. The receiver may answer early (it refused): the
+ * remaining chunks are not read.
+ */
+export function streamSnapshot(
+  client: RaftServiceClient,
+  header: SnapshotHeader,
+  chunks: AsyncIterable<Uint8Array>,
+  timeoutMs: number,
+): Promise<InstallSnapshotResponse> {
+  let call: ClientWritableStream<InstallSnapshotRequest> | undefined;
+  let answered = false;
+  const answer = new Promise<InstallSnapshotResponse>((resolve, reject) => {
+    call = client.installSnapshot({ deadline: Date.now() + timeoutMs }, (err, response) => {
+      answered = true;
+      if (err) reject(err);
+      else resolve(response);
+    });
+  });
+  const stream = call!;
+  stream.on('error', () => undefined); // reported through the callback
+  const write = async (request: InstallSnapshotRequest): Promise<void> => {
+    if (stream.write(request)) return;
+    await Promise.race([new Promise<void>((resolve) => stream.once('drain', resolve)), answer.then(() => undefined, () => undefined)]);
+  };
+  const send = async (): Promise<void> => {
+    let first = true;
+    let held: Uint8Array | undefined;
+    for await (const chunk of chunks) {
+      if (answered) return;
+      if (chunk.length > MAX_SNAPSHOT_CHUNK_BYTES) throw new Error(`snapshot chunk of ${chunk.length} bytes, over MAX_SNAPSHOT_CHUNK_BYTES ${MAX_SNAPSHOT_CHUNK_BYTES}`);
+      if (held !== undefined) {
+        await write({ header: first ? header : undefined, data: Buffer.from(held), done: false });
+        first = false;
+      }
+      held = chunk;
+    }
+    if (answered) return;
+    await write({ header: first ? header : undefined, data: Buffer.from(held ?? new Uint8Array(0)), done: true });
+    stream.end();
+  };
+  send().catch((err: unknown) => {
+    stream.cancel();
+    void err; // the call's callback reports the cancellation
+  });
+  return answer;
 }
 
 interface QueuedMessage {

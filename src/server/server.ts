@@ -121,6 +121,8 @@ export class CairnNode {
       stateMachine: await KvStateMachine.open(db),
       transport,
       onFatal,
+      snapshotEntries: config.snapshotEntries,
+      snapshotCatchupEntries: config.snapshotCatchupEntries,
     });
     const router = new RequestRouter(replica, transport, identity.clusterId, config.requestTimeoutMs);
     const clientPortGuard = new GuardedPort('client', config.clientPortProtection, logger);

@@ -14,10 +14,20 @@ import {
   ResponseHeader,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
-import { ClusterConfig, ConfigChangeType, RaftServiceServer, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
+import {
+  ClusterConfig,
+  ConfigChangeType,
+  InstallSnapshotRequest,
+  InstallSnapshotResponse,
+  RaftServiceServer,
+  SnapshotHeader,
+  StreamRequest,
+  StreamResponse,
+} from '../../gen/cairn/raft/v1/raft';
 import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { KvReplica } from '../kv/kv-replica';
+import { MAX_SNAPSHOT_CHUNK_BYTES } from '../node/replica';
 import { Limits } from './config';
 import { FORWARDED_METADATA, LeaderClients, UnaryStart } from './leader-clients';
 import { ClusterMembership, MembershipReplica } from './membership';
@@ -209,9 +219,9 @@ export function clusterService(context: ServiceContext): ClusterServer {
         members: context.membership.members(status.leader),
         followers: status.progress.map((p) => ({ id: p.id, matchIndex: p.matchIndex, nextIndex: p.nextIndex, state: p.state })),
         version: VERSION,
-        snapshotIndex: 0,
-        firstIndex: 1,
-        leaderTransferee: 0,
+        snapshotIndex: status.snapshotIndex,
+        firstIndex: status.firstIndex,
+        leaderTransferee: status.transferee,
       };
     }),
     memberList: unary(async () => ({ header: header(context), members: context.membership.members(context.replica.node.leader) })),
@@ -247,7 +257,10 @@ export function clusterService(context: ServiceContext): ClusterServer {
         return { header: header(context), leaderId };
       });
     }),
-    snapshot: notBuiltYet,
+    snapshot: unary(async () => {
+      const { snapshotIndex, firstIndex } = await context.replica.compactNow();
+      return { header: header(context), snapshotIndex, firstIndex };
+    }),
     snapshotSave: (call) => call.emit('error', notBuiltYetError()),
   };
 }
@@ -297,8 +310,10 @@ export const PEER_REJECTION_LOG_LINES_PER_SECOND = 5;
 export class PeerInputStats {
   /** Streams answered with an error: undecodable frames, another cluster, a non-member. */
   rejectedStreams = 0;
-  /** Messages dropped because their from_id is not their frame's. */
+  /** Messages dropped because their from_id is not their frame's, or because their body may not travel on the Raft stream (installSnapshot). */
   foreignMessages = 0;
+  /** InstallSnapshot calls refused before staging (another transfer in progress, a bad header). */
+  refusedSnapshots = 0;
   readonly log: RateLimitedLog;
 
   constructor(logger: Pick<Logger, 'warn'>, maxLinesPerSecond = PEER_REJECTION_LOG_LINES_PER_SECOND) {
@@ -311,6 +326,7 @@ type CheckSender = (clusterId: number, from: number) => void;
 /** The peer service: Raft messages in, and writes and read-index requests from followers. */
 export function raftService(context: ServiceContext, peerInput = new PeerInputStats(context.logger)): RaftServiceServer {
   const unary = unaryCalls(context);
+  const snapshotSlot = { busy: false };
   const checkSender: CheckSender = (clusterId, from) => {
     if (clusterId !== context.clusterId) {
       throw new CairnError(ErrorCode.WRONG_CLUSTER, `cluster id ${clusterId} is not this cluster's (${context.clusterId})`);
@@ -319,7 +335,7 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
   };
   return {
     stream: (call, callback) => receivePeerStream(context, peerInput, checkSender, call, callback),
-    installSnapshot: (_call, callback) => callback(notBuiltYetError()),
+    installSnapshot: (call, callback) => receiveSnapshotStream(context, peerInput, checkSender, snapshotSlot, call, callback),
     propose: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);
       // The same limits as a client's write. The command is encoded again rather than logged
@@ -368,7 +384,9 @@ function receivePeerStream(
     if (frame.clientAddr) context.membership.noteClientAddr(frame.fromId, frame.clientAddr);
     let foreign = 0;
     for (const message of frame.messages) {
-      if (message.fromId !== frame.fromId) {
+      // A snapshot offer is only ever handed in by this node's own shell, once an
+      // InstallSnapshot stream was staged whole; on the Raft stream it is forged.
+      if (message.fromId !== frame.fromId || message.body?.$case === 'installSnapshot') {
         foreign++;
         continue;
       }
@@ -389,4 +407,125 @@ function receivePeerStream(
     if (!rejected) callback(null, {});
   });
   call.on('error', () => undefined);
+}
+
+/**
+ * The most bytes one incoming InstallSnapshot transfer may stage (the sum of its chunks'
+ * data): a bound on the disk a leader, or anyone past the sender check, can fill.
+ */
+export const MAX_SNAPSHOT_STAGED_BYTES = 64 * 1024 ** 3;
+/** An incoming transfer logs its progress every this many staged bytes. */
+export const SNAPSHOT_PROGRESS_LOG_BYTES = 64 * 1024 ** 2;
+
+/**
+ * One incoming InstallSnapshot call. The first request must carry a header for this node
+ * from a member of this cluster; only one transfer is staged at a time (another is
+ * RESOURCE_EXHAUSTED); chunks over MAX_SNAPSHOT_CHUNK_BYTES, a transfer over
+ * MAX_SNAPSHOT_STAGED_BYTES, a second header or a stream that ends before `done` are
+ * INVALID_ARGUMENT. The Replica stages the chunks, offers the snapshot to its core and
+ * answers once it is installed (or why not).
+ */
+function receiveSnapshotStream(
+  context: ServiceContext,
+  stats: PeerInputStats,
+  checkSender: CheckSender,
+  slot: { busy: boolean },
+  call: ServerReadableStream<InstallSnapshotRequest, InstallSnapshotResponse>,
+  callback: sendUnaryData<InstallSnapshotResponse>,
+): void {
+  let answered = false;
+  const answer = (err: unknown, response?: InstallSnapshotResponse) => {
+    if (answered) return;
+    answered = true;
+    if (err) {
+      stats.log.warn({ peer: call.getPeer(), reason: (err as Error).message }, 'snapshot transfer refused');
+      callback(toGrpcError(err));
+    } else {
+      callback(null, response!);
+    }
+  };
+  const requests = call[Symbol.asyncIterator]() as AsyncIterator<InstallSnapshotRequest>;
+  call.on('error', () => undefined);
+  void (async () => {
+    const first = await requests.next();
+    if (first.done) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the InstallSnapshot stream ended before its first request');
+    const header = openSnapshotTransfer(first.value, context, checkSender);
+    if (slot.busy) {
+      stats.refusedSnapshots++;
+      throw new CairnError(ErrorCode.OVERLOADED, 'another snapshot transfer is being received; retry later');
+    }
+    slot.busy = true;
+    let streamError: CairnError | undefined;
+    try {
+      const chunks = snapshotChunks(first.value, requests, header, context.logger, (err) => (streamError = err));
+      const response = await context.replica.receiveSnapshot(header, chunks);
+      if (streamError) throw streamError;
+      return response;
+    } finally {
+      slot.busy = false;
+    }
+  })().then(
+    (response) => answer(null, response),
+    (err) => {
+      stats.refusedSnapshots++;
+      answer(err);
+    },
+  );
+}
+
+/** Checks an InstallSnapshot stream's first request; returns its header. */
+function openSnapshotTransfer(first: InstallSnapshotRequest, context: ServiceContext, checkSender: CheckSender): SnapshotHeader {
+  const malformed = malformedError(first);
+  if (malformed) throw malformed;
+  const header = first.header;
+  if (!header) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the first InstallSnapshot request carries no header');
+  checkSender(header.clusterId, header.fromId);
+  if (header.to !== context.replica.id) throw new CairnError(ErrorCode.INVALID_ARGUMENT, `snapshot addressed to node ${header.to}, this is node ${context.replica.id}`);
+  if (!header.meta || header.meta.index < 1) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the snapshot header has no meta, or index 0');
+  return header;
+}
+
+/** The data of an InstallSnapshot stream's requests, checked as they come; a bad one ends it through `fail`. */
+async function* snapshotChunks(
+  first: InstallSnapshotRequest,
+  rest: AsyncIterator<InstallSnapshotRequest>,
+  header: SnapshotHeader,
+  logger: Logger,
+  fail: (err: CairnError) => void,
+): AsyncIterable<Uint8Array> {
+  let staged = 0;
+  let nextLogAt = SNAPSHOT_PROGRESS_LOG_BYTES;
+  let request: InstallSnapshotRequest | undefined = first;
+  for (let position = 0; request; position++) {
+    const problem = chunkProblem(request, position, staged);
+    if (problem) {
+      const err = new CairnError(ErrorCode.INVALID_ARGUMENT, problem);
+      fail(err);
+      throw err;
+    }
+    staged += request.data.length;
+    if (staged >= nextLogAt) {
+      logger.info({ from: header.fromId, index: header.meta?.index, stagedMiB: Math.floor(staged / 2 ** 20) }, 'receiving snapshot');
+      nextLogAt += SNAPSHOT_PROGRESS_LOG_BYTES;
+    }
+    if (request.data.length > 0) yield request.data;
+    if (request.done) {
+      logger.info({ from: header.fromId, index: header.meta?.index, stagedBytes: staged }, 'snapshot received whole');
+      return;
+    }
+    const next = await rest.next();
+    request = next.done ? undefined : next.value;
+  }
+  const err = new CairnError(ErrorCode.INVALID_ARGUMENT, `the InstallSnapshot stream ended after ${staged} bytes without a request marked done`);
+  fail(err);
+  throw err;
+}
+
+function chunkProblem(request: InstallSnapshotRequest, position: number, stagedBytes: number): string | undefined {
+  const malformed = malformedError(request);
+  if (malformed) return malformed.message;
+  if (position > 0 && request.header) return `InstallSnapshot request ${position} carries a second header`;
+  if (request.data.length > MAX_SNAPSHOT_CHUNK_BYTES) return `snapshot chunk of ${request.data.length} bytes, over MAX_SNAPSHOT_CHUNK_BYTES ${MAX_SNAPSHOT_CHUNK_BYTES}`;
+  if (stagedBytes + request.data.length > MAX_SNAPSHOT_STAGED_BYTES) return `snapshot over MAX_SNAPSHOT_STAGED_BYTES ${MAX_SNAPSHOT_STAGED_BYTES}`;
+  return undefined;
 }

@@ -1,10 +1,13 @@
-import { Entry, HardState } from '../../gen/cairn/raft/v1/raft';
+import { Entry, HardState, SnapshotMeta } from '../../gen/cairn/raft/v1/raft';
+import { StoredSnapshot } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { NO_SNAPSHOT, SnapshotPoint } from '../raft/log';
 import { Db, DbOp } from './db';
 
 const INDEX_KEY_BYTES = 8;
 const HARD_STATE_KEY = Buffer.from('hard-state');
+/** meta/snapshot: the StoredSnapshot of the node's latest snapshot (compaction or install). */
+export const SNAPSHOT_KEY = Buffer.from('snapshot');
 
 /** Log keys are 8-byte big-endian indexes, so LevelDB's byte order is log order. */
 export function encodeIndexKey(index: number): Buffer {
@@ -24,13 +27,22 @@ export function decodeIndexKey(key: Uint8Array): number {
 /** The durable Raft log. */
 export interface LogStore {
   /**
-   * Reads back the log after the snapshot point: indexes snapshot.index + 1 .. N,
-   * contiguous (without a snapshot, 1..N). A gap anywhere, including before the first
-   * stored entry, fails loudly.
+   * Reads back the log: contiguous entries F..N with F <= snapshot.index + 1 (compaction
+   * keeps a tail before the snapshot point) and, when F is before it, N >= snapshot.index
+   * (without a snapshot, 1..N). A gap anywhere, or a first entry after snapshot.index + 1,
+   * fails loudly.
    */
   load(snapshot?: SnapshotPoint): Promise<Entry[]>;
   /** The operations that replace the entries at or after entries[0].index with `entries`. */
   stageAppend(entries: readonly Entry[]): DbOp[];
+  /** The operations that delete the stored entries up to `compactThrough`. */
+  stageCompact(compactThrough: number): DbOp[];
+  /**
+   * The operations that delete what an installed snapshot at `snapshotIndex` replaces:
+   * every stored entry up to it, and every one after `keptLastIndex` (the core's last
+   * index after the install: the snapshot index itself when it discarded its whole log).
+   */
+  stageInstall(snapshotIndex: number, keptLastIndex: number): DbOp[];
 }
 
 /** The durable term and vote. */
@@ -41,38 +53,55 @@ export interface HardStateStore {
 
 /** What the shell persists for the core: one synced batch per Ready. */
 export interface RaftStorage {
-  /** `snapshot` is where the state machine's snapshot ends (NO_SNAPSHOT today: nothing compacts yet). */
-  load(snapshot?: SnapshotPoint): Promise<{ hardState: HardState; entries: Entry[] }>;
+  /**
+   * The hard state, the latest snapshot's meta (from meta/snapshot, undefined when the
+   * node never compacted nor installed one) and the log read back after it (LogStore.load).
+   */
+  load(): Promise<{ hardState: HardState; entries: Entry[]; snapshot?: SnapshotMeta }>;
   /** Persists both in one synced, atomic write. */
   persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void>;
+  /** The operations persist() would write, for a batch that carries more (an installed snapshot). */
+  stagePersist(hardState: HardState | undefined, entries: readonly Entry[]): DbOp[];
+  /** Compaction: meta/snapshot = `snapshot`, and the stored entries up to `compactThrough` go. */
+  stageCompaction(snapshot: SnapshotMeta, compactThrough: number): DbOp[];
+  /** An installed snapshot: meta/snapshot = `snapshot`, and the entries it replaces go (LogStore.stageInstall). */
+  stageInstall(snapshot: SnapshotMeta, keptLastIndex: number): DbOp[];
+  /** Writes staged operations (with the state machine's own) in one synced, atomic batch. */
+  writeSynced(ops: readonly DbOp[]): Promise<void>;
 }
 
 export class LevelLogStore implements LogStore {
-  /** The last index written (staged), so a truncation knows which keys to delete. */
+  /** The last index written (staged), so a truncation knows which keys to delete (the snapshot index when none is stored). */
   private lastIndex = 0;
+  /** The first index stored (staged): compaction and installs delete from here. */
+  private firstIndex = 1;
   /** The snapshot index the log was loaded after: appends never reach into the snapshot. */
   private snapshotIndex = 0;
 
   constructor(private readonly db: Db) {}
 
   async load(snapshot: SnapshotPoint = NO_SNAPSHOT): Promise<Entry[]> {
-    const firstIndex = snapshot.index + 1;
     const entries: Entry[] = [];
     for await (const [key, value] of this.db.entries('log')) {
       const index = decodeIndexKey(key);
       const entry = Entry.decode(value);
       assert(entry.index === index, `log key ${index} holds entry ${entry.index}`);
-      const expected = firstIndex + entries.length;
-      assert(
-        index === expected,
-        entries.length === 0
-          ? `log has a gap before index ${index}: the first stored entry must be ${expected}, right after the snapshot index ${snapshot.index}`
-          : `log has a gap before index ${index} (expected ${expected})`,
-      );
+      if (entries.length === 0) {
+        assert(
+          index <= snapshot.index + 1,
+          `log has a gap before index ${index}: the first stored entry must be at most ${snapshot.index + 1}, right after the snapshot index ${snapshot.index}`,
+        );
+      } else {
+        const expected = entries[0]!.index + entries.length;
+        assert(index === expected, `log has a gap before index ${index} (expected ${expected})`);
+      }
       entries.push(entry);
     }
+    const last = entries[entries.length - 1]?.index;
+    assert(last === undefined || last >= snapshot.index, `log ends at ${last}, before the snapshot index ${snapshot.index}`);
     this.snapshotIndex = snapshot.index;
-    this.lastIndex = snapshot.index + entries.length;
+    this.firstIndex = entries[0]?.index ?? snapshot.index + 1;
+    this.lastIndex = last ?? snapshot.index;
     return entries;
   }
 
@@ -91,6 +120,28 @@ export class LevelLogStore implements LogStore {
       ops.push({ type: 'put', sublevel: 'log', key: encodeIndexKey(entry.index), value: Entry.encode(entry).finish() });
     }
     this.lastIndex = newLast;
+    return ops;
+  }
+
+  stageCompact(compactThrough: number): DbOp[] {
+    assert(compactThrough <= this.lastIndex, `compacting through ${compactThrough}, beyond the stored log end ${this.lastIndex}`);
+    const ops = this.deleteRange(this.firstIndex, compactThrough);
+    this.firstIndex = Math.max(this.firstIndex, compactThrough + 1);
+    return ops;
+  }
+
+  stageInstall(snapshotIndex: number, keptLastIndex: number): DbOp[] {
+    assert(keptLastIndex >= snapshotIndex, `kept log end ${keptLastIndex} before the snapshot index ${snapshotIndex}`);
+    const ops = [...this.deleteRange(this.firstIndex, Math.min(snapshotIndex, this.lastIndex)), ...this.deleteRange(Math.max(keptLastIndex + 1, this.firstIndex), this.lastIndex)];
+    this.snapshotIndex = snapshotIndex;
+    this.firstIndex = snapshotIndex + 1;
+    this.lastIndex = Math.max(snapshotIndex, Math.min(this.lastIndex, keptLastIndex));
+    return ops;
+  }
+
+  private deleteRange(from: number, through: number): DbOp[] {
+    const ops: DbOp[] = [];
+    for (let index = from; index <= through; index++) ops.push({ type: 'del', sublevel: 'log', key: encodeIndexKey(index) });
     return ops;
   }
 }
@@ -117,12 +168,35 @@ export class LevelRaftStorage implements RaftStorage {
     this.hardState = new LevelHardStateStore(db);
   }
 
-  async load(snapshot: SnapshotPoint = NO_SNAPSHOT): Promise<{ hardState: HardState; entries: Entry[] }> {
-    return { hardState: await this.hardState.load(), entries: await this.log.load(snapshot) };
+  async load(): Promise<{ hardState: HardState; entries: Entry[]; snapshot?: SnapshotMeta }> {
+    const stored = await this.db.get('meta', SNAPSHOT_KEY);
+    const snapshot = stored ? StoredSnapshot.decode(stored).meta : undefined;
+    const point = snapshot ? { index: snapshot.index, term: snapshot.term } : NO_SNAPSHOT;
+    return { hardState: await this.hardState.load(), entries: await this.log.load(point), ...(snapshot ? { snapshot } : {}) };
   }
 
   async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {
-    const ops = [...(hardState ? this.hardState.stageSave(hardState) : []), ...this.log.stageAppend(entries)];
+    await this.writeSynced(this.stagePersist(hardState, entries));
+  }
+
+  stagePersist(hardState: HardState | undefined, entries: readonly Entry[]): DbOp[] {
+    return [...(hardState ? this.hardState.stageSave(hardState) : []), ...this.log.stageAppend(entries)];
+  }
+
+  stageCompaction(snapshot: SnapshotMeta, compactThrough: number): DbOp[] {
+    assert(compactThrough <= snapshot.index, `compacting through ${compactThrough}, beyond the snapshot index ${snapshot.index}`);
+    return [...this.log.stageCompact(compactThrough), putSnapshot(snapshot)];
+  }
+
+  stageInstall(snapshot: SnapshotMeta, keptLastIndex: number): DbOp[] {
+    return [...this.log.stageInstall(snapshot.index, keptLastIndex), putSnapshot(snapshot)];
+  }
+
+  async writeSynced(ops: readonly DbOp[]): Promise<void> {
     await this.db.write(ops, { sync: true });
   }
+}
+
+function putSnapshot(snapshot: SnapshotMeta): DbOp {
+  return { type: 'put', sublevel: 'meta', key: SNAPSHOT_KEY, value: StoredSnapshot.encode({ meta: snapshot }).finish() };
 }

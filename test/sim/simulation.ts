@@ -1,12 +1,14 @@
 import { createHash } from 'node:crypto';
 import { Command } from '../../gen/cairn/kv/v1/kv';
-import { Entry, Message } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
+import { FsmRestore, FsmSnapshot } from '../../src/node/fsm';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
+import { majoritySize } from '../../src/raft/quorum';
 import { SeededRandom } from '../../src/raft/random';
 import { Db } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
@@ -30,6 +32,10 @@ const MAX_LANES = 5;
 const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
+/** Most brand-new nodes one seed adds to its cluster (each a learner first, then a voter). */
+const MAX_JOINS_PER_SEED = 3;
+/** Where replication is slow (see newNodeCanCatchUp), new nodes join only while the log is shorter than this. */
+const MAX_SLOW_JOIN_LOG_ENTRIES = 100;
 
 export interface SimOptions {
   seed: number;
@@ -58,6 +64,15 @@ export interface SimResult {
     concurrentWrites: number;
     sessionExpired: number;
     sessionLimited: number;
+    /** Membership changes (add, promote, remove) applied on the leader that proposed them. */
+    membershipChanges: number;
+    /** Leadership transfers that ended with another leader. (`nodes` counts the bootstrap voters, not the nodes that joined.) */
+    transfers: number;
+    snapshotTransfers: number;
+    snapshotsInstalled: number;
+    restoreCrashes: number;
+    /** Nodes whose log was compacted (snapshot index > 0) at the end. */
+    compactedNodes: number;
   };
 }
 
@@ -101,6 +116,24 @@ interface FaultProfile {
   cutOnFirstCommitRate: number;
 }
 
+/**
+ * Compaction and InstallSnapshot, drawn per seed from their own generator: small
+ * thresholds make every node compact often, so followers that fall behind (crashed,
+ * partitioned) need a snapshot; the crash rates cut transfers and restores short.
+ */
+interface SnapshotProfile {
+  snapshotEntries: number;
+  snapshotCatchupEntries: number;
+  /** Bytes of one snapshot chunk: small, so that a transfer is a stream of many. */
+  chunkBytes: number;
+  /** Chance, per chunk delivered, that the sender or the receiver crashes (mid-transfer). */
+  crashMidTransferRate: number;
+  /** Chance, per restore, that the receiver crashes after staging, before the synced switch batch. */
+  crashBeforeSwitchRate: number;
+  /** Chance, per restore, that the receiver crashes right after the switch batch, before it serves the new state. */
+  crashAfterSwitchRate: number;
+}
+
 interface SimNode {
   id: NodeId;
   disk: SimDisk;
@@ -116,6 +149,12 @@ interface SimNode {
   lastTerm: number;
   /** The last term in which this node, as leader, was seen advancing commit. */
   lastCommitTerm: number;
+  /** Started empty during the run, to join the cluster (not a bootstrap voter). */
+  joined: boolean;
+  /** Seen in a committed configuration at some point. */
+  everMember: boolean;
+  /** Shut down for good: a committed configuration no longer holds it. */
+  removed: boolean;
 }
 
 /** A tail churn in progress: the leader now cut off, and the term it led. */
@@ -203,6 +242,20 @@ export class Simulation {
   private readonly sessionLimits: SessionLimits;
   private readonly sessionErrors = { expired: 0, limit: 0 };
   private concurrentWrites = 0;
+  /** The voters every node boots with; a node that joins later is not among them. */
+  private readonly bootstrapVoters: NodeId[] = [];
+  /** Draws of the membership nemesis only, so they do not shift the rest of a seed's draws. */
+  private readonly memberRand: SeededRandom;
+  /** Mean spacing of membership actions (add, promote, remove, transfer); 0: none in this seed. */
+  private readonly membershipEveryUnits: number;
+  private joinsLeft: number;
+  private readonly membershipStats = { changes: 0, transfers: 0 };
+  /** The members of the configuration at the highest commit index any node was seen to know. */
+  private latestCommittedConfig: { index: number; members: NodeId[]; seenOn: NodeId } = { index: 0, members: [], seenOn: 0 };
+  private readonly snapshotProfile: SnapshotProfile;
+  /** index -> the state-machine digest first seen at that applied index, and who had it. */
+  private readonly digestsByIndex = new Map<number, { digest: string; who: string }>();
+  private readonly snapshotStats = { transfers: 0, installed: 0, compactions: 0, restoreCrashes: 0 };
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -232,15 +285,22 @@ export class Simulation {
       ...drawByteBounds(new SeededRandom(options.seed * 40_503 + 11)),
     };
     this.sessionLimits = this.drawSessionLimits();
+    this.snapshotProfile = drawSnapshotProfile(new SeededRandom(options.seed * 7_919 + 3));
     this.dropRate = this.profile.dropRate;
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
     for (let id = 1; id <= nodeCount; id++) {
-      const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
-      this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0 });
+      this.nodes.push(this.newSimNode(id, false));
+      this.bootstrapVoters.push(id);
     }
+    this.latestCommittedConfig = { index: 0, members: [...this.bootstrapVoters], seenOn: 0 };
+    this.memberRand = new SeededRandom(options.seed * 48_271 + 5);
+    this.membershipEveryUnits = this.memberRand.pick([0, 100, 200, 400]);
+    this.joinsLeft = this.membershipEveryUnits === 0 ? 0 : 1 + this.memberRand.int(MAX_JOINS_PER_SEED);
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
+    this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
+    this.log(`snapshots ${JSON.stringify(this.snapshotProfile)}`);
   }
 
   /**
@@ -269,6 +329,7 @@ export class Simulation {
       for (const node of this.nodes) await this.startNode(node);
       for (const node of this.nodes) this.scheduleTicks(node, 1 + this.rand.int(UNITS_PER_TICK));
       this.scheduleNemesis();
+      this.scheduleMembership();
       const clientCount = 2 + this.rand.int(4);
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       await this.runUntilConverged();
@@ -284,7 +345,7 @@ export class Simulation {
       failure: this.failure,
       trace: this.trace,
       stats: {
-        nodes: this.nodes.length,
+        nodes: this.bootstrapVoters.length,
         ops: this.history.length,
         unknownOps,
         committed: this.committed.size,
@@ -294,6 +355,12 @@ export class Simulation {
         concurrentWrites: this.concurrentWrites,
         sessionExpired: this.sessionErrors.expired,
         sessionLimited: this.sessionErrors.limit,
+        membershipChanges: this.membershipStats.changes,
+        transfers: this.membershipStats.transfers,
+        snapshotTransfers: this.snapshotStats.transfers,
+        snapshotsInstalled: this.snapshotStats.installed,
+        restoreCrashes: this.snapshotStats.restoreCrashes,
+        compactedNodes: this.nodes.filter((n) => (n.replica?.node.status().snapshotIndex ?? 0) > 0).length,
       },
     };
   }
@@ -343,7 +410,7 @@ export class Simulation {
     return {
       ...DEFAULT_RAFT_CONFIG,
       id: node.id,
-      voters: this.nodes.map((n) => n.id),
+      voters: this.bootstrapVoters,
       ...this.tuning,
       random: new SeededRandom(this.options.seed * 1_000_003 + node.id * 7919 + node.incarnation),
     };
@@ -356,17 +423,34 @@ export class Simulation {
     const incarnation = node.incarnation;
     if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
-    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), (entry) => this.checkApplied(node, entry));
+    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), db, {
+      onApply: (entry) => this.checkApplied(node, entry),
+      onState: (index, digest) => this.checkDigest(`node ${node.id}`, index, digest),
+      beforeSwitch: () => this.maybeCrashInRestore(node, incarnation, 'before', this.snapshotProfile.crashBeforeSwitchRate),
+      afterSwitch: () => this.maybeCrashInRestore(node, incarnation, 'after', this.snapshotProfile.crashAfterSwitchRate),
+    });
     const replica = await openKvReplica({
       clock: { wallUnixMs: () => this.now * MS_PER_UNIT, monotonicMs: () => this.now * MS_PER_UNIT },
       config: this.raftConfig(node),
       storage: new LevelRaftStorage(db),
       stateMachine,
-      transport: { send: (messages) => this.transmit(node, incarnation, messages) },
+      transport: {
+        send: (messages) => this.transmit(node, incarnation, messages),
+        sendSnapshot: (to, header, chunks) => this.transferSnapshot(node, incarnation, to, header, chunks),
+      },
+      snapshotEntries: this.snapshotProfile.snapshotEntries,
+      snapshotCatchupEntries: this.snapshotProfile.snapshotCatchupEntries,
+      snapshotChunkBytes: this.snapshotProfile.chunkBytes,
       onFatal: (err) => {
         if (node.incarnation === incarnation && node.up) this.fail(`node ${node.id} stopped on ${(err as Error).stack ?? err}`);
       },
     });
+    if (node.removed) {
+      // Retired while it was starting: it stays down.
+      node.starting = false;
+      void replica.stop();
+      return;
+    }
     Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
   }
@@ -377,6 +461,7 @@ export class Simulation {
    * take the whole sweep down with it.
    */
   private restartNode(node: SimNode): void {
+    if (node.removed) return;
     this.startNode(node).catch((err: unknown) => {
       node.starting = false;
       this.fail(`restarting node ${node.id} threw: ${(err as Error).stack ?? err}`);
@@ -421,6 +506,63 @@ export class Simulation {
       const copies = this.rand.chance(this.duplicateRate) ? 2 : 1;
       for (let i = 0; i < copies; i++) this.at(this.networkDelay(), () => this.deliver(message.fromId, message.to, wire));
     }
+  }
+
+  /**
+   * An InstallSnapshot stream over the simulated network: each chunk takes a network
+   * delay, may be lost (the transfer fails, as a broken gRPC stream does), and is cut by
+   * a partition or by a crash of either side, which the nemesis may cause mid-transfer.
+   */
+  private async transferSnapshot(
+    from: SimNode,
+    incarnation: number,
+    to: NodeId,
+    header: SnapshotHeader,
+    chunks: AsyncIterable<Uint8Array>,
+  ): Promise<InstallSnapshotResponse> {
+    const target = this.nodes[to - 1]!;
+    const targetIncarnation = target.incarnation;
+    const receiver = target.replica;
+    const alive = () => from.incarnation === incarnation && from.up && target.incarnation === targetIncarnation && target.up;
+    this.snapshotStats.transfers++;
+    this.log(`node ${from.id}: snapshot at ${header.meta?.index} to node ${to} starts`);
+    if (!receiver || !alive() || this.linkDown(from.id, to)) throw new Error(`node ${to} is unreachable`);
+    const sim = this;
+    async function* wire(): AsyncIterable<Uint8Array> {
+      for await (const chunk of chunks) {
+        const bytes = Buffer.from(chunk); // what the wire carries, not the sender's buffer
+        await sim.sleep(sim.networkDelay());
+        if (sim.now < sim.faultEndUnits && sim.faultRand.chance(sim.snapshotProfile.crashMidTransferRate)) {
+          const victim = sim.faultRand.chance(0.5) ? from : target;
+          sim.log(`nemesis: crash node ${victim.id} mid-transfer of a snapshot to node ${to}`);
+          sim.crashAndRestartSoon(victim);
+        }
+        if (!alive()) throw new Error('a side of the transfer crashed');
+        if (sim.linkDown(from.id, to) || sim.rand.chance(sim.dropRate)) throw new Error('the snapshot stream broke');
+        yield bytes;
+      }
+    }
+    const response = await receiver.receiveSnapshot({ ...header, clusterId: 1 }, wire());
+    await this.sleep(this.networkDelay());
+    if (!alive() || this.linkDown(to, from.id)) throw new Error('the answer was lost');
+    if (response.installed) this.snapshotStats.installed++;
+    this.log(`node ${from.id}: snapshot at ${header.meta?.index} to node ${to}: ${response.installed ? 'installed' : `not installed (${response.reason})`}`);
+    return response;
+  }
+
+  /** During a restore: maybe crash the receiver at this point (with SimDisk's crash semantics), and restart it soon. */
+  private maybeCrashInRestore(node: SimNode, incarnation: number, when: 'before' | 'after', rate: number): void {
+    if (node.incarnation !== incarnation || !node.up || this.now >= this.faultEndUnits || !this.faultRand.chance(rate)) return;
+    this.snapshotStats.restoreCrashes++;
+    this.log(`nemesis: crash node ${node.id} ${when} the switch batch of a snapshot restore`);
+    this.crashAndRestartSoon(node);
+  }
+
+  private crashAndRestartSoon(node: SimNode): void {
+    this.crashNode(node);
+    this.at(1 + this.rand.int(20 * UNITS_PER_TICK), () => {
+      if (!node.up && this.now < this.faultEndUnits) this.restartNode(node);
+    });
   }
 
   private linkDown(from: NodeId, to: NodeId): boolean {
@@ -664,6 +806,138 @@ export class Simulation {
     return { isolated, term, links, roundsLeft, cutAfterFirstCommit, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
   }
 
+  // ------------------------------------------------------------ membership
+  //
+  // During the fault phase, now and then: a brand-new node (empty disk) joins as a
+  // learner and is promoted once it has caught up; a voter (sometimes the leader) is
+  // removed while a majority of the remaining voters is up; leadership is transferred.
+  // A node that a committed configuration no longer holds is shut down for good, as an
+  // operator would.
+
+  private newSimNode(id: NodeId, joined: boolean): SimNode {
+    const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
+    return { id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0, joined, everMember: !joined, removed: false };
+  }
+
+  private scheduleMembership(): void {
+    if (this.membershipEveryUnits === 0) return;
+    const act = () => {
+      if (this.now >= this.faultEndUnits) return;
+      this.membershipAction();
+      this.at(1 + this.memberRand.int(2 * this.membershipEveryUnits), act);
+    };
+    this.at(this.memberRand.int(2 * this.membershipEveryUnits), act);
+  }
+
+  private membershipAction(): void {
+    const leader = this.nodes.find((n) => n.up && n.replica?.node.role === 'leader');
+    if (!leader) return;
+    const config = leader.replica!.clusterConfig();
+    // A node that joined and is not a voter yet: add it (again, if its add was lost) or promote it.
+    const joiner = this.nodes.find((n) => n.joined && !n.removed && !config.voters.some((m) => m.id === n.id));
+    if (joiner && this.memberRand.chance(0.6)) {
+      const isLearner = config.learners.some((m) => m.id === joiner.id);
+      return this.proposeMembership(leader, isLearner ? promoteChange(joiner.id) : addLearnerChange(joiner.id), `${isLearner ? 'promote' : 'add learner'} ${joiner.id}`);
+    }
+    const kind = this.memberRand.pick(['add', 'remove', 'transfer', 'transfer'] as const);
+    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) return this.joinNewNode(leader);
+    if (kind === 'remove') return this.removeVoter(leader, config);
+    if (kind === 'transfer') return this.transferLeadership(leader, config);
+  }
+
+  /**
+   * Without snapshots a new node copies the whole log, at the replication rate this seed
+   * drew: with a window of one entry per round trip (and a lone voter whose clients
+   * commit at disk speed) it could never catch up within the convergence deadline, so
+   * such seeds add nodes only while the log is short.
+   */
+  private newNodeCanCatchUp(leader: SimNode): boolean {
+    const { maxEntriesPerAppend, maxInflightAppends, maxBytesPerAppend } = this.tuning;
+    const fastReplication = maxEntriesPerAppend >= 8 && maxInflightAppends >= 4 && maxBytesPerAppend === undefined;
+    if (fastReplication) return true;
+    // A lone voter commits at disk speed, faster than a slow link copies: the learner falls ever further behind.
+    return this.bootstrapVoters.length > 1 && leader.replica!.node.status().lastIndex < MAX_SLOW_JOIN_LOG_ENTRIES;
+  }
+
+  private joinNewNode(leader: SimNode): void {
+    this.joinsLeft--;
+    const node = this.newSimNode(this.nodes.length + 1, true);
+    this.nodes.push(node);
+    this.log(`nemesis: member: start new node ${node.id} (empty disk) to join`);
+    this.restartNode(node);
+    this.scheduleTicks(node, 1 + this.memberRand.int(UNITS_PER_TICK));
+    this.proposeMembership(leader, addLearnerChange(node.id), `add learner ${node.id}`);
+  }
+
+  /**
+   * Removes a voter, the leader itself now and then, keeping at least two voters (one in a
+   * seed that boots with one) and a majority of the remaining voters up.
+   */
+  private removeVoter(leader: SimNode, config: ClusterConfig): void {
+    const voters = config.voters.map((m) => m.id);
+    const remaining = voters.length - 1;
+    if (remaining < Math.min(2, this.bootstrapVoters.length)) return;
+    const victimId = this.memberRand.chance(0.3) ? leader.id : this.memberRand.pick(voters);
+    const upAfter = voters.filter((id) => id !== victimId && this.nodes[id - 1]!.up).length;
+    if (upAfter < majoritySize(remaining)) return;
+    this.proposeMembership(leader, removeChange(victimId), `remove ${victimId === leader.id ? 'the leader ' : 'voter '}${victimId}`);
+  }
+
+  private transferLeadership(leader: SimNode, config: ClusterConfig): void {
+    const others = config.voters.map((m) => m.id).filter((id) => id !== leader.id);
+    const target = others.length > 0 && this.memberRand.chance(0.7) ? this.memberRand.pick(others) : undefined;
+    this.log(`nemesis: member: transfer leadership from ${leader.id} to ${target ?? 'the most caught-up voter'}`);
+    leader.replica!.transferLeadership(target).then(
+      (next) => {
+        this.membershipStats.transfers++;
+        this.log(`member: leadership transferred from ${leader.id} to ${next}`);
+      },
+      (err: unknown) => this.log(`member: transfer from ${leader.id} failed: ${describeError(err)}`),
+    );
+  }
+
+  private proposeMembership(leader: SimNode, change: ConfigChange, what: string): void {
+    this.log(`nemesis: member: ${what} (leader ${leader.id})`);
+    leader.replica!.proposeConfigChange(change).then(
+      (config) => {
+        this.membershipStats.changes++;
+        this.log(`member: ${what} applied on ${leader.id}: voters {${config.voters.map((m) => m.id)}} learners {${config.learners.map((m) => m.id)}}`);
+      },
+      (err: unknown) => this.log(`member: ${what} refused or lost: ${describeError(err)}`),
+    );
+  }
+
+  /**
+   * Shuts down, for good, every node that was a member and that the latest committed
+   * configuration (the one at the highest commit index any live node knows) no longer
+   * holds. Committed configurations never go back, so this never retires a member.
+   */
+  private retireRemovedMembers(): void {
+    if (this.membershipEveryUnits === 0) return;
+    let best: { node: SimNode; commit: number } | undefined;
+    for (const node of this.nodes) {
+      if (!node.up || !node.replica) continue;
+      const commit = node.checkedCommit;
+      if (!best || commit > best.commit) best = { node, commit };
+    }
+    // Nodes that knew a later commit may be down now: keep the highest ever seen.
+    if (best && best.commit > this.latestCommittedConfig.index) {
+      this.latestCommittedConfig = { index: best.commit, members: membersOf(best.node.replica!.node.configAt(best.commit)), seenOn: best.node.id };
+    }
+    const committed = new Set(this.latestCommittedConfig.members);
+    for (const node of this.nodes) {
+      if (committed.has(node.id)) node.everMember = true;
+      if (node.removed || !node.everMember || committed.has(node.id)) continue;
+      node.removed = true;
+      this.log(`nemesis: member: node ${node.id} is out of the committed config at ${this.latestCommittedConfig.index} (seen on ${this.latestCommittedConfig.seenOn}): shut down`);
+      if (node.up) {
+        node.up = false;
+        void node.replica?.stop();
+        node.replica = undefined;
+      }
+    }
+  }
+
   // --------------------------------------------------------------- clients
 
   /** A client with several lanes: each lane is one op at a time, all share the client's session. */
@@ -862,19 +1136,31 @@ export class Simulation {
       }
     }
     if (this.now < this.faultEndUnits) this.driveTailChurn();
+    this.retireRemovedMembers();
   }
 
   /** Election safety and leader completeness. */
   private checkLeader(node: SimNode, term: number): void {
     const known = this.leadersByTerm.get(term);
     if (known === node.id) return;
+    // Across configuration changes too: every node ever started, joined and removed ones included.
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
+    // Only voters of the leader's config vote it in: that config read from its log here, not from the core's bookkeeping.
+    const { electedBy } = node.replica!.node.status();
+    const voters = this.votersInLog(node);
+    if (!voters.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}`);
+    const strangers = electedBy.filter((id) => !voters.includes(id));
+    if (strangers.length > 0 || electedBy.length < majoritySize(voters.length)) {
+      return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${voters}} of its config`);
+    }
     if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
       // A leader of an older term may be elected after a newer term committed entries
       // (its votes were cast before, delivered late); it needs only what came before it.
       if (this.committedByTerm.get(index)! >= term) continue;
+      // Compacted: covered by its snapshot, whose state the digest invariant checks.
+      if (index < node.replica!.node.status().firstIndex) continue;
       const entry = node.replica!.node.entryAt(index);
       if (!entry || entryIdentity(entry) !== identity) {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
@@ -882,9 +1168,23 @@ export class Simulation {
     }
   }
 
+  /** The voters of the latest config entry in a node's log (the bootstrap voters when there is none). */
+  private votersInLog(node: SimNode): NodeId[] {
+    const core = node.replica!.node;
+    for (let index = core.status().lastIndex; index >= 1; index--) {
+      const entry = core.entryAt(index);
+      if (!entry) return core.configAt(index).voters.map((m) => m.id); // compacted: the snapshot's config
+      if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data).voters.map((m) => m.id);
+    }
+    return this.bootstrapVoters;
+  }
+
   /** A committed entry never changes, whoever commits it. */
   private checkCommitted(node: SimNode, commitIndex: number): void {
-    for (let index = node.checkedCommit + 1; index <= commitIndex; index++) {
+    // Entries before the first index were compacted or replaced by an installed snapshot
+    // before this check saw them: the snapshot's state is checked by its digest instead.
+    const firstIndex = node.replica!.node.status().firstIndex;
+    for (let index = Math.max(node.checkedCommit + 1, firstIndex); index <= commitIndex; index++) {
       const entry = node.replica!.node.entryAt(index);
       if (!entry) return this.fail(`node ${node.id} says ${commitIndex} is committed but lacks entry ${index}`);
       this.recordCommitted(`node ${node.id} committed`, index, entryIdentity(entry), node.replica!.node.term);
@@ -897,6 +1197,13 @@ export class Simulation {
     this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
   }
 
+  /** State-machine safety at snapshot granularity: every node's state at an applied index is the same. */
+  private checkDigest(who: string, index: number, digest: string): void {
+    const known = this.digestsByIndex.get(index);
+    if (known === undefined) this.digestsByIndex.set(index, { digest, who });
+    else if (known.digest !== digest) this.fail(`${who} holds state ${digest} at applied index ${index}, but ${known.who} held ${known.digest} there`);
+  }
+
   private recordCommitted(who: string, index: number, identity: string, term: number): void {
     this.committedByTerm.set(index, Math.min(term, this.committedByTerm.get(index) ?? Infinity));
     const known = this.committed.get(index);
@@ -904,19 +1211,31 @@ export class Simulation {
     else if (known !== identity) this.fail(`${who} ${identity} at index ${index}, but ${known} was committed there`);
   }
 
+  /** Every current member (of the config the leader has committed) holds and has applied the leader's whole log. */
   private converged(): boolean {
-    if (this.nodes.some((n) => !n.up || !n.replica)) return false;
-    const statuses = this.nodes.map((n) => n.replica!.node.status());
-    const leader = statuses.find((s) => s.role === 'leader');
-    if (!leader || leader.commitIndex !== leader.lastIndex) return false;
-    return statuses.every(
-      (s) => s.lastIndex === leader.lastIndex && s.appliedIndex === leader.lastIndex && this.nodes[s.id - 1]!.replica!.stateMachine.appliedIndex() === leader.lastIndex,
-    );
+    const leaders = this.nodes.filter((n) => n.up && n.replica?.node.role === 'leader');
+    if (leaders.length === 0) return false;
+    const leaderNode = leaders.reduce((a, b) => (b.replica!.node.term > a.replica!.node.term ? b : a));
+    const leader = leaderNode.replica!.node.status();
+    if (leader.commitIndex !== leader.lastIndex) return false;
+    const members = membersOf(leader.config).map((id) => this.nodes[id - 1]!);
+    if (members.some((n) => !n.up || !n.replica)) return false;
+    return members
+      .map((n) => n.replica!.node.status())
+      .every(
+        (s) => s.lastIndex === leader.lastIndex && s.appliedIndex === leader.lastIndex && this.nodes[s.id - 1]!.replica!.stateMachine.appliedIndex() === leader.lastIndex,
+      );
+  }
+
+  /** The nodes of the converged cluster's configuration. */
+  private currentMembers(): SimNode[] {
+    const leader = this.nodes.find((n) => n.up && n.replica?.node.role === 'leader')!;
+    return membersOf(leader.replica!.node.clusterConfig()).map((id) => this.nodes[id - 1]!);
   }
 
   private describeNodes(): string {
     return this.nodes
-      .map((n) => (n.up && n.replica ? JSON.stringify({ ...n.replica.node.status(), progress: undefined }) : `node ${n.id} down`))
+      .map((n) => (n.up && n.replica ? JSON.stringify({ ...n.replica.node.status(), config: undefined, progress: n.replica.node.role === "leader" ? n.replica.node.status().progress : undefined }) : `node ${n.id} down`))
       .join('; ');
   }
 
@@ -925,7 +1244,7 @@ export class Simulation {
   private async checkFinalState(): Promise<void> {
     this.log(`converged: ${this.describeNodes()}`);
     this.checkLogMatching();
-    const digests = await Promise.all(this.nodes.map((n) => kvDigest(n.db!)));
+    const digests = await Promise.all(this.currentMembers().map((n) => kvDigest(n.db!)));
     if (new Set(digests).size !== 1) throw new SimulationFailure(`replicas differ after convergence: kv digests ${digests.join(', ')}`);
     const result = checkLinearizable(this.history);
     if (result.kind !== 'linearizable') {
@@ -935,9 +1254,10 @@ export class Simulation {
 
   /** Log matching: every pair of logs is identical (after convergence, in full). */
   private checkLogMatching(): void {
-    const [first, ...rest] = this.nodes.map((n) => n.replica!.node);
+    const [first, ...rest] = this.currentMembers().map((n) => n.replica!.node);
     for (const other of rest) {
-      for (let index = 1; index <= first!.status().lastIndex; index++) {
+      const from = Math.max(first!.status().firstIndex, other.status().firstIndex);
+      for (let index = from; index <= first!.status().lastIndex; index++) {
         const a = first!.entryAt(index);
         const b = other.entryAt(index);
         if (!a || !b || entryIdentity(a) !== entryIdentity(b)) {
@@ -948,11 +1268,26 @@ export class Simulation {
   }
 }
 
-/** Records every applied entry for the state-machine safety check, then applies it. */
+interface CheckHooks {
+  /** Every entry applied, for the state-machine safety check. */
+  onApply(entry: Entry): void;
+  /** The digest of the state after each apply batch and each restore, at its applied index. */
+  onState(index: number, digest: string): void;
+  /** A restore's switch batch is about to be built (staging is complete). */
+  beforeSwitch(): void;
+  /** A restore's switch batch was written; the new state is not served yet. */
+  afterSwitch(): void;
+}
+
+/**
+ * The kv state machine with the simulator's checks: applied entries and the state's digest
+ * at every applied index are recorded, and restores can be crashed around their switch.
+ */
 class CheckedStateMachine implements StateMachine {
   constructor(
     private readonly inner: KvStateMachine,
-    private readonly onApply: (entry: Entry) => void,
+    private readonly db: Db,
+    private readonly hooks: CheckHooks,
   ) {}
 
   appliedIndex(): number {
@@ -968,8 +1303,11 @@ class CheckedStateMachine implements StateMachine {
   }
 
   async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
-    for (const entry of entries) this.onApply(entry);
-    return this.inner.apply(entries);
+    for (const entry of entries) this.hooks.onApply(entry);
+    const outcomes = await this.inner.apply(entries);
+    // The shell runs nothing else against the state machine until apply returns.
+    this.hooks.onState(this.inner.appliedIndex(), await stateDigest(this.db));
+    return outcomes;
   }
 
   get(key: Uint8Array) {
@@ -979,6 +1317,33 @@ class CheckedStateMachine implements StateMachine {
   range(options: Parameters<StateMachine['range']>[0]) {
     return this.inner.range(options);
   }
+
+  snapshot(): Promise<FsmSnapshot> {
+    return this.inner.snapshot();
+  }
+
+  async beginRestore(): Promise<FsmRestore> {
+    const restore = await this.inner.beginRestore();
+    const { hooks, db, inner } = this;
+    return {
+      write: (chunk) => restore.write(chunk),
+      appliedIndex: () => restore.appliedIndex(),
+      switchOps: () => {
+        hooks.beforeSwitch();
+        return restore.switchOps();
+      },
+      activate: async () => {
+        hooks.afterSwitch();
+        await restore.activate();
+        hooks.onState(inner.appliedIndex(), await stateDigest(db));
+      },
+      abort: () => restore.abort(),
+    };
+  }
+}
+
+function membersOf(config: ClusterConfig): NodeId[] {
+  return [...config.voters, ...config.learners].map((m) => m.id);
 }
 
 function entryIdentity(entry: Entry): string {
@@ -993,8 +1358,44 @@ function definitelyNotApplied(err: unknown): boolean {
   return (
     isCairnError(err, ErrorCode.NOT_LEADER) ||
     isCairnError(err, ErrorCode.OVERLOADED) ||
+    isCairnError(err, ErrorCode.LEADER_TRANSFERRING) ||
     isCairnError(err, ErrorCode.PROPOSAL_DROPPED)
   );
+}
+
+const simMember = (id: NodeId) => ({ id, peerAddr: `sim-${id}`, clientAddr: '' });
+const addLearnerChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER, member: simMember(id) });
+const promoteChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, member: simMember(id) });
+const removeChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: simMember(id) });
+
+function describeError(err: unknown): string {
+  return isCairnError(err) ? `${err.code} ${err.message}` : String((err as Error)?.message ?? err);
+}
+
+/** The digest of the replicated state: kv and sessions (both generational: the current generation's). */
+async function stateDigest(db: Db): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const [key, value] of db.entries('kv')) hash.update('k').update(key).update(value);
+  for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
+  return hash.digest('hex').slice(0, 16);
+}
+
+/**
+ * Half the seeds keep the production thresholds (nothing compacts in a run); the others
+ * compact every few entries, keep a short tail or none, and stream in chunks of a few records.
+ */
+function drawSnapshotProfile(rand: SeededRandom): SnapshotProfile {
+  if (rand.float() < 0.4) {
+    return { snapshotEntries: 10_000, snapshotCatchupEntries: 5_000, chunkBytes: 1 << 20, crashMidTransferRate: 0, crashBeforeSwitchRate: 0, crashAfterSwitchRate: 0 };
+  }
+  return {
+    snapshotEntries: rand.pick([3, 5, 10, 20, 50]),
+    snapshotCatchupEntries: rand.pick([0, 0, 1, 3, 10]),
+    chunkBytes: rand.pick([1, 64, 256, 4096]),
+    crashMidTransferRate: rand.pick([0, 0.02, 0.1]),
+    crashBeforeSwitchRate: rand.pick([0, 0.2, 0.5]),
+    crashAfterSwitchRate: rand.pick([0, 0.2, 0.5]),
+  };
 }
 
 async function kvDigest(db: Db): Promise<string> {

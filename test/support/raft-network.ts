@@ -18,6 +18,10 @@ export class RaftNetwork {
   readonly applied = new Map<NodeId, number[]>();
   readonly grantedReads: { node: NodeId; readId: number; index: number }[] = [];
   readonly failedReads: { node: NodeId; readId: number }[] = [];
+  /** Snapshot transfers leaders asked for, in order; a test delivers them with deliverSnapshot. */
+  readonly snapshotRequests: { from: NodeId; to: NodeId }[] = [];
+  /** Snapshots each node installed (persisted at once), by index. */
+  readonly installed = new Map<NodeId, number[]>();
   private readonly cut = new Set<string>();
   /** The bootstrap voters every node starts with (a node added later is not among them). */
   readonly bootstrapVoters: readonly NodeId[];
@@ -35,6 +39,7 @@ export class RaftNetwork {
       this.nodes.set(id, new RaftNode(config, restore(id)));
       this.readies.set(id, []);
       this.applied.set(id, []);
+      this.installed.set(id, []);
     }
   }
 
@@ -78,6 +83,11 @@ export class RaftNetwork {
       while (node.hasReady()) {
         const ready = node.ready();
         this.readies.get(id)!.push(ready);
+        if (ready.snapshot) {
+          this.installed.get(id)!.push(ready.snapshot.index);
+          node.onSnapshotPersisted(ready.snapshot.index);
+        }
+        for (const request of ready.snapshotsToSend) this.snapshotRequests.push({ from: id, ...request });
         const last = ready.entries[ready.entries.length - 1];
         if (last) node.onPersisted(last.index, last.term);
         this.applied.get(id)!.push(...ready.committed.map((e) => e.index));
@@ -104,6 +114,24 @@ export class RaftNetwork {
   /** Delivers the messages queued now (not the ones they cause). */
   deliverOnce(): void {
     for (const message of this.pending.splice(0)) this.nodes.get(message.to)?.step(message);
+    this.flush();
+  }
+
+  /**
+   * Carries out a leader's snapshot transfer as a shell would: the snapshot of its state
+   * at its applied index is offered to the follower's core (unless `lost`), and the
+   * transfer's end is reported back to the leader.
+   */
+  deliverSnapshot(from: NodeId, to: NodeId, options: { lost?: boolean } = {}): void {
+    const leader = this.node(from);
+    const meta = leader.snapshotMetaAt(leader.status().appliedIndex);
+    let installed = false;
+    if (!options.lost && !this.cut.has(`${from}>${to}`)) {
+      this.node(to).step({ fromId: from, to, term: leader.term, body: { $case: 'installSnapshot', value: { meta } } });
+      installed = this.node(to).pendingSnapshotMeta()?.index === meta.index;
+    }
+    if (installed) leader.reportSnapshot(to, 'finished', meta.index);
+    else leader.reportSnapshot(to, 'failed');
     this.flush();
   }
 

@@ -56,16 +56,18 @@ describe('RaftNode restored from a snapshot point', () => {
     expect(net.applied.get(3)).toEqual([101, 102]);
   });
 
-  test('a follower behind the leader\'s snapshot reaches the InstallSnapshot hook, which fails loudly until it exists', () => {
+  test('a follower behind the leader\'s snapshot is sent a snapshot, not an AppendRequest', () => {
     const net = new RaftNetwork(3, {}, (id) =>
       id === 3 ? { hardState: { term: 3, votedFor: 0 }, entries: [], appliedIndex: 0 } : afterSnapshot(102),
     );
-    expect(() => {
-      net.elect(1);
-      for (let i = 0; i < 20; i++) {
-        net.tick(1);
-        net.settle();
-      }
-    }).toThrow(/follower 3 needs entries from 1, before our first index 101 .*InstallSnapshot is not built yet/);
+    net.elect(1);
+    for (let i = 0; i < 20; i++) {
+      net.tick(1);
+      net.settle();
+    }
+    expect(net.snapshotRequests).toEqual([{ from: 1, to: 3 }]);
+    expect(net.node(1).status().progress.find((p) => p.id === 3)?.state).toBe('snapshot');
+    const appendsTo3 = net.readies.get(1)!.flatMap((r) => r.messages).filter((m) => m.to === 3 && m.body?.$case === 'appendRequest');
+    expect(appendsTo3.every((m) => m.body?.$case === 'appendRequest' && m.body.value.prevLogIndex >= 100)).toBe(true);
   });
 });

@@ -101,11 +101,11 @@ describe('RaftLog after a snapshot point', () => {
     expect(log.hasCommitted()).toBe(false);
   });
 
-  test('restore refuses logs that do not start right after the snapshot, gaps, and impossible points', () => {
-    expect(() => RaftLog.restore(run(102, 103, 3), 100, SNAPSHOT)).toThrow(/index 102 where 101 belongs/);
+  test('restore refuses logs that start after the snapshot, gaps, and impossible points', () => {
+    expect(() => RaftLog.restore(run(102, 103, 3), 100, SNAPSHOT)).toThrow(/starts at 102, after the snapshot index 100/);
     expect(() => RaftLog.restore([entry(101, 3), entry(103, 3)], 100, SNAPSHOT)).toThrow(/index 103 where 102 belongs/);
-    expect(() => RaftLog.restore(run(1, 3, 1), 0, SNAPSHOT)).toThrow(/index 1 where 101 belongs/);
-    expect(() => RaftLog.restore([entry(101, 2)], 100, SNAPSHOT)).toThrow(/term goes down at index 101/);
+    expect(() => RaftLog.restore(run(1, 3, 1), 100, SNAPSHOT)).toThrow(/ends at 3, before the snapshot index 100/);
+    expect(() => RaftLog.restore([entry(101, 2)], 100, SNAPSHOT)).toThrow(/term goes down after the snapshot at 101/);
     expect(() => RaftLog.restore(run(101, 102, 3), 99, SNAPSHOT)).toThrow(/applied index 99 below the snapshot index 100/);
     expect(() => RaftLog.restore([], 100, { index: 100, term: 0 })).toThrow(/only index 0 has term 0/);
     expect(() => RaftLog.restore([], 0, { index: -1, term: 0 })).toThrow(/snapshot index -1/);

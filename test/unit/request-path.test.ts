@@ -45,6 +45,19 @@ class StallableStorage implements RaftStorage {
     if (this.stalled) await new Promise<void>((resolve) => this.waiting.push(resolve));
     return this.inner.persist(hardState, entries);
   }
+  stagePersist(hardState: HardState | undefined, entries: readonly Entry[]) {
+    return this.inner.stagePersist(hardState, entries);
+  }
+  stageCompaction(...args: Parameters<RaftStorage['stageCompaction']>) {
+    return this.inner.stageCompaction(...args);
+  }
+  stageInstall(...args: Parameters<RaftStorage['stageInstall']>) {
+    return this.inner.stageInstall(...args);
+  }
+  async writeSynced(ops: Parameters<RaftStorage['writeSynced']>[0]): Promise<void> {
+    if (this.stalled) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    return this.inner.writeSynced(ops);
+  }
   stall(): void {
     this.stalled = true;
   }

@@ -58,19 +58,55 @@ describe.each(BACKENDS)('storage contract on $name', (backend) => {
   });
 
   test('a log that starts right after a snapshot point loads and takes appends after it', async () => {
-    const snapshot = { index: 100, term: 3 };
+    const snapshot = { index: 100, term: 3, config: { voters: [], learners: [] } };
     const storage = new LevelRaftStorage(handle.db);
-    await storage.load(snapshot);
+    await storage.load();
+    await storage.writeSynced(storage.stageInstall(snapshot, 100));
     await storage.persist({ term: 4, votedFor: 1 }, [entry(101, 3), entry(102, 4), entry(103, 4)]);
     const reopened = new LevelRaftStorage(await handle.reopen());
-    const loaded = await reopened.load(snapshot);
+    const loaded = await reopened.load();
+    expect(loaded.snapshot).toMatchObject({ index: 100, term: 3 });
     expect(loaded.entries.map((e) => `${e.index}/${e.term}`)).toEqual(['101/3', '102/4', '103/4']);
     await reopened.persist(undefined, [entry(103, 5)]);
-    expect((await new LevelRaftStorage(await handle.reopen()).load(snapshot)).entries.map((e) => `${e.index}/${e.term}`)).toEqual([
+    expect((await new LevelRaftStorage(await handle.reopen()).load()).entries.map((e) => `${e.index}/${e.term}`)).toEqual([
       '101/3',
       '102/4',
       '103/5',
     ]);
+  });
+
+  test('compaction records meta/snapshot and deletes through compactThrough, keeping the tail before the snapshot point', async () => {
+    const storage = new LevelRaftStorage(handle.db);
+    await storage.load();
+    await storage.persist({ term: 2, votedFor: 1 }, Array.from({ length: 10 }, (_, i) => entry(i + 1, i < 5 ? 1 : 2)));
+    const meta = { index: 8, term: 2, config: { voters: [{ id: 1, peerAddr: 'a:1', clientAddr: '' }], learners: [] } };
+    await storage.writeSynced(storage.stageCompaction(meta, 6));
+    const db = await handle.reopen();
+    const loaded = await new LevelRaftStorage(db).load();
+    expect(loaded.snapshot).toEqual(meta);
+    expect(loaded.entries.map((e) => e.index)).toEqual([7, 8, 9, 10]);
+    // A later compaction deletes only what is still stored, and appends continue after it.
+    const again = new LevelRaftStorage(db);
+    await again.load();
+    await again.writeSynced([...again.stageCompaction({ ...meta, index: 10 }, 9), ...again.stagePersist(undefined, [entry(11, 2)])]);
+    const reloaded = await new LevelRaftStorage(await handle.reopen()).load();
+    expect([reloaded.snapshot?.index, reloaded.entries.map((e) => e.index)]).toEqual([10, [10, 11]]);
+  });
+
+  test('an install that keeps the tail deletes the entries up to the snapshot; one that discards deletes them all', async () => {
+    const storage = new LevelRaftStorage(handle.db);
+    await storage.load();
+    await storage.persist({ term: 1, votedFor: 1 }, Array.from({ length: 6 }, (_, i) => entry(i + 1, 1)));
+    await storage.writeSynced(storage.stageInstall({ index: 3, term: 1, config: undefined }, 6));
+    const db = await handle.reopen();
+    let loaded = await new LevelRaftStorage(db).load();
+    expect([loaded.snapshot?.index, loaded.entries.map((e) => e.index)]).toEqual([3, [4, 5, 6]]);
+
+    const next = new LevelRaftStorage(db);
+    await next.load();
+    await next.writeSynced([...next.stageInstall({ index: 20, term: 4, config: undefined }, 20), ...next.stagePersist({ term: 4, votedFor: 0 }, [entry(21, 4)])]);
+    loaded = await new LevelRaftStorage(await handle.reopen()).load();
+    expect([loaded.snapshot?.index, loaded.entries.map((e) => `${e.index}/${e.term}`), loaded.hardState.term]).toEqual([20, ['21/4'], 4]);
   });
 
   test('appends inside the snapshot are refused', async () => {
@@ -80,15 +116,17 @@ describe.each(BACKENDS)('storage contract on $name', (backend) => {
     expect(() => log.stageAppend([entry(102, 3)])).toThrow(/gap/);
   });
 
-  test('a log after a snapshot point with a gap, or not starting right after it, fails loudly on load', async () => {
+  test('a log after a snapshot point with a gap, starting after it, or ending before it fails loudly on load', async () => {
     const snapshot = { index: 100, term: 3 };
     const log = new LevelLogStore(handle.db);
     await log.load(snapshot);
     await handle.db.write(log.stageAppend([entry(101, 3), entry(102, 3), entry(103, 3)]), { sync: true });
     // Read back without the snapshot point, the log does not start at 1.
-    await expect(new LevelLogStore(handle.db).load()).rejects.toThrow(/gap before index 101: the first stored entry must be 1/);
-    // A snapshot point past the first stored entry does not fit either.
-    await expect(new LevelLogStore(handle.db).load({ index: 99, term: 3 })).rejects.toThrow(/first stored entry must be 100/);
+    await expect(new LevelLogStore(handle.db).load()).rejects.toThrow(/gap before index 101: the first stored entry must be at most 1/);
+    // A snapshot point two before the first stored entry does not fit either.
+    await expect(new LevelLogStore(handle.db).load({ index: 99, term: 3 })).rejects.toThrow(/first stored entry must be at most 100/);
+    // One past the last stored entry: the log ends before the snapshot.
+    await expect(new LevelLogStore(handle.db).load({ index: 104, term: 3 })).rejects.toThrow(/log ends at 103, before the snapshot index 104/);
     await handle.db.write([{ type: 'del', sublevel: 'log', key: encodeIndexKey(102) }], { sync: true });
     await expect(new LevelLogStore(await handle.reopen()).load(snapshot)).rejects.toThrow(/gap before index 103 \(expected 102\)/);
   });
