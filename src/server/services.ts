@@ -252,6 +252,8 @@ export function clusterService(context: ServiceContext): ClusterServer {
     leaderTransfer: unary(async (request, scope, metadata) => {
       validateLeaderTransfer(request);
       return onLeader<LeaderTransferResponse>(context, scope, metadata, (client, md, options, done) => client.leaderTransfer(request, md, options, done), async () => {
+        // Asking the leader to hand over to itself is already done: answered, not refused.
+        if (request.toId === context.replica.node.id) return { header: header(context), leaderId: request.toId };
         const leaderId = await context.membershipReplica.transferLeadership(request.toId || undefined, scope.signal);
         return { header: header(context), leaderId };
       });
