@@ -38,6 +38,7 @@ Usage:
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
+  cairn snapshot                   every endpoint's node snapshots and compacts its log now
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
 
 Client flags:
