@@ -237,7 +237,7 @@ export class PeerInputStats {
   rejectedStreams = 0;
   /** Messages dropped because their from_id is not their frame's, or because their body may not travel on the Raft stream (installSnapshot). */
   foreignMessages = 0;
-  /** InstallSnapshot calls refused before staging (another transfer in progress, a bad header). */
+  /** InstallSnapshot calls answered with an error (another transfer in progress, a bad header or chunk). */
   refusedSnapshots = 0;
   readonly log: RateLimitedLog;
 
@@ -378,7 +378,6 @@ function receiveSnapshotStream(
     if (first.done) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the InstallSnapshot stream ended before its first request');
     const header = openSnapshotTransfer(first.value, context, checkSender);
     if (slot.busy) {
-      stats.refusedSnapshots++;
       throw new CairnError(ErrorCode.OVERLOADED, 'another snapshot transfer is being received; retry later');
     }
     slot.busy = true;
