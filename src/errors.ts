@@ -62,6 +62,11 @@ export const ErrorCode = {
   LEADER_TRANSFERRING: 'LEADER_TRANSFERRING',
   /** A leadership transfer was abandoned: the target did not win within an election timeout. */
   TRANSFER_FAILED: 'TRANSFER_FAILED',
+  /**
+   * A peer refused this node because a committed configuration removed it: the node is no
+   * longer a member and stops (docs/architecture.md, "Membership on the server").
+   */
+  MEMBER_REMOVED: 'MEMBER_REMOVED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

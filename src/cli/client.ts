@@ -6,11 +6,16 @@ import {
   DeleteResponse,
   GetResponse,
   KVClient,
+  LeaderTransferResponse,
+  MemberAddResponse,
   MemberListResponse,
+  MemberPromoteResponse,
+  MemberRemoveResponse,
   PutResponse,
   RangeResponse,
   ResponseHeader,
   SnapshotResponse,
+  SnapshotSaveResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../errors';
@@ -187,8 +192,39 @@ export class CairnClient {
     );
   }
 
+  /**
+   * The bytes of a snapshot file of the node at endpoint `index` (Cluster.SnapshotSave), as
+   * they arrive, within the whole-call budget.
+   */
+  async *snapshotSaveOf(index: number): AsyncIterable<Buffer> {
+    const call = this.cluster[index]!.snapshotSave({}, new Metadata(), { deadline: Date.now() + this.statusTimeoutMs });
+    try {
+      for await (const response of call as AsyncIterable<SnapshotSaveResponse>) yield response.data;
+    } finally {
+      call.cancel();
+    }
+  }
+
   members(): Promise<MemberListResponse> {
     return this.retry((i, md, opts, cb) => this.cluster[i]!.memberList({}, md, opts, cb));
+  }
+
+  /** Adds a learner; any endpoint will do (a follower forwards to the leader). */
+  memberAdd(id: number, peerAddr: string, clientAddr = ''): Promise<MemberAddResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberAdd({ id, peerAddr, clientAddr }, md, opts, cb));
+  }
+
+  memberPromote(id: number): Promise<MemberPromoteResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberPromote({ id }, md, opts, cb));
+  }
+
+  memberRemove(id: number): Promise<MemberRemoveResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberRemove({ id }, md, opts, cb));
+  }
+
+  /** Hands leadership to `toId` (0: the most caught-up voter); resolves once it leads. */
+  leaderTransfer(toId = 0): Promise<LeaderTransferResponse> {
+    return this.retry((i, md, opts, cb) => this.cluster[i]!.leaderTransfer({ toId }, md, opts, cb));
   }
 
   /** How long statusOf waits for its one endpoint. */

@@ -11,6 +11,7 @@ import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
+import { runSnapshotRestore } from './snapshot-restore';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -27,6 +28,8 @@ const USAGE = `cairn: a Raft-replicated key-value database
 
 Usage:
   cairn serve --id ID --data-dir DIR --client-addr HOST:PORT --peer-addr HOST:PORT --peers ID=HOST:PORT,...
+  cairn serve --id ID --data-dir DIR --client-addr HOST:PORT --peer-addr HOST:PORT --join HOST:PORT,... [--learner]
+                                   join a running cluster (client addresses of its members)
   cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--client-port 7001] [--peer-port 7101]
                                    start a local cluster (client ports 7001.., peer ports 7101..)
   cairn put KEY VALUE              set a key
@@ -39,7 +42,16 @@ Usage:
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
   cairn snapshot                   every endpoint's node snapshots and compacts its log now
+  cairn snapshot save FILE         write a backup of the first endpoint's node to FILE
+  cairn member list                one member a line: id, voter or learner, peer and client address, leader
+  cairn member add ID PEER_ADDR [--client-addr HOST:PORT]
+                                   add a member as a learner (start it with cairn serve --join, or before)
+  cairn member promote ID          make a caught-up learner a voter
+  cairn member remove ID           remove a voter or learner (the leader too)
+  cairn leader transfer [--to ID]  hand leadership to a voter (default: the most caught-up); prints the new leader
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
+  cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... [--cluster-token T]
+                                   seed a new cluster's data dir from a snapshot file (--help for more)
 
 Client flags:
   -e, --endpoints HOST:PORT,...    client ports; default ${DEFAULT_ENDPOINTS.join(',')} (env CAIRN_ENDPOINTS)
@@ -51,6 +63,8 @@ Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status
 
 Run "cairn serve --help" for every server flag.`;
 
+/** `cairn serve` flags that take no value. */
+const SERVE_SWITCHES = ['learner'];
 /** Flags every client verb takes. */
 const COMMON_FLAGS = ['endpoints', 'timeout-ms'];
 const SHELL_FLAGS = [...COMMON_FLAGS, 'consistency'];
@@ -76,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (command === 'serve') return serve(rest);
+  if (command === 'snapshot' && rest[0] === 'restore') return runSnapshotRestore(rest.slice(1), (line) => console.log(line));
   if (command === 'cluster') {
     if (rest.includes('--help')) {
       console.log(CLUSTER_USAGE);
@@ -131,19 +146,31 @@ async function serve(argv: string[]): Promise<number> {
     for (const spec of SERVE_FLAGS) console.log(`  --${spec.flag.padEnd(20)} ${spec.env.padEnd(26)} ${spec.help}${spec.default ? ` (default ${spec.default})` : ''}`);
     return 0;
   }
-  const { positional, flags } = parseArgs(argv);
+  const { positional, flags } = parseArgs(argv, SERVE_SWITCHES);
   if (positional.length > 0) throw new UsageError(`cairn serve takes no arguments, got "${positional.join(' ')}"`);
   const config = buildServerConfig(resolveFlags(SERVE_FLAGS, flags, process.env));
   const logger = createLogger(config.logLevel, { node: config.id });
   let node: CairnNode;
+  // A node that a committed configuration removed stops as on SIGTERM and exits 0 (etcd's
+  // members stop too): nothing it could do would count any more.
+  let stopRemoved: (() => void) | undefined;
+  let removed = false;
   // grpc-js prints its own line for a failed bind; the error below says it once, clearly.
   const quietGrpc = !process.env.GRPC_VERBOSITY;
   if (quietGrpc) setLogVerbosity(logVerbosity.NONE);
   try {
-    node = await CairnNode.start(config, logger, (err) => {
-      logger.fatal({ err }, 'fatal error: stopping the node');
-      process.exit(1);
-    });
+    node = await CairnNode.start(
+      config,
+      logger,
+      (err) => {
+        logger.fatal({ err }, 'fatal error: stopping the node');
+        process.exit(1);
+      },
+      () => {
+        removed = true;
+        stopRemoved?.();
+      },
+    );
   } catch (err) {
     // A port in use, a locked data dir: one line, not a stack trace, and no half-started
     // node (a bound port or an open database) keeping the process alive.
@@ -167,6 +194,8 @@ async function serve(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
     process.on('SIGINT', () => onSignal('SIGINT'));
+    stopRemoved = () => onSignal('removed from the cluster');
+    if (removed) stopRemoved();
     stopWithParent(() => onSignal('parent gone'));
   });
   return 0;

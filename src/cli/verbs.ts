@@ -1,9 +1,10 @@
-import { readFile, stat } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { ServiceError } from '@grpc/grpc-js';
-import { KeyValue, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
+import { verifySnapshotFile } from '../storage/snapshot-file';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -24,6 +25,14 @@ interface VerbSpec {
 
 const STDIN_FORM = 'KEY - (the value from stdin)';
 
+/** `cairn member SUBCOMMAND ...`: each form's words after `member`, and how many arguments follow the subcommand. */
+const MEMBER_FORMS = [
+  { sub: 'list', usage: 'list', args: 0 },
+  { sub: 'add', usage: 'add ID PEER_ADDR [--client-addr HOST:PORT]', args: 2 },
+  { sub: 'promote', usage: 'promote ID', args: 1 },
+  { sub: 'remove', usage: 'remove ID', args: 1 },
+] as const;
+
 const VERB_SPECS: Record<string, VerbSpec> = {
   put: { usage: ['KEY VALUE', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file'] },
   get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
@@ -32,7 +41,9 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
   status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
   members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
-  snapshot: { usage: ['(compact every endpoint\'s log now)'], minArgs: 0, maxArgs: 0, flags: [] },
+  snapshot: { usage: ['(compact every endpoint\'s log now)', 'save FILE (a backup of the first endpoint\'s node)'], minArgs: 0, maxArgs: 2, flags: [] },
+  member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
+  leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -141,6 +152,15 @@ export async function runVerb(
     }
     case 'status':
       return status(client, print);
+    case 'member':
+      return member(client, args, flags, print, usage('member', typed, options));
+    case 'leader': {
+      if (args[0] !== 'transfer') throw usage('leader', typed, options);
+      const to = flags.to === undefined ? 0 : memberId(flags.to, '--to');
+      const response = await client.leaderTransfer(to);
+      print(`leader: node ${response.leaderId}`);
+      return 0;
+    }
     case 'members': {
       const response = await client.members();
       print('ID  PEER ADDRESS           CLIENT ADDRESS         LEADER');
@@ -150,9 +170,57 @@ export async function runVerb(
       return 0;
     }
     case 'snapshot':
-      return compactNow(client, print);
+      if (args.length === 0) return compactNow(client, print);
+      if (args[0] === 'save' && args.length === 2) return saveSnapshot(client, args[1]!, print);
+      throw usage(verb, typed, options);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
+  }
+}
+
+function memberId(text: string, what: string): number {
+  const id = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(id) || id < 1) throw new UsageError(`${what} must be a member id (an integer >= 1), got "${text}"`);
+  return id;
+}
+
+/** One member a line: id, role, peer address, client address (- when unknown), and `leader` on the leader's line. */
+export function describeMember(m: Member): string {
+  const role = m.role === MemberRole.MEMBER_ROLE_LEARNER ? 'learner' : 'voter';
+  return `${String(m.id).padEnd(3)} ${role.padEnd(7)} ${m.peerAddr.padEnd(22)} ${(m.clientAddr || '-').padEnd(22)}${m.isLeader ? ' leader' : ''}`.trimEnd();
+}
+
+/** `cairn member list|add|promote|remove`. */
+async function member(client: CairnClient, args: string[], flags: Record<string, string>, print: (line: string) => void, usageError: UsageError): Promise<number> {
+  const form = MEMBER_FORMS.find((f) => f.sub === args[0]);
+  if (!form || args.length !== form.args + 1) throw usageError;
+  if (flags['client-addr'] !== undefined && form.sub !== 'add') throw new UsageError(`--client-addr applies to member add only`);
+  const printMembers = (members: Member[]) => members.forEach((m) => print(describeMember(m)));
+  switch (form.sub) {
+    case 'list':
+      printMembers((await client.members()).members);
+      return 0;
+    case 'add': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberAdd(id, args[2]!, flags['client-addr'] ?? '');
+      print(`added node ${id} as a learner`);
+      printMembers(response.members);
+      return 0;
+    }
+    case 'promote': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberPromote(id);
+      print(`promoted node ${id} to voter`);
+      printMembers(response.members);
+      return 0;
+    }
+    case 'remove': {
+      const id = memberId(args[1]!, 'ID');
+      const response = await client.memberRemove(id);
+      print(`removed node ${id}`);
+      printMembers(response.members);
+      return 0;
+    }
   }
 }
 
@@ -245,4 +313,31 @@ async function compactNow(client: CairnClient, print: (line: string) => void): P
     }
   }
   return failed > 0 ? 1 : 0;
+}
+
+/**
+ * `cairn snapshot save FILE`: a backup of the first endpoint's node, streamed to FILE.partial,
+ * synced, checked end to end (format and checksum), then renamed to FILE.
+ */
+async function saveSnapshot(client: CairnClient, file: string, print: (line: string) => void): Promise<number> {
+  const partial = `${file}.partial`;
+  const handle = await open(partial, 'w').catch((err: NodeJS.ErrnoException) => {
+    throw new Error(`cannot write ${partial}: ${err.message}`);
+  });
+  try {
+    try {
+      for await (const piece of client.snapshotSaveOf(0)) await handle.write(piece);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    const summary = await verifySnapshotFile(partial);
+    await rename(partial, file);
+    const bytes = (await stat(file)).size;
+    print(`saved snapshot at index ${summary.meta.index} (term ${summary.meta.term}) from ${client.endpoints[0]} to ${file}: ${bytes} bytes`);
+    return 0;
+  } catch (err) {
+    await rm(partial, { force: true });
+    throw err;
+  }
 }

@@ -1,5 +1,6 @@
 import { CairnError, ErrorCode } from '../errors';
 import { PortProtection } from './connection-guard';
+import { isHostPort } from './validate';
 
 /** Request limits. Going over one is INVALID_ARGUMENT naming the flag. */
 export interface Limits {
@@ -21,6 +22,12 @@ export interface ServerConfig {
   peerAddr: string;
   /** Every member's peer address, this node's included. */
   peers: Map<number, string>;
+  /** Whether --peers was given (else `peers` is this node alone). */
+  peersGiven: boolean;
+  /** Client addresses of running members: join their cluster instead of bootstrapping (empty data dir only). */
+  join: string[];
+  /** With `join`: stay a learner instead of asking to be promoted to voter. */
+  learner: boolean;
   /** Mixed into the cluster id at bootstrap: two clusters with the same peers differ by token. */
   clusterToken: string;
   /** An explicit cluster id for bootstrap, instead of deriving one (0 = derive). */
@@ -52,6 +59,8 @@ export const SERVE_FLAGS = [
   { flag: 'client-addr', env: 'CAIRN_CLIENT_ADDR', default: '127.0.0.1:7001', help: 'HOST:PORT to serve clients on' },
   { flag: 'peer-addr', env: 'CAIRN_PEER_ADDR', default: '127.0.0.1:7101', help: 'HOST:PORT to serve peers on' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
+  { flag: 'join', env: 'CAIRN_JOIN', default: '', help: 'client addresses (HOST:PORT,...) of running members: join their cluster as a learner, then ask to be promoted (instead of --peers; empty data dir only)' },
+  { flag: 'learner', env: 'CAIRN_LEARNER', default: 'false', help: 'with --join: stay a learner (receive the log, never vote)' },
   { flag: 'cluster-token', env: 'CAIRN_CLUSTER_TOKEN', default: 'cairn', help: 'mixed into the cluster id at bootstrap' },
   { flag: 'cluster-id', env: 'CAIRN_CLUSTER_ID', default: '', help: 'the cluster id to bootstrap with, instead of deriving it from the token and peers' },
   { flag: 'timing', env: 'CAIRN_TIMING', default: 'default', help: '"default" or "demo" (slow elections and heartbeats, to watch Raft)' },
@@ -115,6 +124,21 @@ export function parsePeers(text: string): Map<number, string> {
   return peers;
 }
 
+/** Parses --join: client addresses of running members. */
+export function parseJoin(text: string): string[] {
+  const endpoints = text.split(',').map((e) => e.trim()).filter(Boolean);
+  for (const endpoint of endpoints) {
+    if (!isHostPort(endpoint)) throw invalid(`--join entry "${endpoint}" is not HOST:PORT (a member's client address)`);
+  }
+  return endpoints;
+}
+
+function boolean(name: string, text: string): boolean {
+  if (text === 'true' || text === '1') return true;
+  if (text === 'false' || text === '0' || text === '') return false;
+  throw invalid(`--${name} is a switch (true or false), got "${text}"`);
+}
+
 /** The client and peer ports' connection bounds, from their flags. */
 function portProtections(values: Record<string, string>): Pick<ServerConfig, 'clientPortProtection' | 'peerPortProtection'> {
   const shared = {
@@ -146,12 +170,19 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
   const peerAddr = values['peer-addr']!;
   const peers = values.peers ? parsePeers(values.peers) : new Map([[id, peerAddr]]);
   if (!peers.has(id)) throw invalid(`--peers does not name this node (--id ${id})`);
+  const join = parseJoin(values.join ?? '');
+  const learner = boolean('learner', values.learner ?? 'false');
+  if (join.length > 0 && values.peers) throw invalid('--join and --peers exclude each other: --join joins a running cluster, --peers bootstraps a new one');
+  if (learner && join.length === 0) throw invalid('--learner needs --join (a bootstrap member is a voter)');
   const config: ServerConfig = {
     id,
     dataDir: values['data-dir']!,
     clientAddr: values['client-addr']!,
     peerAddr,
     peers,
+    peersGiven: Boolean(values.peers),
+    join,
+    learner,
     clusterToken: values['cluster-token']!,
     clusterId: values['cluster-id'] ? integer('cluster-id', values['cluster-id'], 1) : 0,
     tickMs: values['tick-ms'] ? integer('tick-ms', values['tick-ms'], 1) : timing.tickMs,

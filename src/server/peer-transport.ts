@@ -1,4 +1,4 @@
-import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream } from '@grpc/grpc-js';
+import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError } from '@grpc/grpc-js';
 import {
   InstallSnapshotRequest,
   InstallSnapshotResponse,
@@ -10,8 +10,10 @@ import {
   StreamResponse,
 } from '../../gen/cairn/raft/v1/raft';
 import { MAX_SNAPSHOT_CHUNK_BYTES, Transport } from '../node/replica';
+import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
+import { ERROR_CODE_METADATA } from './status';
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -93,6 +95,8 @@ export interface PeerTransportOptions {
   maxMessageBytes: number;
   /** Longest wait before trying a failed peer again. */
   maxReconnectBackoffMs: number;
+  /** A peer refused this node with MEMBER_REMOVED: a committed configuration removed it. */
+  onRemoved?: (by: NodeId, reason: string) => void;
 }
 
 /** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
@@ -128,17 +132,49 @@ interface TransportIdentity {
  */
 export class GrpcPeerTransport implements Transport {
   private readonly links = new Map<NodeId, PeerLink>();
+  private closed = false;
 
   constructor(
     private readonly identity: TransportIdentity,
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
-    options: PeerTransportOptions,
-    channelCredentials: ChannelCredentials = credentials.createInsecure(),
+    private readonly options: PeerTransportOptions,
+    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
   ) {
-    for (const [id, addr] of peers) {
-      if (id !== identity.selfId) this.links.set(id, new PeerLink(id, addr, identity, channelCredentials, options, logger));
+    this.setPeers(peers);
+  }
+
+  /**
+   * Follows the configuration: opens links to new members, closes those to members that
+   * left, and reopens a link whose peer address changed. What was queued for a closed link
+   * is dropped (Raft tolerates loss).
+   */
+  setPeers(peers: ReadonlyMap<NodeId, string>): void {
+    if (this.closed) return;
+    for (const [id, link] of this.links) {
+      if (peers.get(id) === link.addr) continue;
+      link.close();
+      this.links.delete(id);
+      this.logger.info({ peer: id, addr: link.addr }, 'peer link closed: no longer a member at this address');
     }
+    for (const [id, addr] of peers) {
+      if (id === this.identity.selfId || this.links.has(id)) continue;
+      this.links.set(id, new PeerLink(id, addr, this.identity, this.channelCredentials, this.options, this.logger));
+    }
+  }
+
+  /**
+   * Sends every peer a frame with no messages: a node that its own log says is being
+   * removed asks this way whether the removal committed (the peers answer MEMBER_REMOVED
+   * then, and onRemoved hears it), since nobody sends it anything once it has.
+   */
+  probe(): void {
+    for (const link of this.links.values()) link.probe();
+  }
+
+  /** The peers this transport links to, by id: for tests and status. */
+  peerAddrs(): Map<NodeId, string> {
+    return new Map([...this.links].map(([id, link]) => [id, link.addr]));
   }
 
   send(messages: readonly Message[]): void {
@@ -172,6 +208,7 @@ export class GrpcPeerTransport implements Transport {
 
   /** Ends every outgoing stream (the peers see a clean end) and closes the channels. */
   close(): void {
+    this.closed = true;
     for (const link of this.links.values()) link.close();
   }
 }
@@ -246,10 +283,10 @@ class PeerLink {
 
   constructor(
     private readonly peerId: NodeId,
-    private readonly addr: string,
+    readonly addr: string,
     private readonly identity: TransportIdentity,
     channelCredentials: ChannelCredentials,
-    options: PeerTransportOptions,
+    private readonly options: PeerTransportOptions,
     private readonly logger: Logger,
   ) {
     this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
@@ -265,6 +302,12 @@ class PeerLink {
     }
     this.dropOldestBeyondBounds();
     this.flush();
+  }
+
+  probe(): void {
+    if (this.closed || this.congested || this.reconnectTimer || this.queue.length > 0) return;
+    const call = this.call ?? this.open();
+    call.write({ clusterId: this.identity.clusterId, fromId: this.identity.selfId, clientAddr: this.identity.clientAddr, messages: [] } satisfies StreamRequest);
   }
 
   close(): void {
@@ -332,6 +375,7 @@ class PeerLink {
       this.congested = false;
       if (this.closed) return;
       if (err) this.logFailure(err.message);
+      if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details);
       this.reconnectDelayMs =
         Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {
@@ -351,6 +395,11 @@ class PeerLink {
     this.lastErrorLoggedAt = now;
     this.logger.warn({ peer: this.peerId, addr: this.addr, reason, droppedMessages: this.droppedMessages }, 'peer stream failed; reconnecting');
   }
+}
+
+/** Whether a peer ended our stream because a committed configuration removed this node. */
+function removedBy(err: ServiceError): boolean {
+  return err.metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.MEMBER_REMOVED;
 }
 
 /**

@@ -62,7 +62,8 @@ export class RequestRouter {
   }
 }
 
-type Forwarded = 'write' | 'read';
+/** What a follower forwards: a write, a read, or a Cluster call (a membership change, a leadership transfer). */
+export type Forwarded = 'write' | 'read' | 'cluster change';
 
 /**
  * Makes one call to the leader with the request's remaining time as its deadline, cancels
@@ -103,13 +104,13 @@ export function forwardingFailure(err: unknown, leader: NodeId, what: Forwarded)
     return new CairnError(ErrorCode.LEADER_UNREACHABLE, `cannot reach the leader (node ${leader}) to forward the ${what} (gRPC ${status}); it was not carried out: retry shortly`, details);
   }
   if (err.code === Status.DEADLINE_EXCEEDED) {
-    return what === 'write'
-      ? new CairnError(ErrorCode.TIMEOUT, `the write forwarded to the leader (node ${leader}) did not complete in time; its outcome is unknown`, details)
-      : new CairnError(ErrorCode.TIMEOUT, `the leader (node ${leader}) did not confirm the read in time`, details);
+    return what === 'read'
+      ? new CairnError(ErrorCode.TIMEOUT, `the leader (node ${leader}) did not confirm the read in time`, details)
+      : new CairnError(ErrorCode.TIMEOUT, `the ${what} forwarded to the leader (node ${leader}) did not complete in time; its outcome is unknown`, details);
   }
-  return what === 'write'
-    ? new CairnError(ErrorCode.OUTCOME_UNKNOWN, `the call to the leader (node ${leader}) failed after the write was sent (gRPC ${status}); its outcome is unknown: retry with the same client id and sequence`, details)
-    : new CairnError(ErrorCode.LEADER_UNREACHABLE, `the call to the leader (node ${leader}) failed during the read (gRPC ${status}); retry shortly`, details);
+  if (what === 'read') return new CairnError(ErrorCode.LEADER_UNREACHABLE, `the call to the leader (node ${leader}) failed during the read (gRPC ${status}); retry shortly`, details);
+  const retry = what === 'write' ? 'retry with the same client id and sequence' : 'check with cairn member list before retrying';
+  return new CairnError(ErrorCode.OUTCOME_UNKNOWN, `the call to the leader (node ${leader}) failed after the ${what} was sent (gRPC ${status}); its outcome is unknown: ${retry}`, details);
 }
 
 function timedOut(err: ServiceError): ServiceError {

@@ -1,7 +1,9 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { ClusterService, KVService, Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
-import { RaftServiceService } from '../../gen/cairn/raft/v1/raft';
+import { ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
+import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
+import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
+import { CairnError, ErrorCode } from '../errors';
 import { KvStateMachine } from '../kv/state-machine';
 import { KvReplica, openKvReplica } from '../kv/kv-replica';
 import { DEFAULT_RAFT_CONFIG, RaftConfig } from '../raft/node';
@@ -10,7 +12,10 @@ import { LevelDb } from '../storage/db';
 import { LevelRaftStorage } from '../storage/raft-storage';
 import { ServerConfig } from './config';
 import { GuardedPort } from './connection-guard';
-import { deriveClusterId, loadOrCreateIdentity } from './identity';
+import { bootstrapConfigOf, deriveClusterId, IGNORED_BOOTSTRAP_FLAGS, loadOrCreateIdentity, readIdentity, storeJoinedIdentity } from './identity';
+import { joinCluster, promoteWhenCaughtUp } from './join';
+import { LeaderClients } from './leader-clients';
+import { ClusterMembership, configMembers, hasMember, MembershipReplica } from './membership';
 import { Logger } from './logger';
 import { addReflection } from './reflection';
 import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './peer-transport';
@@ -20,6 +25,12 @@ import { clusterService, kvService, raftService, ServiceContext, withLenientDeco
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
+/**
+ * How long a stopping leader tries to hand leadership over, in election timeouts: a transfer
+ * that has not finished by then is abandoned (the core gives up after one) and the node stops
+ * anyway, leaving the others to elect.
+ */
+const SHUTDOWN_TRANSFER_ELECTION_TIMEOUTS = 2;
 /** The health service name that follows whether this node knows a leader. */
 const KV_HEALTH_SERVICE = 'cairn.kv.v1.KV';
 
@@ -45,11 +56,20 @@ export class CairnNode {
   private lastTerm = -1;
   private lastLeader = -1;
   private stopping: Promise<ShutdownOutcome> | undefined;
+  /** The configuration the peer links follow, as a comparable string. */
+  private linkedConfig = '';
+  private removalNoted = false;
+  private ticksSinceProbe = 0;
+  private readonly promotion = new AbortController();
 
   private constructor(
     readonly config: ServerConfig,
     readonly clusterId: number,
     readonly replica: KvReplica,
+    readonly membership: ClusterMembership,
+    private readonly membershipReplica: MembershipReplica,
+    private readonly leaderClients: LeaderClients,
+    private readonly onRemoved: (reason: string) => void,
     private readonly db: LevelDb,
     private readonly transport: GrpcPeerTransport,
     private readonly clientServer: GuardedServer,
@@ -61,29 +81,42 @@ export class CairnNode {
     private readonly logger: Logger,
   ) {}
 
-  static async start(config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void): Promise<CairnNode> {
+  /**
+   * Starts a node. `onRemoved` is called once when the node learns that a committed
+   * configuration removed it (`cairn serve` then stops it and exits 0).
+   */
+  static async start(config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void = () => undefined): Promise<CairnNode> {
     const db = await LevelDb.openDirectory(config.dataDir);
     try {
-      return await CairnNode.startOn(db, config, logger, onFatal);
+      return await CairnNode.startOn(db, config, logger, onFatal, onRemoved);
     } catch (err) {
       await db.close().catch(() => undefined);
       throw err;
     }
   }
 
-  private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void) {
-    const identity = await loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers), config.peers, logger);
+  private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void) {
+    const identity = await resolveIdentity(db, config, logger);
+    const bootstrap = bootstrapConfigOf(identity);
+    if (!hasMember(bootstrap, config.id)) {
+      throw new CairnError(ErrorCode.CORRUPTION, `this data dir's bootstrap configuration does not name node ${config.id}`);
+    }
+    let node: CairnNode | undefined;
     const peerMessageBytes = peerMaxMessageBytes({
       maxBytesPerAppend: DEFAULT_RAFT_CONFIG.maxBytesPerAppend,
       maxEntriesPerAppend: DEFAULT_RAFT_CONFIG.maxEntriesPerAppend,
       maxEntryDataBytes: config.limits.maxRequestBytes + MAX_COMMAND_ENVELOPE_BYTES,
     });
-    const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, config.peers, logger, {
+    const peerAddrs = new Map(configMembers(bootstrap).filter((m) => m.id !== config.id).map((m) => [m.id, m.peerAddr]));
+    const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, peerAddrs, logger, {
       maxMessageBytes: peerMessageBytes,
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
+      onRemoved: (by, reason) => node?.noteRemoved(`node ${by} refused this node: ${reason}`),
     });
     const replica = await openKvReplica({
-      config: raftConfig(config),
+      config: raftConfig(config, bootstrap),
+      // Links to a new member open as soon as its entry is appended, not a tick later.
+      onConfigChange: () => node?.followConfig(),
       storage: new LevelRaftStorage(db),
       stateMachine: await KvStateMachine.open(db),
       transport,
@@ -101,7 +134,9 @@ export class CairnNode {
       ...peerPortGuard.serverOptions(),
     });
     const incomingPeerStreams = new IncomingPeerStreams();
-    const clientAddrs = new Map<number, string>([[config.id, config.clientAddr]]);
+    const membershipReplica = membershipReplicaOf(replica);
+    const membership = new ClusterMembership(config.id, config.clientAddr, membershipReplica);
+    const leaderClients = new LeaderClients(config.id);
     const context: ServiceContext = {
       replica,
       router,
@@ -109,10 +144,9 @@ export class CairnNode {
       limits: config.limits,
       requestTimeoutMs: config.requestTimeoutMs,
       logger,
-      members: () => members(config, clientAddrs, replica.node.leader),
-      noteClientAddr: (id, addr) => {
-        if (config.peers.has(id) && clientAddrs.get(id) !== addr) clientAddrs.set(id, addr);
-      },
+      membership,
+      membershipReplica,
+      leaderClients,
     };
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
@@ -130,17 +164,65 @@ export class CairnNode {
       transport.close();
       throw err;
     }
-    const node = new CairnNode(
-      config, identity.clusterId, replica, db, transport,
+    node = new CairnNode(
+      config, identity.clusterId, replica, membership, membershipReplica, leaderClients, onRemoved, db, transport,
       { server: clientServer, port: clientPortGuard }, { server: peerServer, port: peerPortGuard },
       incomingPeerStreams, health, clientPort, peerPort, logger,
     );
-    node.ticker = setInterval(() => node.tick(), config.tickMs);
+    const started = node;
+    started.followConfig();
+    started.ticker = setInterval(() => started.tick(), config.tickMs);
     logger.info(
-      { id: config.id, clusterId: identity.clusterId, clientAddr: config.clientAddr, peerAddr: config.peerAddr, peers: Object.fromEntries(config.peers), status: replica.node.status() },
+      { id: config.id, clusterId: identity.clusterId, clientAddr: config.clientAddr, peerAddr: config.peerAddr, peers: Object.fromEntries(transport.peerAddrs()), status: replica.node.status() },
       'cairn node started',
     );
-    return node;
+    started.promoteIfJoining();
+    return started;
+  }
+
+  /**
+   * A node started with --join (this time or before) that is still a learner asks the
+   * cluster to promote it, in the background, until it is a voter (unless --learner).
+   */
+  private promoteIfJoining(): void {
+    const { config } = this;
+    if (config.join.length === 0 || config.learner) return;
+    if (!this.membershipReplica.clusterConfig().learners.some((m) => m.id === config.id)) return;
+    promoteWhenCaughtUp(config.id, config.join, this.logger, this.promotion.signal).then(
+      () => this.logger.info('join: promoted to voter'),
+      (err) => {
+        if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');
+      },
+    );
+  }
+
+  /**
+   * Points the peer links at the members of the current configuration and, while a change
+   * is uncommitted, of the committed one too: the leader replicates to a member it is
+   * removing until the removal commits, so that the member learns of it.
+   */
+  followConfig(): void {
+    const config = this.membershipReplica.clusterConfig();
+    const committed = this.membershipReplica.committedConfig();
+    const peers = new Map([...this.membership.peerAddrs(committed), ...this.membership.peerAddrs(config)]);
+    const key = [...peers].map(([id, addr]) => `${id}=${addr}`).join(',');
+    if (key === this.linkedConfig) return;
+    const first = this.linkedConfig === '';
+    this.linkedConfig = key;
+    this.membership.noteConfig(config);
+    this.transport.setPeers(peers);
+    if (!first) this.logger.info({ voters: config.voters.map((m) => m.id), learners: config.learners.map((m) => m.id), links: [...peers.keys()] }, 'configuration changed');
+  }
+
+  /**
+   * This node is not a member any more: a committed configuration left it out (seen here, or
+   * a peer refused it with MEMBER_REMOVED). Said once; the owner of the process stops it.
+   */
+  noteRemoved(reason: string): void {
+    if (this.removalNoted || this.stopping) return;
+    this.removalNoted = true;
+    this.logger.warn({ reason }, 'removed from the cluster');
+    this.onRemoved(reason);
   }
 
   /** Stops accepting requests, lets in-flight ones finish (up to a grace period), closes LevelDB. */
@@ -155,6 +237,8 @@ export class CairnNode {
   }
 
   private async shutdown(): Promise<ShutdownOutcome> {
+    this.promotion.abort();
+    await this.handOverLeadership();
     this.logger.info('shutting down: no new requests; finishing those in flight');
     const clientServer = await shutdownServer(this.clientServer);
     clearInterval(this.ticker);
@@ -162,6 +246,7 @@ export class CairnNode {
     // Peer streams never end by themselves: end ours (the peers see a clean end) and the
     // peers', so that the peer server waits only for forwarded requests still running.
     this.transport.close();
+    this.leaderClients.close();
     const peerStreamsEnded = this.incomingPeerStreams.endAll();
     const peerServer = await shutdownServer(this.peerServer);
     await this.db.close();
@@ -170,8 +255,45 @@ export class CairnNode {
     return outcome;
   }
 
+  /**
+   * A leader that stops hands leadership to another voter first, so that the cluster does not
+   * wait an election timeout for it (rolling restarts). Bounded: after
+   * SHUTDOWN_TRANSFER_ELECTION_TIMEOUTS election timeouts the node stops anyway.
+   */
+  private async handOverLeadership(): Promise<void> {
+    const { replica, config } = this;
+    if (replica.node.role !== 'leader') return;
+    if (!this.membershipReplica.clusterConfig().voters.some((m) => m.id !== config.id)) return;
+    const budgetMs = SHUTDOWN_TRANSFER_ELECTION_TIMEOUTS * config.electionTicks * config.tickMs;
+    const started = Date.now();
+    try {
+      const leader = await this.membershipReplica.transferLeadership(undefined, AbortSignal.timeout(budgetMs));
+      this.logger.info({ leader, ms: Date.now() - started }, 'stopping: handed leadership over');
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message, ms: Date.now() - started }, 'stopping: could not hand leadership over; stopping anyway');
+    }
+  }
+
+  /**
+   * Whether this node is still a member: a committed configuration without it means it was
+   * removed; while only its log says so (the removal not known committed here), it asks the
+   * peers every election timeout (GrpcPeerTransport.probe).
+   */
+  private checkMembership(): void {
+    if (!hasMember(this.membershipReplica.committedConfig(), this.config.id)) {
+      this.noteRemoved('a committed configuration no longer has this node');
+      return;
+    }
+    if (hasMember(this.membershipReplica.clusterConfig(), this.config.id)) return;
+    if (++this.ticksSinceProbe < this.config.electionTicks) return;
+    this.ticksSinceProbe = 0;
+    this.transport.probe();
+  }
+
   private tick(): void {
     this.replica.tick();
+    this.followConfig();
+    this.checkMembership();
     const { role, term, leader } = this.replica.node;
     if (role === this.lastRole && term === this.lastTerm && leader === this.lastLeader) return;
     this.lastRole = role;
@@ -182,22 +304,44 @@ export class CairnNode {
   }
 }
 
-function raftConfig(config: ServerConfig): RaftConfig {
+/**
+ * This data dir's identity: stored from --peers at a bootstrap's first start, from the
+ * cluster at a --join's first start, read back at every later start (the bootstrap flags are
+ * then ignored, with a line saying so).
+ */
+async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger): Promise<ClusterIdentity> {
+  const stored = await readIdentity(db);
+  if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
+  if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
+  if (!stored && config.join.length > 0) {
+    const joined = await joinCluster({ id: config.id, peerAddr: config.peerAddr, clientAddr: config.clientAddr, endpoints: config.join }, logger);
+    logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
+    return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
+  }
+  return loadOrCreateIdentity(db, config.id, config.clusterId || deriveClusterId(config.clusterToken, config.peers), config.peers, logger);
+}
+
+/** The Replica's membership side as the services use it, with the configuration as of the commit index. */
+function membershipReplicaOf(replica: KvReplica): MembershipReplica {
+  return {
+    clusterConfig: () => replica.clusterConfig(),
+    committedConfig: () => replica.node.configAt(replica.node.status().commitIndex),
+    proposeConfigChange: (change, signal) => replica.proposeConfigChange(change, signal),
+    transferLeadership: (to, signal) => replica.transferLeadership(to, signal),
+  };
+}
+
+function raftConfig(config: ServerConfig, bootstrap: ClusterConfig): RaftConfig {
   return {
     ...DEFAULT_RAFT_CONFIG,
+    bootstrapConfig: bootstrap,
     id: config.id,
-    voters: [...config.peers.keys()].sort((a, b) => a - b),
+    voters: bootstrap.voters.map((m) => m.id),
     electionTimeoutTicks: config.electionTicks,
     heartbeatIntervalTicks: config.heartbeatTicks,
     // Production randomness: seeded from the node id and the clock, so nodes differ.
     random: new SeededRandom((config.id * 2_654_435_761) ^ Date.now()),
   };
-}
-
-function members(config: ServerConfig, clientAddrs: Map<number, string>, leader: number): Member[] {
-  return [...config.peers]
-    .sort(([a], [b]) => a - b)
-    .map(([id, peerAddr]) => ({ id, peerAddr, clientAddr: clientAddrs.get(id) ?? '', isLeader: id === leader, role: MemberRole.MEMBER_ROLE_VOTER }));
 }
 
 /**

@@ -1,4 +1,13 @@
-import { Deadline, sendUnaryData, ServerErrorResponse, status as GrpcStatus, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
+import {
+  Deadline,
+  Metadata,
+  sendUnaryData,
+  ServerErrorResponse,
+  status as GrpcStatus,
+  ServerReadableStream,
+  ServerUnaryCall,
+  ServerWritableStream,
+} from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -6,12 +15,19 @@ import {
   Consistency,
   DeleteResponse,
   KVServer,
-  Member,
+  LeaderTransferResponse,
+  MemberAddResponse,
+  MemberPromoteResponse,
+  MemberRemoveResponse,
   PutResponse,
   ResponseHeader,
+  SnapshotSaveRequest,
+  SnapshotSaveResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import {
+  ClusterConfig,
+  ConfigChangeType,
   InstallSnapshotRequest,
   InstallSnapshotResponse,
   RaftServiceServer,
@@ -23,14 +39,26 @@ import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { KvReplica } from '../kv/kv-replica';
 import { MAX_SNAPSHOT_CHUNK_BYTES } from '../node/replica';
+import { encodeSnapshotFile } from '../storage/snapshot-file';
 import { Limits } from './config';
+import { FORWARDED_METADATA, LeaderClients, UnaryStart } from './leader-clients';
+import { ClusterMembership, MembershipReplica } from './membership';
 import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
 import { toGrpcError } from './status';
 import { findUnsupportedInteger } from './unsafe-integers';
-import { validateCommand, validateDelete, validateGet, validatePut, validateRange } from './validate';
+import {
+  validateCommand,
+  validateDelete,
+  validateGet,
+  validateLeaderTransfer,
+  validateMemberAdd,
+  validateMemberId,
+  validatePut,
+  validateRange,
+} from './validate';
 
 export const VERSION = '0.1.0';
 
@@ -42,10 +70,12 @@ export interface ServiceContext {
   limits: Limits;
   requestTimeoutMs: number;
   logger: Logger;
-  /** Every member's peer address, and client address once known. */
-  members(): Member[];
-  /** A peer told us where it serves clients. */
-  noteClientAddr(id: number, addr: string): void;
+  /** Members, their addresses, and which peers may send to this node. */
+  membership: ClusterMembership;
+  /** Membership changes and leadership transfer on this node's Replica. */
+  membershipReplica: MembershipReplica;
+  /** Carries Cluster calls a follower receives to the leader's client port. */
+  leaderClients: LeaderClients;
 }
 
 /** What a request that did not decode becomes, so its handler can answer INVALID_ARGUMENT. */
@@ -109,7 +139,7 @@ export function openRequestScope(call: Pick<ServerUnaryCall<unknown, unknown>, '
  * the node's state can no longer be trusted, whatever request found it out.
  */
 function unaryCalls(context: ServiceContext) {
-  return <Req, Res>(handler: (request: Req, scope: RequestScope) => Promise<Res>) =>
+  return <Req, Res>(handler: (request: Req, scope: RequestScope, metadata: Metadata) => Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
       const malformed = malformedError(call.request);
       if (malformed) {
@@ -117,7 +147,7 @@ function unaryCalls(context: ServiceContext) {
         return;
       }
       const scope = openRequestScope(call, context.requestTimeoutMs);
-      handler(call.request, scope)
+      handler(call.request, scope, call.metadata)
         .then(
           (response) => callback(null, response),
           (err) => {
@@ -198,34 +228,106 @@ export function clusterService(context: ServiceContext): ClusterServer {
         commitIndex: status.commitIndex,
         appliedIndex: context.replica.stateMachine.appliedIndex(),
         lastIndex: status.lastIndex,
-        members: context.members(),
+        members: context.membership.members(status.leader),
         followers: status.progress.map((p) => ({ id: p.id, matchIndex: p.matchIndex, nextIndex: p.nextIndex, state: p.state })),
         version: VERSION,
         snapshotIndex: status.snapshotIndex,
         firstIndex: status.firstIndex,
-        leaderTransferee: 0,
+        leaderTransferee: status.transferee,
       };
     }),
-    memberList: unary(async () => ({ header: header(context), members: context.members() })),
-    memberAdd: notBuiltYet,
-    memberPromote: notBuiltYet,
-    memberRemove: notBuiltYet,
-    leaderTransfer: notBuiltYet,
+    memberList: unary(async () => ({ header: header(context), members: context.membership.members(context.replica.node.leader) })),
+    memberAdd: unary(async (request, scope, metadata) => {
+      validateMemberAdd(request);
+      return onLeader<MemberAddResponse>(context, scope, metadata, (client, md, options, done) => client.memberAdd(request, md, options, done), async () => {
+        const member = { id: request.id, peerAddr: request.peerAddr, clientAddr: request.clientAddr };
+        const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER, member };
+        const config = await context.membership.whileJoining(request.id, () => context.membershipReplica.proposeConfigChange(change, scope.signal));
+        return changed(context, config);
+      });
+    }),
+    memberPromote: unary(async (request, scope, metadata) => {
+      validateMemberId(request);
+      return onLeader<MemberPromoteResponse>(context, scope, metadata, (client, md, options, done) => client.memberPromote(request, md, options, done), async () => {
+        const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
+        return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
+      });
+    }),
+    memberRemove: unary(async (request, scope, metadata) => {
+      validateMemberId(request);
+      return onLeader<MemberRemoveResponse>(context, scope, metadata, (client, md, options, done) => client.memberRemove(request, md, options, done), async () => {
+        const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
+        return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
+      });
+    }),
+    leaderTransfer: unary(async (request, scope, metadata) => {
+      validateLeaderTransfer(request);
+      return onLeader<LeaderTransferResponse>(context, scope, metadata, (client, md, options, done) => client.leaderTransfer(request, md, options, done), async () => {
+        const leaderId = await context.membershipReplica.transferLeadership(request.toId || undefined, scope.signal);
+        return { header: header(context), leaderId };
+      });
+    }),
     snapshot: unary(async () => {
       const { snapshotIndex, firstIndex } = await context.replica.compactNow();
       return { header: header(context), snapshotIndex, firstIndex };
     }),
-    snapshotSave: (call) => call.emit('error', notBuiltYetError()),
+    snapshotSave: (call) => streamSnapshotSave(context, call),
   };
 }
 
-/** Issue 8 work in progress: RPCs declared in the protos whose handlers are not merged yet. */
-function notBuiltYetError(): ServerErrorResponse {
-  return Object.assign(new Error('not built yet'), { code: GrpcStatus.UNIMPLEMENTED, details: 'not built yet' });
+/** A membership change's answer: the configuration after it, as members. */
+function changed(context: ServiceContext, config: ClusterConfig) {
+  return { header: header(context), members: context.membership.members(context.replica.node.leader, config) };
 }
 
-function notBuiltYet(_call: unknown, callback: (err: ServerErrorResponse) => void): void {
-  callback(notBuiltYetError());
+/**
+ * Runs a Cluster call on the leader: here when this node leads, else forwarded once to the
+ * leader's client port (LeaderClients). A call that was forwarded already, or with no leader
+ * (or its client address) known, is answered NOT_LEADER / NO_LEADER with cairn-leader-id, so
+ * the client retries elsewhere. The leader's own answer, error or not, is relayed as it is.
+ */
+function onLeader<Res>(
+  context: ServiceContext,
+  scope: RequestScope,
+  metadata: Metadata,
+  forward: UnaryStart<Res>,
+  serve: () => Promise<Res>,
+): Promise<Res> {
+  const node = context.replica.node;
+  if (node.role === 'leader') return serve();
+  const leader = node.leader;
+  if (!leader) return Promise.reject(new CairnError(ErrorCode.NO_LEADER, 'no leader is known right now (an election may be under way); retry shortly'));
+  const addr = context.membership.clientAddrOf(leader);
+  if (metadata.get(FORWARDED_METADATA).length > 0 || !addr) {
+    return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, `node ${node.id} is not the leader; node ${leader} is`, { leader }));
+  }
+  return context.leaderClients.call<Res>(leader, addr, scope, forward);
+}
+
+/**
+ * Cluster.SnapshotSave: the bytes of a snapshot file (src/storage/snapshot-file.ts) of this
+ * node's state at its applied index, read lazily from a consistent LevelDB snapshot and sent
+ * as they are produced (HTTP/2 flow control paces the reads); the snapshot is released when
+ * the stream ends, fails or is cancelled.
+ */
+function streamSnapshotSave(context: ServiceContext, call: ServerWritableStream<SnapshotSaveRequest, SnapshotSaveResponse>): void {
+  let cancelled = false;
+  call.once('cancelled', () => (cancelled = true));
+  void (async () => {
+    const saved = await context.replica.saveSnapshot();
+    try {
+      for await (const piece of encodeSnapshotFile(saved.meta, saved.chunks)) {
+        if (cancelled) return;
+        if (!call.write({ data: Buffer.from(piece) })) await new Promise<void>((resolve) => call.once('drain', resolve));
+      }
+      call.end();
+    } finally {
+      saved.release();
+    }
+  })().catch((err: unknown) => {
+    if (isInvariantViolation(err)) context.replica.halt(err);
+    if (!cancelled) call.emit('error', toGrpcError(err));
+  });
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */
@@ -256,9 +358,7 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
     if (clusterId !== context.clusterId) {
       throw new CairnError(ErrorCode.WRONG_CLUSTER, `cluster id ${clusterId} is not this cluster's (${context.clusterId})`);
     }
-    if (!context.members().some((m) => m.id === from)) {
-      throw new CairnError(ErrorCode.WRONG_CLUSTER, `node ${from} is not a member of this cluster`);
-    }
+    context.membership.checkSender(from);
   };
   return {
     stream: (call, callback) => receivePeerStream(context, peerInput, checkSender, call, callback),
@@ -308,7 +408,7 @@ function receivePeerStream(
     } catch (err) {
       return reject(err, { from: frame.fromId, clusterId: frame.clusterId });
     }
-    if (frame.clientAddr) context.noteClientAddr(frame.fromId, frame.clientAddr);
+    if (frame.clientAddr) context.membership.noteClientAddr(frame.fromId, frame.clientAddr);
     let foreign = 0;
     for (const message of frame.messages) {
       // A snapshot offer is only ever handed in by this node's own shell, once an

@@ -28,6 +28,7 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.MEMBER_EXISTS]: Status.ALREADY_EXISTS,
   [ErrorCode.LEADER_TRANSFERRING]: Status.UNAVAILABLE,
   [ErrorCode.TRANSFER_FAILED]: Status.ABORTED,
+  [ErrorCode.MEMBER_REMOVED]: Status.PERMISSION_DENIED,
 };
 
 export interface GrpcError extends Partial<ServiceError> {

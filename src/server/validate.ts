@@ -124,3 +124,38 @@ export function prefixEnd(prefix: Uint8Array): Buffer {
   }
   return Buffer.from([0]); // all 0xff: to the end
 }
+
+/** The longest peer or client address a member may have (HOST:PORT; DNS names are at most 253 bytes). */
+export const MAX_MEMBER_ADDR_BYTES = 300;
+
+/** Whether `addr` is HOST:PORT with a port 1-65535 (a bracketed IPv6 host is allowed). */
+export function isHostPort(addr: string): boolean {
+  const match = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]/\s]+):(\d{1,5})$/.exec(addr);
+  return match !== null && Number(match[2]) >= 1 && Number(match[2]) <= 65535;
+}
+
+function checkMemberId(id: number, field = 'id'): void {
+  if (!Number.isSafeInteger(id) || id < 1) invalid(`${field} must be a member id >= 1, got ${id}`);
+}
+
+function checkAddr(addr: string, field: string, required: boolean): void {
+  if (addr === '' && !required) return;
+  if (addr === '') invalid(`${field} is empty: give HOST:PORT`);
+  if (Buffer.byteLength(addr) > MAX_MEMBER_ADDR_BYTES) invalid(`${field} is over ${MAX_MEMBER_ADDR_BYTES} bytes`);
+  if (!isHostPort(addr)) invalid(`${field} "${addr}" is not HOST:PORT (a port from 1 to 65535)`);
+}
+
+export function validateMemberAdd(request: { id: number; peerAddr: string; clientAddr: string }): void {
+  checkMemberId(request.id);
+  checkAddr(request.peerAddr, 'peer_addr', true);
+  checkAddr(request.clientAddr, 'client_addr', false);
+}
+
+export function validateMemberId(request: { id: number }): void {
+  checkMemberId(request.id);
+}
+
+/** to_id 0 means "the most caught-up voter". */
+export function validateLeaderTransfer(request: { toId: number }): void {
+  if (request.toId !== 0) checkMemberId(request.toId, 'to_id');
+}

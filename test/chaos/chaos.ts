@@ -1,7 +1,9 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Consistency } from '../../gen/cairn/kv/v1/kv';
+import { Consistency, MemberRole } from '../../gen/cairn/kv/v1/kv';
+import { CairnClient } from '../../src/cli/client';
+import { describeError } from '../../src/cli/describe-error';
 import { checkLinearizable } from '../../src/check/linearizability';
 import { SeededRandom } from '../../src/raft/random';
 import { ProcessCluster, waitFor } from '../support/process-cluster';
@@ -9,7 +11,10 @@ import { findLostWrites, kvDigest, toHistory } from './checks';
 import { FaultProxy } from './proxy';
 import { RecordedOp, WorkloadConfig } from './workload';
 
-export const FAULT_KINDS = ['kill', 'kill-leader', 'pause', 'partition', 'isolate-leader', 'bridge', 'one-way', 'slow-links'] as const;
+export const FAULT_KINDS = ['kill', 'kill-leader', 'pause', 'partition', 'isolate-leader', 'bridge', 'one-way', 'slow-links', 'transfer-leader', 'member-churn'] as const;
+
+/** How long a membership nemesis action waits for each of its steps (removal, exit, rejoin) before it moves on. */
+const MEMBERSHIP_STEP_TIMEOUT_MS = 30_000;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface ChaosOptions {
@@ -186,6 +191,15 @@ export class ChaosRun {
         this.note(`one-way loss on ${links.map((p) => p.name).join(', ') || 'no link'}`);
         return async () => links.forEach((p) => p.heal());
       }
+      case 'transfer-leader': {
+        // Hands leadership to a random voter (or, 0, the most caught-up one) through any node.
+        const to = this.rand.chance(0.5) ? 0 : this.rand.pick(ids);
+        const answer = await this.clusterCall((c) => c.leaderTransfer(to));
+        this.note(`leader transfer to ${to || 'the most caught-up voter'}: ${answer}`);
+        return async () => undefined;
+      }
+      case 'member-churn':
+        return this.memberChurn(this.rand.pick(ids));
       case 'slow-links': {
         const mode = this.rand.chance(0.5) ? { kind: 'delay' as const, ms: 20 + this.rand.int(150) } : { kind: 'flaky' as const, dropChance: 0.02 };
         for (const proxy of this.proxies.values()) proxy.set(mode);
@@ -193,6 +207,57 @@ export class ChaosRun {
         return async () => this.proxies.forEach((p) => p.heal());
       }
     }
+  }
+
+  /** One Cluster call through every running node's client port; what it answered, as text. */
+  private async clusterCall(call: (client: CairnClient) => Promise<{ leaderId?: number; members?: unknown[] }>): Promise<string> {
+    const running = this.cluster.nodes.filter((n) => n.process && !this.paused.has(n.id));
+    if (running.length === 0) return 'no node running';
+    const client = new CairnClient({ endpoints: running.map((n) => n.clientAddr), timeoutMs: 2000, totalTimeoutMs: 6000, consistency: Consistency.CONSISTENCY_LINEARIZABLE });
+    try {
+      const answer = await call(client);
+      return answer.leaderId !== undefined ? `node ${answer.leaderId} leads` : 'done';
+    } catch (err) {
+      return `refused (${describeError(err).slice(0, 160)})`;
+    } finally {
+      client.close();
+    }
+  }
+
+  /**
+   * Removes node `victim` (the leader too) with MemberRemove; once it has stopped by itself
+   * (exit 0), wipes its data dir and starts it again with --join (a new learner with the
+   * same id and addresses), which asks to be promoted once caught up. The undo waits for it
+   * to be a voter again. Each step is bounded; a step that fails is noted and the rest skipped.
+   */
+  private async memberChurn(victim: number): Promise<() => Promise<void>> {
+    const node = this.cluster.node(victim);
+    this.resume(victim);
+    const removal = await this.clusterCall((c) => c.memberRemove(victim));
+    this.note(`member remove ${victim}: ${removal}`);
+    if (removal !== 'done') return async () => undefined;
+    const exited = await waitFor(`node ${victim} to stop after its removal`, () => node.exit ?? (node.process ? undefined : { code: null, signal: null }), MEMBERSHIP_STEP_TIMEOUT_MS).catch(() => undefined);
+    if (!exited) {
+      this.note(`node ${victim} did not stop after its removal; killing it`);
+      await this.cluster.kill(victim, 'SIGKILL');
+    } else {
+      this.note(`node ${victim} stopped after its removal (exit ${exited.code ?? exited.signal})`);
+    }
+    rmSync(node.dataDir, { recursive: true, force: true });
+    node.join = this.cluster.nodes.filter((n) => n.id !== victim).map((n) => n.clientAddr);
+    this.note(`restart node ${victim} with an empty data dir and --join`);
+    this.cluster.spawn(node);
+    return async () => {
+      const voter = await waitFor(
+        `node ${victim} to be a voter again`,
+        async () => {
+          const status = await this.cluster.status(victim);
+          return status.members.some((m) => m.id === victim && m.role === MemberRole.MEMBER_ROLE_VOTER);
+        },
+        MEMBERSHIP_STEP_TIMEOUT_MS,
+      ).catch(() => false);
+      this.note(voter ? `node ${victim} is a voter again` : `node ${victim} is not a voter yet; moving on`);
+    };
   }
 
   private async cutBetween(separated: (a: number, b: number) => boolean): Promise<() => Promise<void>> {

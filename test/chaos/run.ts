@@ -1,5 +1,6 @@
 /**
  * npm run chaos -- --duration 60 --nodes 3 --seed S [--clients 4] [--faults kill,pause,...] [--out DIR]
+ * npm run chaos -- --rolling-restart [...]: see rolling-restart.ts
  *
  * Runs one chaos scenario against real processes on loopback and ends with
  *   chaos: OPS ops, LOST lost, linearizable
@@ -7,6 +8,7 @@
  */
 import { join } from 'node:path';
 import { ChaosRun, FAULT_KINDS, FaultKind } from './chaos';
+import { parseRollingOptions, rollingRestart } from './rolling-restart';
 
 function parse(argv: string[]) {
   const options = { seed: Date.now() % 1_000_000, nodes: 3, durationSec: 60, clients: 4, faults: [...FAULT_KINDS] as FaultKind[], outDir: '' };
@@ -37,6 +39,15 @@ function parse(argv: string[]) {
 }
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--rolling-restart')) {
+    const rolling = parseRollingOptions(process.argv.slice(2));
+    console.log(`rolling restart: ${rolling.nodes} nodes, ${rolling.writers} writers, tick ${rolling.tickMs} ms, ${rolling.signal}, ${rolling.rounds} round(s)`);
+    const result = await rollingRestart(rolling);
+    console.log(
+      `rolling restart: ${result.restarts} restarts, ${result.writes} writes, ${result.failed} failed, longest stall ${result.longestStallMs} ms, slowest write ${result.slowestWriteMs} ms`,
+    );
+    return 0;
+  }
   const options = parse(process.argv.slice(2));
   console.log(`chaos: seed ${options.seed}, ${options.nodes} nodes, ${options.durationSec} s, ${options.clients} clients, faults ${options.faults.join(',')}; output in ${options.outDir}`);
   const result = await new ChaosRun(options).run();

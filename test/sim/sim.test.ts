@@ -48,6 +48,28 @@ describe('simulator', () => {
     expect(second.trace).toEqual(first.trace);
   });
 
+  test('membership changes and leadership transfers happen and succeed in faulted seeds, and such a seed replays exactly', async () => {
+    const markers = {
+      join: /member: add learner \d+ applied/,
+      promote: /member: promote \d+ applied/,
+      removeVoter: /member: remove voter \d+ applied/,
+      removeLeader: /member: remove the leader \d+ applied/,
+      retired: /is out of the committed config .*: shut down/,
+      transfer: /member: leadership transferred from \d+ to \d+/,
+    };
+    const seen = new Map<string, number>();
+    for (let seed = 1; seed <= 80 && seen.size < Object.keys(markers).length; seed++) {
+      const result = await new Simulation({ seed }).run();
+      if (!result.ok) throw new Error(`seed ${seed}: ${result.failure}`);
+      for (const [name, pattern] of Object.entries(markers)) if (!seen.has(name) && result.trace.some((line) => pattern.test(line))) seen.set(name, seed);
+    }
+    expect([...seen.keys()].sort()).toEqual(Object.keys(markers).sort());
+    const seed = seen.get('removeLeader')!;
+    const first = await new Simulation({ seed }).run();
+    const second = await new Simulation({ seed }).run();
+    expect(second.trace).toEqual(first.trace);
+  });
+
   test('an exception while restarting a node is that seed\'s failure, with the node named', async () => {
     const result = await new Simulation({
       seed: 14,

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Command } from '../../gen/cairn/kv/v1/kv';
-import { Entry, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
@@ -8,6 +8,7 @@ import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-m
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { FsmRestore, FsmSnapshot } from '../../src/node/fsm';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
+import { majoritySize } from '../../src/raft/quorum';
 import { SeededRandom } from '../../src/raft/random';
 import { Db } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
@@ -31,6 +32,10 @@ const MAX_LANES = 5;
 const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
+/** Most brand-new nodes one seed adds to its cluster (each a learner first, then a voter). */
+const MAX_JOINS_PER_SEED = 3;
+/** Where replication is slow (see newNodeCanCatchUp), new nodes join only while the log is shorter than this. */
+const MAX_SLOW_JOIN_LOG_ENTRIES = 100;
 
 export interface SimOptions {
   seed: number;
@@ -59,6 +64,10 @@ export interface SimResult {
     concurrentWrites: number;
     sessionExpired: number;
     sessionLimited: number;
+    /** Membership changes (add, promote, remove) applied on the leader that proposed them. */
+    membershipChanges: number;
+    /** Leadership transfers that ended with another leader. (`nodes` counts the bootstrap voters, not the nodes that joined.) */
+    transfers: number;
     snapshotTransfers: number;
     snapshotsInstalled: number;
     restoreCrashes: number;
@@ -140,6 +149,12 @@ interface SimNode {
   lastTerm: number;
   /** The last term in which this node, as leader, was seen advancing commit. */
   lastCommitTerm: number;
+  /** Started empty during the run, to join the cluster (not a bootstrap voter). */
+  joined: boolean;
+  /** Seen in a committed configuration at some point. */
+  everMember: boolean;
+  /** Shut down for good: a committed configuration no longer holds it. */
+  removed: boolean;
 }
 
 /** A tail churn in progress: the leader now cut off, and the term it led. */
@@ -227,6 +242,16 @@ export class Simulation {
   private readonly sessionLimits: SessionLimits;
   private readonly sessionErrors = { expired: 0, limit: 0 };
   private concurrentWrites = 0;
+  /** The voters every node boots with; a node that joins later is not among them. */
+  private readonly bootstrapVoters: NodeId[] = [];
+  /** Draws of the membership nemesis only, so they do not shift the rest of a seed's draws. */
+  private readonly memberRand: SeededRandom;
+  /** Mean spacing of membership actions (add, promote, remove, transfer); 0: none in this seed. */
+  private readonly membershipEveryUnits: number;
+  private joinsLeft: number;
+  private readonly membershipStats = { changes: 0, transfers: 0 };
+  /** The members of the configuration at the highest commit index any node was seen to know. */
+  private latestCommittedConfig: { index: number; members: NodeId[]; seenOn: NodeId } = { index: 0, members: [], seenOn: 0 };
   private readonly snapshotProfile: SnapshotProfile;
   /** index -> the state-machine digest first seen at that applied index, and who had it. */
   private readonly digestsByIndex = new Map<number, { digest: string; who: string }>();
@@ -265,10 +290,15 @@ export class Simulation {
     this.faultEndUnits = (options.faultTicks ?? 200 + this.rand.int(300)) * UNITS_PER_TICK;
     this.clientsStopUnits = this.faultEndUnits + 50 * UNITS_PER_TICK;
     for (let id = 1; id <= nodeCount; id++) {
-      const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
-      this.nodes.push({ id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0 });
+      this.nodes.push(this.newSimNode(id, false));
+      this.bootstrapVoters.push(id);
     }
+    this.latestCommittedConfig = { index: 0, members: [...this.bootstrapVoters], seenOn: 0 };
+    this.memberRand = new SeededRandom(options.seed * 48_271 + 5);
+    this.membershipEveryUnits = this.memberRand.pick([0, 100, 200, 400]);
+    this.joinsLeft = this.membershipEveryUnits === 0 ? 0 : 1 + this.memberRand.int(MAX_JOINS_PER_SEED);
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
+    this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
     this.log(`snapshots ${JSON.stringify(this.snapshotProfile)}`);
   }
@@ -299,6 +329,7 @@ export class Simulation {
       for (const node of this.nodes) await this.startNode(node);
       for (const node of this.nodes) this.scheduleTicks(node, 1 + this.rand.int(UNITS_PER_TICK));
       this.scheduleNemesis();
+      this.scheduleMembership();
       const clientCount = 2 + this.rand.int(4);
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       await this.runUntilConverged();
@@ -314,7 +345,7 @@ export class Simulation {
       failure: this.failure,
       trace: this.trace,
       stats: {
-        nodes: this.nodes.length,
+        nodes: this.bootstrapVoters.length,
         ops: this.history.length,
         unknownOps,
         committed: this.committed.size,
@@ -324,6 +355,8 @@ export class Simulation {
         concurrentWrites: this.concurrentWrites,
         sessionExpired: this.sessionErrors.expired,
         sessionLimited: this.sessionErrors.limit,
+        membershipChanges: this.membershipStats.changes,
+        transfers: this.membershipStats.transfers,
         snapshotTransfers: this.snapshotStats.transfers,
         snapshotsInstalled: this.snapshotStats.installed,
         restoreCrashes: this.snapshotStats.restoreCrashes,
@@ -377,7 +410,7 @@ export class Simulation {
     return {
       ...DEFAULT_RAFT_CONFIG,
       id: node.id,
-      voters: this.nodes.map((n) => n.id),
+      voters: this.bootstrapVoters,
       ...this.tuning,
       random: new SeededRandom(this.options.seed * 1_000_003 + node.id * 7919 + node.incarnation),
     };
@@ -412,6 +445,12 @@ export class Simulation {
         if (node.incarnation === incarnation && node.up) this.fail(`node ${node.id} stopped on ${(err as Error).stack ?? err}`);
       },
     });
+    if (node.removed) {
+      // Retired while it was starting: it stays down.
+      node.starting = false;
+      void replica.stop();
+      return;
+    }
     Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
   }
@@ -422,6 +461,7 @@ export class Simulation {
    * take the whole sweep down with it.
    */
   private restartNode(node: SimNode): void {
+    if (node.removed) return;
     this.startNode(node).catch((err: unknown) => {
       node.starting = false;
       this.fail(`restarting node ${node.id} threw: ${(err as Error).stack ?? err}`);
@@ -766,6 +806,138 @@ export class Simulation {
     return { isolated, term, links, roundsLeft, cutAfterFirstCommit, giveUpUnits: this.now + 100 * UNITS_PER_TICK };
   }
 
+  // ------------------------------------------------------------ membership
+  //
+  // During the fault phase, now and then: a brand-new node (empty disk) joins as a
+  // learner and is promoted once it has caught up; a voter (sometimes the leader) is
+  // removed while a majority of the remaining voters is up; leadership is transferred.
+  // A node that a committed configuration no longer holds is shut down for good, as an
+  // operator would.
+
+  private newSimNode(id: NodeId, joined: boolean): SimNode {
+    const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
+    return { id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0, joined, everMember: !joined, removed: false };
+  }
+
+  private scheduleMembership(): void {
+    if (this.membershipEveryUnits === 0) return;
+    const act = () => {
+      if (this.now >= this.faultEndUnits) return;
+      this.membershipAction();
+      this.at(1 + this.memberRand.int(2 * this.membershipEveryUnits), act);
+    };
+    this.at(this.memberRand.int(2 * this.membershipEveryUnits), act);
+  }
+
+  private membershipAction(): void {
+    const leader = this.nodes.find((n) => n.up && n.replica?.node.role === 'leader');
+    if (!leader) return;
+    const config = leader.replica!.clusterConfig();
+    // A node that joined and is not a voter yet: add it (again, if its add was lost) or promote it.
+    const joiner = this.nodes.find((n) => n.joined && !n.removed && !config.voters.some((m) => m.id === n.id));
+    if (joiner && this.memberRand.chance(0.6)) {
+      const isLearner = config.learners.some((m) => m.id === joiner.id);
+      return this.proposeMembership(leader, isLearner ? promoteChange(joiner.id) : addLearnerChange(joiner.id), `${isLearner ? 'promote' : 'add learner'} ${joiner.id}`);
+    }
+    const kind = this.memberRand.pick(['add', 'remove', 'transfer', 'transfer'] as const);
+    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) return this.joinNewNode(leader);
+    if (kind === 'remove') return this.removeVoter(leader, config);
+    if (kind === 'transfer') return this.transferLeadership(leader, config);
+  }
+
+  /**
+   * Without snapshots a new node copies the whole log, at the replication rate this seed
+   * drew: with a window of one entry per round trip (and a lone voter whose clients
+   * commit at disk speed) it could never catch up within the convergence deadline, so
+   * such seeds add nodes only while the log is short.
+   */
+  private newNodeCanCatchUp(leader: SimNode): boolean {
+    const { maxEntriesPerAppend, maxInflightAppends, maxBytesPerAppend } = this.tuning;
+    const fastReplication = maxEntriesPerAppend >= 8 && maxInflightAppends >= 4 && maxBytesPerAppend === undefined;
+    if (fastReplication) return true;
+    // A lone voter commits at disk speed, faster than a slow link copies: the learner falls ever further behind.
+    return this.bootstrapVoters.length > 1 && leader.replica!.node.status().lastIndex < MAX_SLOW_JOIN_LOG_ENTRIES;
+  }
+
+  private joinNewNode(leader: SimNode): void {
+    this.joinsLeft--;
+    const node = this.newSimNode(this.nodes.length + 1, true);
+    this.nodes.push(node);
+    this.log(`nemesis: member: start new node ${node.id} (empty disk) to join`);
+    this.restartNode(node);
+    this.scheduleTicks(node, 1 + this.memberRand.int(UNITS_PER_TICK));
+    this.proposeMembership(leader, addLearnerChange(node.id), `add learner ${node.id}`);
+  }
+
+  /**
+   * Removes a voter, the leader itself now and then, keeping at least two voters (one in a
+   * seed that boots with one) and a majority of the remaining voters up.
+   */
+  private removeVoter(leader: SimNode, config: ClusterConfig): void {
+    const voters = config.voters.map((m) => m.id);
+    const remaining = voters.length - 1;
+    if (remaining < Math.min(2, this.bootstrapVoters.length)) return;
+    const victimId = this.memberRand.chance(0.3) ? leader.id : this.memberRand.pick(voters);
+    const upAfter = voters.filter((id) => id !== victimId && this.nodes[id - 1]!.up).length;
+    if (upAfter < majoritySize(remaining)) return;
+    this.proposeMembership(leader, removeChange(victimId), `remove ${victimId === leader.id ? 'the leader ' : 'voter '}${victimId}`);
+  }
+
+  private transferLeadership(leader: SimNode, config: ClusterConfig): void {
+    const others = config.voters.map((m) => m.id).filter((id) => id !== leader.id);
+    const target = others.length > 0 && this.memberRand.chance(0.7) ? this.memberRand.pick(others) : undefined;
+    this.log(`nemesis: member: transfer leadership from ${leader.id} to ${target ?? 'the most caught-up voter'}`);
+    leader.replica!.transferLeadership(target).then(
+      (next) => {
+        this.membershipStats.transfers++;
+        this.log(`member: leadership transferred from ${leader.id} to ${next}`);
+      },
+      (err: unknown) => this.log(`member: transfer from ${leader.id} failed: ${describeError(err)}`),
+    );
+  }
+
+  private proposeMembership(leader: SimNode, change: ConfigChange, what: string): void {
+    this.log(`nemesis: member: ${what} (leader ${leader.id})`);
+    leader.replica!.proposeConfigChange(change).then(
+      (config) => {
+        this.membershipStats.changes++;
+        this.log(`member: ${what} applied on ${leader.id}: voters {${config.voters.map((m) => m.id)}} learners {${config.learners.map((m) => m.id)}}`);
+      },
+      (err: unknown) => this.log(`member: ${what} refused or lost: ${describeError(err)}`),
+    );
+  }
+
+  /**
+   * Shuts down, for good, every node that was a member and that the latest committed
+   * configuration (the one at the highest commit index any live node knows) no longer
+   * holds. Committed configurations never go back, so this never retires a member.
+   */
+  private retireRemovedMembers(): void {
+    if (this.membershipEveryUnits === 0) return;
+    let best: { node: SimNode; commit: number } | undefined;
+    for (const node of this.nodes) {
+      if (!node.up || !node.replica) continue;
+      const commit = node.checkedCommit;
+      if (!best || commit > best.commit) best = { node, commit };
+    }
+    // Nodes that knew a later commit may be down now: keep the highest ever seen.
+    if (best && best.commit > this.latestCommittedConfig.index) {
+      this.latestCommittedConfig = { index: best.commit, members: membersOf(best.node.replica!.node.configAt(best.commit)), seenOn: best.node.id };
+    }
+    const committed = new Set(this.latestCommittedConfig.members);
+    for (const node of this.nodes) {
+      if (committed.has(node.id)) node.everMember = true;
+      if (node.removed || !node.everMember || committed.has(node.id)) continue;
+      node.removed = true;
+      this.log(`nemesis: member: node ${node.id} is out of the committed config at ${this.latestCommittedConfig.index} (seen on ${this.latestCommittedConfig.seenOn}): shut down`);
+      if (node.up) {
+        node.up = false;
+        void node.replica?.stop();
+        node.replica = undefined;
+      }
+    }
+  }
+
   // --------------------------------------------------------------- clients
 
   /** A client with several lanes: each lane is one op at a time, all share the client's session. */
@@ -964,14 +1136,24 @@ export class Simulation {
       }
     }
     if (this.now < this.faultEndUnits) this.driveTailChurn();
+    this.retireRemovedMembers();
   }
 
   /** Election safety and leader completeness. */
   private checkLeader(node: SimNode, term: number): void {
     const known = this.leadersByTerm.get(term);
     if (known === node.id) return;
+    // Across configuration changes too: every node ever started, joined and removed ones included.
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
+    // Only voters of the leader's config vote it in: that config read from its log here, not from the core's bookkeeping.
+    const { electedBy } = node.replica!.node.status();
+    const voters = this.votersInLog(node);
+    if (!voters.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}`);
+    const strangers = electedBy.filter((id) => !voters.includes(id));
+    if (strangers.length > 0 || electedBy.length < majoritySize(voters.length)) {
+      return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${voters}} of its config`);
+    }
     if (this.now < this.faultEndUnits && this.rand.chance(this.profile.newLeaderIsolationRate)) this.isolateBriefly(node);
     for (const [index, identity] of this.committed) {
       // A leader of an older term may be elected after a newer term committed entries
@@ -984,6 +1166,17 @@ export class Simulation {
         return this.fail(`leader completeness: leader ${node.id} of term ${term} lacks committed entry ${index}`);
       }
     }
+  }
+
+  /** The voters of the latest config entry in a node's log (the bootstrap voters when there is none). */
+  private votersInLog(node: SimNode): NodeId[] {
+    const core = node.replica!.node;
+    for (let index = core.status().lastIndex; index >= 1; index--) {
+      const entry = core.entryAt(index);
+      if (!entry) return core.configAt(index).voters.map((m) => m.id); // compacted: the snapshot's config
+      if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data).voters.map((m) => m.id);
+    }
+    return this.bootstrapVoters;
   }
 
   /** A committed entry never changes, whoever commits it. */
@@ -1018,14 +1211,26 @@ export class Simulation {
     else if (known !== identity) this.fail(`${who} ${identity} at index ${index}, but ${known} was committed there`);
   }
 
+  /** Every current member (of the config the leader has committed) holds and has applied the leader's whole log. */
   private converged(): boolean {
-    if (this.nodes.some((n) => !n.up || !n.replica)) return false;
-    const statuses = this.nodes.map((n) => n.replica!.node.status());
-    const leader = statuses.find((s) => s.role === 'leader');
-    if (!leader || leader.commitIndex !== leader.lastIndex) return false;
-    return statuses.every(
-      (s) => s.lastIndex === leader.lastIndex && s.appliedIndex === leader.lastIndex && this.nodes[s.id - 1]!.replica!.stateMachine.appliedIndex() === leader.lastIndex,
-    );
+    const leaders = this.nodes.filter((n) => n.up && n.replica?.node.role === 'leader');
+    if (leaders.length === 0) return false;
+    const leaderNode = leaders.reduce((a, b) => (b.replica!.node.term > a.replica!.node.term ? b : a));
+    const leader = leaderNode.replica!.node.status();
+    if (leader.commitIndex !== leader.lastIndex) return false;
+    const members = membersOf(leader.config).map((id) => this.nodes[id - 1]!);
+    if (members.some((n) => !n.up || !n.replica)) return false;
+    return members
+      .map((n) => n.replica!.node.status())
+      .every(
+        (s) => s.lastIndex === leader.lastIndex && s.appliedIndex === leader.lastIndex && this.nodes[s.id - 1]!.replica!.stateMachine.appliedIndex() === leader.lastIndex,
+      );
+  }
+
+  /** The nodes of the converged cluster's configuration. */
+  private currentMembers(): SimNode[] {
+    const leader = this.nodes.find((n) => n.up && n.replica?.node.role === 'leader')!;
+    return membersOf(leader.replica!.node.clusterConfig()).map((id) => this.nodes[id - 1]!);
   }
 
   private describeNodes(): string {
@@ -1039,7 +1244,7 @@ export class Simulation {
   private async checkFinalState(): Promise<void> {
     this.log(`converged: ${this.describeNodes()}`);
     this.checkLogMatching();
-    const digests = await Promise.all(this.nodes.map((n) => kvDigest(n.db!)));
+    const digests = await Promise.all(this.currentMembers().map((n) => kvDigest(n.db!)));
     if (new Set(digests).size !== 1) throw new SimulationFailure(`replicas differ after convergence: kv digests ${digests.join(', ')}`);
     const result = checkLinearizable(this.history);
     if (result.kind !== 'linearizable') {
@@ -1049,7 +1254,7 @@ export class Simulation {
 
   /** Log matching: every pair of logs is identical (after convergence, in full). */
   private checkLogMatching(): void {
-    const [first, ...rest] = this.nodes.map((n) => n.replica!.node);
+    const [first, ...rest] = this.currentMembers().map((n) => n.replica!.node);
     for (const other of rest) {
       const from = Math.max(first!.status().firstIndex, other.status().firstIndex);
       for (let index = from; index <= first!.status().lastIndex; index++) {
@@ -1137,6 +1342,10 @@ class CheckedStateMachine implements StateMachine {
   }
 }
 
+function membersOf(config: ClusterConfig): NodeId[] {
+  return [...config.voters, ...config.learners].map((m) => m.id);
+}
+
 function entryIdentity(entry: Entry): string {
   return `${entry.term}/${entry.type}/${Buffer.from(entry.data).toString('hex')}`;
 }
@@ -1149,8 +1358,18 @@ function definitelyNotApplied(err: unknown): boolean {
   return (
     isCairnError(err, ErrorCode.NOT_LEADER) ||
     isCairnError(err, ErrorCode.OVERLOADED) ||
+    isCairnError(err, ErrorCode.LEADER_TRANSFERRING) ||
     isCairnError(err, ErrorCode.PROPOSAL_DROPPED)
   );
+}
+
+const simMember = (id: NodeId) => ({ id, peerAddr: `sim-${id}`, clientAddr: '' });
+const addLearnerChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER, member: simMember(id) });
+const promoteChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, member: simMember(id) });
+const removeChange = (id: NodeId): ConfigChange => ({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: simMember(id) });
+
+function describeError(err: unknown): string {
+  return isCairnError(err) ? `${err.code} ${err.message}` : String((err as Error)?.message ?? err);
 }
 
 /** The digest of the replicated state: kv and sessions (both generational: the current generation's). */

@@ -1,4 +1,4 @@
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -52,6 +52,17 @@ export interface ProcessNode {
   process?: ChildProcess;
   logs: string[];
   extraArgs: string[];
+  /** Client addresses to --join instead of naming --peers (a node added to a running cluster). */
+  join?: string[];
+  /** How the last process of this node exited (code, or signal), once it has. */
+  exit?: { code: number | null; signal: NodeJS.Signals | null };
+}
+
+/** What one `cairn` CLI command printed, and its exit code. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
 }
 
 /**
@@ -94,13 +105,16 @@ export class ProcessCluster {
   }
 
   node(id: number): ProcessNode {
-    return this.nodes[id - 1]!;
+    const node = this.nodes.find((n) => n.id === id);
+    if (!node) throw new Error(`no node ${id} in this cluster`);
+    return node;
   }
 
   spawn(node: ProcessNode, overrides: string[] = []): void {
+    const membership = node.join ? ['--join', node.join.join(',')] : ['--peers', this.peersFor(node.id)];
     const args = [
       CAIRN_MAIN, 'serve', '--id', String(node.id), '--data-dir', node.dataDir,
-      '--client-addr', node.clientAddr, '--peer-addr', node.peerAddr, '--peers', this.peersFor(node.id),
+      '--client-addr', node.clientAddr, '--peer-addr', node.peerAddr, ...membership,
       '--tick-ms', '50', '--log-level', 'info', ...node.extraArgs, ...overrides,
     ];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -108,7 +122,48 @@ export class ProcessCluster {
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => node.logs.push(...chunk.split('\n').filter(Boolean)));
     }
+    node.exit = undefined;
+    child.once('exit', (code, signal) => {
+      node.exit = { code, signal };
+      if (node.process === child) node.process = undefined;
+    });
     node.process = child;
+  }
+
+  /**
+   * Allocates a new node (ports, data dir) that joins the running cluster through the
+   * client addresses of `through` (default: every node so far), and starts it.
+   */
+  async join(through: number[] = this.nodes.map((n) => n.id), extraArgs: string[] = this.nodes[0]?.extraArgs ?? []): Promise<ProcessNode> {
+    const id = Math.max(0, ...this.nodes.map((n) => n.id)) + 1;
+    const node: ProcessNode = {
+      id,
+      clientAddr: `127.0.0.1:${await freePort()}`,
+      peerAddr: `127.0.0.1:${await freePort()}`,
+      dataDir: join(this.root, `node-${id}`),
+      logs: [],
+      extraArgs,
+      join: through.map((i) => this.node(i).clientAddr),
+    };
+    this.nodes.push(node);
+    this.spawn(node);
+    return node;
+  }
+
+  /** Waits for node `id`'s process to exit by itself; returns how. */
+  async exited(id: number, timeoutMs = 20_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const node = this.node(id);
+    return waitFor(`node ${id} to exit`, () => node.exit, timeoutMs);
+  }
+
+  /** Runs `cairn ARGS --endpoints E` (default: every running node's client address) as a process. */
+  cli(args: string[], endpoints: number[] = this.nodes.filter((n) => n.process).map((n) => n.id)): Promise<CliResult> {
+    const withEndpoints = [...args, '--endpoints', endpoints.map((id) => this.node(id).clientAddr).join(',')];
+    return new Promise((resolve) =>
+      execFile(process.execPath, [CAIRN_MAIN, ...withEndpoints], { timeout: 30_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+      ),
+    );
   }
 
   /** Sends a signal and waits for the process to exit. */

@@ -1,11 +1,11 @@
 import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
-import { loadOrCreateIdentity } from '../../src/server/identity';
+import { bootstrapConfigOf, IGNORED_BOOTSTRAP_FLAGS, loadOrCreateIdentity, readIdentity, storeJoinedIdentity } from '../../src/server/identity';
 import { LevelDb } from '../../src/storage/db';
 
 const peers = (spec: string) => new Map(spec.split(',').map((part) => part.split('=') as [string, string]).map(([id, addr]) => [Number(id), addr]));
 const quiet = () => ({ info: jest.fn(), warn: jest.fn() });
 
-describe('the stored voter set', () => {
+describe('the stored bootstrap voter set', () => {
   let db: LevelDb;
   beforeEach(async () => {
     db = await LevelDb.openMemory();
@@ -19,14 +19,28 @@ describe('the stored voter set', () => {
     expect(again).toEqual(first);
   });
 
-  test('a restart whose --peers names other voter ids is refused, naming both sets', async () => {
-    await loadOrCreateIdentity(db, 1, 42, peers('1=a:1,2=b:2,3=c:3'), quiet());
-    const restart = (spec: string) => loadOrCreateIdentity(db, 1, 42, peers(spec), quiet());
-    await expect(restart('1=a:1,2=b:2,4=d:4')).rejects.toThrow(
-      "--peers names the voters 1=a:1,2=b:2,4=d:4 but this data dir's cluster has the voters 1=a:1,2=b:2,3=c:3",
-    );
-    await expect(restart('1=a:1,2=b:2')).rejects.toThrow('unsafe');
-    await expect(restart('1=a:1,2=b:2,3=c:3,4=d:4')).rejects.toThrow('unsafe');
+  test('a restart whose --peers names other voter ids ignores them, says so, and keeps the stored set', async () => {
+    const first = await loadOrCreateIdentity(db, 1, 42, peers('1=a:1,2=b:2,3=c:3'), quiet());
+    for (const spec of ['1=a:1,2=b:2,4=d:4', '1=a:1,2=b:2', '1=a:1,2=b:2,3=c:3,4=d:4']) {
+      const logger = quiet();
+      expect(await loadOrCreateIdentity(db, 1, 42, peers(spec), logger)).toEqual(first);
+      expect(logger.warn).toHaveBeenCalledWith({ stored: '1=a:1,2=b:2,3=c:3', flags: spec }, IGNORED_BOOTSTRAP_FLAGS);
+    }
+    expect(ClusterIdentity.decode((await db.get('meta', Buffer.from('cluster')))!)).toEqual(first);
+  });
+
+  test('a node that joined keeps the configuration it joined with, whatever --peers says', async () => {
+    const joined = { voters: [{ id: 1, peerAddr: 'a:1', clientAddr: 'a:7' }], learners: [{ id: 4, peerAddr: 'd:4', clientAddr: '' }] };
+    await storeJoinedIdentity(db, 4, 42, joined);
+    const again = await loadOrCreateIdentity(db, 4, 99, peers('4=d:4'), quiet());
+    expect(again).toEqual({ clusterId: 42, nodeId: 4, voters: [{ id: 1, peerAddr: 'a:1' }], bootstrapConfig: joined });
+    expect(bootstrapConfigOf(again)).toEqual(joined);
+    expect(await readIdentity(db)).toEqual(again);
+  });
+
+  test('the bootstrap configuration of a data dir bootstrapped from --peers is its voter set', async () => {
+    const identity = await loadOrCreateIdentity(db, 1, 42, peers('1=a:1,2=b:2'), quiet());
+    expect(bootstrapConfigOf(identity)).toEqual({ voters: [{ id: 1, peerAddr: 'a:1', clientAddr: '' }, { id: 2, peerAddr: 'b:2', clientAddr: '' }], learners: [] });
   });
 
   test('a changed address for the same ids is accepted and stored, with a warning', async () => {
@@ -44,6 +58,6 @@ describe('the stored voter set', () => {
     const adopted = await loadOrCreateIdentity(db, 2, 99, peers('1=a:1,2=b:2'), logger);
     expect(adopted).toEqual({ clusterId: 7, nodeId: 2, voters: [{ id: 1, peerAddr: 'a:1' }, { id: 2, peerAddr: 'b:2' }] });
     expect(logger.warn).toHaveBeenCalledTimes(1);
-    await expect(loadOrCreateIdentity(db, 2, 99, peers('1=a:1,2=b:2,3=c:3'), quiet())).rejects.toThrow('unsafe');
+    expect((await loadOrCreateIdentity(db, 2, 99, peers('1=a:1,2=b:2,3=c:3'), quiet())).voters).toEqual(adopted.voters);
   });
 });

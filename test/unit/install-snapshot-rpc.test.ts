@@ -1,5 +1,6 @@
 import { credentials, Server, ServerCredentials, ServiceError, status as Status } from '@grpc/grpc-js';
 import { InstallSnapshotResponse, Message, RaftServiceClient, RaftServiceService, SnapshotHeader, StreamRequest } from '../../gen/cairn/raft/v1/raft';
+import { CairnError, ErrorCode } from '../../src/errors';
 import { KvReplica } from '../../src/kv/kv-replica';
 import { MAX_SNAPSHOT_CHUNK_BYTES } from '../../src/node/replica';
 import { createLogger } from '../../src/server/logger';
@@ -44,8 +45,12 @@ async function peerServer(): Promise<{ client: RaftServiceClient; replica: FakeR
     replica: replica as unknown as KvReplica,
     clusterId: CLUSTER_ID,
     logger,
-    members: () => [1, 2, 3].map((id) => ({ id, peerAddr: '', clientAddr: '', isLeader: false, role: 1 })),
-    noteClientAddr: () => undefined,
+    membership: {
+      checkSender: (from: number) => {
+        if (![1, 2, 3].includes(from)) throw new CairnError(ErrorCode.WRONG_CLUSTER, `node ${from} is not a member of this cluster`);
+      },
+      noteClientAddr: () => undefined,
+    },
     requestTimeoutMs: 1000,
   } as unknown as ServiceContext;
   const stats = new PeerInputStats(logger);

@@ -8,7 +8,7 @@ import {
   status as Status,
 } from '@grpc/grpc-js';
 import pino from 'pino';
-import { Command, KVClient, KVService, Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
+import { Command, KVClient, KVService } from '../../gen/cairn/kv/v1/kv';
 import { HardState, Entry, Message, RaftServiceClient, RaftServiceService, StreamRequest } from '../../gen/cairn/raft/v1/raft';
 import { InvariantViolation } from '../../src/assert';
 import { CairnError, ErrorCode } from '../../src/errors';
@@ -17,6 +17,8 @@ import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { DEFAULT_RAFT_CONFIG } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { Limits } from '../../src/server/config';
+import { LeaderClients } from '../../src/server/leader-clients';
+import { ClusterMembership, configFromPeers, MembershipReplica } from '../../src/server/membership';
 import { GrpcPeerTransport } from '../../src/server/peer-transport';
 import { RateLimitedLog } from '../../src/server/rate-limited-log';
 import { forwardingFailure, RequestRouter, RequestScope } from '../../src/server/router';
@@ -141,10 +143,13 @@ function captureLogger() {
 }
 
 function contextFor(replica: KvReplica, router: RequestRouter, overrides: Partial<ServiceContext> = {}): ServiceContext {
-  const members: Member[] = [
-    { id: 1, peerAddr: '127.0.0.1:1', clientAddr: '', isLeader: true, role: MemberRole.MEMBER_ROLE_VOTER },
-    { id: 2, peerAddr: '127.0.0.1:2', clientAddr: '', isLeader: false, role: MemberRole.MEMBER_ROLE_VOTER },
-  ];
+  const config = configFromPeers(new Map([[1, '127.0.0.1:1'], [2, '127.0.0.1:2']]));
+  const membershipReplica: MembershipReplica = {
+    clusterConfig: () => config,
+    committedConfig: () => config,
+    proposeConfigChange: () => Promise.reject(new Error('not in these tests')),
+    transferLeadership: () => Promise.reject(new Error('not in these tests')),
+  };
   return {
     replica,
     router,
@@ -152,8 +157,9 @@ function contextFor(replica: KvReplica, router: RequestRouter, overrides: Partia
     limits: LIMITS,
     requestTimeoutMs: 60_000,
     logger: captureLogger().logger,
-    members: () => members,
-    noteClientAddr: () => undefined,
+    membership: new ClusterMembership(1, '', membershipReplica),
+    membershipReplica,
+    leaderClients: new LeaderClients(1),
     ...overrides,
   };
 }

@@ -1274,6 +1274,12 @@ describe.each(BACKENDS)('KvStateMachine snapshot and restore on $name', (backend
     const ops = restore.switchOps();
     await expect(other.apply(entriesFor(other, [put('x', 'y')]))).rejects.toThrow(InvariantViolation);
     await target.db.write(ops, { sync: true });
+    // A snapshot taken in that window (a backup, say) is consistent: the new state at its index.
+    const between = await other.snapshot();
+    expect(between.index).toBe(sm.appliedIndex());
+    const betweenKeys = (await allChunks(between, 1 << 20)).flatMap((c) => SnapshotBatch.decode(c).records.filter((r) => r.sublevel === 'kv').map((r) => r.key.toString('hex')));
+    between.release();
+    expect(betweenKeys).toEqual((await observe(sm)).kvs.map((k) => k.key));
     await restore.activate();
     expect(await other.get(Buffer.from('during'))).toBeUndefined();
     expect(await observeAll(other, target.db)).toEqual(await observeAll(sm, source.db));

@@ -6,7 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { SnapshotMeta } from "../../raft/v1/raft";
+import { ClusterConfig, SnapshotMeta } from "../../raft/v1/raft";
 
 export const protobufPackage = "cairn.storage.v1";
 
@@ -44,6 +44,13 @@ export interface ClusterIdentity {
    * before cairn stored it: the next start adopts --peers and stores it.
    */
   voters: Voter[];
+  /**
+   * The bootstrap configuration with addresses, used while neither the log nor a snapshot
+   * holds one. For a node that joined a running cluster (`cairn serve --join`): the
+   * configuration it was added with (itself a learner), and `voters` its voters. Absent in
+   * data dirs written before membership changes: `voters` is the bootstrap configuration.
+   */
+  bootstrapConfig?: ClusterConfig | undefined;
 }
 
 /** Voter is one voting member of the cluster. */
@@ -332,7 +339,7 @@ export const AppliedState: MessageFns<AppliedState> = {
 };
 
 function createBaseClusterIdentity(): ClusterIdentity {
-  return { clusterId: 0, nodeId: 0, voters: [] };
+  return { clusterId: 0, nodeId: 0, voters: [], bootstrapConfig: undefined };
 }
 
 export const ClusterIdentity: MessageFns<ClusterIdentity> = {
@@ -345,6 +352,9 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     }
     for (const v of message.voters) {
       Voter.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.bootstrapConfig !== undefined) {
+      ClusterConfig.encode(message.bootstrapConfig, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -386,6 +396,14 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
             message.voters.push(Voter.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.bootstrapConfig = ClusterConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -411,6 +429,11 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
         ? globalThis.Number(object.node_id)
         : 0,
       voters: globalThis.Array.isArray(object?.voters) ? object.voters.map((e: any) => Voter.fromJSON(e)) : [],
+      bootstrapConfig: isSet(object.bootstrapConfig)
+        ? ClusterConfig.fromJSON(object.bootstrapConfig)
+        : isSet(object.bootstrap_config)
+        ? ClusterConfig.fromJSON(object.bootstrap_config)
+        : undefined,
     };
   },
 
@@ -425,6 +448,9 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     if (message.voters?.length) {
       obj.voters = message.voters.map((e) => Voter.toJSON(e));
     }
+    if (message.bootstrapConfig !== undefined) {
+      obj.bootstrapConfig = ClusterConfig.toJSON(message.bootstrapConfig);
+    }
     return obj;
   },
 
@@ -436,6 +462,9 @@ export const ClusterIdentity: MessageFns<ClusterIdentity> = {
     message.clusterId = object.clusterId ?? 0;
     message.nodeId = object.nodeId ?? 0;
     message.voters = object.voters?.map((e) => Voter.fromPartial(e)) || [];
+    message.bootstrapConfig = (object.bootstrapConfig !== undefined && object.bootstrapConfig !== null)
+      ? ClusterConfig.fromPartial(object.bootstrapConfig)
+      : undefined;
     return message;
   },
 };

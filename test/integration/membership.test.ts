@@ -1,0 +1,148 @@
+import { Consistency } from '../../gen/cairn/kv/v1/kv';
+import { ProcessCluster, waitFor } from '../support/process-cluster';
+
+jest.setTimeout(120_000);
+
+const key = (text: string) => Buffer.from(text);
+
+/** `cairn member list` as [id, role, leader?] rows. */
+function rows(stdout: string): { id: number; role: string; leader: boolean }[] {
+  return stdout
+    .trim()
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .map((words) => ({ id: Number(words[0]), role: words[1]!, leader: words[words.length - 1] === 'leader' }));
+}
+
+/**
+ * A bounded background writer: puts distinct keys through every running node until stopped
+ * (at most `max`), remembering those acknowledged.
+ */
+function writer(cluster: ProcessCluster, prefix: string, max = 3000) {
+  const acked: string[] = [];
+  let stop = false;
+  const done = (async () => {
+    const client = cluster.client(cluster.nodes.map((n) => n.id));
+    for (let i = 0; i < max && !stop; i++) {
+      const k = `${prefix}-${i}`;
+      try {
+        await client.put(key(k), key(k));
+        acked.push(k);
+      } catch {
+        // Outcome unknown or refused: not counted as acknowledged.
+      }
+    }
+  })();
+  return {
+    acked,
+    /** Resolves once the writer has written its `max` keys. */
+    finished: () => done,
+    async stop() {
+      stop = true;
+      await done;
+    },
+  };
+}
+
+/** Every acknowledged key reads back, linearizably, through each of `ids` alone. */
+async function expectReadableEverywhere(cluster: ProcessCluster, ids: number[], keys: string[]): Promise<void> {
+  for (const id of ids) {
+    const client = cluster.client([id], Consistency.CONSISTENCY_LINEARIZABLE, 5000);
+    for (const k of keys) expect({ id, k, value: (await client.get(key(k))).kv?.value.toString() }).toEqual({ id, k, value: k });
+  }
+}
+
+describe('membership changes on real processes', () => {
+  let cluster: ProcessCluster;
+  beforeEach(async () => {
+    cluster = await ProcessCluster.start(3);
+    await cluster.waitForLeader();
+  });
+  afterEach(() => cluster.stop());
+
+  test('a 4th node started with --join becomes a voter by itself; leadership moves to it; an old follower is removed and exits 0; writes before and during read back from every remaining node', async () => {
+    const before = writer(cluster, 'before', 50);
+    await before.finished();
+    expect(before.acked).toHaveLength(50);
+    const during = writer(cluster, 'during');
+
+    const joined = await cluster.join([2]);
+    expect(joined.id).toBe(4);
+    await waitFor('4 voters in cairn member list', async () => {
+      const listed = await cluster.cli(['member', 'list'], [1, 2, 3]);
+      const members = rows(listed.stdout);
+      return listed.code === 0 && members.length === 4 && members.every((m) => m.role === 'voter');
+    }, 60_000);
+    expect(joined.logs.some((line) => line.includes('join: promoted to voter'))).toBe(true);
+
+    const transfer = await cluster.cli(['leader', 'transfer', '--to', '4']);
+    expect(transfer).toMatchObject({ code: 0, stdout: 'leader: node 4\n' });
+    expect(await cluster.waitForLeader([1, 2, 3, 4])).toBe(4);
+
+    const removed = 1;
+    const removal = await cluster.cli(['member', 'remove', String(removed)], [2, 3, 4]);
+    expect(removal.code).toBe(0);
+    expect(removal.stdout.split('\n')[0]).toBe(`removed node ${removed}`);
+    expect(await cluster.exited(removed)).toEqual({ code: 0, signal: null });
+    expect(cluster.node(removed).logs.some((line) => line.includes('removed from the cluster'))).toBe(true);
+
+    await waitFor('writes after the removal', () => during.acked.length >= 20);
+    const count = during.acked.length;
+    await waitFor('more writes after the removal', () => during.acked.length >= count + 20, 30_000);
+    await during.stop();
+    const listed = rows((await cluster.cli(['member', 'list'], [2, 3, 4])).stdout);
+    expect(listed.map((m) => [m.id, m.role])).toEqual([[2, 'voter'], [3, 'voter'], [4, 'voter']]);
+    await expectReadableEverywhere(cluster, [2, 3, 4], [...before.acked, ...during.acked]);
+  });
+
+  test('removing the leader: it steps down and exits 0, the rest elect and keep every write', async () => {
+    const during = writer(cluster, 'w');
+    await waitFor('some writes', () => during.acked.length >= 20);
+    const leader = await cluster.waitForLeader();
+    const rest = [1, 2, 3].filter((id) => id !== leader);
+    const removal = await cluster.cli(['member', 'remove', String(leader)], rest);
+    expect(removal.code).toBe(0);
+    expect(await cluster.exited(leader)).toEqual({ code: 0, signal: null });
+    const next = await cluster.waitForLeader(rest);
+    expect(rest).toContain(next);
+    const count = during.acked.length;
+    await waitFor('writes after the removal', () => during.acked.length >= count + 20, 30_000);
+    await during.stop();
+    expect(rows((await cluster.cli(['member', 'list'], rest)).stdout).map((m) => m.id)).toEqual(rest);
+    await expectReadableEverywhere(cluster, rest, during.acked);
+  });
+
+  test('SIGTERM on the leader hands leadership over before it exits', async () => {
+    const during = writer(cluster, 's');
+    await waitFor('some writes', () => during.acked.length >= 20);
+    const leader = await cluster.waitForLeader();
+    const termBefore = (await cluster.status(leader)).term;
+    expect(await cluster.kill(leader, 'SIGTERM')).toBe(0);
+    // The old leader logs this only once its transfer resolved: it saw a leader of a later term.
+    const handedOver = cluster.node(leader).logs.map((line) => JSON.parse(line.startsWith('{') ? line : '{}')).find((l) => l.msg === 'stopping: handed leadership over');
+    expect(handedOver).toBeDefined();
+    const rest = [1, 2, 3].filter((id) => id !== leader);
+    expect(rest).toContain(handedOver.leader);
+    const next = await cluster.waitForLeader(rest);
+    expect((await cluster.status(next)).term).toBeGreaterThan(termBefore);
+    const count = during.acked.length;
+    await waitFor('writes after the restart', () => during.acked.length >= count + 20, 30_000);
+    await during.stop();
+    cluster.restart(leader);
+    await cluster.waitForLeader();
+    await expectReadableEverywhere(cluster, [1, 2, 3], during.acked.slice(-30));
+  });
+
+  test('bad membership input is a one-line usage or INVALID_ARGUMENT error, and changes nothing', async () => {
+    const badAddr = await cluster.cli(['member', 'add', '9', 'no-port']);
+    expect(badAddr.code).toBe(1);
+    expect(badAddr.stderr).toMatch(/^cairn: INVALID_ARGUMENT: peer_addr "no-port" is not HOST:PORT/);
+    expect(badAddr.stderr.trim().split('\n')).toHaveLength(1);
+    const badId = await cluster.cli(['member', 'promote', 'x']);
+    expect(badId).toMatchObject({ code: 2, stderr: 'cairn: ID must be a member id (an integer >= 1), got "x"\n' });
+    const unknown = await cluster.cli(['member', 'remove', '9']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/NOT_FOUND/);
+    expect(rows((await cluster.cli(['member', 'list'])).stdout).map((m) => m.id)).toEqual([1, 2, 3]);
+  });
+});
