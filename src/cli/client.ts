@@ -14,6 +14,7 @@ import {
   PutResponse,
   RangeResponse,
   ResponseHeader,
+  SnapshotResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../errors';
@@ -179,6 +180,14 @@ export class CairnClient {
     const timeoutMs = this.statusTimeoutMs;
     return new Promise((resolve, reject) =>
       this.cluster[index]!.status({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+    );
+  }
+
+  /** Makes the node at endpoint `index` compact its log now (Cluster.Snapshot), within the whole-call budget. */
+  snapshotOf(index: number): Promise<SnapshotResponse> {
+    const timeoutMs = this.statusTimeoutMs;
+    return new Promise((resolve, reject) =>
+      this.cluster[index]!.snapshot({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
     );
   }
 

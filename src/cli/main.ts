@@ -42,6 +42,7 @@ Usage:
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
+  cairn snapshot                   every endpoint's node snapshots and compacts its log now
   cairn member list                one member a line: id, voter or learner, peer and client address, leader
   cairn member add ID PEER_ADDR [--client-addr HOST:PORT]
                                    add a member as a learner (start it with cairn serve --join, or before)

@@ -40,6 +40,7 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
   status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
   members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
+  snapshot: { usage: ['(compact every endpoint\'s log now)', 'save FILE (a backup of the first endpoint\'s node)'], minArgs: 0, maxArgs: 2, flags: [] },
   member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
   leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
 };
@@ -167,6 +168,9 @@ export async function runVerb(
       }
       return 0;
     }
+    case 'snapshot':
+      if (args.length === 0) return compactNow(client, print);
+      throw usage(verb, typed, options);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }
@@ -290,3 +294,22 @@ async function status(client: CairnClient, print: (line: string) => void): Promi
   print(`cluster NOT serving: ${leader ? `only ${counts}` : `no leader known; ${counts}`}${downNote}`);
   return 1;
 }
+
+/**
+ * `cairn snapshot`: every endpoint's node snapshots and compacts its log now; one line
+ * each with its snapshot index and first index. Exit 1 when one of them failed.
+ */
+async function compactNow(client: CairnClient, print: (line: string) => void): Promise<number> {
+  let failed = 0;
+  for (const [i, endpoint] of client.endpoints.entries()) {
+    try {
+      const response = await client.snapshotOf(i);
+      print(`${endpoint.padEnd(22)} snapshot_index ${response.snapshotIndex} first_index ${response.firstIndex}`);
+    } catch (err) {
+      failed++;
+      print(`${endpoint.padEnd(22)} failed: ${describeFailure({ error: err as ServiceError, attemptMs: client.statusTimeoutMs })}`);
+    }
+  }
+  return failed > 0 ? 1 : 0;
+}
+

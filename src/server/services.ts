@@ -12,6 +12,8 @@ import {
   MemberRemoveResponse,
   PutResponse,
   ResponseHeader,
+  SnapshotSaveRequest,
+  SnapshotSaveResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import {
@@ -28,6 +30,7 @@ import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { KvReplica } from '../kv/kv-replica';
 import { MAX_SNAPSHOT_CHUNK_BYTES } from '../node/replica';
+import { encodeSnapshotFile } from '../storage/snapshot-file';
 import { Limits } from './config';
 import { FORWARDED_METADATA, LeaderClients, UnaryStart } from './leader-clients';
 import { ClusterMembership, MembershipReplica } from './membership';
@@ -304,7 +307,7 @@ export class PeerInputStats {
   rejectedStreams = 0;
   /** Messages dropped because their from_id is not their frame's, or because their body may not travel on the Raft stream (installSnapshot). */
   foreignMessages = 0;
-  /** InstallSnapshot calls refused before staging (another transfer in progress, a bad header). */
+  /** InstallSnapshot calls answered with an error (another transfer in progress, a bad header or chunk). */
   refusedSnapshots = 0;
   readonly log: RateLimitedLog;
 
@@ -443,7 +446,6 @@ function receiveSnapshotStream(
     if (first.done) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the InstallSnapshot stream ended before its first request');
     const header = openSnapshotTransfer(first.value, context, checkSender);
     if (slot.busy) {
-      stats.refusedSnapshots++;
       throw new CairnError(ErrorCode.OVERLOADED, 'another snapshot transfer is being received; retry later');
     }
     slot.busy = true;
