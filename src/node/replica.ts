@@ -496,7 +496,14 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (this.stopped) throw stoppedError();
     const fsm = this.stateMachine;
     if (!isSnapshotting(fsm)) throw new Error('this state machine cannot be snapshotted');
-    const snapshot = await fsm.snapshot();
+    let snapshot = await fsm.snapshot();
+    // A compaction or an install may move the snapshot point past the view while it is
+    // taken; the next view is at the new applied index, which the core can describe.
+    for (let attempt = 1; snapshot.index < this.node.status().snapshotIndex; attempt++) {
+      snapshot.release();
+      if (attempt >= SAVE_SNAPSHOT_ATTEMPTS) throw new CairnError(ErrorCode.OVERLOADED, 'the state moved on while a backup was being taken: try again');
+      snapshot = await fsm.snapshot();
+    }
     try {
       const meta = this.guarded(() => this.node.snapshotMetaAt(snapshot.index));
       return { meta, chunks: snapshot.chunks(MAX_SNAPSHOT_CHUNK_BYTES), release: () => snapshot.release() };
@@ -577,6 +584,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
         ...pending.restore.switchOps(),
         ...this.storage.stagePersist(ready.hardState, ready.entries),
       ];
+      // The staged chunks were written unsynced: durable first, then the switch to them.
+      await this.storage.flushToDisk();
       await this.storage.writeSynced(ops);
       const last = ready.entries[ready.entries.length - 1];
       if (last) this.node.onPersisted(last.index, last.term);
@@ -631,14 +640,16 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   /**
    * Compacts at the state machine's applied index: the core moves its snapshot point and
-   * drops the entries before the catch-up tail; meta/snapshot and the log deletions go in
-   * one synced batch, which also makes the state machine's earlier unsynced writes (the
-   * state at that index) durable before the entries that produced it are deleted.
+   * drops the entries before the catch-up tail; the state machine's unsynced writes (the
+   * state at that index) are flushed to disk, then meta/snapshot and the log deletions go
+   * in one synced batch.
    */
   private async compact(): Promise<{ snapshotIndex: number; firstIndex: number }> {
     const applied = this.stateMachine.appliedIndex();
     if (this.node.pendingSnapshotMeta() === undefined && applied > this.node.status().snapshotIndex) {
       const { snapshot, compactThrough } = this.guarded(() => this.node.compact(applied, this.compaction.snapshotCatchupEntries));
+      // The applies up to `applied` were written unsynced: durable first, then the entries go.
+      await this.storage.flushToDisk();
       await this.storage.writeSynced(this.storage.stageCompaction(snapshot, compactThrough));
     }
     const status = this.node.status();
@@ -720,6 +731,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.reads.delete(readId);
   }
 }
+
+/** Views saveSnapshot takes before it gives up on one the core's snapshot point has not passed. */
+const SAVE_SNAPSHOT_ATTEMPTS = 5;
 
 function stoppedError(): CairnError {
   return new CairnError(ErrorCode.STOPPED, 'the node has stopped');

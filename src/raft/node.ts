@@ -798,7 +798,7 @@ export class RaftNode {
     const { keptTail } = this.log.installSnapshot({ index: meta.index, term: meta.term, config: meta.config });
     // The snapshot's configuration is the one at its index; a kept tail's config entries follow it.
     if (keptTail) this.configs.compactTo(meta.index);
-    else this.configs.reset(meta.config ?? this.configs.at(meta.index));
+    else this.configs.reset(meta.config!); // malformedReason vetted it
     this.onConfigChanged();
     this.pendingSnapshot = { meta, handedOut: false, leader: m.fromId, term: this.term };
   }
@@ -1281,6 +1281,10 @@ function malformedReason(m: Message, self: NodeId): string | undefined {
     if (!meta) return 'a snapshot offer without meta';
     if (meta.index < 1) return 'a snapshot offer at index 0';
     if (meta.term < 1 || meta.term > m.term) return `snapshot term ${meta.term} outside [1, message term ${m.term}]`;
+    // The offer's config replaces ours when the log is discarded: it must be usable.
+    if (!meta.config) return 'a snapshot offer without a configuration';
+    const badConfig = badConfigReason(meta.config);
+    if (badConfig) return `snapshot configuration: ${badConfig}`;
   }
   if (m.body.$case !== 'appendRequest') return undefined;
   const request = m.body.value;

@@ -27,6 +27,7 @@ import {
   StreamResponse,
 } from '../../gen/cairn/raft/v1/raft';
 import { isInvariantViolation } from '../assert';
+import { badConfigReason } from '../raft/membership';
 import { CairnError, ErrorCode } from '../errors';
 import { KvReplica } from '../kv/kv-replica';
 import { MAX_SNAPSHOT_CHUNK_BYTES } from '../node/replica';
@@ -476,6 +477,10 @@ function openSnapshotTransfer(first: InstallSnapshotRequest, context: ServiceCon
   checkSender(header.clusterId, header.fromId);
   if (header.to !== context.replica.id) throw new CairnError(ErrorCode.INVALID_ARGUMENT, `snapshot addressed to node ${header.to}, this is node ${context.replica.id}`);
   if (!header.meta || header.meta.index < 1) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the snapshot header has no meta, or index 0');
+  // Checked again by the core when the staged snapshot is offered; here so nothing is staged for a bad one.
+  if (!header.meta.config) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'the snapshot header has no configuration');
+  const badConfig = badConfigReason(header.meta.config);
+  if (badConfig) throw new CairnError(ErrorCode.INVALID_ARGUMENT, `the snapshot header's configuration: ${badConfig}`);
   return header;
 }
 

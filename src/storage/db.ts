@@ -74,6 +74,15 @@ export interface Db {
   clearGeneration(sublevel: GenerationalSublevel, generation: number): Promise<void>;
   /** A consistent view of everything as it is now (its generation read through the view itself). */
   snapshot(): Promise<DbSnapshot>;
+  /**
+   * Makes every earlier write durable, the unsynced ones included. A synced write alone is
+   * not enough for that: it fsyncs only LevelDB's current log file, and LevelDB switches
+   * log files (when its memtable fills) without syncing the old one (google/leveldb#193),
+   * so after a power loss a later synced record can survive an earlier unsynced one. Call
+   * it before a synced write that makes earlier unsynced writes load-bearing (compaction
+   * deletes the log entries that produced them; a snapshot install switches to them).
+   */
+  flushToDisk(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -126,6 +135,9 @@ type BatchKey = string | Buffer | Uint8Array;
 export interface WriteOptions extends AbstractBatchOptions<BatchKey, Buffer> {
   sync: boolean;
 }
+
+const FLUSH_RANGE_START = Buffer.from('~');
+const FLUSH_RANGE_END = Buffer.from('~~');
 
 /** A Db over any abstract-level database: classic-level (LevelDB) or memory-level. */
 export class LevelDb implements Db {
@@ -237,6 +249,14 @@ export class LevelDb implements Db {
     const batchOptions: WriteOptions = { sync: options.sync };
     await this.level.batch<BatchKey, Buffer>(batch, batchOptions);
     if (switchTo !== undefined) this.current = switchTo;
+  }
+
+  async flushToDisk(): Promise<void> {
+    // LevelDB's CompactRange first writes the memtable to a synced table file (and syncs the
+    // manifest), whatever the range; a range beyond every key ('~' sorts after the '!name!'
+    // sublevel prefixes) then compacts nothing. memory-level has no disk: nothing to do.
+    const level = this.level as unknown as { compactRange?: (start: Buffer, end: Buffer) => Promise<void> };
+    if (typeof level.compactRange === 'function') await level.compactRange(FLUSH_RANGE_START, FLUSH_RANGE_END);
   }
 
   async close(): Promise<void> {

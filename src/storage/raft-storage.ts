@@ -68,6 +68,8 @@ export interface RaftStorage {
   stageInstall(snapshot: SnapshotMeta, keptLastIndex: number): DbOp[];
   /** Writes staged operations (with the state machine's own) in one synced, atomic batch. */
   writeSynced(ops: readonly DbOp[]): Promise<void>;
+  /** Makes every earlier write durable, unsynced ones included (Db.flushToDisk): before compaction and install batches. */
+  flushToDisk(): Promise<void>;
 }
 
 export class LevelLogStore implements LogStore {
@@ -194,6 +196,11 @@ export class LevelRaftStorage implements RaftStorage {
 
   async writeSynced(ops: readonly DbOp[]): Promise<void> {
     await this.db.write(ops, { sync: true });
+  }
+
+  /** Makes every earlier write durable, unsynced ones included (Db.flushToDisk), before a batch that depends on them. */
+  async flushToDisk(): Promise<void> {
+    await this.db.flushToDisk();
   }
 }
 

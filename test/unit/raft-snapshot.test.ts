@@ -17,8 +17,11 @@ function run(net: RaftNetwork, leader: NodeId, rounds = 20): void {
   }
 }
 
+/** The three-voter configuration the networks in these tests boot with. */
+const THREE_VOTERS = { voters: [1, 2, 3].map((id) => ({ id, peerAddr: '', clientAddr: '' })), learners: [] };
+
 function offer(from: NodeId, to: NodeId, term: number, index: number, snapshotTerm: number): Message {
-  return { fromId: from, to, term, body: { $case: 'installSnapshot', value: { meta: { index, term: snapshotTerm, config: { voters: [], learners: [] } } } } };
+  return { fromId: from, to, term, body: { $case: 'installSnapshot', value: { meta: { index, term: snapshotTerm, config: THREE_VOTERS } } } };
 }
 
 describe('RaftLog with a snapshot point and a compacted tail', () => {
@@ -228,5 +231,33 @@ describe('InstallSnapshot in the core', () => {
     run(net, 1);
     for (const id of [1, 2, 3]) expect(net.node(id).status()).toMatchObject({ firstIndex: 8, snapshotIndex: 10, commitIndex: 13 });
     expect(net.snapshotRequests).toEqual([]);
+  });
+});
+
+describe('snapshot offers from a peer are vetted before anything changes', () => {
+  // Found by review: a bad configuration in the offer reached quorumConfig's assertion (the
+  // node halted with its log half replaced), and a missing one fell back to a config of the
+  // discarded log. A config entry with the same data is refused as malformed; so is the offer.
+  const offer = (config: unknown) => {
+    const net = new RaftNetwork(3);
+    net.elect(1);
+    net.heartbeats(1, 3);
+    const leader = net.node(1);
+    const follower = net.node(2);
+    const before = follower.status();
+    const meta = { index: leader.status().lastIndex + 5, term: leader.term, config } as never;
+    follower.step({ fromId: 1, to: 2, term: leader.term, body: { $case: 'installSnapshot', value: { meta } } });
+    return { follower, before };
+  };
+  const member = { id: 2, peerAddr: 'x:1', clientAddr: '' };
+
+  test.each([
+    ['duplicate voter ids', { voters: [member, member], learners: [] }, 'ids are not distinct'],
+    ['no configuration at all', undefined, 'without a configuration'],
+  ])('%s: refused and counted, log and config unchanged', (_name, config, reason) => {
+    const { follower, before } = offer(config);
+    expect(follower.rejectedMessages.at(-1)).toContain(reason);
+    expect(follower.status()).toMatchObject({ lastIndex: before.lastIndex, snapshotIndex: before.snapshotIndex, commitIndex: before.commitIndex });
+    expect(follower.clusterConfig()).toEqual(before.config);
   });
 });

@@ -58,6 +58,9 @@ class StallableStorage implements RaftStorage {
     if (this.stalled) await new Promise<void>((resolve) => this.waiting.push(resolve));
     return this.inner.writeSynced(ops);
   }
+  flushToDisk(): Promise<void> {
+    return this.inner.flushToDisk();
+  }
   stall(): void {
     this.stalled = true;
   }
