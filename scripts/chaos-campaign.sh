@@ -5,12 +5,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-60}
 npx tsc -p tsconfig.json
-all=kill,kill-leader,pause,partition,isolate-leader,bridge,one-way,slow-links
+all=kill,kill-leader,pause,partition,isolate-leader,bridge,one-way,slow-links,transfer-leader,member-churn
 # seed nodes faults
 scenarios=(
   "101 3 $all" "102 3 $all" "103 3 kill,kill-leader" "104 3 pause" "105 3 partition,isolate-leader"
-  "106 3 one-way,slow-links" "107 3 $all" "108 3 kill-leader,pause,isolate-leader" "109 3 $all" "110 3 $all"
-  "201 5 $all" "202 5 $all" "203 5 bridge" "204 5 kill,kill-leader" "205 5 pause,partition"
+  "106 3 one-way,slow-links" "107 3 $all" "108 3 kill-leader,pause,isolate-leader,transfer-leader,member-churn" "109 3 $all" "110 3 $all"
+  "201 5 $all" "202 5 $all" "203 5 bridge" "204 5 kill,kill-leader,member-churn" "205 5 pause,partition"
   "206 5 one-way,slow-links" "207 5 bridge,isolate-leader" "208 5 $all" "209 5 $all" "210 5 $all"
 )
 failed=0

@@ -15,7 +15,6 @@ import {
   RangeResponse,
   ResponseHeader,
   SnapshotResponse,
-  SnapshotSaveResponse,
   StatusResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../errors';
@@ -190,19 +189,6 @@ export class CairnClient {
     return new Promise((resolve, reject) =>
       this.cluster[index]!.snapshot({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
     );
-  }
-
-  /**
-   * The bytes of a snapshot file of the node at endpoint `index` (Cluster.SnapshotSave), as
-   * they arrive, within the whole-call budget.
-   */
-  async *snapshotSaveOf(index: number): AsyncIterable<Buffer> {
-    const call = this.cluster[index]!.snapshotSave({}, new Metadata(), { deadline: Date.now() + this.statusTimeoutMs });
-    try {
-      for await (const response of call as AsyncIterable<SnapshotSaveResponse>) yield response.data;
-    } finally {
-      call.cancel();
-    }
   }
 
   members(): Promise<MemberListResponse> {

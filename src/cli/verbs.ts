@@ -1,10 +1,9 @@
-import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { ServiceError } from '@grpc/grpc-js';
 import { KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
-import { verifySnapshotFile } from '../storage/snapshot-file';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -171,7 +170,6 @@ export async function runVerb(
     }
     case 'snapshot':
       if (args.length === 0) return compactNow(client, print);
-      if (args[0] === 'save' && args.length === 2) return saveSnapshot(client, args[1]!, print);
       throw usage(verb, typed, options);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
@@ -315,29 +313,3 @@ async function compactNow(client: CairnClient, print: (line: string) => void): P
   return failed > 0 ? 1 : 0;
 }
 
-/**
- * `cairn snapshot save FILE`: a backup of the first endpoint's node, streamed to FILE.partial,
- * synced, checked end to end (format and checksum), then renamed to FILE.
- */
-async function saveSnapshot(client: CairnClient, file: string, print: (line: string) => void): Promise<number> {
-  const partial = `${file}.partial`;
-  const handle = await open(partial, 'w').catch((err: NodeJS.ErrnoException) => {
-    throw new Error(`cannot write ${partial}: ${err.message}`);
-  });
-  try {
-    try {
-      for await (const piece of client.snapshotSaveOf(0)) await handle.write(piece);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    const summary = await verifySnapshotFile(partial);
-    await rename(partial, file);
-    const bytes = (await stat(file)).size;
-    print(`saved snapshot at index ${summary.meta.index} (term ${summary.meta.term}) from ${client.endpoints[0]} to ${file}: ${bytes} bytes`);
-    return 0;
-  } catch (err) {
-    await rm(partial, { force: true });
-    throw err;
-  }
-}

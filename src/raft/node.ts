@@ -23,6 +23,7 @@ import {
   badConfigReason,
   ConfigHistory,
   configOfVoters,
+  isMember,
   isRefusal,
   peersOf,
   PROMOTE_MAX_LAG_ENTRIES,
@@ -617,7 +618,7 @@ export class RaftNode {
     this.heartbeatElapsedTicks = 0;
     this.electionElapsedTicks = 0;
     this.committedInTerm = false;
-    assert(isVoter(this.quorum, this.id), () => `node ${this.id} leads without being a voter of its config`);
+    assert(this.mayCampaign(), () => `node ${this.id} leads without being a voter of its config`);
     this.electedBy = [...this.votes].filter(([id, granted]) => granted && isVoter(this.quorum, id)).map(([id]) => id);
     this.progress = new Map();
     this.syncProgressWithConfig();
@@ -641,7 +642,7 @@ export class RaftNode {
   private tickElection(): void {
     this.electionElapsedTicks++;
     if (this.electionElapsedTicks < this.randomizedElectionTimeoutTicks) return;
-    if (!isVoter(this.quorum, this.id)) return; // learners and removed members never campaign
+    if (!this.mayCampaign()) return; // learners and removed members never campaign
     if (this.campaignBlockedReason()) {
       // Stay a follower: a leader at this term can still be followed, and no crash.
       this.becomeFollower(this.term, NO_NODE);
@@ -849,6 +850,7 @@ export class RaftNode {
     } else if (pr.acknowledge(response.index, this.ticks)) {
       this.maybeSendTimeoutNow();
       this.maybeCommit();
+      if (this.role === 'leader' && !isMember(this.configs.latest(), m.fromId)) this.syncProgressWithConfig(); // a removed member caught up with its removal
     }
   }
 
@@ -1013,9 +1015,9 @@ export class RaftNode {
     const lagging = this.promotionLag(change);
     if (lagging) return refuse('not-caught-up', lagging);
     const index = this.appendAsLeader(EntryType.ENTRY_TYPE_CONFIG, ClusterConfig.encode(next).finish());
-    this.configs.record(index, next);
+    const config = this.configs.record(index, next);
     this.onConfigChanged();
-    return { ok: true, index, term: this.term, config: next };
+    return { ok: true, index, term: this.term, config };
   }
 
   /**
@@ -1038,6 +1040,20 @@ export class RaftNode {
     return undefined;
   }
 
+  /**
+   * Whether this node may stand for election: it is a voter of its latest config, or its
+   * own removal is not committed yet (it is a voter of the config at its commit index).
+   * Votes are counted by the latest config either way, its own not among them. Without
+   * the second case a leader that lost leadership while its removal was in flight, holding
+   * entries the others lack, could leave a two-voter cluster with no node able to win: it
+   * would not campaign, and it would refuse the other's shorter log.
+   */
+  private mayCampaign(): boolean {
+    if (isVoter(this.quorum, this.id)) return true;
+    if (this.configs.latestIndex() <= this.log.commitIndex) return false;
+    return this.configs.at(this.log.commitIndex).voters.some((m) => m.id === this.id);
+  }
+
   /** Records the config entries among the log's entries from `index` on. */
   private noteConfigEntriesFrom(index: number): void {
     for (let i = Math.max(index, this.log.firstIndex()); i <= this.log.lastIndex(); i++) {
@@ -1048,10 +1064,11 @@ export class RaftNode {
 
   /** A follower's log changed from `index` on (entries replaced or added): configs follow it. */
   private onLogChangedFrom(index: number): void {
-    const before = this.configs.latestIndex();
+    // Compared as objects, not by index: a config entry may be replaced by another at the same index.
+    const before = this.configs.latest();
     this.configs.truncateFrom(index);
     this.noteConfigEntriesFrom(index);
-    if (this.configs.latestIndex() !== before) this.onConfigChanged();
+    if (this.configs.latest() !== before) this.onConfigChanged();
   }
 
   private onConfigChanged(): void {
@@ -1063,15 +1080,24 @@ export class RaftNode {
 
   /**
    * Leader: one Progress for every member of the config but this node, and none for
-   * others. A member the latest config removed is replicated to until that config
-   * commits, so that it learns of its removal (and, knowing it, never campaigns).
+   * others. A member the latest config removed is replicated to until it holds that
+   * config entry and the entry has committed; a last heartbeat then tells it so, and a
+   * node that knows its removal committed never campaigns (see mayCampaign).
    */
   private syncProgressWithConfig(): void {
+    const latestIndex = this.configs.latestIndex();
     const peers = new Set(peersOf(this.configs.latest(), this.id));
-    if (this.configs.latestIndex() > this.log.commitIndex) {
+    if (latestIndex > this.log.commitIndex) {
       for (const id of peersOf(this.configs.at(this.log.commitIndex), this.id)) peers.add(id);
+    } else {
+      const removedNow = new Set(peersOf(this.configs.at(latestIndex - 1), this.id));
+      for (const [id, pr] of this.progress) if (removedNow.has(id) && pr.matchIndex < latestIndex) peers.add(id);
     }
-    for (const id of [...this.progress.keys()]) if (!peers.has(id)) this.progress.delete(id);
+    for (const [id, pr] of [...this.progress]) {
+      if (peers.has(id)) continue;
+      this.send(id, { $case: 'heartbeatRequest', value: { commit: Math.min(this.log.commitIndex, pr.matchIndex), readRound: 0 } });
+      this.progress.delete(id);
+    }
     // A new leader probes from after its log (its no-op comes next); a member added
     // later from the config entry that added it, so that entry goes out at once.
     const nextIndex = this.role === 'leader' && this.log.lastTerm() === this.term ? this.log.lastIndex() : this.log.lastIndex() + 1;
@@ -1149,7 +1175,7 @@ export class RaftNode {
   /** The leader asks us to campaign now: no pre-vote, and voters waive their lease. */
   private handleTimeoutNow(m: Message): void {
     if (this.role === 'leader') return this.rejectMessage(m, `TimeoutNow to a leader of term ${this.term}`);
-    if (!isVoter(this.quorum, this.id) || this.campaignBlockedReason()) return;
+    if (!this.mayCampaign() || this.campaignBlockedReason()) return;
     this.becomeCandidate(true);
     this.tallyVotes();
   }

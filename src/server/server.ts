@@ -188,7 +188,11 @@ export class CairnNode {
     const { config } = this;
     if (config.join.length === 0 || config.learner) return;
     if (!this.membershipReplica.clusterConfig().learners.some((m) => m.id === config.id)) return;
-    promoteWhenCaughtUp(config.id, config.join, this.logger, this.promotion.signal).then(
+    // The --join endpoints, and the members' client addresses as known now: the ones named at
+    // the first start may have left the cluster since.
+    const known = this.membership.members(this.replica.node.leader).filter((m) => m.id !== config.id && m.clientAddr).map((m) => m.clientAddr);
+    const endpoints = [...new Set([...config.join, ...known])];
+    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal).then(
       () => this.logger.info('join: promoted to voter'),
       (err) => {
         if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');

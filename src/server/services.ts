@@ -1,13 +1,4 @@
-import {
-  Deadline,
-  Metadata,
-  sendUnaryData,
-  ServerErrorResponse,
-  status as GrpcStatus,
-  ServerReadableStream,
-  ServerUnaryCall,
-  ServerWritableStream,
-} from '@grpc/grpc-js';
+import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -47,6 +38,7 @@ import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
+import { snapshotSaveCall } from './snapshot-save';
 import { toGrpcError } from './status';
 import { findUnsupportedInteger } from './unsafe-integers';
 import {
@@ -263,6 +255,8 @@ export function clusterService(context: ServiceContext): ClusterServer {
     leaderTransfer: unary(async (request, scope, metadata) => {
       validateLeaderTransfer(request);
       return onLeader<LeaderTransferResponse>(context, scope, metadata, (client, md, options, done) => client.leaderTransfer(request, md, options, done), async () => {
+        // Asking the leader to hand over to itself is already done: answered, not refused.
+        if (request.toId === context.replica.node.id) return { header: header(context), leaderId: request.toId };
         const leaderId = await context.membershipReplica.transferLeadership(request.toId || undefined, scope.signal);
         return { header: header(context), leaderId };
       });
@@ -271,7 +265,7 @@ export function clusterService(context: ServiceContext): ClusterServer {
       const { snapshotIndex, firstIndex } = await context.replica.compactNow();
       return { header: header(context), snapshotIndex, firstIndex };
     }),
-    snapshotSave: (call) => streamSnapshotSave(context, call),
+    snapshotSave: snapshotSaveCall(() => context.replica.saveSnapshot()),
   };
 }
 
@@ -302,32 +296,6 @@ function onLeader<Res>(
     return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, `node ${node.id} is not the leader; node ${leader} is`, { leader }));
   }
   return context.leaderClients.call<Res>(leader, addr, scope, forward);
-}
-
-/**
- * Cluster.SnapshotSave: the bytes of a snapshot file (src/storage/snapshot-file.ts) of this
- * node's state at its applied index, read lazily from a consistent LevelDB snapshot and sent
- * as they are produced (HTTP/2 flow control paces the reads); the snapshot is released when
- * the stream ends, fails or is cancelled.
- */
-function streamSnapshotSave(context: ServiceContext, call: ServerWritableStream<SnapshotSaveRequest, SnapshotSaveResponse>): void {
-  let cancelled = false;
-  call.once('cancelled', () => (cancelled = true));
-  void (async () => {
-    const saved = await context.replica.saveSnapshot();
-    try {
-      for await (const piece of encodeSnapshotFile(saved.meta, saved.chunks)) {
-        if (cancelled) return;
-        if (!call.write({ data: Buffer.from(piece) })) await new Promise<void>((resolve) => call.once('drain', resolve));
-      }
-      call.end();
-    } finally {
-      saved.release();
-    }
-  })().catch((err: unknown) => {
-    if (isInvariantViolation(err)) context.replica.halt(err);
-    if (!cancelled) call.emit('error', toGrpcError(err));
-  });
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */

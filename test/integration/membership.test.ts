@@ -146,3 +146,31 @@ describe('membership changes on real processes', () => {
     expect(rows((await cluster.cli(['member', 'list'])).stdout).map((m) => m.id)).toEqual([1, 2, 3]);
   });
 });
+
+describe('joining a cluster whose log was compacted', () => {
+  test('a node started with --join catches up through a snapshot, is promoted, and serves every key', async () => {
+    const cluster = await ProcessCluster.start(3, ['--snapshot-entries', '100', '--snapshot-catchup-entries', '10']);
+    try {
+      await cluster.waitForLeader();
+      const client = cluster.client();
+      const keys = Array.from({ length: 400 }, (_, i) => `snap-${i}`);
+      for (let i = 0; i < keys.length; i += 50) await Promise.all(keys.slice(i, i + 50).map((k) => client.put(key(k), key(k))));
+      const leader = await cluster.waitForLeader();
+      await waitFor('the leader to compact its log', async () => (await cluster.status(leader)).firstIndex > 1);
+
+      const joined = await cluster.join([1, 2, 3]);
+      await waitFor('the new node to be a voter', async () => {
+        const members = rows((await cluster.cli(['member', 'list'], [1, 2, 3])).stdout);
+        return members.find((m) => m.id === joined.id)?.role === 'voter';
+      }, 60_000);
+      expect(joined.logs.some((line) => line.includes('snapshot received whole'))).toBe(true);
+      const status = await cluster.status(joined.id);
+      expect(status.snapshotIndex).toBeGreaterThan(0);
+      const local = cluster.client([joined.id], Consistency.CONSISTENCY_SERIALIZABLE);
+      await waitFor('the new node to apply the writes', async () => (await local.get(key(keys[keys.length - 1]!))).kv);
+      for (const k of keys) expect((await local.get(key(k))).kv?.value.toString()).toBe(k);
+    } finally {
+      await cluster.stop();
+    }
+  });
+});

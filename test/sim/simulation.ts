@@ -840,13 +840,16 @@ export class Simulation {
       return this.proposeMembership(leader, isLearner ? promoteChange(joiner.id) : addLearnerChange(joiner.id), `${isLearner ? 'promote' : 'add learner'} ${joiner.id}`);
     }
     const kind = this.memberRand.pick(['add', 'remove', 'transfer', 'transfer'] as const);
-    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) return this.joinNewNode(leader);
-    if (kind === 'remove') return this.removeVoter(leader, config);
-    if (kind === 'transfer') return this.transferLeadership(leader, config);
+    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) this.joinNewNode(leader);
+    else if (kind === 'remove') this.removeVoter(leader, config);
+    else if (kind === 'transfer') return this.transferLeadership(leader, config);
+    else return;
+    // Now and then a second change at once, which one-at-a-time must refuse while the first is uncommitted.
+    if (this.memberRand.chance(0.3)) this.removeVoter(leader, leader.replica!.clusterConfig());
   }
 
   /**
-   * Without snapshots a new node copies the whole log, at the replication rate this seed
+   * Without compaction a new node copies the whole log, at the replication rate this seed
    * drew: with a window of one entry per round trip (and a lone voter whose clients
    * commit at disk speed) it could never catch up within the convergence deadline, so
    * such seeds add nodes only while the log is short.
@@ -854,7 +857,9 @@ export class Simulation {
   private newNodeCanCatchUp(leader: SimNode): boolean {
     const { maxEntriesPerAppend, maxInflightAppends, maxBytesPerAppend } = this.tuning;
     const fastReplication = maxEntriesPerAppend >= 8 && maxInflightAppends >= 4 && maxBytesPerAppend === undefined;
-    if (fastReplication) return true;
+    // A seed that compacts catches a newcomer up with a snapshot and the short tail after it.
+    const compacts = this.snapshotProfile.snapshotEntries <= MAX_SLOW_JOIN_LOG_ENTRIES;
+    if (fastReplication || compacts) return true;
     // A lone voter commits at disk speed, faster than a slow link copies: the learner falls ever further behind.
     return this.bootstrapVoters.length > 1 && leader.replica!.node.status().lastIndex < MAX_SLOW_JOIN_LOG_ENTRIES;
   }
@@ -1147,9 +1152,12 @@ export class Simulation {
     if (known !== undefined) return this.fail(`election safety: nodes ${known} and ${node.id} both led term ${term}`);
     this.leadersByTerm.set(term, node.id);
     // Only voters of the leader's config vote it in: that config read from its log here, not from the core's bookkeeping.
-    const { electedBy } = node.replica!.node.status();
+    const { electedBy, commitIndex } = node.replica!.node.status();
     const voters = this.votersInLog(node);
-    if (!voters.includes(node.id)) return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}`);
+    // Itself a voter of that config, or of the committed one while its own removal is in flight.
+    if (!voters.includes(node.id) && !this.votersInLog(node, commitIndex).includes(node.id)) {
+      return this.fail(`leader ${node.id} of term ${term} is not a voter of its config {${voters}}, nor of its committed one`);
+    }
     const strangers = electedBy.filter((id) => !voters.includes(id));
     if (strangers.length > 0 || electedBy.length < majoritySize(voters.length)) {
       return this.fail(`leader ${node.id} of term ${term} was elected by {${electedBy}}, not a majority of the voters {${voters}} of its config`);
@@ -1168,10 +1176,10 @@ export class Simulation {
     }
   }
 
-  /** The voters of the latest config entry in a node's log (the bootstrap voters when there is none). */
-  private votersInLog(node: SimNode): NodeId[] {
+  /** The voters of the latest config entry in a node's log up to `upTo` (the bootstrap voters when there is none). */
+  private votersInLog(node: SimNode, upTo = node.replica!.node.status().lastIndex): NodeId[] {
     const core = node.replica!.node;
-    for (let index = core.status().lastIndex; index >= 1; index--) {
+    for (let index = upTo; index >= 1; index--) {
       const entry = core.entryAt(index);
       if (!entry) return core.configAt(index).voters.map((m) => m.id); // compacted: the snapshot's config
       if (entry.type === EntryType.ENTRY_TYPE_CONFIG) return ClusterConfig.decode(entry.data).voters.map((m) => m.id);

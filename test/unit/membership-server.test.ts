@@ -177,6 +177,8 @@ describe('Cluster membership RPCs', () => {
     ]);
     expect((await unary<{ leaderId: number }>((md, done) => client.leaderTransfer({ toId: 3 }, md, done))).value?.leaderId).toBe(3);
     expect((await unary<{ leaderId: number }>((md, done) => client.leaderTransfer({ toId: 0 }, md, done))).value?.leaderId).toBe(2);
+    // To the leader itself: nothing to do, answered with the leader.
+    expect((await unary<{ leaderId: number }>((md, done) => client.leaderTransfer({ toId: 1 }, md, done))).value?.leaderId).toBe(1);
     expect(fake.transfers).toEqual([3, undefined]);
 
     fake.proposeConfigChange = () => Promise.reject(new CairnError(ErrorCode.INVALID_ARGUMENT, 'node 9 is not a member'));

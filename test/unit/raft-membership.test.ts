@@ -147,6 +147,51 @@ describe('membership: one change at a time', () => {
   });
 });
 
+describe('membership: the leader-change bug (Ongaro, raft-dev 2015)', () => {
+  test('two changes from leaders of different terms cannot form disjoint majorities: a new leader changes nothing before its no-op commits', () => {
+    const net = new RaftNetwork(4, { checkQuorum: false, preVote: false });
+    net.elect(1);
+    net.heartbeats(1, 1);
+    net.addNode(5);
+    net.node(1).proposeConfigChange(addLearner(5));
+    net.heartbeats(1);
+    // Leader 1 promotes 5: C1 = {1..5}, in force on 1 and 5 only, uncommitted.
+    for (const to of [2, 3, 4]) net.cutLink(1, to);
+    expect(net.node(1).proposeConfigChange(promote(5))).toMatchObject({ ok: true, index: 3 });
+    net.settle();
+    expect(ids(net.node(5).clusterConfig()).voters).toEqual([1, 2, 3, 4, 5]);
+
+    // Nodes 2, 3, 4 (still on C0 = {1..4}) elect node 2 in term 2; its entries then reach node 3 only.
+    net.heal();
+    net.isolate(1);
+    net.isolate(5);
+    for (let i = 0; i < 100 && net.node(2).role === 'follower'; i++) net.node(2).tick();
+    net.flush();
+    for (let i = 0; i < 10 && net.node(2).role !== 'leader'; i++) net.deliverOnce();
+    expect(net.node(2).status()).toMatchObject({ role: 'leader', term: 2 });
+    net.cutLink(2, 4);
+    // Removing 1 now would give C2 = {2, 3, 4}, a majority of which ({2, 3}) shares no node
+    // with the majority {1, 4, 5} of C1. It is refused until the no-op of term 2 commits.
+    const removal = net.node(2).proposeConfigChange(remove(1));
+    net.settle();
+
+    // Nodes 1, 4, 5 elect node 5 under C1; whatever nodes 2 and 3 committed, it must hold.
+    net.heal();
+    net.isolate(2);
+    net.isolate(3);
+    for (let i = 0; i < 200 && net.node(5).role !== 'leader'; i++) {
+      net.tick(5);
+      net.settle();
+    }
+    expect(net.node(5).role).toBe('leader');
+    const committedElsewhere = Math.max(net.node(2).status().commitIndex, net.node(3).status().commitIndex);
+    for (let index = 1; index <= committedElsewhere; index++) {
+      expect({ index, entry: net.node(5).entryAt(index) }).toEqual({ index, entry: net.node(2).entryAt(index) });
+    }
+    expect(removal).toMatchObject({ ok: false, reason: 'pending' });
+  });
+});
+
 describe('membership: removal', () => {
   test('a removed follower is no longer replicated to nor counted, and never campaigns', () => {
     const net = threeNodes();
@@ -196,6 +241,40 @@ describe('membership: removal', () => {
   });
 });
 
+describe('membership: a leader that loses leadership while removing itself', () => {
+  test('two voters: the removed one may still campaign until its removal commits, so the cluster is not left without a leader', () => {
+    const net = new RaftNetwork(2);
+    net.elect(1);
+    net.heartbeats(1, 1);
+    // Leader 1 logs 'x' and its own removal (voters {2}); node 2 gets neither.
+    net.isolate(2);
+    net.node(1).propose(data('x'));
+    expect(net.node(1).proposeConfigChange(remove(1))).toMatchObject({ ok: true, index: 3 });
+    net.settle();
+    // Check-quorum: it hears nothing from the voters {2} for an election timeout and steps down.
+    net.tick(1, 2 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks);
+    expect(net.node(1).role).toBe('follower');
+    expect(ids(net.node(1).clusterConfig()).voters).toEqual([2]);
+
+    // Node 2 cannot win alone (its config is {1, 2} and its log is shorter than node 1's):
+    // node 1 must campaign, win with node 2's vote, commit its removal and hand over.
+    net.heal();
+    for (let i = 0; i < LONG_TIME && !(net.node(2).role === 'leader' && net.node(2).status().commitIndex >= 3); i++) {
+      net.tick(1);
+      net.tick(2);
+      net.settle();
+    }
+    expect(net.node(2).role).toBe('leader');
+    expect(ids(net.node(2).clusterConfig()).voters).toEqual([2]);
+    expect(net.node(2).entryAt(2)?.data.toString()).toBe('x');
+    expect(net.node(1).role).toBe('follower');
+    // Knowing its removal committed, node 1 never campaigns again.
+    net.isolate(1);
+    net.tick(1, LONG_TIME);
+    expect(net.node(1).role).toBe('follower');
+  });
+});
+
 describe('membership: configs follow the log', () => {
   test('a follower whose uncommitted config entry is truncated falls back to the config before it', () => {
     const net = new RaftNetwork(5, { checkQuorum: false });
@@ -227,6 +306,38 @@ describe('membership: configs follow the log', () => {
     expect(ids(net.node(2).configAt(1))).toEqual({ voters: [1, 2, 3, 4, 5], learners: [] });
   });
 
+  test('a config entry replaced by another at the same index: the quorum follows the new one', () => {
+    const net = new RaftNetwork(5, { checkQuorum: false });
+    net.elect(1);
+    net.node(1).propose(data('x'));
+    net.heartbeats(1, 2);
+    // Leader 1 logs 'y' at 3 and the removal of node 2 at 4; only node 2 gets them.
+    for (const to of [3, 4, 5]) net.cutLink(1, to);
+    net.node(1).propose(data('y'));
+    expect(net.node(1).proposeConfigChange(remove(2))).toMatchObject({ ok: true, index: 4 });
+    net.settle();
+    expect(ids(net.node(2).clusterConfig()).voters).toEqual([1, 3, 4, 5]);
+
+    // Nodes 3, 4, 5 elect node 3: its no-op takes index 3, its own config entry (a learner) index 4.
+    net.heal();
+    net.isolate(1);
+    net.isolate(2);
+    net.elect(3);
+    net.addNode(6);
+    expect(net.node(3).proposeConfigChange(addLearner(6))).toMatchObject({ ok: true, index: 4 });
+    net.settle();
+
+    net.heal();
+    net.isolate(1);
+    net.heartbeats(3);
+    expect(net.node(2).entryAt(4)?.term).toBe(2);
+    expect(ids(net.node(2).clusterConfig())).toEqual({ voters: [1, 2, 3, 4, 5], learners: [6] });
+    // A voter again: cut off, it campaigns (with the stale quorum it would think itself removed).
+    net.isolate(2);
+    net.tick(2, LONG_TIME);
+    expect(net.node(2).role).not.toBe('follower');
+  });
+
   test('a restarted node takes its config from the config entries in its log', () => {
     const net = threeNodes();
     net.addNode(4);
@@ -236,6 +347,16 @@ describe('membership: configs follow the log', () => {
     const restarted = new RaftNetwork(3, {}, () => ({ hardState: { term: 1, votedFor: 0 }, entries, appliedIndex: 2 }));
     expect(ids(restarted.node(2).clusterConfig())).toEqual({ voters: [1, 2, 3], learners: [4] });
     expect(ids(restarted.node(2).configAt(1))).toEqual({ voters: [1, 2, 3], learners: [] });
+  });
+
+  test('the config handed out cannot be changed from outside', () => {
+    const net = threeNodes();
+    const config = net.node(1).clusterConfig();
+    expect(() => config.voters.push(member(9))).toThrow(TypeError);
+    expect(() => {
+      (config.voters[0] as { id: number }).id = 9;
+    }).toThrow(TypeError);
+    expect(ids(net.node(1).clusterConfig())).toEqual({ voters: [1, 2, 3], learners: [] });
   });
 
   test('a config entry whose data is not a ClusterConfig is rejected as malformed', () => {
