@@ -119,7 +119,7 @@ describe('snapshots and compaction with real processes', () => {
 
     const file = join(cluster.root, 'backup.snap');
     const saved = await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'save', file, '--endpoints', cluster.node(leader).clientAddr]);
-    expect(saved.stdout).toMatch(/^saved snapshot at index \d+ \(term \d+\) from 127\.0\.0\.1:\d+ to .*backup\.snap: \d+ bytes$/m);
+    expect(saved.stdout).toMatch(/^saved .*backup\.snap \(index \d+, term \d+, \d+ bytes\) from 127\.0\.0\.1:\d+$/m);
     const summary = await verifySnapshotFile(file);
     expect(summary.meta.index).toBeGreaterThanOrEqual(300);
 
