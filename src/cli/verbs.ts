@@ -40,7 +40,7 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
   status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
   members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
-  snapshot: { usage: ['(compact every endpoint\'s log now)', 'save FILE (a backup of the first endpoint\'s node)'], minArgs: 0, maxArgs: 2, flags: [] },
+  snapshot: { usage: ['(compact every endpoint\'s log now)'], minArgs: 0, maxArgs: 0, flags: [] },
   member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
   leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
 };
@@ -169,8 +169,7 @@ export async function runVerb(
       return 0;
     }
     case 'snapshot':
-      if (args.length === 0) return compactNow(client, print);
-      throw usage(verb, typed, options);
+      return compactNow(client, print);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }

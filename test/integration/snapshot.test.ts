@@ -1,8 +1,14 @@
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
 import { LevelDb } from '../../src/storage/db';
-import { ProcessCluster, waitFor } from '../support/process-cluster';
+import { verifySnapshotFile } from '../../src/storage/snapshot-file';
+import { CAIRN_MAIN, freePort, ProcessCluster, waitFor } from '../support/process-cluster';
+
+const run = promisify(execFile);
 
 jest.setTimeout(300_000);
 
@@ -94,6 +100,45 @@ describe('snapshots and compaction with real processes', () => {
     const found = await readAll(cluster.client([follower], Consistency.CONSISTENCY_LINEARIZABLE, 5000), 7000);
     expect(found.size).toBe(7000);
     for (let i = 0; i < 7000; i++) expect(found.get(keyOf(i))).toBe(`v${i}`);
+  });
+
+  test('cairn snapshot compacts on demand; cairn snapshot save writes a checked backup that seeds a new cluster with every key', async () => {
+    cluster = await ProcessCluster.start(3, ['--snapshot-entries', '100000', '--snapshot-catchup-entries', '10']);
+    const leader = await cluster.waitForLeader();
+    await writeKeys(cluster.client([leader], Consistency.CONSISTENCY_LINEARIZABLE, 5000), 0, 300);
+    const endpoints = cluster.nodes.map((n) => n.clientAddr).join(',');
+    await waitFor('every node applied the writes', async () => {
+      const statuses = await Promise.all([1, 2, 3].map((id) => cluster.status(id)));
+      return statuses.every((s) => Number(s.appliedIndex) >= 300);
+    });
+    const compacted = await run(process.execPath, [CAIRN_MAIN, 'snapshot', '--endpoints', endpoints]);
+    const lines = compacted.stdout.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    for (const line of lines) expect(line).toMatch(/^127\.0\.0\.1:\d+\s+snapshot_index \d{3,} first_index \d{3,}$/);
+    for (const id of [1, 2, 3]) expect(Number((await cluster.status(id)).firstIndex)).toBeGreaterThan(250);
+
+    const file = join(cluster.root, 'backup.snap');
+    const saved = await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'save', file, '--endpoints', cluster.node(leader).clientAddr]);
+    expect(saved.stdout).toMatch(/^saved .*backup\.snap \(index \d+, term \d+, \d+ bytes\) from 127\.0\.0\.1:\d+$/m);
+    const summary = await verifySnapshotFile(file);
+    expect(summary.meta.index).toBeGreaterThanOrEqual(300);
+
+    // The backup seeds a new one-node cluster that serves every key.
+    const dataDir = join(cluster.root, 'restored');
+    const clientAddr = `127.0.0.1:${await freePort()}`;
+    const peerAddr = `127.0.0.1:${await freePort()}`;
+    await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'restore', file, '--data-dir', dataDir, '--id', '1', '--peers', `1=${peerAddr}`]);
+    const restored = await ProcessCluster.prepare(1, [], join(cluster.root, 'second'));
+    Object.assign(restored.node(1), { dataDir, clientAddr, peerAddr });
+    restored.spawn(restored.node(1));
+    try {
+      await restored.waitForLeader([1]);
+      const found = await readAll(restored.client([1], Consistency.CONSISTENCY_LINEARIZABLE, 5000), 300);
+      expect(found.size).toBe(300);
+      for (let i = 0; i < 300; i++) expect(found.get(keyOf(i))).toBe(`v${i}`);
+    } finally {
+      await restored.stop({ keepData: true });
+    }
   });
 
   test('measure: heap and time to serving of a node restarted after 50,000 keys with compaction (reported, not asserted)', async () => {
