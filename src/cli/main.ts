@@ -12,6 +12,7 @@ import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
 import { runSnapshotRestore } from './snapshot-restore';
+import { runSnapshotSave } from './snapshot-save';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -48,6 +49,7 @@ Usage:
   cairn member remove ID           remove a voter or learner (the leader too)
   cairn leader transfer [--to ID]  hand leadership to a voter (default: the most caught-up); prints the new leader
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
+  cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
   cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... [--cluster-token T]
                                    seed a new cluster's data dir from a snapshot file (--help for more)
 
@@ -89,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === 'serve') return serve(rest);
   if (command === 'snapshot' && rest[0] === 'restore') return runSnapshotRestore(rest.slice(1), (line) => console.log(line));
+  if (command === 'snapshot' && rest[0] === 'save') return runSnapshotSave(rest.slice(1), (line) => console.log(line));
   if (command === 'cluster') {
     if (rest.includes('--help')) {
       console.log(CLUSTER_USAGE);

@@ -583,6 +583,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       await pending.restore.activate();
       assert(this.stateMachine.appliedIndex() === meta.index, () => `state machine at ${this.stateMachine.appliedIndex()} after installing snapshot ${meta.index}`);
       this.node.onSnapshotPersisted(meta.index);
+      this.failCoveredBySnapshot(meta.index);
       this.releaseAppliedWaiters();
       pending.resolve();
     } catch (err) {
@@ -667,6 +668,24 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
           new CairnError(ErrorCode.PROPOSAL_DROPPED, `index ${outcome.index} was taken by another leader's entry`),
         );
       }
+    }
+  }
+
+  /**
+   * Proposals and config changes waiting on entries a snapshot now covers will never see
+   * their entry applied here: whether it was theirs is unknown (the entries are gone).
+   */
+  private failCoveredBySnapshot(index: number): void {
+    const lost = (at: number) => new CairnError(ErrorCode.OUTCOME_UNKNOWN, `the entry at index ${at} was replaced by a snapshot through ${index}`);
+    for (const [at, pending] of this.proposals) {
+      if (at > index) continue;
+      this.proposals.delete(at);
+      pending.reject(lost(at));
+    }
+    for (const [at, pending] of this.configChanges) {
+      if (at > index) continue;
+      this.configChanges.delete(at);
+      pending.reject(lost(at));
     }
   }
 

@@ -106,7 +106,11 @@ export class ConfigHistory {
   /** Config entries in the log, by increasing index. */
   private entries: { index: number; config: ClusterConfig }[] = [];
 
-  constructor(private base: ClusterConfig) {}
+  private base: ClusterConfig;
+
+  constructor(base: ClusterConfig) {
+    this.base = frozenCopy(base);
+  }
 
   latest(): ClusterConfig {
     return this.entries.length > 0 ? this.entries[this.entries.length - 1]!.config : this.base;
@@ -125,9 +129,12 @@ export class ConfigHistory {
     return this.base;
   }
 
-  record(index: number, config: ClusterConfig): void {
+  /** Records the config entry at `index`; returns the (frozen) config now in force. */
+  record(index: number, config: ClusterConfig): ClusterConfig {
     assert(index > this.latestIndex(), () => `config entry ${index} recorded after ${this.latestIndex()}`);
-    this.entries.push({ index, config });
+    const kept = frozenCopy(config);
+    this.entries.push({ index, config: kept });
+    return kept;
   }
 
   /** Entries from `index` on left the log: their configs are no longer in force. */
@@ -143,7 +150,18 @@ export class ConfigHistory {
 
   /** The whole log was replaced by a snapshot whose config is `config`. */
   reset(config: ClusterConfig): void {
-    this.base = config;
+    this.base = frozenCopy(config);
     this.entries = [];
   }
+}
+
+/**
+ * Configs are handed out by reference (clusterConfig(), status(), onConfigChange): a
+ * frozen copy, so that no caller can change the core's membership behind its back (nor
+ * the core a caller's object).
+ */
+function frozenCopy(config: ClusterConfig): ClusterConfig {
+  const voters = Object.freeze(config.voters.map((m) => Object.freeze(copyMember(m))));
+  const learners = Object.freeze(config.learners.map((m) => Object.freeze(copyMember(m))));
+  return Object.freeze({ voters, learners }) as ClusterConfig;
 }

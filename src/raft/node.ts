@@ -1013,9 +1013,9 @@ export class RaftNode {
     const lagging = this.promotionLag(change);
     if (lagging) return refuse('not-caught-up', lagging);
     const index = this.appendAsLeader(EntryType.ENTRY_TYPE_CONFIG, ClusterConfig.encode(next).finish());
-    this.configs.record(index, next);
+    const config = this.configs.record(index, next);
     this.onConfigChanged();
-    return { ok: true, index, term: this.term, config: next };
+    return { ok: true, index, term: this.term, config };
   }
 
   /**

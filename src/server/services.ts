@@ -1,4 +1,4 @@
-import { Deadline, Metadata, sendUnaryData, ServerErrorResponse, status as GrpcStatus, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
+import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -35,6 +35,7 @@ import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
+import { snapshotSaveCall } from './snapshot-save';
 import { toGrpcError } from './status';
 import { findUnsupportedInteger } from './unsafe-integers';
 import {
@@ -261,7 +262,7 @@ export function clusterService(context: ServiceContext): ClusterServer {
       const { snapshotIndex, firstIndex } = await context.replica.compactNow();
       return { header: header(context), snapshotIndex, firstIndex };
     }),
-    snapshotSave: (call) => call.emit('error', notBuiltYetError()),
+    snapshotSave: snapshotSaveCall(() => context.replica.saveSnapshot()),
   };
 }
 
@@ -292,15 +293,6 @@ function onLeader<Res>(
     return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, `node ${node.id} is not the leader; node ${leader} is`, { leader }));
   }
   return context.leaderClients.call<Res>(leader, addr, scope, forward);
-}
-
-/** Issue 8 work in progress: RPCs declared in the protos whose handlers are not merged yet. */
-function notBuiltYetError(): ServerErrorResponse {
-  return Object.assign(new Error('not built yet'), { code: GrpcStatus.UNIMPLEMENTED, details: 'not built yet' });
-}
-
-function notBuiltYet(_call: unknown, callback: (err: ServerErrorResponse) => void): void {
-  callback(notBuiltYetError());
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */

@@ -4,15 +4,9 @@ import { StoredSnapshot } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
 import { KvStateMachine } from '../kv/state-machine';
 import { DbOp, LevelDb } from '../storage/db';
-import { LevelHardStateStore } from '../storage/raft-storage';
+import { LevelHardStateStore, SNAPSHOT_KEY } from '../storage/raft-storage';
 import { openSnapshotFile, verifySnapshotFile } from '../storage/snapshot-file';
 import { deriveClusterId, describeVoters, stageIdentity, votersOf } from './identity';
-
-/**
- * Under `meta`: the node's latest snapshot (StoredSnapshot), as compaction and
- * InstallSnapshot record it (issue 8 contract, decision 4).
- */
-export const STORED_SNAPSHOT_KEY = Buffer.from('snapshot');
 
 export interface RestoreOptions {
   file: string;
@@ -86,7 +80,7 @@ async function stageFileState(db: LevelDb, options: RestoreOptions, clusterId: n
   const stored: StoredSnapshot = { meta: { index, term, config } };
   return [
     ...restore.switchOps(),
-    { type: 'put', sublevel: 'meta', key: STORED_SNAPSHOT_KEY, value: StoredSnapshot.encode(stored).finish() },
+    { type: 'put', sublevel: 'meta', key: SNAPSHOT_KEY, value: StoredSnapshot.encode(stored).finish() },
     ...stageIdentity({ clusterId, nodeId: options.nodeId, voters }),
     ...new LevelHardStateStore(db).stageSave({ term, votedFor: 0 }),
   ];

@@ -123,6 +123,10 @@ export async function openSnapshotFile(path: string): Promise<SnapshotFileReader
   const handle = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw new CairnError(ErrorCode.INVALID_ARGUMENT, `cannot read snapshot file ${path}: ${err.code === 'ENOENT' ? 'no such file' : err.message}`, { cause: err });
   });
+  if (!(await handle.stat()).isFile()) {
+    await handle.close();
+    throw new CairnError(ErrorCode.INVALID_ARGUMENT, `cannot read snapshot file ${path}: not a regular file`);
+  }
   return openSnapshotStream(handle.createReadStream() as AsyncIterable<Uint8Array>, path);
 }
 

@@ -840,13 +840,16 @@ export class Simulation {
       return this.proposeMembership(leader, isLearner ? promoteChange(joiner.id) : addLearnerChange(joiner.id), `${isLearner ? 'promote' : 'add learner'} ${joiner.id}`);
     }
     const kind = this.memberRand.pick(['add', 'remove', 'transfer', 'transfer'] as const);
-    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) return this.joinNewNode(leader);
-    if (kind === 'remove') return this.removeVoter(leader, config);
-    if (kind === 'transfer') return this.transferLeadership(leader, config);
+    if (kind === 'add' && this.joinsLeft > 0 && this.newNodeCanCatchUp(leader)) this.joinNewNode(leader);
+    else if (kind === 'remove') this.removeVoter(leader, config);
+    else if (kind === 'transfer') return this.transferLeadership(leader, config);
+    else return;
+    // Now and then a second change at once, which one-at-a-time must refuse while the first is uncommitted.
+    if (this.memberRand.chance(0.3)) this.removeVoter(leader, leader.replica!.clusterConfig());
   }
 
   /**
-   * Without snapshots a new node copies the whole log, at the replication rate this seed
+   * Without compaction a new node copies the whole log, at the replication rate this seed
    * drew: with a window of one entry per round trip (and a lone voter whose clients
    * commit at disk speed) it could never catch up within the convergence deadline, so
    * such seeds add nodes only while the log is short.
@@ -854,7 +857,9 @@ export class Simulation {
   private newNodeCanCatchUp(leader: SimNode): boolean {
     const { maxEntriesPerAppend, maxInflightAppends, maxBytesPerAppend } = this.tuning;
     const fastReplication = maxEntriesPerAppend >= 8 && maxInflightAppends >= 4 && maxBytesPerAppend === undefined;
-    if (fastReplication) return true;
+    // A seed that compacts catches a newcomer up with a snapshot and the short tail after it.
+    const compacts = this.snapshotProfile.snapshotEntries <= MAX_SLOW_JOIN_LOG_ENTRIES;
+    if (fastReplication || compacts) return true;
     // A lone voter commits at disk speed, faster than a slow link copies: the learner falls ever further behind.
     return this.bootstrapVoters.length > 1 && leader.replica!.node.status().lastIndex < MAX_SLOW_JOIN_LOG_ENTRIES;
   }

@@ -68,9 +68,11 @@ export class RaftNetwork {
     }
   }
 
-  /** Drops every message from `from` to `to` (one direction only). */
+  /** Drops every message from `from` to `to` (one direction only), those already queued too. */
   cutLink(from: NodeId, to: NodeId): void {
     this.cut.add(`${from}>${to}`);
+    const kept = this.pending.filter((m) => m.fromId !== from || m.to !== to);
+    this.pending.splice(0, this.pending.length, ...kept);
   }
 
   heal(): void {

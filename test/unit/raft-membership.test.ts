@@ -147,6 +147,51 @@ describe('membership: one change at a time', () => {
   });
 });
 
+describe('membership: the leader-change bug (Ongaro, raft-dev 2015)', () => {
+  test('two changes from leaders of different terms cannot form disjoint majorities: a new leader changes nothing before its no-op commits', () => {
+    const net = new RaftNetwork(4, { checkQuorum: false, preVote: false });
+    net.elect(1);
+    net.heartbeats(1, 1);
+    net.addNode(5);
+    net.node(1).proposeConfigChange(addLearner(5));
+    net.heartbeats(1);
+    // Leader 1 promotes 5: C1 = {1..5}, in force on 1 and 5 only, uncommitted.
+    for (const to of [2, 3, 4]) net.cutLink(1, to);
+    expect(net.node(1).proposeConfigChange(promote(5))).toMatchObject({ ok: true, index: 3 });
+    net.settle();
+    expect(ids(net.node(5).clusterConfig()).voters).toEqual([1, 2, 3, 4, 5]);
+
+    // Nodes 2, 3, 4 (still on C0 = {1..4}) elect node 2 in term 2; its entries then reach node 3 only.
+    net.heal();
+    net.isolate(1);
+    net.isolate(5);
+    for (let i = 0; i < 100 && net.node(2).role === 'follower'; i++) net.node(2).tick();
+    net.flush();
+    for (let i = 0; i < 10 && net.node(2).role !== 'leader'; i++) net.deliverOnce();
+    expect(net.node(2).status()).toMatchObject({ role: 'leader', term: 2 });
+    net.cutLink(2, 4);
+    // Removing 1 now would give C2 = {2, 3, 4}, a majority of which ({2, 3}) shares no node
+    // with the majority {1, 4, 5} of C1. It is refused until the no-op of term 2 commits.
+    const removal = net.node(2).proposeConfigChange(remove(1));
+    net.settle();
+
+    // Nodes 1, 4, 5 elect node 5 under C1; whatever nodes 2 and 3 committed, it must hold.
+    net.heal();
+    net.isolate(2);
+    net.isolate(3);
+    for (let i = 0; i < 200 && net.node(5).role !== 'leader'; i++) {
+      net.tick(5);
+      net.settle();
+    }
+    expect(net.node(5).role).toBe('leader');
+    const committedElsewhere = Math.max(net.node(2).status().commitIndex, net.node(3).status().commitIndex);
+    for (let index = 1; index <= committedElsewhere; index++) {
+      expect({ index, entry: net.node(5).entryAt(index) }).toEqual({ index, entry: net.node(2).entryAt(index) });
+    }
+    expect(removal).toMatchObject({ ok: false, reason: 'pending' });
+  });
+});
+
 describe('membership: removal', () => {
   test('a removed follower is no longer replicated to nor counted, and never campaigns', () => {
     const net = threeNodes();
@@ -236,6 +281,16 @@ describe('membership: configs follow the log', () => {
     const restarted = new RaftNetwork(3, {}, () => ({ hardState: { term: 1, votedFor: 0 }, entries, appliedIndex: 2 }));
     expect(ids(restarted.node(2).clusterConfig())).toEqual({ voters: [1, 2, 3], learners: [4] });
     expect(ids(restarted.node(2).configAt(1))).toEqual({ voters: [1, 2, 3], learners: [] });
+  });
+
+  test('the config handed out cannot be changed from outside', () => {
+    const net = threeNodes();
+    const config = net.node(1).clusterConfig();
+    expect(() => config.voters.push(member(9))).toThrow(TypeError);
+    expect(() => {
+      (config.voters[0] as { id: number }).id = 9;
+    }).toThrow(TypeError);
+    expect(ids(net.node(1).clusterConfig())).toEqual({ voters: [1, 2, 3], learners: [] });
   });
 
   test('a config entry whose data is not a ClusterConfig is rejected as malformed', () => {

@@ -1,5 +1,5 @@
 import { Command } from '../../gen/cairn/kv/v1/kv';
-import { ClusterConfig, ConfigChangeType, Message } from '../../gen/cairn/raft/v1/raft';
+import { ClusterConfig, ConfigChangeType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { ErrorCode } from '../../src/errors';
 import { KvStateMachine } from '../../src/kv/state-machine';
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
@@ -27,7 +27,9 @@ class ReplicaCluster {
   readonly cut = new Set<NodeId>();
   private readonly dbs: Db[] = [];
 
-  async start(ids: NodeId[], voters: NodeId[]): Promise<void> {
+  readonly installs: { to: NodeId; installed: boolean }[] = [];
+
+  async start(ids: NodeId[], voters: NodeId[], compaction: { snapshotEntries?: number; snapshotCatchupEntries?: number } = {}): Promise<void> {
     for (const id of ids) {
       const db = await LevelDb.openMemory();
       this.dbs.push(db);
@@ -36,7 +38,8 @@ class ReplicaCluster {
         config: { ...DEFAULT_RAFT_CONFIG, id, voters, random: new SeededRandom(id) },
         storage: new LevelRaftStorage(db),
         stateMachine: await KvStateMachine.open(db),
-        transport: { send: (messages) => this.deliver(messages) },
+        transport: { send: (messages) => this.deliver(messages), sendSnapshot: (to, header, chunks) => this.sendSnapshot(to, header, chunks) },
+        ...compaction,
         onFatal: (err) => {
           throw err;
         },
@@ -55,6 +58,13 @@ class ReplicaCluster {
       if (this.cut.has(message.to) || this.cut.has(message.fromId)) continue;
       setImmediate(() => this.replicas.get(message.to)?.receive(message));
     }
+  }
+
+  private async sendSnapshot(to: NodeId, header: SnapshotHeader, chunks: AsyncIterable<Uint8Array>): Promise<InstallSnapshotResponse> {
+    if (this.cut.has(to) || this.cut.has(header.fromId)) throw new Error('unreachable');
+    const response = await this.replicas.get(to)!.receiveSnapshot(header, chunks);
+    this.installs.push({ to, installed: response.installed });
+    return response;
   }
 
   /** Ticks every replica (ids in `only`, when given) until `done`, at most `maxTicks` times. */
@@ -136,6 +146,29 @@ describe('Replica: membership', () => {
     cluster.cut.clear();
     await expect(whileTicking(cluster, pending)).resolves.toMatchObject({ learners: [member(7, 'n:1')] });
     await expect(leader.proposeConfigChange(change(ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, 7))).rejects.toMatchObject({ code: ErrorCode.LEARNER_NOT_CAUGHT_UP });
+  });
+});
+
+describe('Replica: a snapshot covers a pending change', () => {
+  let cluster: ReplicaCluster;
+  afterEach(() => cluster.stop());
+
+  test('a deposed leader whose change a snapshot replaced rejects its caller with OUTCOME_UNKNOWN', async () => {
+    cluster = new ReplicaCluster();
+    await cluster.start([1, 2, 3], [1, 2, 3], { snapshotEntries: 5, snapshotCatchupEntries: 0 });
+    await cluster.tickUntil(() => cluster.leader() !== undefined && cluster.leader()!.node.status().commitIndex >= 1);
+    const old = cluster.leader()!;
+    cluster.cut.add(old.id);
+    const change = old.proposeConfigChange({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER, member: member(9, 'n9:1') });
+    change.catch(() => undefined);
+    const others = [...cluster.replicas.keys()].filter((id) => id !== old.id);
+    await cluster.tickUntil(() => others.some((id) => cluster.get(id).node.role === 'leader'), 20 * ELECTION_TICKS, others);
+    const next = others.map((id) => cluster.get(id)).find((r) => r.node.role === 'leader')!;
+    for (let i = 0; i < 12; i++) await whileTicking(cluster, next.propose(put(`k${i}`)), others);
+    expect(next.node.status().snapshotIndex).toBeGreaterThan(old.node.status().lastIndex);
+    cluster.cut.clear();
+    await expect(whileTicking(cluster, change)).rejects.toMatchObject({ code: ErrorCode.OUTCOME_UNKNOWN });
+    expect(cluster.installs).toContainEqual({ to: old.id, installed: true });
   });
 });
 

@@ -136,8 +136,9 @@ describe('snapshot files', () => {
     expect((await refusal(huge)).message).toMatch(new RegExp(`names a record of 4294967295 bytes at offset 18 \\(the snapshot metadata\\), over MAX_SNAPSHOT_FILE_RECORD_BYTES \\(${MAX_SNAPSHOT_FILE_RECORD_BYTES}\\)`));
   });
 
-  test('a missing file is one clear error', async () => {
+  test('a missing file or a directory is one clear error', async () => {
     await expect(openSnapshotFile(join(dir, 'nope.snap'))).rejects.toThrow(`cannot read snapshot file ${join(dir, 'nope.snap')}: no such file`);
+    await expect(openSnapshotFile(dir)).rejects.toThrow(`cannot read snapshot file ${dir}: not a regular file`);
   });
 
   test('a save that fails midway leaves neither the file nor its partial copy', async () => {

@@ -9,7 +9,8 @@ import { UsageError } from '../../src/cli/flags';
 import { CairnError } from '../../src/errors';
 import { KvStateMachine } from '../../src/kv/state-machine';
 import { deriveClusterId, loadOrCreateIdentity } from '../../src/server/identity';
-import { restoreDataDir, STORED_SNAPSHOT_KEY } from '../../src/server/snapshot-restore';
+import { restoreDataDir } from '../../src/server/snapshot-restore';
+import { LevelRaftStorage, SNAPSHOT_KEY } from '../../src/storage/raft-storage';
 import { LevelDb } from '../../src/storage/db';
 import { writeSnapshotFile } from '../../src/storage/snapshot-file';
 
@@ -69,7 +70,7 @@ describe('cairn snapshot restore (restoreDataDir)', () => {
       expect(retry!.result?.revision).toBe(1);
       expect((await sm.get(Buffer.from('key-0')))?.value.toString()).toBe('value-0');
 
-      const stored = StoredSnapshot.decode((await db.get('meta', STORED_SNAPSHOT_KEY))!);
+      const stored = StoredSnapshot.decode((await db.get('meta', SNAPSHOT_KEY))!);
       expect(stored.meta).toEqual({
         index: 300,
         term: 2,
@@ -83,6 +84,8 @@ describe('cairn snapshot restore (restoreDataDir)', () => {
       const logEntries: unknown[] = [];
       for await (const entry of db.entries('log')) logEntries.push(entry);
       expect(logEntries).toEqual([]);
+      // And what the Raft storage reads back at start: the snapshot point, the hard state, no entries.
+      expect(await new LevelRaftStorage(db).load()).toEqual({ hardState: { term: 2, votedFor: 0 }, entries: [], snapshot: stored.meta });
     } finally {
       await db.close();
     }
