@@ -77,7 +77,8 @@ export class CairnError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
-    readonly details: { leader?: number; cause?: unknown } = {},
+    /** `commitIndex`: on MEMBER_REMOVED, the refusing node's commit index (it knows the log that far). */
+    readonly details: { leader?: number; cause?: unknown; commitIndex?: number } = {},
   ) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
   }

@@ -6,7 +6,7 @@ import { checkVerbFlags, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
 const ALIASES: Record<string, string> = { set: 'put', delete: 'del', keys: 'list', ls: 'list' };
-const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | help | exit
+const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | member list|add|promote|remove ... | leader transfer [--to ID] | help | exit
 (SET, GET, DEL, DELETE, HAS and LIST work too, in any case)`;
 /** Flags a shell line may carry; the client's own (--endpoints, --consistency, --timeout-ms) are fixed when the shell starts. */
 const LINE_FLAGS = VERB_FLAGS.filter((flag) => flag !== 'consistency');

@@ -12,6 +12,8 @@ export interface MembershipReplica {
   clusterConfig(): ClusterConfig;
   /** The configuration as of the commit index: one that a majority holds and no leader can undo. */
   committedConfig(): ClusterConfig;
+  /** This node's commit index. */
+  commitIndex(): number;
   /** Resolves with the new configuration once the change is applied here. */
   proposeConfigChange(change: ConfigChange, signal?: AbortSignal): Promise<ClusterConfig>;
   /** Resolves with the new leader. */
@@ -111,7 +113,8 @@ export class ClusterMembership {
   checkSender(from: NodeId): void {
     if (this.isAcceptedSender(from)) return;
     if (this.everMembers.has(from) && !hasMember(this.replica.committedConfig(), from)) {
-      throw new CairnError(ErrorCode.MEMBER_REMOVED, `node ${from} was removed from the cluster (a committed configuration no longer has it)`);
+      const commitIndex = this.replica.commitIndex();
+      throw new CairnError(ErrorCode.MEMBER_REMOVED, `node ${from} was removed from the cluster (a committed configuration no longer has it; commit index ${commitIndex})`, { commitIndex });
     }
     throw new CairnError(ErrorCode.WRONG_CLUSTER, `node ${from} is not a member of this cluster`);
   }

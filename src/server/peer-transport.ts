@@ -13,7 +13,7 @@ import { MAX_SNAPSHOT_CHUNK_BYTES, Transport } from '../node/replica';
 import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
-import { ERROR_CODE_METADATA } from './status';
+import { COMMIT_INDEX_METADATA, ERROR_CODE_METADATA } from './status';
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -95,8 +95,11 @@ export interface PeerTransportOptions {
   maxMessageBytes: number;
   /** Longest wait before trying a failed peer again. */
   maxReconnectBackoffMs: number;
-  /** A peer refused this node with MEMBER_REMOVED: a committed configuration removed it. */
-  onRemoved?: (by: NodeId, reason: string) => void;
+  /**
+   * A peer refused this node with MEMBER_REMOVED: a committed configuration removed it, as
+   * far as the peer's log goes (`commitIndex`, or undefined when it did not say).
+   */
+  onRemoved?: (by: NodeId, reason: string, commitIndex: number | undefined) => void;
 }
 
 /** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
@@ -375,7 +378,7 @@ class PeerLink {
       this.congested = false;
       if (this.closed) return;
       if (err) this.logFailure(err.message);
-      if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details);
+      if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details, commitIndexOf(err));
       this.reconnectDelayMs =
         Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {
@@ -395,6 +398,11 @@ class PeerLink {
     this.lastErrorLoggedAt = now;
     this.logger.warn({ peer: this.peerId, addr: this.addr, reason, droppedMessages: this.droppedMessages }, 'peer stream failed; reconnecting');
   }
+}
+
+function commitIndexOf(err: ServiceError): number | undefined {
+  const value = Number(err.metadata?.get(COMMIT_INDEX_METADATA)[0]);
+  return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
 }
 
 /** Whether a peer ended our stream because a committed configuration removed this node. */

@@ -6,7 +6,7 @@ import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
 import { KvStateMachine } from '../kv/state-machine';
 import { KvReplica, openKvReplica } from '../kv/kv-replica';
-import { DEFAULT_RAFT_CONFIG, RaftConfig } from '../raft/node';
+import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../raft/node';
 import { SeededRandom } from '../raft/random';
 import { LevelDb } from '../storage/db';
 import { LevelRaftStorage } from '../storage/raft-storage';
@@ -111,7 +111,7 @@ export class CairnNode {
     const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, peerAddrs, logger, {
       maxMessageBytes: peerMessageBytes,
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
-      onRemoved: (by, reason) => node?.noteRemoved(`node ${by} refused this node: ${reason}`),
+      onRemoved: (by, reason, commitIndex) => node?.noteRefusedAsRemoved(by, reason, commitIndex),
     });
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),
@@ -216,6 +216,23 @@ export class CairnNode {
     this.membership.noteConfig(config);
     this.transport.setPeers(peers);
     if (!first) this.logger.info({ voters: config.voters.map((m) => m.id), learners: config.learners.map((m) => m.id), links: [...peers.keys()] }, 'configuration changed');
+  }
+
+  /**
+   * A peer refused this node with MEMBER_REMOVED. Believed when this node's own log says it
+   * is removed, or when the peer's log is committed beyond all of ours (we missed the
+   * removal, e.g. while down). Otherwise the peer is the one behind: it saw our removal but
+   * not our later re-addition (a member removed and added again with a fresh data dir), and
+   * its word is ignored until it catches up.
+   */
+  noteRefusedAsRemoved(by: NodeId, reason: string, peerCommitIndex: number | undefined): void {
+    const removedHere = !hasMember(this.membershipReplica.clusterConfig(), this.config.id);
+    const lastIndex = this.replica.node.status().lastIndex;
+    if (removedHere || (peerCommitIndex !== undefined && peerCommitIndex > lastIndex)) {
+      this.noteRemoved(`node ${by} refused this node: ${reason}`);
+      return;
+    }
+    this.logger.warn({ by, peerCommitIndex, lastIndex, reason }, 'a peer behind our log says this node was removed; ignored (it will catch up)');
   }
 
   /**
@@ -330,6 +347,7 @@ function membershipReplicaOf(replica: KvReplica): MembershipReplica {
   return {
     clusterConfig: () => replica.clusterConfig(),
     committedConfig: () => replica.node.configAt(replica.node.status().commitIndex),
+    commitIndex: () => replica.node.status().commitIndex,
     proposeConfigChange: (change, signal) => replica.proposeConfigChange(change, signal),
     transferLeadership: (to, signal) => replica.transferLeadership(to, signal),
   };

@@ -5,6 +5,8 @@ import { CairnError, ErrorCode } from '../errors';
 export const LEADER_ID_METADATA = 'cairn-leader-id';
 /** Trailing metadata with cairn's own error code (errors.ts), for programs. */
 export const ERROR_CODE_METADATA = 'cairn-error-code';
+/** Trailing metadata on MEMBER_REMOVED: the refusing node's commit index. */
+export const COMMIT_INDEX_METADATA = 'cairn-commit-index';
 
 const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.INVALID_ARGUMENT]: Status.INVALID_ARGUMENT,
@@ -43,6 +45,7 @@ export function toGrpcError(err: unknown): GrpcError {
   if (err instanceof CairnError) {
     const metadata = new Metadata();
     if (err.details.leader) metadata.set(LEADER_ID_METADATA, String(err.details.leader));
+    if (err.details.commitIndex !== undefined) metadata.set(COMMIT_INDEX_METADATA, String(err.details.commitIndex));
     metadata.set(ERROR_CODE_METADATA, err.code);
     return { code: STATUS_OF[err.code], details: err.message, metadata };
   }

@@ -112,6 +112,20 @@ describe('membership changes on real processes', () => {
     await expectReadableEverywhere(cluster, rest, during.acked);
   });
 
+  test('a member removed while it was down stops by itself when it comes back (a peer refuses it with MEMBER_REMOVED)', async () => {
+    const leader = await cluster.waitForLeader();
+    const victim = [1, 2, 3].find((id) => id !== leader)!;
+    const rest = [1, 2, 3].filter((id) => id !== victim);
+    expect(await cluster.kill(victim, 'SIGTERM')).toBe(0);
+    expect((await cluster.cli(['member', 'remove', String(victim)], rest)).code).toBe(0);
+    const client = cluster.client(rest);
+    for (let i = 0; i < 20; i++) await client.put(key(`after-${i}`), key('x'));
+    cluster.restart(victim);
+    expect(await cluster.exited(victim)).toEqual({ code: 0, signal: null });
+    expect(cluster.node(victim).logs.some((line) => line.includes('removed from the cluster') && line.includes('refused this node'))).toBe(true);
+    expect(rows((await cluster.cli(['member', 'list'], rest)).stdout).map((m) => m.id)).toEqual(rest);
+  });
+
   test('SIGTERM on the leader hands leadership over before it exits', async () => {
     const during = writer(cluster, 's');
     await waitFor('some writes', () => during.acked.length >= 20);

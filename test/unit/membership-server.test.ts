@@ -10,7 +10,7 @@ import { ClusterMembership, MembershipReplica } from '../../src/server/membershi
 import { GrpcPeerTransport } from '../../src/server/peer-transport';
 import { RequestRouter } from '../../src/server/router';
 import { clusterService, raftService, ServiceContext, withLenientDecoding } from '../../src/server/services';
-import { ERROR_CODE_METADATA, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
+import { COMMIT_INDEX_METADATA, ERROR_CODE_METADATA, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
 import { rawPeerStream } from '../support/raw-peer';
 import { waitFor } from '../support/process-cluster';
 
@@ -36,6 +36,7 @@ class FakeReplica implements MembershipReplica {
 
   clusterConfig = () => this.current;
   committedConfig = () => this.committed;
+  commitIndex = () => 7;
 
   async proposeConfigChange(change: ConfigChange): Promise<ClusterConfig> {
     this.changes.push(change);
@@ -244,6 +245,7 @@ describe('the peer sender check follows the configuration', () => {
       expect(await code(3)).toBe(ErrorCode.WRONG_CLUSTER);
       fake.committed = fake.current; // and committed
       expect(await code(3)).toBe(ErrorCode.MEMBER_REMOVED);
+      expect((await rawPeerStream(addr, [frame(3)]))?.metadata.get(COMMIT_INDEX_METADATA)).toEqual(['7']);
       expect(await code(9)).toBe(ErrorCode.WRONG_CLUSTER);
       fake.current = { voters: [member(1), member(2)], learners: [member(5)] }; // a learner added
       expect(await code(5)).toBe('accepted');
@@ -260,7 +262,7 @@ describe('peer links follow the configuration', () => {
     const service: RaftServiceServer = {
       stream: (call, callback) => {
         call.on('data', (f: StreamRequest) => {
-          if (refuse) return callback(toGrpcError(new CairnError(ErrorCode.MEMBER_REMOVED, 'node 1 was removed from the cluster')));
+          if (refuse) return callback(toGrpcError(new CairnError(ErrorCode.MEMBER_REMOVED, 'node 1 was removed from the cluster', { commitIndex: 12 })));
           received.push(f);
         });
         call.on('end', () => callback(null, {}));
@@ -275,7 +277,7 @@ describe('peer links follow the configuration', () => {
     const transport = new GrpcPeerTransport({ clusterId: CLUSTER_ID, selfId: 1, clientAddr: '' }, new Map([[2, addr]]), logger, {
       maxMessageBytes: 4 << 20,
       maxReconnectBackoffMs: 100,
-      onRemoved: (by, reason) => removals.push(`${by}: ${reason}`),
+      onRemoved: (by, reason, commitIndex) => removals.push(`${by}: ${reason} at ${commitIndex}`),
     });
     const to = (id: number): Message => ({ fromId: 1, to: id, term: 1, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } });
     try {
@@ -291,7 +293,7 @@ describe('peer links follow the configuration', () => {
       refuse = true;
       transport.send([to(4)]);
       await waitFor('the refusal to be reported', () => removals.length > 0, 5000);
-      expect(removals[0]).toBe('4: node 1 was removed from the cluster');
+      expect(removals[0]).toBe('4: node 1 was removed from the cluster at 12');
     } finally {
       transport.close();
       server.forceShutdown();

@@ -150,6 +150,7 @@ function contextFor(replica: KvReplica, router: RequestRouter, overrides: Partia
   const membershipReplica: MembershipReplica = {
     clusterConfig: () => config,
     committedConfig: () => config,
+    commitIndex: () => 0,
     proposeConfigChange: () => Promise.reject(new Error('not in these tests')),
     transferLeadership: () => Promise.reject(new Error('not in these tests')),
   };
