@@ -10,7 +10,7 @@ import { PeerInputStats, raftService, ServiceContext, withLenientDecoding } from
 jest.setTimeout(30_000);
 
 const CLUSTER_ID = 7;
-const META = { index: 10, term: 2, config: { voters: [], learners: [] } };
+const META = { index: 10, term: 2, config: { voters: [1, 2].map((id) => ({ id, peerAddr: '', clientAddr: '' })), learners: [] } };
 const header = (overrides: Partial<SnapshotHeader> = {}): SnapshotHeader => ({ clusterId: CLUSTER_ID, fromId: 1, to: 2, term: 2, meta: META, ...overrides });
 
 /** A stand-in for the Replica: records what the peer service hands it. */
@@ -96,6 +96,11 @@ describe('InstallSnapshot over gRPC', () => {
       await expect(streamSnapshot(peer.client, header({ clusterId: 99 }), chunksOf('x'), 10_000)).rejects.toMatchObject({ code: Status.PERMISSION_DENIED });
       await expect(streamSnapshot(peer.client, header({ fromId: 9 }), chunksOf('x'), 10_000)).rejects.toMatchObject({ code: Status.PERMISSION_DENIED });
       await expect(streamSnapshot(peer.client, header({ to: 3 }), chunksOf('x'), 10_000)).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/addressed to node 3/) });
+      // The configuration replaces the receiver's if the snapshot is installed: checked before anything is staged.
+      const twice = { id: 2, peerAddr: '', clientAddr: '' };
+      const badConfig = { ...META, config: { voters: [twice, twice], learners: [] } };
+      await expect(streamSnapshot(peer.client, header({ meta: badConfig }), chunksOf('x'), 10_000)).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/configuration: member ids are not distinct/) });
+      await expect(streamSnapshot(peer.client, header({ meta: { index: 10, term: 2 } }), chunksOf('x'), 10_000)).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/no configuration/) });
       expect(peer.replica.transfers).toEqual([]);
     } finally {
       peer.close();
