@@ -91,7 +91,7 @@ async function main(): Promise<void> {
     rmSync(join(cluster.root, 'seed'), { recursive: true, force: true });
     t = Date.now();
     for (const node of cluster.nodes) {
-      await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'restore', file, '--data-dir', node.dataDir, '--id', String(node.id), '--peers', cluster.peers]);
+      await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'restore', file, '--data-dir', node.dataDir, '--id', String(node.id), '--peers', cluster.peers, '--cluster-token', 'bench-restart']);
     }
     console.log(`restored 3 data dirs in ${Date.now() - t} ms`);
     for (const node of cluster.nodes) cluster.spawn(node);

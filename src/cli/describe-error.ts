@@ -11,10 +11,19 @@ export function describeError(err: unknown): string {
   if (err instanceof CallFailedError) return describeCallFailure(err);
   if (err instanceof CairnError) return err.code === 'INVALID_ARGUMENT' ? err.message : `${err.code}: ${err.message}`;
   const grpc = err as ServiceError;
-  if (typeof grpc?.code === 'number' && typeof grpc.details === 'string') return `${Status[grpc.code]}: ${grpc.details}`;
+  if (typeof grpc?.code === 'number' && typeof grpc.details === 'string') return `${Status[grpc.code]}: ${grpc.details}${cairnCodeSuffix(grpc)}`;
   // Anything else is a plain message (say, "cannot listen on ...") unless asked for the stack.
   if (err instanceof Error) return process.env.CAIRN_DEBUG ? (err.stack ?? err.message) : err.message;
   return String(err);
+}
+
+/**
+ * " (LEARNER_NOT_CAUGHT_UP)": cairn's own error code from the `cairn-error-code` trailer,
+ * when it says more than the gRPC status (scripts match on it; README "Membership").
+ */
+function cairnCodeSuffix(error: Pick<ServiceError, 'code' | 'metadata'>): string {
+  const code = error.metadata?.get?.('cairn-error-code')?.[0];
+  return typeof code === 'string' && code !== '' && code !== Status[error.code] ? ` (${code})` : '';
 }
 
 /**
@@ -37,7 +46,7 @@ function describeCallFailure(err: CallFailedError): string {
       line = wrongService(primary);
       break;
     case 'answered':
-      line = `${Status[primary.error.code]}${err.failures.length > 1 ? ` from ${primary.endpoint}` : ''}: ${primary.error.details}`;
+      line = `${Status[primary.error.code]}${err.failures.length > 1 ? ` from ${primary.endpoint}` : ''}: ${primary.error.details}${cairnCodeSuffix(primary.error)}`;
       break;
   }
   if (others.length > 0) line += `; ${summarize(others)}`;

@@ -51,7 +51,7 @@ Usage:
   cairn leader transfer [--to ID]  hand leadership to a voter (default: the most caught-up); prints the new leader
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
   cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
-  cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... [--cluster-token T]
+  cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... --cluster-token T
                                    seed a new cluster's data dir from a snapshot file (--help for more)
 
 Client flags:

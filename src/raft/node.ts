@@ -62,6 +62,13 @@ export const MAX_TERM = 2 ** 52;
  */
 export const MAX_INDEX = 2 ** 52;
 
+/**
+ * How long (in election timeouts) a leader keeps replicating to a member whose removal has
+ * committed, so that it learns of the removal and does not campaign; after that the member
+ * is dropped (it may be down for good), and if it comes back it learns from a peer's refusal.
+ */
+export const REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS = 2;
+
 export interface RaftConfig {
   id: NodeId;
   /**
@@ -284,6 +291,11 @@ export class RaftNode {
    */
   private pendingSnapshot: { meta: SnapshotMeta; handedOut: boolean; leader: NodeId; term: number } | undefined;
 
+  /**
+   * Leader: members the latest (committed) config removed that are still replicated to so
+   * that they learn of their removal, with the tick after which they no longer are.
+   */
+  private readonly removedMemberDeadlines = new Map<NodeId, number>();
   /** Leader: the voter leadership is being handed to (NO_NODE: no transfer under way). */
   private currentTransferee: NodeId = NO_NODE;
   private transferElapsedTicks = 0;
@@ -621,6 +633,7 @@ export class RaftNode {
     assert(this.mayCampaign(), () => `node ${this.id} leads without being a voter of its config`);
     this.electedBy = [...this.votes].filter(([id, granted]) => granted && isVoter(this.quorum, id)).map(([id]) => id);
     this.progress = new Map();
+    this.removedMemberDeadlines.clear();
     this.syncProgressWithConfig();
     this.appendAsLeader(EntryType.ENTRY_TYPE_NOOP, new Uint8Array(0));
   }
@@ -891,6 +904,7 @@ export class RaftNode {
   private tickLeader(): void {
     this.heartbeatElapsedTicks++;
     this.electionElapsedTicks++;
+    if ([...this.removedMemberDeadlines.values()].some((deadline) => this.ticks >= deadline)) this.syncProgressWithConfig();
     if (this.transferee !== NO_NODE && ++this.transferElapsedTicks >= this.config.electionTimeoutTicks) {
       this.endTransfer(); // the target did not win in time: proposals resume
     }
@@ -1016,6 +1030,13 @@ export class RaftNode {
     if (lagging) return refuse('not-caught-up', lagging);
     const index = this.appendAsLeader(EntryType.ENTRY_TYPE_CONFIG, ClusterConfig.encode(next).finish());
     const config = this.configs.record(index, next);
+    if (change.type === ConfigChangeType.CONFIG_CHANGE_TYPE_ADD_LEARNER) {
+      // A member added again under an id we still track (its removal's grace not over) is a
+      // new machine with an empty log: what we knew of the old one's log must not be trusted
+      // (a matchIndex the new one lacks stops probing below it, and it never catches up).
+      this.progress.delete(change.member!.id);
+      this.removedMemberDeadlines.delete(change.member!.id);
+    }
     this.onConfigChanged();
     return { ok: true, index, term: this.term, config };
   }
@@ -1091,8 +1112,16 @@ export class RaftNode {
       for (const id of peersOf(this.configs.at(this.log.commitIndex), this.id)) peers.add(id);
     } else {
       const removedNow = new Set(peersOf(this.configs.at(latestIndex - 1), this.id));
-      for (const [id, pr] of this.progress) if (removedNow.has(id) && pr.matchIndex < latestIndex) peers.add(id);
+      for (const [id, pr] of this.progress) {
+        if (!removedNow.has(id) || pr.matchIndex >= latestIndex) continue;
+        // Only for a while: a removed node that is down (or gone for good) must not be
+        // heartbeaten for ever. Coming back later, it learns its removal from a peer's refusal.
+        const deadline = this.removedMemberDeadlines.get(id) ?? this.ticks + REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS * this.config.electionTimeoutTicks;
+        this.removedMemberDeadlines.set(id, deadline);
+        if (this.ticks < deadline) peers.add(id);
+      }
     }
+    for (const id of [...this.removedMemberDeadlines.keys()]) if (!peers.has(id) || isMember(this.configs.latest(), id)) this.removedMemberDeadlines.delete(id);
     for (const [id, pr] of [...this.progress]) {
       if (peers.has(id)) continue;
       this.send(id, { $case: 'heartbeatRequest', value: { commit: Math.min(this.log.commitIndex, pr.matchIndex), readRound: 0 } });

@@ -190,7 +190,10 @@ export class GrpcPeerTransport implements Transport {
     for (const [to, batch] of byPeer) {
       const link = this.links.get(to);
       if (link) link.enqueue(batch);
-      else this.logger.warn({ to }, 'message for a node that is not a member dropped');
+      // Expected for a short while after a removal commits: the core still tells the removed
+      // member (REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS), the link is gone; the removed node
+      // learns from the peers' MEMBER_REMOVED instead. Debug, not warn: ten a second otherwise.
+      else this.logger.debug({ to }, 'message for a node that is not a member dropped');
     }
   }
 

@@ -90,7 +90,7 @@ describe('cairn snapshot restore with the real command', () => {
     const busy = join(root, 'busy');
     mkdirSync(busy);
     writeFileSync(join(busy, 'CURRENT'), 'someone else');
-    const refused = await cairn(['snapshot', 'restore', file, '--data-dir', busy, '--id', '1', '--peers', '1=127.0.0.1:1']);
+    const refused = await cairn(['snapshot', 'restore', file, '--data-dir', busy, '--id', '1', '--peers', '1=127.0.0.1:1', '--cluster-token', 'restored']);
     expect(refused).toMatchObject({ code: 1, stdout: '' });
     expect(refused.stderr).toBe(`cairn: --data-dir ${busy} is not empty: snapshot restore writes a new data dir (move the old one away, or choose another)\n`);
     expect(readFileSync(join(busy, 'CURRENT'), 'utf8')).toBe('someone else');
@@ -99,7 +99,7 @@ describe('cairn snapshot restore with the real command', () => {
     const image = readFileSync(file);
     image[Math.floor(image.length / 2)] ^= 0x08;
     writeFileSync(damaged, image);
-    const corrupt = await cairn(['snapshot', 'restore', damaged, '--data-dir', join(root, 'fresh'), '--id', '1', '--peers', '1=127.0.0.1:1']);
+    const corrupt = await cairn(['snapshot', 'restore', damaged, '--data-dir', join(root, 'fresh'), '--id', '1', '--peers', '1=127.0.0.1:1', '--cluster-token', 'restored']);
     expect(corrupt).toMatchObject({ code: 1, stdout: '' });
     expect(corrupt.stderr.trim().split('\n')).toHaveLength(1);
     expect(corrupt.stderr).toMatch(/^cairn: CORRUPTION: snapshot file .*damaged\.snap (fails its SHA-256 check|is truncated|names a record)/);
@@ -107,6 +107,14 @@ describe('cairn snapshot restore with the real command', () => {
     const usage = await cairn(['snapshot', 'restore', file, '--id', '1']);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toContain('needs --data-dir');
+
+    // Without a token of its own the new cluster could get the old one's id.
+    const noToken = await cairn(['snapshot', 'restore', file, '--data-dir', join(root, 'fresh'), '--id', '1', '--peers', '1=127.0.0.1:1']);
+    expect(noToken.code).toBe(2);
+    expect(noToken.stderr).toContain('needs --cluster-token');
+    const defaultToken = await cairn(['snapshot', 'restore', file, '--data-dir', join(root, 'fresh'), '--id', '1', '--peers', '1=127.0.0.1:1', '--cluster-token', 'cairn']);
+    expect(defaultToken.code).toBe(2);
+    expect(defaultToken.stderr).toContain('--cluster-token must name the new cluster');
   });
 
   test('three nodes restored from one file elect a leader, serve every key from every node, take writes and restart', async () => {

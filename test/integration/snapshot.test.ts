@@ -127,7 +127,7 @@ describe('snapshots and compaction with real processes', () => {
     const dataDir = join(cluster.root, 'restored');
     const clientAddr = `127.0.0.1:${await freePort()}`;
     const peerAddr = `127.0.0.1:${await freePort()}`;
-    await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'restore', file, '--data-dir', dataDir, '--id', '1', '--peers', `1=${peerAddr}`]);
+    await run(process.execPath, [CAIRN_MAIN, 'snapshot', 'restore', file, '--data-dir', dataDir, '--id', '1', '--peers', `1=${peerAddr}`, '--cluster-token', 'restored-backup']);
     const restored = await ProcessCluster.prepare(1, [], join(cluster.root, 'second'));
     Object.assign(restored.node(1), { dataDir, clientAddr, peerAddr });
     restored.spawn(restored.node(1));

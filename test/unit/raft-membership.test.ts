@@ -1,6 +1,6 @@
 import { ClusterConfig, ConfigChange, ConfigChangeType, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { PROMOTE_MAX_LAG_ENTRIES } from '../../src/raft/membership';
-import { DEFAULT_RAFT_CONFIG, NodeId } from '../../src/raft/node';
+import { DEFAULT_RAFT_CONFIG, NodeId, REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS } from '../../src/raft/node';
 import { RaftNetwork } from '../support/raft-network';
 
 const data = (text: string) => Buffer.from(text);
@@ -375,5 +375,46 @@ describe('membership: configs follow the log', () => {
       expect.stringMatching(/config entry 2: member ids are not distinct/),
     ]);
     expect(net.node(2).status().lastIndex).toBe(1);
+  });
+});
+
+describe('membership: a member removed and added again', () => {
+  /** Node 4 added, caught up, then cut off and removed (the removal committed by the voters). */
+  function removedWhileAway(): RaftNetwork {
+    const net = threeNodes();
+    net.addNode(4);
+    expect(net.node(1).proposeConfigChange(addLearner(4))).toMatchObject({ ok: true });
+    for (let i = 0; i < 5; i++) net.node(1).propose(data(`a${i}`));
+    net.heartbeats(1, 2);
+    expect(net.node(4).status().lastIndex).toBe(net.node(1).status().lastIndex);
+    net.isolate(4);
+    expect(net.node(1).proposeConfigChange(remove(4))).toMatchObject({ ok: true });
+    net.heartbeats(1, 2);
+    const leader = net.node(1).status();
+    expect(leader.commitIndex).toBe(leader.lastIndex);
+    return net;
+  }
+
+  test('a wiped machine added again under its old id catches up and can be promoted', () => {
+    // Found by a README run and the chaos campaign: the leader kept the old machine's
+    // matchIndex, never probed below it, and the new one never caught up.
+    const net = removedWhileAway();
+    net.heal();
+    net.addNode(4); // empty storage: the machine was wiped
+    expect(net.node(1).proposeConfigChange(addLearner(4))).toMatchObject({ ok: true });
+    net.heartbeats(1, 3);
+    expect(net.node(4).status().lastIndex).toBe(net.node(1).status().lastIndex);
+    expect(net.node(1).proposeConfigChange(promote(4))).toMatchObject({ ok: true });
+    net.heartbeats(1, 2);
+    expect(ids(net.node(4).clusterConfig())).toEqual({ voters: [1, 2, 3, 4], learners: [] });
+  });
+
+  test('a removed member that never comes back is replicated to only for a grace of election timeouts', () => {
+    // Found by a README run: the leader heartbeated a removed, stopped node for ever.
+    const net = removedWhileAway();
+    expect(net.node(1).status().progress.map((p) => p.id)).toContain(4);
+    net.heartbeats(1, REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS * DEFAULT_RAFT_CONFIG.electionTimeoutTicks + 1);
+    expect(net.node(1).status().progress.map((p) => p.id).sort()).toEqual([2, 3]);
+    expect(net.node(1).role).toBe('leader');
   });
 });

@@ -155,6 +155,8 @@ describe('cairn snapshot restore (restoreDataDir)', () => {
     ]);
     await expect(runSnapshotRestore([file, '--id', '3', '--peers', PEERS_FLAG], () => undefined)).rejects.toThrow(UsageError);
     await expect(runSnapshotRestore(['--data-dir', dataDir, '--id', '3', '--peers', PEERS_FLAG], () => undefined)).rejects.toThrow(/takes one FILE/);
-    await expect(runSnapshotRestore([file, '--data-dir', dataDir, '--id', 'x', '--peers', PEERS_FLAG], () => undefined)).rejects.toThrow(/--id must be an integer/);
+    await expect(runSnapshotRestore([file, '--data-dir', dataDir, '--id', 'x', '--peers', PEERS_FLAG, '--cluster-token', 'tok'], () => undefined)).rejects.toThrow(/--id must be an integer/);
+    await expect(runSnapshotRestore([file, '--data-dir', dataDir, '--id', '3', '--peers', PEERS_FLAG], () => undefined)).rejects.toThrow(/needs --cluster-token/);
+    await expect(runSnapshotRestore([file, '--data-dir', dataDir, '--id', '3', '--peers', PEERS_FLAG, '--cluster-token', 'cairn'], () => undefined)).rejects.toThrow(/must name the new cluster/);
   });
 });
