@@ -83,11 +83,14 @@ export class ChaosRun {
   private async startCluster(): Promise<void> {
     const clusterId = 1000 + this.options.seed;
     this.cluster = await ProcessCluster.prepare(this.options.nodes, ['--tick-ms', String(TICK_MS), '--cluster-id', String(clusterId)], join(resolve(this.options.outDir), 'data'));
+    // The nodes' ports are chosen but not bound until they start: a proxy listening on an
+    // ephemeral port could take one of them (seen once: a node's peer port in use at start).
+    const nodePorts = new Set(this.cluster.nodes.flatMap((n) => [n.clientAddr, n.peerAddr].map((addr) => Number(addr.split(':')[1]))));
     for (const from of this.cluster.nodes) {
       for (const to of this.cluster.nodes) {
         if (from === to) continue;
         const proxy = new FaultProxy(`${from.id}->${to.id}`, Number(to.peerAddr.split(':')[1]), () => this.rand.float());
-        await proxy.start();
+        await proxy.startAvoiding(nodePorts);
         this.proxies.set(`${from.id}>${to.id}`, proxy);
       }
     }

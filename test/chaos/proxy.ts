@@ -49,6 +49,17 @@ export class FaultProxy {
     return this.port;
   }
 
+  /** Starts on an ephemeral port that is none of `reserved` (ports handed to nodes that have not bound them yet). */
+  async startAvoiding(reserved: ReadonlySet<number>): Promise<number> {
+    const MAX_ATTEMPTS = 20;
+    for (let attempt = 1; ; attempt++) {
+      const port = await this.start();
+      if (!reserved.has(port)) return port;
+      await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+      if (attempt >= MAX_ATTEMPTS) throw new Error(`proxy ${this.name}: no free port outside the nodes' after ${MAX_ATTEMPTS} attempts`);
+    }
+  }
+
   /** Sets what happens to each direction (backward defaults to the same as forward). */
   set(forward: DirectionMode, backward: DirectionMode = forward): void {
     this.forward = forward;
