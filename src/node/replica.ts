@@ -499,7 +499,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     let snapshot = await fsm.snapshot();
     // A compaction or an install may move the snapshot point past the view while it is
     // taken; the next view is at the new applied index, which the core can describe.
-    for (let attempt = 1; snapshot.index < this.node.status().snapshotIndex; attempt++) {
+    for (let attempt = 1; snapshot.index < this.node.snapshotIndex; attempt++) {
       snapshot.release();
       if (attempt >= SAVE_SNAPSHOT_ATTEMPTS) throw new CairnError(ErrorCode.OVERLOADED, 'the state moved on while a backup was being taken: try again');
       snapshot = await fsm.snapshot();
@@ -580,7 +580,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.pendingInstall = undefined;
     try {
       const ops = [
-        ...this.storage.stageInstall(meta, this.node.status().lastIndex),
+        ...this.storage.stageInstall(meta, this.node.lastIndex),
         ...pending.restore.switchOps(),
         ...this.storage.stagePersist(ready.hardState, ready.entries),
       ];
@@ -611,7 +611,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       if (!isSnapshotting(fsm) || !this.transport.sendSnapshot) return;
       const snapshot = await fsm.snapshot();
       try {
-        if (this.stopped || this.node.role !== 'leader' || snapshot.index < this.node.status().snapshotIndex) return;
+        if (this.stopped || this.node.role !== 'leader' || snapshot.index < this.node.snapshotIndex) return;
         const meta = this.guarded(() => this.node.snapshotMetaAt(snapshot.index));
         const header: SnapshotHeader = { clusterId: 0, fromId: this.id, to, term: this.node.term, meta };
         const response = await this.transport.sendSnapshot(to, header, snapshot.chunks(this.compaction.snapshotChunkBytes));
@@ -635,7 +635,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   /** Whether enough entries were applied after the snapshot point to compact. */
   private compactionDue(): boolean {
     if (this.node.pendingSnapshotMeta() !== undefined) return false;
-    return this.stateMachine.appliedIndex() - this.node.status().snapshotIndex >= this.compaction.snapshotEntries;
+    return this.stateMachine.appliedIndex() - this.node.snapshotIndex >= this.compaction.snapshotEntries;
   }
 
   /**
@@ -646,7 +646,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
    */
   private async compact(): Promise<{ snapshotIndex: number; firstIndex: number }> {
     const applied = this.stateMachine.appliedIndex();
-    if (this.node.pendingSnapshotMeta() === undefined && applied > this.node.status().snapshotIndex) {
+    if (this.node.pendingSnapshotMeta() === undefined && applied > this.node.snapshotIndex) {
       const { snapshot, compactThrough } = this.guarded(() => this.node.compact(applied, this.compaction.snapshotCatchupEntries));
       // The applies up to `applied` were written unsynced: durable first, then the entries go.
       await this.storage.flushToDisk();

@@ -256,6 +256,19 @@ export class RaftNode {
     return this.currentLeader;
   }
 
+  /** The log's indexes, read without building a whole status() (the shell asks on every Ready). */
+  get commitIndex(): number {
+    return this.log.commitIndex;
+  }
+
+  get lastIndex(): number {
+    return this.log.lastIndex();
+  }
+
+  get snapshotIndex(): number {
+    return this.log.snapshotIndex();
+  }
+
   private lastSavedHardState: HardState;
   /** Ticks since start: Progress uses it to notice lost AppendRequests. */
   private ticks = 0;
@@ -904,7 +917,9 @@ export class RaftNode {
   private tickLeader(): void {
     this.heartbeatElapsedTicks++;
     this.electionElapsedTicks++;
-    if ([...this.removedMemberDeadlines.values()].some((deadline) => this.ticks >= deadline)) this.syncProgressWithConfig();
+    if (this.removedMemberDeadlines.size > 0 && [...this.removedMemberDeadlines.values()].some((deadline) => this.ticks >= deadline)) {
+      this.syncProgressWithConfig();
+    }
     if (this.transferee !== NO_NODE && ++this.transferElapsedTicks >= this.config.electionTimeoutTicks) {
       this.endTransfer(); // the target did not win in time: proposals resume
     }
@@ -1270,29 +1285,28 @@ function validateConfig(config: RaftConfig): void {
   }
 }
 
-/** The ClusterConfig a config entry carries; malformedReason vetted entries from peers, storage wrote the rest. */
-function decodeConfig(entry: Entry): ClusterConfig {
+/** The ClusterConfig a config entry carries, or why it is not a usable one. */
+function parseConfigEntry(entry: Entry): { config: ClusterConfig; problem?: undefined } | { problem: string } {
   let config: ClusterConfig;
   try {
     config = ClusterConfig.decode(entry.data);
   } catch (err) {
-    assert(false, () => `config entry ${entry.index} does not decode: ${(err as Error).message}`);
+    return { problem: `config entry ${entry.index} does not decode: ${(err as Error).message}` };
   }
   const bad = badConfigReason(config);
-  assert(!bad, () => `config entry ${entry.index}: ${bad}`);
-  return config;
+  return bad ? { problem: `config entry ${entry.index}: ${bad}` } : { config };
+}
+
+/** The ClusterConfig a config entry carries; malformedReason vetted entries from peers, storage wrote the rest. */
+function decodeConfig(entry: Entry): ClusterConfig {
+  const parsed = parseConfigEntry(entry);
+  if (parsed.problem !== undefined) assert(false, parsed.problem);
+  return parsed.config;
 }
 
 /** Why a config entry's data is not a usable ClusterConfig, if it is not. */
 function badConfigEntryReason(entry: Entry): string | undefined {
-  let config: ClusterConfig;
-  try {
-    config = ClusterConfig.decode(entry.data);
-  } catch (err) {
-    return `config entry ${entry.index} does not decode: ${(err as Error).message}`;
-  }
-  const bad = badConfigReason(config);
-  return bad ? `config entry ${entry.index}: ${bad}` : undefined;
+  return parseConfigEntry(entry).problem;
 }
 
 /** Structural checks on a peer message, before any of it is believed. */

@@ -227,7 +227,7 @@ export class CairnNode {
    */
   noteRefusedAsRemoved(by: NodeId, reason: string, peerCommitIndex: number | undefined): void {
     const removedHere = !hasMember(this.membershipReplica.clusterConfig(), this.config.id);
-    const lastIndex = this.replica.node.status().lastIndex;
+    const lastIndex = this.replica.node.lastIndex;
     if (removedHere || (peerCommitIndex !== undefined && peerCommitIndex > lastIndex)) {
       this.noteRemoved(`node ${by} refused this node: ${reason}`);
       return;
@@ -346,8 +346,8 @@ async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger
 function membershipReplicaOf(replica: KvReplica): MembershipReplica {
   return {
     clusterConfig: () => replica.clusterConfig(),
-    committedConfig: () => replica.node.configAt(replica.node.status().commitIndex),
-    commitIndex: () => replica.node.status().commitIndex,
+    committedConfig: () => replica.node.configAt(replica.node.commitIndex),
+    commitIndex: () => replica.node.commitIndex,
     proposeConfigChange: (change, signal) => replica.proposeConfigChange(change, signal),
     transferLeadership: (to, signal) => replica.transferLeadership(to, signal),
   };

@@ -1,3 +1,4 @@
+import { waitFor } from '../support/process-cluster';
 import { credentials, Server, ServerCredentials, ServiceError, status as Status } from '@grpc/grpc-js';
 import { InstallSnapshotResponse, Message, RaftServiceClient, RaftServiceService, SnapshotHeader, StreamRequest } from '../../gen/cairn/raft/v1/raft';
 import { CairnError, ErrorCode } from '../../src/errors';
@@ -135,10 +136,7 @@ describe('InstallSnapshot over gRPC', () => {
       let release!: () => void;
       peer.replica.hold = new Promise<void>((resolve) => (release = resolve));
       const first = streamSnapshot(peer.client, header(), chunksOf('one'), 10_000);
-      await new Promise<void>((resolve) => {
-        const poll = () => (peer.replica.transfers.length > 0 ? resolve() : setTimeout(poll, 10));
-        poll();
-      });
+      await waitFor('the first transfer to reach the replica', () => peer.replica.transfers.length > 0, 5_000);
       const second = streamSnapshot(peer.client, header(), chunksOf('two'), 10_000);
       await expect(second).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED });
       release();
