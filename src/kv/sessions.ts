@@ -146,12 +146,24 @@ export class SessionTable {
  */
 export class SessionBatch {
   private readonly staged = new Map<string, SessionRecord | null>();
+  /** Records read by prefetch, as stored before the batch. */
+  private readonly stored = new Map<string, Uint8Array>();
 
   constructor(
     private readonly db: Db,
     private readonly table: SessionTable,
     private readonly limits: SessionLimits,
   ) {}
+
+  /** Reads the stored records of these clients (empty ids are skipped) in one getMany. */
+  async prefetch(clientIds: readonly string[]): Promise<void> {
+    const wanted = [...new Set(clientIds)].filter((id) => id !== '' && this.table.has(id) && !this.staged.has(id) && !this.stored.has(id));
+    const values = await this.db.getMany('sessions', wanted.map((id) => Buffer.from(id)));
+    wanted.forEach((id, i) => {
+      const value = values[i];
+      if (value !== undefined) this.stored.set(id, value);
+    });
+  }
 
   /**
    * Log time has just begun (its first stamp, e.g. on a store written before stamps
@@ -246,7 +258,7 @@ export class SessionBatch {
     const staged = this.staged.get(clientId);
     if (staged !== undefined) return staged ?? undefined;
     if (!this.table.has(clientId)) return undefined;
-    const value = await this.db.get('sessions', Buffer.from(clientId));
+    const value = this.stored.get(clientId) ?? (await this.db.get('sessions', Buffer.from(clientId)));
     assert(value !== undefined, `session ${clientId} is in the table but not stored`);
     return readRecord(value);
   }

@@ -1,7 +1,7 @@
 import { ClusterConfig, ConfigChange, InstallSnapshotResponse, Message, SnapshotHeader, SnapshotMeta } from '../../gen/cairn/raft/v1/raft';
 import { assert, isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
-import { ConfigProposeResult, NO_NODE, NodeId, RaftConfig, RaftNode, Ready } from '../raft/node';
+import { ConfigProposeResult, NO_NODE, NodeId, RaftConfig, RaftNode, Ready, sendableBeforePersist } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
 import { ApplyOutcome, Fsm, FsmRestore, isSnapshotting, ProposalCodec } from './fsm';
 
@@ -78,9 +78,15 @@ export interface PendingCounts {
  * same code in production (LevelDB, gRPC, a timer) and in the simulator (memory-level
  * that forgets unsynced writes, a simulated network and clock).
  *
- * One loop drains the core's Ready batches: persist (one synced write), then send,
- * then apply. Inputs that arrive while a batch is being persisted pile up in the
- * core and go out together in the next batch: that is the group commit.
+ * Two paths carry out the core's Ready batches. The persist path (drain) takes one
+ * Ready at a time: a leader's appends go out at once (sendableBeforePersist), then one
+ * synced write, then the other messages. Inputs that arrive while a batch is being
+ * persisted pile up in the core and go out together in the next batch: that is the
+ * group commit. The apply path takes the committed (already durable) entries and
+ * applies them, one batch at a time, while the persist path goes on with the next
+ * Ready; compactions run on it too, between applies. While a batch is being applied,
+ * the persist path takes Readies without committed entries, so the next apply batch
+ * gathers everything committed meanwhile.
  *
  * It is generic over the state machine: `C` is what callers propose (encoded by the
  * ProposalCodec), `R` what they get back, `F` the state machine (an Fsm<R>).
@@ -100,6 +106,10 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private stopped = false;
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
+  /** The apply path: applies and compactions, one at a time (see the class comment). */
+  private applyPath: Promise<void> = Promise.resolve();
+  /** An apply (or compaction) is queued or running on the apply path. */
+  private applyBusy = false;
   /** Followers a snapshot is being streamed to: at most one transfer each. */
   private readonly outgoingSnapshots = new Set<NodeId>();
   /** An InstallSnapshot stream is being received (one at a time). */
@@ -402,6 +412,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   async stop(): Promise<void> {
     this.stopped = true;
     await this.drained;
+    await this.applyPath;
     for (const pending of this.configChanges.values()) pending.reject(stoppedError());
     for (const transfer of this.transfers) transfer.reject(stoppedError());
     this.configChanges.clear();
@@ -422,24 +433,67 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.draining = true;
     this.drained = this.drain().finally(() => {
       this.draining = false;
+      // Input that arrived after drain's last look (in a microtask before this one: a
+      // caller answered by an apply proposing again) found it still draining: look again.
+      if (this.hasWork()) this.schedule();
     });
+  }
+
+  /** Whether drain has something to do now. */
+  private hasWork(): boolean {
+    if (this.stopped) return false;
+    if (this.node.hasReady({ withCommitted: !this.applyBusy })) return true;
+    return !this.applyBusy && (this.compactRequests.length > 0 || this.compactionDue());
   }
 
   private async drain(): Promise<void> {
     try {
-      while (!this.stopped) {
-        if (this.node.hasReady()) {
-          await this.handleReady(this.node.ready());
+      while (this.hasWork()) {
+        const withCommitted = !this.applyBusy;
+        if (this.node.hasReady({ withCommitted })) {
+          await this.handleReady(this.node.ready({ withCommitted }));
           this.afterInput();
-        } else if (this.compactRequests.length > 0) {
-          await this.serveCompactRequests();
         } else {
-          break;
+          this.onApplyPath(() => (this.compactRequests.length > 0 ? this.serveCompactRequests() : this.compact().then(() => undefined)));
         }
       }
     } catch (err) {
       this.halt(err);
     }
+  }
+
+  /**
+   * Runs `task` on the apply path; the persist path looks for work again when it ends.
+   * A failure halts the node, as on the persist path.
+   */
+  private onApplyPath(task: () => Promise<void>): void {
+    assert(!this.applyBusy, 'a second task on the apply path while one is queued');
+    this.applyBusy = true;
+    this.applyPath = this.applyPath
+      .then(async () => {
+        if (!this.stopped) await task();
+      })
+      .then(
+        () => {
+          this.applyBusy = false;
+          this.schedule();
+        },
+        (err: unknown) => {
+          this.applyBusy = false;
+          this.halt(err);
+        },
+      );
+  }
+
+  /** Applies one batch of committed (durable) entries and answers their callers. */
+  private async applyCommitted(committed: Ready['committed']): Promise<void> {
+    const outcomes = await this.stateMachine.apply(committed);
+    this.resolveProposals(outcomes);
+    this.resolveConfigChanges(committed);
+    this.releaseAppliedWaiters();
+    // Here, not only when the persist path is idle: under steady load it never is.
+    if (this.compactRequests.length > 0) await this.serveCompactRequests();
+    else if (this.compactionDue()) await this.compact();
   }
 
   /** Runs a step of the core; a broken invariant in it halts the node before it is rethrown. */
@@ -453,7 +507,11 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   }
 
   private async handleReady(ready: Ready): Promise<void> {
+    const early = ready.messages.filter((message) => sendableBeforePersist(ready, message));
+    const late = early.length === 0 ? ready.messages : ready.messages.filter((message) => !sendableBeforePersist(ready, message));
+    if (early.length > 0) this.transport.send(early);
     if (ready.snapshot) {
+      await this.applyPath; // the install switches the state machine: no apply may be running
       await this.installSnapshot(ready);
     } else if (ready.hardState || ready.entries.length > 0) {
       await this.storage.persist(ready.hardState, ready.entries);
@@ -461,17 +519,11 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       if (last) this.node.onPersisted(last.index, last.term);
     }
     if (this.stopped) return; // a crash between persisting and sending
-    this.transport.send(ready.messages);
+    this.transport.send(late);
     for (const readId of ready.failedReads) this.failRead(readId);
     for (const grant of ready.reads) this.grantRead(grant.readId, grant.index);
     for (const { to } of ready.snapshotsToSend) void this.sendSnapshot(to);
-    if (ready.committed.length > 0) {
-      const outcomes = await this.stateMachine.apply(ready.committed);
-      this.resolveProposals(outcomes);
-      this.resolveConfigChanges(ready.committed);
-      this.releaseAppliedWaiters();
-    }
-    if (this.compactionDue()) await this.compact();
+    if (ready.committed.length > 0) this.onApplyPath(() => this.applyCommitted(ready.committed));
   }
 
   // ------------------------------------------------------------ snapshots

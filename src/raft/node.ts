@@ -154,10 +154,13 @@ export interface ReadGrant {
 
 /**
  * One batch of work for the shell, in this order:
- *   1. persist `hardState` and `entries` in one synced write, then call onPersisted;
- *   2. only then send `messages` (they may promise what step 1 made durable: a vote,
- *      an acknowledgement of entries);
- *   3. apply `committed` in order;
+ *   1. persist `hardState` and `entries` in one synced write, then call onPersisted
+ *      (the messages for which sendableBeforePersist is true may go before it);
+ *   2. only then send the other `messages` (they may promise what step 1 made durable:
+ *      a vote, an acknowledgement of entries);
+ *   3. apply `committed` in order (they are durable here already, so the shell may apply
+ *      them while it persists the next Ready; it must not take a next Ready's committed
+ *      entries before this batch is applied: see ready({ withCommitted }));
  *   4. serve `reads` once applied >= their index; fail `failedReads`.
  */
 export interface Ready {
@@ -181,6 +184,22 @@ export interface Ready {
    * the leader waits.
    */
   snapshot?: SnapshotMeta;
+}
+
+/**
+ * Whether the shell may send `message` of `ready` before it has persisted the Ready:
+ * a leader's AppendRequests and heartbeats, when the Ready changes no hard state. The
+ * leader then writes its own log in parallel with replicating it (thesis §10.2.1); it
+ * counts itself toward a commit only once onPersisted says its entries are durable
+ * (maybeCommit counts the leader's stableIndex, not its lastIndex). With a hard state
+ * change in the Ready the term the messages carry may not be durable yet: a leader that
+ * crashed before persisting it could lead the same term again with another log.
+ * Everything else (votes, acknowledgements) promises durable state and waits.
+ */
+export function sendableBeforePersist(ready: Pick<Ready, 'hardState'>, message: Message): boolean {
+  if (ready.hardState !== undefined) return false;
+  const kind = message.body?.$case;
+  return kind === 'appendRequest' || kind === 'heartbeatRequest';
 }
 
 export type ProposeResult =
@@ -475,11 +494,15 @@ export class RaftNode {
 
   // --------------------------------------------------------------- outputs
 
-  hasReady(): boolean {
+  /**
+   * Whether ready() has work. `withCommitted: false` leaves committed entries out (the
+   * shell is still applying the previous batch, and takes them once it is done).
+   */
+  hasReady({ withCommitted = true }: { withCommitted?: boolean } = {}): boolean {
     return (
       this.outbox.length > 0 ||
       this.log.hasUnstable() ||
-      (this.log.hasCommitted() && this.pendingSnapshot === undefined) ||
+      (withCommitted && this.log.hasCommitted() && this.pendingSnapshot === undefined) ||
       this.hardStateChanged() ||
       this.grantedReads.length > 0 ||
       this.failedReads.length > 0 ||
@@ -489,7 +512,8 @@ export class RaftNode {
     );
   }
 
-  ready(): Ready {
+  /** The next batch of work; `withCommitted: false` keeps committed entries for a later call. */
+  ready({ withCommitted = true }: { withCommitted?: boolean } = {}): Ready {
     if (this.role === 'leader') {
       this.broadcastAppend();
       this.sealReadRound();
@@ -503,7 +527,7 @@ export class RaftNode {
       entries: this.log.takeUnstable(),
       messages: this.outbox,
       // Nothing is applied on top of a snapshot that is not yet installed.
-      committed: this.pendingSnapshot ? [] : this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
+      committed: this.pendingSnapshot || !withCommitted ? [] : this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
       reads: this.grantedReads,
       failedReads: this.failedReads,
       snapshotsToSend: this.snapshotsToSend,

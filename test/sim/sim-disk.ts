@@ -126,6 +126,11 @@ class SimDb implements Db {
     return this.inner.get(sublevel, key, options);
   }
 
+  async getMany(sublevel: SublevelName, keys: readonly Uint8Array[], options?: ReadOptions): Promise<(Buffer | undefined)[]> {
+    this.check();
+    return this.inner.getMany(sublevel, keys, options);
+  }
+
   async *entries(sublevel: SublevelName, range?: KeyRange & ReadOptions): AsyncIterable<[Buffer, Buffer]> {
     this.check();
     yield* this.inner.entries(sublevel, range);

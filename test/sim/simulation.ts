@@ -106,6 +106,12 @@ interface FaultProfile {
   crashAfterVoteRate: number;
   crashAfterAckRate: number;
   /**
+   * Chance, per AppendRequest with entries a leader sends, that it crashes right after
+   * sending, before its own write of those entries syncs (it sends them first: thesis
+   * §10.2.1). The followers may then hold, and commit, entries the leader forgot.
+   */
+  crashAfterEarlyAppendRate: number;
+  /**
    * Chance that a leader holding an uncommitted tail is isolated; while it is cut off
    * a newer leader is elected, then that one is isolated in turn and the old one
    * restored, several times over: logs that disagree in their last terms, which is
@@ -674,10 +680,11 @@ export class Simulation {
   // Each aims at a window where a classic Raft slip does its damage, and which random
   // crashes and partitions hit only rarely (docs/testing.md has the planted-bug rates).
 
-  private drawTargetedFaults(): Pick<FaultProfile, 'crashAfterVoteRate' | 'crashAfterAckRate' | 'tailChurnRate' | 'cutOnFirstCommitRate'> {
+  private drawTargetedFaults(): Pick<FaultProfile, 'crashAfterVoteRate' | 'crashAfterAckRate' | 'crashAfterEarlyAppendRate' | 'tailChurnRate' | 'cutOnFirstCommitRate'> {
     return {
       crashAfterVoteRate: this.faultRand.pick([0, 0.2, 0.5, 1]),
       crashAfterAckRate: this.faultRand.pick([0, 0.005, 0.02, 0.05]),
+      crashAfterEarlyAppendRate: this.faultRand.pick([0, 0, 0.002, 0.01]),
       tailChurnRate: this.faultRand.pick([0, 0.5, 1, 1]),
       cutOnFirstCommitRate: this.faultRand.pick([0, 0.2, 0.5]),
     };
@@ -694,6 +701,7 @@ export class Simulation {
   private maybeCrashAfterPromise(from: SimNode, message: Message): void {
     if (this.now >= this.faultEndUnits || message.fromId === message.to) return;
     const body = message.body;
+    if (body?.$case === 'appendRequest' && body.value.entries.length > 0) return this.maybeCrashAfterEarlyAppend(from);
     const vote = body?.$case === 'voteResponse' && body.value.granted && !body.value.preVote;
     const ack = body?.$case === 'appendResponse' && !body.value.rejected;
     if (!vote && !ack) return;
@@ -708,6 +716,20 @@ export class Simulation {
       });
       const collector = this.nodes[message.to - 1]!;
       this.at(this.profile.maxDelayUnits + 1, () => this.isolateFor(collector, 1 + this.faultRand.int(40 * UNITS_PER_TICK), `it collected a promise from node ${from.id}`));
+    });
+  }
+
+  /** A leader that has just sent entries may crash before its own write of them syncs (see crashAfterEarlyAppendRate). */
+  private maybeCrashAfterEarlyAppend(from: SimNode): void {
+    if (!this.faultRand.chance(this.profile.crashAfterEarlyAppendRate)) return;
+    const incarnation = from.incarnation;
+    this.at(0, () => {
+      if (!from.up || from.incarnation !== incarnation || !from.disk.hasUnsyncedWrites()) return;
+      this.log(`nemesis: crash leader ${from.id} right after sending entries, before its own write of them syncs`);
+      this.crashNode(from);
+      this.at(1 + this.faultRand.int(3 * UNITS_PER_TICK), () => {
+        if (!from.up && this.now < this.faultEndUnits) this.restartNode(from);
+      });
     });
   }
 

@@ -1,0 +1,285 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
+import { Entry, HardState, Message } from '../../gen/cairn/raft/v1/raft';
+import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
+import { KvStateMachine, StateMachine } from '../../src/kv/state-machine';
+import { DEFAULT_RAFT_CONFIG, NodeId, RaftNode, Ready, sendableBeforePersist } from '../../src/raft/node';
+import { SeededRandom } from '../../src/raft/random';
+import { LevelDb } from '../../src/storage/db';
+import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
+import { RaftNetwork } from '../support/raft-network';
+
+/**
+ * The write path's ordering rules (docs/architecture.md, "The write path"): a leader sends
+ * its appends before its own write is durable, but never counts itself toward a commit,
+ * nor applies an entry, before it is; the apply of one batch never holds up the next
+ * batch's persist and sends.
+ */
+
+const data = (text: string) => Buffer.from(text);
+const member = (id: NodeId) => ({ id, peerAddr: `127.0.0.1:${7100 + id}`, clientAddr: '' });
+
+/** A 3-voter network where node 1 leads and everything so far is settled. */
+function ledBy1(): RaftNetwork {
+  const net = new RaftNetwork(3);
+  net.elect(1);
+  net.settle();
+  expect(net.leaders()).toEqual([1]);
+  return net;
+}
+
+describe('the leader writes its log in parallel with replicating it (thesis §10.2.1)', () => {
+  test('its appends may go before its own write; followers alone can commit; it applies only once durable', () => {
+    const net = ledBy1();
+    const leader = net.node(1);
+    const proposed = leader.propose(data('x'));
+    if (!proposed.ok) throw new Error('not proposed');
+    const ready = leader.ready(); // not persisted: onPersisted is not called for it below
+    expect(ready.hardState).toBeUndefined();
+    const appends = ready.messages.filter((m) => m.body?.$case === 'appendRequest');
+    expect(appends.map((m) => m.to).sort()).toEqual([2, 3]);
+    expect(appends.every((m) => sendableBeforePersist(ready, m))).toBe(true);
+
+    // Both followers persist and acknowledge; the leader has not made the entry durable.
+    const answers = deliverAndAnswer(net, appends);
+    for (const answer of answers) leader.step(answer);
+    expect(leader.status().stableIndex).toBeLessThan(proposed.index);
+    expect(leader.commitIndex).toBe(proposed.index); // a majority (2 and 3) holds it durably
+    expect(leader.ready().committed).toEqual([]); // but it is not durable here: not applied yet
+
+    leader.onPersisted(proposed.index, proposed.term);
+    expect(leader.ready().committed.map((e) => e.index)).toEqual([proposed.index]);
+  });
+
+  test('one follower and a leader whose write is not yet durable are not a majority', () => {
+    const net = ledBy1();
+    const leader = net.node(1);
+    const proposed = leader.propose(data('y'));
+    if (!proposed.ok) throw new Error('not proposed');
+    const appends = leader.ready().messages.filter((m) => m.body?.$case === 'appendRequest' && m.to === 2);
+    for (const answer of deliverAndAnswer(net, appends)) leader.step(answer);
+    expect(leader.commitIndex).toBeLessThan(proposed.index);
+    leader.onPersisted(proposed.index, proposed.term); // now the leader counts itself: 1 and 2
+    expect(leader.commitIndex).toBe(proposed.index);
+  });
+
+  test('nothing goes before persisting when the Ready changes the hard state, and votes and acknowledgements always wait', () => {
+    const net = new RaftNetwork(3, { preVote: false });
+    const candidate = net.node(1);
+    for (let i = 0; i < 4 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && candidate.role !== 'candidate'; i++) candidate.tick();
+    expect(candidate.role).toBe('candidate');
+    const campaign = candidate.ready();
+    expect(campaign.hardState).toBeDefined();
+    expect(campaign.messages.length).toBeGreaterThan(0);
+    expect(campaign.messages.some((m) => sendableBeforePersist(campaign, m))).toBe(false);
+
+    // A heartbeat-shaped message is held back too when the Ready carries a new term.
+    const heartbeat: Message = { fromId: 1, to: 2, term: 5, body: { $case: 'heartbeatRequest', value: { commit: 0, readRound: 0 } } };
+    expect(sendableBeforePersist({ hardState: { term: 5, votedFor: 1 } }, heartbeat)).toBe(false);
+    expect(sendableBeforePersist({}, heartbeat)).toBe(true);
+    const ack: Message = { fromId: 2, to: 1, term: 5, body: { $case: 'appendResponse', value: { index: 3, rejected: false, hintIndex: 0, hintTerm: 0 } } };
+    const vote: Message = { fromId: 2, to: 1, term: 5, body: { $case: 'voteResponse', value: { granted: true, preVote: false } } };
+    expect(sendableBeforePersist({}, ack)).toBe(false);
+    expect(sendableBeforePersist({}, vote)).toBe(false);
+  });
+
+  test('a leader alone among voters (with a learner) holds its first appends back until its new term is durable', () => {
+    const node = new RaftNode(
+      { ...DEFAULT_RAFT_CONFIG, id: 1, voters: [1], bootstrapConfig: { voters: [member(1)], learners: [member(2)] }, random: new SeededRandom(1) },
+      { hardState: { term: 0, votedFor: 0 }, entries: [], appliedIndex: 0 },
+    );
+    for (let i = 0; i < 4 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && node.role !== 'leader'; i++) node.tick();
+    expect(node.role).toBe('leader');
+    const first = node.ready();
+    expect(first.hardState).toBeDefined(); // its election and its first appends in one Ready
+    expect(first.messages.filter((m) => sendableBeforePersist(first, m))).toEqual([]);
+  });
+});
+
+/** Delivers `messages` to their followers, persists what they ask at once, and returns their answers. */
+function deliverAndAnswer(net: RaftNetwork, messages: readonly Message[]): Message[] {
+  const answers: Message[] = [];
+  for (const message of messages) {
+    const follower = net.node(message.to);
+    follower.step(message);
+    while (follower.hasReady()) {
+      const ready: Ready = follower.ready();
+      const last = ready.entries[ready.entries.length - 1];
+      if (last) follower.onPersisted(last.index, last.term);
+      answers.push(...ready.messages.filter((m) => m.to === 1));
+    }
+  }
+  return answers;
+}
+
+// ---------------------------------------------------------------- the Replica's two paths
+
+/** A gate a test opens by hand. */
+function gate(): { wait: Promise<void>; open(): void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => (open = resolve));
+  return { wait, open };
+}
+
+/** Persists through LevelRaftStorage, but each persist may be held at a gate; records the order of events. */
+class GatedStorage implements RaftStorage {
+  held: { wait: Promise<void>; open(): void } | undefined;
+  constructor(
+    private readonly inner: LevelRaftStorage,
+    private readonly events: string[],
+  ) {}
+  load() {
+    return this.inner.load();
+  }
+  async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {
+    const last = entries[entries.length - 1];
+    this.events.push(`persist-start ${last?.index ?? '-'}`);
+    if (this.held) await this.held.wait;
+    await this.inner.persist(hardState, entries);
+    this.events.push(`persist-done ${last?.index ?? '-'}`);
+  }
+  stagePersist(hardState: HardState | undefined, entries: readonly Entry[]) {
+    return this.inner.stagePersist(hardState, entries);
+  }
+  stageCompaction(...args: Parameters<LevelRaftStorage['stageCompaction']>) {
+    return this.inner.stageCompaction(...args);
+  }
+  stageInstall(...args: Parameters<LevelRaftStorage['stageInstall']>) {
+    return this.inner.stageInstall(...args);
+  }
+  writeSynced(...args: Parameters<LevelRaftStorage['writeSynced']>) {
+    return this.inner.writeSynced(...args);
+  }
+  flushToDisk() {
+    return this.inner.flushToDisk();
+  }
+}
+
+/** The kv state machine, whose applies may be held at a gate. */
+function gatedStateMachine(inner: KvStateMachine, events: string[]): StateMachine & { held?: { wait: Promise<void>; open(): void } } {
+  const gated = Object.create(inner) as StateMachine & { held?: { wait: Promise<void>; open(): void } };
+  gated.apply = async (entries: readonly Entry[]) => {
+    events.push(`apply-start ${entries[entries.length - 1].index}`);
+    if (gated.held) await gated.held.wait;
+    const outcomes = await inner.apply(entries);
+    events.push(`apply-done ${entries[entries.length - 1].index}`);
+    return outcomes;
+  };
+  return gated;
+}
+
+const put = (key: string): Command => ({
+  op: { $case: 'put', value: { key: Buffer.from(key), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } },
+  proposedAtUnixMs: 0,
+});
+
+describe('Replica: the persist path and the apply path', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'cairn-pipeline-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  async function open(voters: NodeId[]) {
+    const db = await LevelDb.openDirectory(dir);
+    const events: string[] = [];
+    const sent: Message[] = [];
+    const storage = new GatedStorage(new LevelRaftStorage(db), events);
+    const stateMachine = gatedStateMachine(await KvStateMachine.open(db), events);
+    const fatal: unknown[] = [];
+    const replica = await openKvReplica({
+      config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters, preVote: false, random: new SeededRandom(3) },
+      storage,
+      stateMachine,
+      transport: {
+        send: (messages) => {
+          for (const m of messages) {
+            sent.push(m);
+            events.push(`send ${m.body?.$case} to ${m.to}`);
+          }
+        },
+      },
+      onFatal: (err) => fatal.push(err),
+    });
+    return { db, replica, storage, stateMachine, events, sent, fatal };
+  }
+
+  async function until(what: string, condition: () => boolean, replica: KvReplica): Promise<void> {
+    const deadline = Date.now() + 5000;
+    while (!condition()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    void replica;
+  }
+
+  test('a leader sends its appends while its own write of them is still in progress', async () => {
+    const { db, replica, storage, events, fatal } = await open([1, 2, 3]);
+    // Make node 1 leader of a 3-voter cluster by granting it votes by hand.
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role === 'follower'; i++) replica.tick();
+    await until('a campaign', () => events.some((e) => e.includes('voteRequest')), replica);
+    for (const from of [2, 3]) {
+      replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'voteResponse', value: { granted: true, preVote: false } } });
+    }
+    await until('leadership', () => replica.node.role === 'leader', replica);
+    await until('the term no-op persisted', () => events.some((e) => e.startsWith('persist-done')), replica);
+    const noop = replica.node.lastIndex;
+    for (const from of [2, 3]) {
+      replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'appendResponse', value: { index: noop, rejected: false, hintIndex: 0, hintTerm: 0 } } });
+    }
+    await until('the no-op applied', () => replica.stateMachine.appliedIndex() === noop && !replica.node.hasReady(), replica);
+
+    storage.held = gate();
+    events.length = 0;
+    const written = replica.propose(put('a'));
+    await until('the append to be sent', () => events.includes('send appendRequest to 2') && events.includes('send appendRequest to 3'), replica);
+    const index = replica.node.lastIndex;
+    expect(events[0]).toBe('send appendRequest to 2');
+    expect(events).toContain(`persist-start ${index}`);
+    expect(events).not.toContain(`persist-done ${index}`);
+    // Both followers acknowledge: committed by them, but not applied here before it is durable.
+    for (const from of [2, 3]) {
+      replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } } });
+    }
+    expect(replica.node.commitIndex).toBe(index);
+    for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setImmediate(resolve)); // give a wrong apply the chance to start
+    expect(events.some((e) => e.startsWith('apply-start'))).toBe(false);
+    storage.held.open();
+    storage.held = undefined;
+    const result: CommandResult = await written;
+    expect(result.revision).toBe(1);
+    expect(events.indexOf(`persist-done ${index}`)).toBeLessThan(events.indexOf(`apply-start ${index}`));
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+
+  test('while one batch is being applied, later writes are persisted (and sent) without waiting for it', async () => {
+    const { db, replica, stateMachine, events, fatal } = await open([1]);
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
+    await until('leadership', () => replica.node.role === 'leader', replica);
+    await until('quiet', () => !replica.node.hasReady() && events.some((e) => e.startsWith('apply-done')), replica);
+
+    stateMachine.held = gate();
+    events.length = 0;
+    const first = replica.propose(put('a'));
+    const firstIndex = replica.node.lastIndex;
+    await until('the first apply to start', () => events.includes(`apply-start ${firstIndex}`), replica);
+    const later = [replica.propose(put('b')), replica.propose(put('c'))];
+    const lastIndex = replica.node.lastIndex;
+    await until('the later writes persisted', () => events.includes(`persist-done ${lastIndex}`), replica);
+    expect(events).not.toContain(`apply-done ${firstIndex}`); // the first apply is still held
+    expect(replica.stateMachine.appliedIndex()).toBeLessThan(firstIndex);
+    stateMachine.held.open();
+    stateMachine.held = undefined;
+    const results = await Promise.all([first, ...later]);
+    expect(results.map((r) => r.revision)).toEqual([1, 2, 3]);
+    // The later two were committed while the first was applied: one batch took both.
+    expect(events.filter((e) => e.startsWith('apply-start'))).toEqual([`apply-start ${firstIndex}`, `apply-start ${lastIndex}`]);
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+});
