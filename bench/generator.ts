@@ -135,6 +135,49 @@ export function processRssMiB(pid: number): number {
   }
 }
 
+/** If the window's timers are this late, the run stops anyway (a bound on the loop). */
+const WINDOW_TIMER_SLACK_MS = 30_000;
+
+/** The measured window: CPU of the servers and of this process, sampled when it opens and closes. */
+class MeasuredWindow {
+  private openedAt?: number;
+  private closedAt?: number;
+  private cpuAtOpen: number[] = [];
+  private genAtOpen = process.cpuUsage();
+  serverCpuSeconds: number[] = [];
+  serverRssMiB: number[] = [];
+  generatorCpuSeconds = NaN;
+
+  constructor(private readonly pids: number[]) {}
+
+  get isOpen(): boolean {
+    return this.openedAt !== undefined && this.closedAt === undefined;
+  }
+
+  get closed(): boolean {
+    return this.closedAt !== undefined;
+  }
+
+  get seconds(): number {
+    return this.openedAt === undefined || this.closedAt === undefined ? NaN : (this.closedAt - this.openedAt) / 1000;
+  }
+
+  open(): void {
+    this.cpuAtOpen = this.pids.map(processCpuSeconds);
+    this.genAtOpen = process.cpuUsage();
+    this.openedAt = performance.now();
+  }
+
+  close(): void {
+    this.closedAt = performance.now();
+    if (this.openedAt === undefined) return;
+    const used = process.cpuUsage(this.genAtOpen);
+    this.generatorCpuSeconds = (used.user + used.system) / 1e6;
+    this.serverCpuSeconds = this.pids.map((pid, i) => processCpuSeconds(pid) - this.cpuAtOpen[i]);
+    this.serverRssMiB = this.pids.map(processRssMiB);
+  }
+}
+
 class Channels {
   /** channels[c][e]: channel c to endpoint e, opened on first use. */
   private readonly open: Array<Array<KvChannel | undefined>>;
@@ -235,28 +278,16 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
     const value = fillerValue(job.valueBytes);
     const histogram = new LatencyHistogram();
     let misses = 0;
-    const t0 = performance.now();
-    const measureFrom = t0 + job.warmupMs;
-    const measureTo = measureFrom + job.durationMs;
-    let cpuBefore: number[] = [];
-    let genBefore = process.cpuUsage();
-    let cpuAfter: number[] = [];
-    let rss: number[] = [];
-    let genSeconds = 0;
-    const startWindow = setTimeout(() => {
-      cpuBefore = job.serverPids.map(processCpuSeconds);
-      genBefore = process.cpuUsage();
-    }, job.warmupMs);
-    const endWindow = setTimeout(() => {
-      cpuAfter = job.serverPids.map(processCpuSeconds);
-      rss = job.serverPids.map(processRssMiB);
-      const used = process.cpuUsage(genBefore);
-      genSeconds = (used.user + used.system) / 1e6;
-    }, job.warmupMs + job.durationMs);
+    // The measured window is from the first sample of the servers' CPU to the second: ops
+    // count when they complete inside it, so a late timer shifts the window, never skews it.
+    const window = new MeasuredWindow(job.serverPids);
+    const hardStop = performance.now() + job.warmupMs + job.durationMs + WINDOW_TIMER_SLACK_MS;
+    const startWindow = setTimeout(() => window.open(), job.warmupMs);
+    const endWindow = setTimeout(() => window.close(), job.warmupMs + job.durationMs);
     const readOf = (w: SteadyWorkload) => (w === 'get' || w === 'sget' ? true : w === 'mix' ? Math.random() < job.readFraction : false);
     await Promise.all(
       makeWorkers(job).map(async (worker) => {
-        while (performance.now() < measureTo) {
+        while (!window.closed && performance.now() < hardStop) {
           const key = keyOf(Math.floor(Math.random() * job.keys));
           const start = performance.now();
           try {
@@ -267,8 +298,7 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
             } else {
               await channel.put(key, value, job.requestTimeoutMs);
             }
-            const end = performance.now();
-            if (end >= measureFrom && end <= measureTo) histogram.recordUs((end - start) * 1000);
+            if (window.isOpen) histogram.recordUs((performance.now() - start) * 1000);
           } catch (err) {
             errors.add(err);
             await worker.failedOver();
@@ -278,10 +308,11 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
     );
     clearTimeout(startWindow);
     clearTimeout(endWindow);
-    const seconds = job.durationMs / 1000;
+    if (!window.closed) window.close();
+    const seconds = window.seconds;
     return {
       kind: 'steady', ops: histogram.count, measuredSeconds: seconds, opsPerSec: histogram.count / seconds, errors: errors.count, firstErrors: errors.first,
-      misses, histogram: histogram.toJSON(), serverCpuSeconds: cpuAfter.map((v, i) => v - cpuBefore[i]), serverRssMiB: rss, generatorCpuSeconds: genSeconds,
+      misses, histogram: histogram.toJSON(), serverCpuSeconds: window.serverCpuSeconds, serverRssMiB: window.serverRssMiB, generatorCpuSeconds: window.generatorCpuSeconds,
     };
   } finally {
     channels.closeAll();

@@ -49,7 +49,7 @@ const MIX_READ_FRACTION = 0.9;
 const HEADLINE_NODE_MAJOR = 26;
 
 /** One system as run: cairn on one Node.js binary, or etcd. */
-interface Variant {
+export interface Variant {
   system: SystemName;
   /** "cairn@node26", "etcd" */
   label: string;

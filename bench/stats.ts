@@ -60,15 +60,18 @@ export class LatencyHistogram {
 
   /**
    * The latency at percentile `p` (0 < p <= 100) in microseconds: the midpoint of the bucket
-   * holding the sample of that rank, clamped to the exact smallest and largest samples.
+   * holding the sample of that rank, clamped to the exact smallest and largest samples
+   * (p100 is the largest sample).
    */
   percentileUs(p: number): number {
     if (this.count === 0) return NaN;
     const rank = Math.max(1, Math.ceil((p / 100) * this.count));
+    if (rank >= this.count) return this.maxUs;
     let seen = 0;
     for (let i = 0; i < BUCKET_COUNT; i++) {
       seen += this.counts[i];
       if (seen >= rank) {
+        if (i === BUCKET_COUNT - 1) return this.maxUs; // the overflow bucket has no useful midpoint
         const [lower, upper] = bucketBounds(i);
         return Math.min(this.maxUs, Math.max(this.minUs, (lower + upper) / 2));
       }
