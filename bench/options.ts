@@ -20,6 +20,8 @@ export interface BenchOptions {
   /** Node.js major versions to run cairn on; 0 stands for the machine's own node. */
   nodeMajors: number[];
   systems: SystemName[];
+  /** Generator processes for steady-state runs at C >= 64 (the load and the channels are split among them). */
+  generators: number;
   json?: string;
   quick: boolean;
 }
@@ -37,6 +39,7 @@ export const DEFAULTS: BenchOptions = {
   keys: 100_000,
   nodeMajors: [20, 26],
   systems: ['cairn', 'etcd'],
+  generators: 2,
   quick: false,
 };
 
@@ -65,6 +68,7 @@ export const USAGE = `npm run bench -- [flags]
   --keys N                                key space (default 100000)
   --node 20,26                            Node.js majors to run cairn on (default 20,26)
   --systems cairn,etcd                    systems (etcd only when an etcd binary is on PATH)
+  --generators N                          generator processes for runs at C >= 64 (default 2)
   --json FILE                             write every run and the medians; then write the report
   --quick                                 CI smoke: 1 round of 2 s, put and get at c=16, 1 failover
                                           trial, 10000 keys, the machine's node; flags after it override`;
@@ -108,6 +112,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--keys': options.keys = positiveInt(flag, value); break;
       case '--node': options.nodeMajors = (value ?? '').split(',').map((v) => positiveInt(flag, v)); break;
       case '--systems': options.systems = list(flag, value, SYSTEMS); break;
+      case '--generators': options.generators = positiveInt(flag, value); break;
       case '--json': if (!value) throw new Error('--json needs a file name'); options.json = value; break;
       default: throw new Error(`unknown flag ${flag}\n${USAGE}`);
     }

@@ -38,8 +38,8 @@ const FAILOVER_PRE_KILL_MS = 2000;
 const FAILOVER_POST_RECOVERY_MS = 1000;
 const FAILOVER_MAX_RECOVERY_MS = 30_000;
 /** Requests in flight while filling the key space before the read workloads. */
-const FILL_CONCURRENCY = 64;
-/** Longest a fill may take (100,000 keys at a few thousand puts per second take well under a minute). */
+const FILL_CONCURRENCY = 256;
+/** Longest a fill may take (100,000 keys at two thousand puts per second take under a minute). */
 const FILL_MAX_MS = 300_000;
 /** A generator that outlives its job by this much is killed. */
 const GENERATOR_GRACE_MS = 60_000;
@@ -236,6 +236,28 @@ function checkSteady(r: RunRecord): void {
   if (r.misses > 0) problems.push(`${what}: ${r.misses} reads found no value after the fill`);
 }
 
+/** --generators applies from this concurrency up; below it one process is never the bottleneck. */
+const MULTI_GENERATOR_MIN_CONCURRENCY = 64;
+
+/** Splits `total` into `parts` near-equal positive shares. */
+function shares(total: number, parts: number): number[] {
+  return Array.from({ length: parts }, (_, i) => Math.floor(total / parts) + (i < total % parts ? 1 : 0)).filter((n) => n > 0);
+}
+
+/** Adds up the results of generator processes that ran the same job side by side. */
+export function mergeSteady(results: SteadyResult[]): SteadyResult {
+  if (results.length === 1) return results[0];
+  const histogram = LatencyHistogram.fromJSON(results[0].histogram);
+  for (const r of results.slice(1)) histogram.merge(LatencyHistogram.fromJSON(r.histogram));
+  const sum = (f: (r: SteadyResult) => number) => results.reduce((a, r) => a + f(r), 0);
+  return {
+    kind: 'steady', ops: sum((r) => r.ops), measuredSeconds: Math.max(...results.map((r) => r.measuredSeconds)), opsPerSec: sum((r) => r.opsPerSec),
+    errors: sum((r) => r.errors), firstErrors: results.flatMap((r) => r.firstErrors).slice(0, 5), misses: sum((r) => r.misses), histogram: histogram.toJSON(),
+    // The windows overlap all but the processes' start-up skew: the first process's server samples stand for all.
+    serverCpuSeconds: results[0].serverCpuSeconds, serverRssMiB: results[0].serverRssMiB, generatorCpuSeconds: sum((r) => r.generatorCpuSeconds),
+  };
+}
+
 async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWorkload, concurrency: number, opts: BenchOptions): Promise<SteadyResult> {
   const leader = await cluster.waitForLeader();
   const fill = workload === 'fill';
@@ -243,7 +265,13 @@ async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWork
     ...baseJob(cluster, leader, concurrency, opts), kind: 'steady', workload, readFraction: MIX_READ_FRACTION,
     warmupMs: fill ? 0 : opts.warmupSeconds * 1000, durationMs: fill ? FILL_MAX_MS : opts.durationSeconds * 1000,
   };
-  return (await runGenerator(job, job.warmupMs + job.durationMs + REQUEST_TIMEOUT_MS)) as SteadyResult;
+  const budget = job.warmupMs + job.durationMs + REQUEST_TIMEOUT_MS;
+  const processes = fill || concurrency < MULTI_GENERATOR_MIN_CONCURRENCY ? 1 : opts.generators;
+  const parts = shares(concurrency, processes);
+  const results = await Promise.all(
+    parts.map((c) => runGenerator({ ...job, concurrency: c, channels: Math.max(1, Math.round((job.channels * c) / concurrency)) }, budget)),
+  );
+  return mergeSteady(results as SteadyResult[]);
 }
 
 async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, runs: RunRecord[]): Promise<void> {
