@@ -368,6 +368,8 @@ async function readBack(job: FailoverJob, channels: Channels, leader: number, hi
 }
 
 async function runFailover(job: FailoverJob): Promise<FailoverResult> {
+  // kill(-1) or kill(0) would signal far more than one server.
+  if (!Number.isSafeInteger(job.leaderPid) || job.leaderPid <= 1) throw new Error(`no leader process to kill (pid ${job.leaderPid})`);
   const channels = new Channels(job);
   const errors = new ErrorLog();
   const history = new Map<number, KeyHistory>();

@@ -419,6 +419,10 @@ function interleave(variants: Variant[], round: number): Variant[] {
   return [...order.slice(shift), ...order.slice(0, shift)];
 }
 
+function generatorNote(opts: BenchOptions): string {
+  return `on the machine's Node.js (${MACHINE_NODE.version}) for every system; one process, ${opts.generators} for steady-state runs at C >= ${MULTI_GENERATOR_MIN_CONCURRENCY} (not the fill)`;
+}
+
 async function guarded(what: string, work: () => Promise<void>): Promise<void> {
   try {
     await work();
@@ -434,7 +438,7 @@ async function main(): Promise<void> {
   const machine = machineInfo();
   const variants = variantsFor(opts);
   console.log(`machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.disk}, load ${machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`);
-  console.log(`generator: one process on ${MACHINE_NODE.version}; systems: ${variants.map((v) => `${v.label} (${v.runtime})`).join(', ')}`);
+  console.log(`generator: ${generatorNote(opts)}; systems: ${variants.map((v) => `${v.label} (${v.runtime})`).join(', ')}`);
   console.log(`method: closed loop, ${opts.keys} keys of 16 B, values of ${opts.valueBytes} B, warm-up ${opts.warmupSeconds} s, measured ${opts.durationSeconds} s, leader-targeted, ceil(C/16) channels (at most 8)`);
   const runs: RunRecord[] = [];
   const failovers: FailoverRecord[] = [];
@@ -452,7 +456,7 @@ async function main(): Promise<void> {
   if (opts.json) {
     const json: BenchJson = {
       startedAt, finishedAt: new Date().toISOString(), options: opts, machine, generatorNode: process.version,
-      generatorNote: 'one generator process on the machine\'s Node.js for every system', runs, failovers, medians, failoverMedians, summaryLines: lines, problems,
+      generatorNote: generatorNote(opts), runs, failovers, medians, failoverMedians, summaryLines: lines, problems,
     };
     writeFileSync(opts.json, `${JSON.stringify(json, null, 1)}\n`);
     const written = writeReport(opts.json);
