@@ -140,6 +140,8 @@ export interface FailoverMedian {
 export interface BenchJson {
   startedAt: string;
   finishedAt: string;
+  /** The commit the run was built from ("+ changes" when the work tree differed from it). */
+  commit: string;
   options: BenchOptions;
   machine: { nproc: number; cpuModel: string; kernel: string; disk: string; loadAverageAtStart: number[] };
   generatorNode: string;
@@ -153,6 +155,15 @@ export interface BenchJson {
 }
 
 const problems: string[] = [];
+
+function currentCommit(): string {
+  try {
+    const git = (args: string[]) => execFileSync('git', args, { cwd: join(__dirname, '..', '..'), encoding: 'utf8', timeout: 10_000 }).trim();
+    return `${git(['rev-parse', '--short', 'HEAD'])}${git(['status', '--porcelain', '--untracked-files=no']) ? ' + changes' : ''}`;
+  } catch {
+    return 'unknown';
+  }
+}
 
 function machineInfo(): BenchJson['machine'] {
   let disk = 'unknown';
@@ -435,6 +446,7 @@ async function guarded(what: string, work: () => Promise<void>): Promise<void> {
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   const startedAt = new Date().toISOString();
+  const commit = currentCommit();
   const machine = machineInfo();
   const variants = variantsFor(opts);
   console.log(`machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.disk}, load ${machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`);
@@ -455,7 +467,7 @@ async function main(): Promise<void> {
   const lines = summaryLines(variants, medians, failoverMedians, opts);
   if (opts.json) {
     const json: BenchJson = {
-      startedAt, finishedAt: new Date().toISOString(), options: opts, machine, generatorNode: process.version,
+      startedAt, finishedAt: new Date().toISOString(), commit, options: opts, machine, generatorNode: process.version,
       generatorNote: generatorNote(opts), runs, failovers, medians, failoverMedians, summaryLines: lines, problems,
     };
     writeFileSync(opts.json, `${JSON.stringify(json, null, 1)}\n`);
