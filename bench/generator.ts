@@ -320,9 +320,19 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
 }
 
 /** Per key: the last acknowledged value, and values of later writes whose outcome is unknown. */
-interface KeyHistory {
+export interface KeyHistory {
   acked?: string;
   unknownSince: string[];
+}
+
+/**
+ * Whether reading `read` (undefined: no value) after the failover means an acknowledged
+ * write was lost: it must be the last acknowledged value, or the value of a write issued
+ * after it whose outcome is unknown (that write may have been applied and superseded it).
+ */
+export function isLostWrite(h: KeyHistory, read: string | undefined): boolean {
+  if (h.acked === undefined) return false;
+  return read !== h.acked && (read === undefined || !h.unknownSince.includes(read));
 }
 
 async function waitForNewLeader(job: FailoverJob, channels: Channels, excluded: number): Promise<number> {
@@ -357,7 +367,7 @@ async function readBack(job: FailoverJob, channels: Channels, leader: number, hi
           );
         }
         if (value === null) unverified++;
-        else if (value !== h.acked && !h.unknownSince.includes(value ?? '')) {
+        else if (isLostWrite(h, value)) {
           lost++;
           if (firstLost.length < FIRST_ERRORS_KEPT) firstLost.push(`${keyOf(index)}: acked ${h.acked!.slice(0, 16)}..., read ${value === undefined ? 'nothing' : value.slice(0, 16) + '...'}`);
         }

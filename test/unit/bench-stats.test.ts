@@ -12,6 +12,7 @@ import {
   encodeRangeResponseForTest,
   encodeStatusResponseForTest,
 } from '../../bench/etcd-codec';
+import { isLostWrite } from '../../bench/generator';
 import { channelsFor, parseOptions } from '../../bench/options';
 import { computeFailoverMedians, computeMedians, FailoverRecord, RunRecord, summaryLines, Variant } from '../../bench/run';
 import { failoverSummaryLine, LatencyHistogram, median, nodePrefixed, percentileListMs, RECORDED_PERCENTILES, steadySummaryLine } from '../../bench/stats';
@@ -144,6 +145,17 @@ describe('options', () => {
     expect(() => parseOptions(['--workloads', 'put,scan'])).toThrow(/--workloads/);
     expect(() => parseOptions(['--rounds', '0'])).toThrow(/--rounds needs a positive integer/);
     expect(() => parseOptions(['--frobnicate', '1'])).toThrow(/unknown flag --frobnicate/);
+  });
+});
+
+describe('failover read-back', () => {
+  it('counts a write lost unless the read shows it or a later write of unknown outcome', () => {
+    const h = { acked: 'w1s5', unknownSince: ['w1s6'] };
+    expect(isLostWrite(h, 'w1s5')).toBe(false);
+    expect(isLostWrite(h, 'w1s6')).toBe(false);
+    expect(isLostWrite(h, 'w1s4')).toBe(true); // an older value: the acknowledged write is gone
+    expect(isLostWrite(h, undefined)).toBe(true); // the key vanished
+    expect(isLostWrite({ unknownSince: ['w1s1'] }, undefined)).toBe(false); // nothing was acknowledged
   });
 });
 
