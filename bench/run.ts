@@ -404,7 +404,14 @@ function variantsFor(opts: BenchOptions): Variant[] {
   const variants: Variant[] = [];
   if (opts.systems.includes('cairn')) {
     for (const major of opts.nodeMajors) {
-      const node = resolveNode(major);
+      let node: NodeBinary;
+      try {
+        node = resolveNode(major);
+      } catch (err) {
+        problems.push(`Node.js ${major}: ${(err as Error).message}`);
+        console.log(`Node.js ${major} is not available (${(err as Error).message}); cairn runs on the others`);
+        continue;
+      }
       if (variants.some((v) => v.node?.path === node.path)) continue;
       variants.push({ system: 'cairn', label: `cairn@node${node.major}`, node, runtime: `node ${node.version}` });
     }
