@@ -69,6 +69,15 @@ export const MAX_INDEX = 2 ** 52;
  */
 export const REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS = 2;
 
+/**
+ * Read rounds (ReadIndex heartbeat rounds) a leader keeps waiting for their quorum at
+ * once. One, as etcd does: under many concurrent reads each round carries every read
+ * that arrived during the previous one, instead of a round (two heartbeats and their
+ * answers, on every follower) per batch of reads. A lost round is retried by the next
+ * periodic heartbeat, which carries the latest round number.
+ */
+export const MAX_READ_ROUNDS_IN_FLIGHT = 1;
+
 export interface RaftConfig {
   id: NodeId;
   /**
@@ -508,7 +517,7 @@ export class RaftNode {
       this.failedReads.length > 0 ||
       this.snapshotsToSend.length > 0 ||
       (this.pendingSnapshot !== undefined && !this.pendingSnapshot.handedOut) ||
-      (this.role === 'leader' && (this.openReadRound.length > 0 || this.hasUnsentEntries()))
+      (this.role === 'leader' && (this.mayOpenReadRound() || this.hasUnsentEntries()))
     );
   }
 
@@ -976,9 +985,14 @@ export class RaftNode {
     }
   }
 
-  /** Reads that arrived since the last round share one heartbeat round. */
+  /**
+   * Reads that arrived since the last round share one heartbeat round, and at most
+   * MAX_READ_ROUNDS_IN_FLIGHT rounds wait for their quorum at once: reads that arrive
+   * meanwhile gather for the next round, which goes out as soon as one is confirmed
+   * (so heartbeat rounds follow the round trip, not the rate of reads).
+   */
   private sealReadRound(): void {
-    if (this.openReadRound.length === 0) return;
+    if (!this.mayOpenReadRound()) return;
     const round: ReadRound = {
       round: ++this.lastReadRound,
       index: this.log.commitIndex,
@@ -988,6 +1002,10 @@ export class RaftNode {
     this.openReadRound = [];
     this.sealedReadRounds.push(round);
     this.broadcastHeartbeat(round.round);
+  }
+
+  private mayOpenReadRound(): boolean {
+    return this.openReadRound.length > 0 && this.sealedReadRounds.length < MAX_READ_ROUNDS_IN_FLIGHT;
   }
 
   private handleHeartbeatRequest(m: Message, request: HeartbeatRequest): void {

@@ -88,6 +88,7 @@ export function peerChannelOptions(maxMessageBytes: number, maxReconnectBackoffM
     'grpc.max_send_message_length': maxMessageBytes,
     'grpc.initial_reconnect_backoff_ms': Math.min(MIN_RECONNECT_DELAY_MS * 2, maxReconnectBackoffMs),
     'grpc.max_reconnect_backoff_ms': maxReconnectBackoffMs,
+    'grpc.enable_channelz': 0,
   };
 }
 

@@ -117,12 +117,22 @@ export function effectiveDeadlineMs(clientDeadline: Deadline, requestTimeoutMs: 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A scope that aborts at the effective deadline or when the client cancels; close() frees its timer. */
-export function openRequestScope(call: Pick<ServerUnaryCall<unknown, unknown>, 'getDeadline' | 'once'>, requestTimeoutMs: number): RequestScope & { close(): void } {
+export function openRequestScope(
+  call: Pick<ServerUnaryCall<unknown, unknown>, 'getDeadline' | 'once' | 'removeListener'>,
+  requestTimeoutMs: number,
+): RequestScope & { close(): void } {
   const deadlineMs = effectiveDeadlineMs(call.getDeadline(), requestTimeoutMs);
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), Math.min(MAX_TIMER_MS, Math.max(0, deadlineMs - Date.now())));
-  call.once('cancelled', () => controller.abort());
-  return { deadlineMs, signal: controller.signal, close: () => clearTimeout(timer) };
+  const abort = () => controller.abort();
+  const timer = setTimeout(abort, Math.min(MAX_TIMER_MS, Math.max(0, deadlineMs - Date.now())));
+  call.once('cancelled', abort);
+  // grpc-js emits 'cancelled' when the stream closes after the answer too: without this,
+  // every answered call would still abort its signal (and build a DOMException) then.
+  const close = () => {
+    clearTimeout(timer);
+    call.removeListener('cancelled', abort);
+  };
+  return { deadlineMs, signal: controller.signal, close };
 }
 
 /**
