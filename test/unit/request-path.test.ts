@@ -261,7 +261,7 @@ describe('a broken invariant stops the node on every path', () => {
     const violation = new InvariantViolation('planted: two leaders in one term');
     const router = { write: () => Promise.reject(violation), readBarrier: () => Promise.resolve() } as unknown as RequestRouter;
     const service = kvService(contextFor(harness.replica, router));
-    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
+    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined, removeListener: () => undefined };
     const answer = await new Promise<{ code?: Status } | null>((resolve) => (service.put as unknown as (c: unknown, cb: (e: { code?: Status } | null) => void) => void)(call, resolve));
     expect(harness.fatal).toEqual([violation]);
     expect(answer?.code).toBe(Status.INTERNAL);
@@ -272,7 +272,7 @@ describe('a broken invariant stops the node on every path', () => {
   test('ordinary errors from a handler do not stop the node', async () => {
     const router = { write: () => Promise.reject(new CairnError(ErrorCode.NO_LEADER, 'none')), readBarrier: () => Promise.resolve() } as unknown as RequestRouter;
     const service = kvService(contextFor(harness.replica, router));
-    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined };
+    const call = { request: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, getDeadline: () => Infinity, once: () => undefined, removeListener: () => undefined };
     const answer = await new Promise<{ code?: Status } | null>((resolve) => (service.put as unknown as (c: unknown, cb: (e: { code?: Status } | null) => void) => void)(call, resolve));
     expect(answer?.code).toBe(Status.UNAVAILABLE);
     expect(harness.fatal).toEqual([]);
