@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { createServer } from 'node:net';
 import {
   credentials,
@@ -22,7 +23,7 @@ import { ClusterMembership, configFromPeers, MembershipReplica } from '../../src
 import { GrpcPeerTransport } from '../../src/server/peer-transport';
 import { RateLimitedLog } from '../../src/server/rate-limited-log';
 import { forwardingFailure, RequestRouter, RequestScope } from '../../src/server/router';
-import { effectiveDeadlineMs, kvService, PeerInputStats, raftService, ServiceContext, withLenientDecoding } from '../../src/server/services';
+import { effectiveDeadlineMs, kvService, openRequestScope, PeerInputStats, raftService, ServiceContext, withLenientDecoding } from '../../src/server/services';
 import { ERROR_CODE_METADATA, fromGrpcError, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
 import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
@@ -444,5 +445,24 @@ describe('RateLimitedLog', () => {
     now = 1000;
     log.warn({ i: 10 }, 'rejected');
     expect(written[2]).toEqual({ fields: { i: 10, suppressed: 8 }, message: 'rejected' });
+  });
+});
+
+describe('request scopes', () => {
+  const fakeCall = () => Object.assign(new EventEmitter(), { getDeadline: () => Infinity as number }) as EventEmitter & Parameters<typeof openRequestScope>[0];
+
+  test('a client that cancels aborts the scope; an answered call that grpc-js later reports cancelled does not', () => {
+    const cancelledEarly = fakeCall();
+    const open = openRequestScope(cancelledEarly, 5000);
+    cancelledEarly.emit('cancelled');
+    expect(open.signal.aborted).toBe(true);
+    open.close();
+
+    const answered = fakeCall();
+    const closed = openRequestScope(answered, 5000);
+    closed.close();
+    answered.emit('cancelled');
+    expect(closed.signal.aborted).toBe(false);
+    expect(answered.listenerCount('cancelled')).toBe(0);
   });
 });
