@@ -198,6 +198,14 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.schedule();
   }
 
+  /** The connection from peer `id` broke (see RaftNode.leaderConnectionLost). */
+  peerConnectionLost(id: NodeId): void {
+    if (this.stopped) return;
+    this.guarded(() => this.node.leaderConnectionLost(id));
+    this.afterInput();
+    this.schedule();
+  }
+
   /**
    * Stops the node for good because of `err` (a broken invariant): no more input, and
    * the fatal handler (which logs and exits the process) is told once. Request handlers

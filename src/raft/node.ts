@@ -78,6 +78,13 @@ export const REMOVED_MEMBER_GRACE_ELECTION_TIMEOUTS = 2;
  */
 export const MAX_READ_ROUNDS_IN_FLIGHT = 1;
 
+/**
+ * A follower whose connection from its leader broke campaigns within 1..this many ticks
+ * (randomized, so that two followers seldom campaign at once), not after a whole
+ * election timeout: a leader process that died is replaced in a few hundred ms.
+ */
+export const LEADER_LOST_CAMPAIGN_TICKS = 3;
+
 export interface RaftConfig {
   id: NodeId;
   /**
@@ -429,6 +436,21 @@ export class RaftNode {
       this.openReadRound.push(readId);
     }
     return { ok: true };
+  }
+
+  /**
+   * The shell saw the connection from peer `id` break (its stream ended without a clean
+   * close: the process died, or the network dropped it). If `id` is our leader we stop
+   * trusting it: its lease ends (we grant votes again) and we campaign within
+   * LEADER_LOST_CAMPAIGN_TICKS rather than after a whole election timeout. Safety never
+   * rests on this (Raft's does not rest on timing); if the leader is in fact alive, the
+   * pre-vote fails at the peers that still hear it and its next heartbeat brings us back.
+   */
+  leaderConnectionLost(id: NodeId): void {
+    if (this.role !== 'follower' || id === NO_NODE || this.leader !== id) return;
+    this.currentLeader = NO_NODE;
+    const waitTicks = 1 + this.config.random.int(LEADER_LOST_CAMPAIGN_TICKS);
+    this.randomizedElectionTimeoutTicks = Math.min(this.randomizedElectionTimeoutTicks, this.electionElapsedTicks + waitTicks);
   }
 
   /** Storage has synced the entries of a Ready up to (index, term). */

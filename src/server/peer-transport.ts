@@ -1,4 +1,4 @@
-import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError } from '@grpc/grpc-js';
+import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError, status } from '@grpc/grpc-js';
 import {
   InstallSnapshotRequest,
   InstallSnapshotResponse,
@@ -101,6 +101,11 @@ export interface PeerTransportOptions {
    * far as the peer's log goes (`commitIndex`, or undefined when it did not say).
    */
   onRemoved?: (by: NodeId, reason: string, commitIndex: number | undefined) => void;
+  /**
+   * The stream to a peer broke with UNAVAILABLE (its process died, or the connection did):
+   * the node may be following that peer (RaftNode.leaderConnectionLost).
+   */
+  onPeerLost?: (peer: NodeId) => void;
 }
 
 /** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
@@ -383,6 +388,7 @@ class PeerLink {
       if (this.closed) return;
       if (err) this.logFailure(err.message);
       if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details, commitIndexOf(err));
+      if (err?.code === status.UNAVAILABLE) this.options.onPeerLost?.(this.peerId);
       this.reconnectDelayMs =
         Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {

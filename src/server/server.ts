@@ -112,6 +112,7 @@ export class CairnNode {
       maxMessageBytes: peerMessageBytes,
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
       onRemoved: (by, reason, commitIndex) => node?.noteRefusedAsRemoved(by, reason, commitIndex),
+      onPeerLost: (peer) => node?.replica.peerConnectionLost(peer),
     });
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),

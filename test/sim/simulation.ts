@@ -482,6 +482,22 @@ export class Simulation {
     void node.replica?.stop();
     node.replica = undefined;
     this.log(`node ${node.id} CRASHED`);
+    this.noticeConnectionsLost(node);
+  }
+
+  /**
+   * A process that dies closes its connections: a peer that can still reach it sees its
+   * stream break (gRPC UNAVAILABLE) a network delay later, as in production, unless the
+   * link is down (then only the timeout tells).
+   */
+  private noticeConnectionsLost(crashed: SimNode): void {
+    for (const peer of this.nodes) {
+      if (peer === crashed || this.linkDown(peer.id, crashed.id)) continue;
+      const incarnation = peer.incarnation;
+      this.at(this.networkDelay(), () => {
+        if (peer.up && peer.incarnation === incarnation) peer.replica?.peerConnectionLost(crashed.id);
+      });
+    }
   }
 
   private crashLeaderAfterCommit(node: SimNode): void {

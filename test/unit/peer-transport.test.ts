@@ -112,6 +112,34 @@ describe('peer frames', () => {
   });
 });
 
+describe('a peer that goes away', () => {
+  test('the transport reports a peer whose process dies (its stream fails UNAVAILABLE), and only that one', async () => {
+    const peer = await recordingPeer();
+    const lost: number[] = [];
+    const transport = new GrpcPeerTransport({ clusterId: 1, selfId: 1, clientAddr: '127.0.0.1:1' }, new Map([[2, `127.0.0.1:${peer.port}`]]), logger, {
+      maxMessageBytes: MAX_MESSAGE_BYTES,
+      maxReconnectBackoffMs: 100,
+      onPeerLost: (id) => lost.push(id),
+    });
+    try {
+      transport.send([heartbeat(2, 1)]);
+      await waitFor('the first frame', () => peer.frames.length > 0);
+      expect(lost).toEqual([]);
+      peer.server.forceShutdown(); // as when the process is killed: the connection drops
+      // A node keeps sending to its peers (heartbeats, answers): the reconnect finds nobody.
+      let commit = 1;
+      await waitFor('the loss to be reported', () => {
+        transport.send([heartbeat(2, ++commit)]);
+        return lost.length > 0;
+      });
+      expect(new Set(lost)).toEqual(new Set([2]));
+    } finally {
+      transport.close();
+      peer.server.forceShutdown();
+    }
+  });
+});
+
 describe('peer streams on stop', () => {
   test('closing the transport ends its streams: the peer sees a clean end', async () => {
     const peer = await recordingPeer();
