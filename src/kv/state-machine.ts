@@ -6,6 +6,7 @@ import { CairnError, ErrorCode } from '../errors';
 import { ApplyOutcome as FsmApplyOutcome, Fsm, FsmRestore, FsmSnapshot, SnapshottingFsm } from '../node/fsm';
 import { Db, DbOp, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
+import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
@@ -71,14 +72,15 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     applied: AppliedState,
     private sessions: SessionTable,
     private readonly sessionLimits: SessionLimits,
+    private readonly cache: RecordCache,
   ) {
     this.applied = applied;
   }
 
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
-  static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS): Promise<KvStateMachine> {
+  static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits);
+    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes));
   }
 
   /**
@@ -96,8 +98,10 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       switching: () => {
         assert(!this.applying, 'a restore switch while an apply is in progress');
         this.switching = true;
+        this.cache.clear();
       },
       activated: async (applied) => {
+        this.cache.clear();
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
         this.switching = false;
@@ -162,7 +166,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache);
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map((command) => (command && command !== UNDECODABLE && command.op?.value.clientId) || ''))]);
     const outcomes: ApplyOutcome[] = [];
@@ -175,13 +179,21 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       'applied state went back',
     );
     await this.db.write(batch.ops(applied), { sync: false });
+    batch.writeThrough();
     this.applied = applied;
     return outcomes;
   }
 
   async get(key: Uint8Array): Promise<KeyValue | undefined> {
-    const value = await this.db.get('kv', key);
-    return value ? toKeyValue(Buffer.from(key), KeyRecord.decode(value), false) : undefined;
+    const name = hex(key);
+    let record = this.switching ? undefined : this.cache.get(name);
+    if (record === undefined) {
+      const epoch = this.cache.epoch;
+      const value = await this.db.get('kv', key);
+      record = value ? KeyRecord.decode(value) : null;
+      this.cache.set(name, record, epoch);
+    }
+    return record ? toKeyValue(Buffer.from(key), record, false) : undefined;
   }
 
   async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }> {
@@ -294,6 +306,7 @@ class ApplyBatch {
     public revision: number,
     public logTimeUnixMs: number,
     private readonly sessions: SessionBatch,
+    private readonly cache: RecordCache,
   ) {}
 
   /**
@@ -306,14 +319,27 @@ class ApplyBatch {
       if (command === undefined || command === UNDECODABLE || !command.op) continue;
       const key = command.op.value.key;
       const name = hex(key);
-      if (!this.kv.has(name) && !this.stored.has(name)) keys.set(name, key);
+      if (this.kv.has(name) || this.stored.has(name)) continue;
+      const cached = this.cache.get(name);
+      if (cached !== undefined) this.stored.set(name, cached);
+      else keys.set(name, key);
     }
+    // Applies are the only writers and run one at a time: what this reads stays current
+    // until this batch's own write, so it may go into the cache as it is.
     const values = await this.db.getMany('kv', [...keys.values()]);
     let i = 0;
     for (const name of keys.keys()) {
       const value = values[i++];
-      this.stored.set(name, value ? KeyRecord.decode(value) : null);
+      const record = value ? KeyRecord.decode(value) : null;
+      this.stored.set(name, record);
+      this.cache.set(name, record);
     }
+  }
+
+  /** Once the batch is in LevelDB: its writes go into the cache, and reads in progress may not fill it. */
+  writeThrough(): void {
+    this.cache.epoch++;
+    for (const [name, record] of this.kv) this.cache.set(name, record);
   }
 
   async applyEntry(entry: Entry, command: Command | typeof UNDECODABLE | undefined): Promise<CommandResult | undefined> {

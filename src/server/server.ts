@@ -119,7 +119,7 @@ export class CairnNode {
       // Links to a new member open as soon as its entry is appended, not a tick later.
       onConfigChange: () => node?.followConfig(),
       storage: new LevelRaftStorage(db),
-      stateMachine: await KvStateMachine.open(db),
+      stateMachine: await KvStateMachine.open(db, undefined, config.stateCacheBytes),
       transport,
       onFatal,
       snapshotEntries: config.snapshotEntries,

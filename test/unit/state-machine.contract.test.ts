@@ -5,6 +5,7 @@ import { AppliedState, KeyRecord, SessionRecord, SnapshotBatch, SnapshotRecord }
 import { CairnError } from '../../src/errors';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, RANGE_ENTRY_OVERHEAD_BYTES } from '../../src/kv/state-machine';
+import { CACHED_RECORD_OVERHEAD_BYTES, DEFAULT_STATE_CACHE_BYTES } from '../../src/kv/record-cache';
 import { FsmSnapshot } from '../../src/node/fsm';
 import { Db, GENERATIONAL_SUBLEVELS, LevelDb } from '../../src/storage/db';
 import { SimDisk } from '../sim/sim-disk';
@@ -151,19 +152,27 @@ function hexKeys(kvs: KeyValue[]): string[] {
 // The contract
 // ---------------------------------------------------------------------------
 
-describe.each(BACKENDS)('KvStateMachine contract on $name', (backend) => {
+/**
+ * Every backend with the record cache at its default size, off, and so small (a few
+ * records) that nearly every read and apply misses and evicts: the results must not differ.
+ */
+const VARIANTS = BACKENDS.flatMap((backend) =>
+  [DEFAULT_STATE_CACHE_BYTES, 0, 4 * CACHED_RECORD_OVERHEAD_BYTES].map((cacheBytes) => ({ ...backend, cacheBytes, name: `${backend.name}, state cache of ${cacheBytes} bytes` })),
+);
+
+describe.each(VARIANTS)('KvStateMachine contract on $name', (backend) => {
   let handle: Awaited<ReturnType<typeof backend.open>>;
   let sm: KvStateMachine;
 
   beforeEach(async () => {
     handle = await backend.open();
-    sm = await KvStateMachine.open(handle.db);
+    sm = await KvStateMachine.open(handle.db, undefined, backend.cacheBytes);
   });
   afterEach(() => handle.cleanup());
 
   async function reopen(): Promise<KvStateMachine> {
     const db: Db = await handle.reopen();
-    return KvStateMachine.open(db);
+    return KvStateMachine.open(db, undefined, backend.cacheBytes);
   }
 
   describe('an empty store', () => {
