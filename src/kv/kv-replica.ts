@@ -46,6 +46,8 @@ export function openKvReplica(options: {
   snapshotEntries?: number;
   snapshotCatchupEntries?: number;
   snapshotChunkBytes?: number;
+  maxApplyLagEntries?: number;
+  maxApplyLagBytes?: number;
 }): Promise<KvReplica> {
   const { clock, ...rest } = options;
   return Replica.open<Command, CommandResult, StateMachine>({ ...rest, codec: new KvProposalCodec(options.stateMachine, clock) });

@@ -18,6 +18,16 @@ export interface Transport {
 
 /** The largest chunk of an InstallSnapshot stream: 1 MiB of encoded SnapshotBatch, well under gRPC's 4 MiB message limit. */
 export const MAX_SNAPSHOT_CHUNK_BYTES = 1 << 20;
+/**
+ * How far the state machine may fall behind the commit index (the apply path runs apart
+ * from the persist path, so nothing else holds it back): beyond either bound a leader
+ * refuses proposals as OVERLOADED, and every node stops taking Readies (so it stops
+ * acknowledging entries) until its applies catch up. The unapplied entries stay in memory
+ * (compaction stops at the applied index): these bound that too.
+ */
+export const MAX_APPLY_LAG_ENTRIES = 10_000;
+export const MAX_APPLY_LAG_BYTES = 64 << 20;
+
 /** Compact once this many applied entries follow the snapshot point (--snapshot-entries). */
 export const DEFAULT_SNAPSHOT_ENTRIES = 10_000;
 /** Entries kept before the snapshot point at compaction, for slow followers (--snapshot-catchup-entries). */
@@ -31,6 +41,12 @@ export interface CompactionOptions {
   snapshotCatchupEntries: number;
   /** Bytes of one chunk of an outgoing snapshot (at most MAX_SNAPSHOT_CHUNK_BYTES). */
   snapshotChunkBytes: number;
+}
+
+/** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
+interface ApplyLagBounds {
+  entries: number;
+  bytes: number;
 }
 
 /** A snapshot received whole, offered to the core, waiting for its Ready to install it. */
@@ -78,15 +94,14 @@ export interface PendingCounts {
  * same code in production (LevelDB, gRPC, a timer) and in the simulator (memory-level
  * that forgets unsynced writes, a simulated network and clock).
  *
- * Two paths carry out the core's Ready batches. The persist path (drain) takes one
- * Ready at a time: a leader's appends go out at once (sendableBeforePersist), then one
- * synced write, then the other messages. Inputs that arrive while a batch is being
- * persisted pile up in the core and go out together in the next batch: that is the
- * group commit. The apply path takes the committed (already durable) entries and
- * applies them, one batch at a time, while the persist path goes on with the next
- * Ready; compactions run on it too, between applies. While a batch is being applied,
- * the persist path takes Readies without committed entries, so the next apply batch
- * gathers everything committed meanwhile.
+ * Two paths carry out the core's work. The persist path (drain) takes one Ready at a
+ * time: a leader's appends go out at once (sendableBeforePersist), then one synced
+ * write, then the other messages. Inputs that arrive while a batch is being persisted
+ * pile up in the core and go out together in the next batch: that is the group commit.
+ * The apply path takes the committed entries that are durable here straight from the
+ * core (takeCommitted, never through a Ready, so a commit learned during an fsync does
+ * not wait for it) and applies them one batch at a time; everything committed while a
+ * batch is applied goes in the next one. Compactions run on it too, between applies.
  *
  * It is generic over the state machine: `C` is what callers propose (encoded by the
  * ProposalCodec), `R` what they get back, `F` the state machine (an Fsm<R>).
@@ -127,6 +142,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     private readonly electionTimeoutTicks: number,
     private readonly onConfigChange: (config: ClusterConfig) => void,
     private readonly compaction: CompactionOptions,
+    private readonly applyLagBounds: ApplyLagBounds,
   ) {
     this.announceConfig();
   }
@@ -147,6 +163,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     snapshotChunkBytes?: number;
     /** Called with the config in force at open and whenever it changes (peer links follow it). */
     onConfigChange?: (config: ClusterConfig) => void;
+    /** How far applies may fall behind commits (defaults MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES; tests use small ones). */
+    maxApplyLagEntries?: number;
+    maxApplyLagBytes?: number;
   }): Promise<Replica<C, R, F>> {
     const compaction: CompactionOptions = {
       snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
@@ -174,6 +193,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       options.config.electionTimeoutTicks,
       options.onConfigChange ?? (() => undefined),
       compaction,
+      { entries: options.maxApplyLagEntries ?? MAX_APPLY_LAG_ENTRIES, bytes: options.maxApplyLagBytes ?? MAX_APPLY_LAG_BYTES },
     );
   }
 
@@ -244,6 +264,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   propose(command: C, encoded: Uint8Array = this.codec.encode(command), signal?: AbortSignal): Promise<R> {
     if (this.stopped) return Promise.reject(stoppedError());
     if (signal?.aborted) return Promise.reject(abortError(signal, WRITE_TIMED_OUT));
+    const lag = this.applyLag();
+    if (lag) return Promise.reject(new CairnError(ErrorCode.OVERLOADED, `cannot propose: the state machine is ${lag} behind the commit index; retry shortly`));
     const proposed = this.guarded(() => this.node.propose(this.prepareProposal(encoded)));
     if (!proposed.ok) {
       const code = { 'not-leader': ErrorCode.NOT_LEADER, overloaded: ErrorCode.OVERLOADED, transferring: ErrorCode.LEADER_TRANSFERRING }[proposed.reason];
@@ -437,6 +459,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   }
 
   private schedule(): void {
+    this.startApply();
     if (this.draining || this.stopped) return;
     this.draining = true;
     this.drained = this.drain().finally(() => {
@@ -450,17 +473,20 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   /** Whether drain has something to do now. */
   private hasWork(): boolean {
     if (this.stopped) return false;
-    if (this.node.hasReady({ withCommitted: !this.applyBusy })) return true;
+    if (this.node.hasReady({ withCommitted: false })) return true;
     return !this.applyBusy && (this.compactRequests.length > 0 || this.compactionDue());
   }
 
   private async drain(): Promise<void> {
     try {
       while (this.hasWork()) {
-        const withCommitted = !this.applyBusy;
-        if (this.node.hasReady({ withCommitted })) {
-          await this.handleReady(this.node.ready({ withCommitted }));
+        // Back-pressure: a node whose applies fall behind stops taking (and acknowledging) entries.
+        while (this.applyBusy && this.applyLag() !== undefined) await this.applyPath;
+        if (this.stopped) break;
+        if (this.node.hasReady({ withCommitted: false })) {
+          await this.handleReady(this.node.ready({ withCommitted: false }));
           this.afterInput();
+          this.startApply();
         } else {
           this.onApplyPath(() => (this.compactRequests.length > 0 ? this.serveCompactRequests() : this.compact().then(() => undefined)));
         }
@@ -468,6 +494,23 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     } catch (err) {
       this.halt(err);
     }
+  }
+
+  /** How far applies are behind commits, when beyond MAX_APPLY_LAG_ENTRIES or MAX_APPLY_LAG_BYTES; undefined otherwise. */
+  private applyLag(): string | undefined {
+    const applied = this.stateMachine.appliedIndex();
+    const entries = this.node.commitIndex - applied;
+    if (entries > this.applyLagBounds.entries) return `${entries} entries`;
+    if (entries <= 0) return undefined;
+    const bytes = this.node.committedBytesAfter(applied);
+    return bytes > this.applyLagBounds.bytes ? `${bytes} bytes` : undefined;
+  }
+
+  /** Starts applying what is committed and durable here, unless an apply (or compaction) runs. */
+  private startApply(): void {
+    if (this.stopped || this.applyBusy || !this.node.hasCommittedToApply()) return;
+    const committed = this.guarded(() => this.node.takeCommitted());
+    if (committed.length > 0) this.onApplyPath(() => this.applyCommitted(committed));
   }
 
   /**
@@ -531,7 +574,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     for (const readId of ready.failedReads) this.failRead(readId);
     for (const grant of ready.reads) this.grantRead(grant.readId, grant.index);
     for (const { to } of ready.snapshotsToSend) void this.sendSnapshot(to);
-    if (ready.committed.length > 0) this.onApplyPath(() => this.applyCommitted(ready.committed));
+    assert(ready.committed.length === 0, 'a Ready taken without committed entries carries some');
   }
 
   // ------------------------------------------------------------ snapshots

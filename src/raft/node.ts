@@ -207,7 +207,8 @@ export interface Ready {
  * a leader's AppendRequests and heartbeats, when the Ready changes no hard state. The
  * leader then writes its own log in parallel with replicating it (thesis §10.2.1); it
  * counts itself toward a commit only once onPersisted says its entries are durable
- * (maybeCommit counts the leader's stableIndex, not its lastIndex). With a hard state
+ * (maybeCommit counts the leader's stableIndex, not its lastIndex). A follower's
+ * heartbeat answers go early too: they promise nothing the Ready writes. With a hard state
  * change in the Ready the term the messages carry may not be durable yet: a leader that
  * crashed before persisting it could lead the same term again with another log.
  * Everything else (votes, acknowledgements) promises durable state and waits.
@@ -215,7 +216,9 @@ export interface Ready {
 export function sendableBeforePersist(ready: Pick<Ready, 'hardState'>, message: Message): boolean {
   if (ready.hardState !== undefined) return false;
   const kind = message.body?.$case;
-  return kind === 'appendRequest' || kind === 'heartbeatRequest';
+  // A follower's heartbeat answer promises only its term, durable already (no hard state
+  // in this Ready): it need not wait for the entries being written (ReadIndex rounds).
+  return kind === 'appendRequest' || kind === 'heartbeatRequest' || kind === 'heartbeatResponse';
 }
 
 export type ProposeResult =
@@ -446,6 +449,9 @@ export class RaftNode {
    * rests on this (Raft's does not rest on timing); if the leader is in fact alive, the
    * pre-vote fails at the peers that still hear it and its next heartbeat brings us back.
    */
+  // Note for lease reads, should they come: forgetting the leader ends this follower's
+  // vote lease early (inLease), so a leader may no longer assume that no one is elected
+  // within an election timeout of its last quorum contact.
   leaderConnectionLost(id: NodeId): void {
     if (this.role !== 'follower' || id === NO_NODE || this.leader !== id) return;
     this.currentLeader = NO_NODE;
@@ -541,6 +547,27 @@ export class RaftNode {
       (this.pendingSnapshot !== undefined && !this.pendingSnapshot.handedOut) ||
       (this.role === 'leader' && (this.mayOpenReadRound() || this.hasUnsentEntries()))
     );
+  }
+
+  /**
+   * Committed entries that are durable here and not yet handed out (at most
+   * maxCommittedBytesPerReady of them), for a shell whose apply path takes them on its own
+   * instead of through ready() (so that a commit learned while a Ready is being persisted
+   * is applied at once, not after that fsync). None while a snapshot waits to be installed.
+   */
+  takeCommitted(): Entry[] {
+    if (this.pendingSnapshot) return [];
+    return this.log.takeCommitted(this.config.maxCommittedBytesPerReady);
+  }
+
+  /** Entry bytes committed here but not yet applied by a state machine at `appliedIndex`. */
+  committedBytesAfter(appliedIndex: number): number {
+    return this.log.bytesBetween(Math.max(appliedIndex + 1, this.log.firstIndex()), this.log.commitIndex);
+  }
+
+  /** Whether takeCommitted() has entries. */
+  hasCommittedToApply(): boolean {
+    return this.pendingSnapshot === undefined && this.log.hasCommitted();
   }
 
   /** The next batch of work; `withCommitted: false` keeps committed entries for a later call. */
@@ -1176,6 +1203,14 @@ export class RaftNode {
     if (this.role !== 'leader') return;
     this.syncProgressWithConfig();
     this.maybeCommit(); // a smaller voter set may commit at once
+    // Left as the only voter, no heartbeat answer may ever come for a round in flight: this
+    // node alone confirms it, as it confirms a read asked now (readIndex).
+    if (this.committedInTerm && this.aloneIsQuorum()) {
+      for (const round of this.sealedReadRounds.splice(0)) {
+        for (const readId of round.readIds) this.grantedReads.push({ readId, index: round.index });
+      }
+      this.grantSingleNodeReads();
+    }
   }
 
   /**

@@ -37,6 +37,12 @@ export const DEFAULT_MAX_RECONNECT_DELAY_MS = 2000;
 /** A stream that lived this long before failing was healthy: reconnect quickly. */
 const HEALTHY_STREAM_MS = 5000;
 /**
+ * Only a stream that lived this long and then failed UNAVAILABLE is reported as a lost
+ * peer (onPeerLost): a reconnect attempt that fails at once says nothing new, and must not
+ * make a follower forget a leader over and over on a link that is merely flaky.
+ */
+export const PEER_LOST_MIN_STREAM_MS = 1000;
+/**
  * The longest one InstallSnapshot transfer may take, end to end (the RPC's deadline):
  * a transfer cut off by it fails, and the leader sends a fresh snapshot later.
  */
@@ -388,7 +394,7 @@ class PeerLink {
       if (this.closed) return;
       if (err) this.logFailure(err.message);
       if (err && removedBy(err)) this.options.onRemoved?.(this.peerId, err.details, commitIndexOf(err));
-      if (err?.code === status.UNAVAILABLE) this.options.onPeerLost?.(this.peerId);
+      if (err?.code === status.UNAVAILABLE && Date.now() - openedAt >= PEER_LOST_MIN_STREAM_MS) this.options.onPeerLost?.(this.peerId);
       this.reconnectDelayMs =
         Date.now() - openedAt > HEALTHY_STREAM_MS ? MIN_RECONNECT_DELAY_MS : Math.min(this.reconnectDelayMs * 2, this.maxReconnectDelayMs);
       this.reconnectTimer = setTimeout(() => {

@@ -58,7 +58,7 @@ describe('simulator', () => {
       transfer: /member: leadership transferred from \d+ to \d+/,
     };
     const seen = new Map<string, number>();
-    for (let seed = 1; seed <= 80 && seen.size < Object.keys(markers).length; seed++) {
+    for (let seed = 1; seed <= 300 && seen.size < Object.keys(markers).length; seed++) {
       const result = await new Simulation({ seed }).run();
       if (!result.ok) throw new Error(`seed ${seed}: ${result.failure}`);
       for (const [name, pattern] of Object.entries(markers)) if (!seen.has(name) && result.trace.some((line) => pattern.test(line))) seen.set(name, seed);

@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { AddressInfo, connect, createServer, Socket } from 'node:net';
 import { join } from 'node:path';
 import { credentials, Server, ServerCredentials, ServerReadableStream } from '@grpc/grpc-js';
 import { EntryType, Message, RaftServiceClient, RaftServiceServer, RaftServiceService, StreamRequest, StreamResponse } from '../../gen/cairn/raft/v1/raft';
@@ -11,6 +12,7 @@ import {
   GrpcPeerTransport,
   IncomingPeerStreams,
   MAX_FRAME_BYTES,
+  PEER_LOST_MIN_STREAM_MS,
   peerMaxMessageBytes,
   splitIntoFrames,
 } from '../../src/server/peer-transport';
@@ -115,8 +117,22 @@ describe('peer frames', () => {
 describe('a peer that goes away', () => {
   test('the transport reports a peer whose process dies (its stream fails UNAVAILABLE), and only that one', async () => {
     const peer = await recordingPeer();
+    // The peer behind a TCP relay: destroying the relay's sockets is what a killed process
+    // does to its connections (the stream fails "Connection dropped", UNAVAILABLE).
+    const sockets = new Set<Socket>();
+    const relay = createServer((inbound) => {
+      const outbound = connect(peer.port, '127.0.0.1');
+      for (const socket of [inbound, outbound]) {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+        socket.on('close', () => sockets.delete(socket));
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+    const relayPort = (relay.address() as AddressInfo).port;
     const lost: number[] = [];
-    const transport = new GrpcPeerTransport({ clusterId: 1, selfId: 1, clientAddr: '127.0.0.1:1' }, new Map([[2, `127.0.0.1:${peer.port}`]]), logger, {
+    const transport = new GrpcPeerTransport({ clusterId: 1, selfId: 1, clientAddr: '127.0.0.1:1' }, new Map([[2, `127.0.0.1:${relayPort}`]]), logger, {
       maxMessageBytes: MAX_MESSAGE_BYTES,
       maxReconnectBackoffMs: 100,
       onPeerLost: (id) => lost.push(id),
@@ -124,17 +140,24 @@ describe('a peer that goes away', () => {
     try {
       transport.send([heartbeat(2, 1)]);
       await waitFor('the first frame', () => peer.frames.length > 0);
+      // A stream younger than PEER_LOST_MIN_STREAM_MS is not reported: let it age.
+      const openedAt = Date.now();
+      await waitFor('the stream to age', () => Date.now() - openedAt > PEER_LOST_MIN_STREAM_MS);
       expect(lost).toEqual([]);
-      peer.server.forceShutdown(); // as when the process is killed: the connection drops
-      // A node keeps sending to its peers (heartbeats, answers): the reconnect finds nobody.
+      relay.close();
+      for (const socket of sockets) socket.destroy();
+      await waitFor('the loss to be reported', () => lost.length > 0);
+      expect(lost).toEqual([2]);
+      // The reconnect attempts, which fail at once, are not reported again.
       let commit = 1;
-      await waitFor('the loss to be reported', () => {
+      for (let i = 0; i < 5; i++) {
         transport.send([heartbeat(2, ++commit)]);
-        return lost.length > 0;
-      });
-      expect(new Set(lost)).toEqual(new Set([2]));
+        await new Promise((resolve) => setTimeout(resolve, 120)); // a reconnect attempt fails meanwhile (5 rounds, bounded)
+      }
+      expect(lost).toEqual([2]);
     } finally {
       transport.close();
+      relay.close();
       peer.server.forceShutdown();
     }
   });

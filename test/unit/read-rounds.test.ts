@@ -1,3 +1,4 @@
+import { ConfigChangeType } from '../../gen/cairn/raft/v1/raft';
 import { MAX_READ_ROUNDS_IN_FLIGHT } from '../../src/raft/node';
 import { RaftNetwork } from '../support/raft-network';
 
@@ -40,6 +41,25 @@ describe('read rounds', () => {
     expect(net.pending).toEqual([]);
     net.heartbeats(1, 1); // a tick's heartbeat carries the latest round: both are confirmed in turn
     net.settle();
+    expect(net.grantedReads.filter((g) => g.node === 1).map((g) => g.readId).sort()).toEqual([1, 2]);
+  });
+});
+
+describe('read rounds when the leader is left the only voter', () => {
+  test('a round in flight, and the reads waiting behind it, are granted once a config change leaves the leader alone', () => {
+    const net = new RaftNetwork(2);
+    net.elect(1);
+    net.settle();
+    const leader = net.node(1);
+    net.isolate(2); // node 2 is down for good: no heartbeat answer will come
+    leader.readIndex(1);
+    net.flush();
+    leader.readIndex(2); // waits behind round 1
+    net.flush();
+    expect(net.grantedReads).toEqual([]);
+    const removal = leader.proposeConfigChange({ type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: { id: 2, peerAddr: '', clientAddr: '' } });
+    expect(removal).toMatchObject({ ok: true });
+    net.flush();
     expect(net.grantedReads.filter((g) => g.node === 1).map((g) => g.readId).sort()).toEqual([1, 2]);
   });
 });

@@ -182,7 +182,7 @@ describe('Replica: the persist path and the apply path', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function open(voters: NodeId[]) {
+  async function open(voters: NodeId[], lag: { maxApplyLagEntries?: number; maxApplyLagBytes?: number } = {}) {
     const db = await LevelDb.openDirectory(dir);
     const events: string[] = [];
     const sent: Message[] = [];
@@ -202,6 +202,7 @@ describe('Replica: the persist path and the apply path', () => {
         },
       },
       onFatal: (err) => fatal.push(err),
+      ...lag,
     });
     return { db, replica, storage, stateMachine, events, sent, fatal };
   }
@@ -278,6 +279,33 @@ describe('Replica: the persist path and the apply path', () => {
     expect(results.map((r) => r.revision)).toEqual([1, 2, 3]);
     // The later two were committed while the first was applied: one batch took both.
     expect(events.filter((e) => e.startsWith('apply-start'))).toEqual([`apply-start ${firstIndex}`, `apply-start ${lastIndex}`]);
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+
+  test('applies that fall behind commits by more than the bound turn proposals away (OVERLOADED) until they catch up', async () => {
+    const { db, replica, stateMachine, events, fatal } = await open([1], { maxApplyLagEntries: 3 });
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
+    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')), replica);
+    stateMachine.held = gate();
+    const accepted: Promise<CommandResult>[] = [];
+    let refused: unknown;
+    for (let i = 0; i < 20 && refused === undefined; i++) {
+      const write = replica.propose(put(`k${i}`));
+      write.catch((err: unknown) => (refused = err));
+      accepted.push(write);
+      await until(`write ${i} committed`, () => replica.node.commitIndex === replica.node.lastIndex || refused !== undefined, replica);
+    }
+    expect(refused).toMatchObject({ code: 'OVERLOADED' });
+    expect(String((refused as Error).message)).toMatch(/behind the commit index/);
+    expect(replica.node.commitIndex - replica.stateMachine.appliedIndex()).toBeGreaterThan(3);
+    expect(replica.node.commitIndex - replica.stateMachine.appliedIndex()).toBeLessThanOrEqual(5);
+    stateMachine.held.open();
+    stateMachine.held = undefined;
+    await Promise.allSettled(accepted);
+    await until('caught up', () => replica.stateMachine.appliedIndex() === replica.node.commitIndex, replica);
+    await expect(replica.propose(put('after'))).resolves.toMatchObject({ revision: expect.any(Number) });
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
