@@ -146,7 +146,12 @@ export class LevelDb implements Db {
   private readonly physical = new Map<string, AnySublevel>();
   private current = FIRST_GENERATION;
 
-  private constructor(private readonly level: AnyLevel) {}
+  /** The backend reads synchronously (see get). */
+  private readonly syncReads: boolean;
+
+  private constructor(private readonly level: AnyLevel) {
+    this.syncReads = (level.supports as { getSync?: boolean }).getSync === true;
+  }
 
   /**
    * A Db over an open abstract-level database, in the generation its `meta` names. The
@@ -222,16 +227,31 @@ export class LevelDb implements Db {
     }
   }
 
+  /**
+   * Point reads are synchronous (getSync) where the backend has them, as classic-level and
+   * memory-level do: a LevelDB read served from its memtable, block cache or the OS page
+   * cache takes microseconds, while a trip to libuv's thread pool and back costs tens to
+   * hundreds of microseconds of wake-ups and context switches on a loaded machine, and
+   * reads sit on the write path (an apply reads every key it writes). A read that must
+   * go to the disk holds the event loop for that long: the price of this choice.
+   */
   async get(sublevel: SublevelName, key: Uint8Array, options: ReadOptions = {}): Promise<Buffer | undefined> {
     const snapshot = levelSnapshot(options.snapshot);
-    return this.sublevel(sublevel, this.readGeneration(sublevel, options)).get(asBuffer(key), snapshot ? { snapshot } : {});
+    const physical = this.sublevel(sublevel, this.readGeneration(sublevel, options));
+    const readOptions = snapshot ? { snapshot } : {};
+    // A sublevel just created is still opening: the async read waits for it, getSync throws.
+    if (this.syncReads && physical.status === 'open') return physical.getSync(asBuffer(key), readOptions);
+    return physical.get(asBuffer(key), readOptions);
   }
 
-  /** Reads many keys of one sublevel in one call (one trip to LevelDB's thread instead of one per key). */
+  /** get() of many keys of one sublevel, at once. */
   async getMany(sublevel: SublevelName, keys: readonly Uint8Array[], options: ReadOptions = {}): Promise<(Buffer | undefined)[]> {
     if (keys.length === 0) return [];
     const snapshot = levelSnapshot(options.snapshot);
-    return this.sublevel(sublevel, this.readGeneration(sublevel, options)).getMany(keys.map(asBuffer), snapshot ? { snapshot } : {});
+    const physical = this.sublevel(sublevel, this.readGeneration(sublevel, options));
+    const readOptions = snapshot ? { snapshot } : {};
+    if (this.syncReads && physical.status === 'open') return keys.map((key) => physical.getSync(asBuffer(key), readOptions));
+    return physical.getMany(keys.map(asBuffer), readOptions);
   }
 
   async *entries(sublevel: SublevelName, range: KeyRange & ReadOptions = {}): AsyncIterable<[Buffer, Buffer]> {
