@@ -199,9 +199,29 @@ function runGenerator(job: GeneratorJob, budgetMs: number): Promise<GeneratorRes
   });
 }
 
-async function startCluster(variant: Variant, token: string): Promise<BenchCluster> {
-  if (variant.system === 'cairn') return CairnCluster.start(variant.node!.path, variant.node!.version, token);
-  return EtcdCluster.start(variant.etcdBinary!, variant.runtime, token);
+/**
+ * Cluster starts per run: the ports are picked free and then bound by the servers, and in
+ * between another process may take one (the kernel hands it out as the local port of an
+ * outgoing connection). A start that fails that way is retried on new ports.
+ */
+const CLUSTER_START_ATTEMPTS = 3;
+
+/** A fresh cluster with a leader, and that leader. */
+async function startCluster(variant: Variant, token: string): Promise<{ cluster: BenchCluster; leader: number }> {
+  for (let attempt = 1; ; attempt++) {
+    const cluster =
+      variant.system === 'cairn'
+        ? await CairnCluster.start(variant.node!.path, variant.node!.version, token)
+        : await EtcdCluster.start(variant.etcdBinary!, variant.runtime, token);
+    try {
+      return { cluster, leader: await cluster.waitForLeader() };
+    } catch (err) {
+      await cluster.stop();
+      const portTaken = /address is already in use|address already in use|EADDRINUSE/i.test(String((err as Error).message));
+      if (!portTaken || attempt >= CLUSTER_START_ATTEMPTS) throw err;
+      console.log(`${variant.label}: a port was taken before the cluster could bind it; starting again on new ports (attempt ${attempt + 1} of ${CLUSTER_START_ATTEMPTS})`);
+    }
+  }
 }
 
 function baseJob(cluster: BenchCluster, leader: number, concurrency: number, opts: BenchOptions) {
@@ -288,9 +308,8 @@ async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWork
 async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, runs: RunRecord[]): Promise<void> {
   const steady = opts.workloads.filter((w): w is RunRecord['workload'] => w !== 'failover');
   if (steady.length === 0) return;
-  const cluster = await startCluster(v, `bench-${v.system}-r${round}`);
+  const { cluster } = await startCluster(v, `bench-${v.system}-r${round}`);
   try {
-    await cluster.waitForLeader();
     const record = (workload: RunRecord['workload'], c: number, r: SteadyResult) => {
       const rec = toRecord(v, workload, c, round, r);
       runs.push(rec);
@@ -311,9 +330,8 @@ async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, run
 }
 
 async function failoverTrial(v: Variant, trial: number, opts: BenchOptions): Promise<FailoverRecord> {
-  const cluster = await startCluster(v, `bench-${v.system}-failover-${trial}`);
+  const { cluster, leader } = await startCluster(v, `bench-${v.system}-failover-${trial}`);
   try {
-    const leader = await cluster.waitForLeader();
     const job: FailoverJob = {
       ...baseJob(cluster, leader, opts.failoverConcurrency, opts), kind: 'failover', requestTimeoutMs: FAILOVER_REQUEST_TIMEOUT_MS,
       preKillMs: FAILOVER_PRE_KILL_MS, postRecoveryMs: FAILOVER_POST_RECOVERY_MS, maxRecoveryMs: FAILOVER_MAX_RECOVERY_MS, leaderPid: cluster.pids()[leader],
