@@ -62,6 +62,9 @@ export class ChaosRun {
 
   async run(): Promise<ChaosResult> {
     mkdirSync(this.options.outDir, { recursive: true });
+    // A fresh cluster every run: an earlier run into the same --out left its nodes' data
+    // here, and a cluster resuming from it starts with keys the history never wrote.
+    rmSync(join(this.options.outDir, 'data'), { recursive: true, force: true });
     await this.startCluster();
     try {
       await this.cluster.waitForLeader();
