@@ -1,3 +1,4 @@
+import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../storage/db';
 import { DEFAULT_STATE_CACHE_BYTES } from '../kv/record-cache';
 import { CairnError, ErrorCode } from '../errors';
 import { PortProtection } from './connection-guard';
@@ -48,6 +49,8 @@ export interface ServerConfig {
   snapshotEntries: number;
   /** Bytes of recently used key records the state machine keeps in memory (RecordCache). */
   stateCacheBytes: number;
+  /** LevelDB's memtable size. */
+  leveldbWriteBufferBytes: number;
   /** Log entries kept before the snapshot point at compaction, for slow followers. */
   snapshotCatchupEntries: number;
 }
@@ -86,6 +89,7 @@ export const SERVE_FLAGS = [
   { flag: 'snapshot-entries', env: 'CAIRN_SNAPSHOT_ENTRIES', default: '10000', help: 'compact the log once this many applied entries follow the last snapshot point' },
   { flag: 'snapshot-catchup-entries', env: 'CAIRN_SNAPSHOT_CATCHUP_ENTRIES', default: '5000', help: 'log entries kept before the snapshot point at compaction, so slow followers need no snapshot' },
   { flag: 'state-cache-bytes', env: 'CAIRN_STATE_CACHE_BYTES', default: String(DEFAULT_STATE_CACHE_BYTES), help: 'bytes of recently read and written keys and values kept in memory, so reads and applies skip LevelDB (0: none)' },
+  { flag: 'leveldb-write-buffer-bytes', env: 'CAIRN_LEVELDB_WRITE_BUFFER_BYTES', default: String(DEFAULT_LEVELDB_WRITE_BUFFER_BYTES), help: "LevelDB's memtable size: writes gather in memory up to this before LevelDB sorts them into a table file" },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -206,6 +210,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     snapshotEntries: integer('snapshot-entries', values['snapshot-entries']!, 1),
     snapshotCatchupEntries: integer('snapshot-catchup-entries', values['snapshot-catchup-entries']!, 0),
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
+    leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

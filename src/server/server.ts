@@ -86,7 +86,7 @@ export class CairnNode {
    * configuration removed it (`cairn serve` then stops it and exits 0).
    */
   static async start(config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void = () => undefined): Promise<CairnNode> {
-    const db = await LevelDb.openDirectory(config.dataDir);
+    const db = await LevelDb.openDirectory(config.dataDir, { writeBufferBytes: config.leveldbWriteBufferBytes });
     try {
       return await CairnNode.startOn(db, config, logger, onFatal, onRemoved);
     } catch (err) {

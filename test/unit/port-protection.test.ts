@@ -1,3 +1,5 @@
+import { DEFAULT_STATE_CACHE_BYTES } from '../../src/kv/record-cache';
+import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../../src/storage/db';
 import { resolveFlags } from '../../src/cli/flags';
 import { buildServerConfig, PEER_IDLE_TIMEOUT_MS, PEER_MAX_CONCURRENT_STREAMS, SERVE_FLAGS } from '../../src/server/config';
 import { createServer } from 'node:net';
@@ -48,4 +50,15 @@ test('a port in use is one clear INVALID_ARGUMENT line naming the flag', async (
   });
   server.forceShutdown();
   await new Promise<void>((resolve) => squatter.close(() => resolve()));
+});
+
+describe('storage flags', () => {
+  test('--state-cache-bytes and --leveldb-write-buffer-bytes: defaults, flags, environment, bad values', () => {
+    expect(config({}).stateCacheBytes).toBe(DEFAULT_STATE_CACHE_BYTES);
+    expect(config({}).leveldbWriteBufferBytes).toBe(DEFAULT_LEVELDB_WRITE_BUFFER_BYTES);
+    expect(config({ 'state-cache-bytes': '0' }).stateCacheBytes).toBe(0);
+    expect(config({}, { CAIRN_LEVELDB_WRITE_BUFFER_BYTES: '8388608' }).leveldbWriteBufferBytes).toBe(8 << 20);
+    expect(() => config({ 'leveldb-write-buffer-bytes': '1000' })).toThrow(/--leveldb-write-buffer-bytes must be an integer >= 65536/);
+    expect(() => config({ 'state-cache-bytes': '-1' })).toThrow(/--state-cache-bytes must be an integer >= 0/);
+  });
 });
