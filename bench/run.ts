@@ -88,7 +88,8 @@ export interface RunRecord {
   percentilesMs: Array<[number, number]>;
 }
 
-export interface FailoverRecord {
+/** One failover trial as recorded: the generator's result and what ran it. */
+export interface FailoverRecord extends Omit<FailoverResult, 'kind'> {
   system: SystemName;
   variant: string;
   serverNode: string | null;
@@ -96,14 +97,6 @@ export interface FailoverRecord {
   generatorNode: string;
   concurrency: number;
   trial: number;
-  failoverMs: number | null;
-  ackedWrites: number;
-  keysChecked: number;
-  lost: number;
-  firstLost: string[];
-  unverified: number;
-  errors: number;
-  firstErrors: string[];
 }
 
 export interface MedianRecord {
@@ -337,10 +330,10 @@ async function failoverTrial(v: Variant, trial: number, opts: BenchOptions): Pro
       preKillMs: FAILOVER_PRE_KILL_MS, postRecoveryMs: FAILOVER_POST_RECOVERY_MS, maxRecoveryMs: FAILOVER_MAX_RECOVERY_MS, leaderPid: cluster.pids()[leader],
     };
     const r = (await runGenerator(job, FAILOVER_PRE_KILL_MS + FAILOVER_MAX_RECOVERY_MS + FAILOVER_POST_RECOVERY_MS + 60_000)) as FailoverResult;
+    const { kind: _kind, ...result } = r;
     const rec: FailoverRecord = {
       system: v.system, variant: v.label, serverNode: serverNodeOf(v), serverRuntime: v.runtime, generatorNode: process.version,
-      concurrency: opts.failoverConcurrency, trial, failoverMs: r.failoverMs, ackedWrites: r.ackedWrites, keysChecked: r.keysChecked,
-      lost: r.lost, firstLost: r.firstLost, unverified: r.unverified, errors: r.errors, firstErrors: r.firstErrors,
+      concurrency: opts.failoverConcurrency, trial, ...result,
     };
     console.log(
       `trial ${trial} ${v.label.padEnd(14)} failover c=${rec.concurrency}: ${rec.failoverMs === null ? 'never recovered' : `${Math.round(rec.failoverMs)} ms`}` +

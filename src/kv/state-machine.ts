@@ -168,7 +168,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
     const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache);
     const commands = entries.map(decodeCommand);
-    await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map((command) => (command && command !== UNDECODABLE && command.op?.value.clientId) || ''))]);
+    await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
     for (let i = 0; i < entries.length; i++) {
       outcomes.push({ index: entries[i].index, term: entries[i].term, result: await batch.applyEntry(entries[i], commands[i]) });
@@ -428,6 +428,11 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
   } catch {
     return UNDECODABLE;
   }
+}
+
+/** The session a command writes under ('' for none). */
+function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
+  return (command && command !== UNDECODABLE && command.op?.value.clientId) || '';
 }
 
 function hex(key: Uint8Array): string {

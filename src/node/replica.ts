@@ -488,7 +488,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
           this.afterInput();
           this.startApply();
         } else {
-          this.onApplyPath(() => (this.compactRequests.length > 0 ? this.serveCompactRequests() : this.compact().then(() => undefined)));
+          this.onApplyPath(() => this.compactIfAskedOrDue());
         }
       }
     } catch (err) {
@@ -543,6 +543,11 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.resolveConfigChanges(committed);
     this.releaseAppliedWaiters();
     // Here, not only when the persist path is idle: under steady load it never is.
+    await this.compactIfAskedOrDue();
+  }
+
+  /** Serves Cluster.Snapshot requests, or compacts when --snapshot-entries says so (on the apply path). */
+  private async compactIfAskedOrDue(): Promise<void> {
     if (this.compactRequests.length > 0) await this.serveCompactRequests();
     else if (this.compactionDue()) await this.compact();
   }
@@ -558,8 +563,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   }
 
   private async handleReady(ready: Ready): Promise<void> {
-    const early = ready.messages.filter((message) => sendableBeforePersist(ready, message));
-    const late = early.length === 0 ? ready.messages : ready.messages.filter((message) => !sendableBeforePersist(ready, message));
+    const early: Message[] = [];
+    const late: Message[] = [];
+    for (const message of ready.messages) (sendableBeforePersist(ready, message) ? early : late).push(message);
     if (early.length > 0) this.transport.send(early);
     if (ready.snapshot) {
       await this.applyPath; // the install switches the state machine: no apply may be running

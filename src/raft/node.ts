@@ -175,8 +175,9 @@ export interface ReadGrant {
  *   2. only then send the other `messages` (they may promise what step 1 made durable:
  *      a vote, an acknowledgement of entries);
  *   3. apply `committed` in order (they are durable here already, so the shell may apply
- *      them while it persists the next Ready; it must not take a next Ready's committed
- *      entries before this batch is applied: see ready({ withCommitted }));
+ *      them while it persists the next Ready). A shell with its own apply path takes
+ *      Readies with `withCommitted: false` and committed entries through takeCommitted(),
+ *      one batch at a time;
  *   4. serve `reads` once applied >= their index; fail `failedReads`.
  */
 export interface Ready {
@@ -448,10 +449,10 @@ export class RaftNode {
    * LEADER_LOST_CAMPAIGN_TICKS rather than after a whole election timeout. Safety never
    * rests on this (Raft's does not rest on timing); if the leader is in fact alive, the
    * pre-vote fails at the peers that still hear it and its next heartbeat brings us back.
+   * For lease reads, should they come: this ends the follower's vote lease early
+   * (inLease), so a leader may no longer assume that no one is elected within an election
+   * timeout of its last quorum contact.
    */
-  // Note for lease reads, should they come: forgetting the leader ends this follower's
-  // vote lease early (inLease), so a leader may no longer assume that no one is elected
-  // within an election timeout of its last quorum contact.
   leaderConnectionLost(id: NodeId): void {
     if (this.role !== 'follower' || id === NO_NODE || this.leader !== id) return;
     this.currentLeader = NO_NODE;
@@ -539,7 +540,7 @@ export class RaftNode {
     return (
       this.outbox.length > 0 ||
       this.log.hasUnstable() ||
-      (withCommitted && this.log.hasCommitted() && this.pendingSnapshot === undefined) ||
+      (withCommitted && this.hasCommittedToApply()) ||
       this.hardStateChanged() ||
       this.grantedReads.length > 0 ||
       this.failedReads.length > 0 ||
@@ -553,7 +554,8 @@ export class RaftNode {
    * Committed entries that are durable here and not yet handed out (at most
    * maxCommittedBytesPerReady of them), for a shell whose apply path takes them on its own
    * instead of through ready() (so that a commit learned while a Ready is being persisted
-   * is applied at once, not after that fsync). None while a snapshot waits to be installed.
+   * is applied at once, not after that fsync). None while a snapshot waits to be installed:
+   * nothing is applied on top of a snapshot that is not yet installed.
    */
   takeCommitted(): Entry[] {
     if (this.pendingSnapshot) return [];
@@ -584,8 +586,7 @@ export class RaftNode {
       hardState,
       entries: this.log.takeUnstable(),
       messages: this.outbox,
-      // Nothing is applied on top of a snapshot that is not yet installed.
-      committed: this.pendingSnapshot || !withCommitted ? [] : this.log.takeCommitted(this.config.maxCommittedBytesPerReady),
+      committed: withCommitted ? this.takeCommitted() : [],
       reads: this.grantedReads,
       failedReads: this.failedReads,
       snapshotsToSend: this.snapshotsToSend,
@@ -1096,7 +1097,12 @@ export class RaftNode {
     if (confirmedUpTo < 0) return;
     // Confirming a later round also confirms every earlier one: leadership was
     // proven after all of their reads arrived.
-    for (const round of this.sealedReadRounds.splice(0, confirmedUpTo + 1)) {
+    this.grantReadRounds(this.sealedReadRounds.splice(0, confirmedUpTo + 1));
+  }
+
+  /** Every read of these confirmed rounds may be served once its round's index is applied. */
+  private grantReadRounds(rounds: readonly ReadRound[]): void {
+    for (const round of rounds) {
       for (const readId of round.readIds) this.grantedReads.push({ readId, index: round.index });
     }
   }
@@ -1206,9 +1212,7 @@ export class RaftNode {
     // Left as the only voter, no heartbeat answer may ever come for a round in flight: this
     // node alone confirms it, as it confirms a read asked now (readIndex).
     if (this.committedInTerm && this.aloneIsQuorum()) {
-      for (const round of this.sealedReadRounds.splice(0)) {
-        for (const readId of round.readIds) this.grantedReads.push({ readId, index: round.index });
-      }
+      this.grantReadRounds(this.sealedReadRounds.splice(0));
       this.grantSingleNodeReads();
     }
   }

@@ -146,8 +146,8 @@ const FLUSH_RANGE_END = Buffer.from('~~');
  * LevelDB's memtable (write buffer) size: 64 MiB, not LevelDB's 4 MiB. A node writes every
  * entry twice (the log, then the state), and a small memtable fills and is compacted into
  * level 0 over and over; compaction flushes the memtable anyway before each log compaction
- * (every --snapshot-entries), so it seldom grows near the bound. Measured (docs/benchmarks.md):
- * put c=64 +13%, c=256 +7%, less CPU per write.
+ * (every --snapshot-entries), so it seldom grows near the bound. What it bought is in
+ * docs/benchmarks.md ("What each change bought").
  */
 export const DEFAULT_LEVELDB_WRITE_BUFFER_BYTES = 64 << 20;
 
@@ -248,12 +248,7 @@ export class LevelDb implements Db {
    * go to the disk holds the event loop for that long: the price of this choice.
    */
   async get(sublevel: SublevelName, key: Uint8Array, options: ReadOptions = {}): Promise<Buffer | undefined> {
-    const snapshot = levelSnapshot(options.snapshot);
-    const physical = this.sublevel(sublevel, this.readGeneration(sublevel, options));
-    const readOptions = snapshot ? { snapshot } : {};
-    // A sublevel just created is still opening: the async read waits for it, getSync throws.
-    if (this.syncReads && physical.status === 'open') return physical.getSync(asBuffer(key), readOptions);
-    return physical.get(asBuffer(key), readOptions);
+    return (await this.getMany(sublevel, [key], options))[0];
   }
 
   /** get() of many keys of one sublevel, at once. */
@@ -262,6 +257,7 @@ export class LevelDb implements Db {
     const snapshot = levelSnapshot(options.snapshot);
     const physical = this.sublevel(sublevel, this.readGeneration(sublevel, options));
     const readOptions = snapshot ? { snapshot } : {};
+    // A sublevel just created is still opening: the async read waits for it, getSync throws.
     if (this.syncReads && physical.status === 'open') return keys.map((key) => physical.getSync(asBuffer(key), readOptions));
     return physical.getMany(keys.map(asBuffer), readOptions);
   }

@@ -43,6 +43,16 @@ export class RaftNetwork {
     }
   }
 
+  /** A network of `count` voters in which `leader` was elected and everything has settled. */
+  static ledBy(leader: NodeId, count = 3, overrides: Partial<RaftConfig> = {}): RaftNetwork {
+    const net = new RaftNetwork(count, overrides);
+    net.elect(leader);
+    net.settle();
+    const leaders = net.leaders();
+    if (leaders.length !== 1 || leaders[0] !== leader) throw new Error(`node ${leader} was to lead; leaders: [${leaders}]`);
+    return net;
+  }
+
   /**
    * A brand-new node with empty storage that will join the running cluster: its
    * bootstrap voters are the cluster's, so it learns the config from the leader's log.

@@ -7,16 +7,8 @@ import { RaftNetwork } from '../support/raft-network';
  * (RaftNode.leaderConnectionLost); a wrong guess disrupts nothing.
  */
 describe('leader connection lost', () => {
-  function cluster(): RaftNetwork {
-    const net = new RaftNetwork(3);
-    net.elect(1);
-    net.settle();
-    expect(net.leaders()).toEqual([1]);
-    return net;
-  }
-
   test('when the leader process dies, the followers that see its connection break elect a new leader within a few ticks', () => {
-    const net = cluster();
+    const net = RaftNetwork.ledBy(1);
     const term = net.node(1).term;
     net.isolate(1); // the leader is gone
     net.node(2).leaderConnectionLost(1);
@@ -36,7 +28,7 @@ describe('leader connection lost', () => {
   });
 
   test('a follower wrong about it (the leader still reaches the others) does not disrupt the cluster', () => {
-    const net = cluster();
+    const net = RaftNetwork.ledBy(1);
     const term = net.node(1).term;
     net.cutLink(1, 2); // only node 2 stops hearing the leader
     net.node(2).leaderConnectionLost(1);
@@ -55,7 +47,7 @@ describe('leader connection lost', () => {
   });
 
   test('it means nothing when the lost peer is not our leader, or we lead', () => {
-    const net = cluster();
+    const net = RaftNetwork.ledBy(1);
     net.node(2).leaderConnectionLost(3);
     expect(net.node(2).leader).toBe(1);
     net.node(1).leaderConnectionLost(2);

@@ -148,11 +148,22 @@ describe('a peer that goes away', () => {
       for (const socket of sockets) socket.destroy();
       await waitFor('the loss to be reported', () => lost.length > 0);
       expect(lost).toEqual([2]);
-      // The reconnect attempts, which fail at once, are not reported again.
-      let commit = 1;
-      for (let i = 0; i < 5; i++) {
-        transport.send([heartbeat(2, ++commit)]);
-        await new Promise((resolve) => setTimeout(resolve, 120)); // a reconnect attempt fails meanwhile (5 rounds, bounded)
+      // The reconnect attempts, which fail at once, are not reported again. A listener on the
+      // old port counts them, dropping each connection as it comes.
+      let attempts = 0;
+      const dropper = createServer((socket) => {
+        attempts++;
+        socket.destroy();
+      });
+      await new Promise<void>((resolve) => dropper.listen(relayPort, '127.0.0.1', resolve));
+      try {
+        let commit = 1;
+        await waitFor('five failed reconnect attempts', () => {
+          transport.send([heartbeat(2, ++commit)]);
+          return attempts >= 5;
+        });
+      } finally {
+        dropper.close();
       }
       expect(lost).toEqual([2]);
     } finally {

@@ -6,9 +6,7 @@ import { RaftNetwork } from '../support/raft-network';
 describe('read rounds', () => {
   test('reads that arrive while a round is in flight wait for it, then all go in the next round together', () => {
     expect(MAX_READ_ROUNDS_IN_FLIGHT).toBe(1);
-    const net = new RaftNetwork(3);
-    net.elect(1);
-    net.settle();
+    const net = RaftNetwork.ledBy(1);
     const leader = net.node(1);
     const heartbeatsSoFar = () => net.readies.get(1)!.flatMap((r) => r.messages).filter((m) => m.body?.$case === 'heartbeatRequest' && m.body.value.readRound > 0);
 
@@ -29,9 +27,7 @@ describe('read rounds', () => {
   });
 
   test('a round whose heartbeats are lost is confirmed by the next periodic heartbeat', () => {
-    const net = new RaftNetwork(3);
-    net.elect(1);
-    net.settle();
+    const net = RaftNetwork.ledBy(1);
     const leader = net.node(1);
     leader.readIndex(1);
     net.flush();
@@ -47,9 +43,7 @@ describe('read rounds', () => {
 
 describe('read rounds when the leader is left the only voter', () => {
   test('a round in flight, and the reads waiting behind it, are granted once a config change leaves the leader alone', () => {
-    const net = new RaftNetwork(2);
-    net.elect(1);
-    net.settle();
+    const net = RaftNetwork.ledBy(1, 2);
     const leader = net.node(1);
     net.isolate(2); // node 2 is down for good: no heartbeat answer will come
     leader.readIndex(1);

@@ -27,6 +27,7 @@ import { effectiveDeadlineMs, kvService, openRequestScope, PeerInputStats, raftS
 import { ERROR_CODE_METADATA, fromGrpcError, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
 import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
+import { DelegatingStorage } from '../support/delegating-storage';
 import { rawPeerStream, rawPeerUnary } from '../support/raw-peer';
 
 jest.setTimeout(30_000);
@@ -35,32 +36,16 @@ const CLUSTER_ID = 42;
 const LIMITS: Limits = { maxKeyBytes: 64, maxValueBytes: 256, maxRequestBytes: 512, maxRangeLimit: 100, maxRangeBytes: 4096, maxClientIdBytes: 16 };
 
 /** Storage whose writes can be held back, so proposals and reads stay pending. */
-class StallableStorage implements RaftStorage {
+class StallableStorage extends DelegatingStorage {
   private stalled = false;
   private waiting: (() => void)[] = [];
-  constructor(private readonly inner: RaftStorage) {}
-  load() {
-    return this.inner.load();
-  }
-  async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {
+  override async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {
     if (this.stalled) await new Promise<void>((resolve) => this.waiting.push(resolve));
     return this.inner.persist(hardState, entries);
   }
-  stagePersist(hardState: HardState | undefined, entries: readonly Entry[]) {
-    return this.inner.stagePersist(hardState, entries);
-  }
-  stageCompaction(...args: Parameters<RaftStorage['stageCompaction']>) {
-    return this.inner.stageCompaction(...args);
-  }
-  stageInstall(...args: Parameters<RaftStorage['stageInstall']>) {
-    return this.inner.stageInstall(...args);
-  }
-  async writeSynced(ops: Parameters<RaftStorage['writeSynced']>[0]): Promise<void> {
+  override async writeSynced(ops: Parameters<RaftStorage['writeSynced']>[0]): Promise<void> {
     if (this.stalled) await new Promise<void>((resolve) => this.waiting.push(resolve));
     return this.inner.writeSynced(ops);
-  }
-  flushToDisk(): Promise<void> {
-    return this.inner.flushToDisk();
   }
   stall(): void {
     this.stalled = true;
