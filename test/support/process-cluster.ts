@@ -16,15 +16,37 @@ function packageRoot(): string {
 
 export const CAIRN_MAIN = resolve(packageRoot(), 'dist/src/cli/main.js');
 
-/** A port on 127.0.0.1 that was free a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
+/**
+ * Ports handed out come from below the kernel's ephemeral range (ip_local_port_range starts
+ * at 32768 by default): a port the kernel picked for `listen(0)` can be taken again by any
+ * outgoing connection on the machine before the node that was given it binds it (it
+ * happened: a cluster whose node found its port taken). Each jest worker gets its own slice,
+ * so workers do not hand out each other's ports either.
+ */
+const TEST_PORTS_FIRST = 20_000;
+const TEST_PORTS_PER_WORKER = 1_500;
+const TEST_PORT_WORKER_SLICES = 8;
+const handedOut = new Set<number>();
+
+/** A port on 127.0.0.1 that is free now, outside the ephemeral range, not handed out before by this process. */
+export async function freePort(): Promise<number> {
+  const worker = Number(process.env.JEST_WORKER_ID ?? 0) % TEST_PORT_WORKER_SLICES;
+  const first = TEST_PORTS_FIRST + worker * TEST_PORTS_PER_WORKER;
+  if (handedOut.size >= TEST_PORTS_PER_WORKER / 2) handedOut.clear();
+  for (let attempt = 0; attempt < TEST_PORTS_PER_WORKER; attempt++) {
+    const port = first + Math.floor(Math.random() * TEST_PORTS_PER_WORKER);
+    if (handedOut.has(port) || !(await canListen(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port in ${first}-${first + TEST_PORTS_PER_WORKER - 1}`);
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((done) => {
     const server = createServer();
-    server.once('error', fail);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => done(port));
-    });
+    server.once('error', () => done(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => done(true)));
   });
 }
 
