@@ -3,6 +3,7 @@ import { Command } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
+import { assert } from '../../src/assert';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
@@ -29,6 +30,8 @@ const MAX_WRITES_IN_FLIGHT = 3;
  * writers than this outrun them, so the log grows until the run cannot converge.
  */
 const MAX_LANES = 5;
+/** Client calls and returns at one simulated instant, at most (see eventTime()). */
+const MAX_CLIENT_EVENTS_PER_INSTANT = 1_000_000;
 const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
@@ -206,6 +209,9 @@ interface SimClient {
  */
 export class Simulation {
   private now = 0;
+  /** eventTime(): the instant of the last client event, and how many client events it has had. */
+  private eventInstant = -1;
+  private eventsThisInstant = 0;
   private readonly queue = new EventQueue();
   private readonly rand: SeededRandom;
   /** Draws of the targeted faults only, so they do not shift the rest of a seed's draws. */
@@ -1035,7 +1041,7 @@ export class Simulation {
     const value = kind === 'put' ? `c${client.id}g${client.generation}s${sequence}` : undefined;
     const keyBytes = Buffer.from(key);
     const name = `client ${lane}: ${kind} ${key}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
-    const call = this.now;
+    const call = this.eventTime();
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     let maybeApplied = false;
     let failedAttempts = 0;
@@ -1060,7 +1066,7 @@ export class Simulation {
         } else if (outcome.ok) {
           const op = outcome.value.op;
           const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
-          this.history.push({ client: lane, kind, key, value, output, call, ret: this.now, known: true });
+          this.history.push({ client: lane, kind, key, value, output, call, ret: this.eventTime(), known: true });
           session.exists = true;
           this.log(`${name} ok ${JSON.stringify(output)}`);
           return;
@@ -1107,8 +1113,23 @@ export class Simulation {
     return true;
   }
 
+  /**
+   * The time of a client call or return for the history: the simulated time, plus a
+   * fraction that orders the events of one instant as they happened. Many events share an
+   * instant (a lone voter answers a read within it), and the checker would otherwise have
+   * to guess their order (it takes returns first, which can invent a precedence).
+   */
+  private eventTime(): number {
+    if (this.now !== this.eventInstant) {
+      this.eventInstant = this.now;
+      this.eventsThisInstant = 0;
+    }
+    assert(this.eventsThisInstant < MAX_CLIENT_EVENTS_PER_INSTANT, `more than ${MAX_CLIENT_EVENTS_PER_INSTANT} client events at one instant`);
+    return this.now + this.eventsThisInstant++ / MAX_CLIENT_EVENTS_PER_INSTANT;
+  }
+
   private async clientGet(client: number, key: string): Promise<void> {
-    const call = this.now;
+    const call = this.eventTime();
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     while (this.now < deadline) {
       const replica = this.pickLeader();
@@ -1119,7 +1140,7 @@ export class Simulation {
       const outcome = await this.withTimeout(replica.readBarrier().then(() => replica.stateMachine.get(Buffer.from(key))));
       if (outcome.ok) {
         const value = outcome.value ? outcome.value.value.toString() : null;
-        this.history.push({ client, kind: 'get', key, output: { value }, call, ret: this.now, known: true });
+        this.history.push({ client, kind: 'get', key, output: { value }, call, ret: this.eventTime(), known: true });
         this.log(`client ${client}: get ${key} -> ${value}`);
         return;
       }
@@ -1348,9 +1369,9 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.logTimeUnixMs();
   }
 
-  async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+  async apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]> {
     for (const entry of entries) this.hooks.onApply(entry);
-    const outcomes = await this.inner.apply(entries);
+    const outcomes = await this.inner.apply(entries, decided);
     // The shell runs nothing else against the state machine until apply returns.
     this.hooks.onState(this.inner.appliedIndex(), await stateDigest(this.db));
     return outcomes;
