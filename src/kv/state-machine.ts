@@ -38,7 +38,7 @@ export interface StateMachine extends Fsm<CommandResult> {
   /** Log time: the highest leader stamp applied so far (kv.proto, Command.proposed_at_unix_ms). */
   logTimeUnixMs(): number;
   /** Applies entries in one atomic write with the new applied index. */
-  apply(entries: readonly Entry[]): Promise<ApplyOutcome[]>;
+  apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
   range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
 }
@@ -60,6 +60,11 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   private applied: AppliedState;
   /** Applies must not overlap: each one reads the state the previous one wrote. */
   private applying = false;
+  /**
+   * The write of an apply whose outcomes were already given out (see apply()): reads wait
+   * for it, so whoever heard of a write, and then reads here, sees it (serializable too).
+   */
+  private landing: Promise<void> | undefined;
   /** The restore staging now, if any: one at a time. */
   private restore: KvRestore | undefined;
   /** From a restore's switchOps() to its activate(): the database may already serve the new state. */
@@ -146,18 +151,18 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     return this.applied.logTimeUnixMs;
   }
 
-  async apply(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+  async apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]> {
     assert(!this.applying, 'apply called while another apply is in progress');
     assert(!this.switching, 'apply called between a restore switch and its activation');
     this.applying = true;
     try {
-      return await this.applyInOrder(entries);
+      return await this.applyInOrder(entries, decided);
     } finally {
       this.applying = false;
     }
   }
 
-  private async applyInOrder(entries: readonly Entry[]): Promise<ApplyOutcome[]> {
+  private async applyInOrder(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]> {
     let index = this.applied.index;
     for (const entry of entries) {
       assert(entry.index === index + 1, `applying index ${entry.index} after ${index}`);
@@ -178,13 +183,26 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       applied.index >= this.applied.index && applied.revision >= this.applied.revision && applied.logTimeUnixMs >= this.applied.logTimeUnixMs,
       'applied state went back',
     );
-    await this.db.write(batch.ops(applied), { sync: false });
-    batch.writeThrough();
-    this.applied = applied;
+    const written = this.db.write(batch.ops(applied), { sync: false });
+    // The callers may hear now: their entries are durable in the log. Linearizable reads wait
+    // for this.applied, which moves only once the batch is in LevelDB; other reads for `landing`.
+    let landed!: () => void;
+    this.landing = new Promise((resolve) => (landed = resolve));
+    try {
+      decided?.(outcomes);
+      await written;
+      batch.writeThrough();
+      this.applied = applied;
+    } finally {
+      // On a failed write too: the apply fails with it, and the node stops.
+      this.landing = undefined;
+      landed();
+    }
     return outcomes;
   }
 
   async get(key: Uint8Array): Promise<KeyValue | undefined> {
+    if (this.landing) await this.landing;
     const name = hex(key);
     let record = this.switching ? undefined : this.cache.get(name);
     if (record === undefined) {
@@ -202,6 +220,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     const kvs: KeyValue[] = [];
     let more = false;
     let bytes = 0;
+    if (this.landing) await this.landing;
     const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });
     for await (const [key, value] of iterator) {
       if (kvs.length === options.limit) {

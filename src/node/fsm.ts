@@ -9,8 +9,14 @@ import { DbOp } from '../storage/db';
 export interface Fsm<R> {
   /** The index of the last entry applied (durably, or re-applied after a crash). */
   appliedIndex(): number;
-  /** Applies committed entries in order, atomically with the new applied index. */
-  apply(entries: readonly Entry[]): Promise<ApplyOutcome<R>[]>;
+  /**
+   * Applies committed entries in order, atomically with the new applied index. It may call
+   * `decided` once the outcomes are known and before they are written: the entries are
+   * committed and durable in the log, so a crash before the write only means they are applied
+   * again, with the same outcomes. `appliedIndex()` moves (and reads see the effects) only
+   * once the write has landed.
+   */
+  apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome<R>[]) => void): Promise<ApplyOutcome<R>[]>;
 }
 
 /** What applying one log entry produced: a result for the proposer, or none (a no-op). */

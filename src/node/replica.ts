@@ -255,7 +255,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   }
 
   /**
-   * Proposes a write; resolves with its result once it is committed and applied here.
+   * Proposes a write; resolves with its result once it is committed and its outcome decided
+   * here (the state write may still be landing: reads wait for it through the applied index).
    * `encoded` spares a second encoding when the caller already holds the bytes (a write
    * forwarded by a follower). The codec prepares the bytes (the kv stamps them with this
    * node's log time): only a leader's proposal enters the log. When `signal` aborts (the caller's deadline
@@ -538,7 +539,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   /** Applies one batch of committed (durable) entries and answers their callers. */
   private async applyCommitted(committed: Ready['committed']): Promise<void> {
-    const outcomes = await this.stateMachine.apply(committed);
+    // Proposers are answered when the outcomes are decided (maybe before the state write
+    // lands); a state machine that does not say so early is answered here.
+    const outcomes = await this.stateMachine.apply(committed, (decided) => this.resolveProposals(decided));
     this.resolveProposals(outcomes);
     this.resolveConfigChanges(committed);
     this.releaseAppliedWaiters();
@@ -776,6 +779,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     }
   }
 
+  /** Answers the proposers of `outcomes`; one already answered has left `proposals`, so a second call is a no-op. */
   private resolveProposals(outcomes: readonly ApplyOutcome<R>[]): void {
     for (const outcome of outcomes) {
       const pending = this.proposals.get(outcome.index);

@@ -92,6 +92,7 @@ describe('Replica on LevelDB', () => {
     await becomeLeader(first.replica);
     expect(first.replica.stateMachine.logTimeUnixMs()).toBe(0);
     await first.replica.propose(put('t', '1'));
+    await first.replica.readBarrier(); // the writer hears before the state write lands; log time moves with it
     expect(first.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_000_000);
     // Five seconds pass while the wall clock jumps two hours ahead: log time moves five seconds.
     clock.monotonic += 5_000;
@@ -99,6 +100,7 @@ describe('Replica on LevelDB', () => {
     // A forwarded command arrives as bytes, perhaps with a stamp of its own: the leader's wins.
     const forwarded = { ...put('t', '2'), proposedAtUnixMs: 9_999_999_999_999 };
     await first.replica.propose(forwarded, Command.encode(forwarded).finish());
+    await first.replica.readBarrier();
     expect(first.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_005_000);
     await first.replica.stop();
     await first.db.close();
@@ -109,6 +111,7 @@ describe('Replica on LevelDB', () => {
     await becomeLeader(second.replica);
     clock.monotonic += 1_000;
     await second.replica.propose(put('t', '3'));
+    await second.replica.readBarrier();
     expect(second.replica.stateMachine.logTimeUnixMs()).toBe(1_700_000_006_000);
     await second.replica.stop();
     await second.db.close();

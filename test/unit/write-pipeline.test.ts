@@ -5,9 +5,10 @@ import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { Entry, HardState, Message } from '../../gen/cairn/raft/v1/raft';
 import { openKvReplica } from '../../src/kv/kv-replica';
 import { KvStateMachine, StateMachine } from '../../src/kv/state-machine';
+import { ApplyOutcome } from '../../src/node/fsm';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftNode, Ready, sendableBeforePersist } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
-import { LevelDb } from '../../src/storage/db';
+import { Db, DbOp, LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
 import { DelegatingStorage } from '../support/delegating-storage';
 import { RaftNetwork } from '../support/raft-network';
@@ -134,13 +135,23 @@ class GatedStorage extends DelegatingStorage {
   }
 }
 
+/** `db` for the state machine alone, whose writes may be held at a gate. */
+function gatedWrites(db: Db): Db & { held?: { wait: Promise<void>; open(): void } } {
+  const gated = Object.create(db) as Db & { held?: { wait: Promise<void>; open(): void } };
+  gated.write = async (ops: readonly DbOp[], options: { sync: boolean }) => {
+    if (gated.held) await gated.held.wait;
+    return db.write(ops, options);
+  };
+  return gated;
+}
+
 /** The kv state machine, whose applies may be held at a gate. */
 function gatedStateMachine(inner: KvStateMachine, events: string[]): StateMachine & { held?: { wait: Promise<void>; open(): void } } {
   const gated = Object.create(inner) as StateMachine & { held?: { wait: Promise<void>; open(): void } };
-  gated.apply = async (entries: readonly Entry[]) => {
+  gated.apply = async (entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome<CommandResult>[]) => void) => {
     events.push(`apply-start ${entries[entries.length - 1].index}`);
     if (gated.held) await gated.held.wait;
-    const outcomes = await inner.apply(entries);
+    const outcomes = await inner.apply(entries, decided);
     events.push(`apply-done ${entries[entries.length - 1].index}`);
     return outcomes;
   };
@@ -164,7 +175,8 @@ describe('Replica: the persist path and the apply path', () => {
     const events: string[] = [];
     const sent: Message[] = [];
     const storage = new GatedStorage(new LevelRaftStorage(db), events);
-    const stateMachine = gatedStateMachine(await KvStateMachine.open(db), events);
+    const stateDb = gatedWrites(db);
+    const stateMachine = gatedStateMachine(await KvStateMachine.open(stateDb), events);
     const fatal: unknown[] = [];
     const replica = await openKvReplica({
       config: { ...DEFAULT_RAFT_CONFIG, id: 1, voters, preVote: false, random: new SeededRandom(3) },
@@ -181,7 +193,7 @@ describe('Replica: the persist path and the apply path', () => {
       onFatal: (err) => fatal.push(err),
       ...lag,
     });
-    return { db, replica, storage, stateMachine, events, sent, fatal };
+    return { db, replica, storage, stateDb, stateMachine, events, sent, fatal };
   }
 
   async function until(what: string, condition: () => boolean): Promise<void> {
@@ -259,6 +271,36 @@ describe('Replica: the persist path and the apply path', () => {
     expect(results.map((r) => r.revision)).toEqual([1, 2, 3]);
     // The later two were committed while the first was applied: one batch took both.
     expect(events.filter((e) => e.startsWith('apply-start'))).toEqual([`apply-start ${firstIndex}`, `apply-start ${lastIndex}`]);
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+
+  test('a writer is answered once its outcome is decided, before the state write lands; reads still wait for that write', async () => {
+    const { db, replica, stateDb, fatal } = await open([1]);
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
+    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && replica.stateMachine.appliedIndex() === replica.node.commitIndex && replica.node.commitIndex > 0);
+
+    stateDb.held = gate();
+    const written = await replica.propose(put('a'));
+    const index = replica.node.lastIndex;
+    expect(written.revision).toBe(1);
+    expect(replica.stateMachine.appliedIndex()).toBe(index - 1); // the state write is still held
+    let read: { value?: Buffer } | undefined | 'pending' = 'pending';
+    const reading = replica.readBarrier().then(async () => (read = await replica.stateMachine.get(Buffer.from('a'))));
+    await until('the read index confirmed', () => replica.pendingCounts().appliedWaiters > 0);
+    // A serializable read (no barrier) on this node waits for the write too: it reads its writes.
+    const local = replica.stateMachine.get(Buffer.from('a'));
+    const listed = replica.stateMachine.range({ start: Buffer.from('a'), end: Buffer.from('b'), limit: 10, keysOnly: false });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(read).toBe('pending');
+    stateDb.held.open();
+    stateDb.held = undefined;
+    await reading;
+    expect(read).toMatchObject({ value: Buffer.from('v') });
+    expect(await local).toMatchObject({ value: Buffer.from('v') });
+    expect((await listed).kvs.map((kv) => kv.value.toString())).toEqual(['v']);
+    expect(replica.stateMachine.appliedIndex()).toBe(index);
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
