@@ -1,4 +1,4 @@
-import { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel, AbstractSnapshot, AbstractSublevel } from 'abstract-level';
+import { AbstractBatchOptions, AbstractLevel, AbstractSnapshot, AbstractSublevel } from 'abstract-level';
 import { Level } from 'level';
 import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
@@ -276,15 +276,22 @@ export class LevelDb implements Db {
   async write(ops: readonly DbOp[], options: WriteOptions): Promise<void> {
     if (ops.length === 0) return;
     let switchTo: number | undefined;
-    const batch = ops.map((op): AbstractBatchOperation<AnyLevel, BatchKey, Buffer> => {
-      if (op.type === 'put' && isGenerationSwitch(op)) switchTo = decodeGeneration(op.value);
-      const sublevel = this.sublevel(op.sublevel, this.writeGeneration(op));
-      return op.type === 'put'
-        ? { type: 'put', sublevel, key: asBuffer(op.key), value: asBuffer(op.value) }
-        : { type: 'del', sublevel, key: asBuffer(op.key) };
-    });
-    const batchOptions: WriteOptions = { sync: options.sync };
-    await this.level.batch<BatchKey, Buffer>(batch, batchOptions);
+    // A chained batch, not level.batch(array): on classic-level the array form costs about
+    // 6.6 µs of main-thread time per operation against 1.7 µs, and 755 µs of process CPU per
+    // batch against 330 (64 puts of 330 bytes into two sublevels; docs/benchmarks.md).
+    const batch = this.level.batch();
+    try {
+      for (const op of ops) {
+        if (op.type === 'put' && isGenerationSwitch(op)) switchTo = decodeGeneration(op.value);
+        const sublevel = this.sublevel(op.sublevel, this.writeGeneration(op));
+        if (op.type === 'put') batch.put(asBuffer(op.key), asBuffer(op.value), { sublevel });
+        else batch.del(asBuffer(op.key), { sublevel });
+      }
+    } catch (err) {
+      await batch.close();
+      throw err;
+    }
+    await batch.write({ sync: options.sync });
     if (switchTo !== undefined) this.current = switchTo;
   }
 
