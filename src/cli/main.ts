@@ -2,6 +2,7 @@
 import { logVerbosity, setLogVerbosity } from '@grpc/grpc-js';
 import { Consistency } from '../../gen/cairn/kv/v1/kv';
 import { buildServerConfig, SERVE_FLAGS } from '../server/config';
+import { placeInStatefulSet } from '../server/statefulset';
 import { createLogger } from '../server/logger';
 import { CairnNode } from '../server/server';
 import { VERSION } from '../server/services';
@@ -150,7 +151,7 @@ async function serve(argv: string[]): Promise<number> {
   }
   const { positional, flags } = parseArgs(argv, SERVE_SWITCHES);
   if (positional.length > 0) throw new UsageError(`cairn serve takes no arguments, got "${positional.join(' ')}"`);
-  const config = buildServerConfig(resolveFlags(SERVE_FLAGS, flags, process.env));
+  const config = buildServerConfig(placeInStatefulSet(resolveFlags(SERVE_FLAGS, flags, process.env)));
   const logger = createLogger(config.logLevel, { node: config.id });
   let node: CairnNode;
   // A node that a committed configuration removed stops as on SIGTERM and exits 0 (etcd's

@@ -22,6 +22,12 @@ export interface ServerConfig {
   clientAddr: string;
   /** Where peers connect (RaftService). */
   peerAddr: string;
+  /** The client address others are told (members list, forwarding, join): --advertise-client-addr, else clientAddr. */
+  advertiseClientAddr: string;
+  /** The peer address the cluster is told on --join: --advertise-peer-addr, else peerAddr. */
+  advertisePeerAddr: string;
+  /** Where HTTP is served (metrics, probes, status page); empty: not at all. */
+  httpAddr: string;
   /** Every member's peer address, this node's included. */
   peers: Map<number, string>;
   /** Whether --peers was given (else `peers` is this node alone). */
@@ -64,9 +70,17 @@ export const SERVE_FLAGS = [
   { flag: 'data-dir', env: 'CAIRN_DATA_DIR', default: './data', help: 'directory of this node\'s LevelDB' },
   { flag: 'client-addr', env: 'CAIRN_CLIENT_ADDR', default: '127.0.0.1:7001', help: 'HOST:PORT to serve clients on' },
   { flag: 'peer-addr', env: 'CAIRN_PEER_ADDR', default: '127.0.0.1:7101', help: 'HOST:PORT to serve peers on' },
+  { flag: 'advertise-client-addr', env: 'CAIRN_ADVERTISE_CLIENT_ADDR', default: '', help: 'HOST:PORT other members and clients reach --client-addr at (default: --client-addr itself)' },
+  { flag: 'advertise-peer-addr', env: 'CAIRN_ADVERTISE_PEER_ADDR', default: '', help: 'HOST:PORT peers reach --peer-addr at, told to the cluster on --join (default: --peer-addr itself)' },
+  { flag: 'http-addr', env: 'CAIRN_HTTP_ADDR', default: '', help: 'HOST:PORT for HTTP: /metrics (Prometheus), /healthz, /readyz and the status page at / (default: none)' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
   { flag: 'join', env: 'CAIRN_JOIN', default: '', help: 'client addresses (HOST:PORT,...) of running members: join their cluster as a learner, then ask to be promoted (instead of --peers; empty data dir only)' },
   { flag: 'learner', env: 'CAIRN_LEARNER', default: 'false', help: 'with --join: stay a learner (receive the log, never vote)' },
+  { flag: 'initial-cluster-size', env: 'CAIRN_INITIAL_CLUSTER_SIZE', default: '', help: 'StatefulSet mode: id from the pod name, peers from the headless service; ordinals >= this join as learners (docs/deploy.md)' },
+  { flag: 'pod-name', env: 'CAIRN_POD_NAME', default: '', help: 'StatefulSet mode: this pod\'s name <set>-<ordinal> (default: $HOSTNAME)' },
+  { flag: 'peer-service', env: 'CAIRN_PEER_SERVICE', default: '', help: 'StatefulSet mode: the headless Service that gives pods DNS names (default: <set>-peers)' },
+  { flag: 'namespace', env: 'CAIRN_NAMESPACE', default: '', help: 'StatefulSet mode: the pods\' namespace (default: default)' },
+  { flag: 'cluster-domain', env: 'CAIRN_CLUSTER_DOMAIN', default: '', help: 'StatefulSet mode: the cluster\'s DNS domain (default: cluster.local)' },
   { flag: 'cluster-token', env: 'CAIRN_CLUSTER_TOKEN', default: 'cairn', help: 'mixed into the cluster id at bootstrap' },
   { flag: 'cluster-id', env: 'CAIRN_CLUSTER_ID', default: '', help: 'the cluster id to bootstrap with, instead of deriving it from the token and peers' },
   { flag: 'timing', env: 'CAIRN_TIMING', default: 'default', help: '"default" or "demo" (slow elections and heartbeats, to watch Raft)' },
@@ -141,6 +155,13 @@ export function parseJoin(text: string): string[] {
   return endpoints;
 }
 
+/** An optional HOST:PORT flag: undefined when empty. */
+function optionalHostPort(name: string, text: string | undefined): string | undefined {
+  if (!text) return undefined;
+  if (!isHostPort(text)) throw invalid(`--${name} must be HOST:PORT, got "${text}"`);
+  return text;
+}
+
 function boolean(name: string, text: string): boolean {
   if (text === 'true' || text === '1') return true;
   if (text === 'false' || text === '0' || text === '') return false;
@@ -187,6 +208,9 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     dataDir: values['data-dir']!,
     clientAddr: values['client-addr']!,
     peerAddr,
+    advertiseClientAddr: optionalHostPort('advertise-client-addr', values['advertise-client-addr']) ?? values['client-addr']!,
+    advertisePeerAddr: optionalHostPort('advertise-peer-addr', values['advertise-peer-addr']) ?? peerAddr,
+    httpAddr: optionalHostPort('http-addr', values['http-addr']) ?? '',
     peers,
     peersGiven: Boolean(values.peers),
     join,

@@ -108,7 +108,7 @@ export class CairnNode {
       maxEntryDataBytes: config.limits.maxRequestBytes + MAX_COMMAND_ENVELOPE_BYTES,
     });
     const peerAddrs = new Map(configMembers(bootstrap).filter((m) => m.id !== config.id).map((m) => [m.id, m.peerAddr]));
-    const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.clientAddr }, peerAddrs, logger, {
+    const transport = new GrpcPeerTransport({ clusterId: identity.clusterId, selfId: config.id, clientAddr: config.advertiseClientAddr }, peerAddrs, logger, {
       maxMessageBytes: peerMessageBytes,
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
       onRemoved: (by, reason, commitIndex) => node?.noteRefusedAsRemoved(by, reason, commitIndex),
@@ -136,7 +136,7 @@ export class CairnNode {
     });
     const incomingPeerStreams = new IncomingPeerStreams();
     const membershipReplica = membershipReplicaOf(replica);
-    const membership = new ClusterMembership(config.id, config.clientAddr, membershipReplica);
+    const membership = new ClusterMembership(config.id, config.advertiseClientAddr, membershipReplica);
     const leaderClients = new LeaderClients(config.id);
     const context: ServiceContext = {
       replica,
@@ -174,7 +174,7 @@ export class CairnNode {
     started.followConfig();
     started.ticker = setInterval(() => started.tick(), config.tickMs);
     logger.info(
-      { id: config.id, clusterId: identity.clusterId, clientAddr: config.clientAddr, peerAddr: config.peerAddr, peers: Object.fromEntries(transport.peerAddrs()), status: replica.node.status() },
+      { id: config.id, clusterId: identity.clusterId, clientAddr: config.advertiseClientAddr, peerAddr: config.advertisePeerAddr, peers: Object.fromEntries(transport.peerAddrs()), status: replica.node.status() },
       'cairn node started',
     );
     started.promoteIfJoining();
@@ -336,7 +336,7 @@ async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger
   if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
   if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
   if (!stored && config.join.length > 0) {
-    const joined = await joinCluster({ id: config.id, peerAddr: config.peerAddr, clientAddr: config.clientAddr, endpoints: config.join }, logger);
+    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join }, logger);
     logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
     return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
   }
