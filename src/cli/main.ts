@@ -152,7 +152,9 @@ async function serve(argv: string[]): Promise<number> {
   const { positional, flags } = parseArgs(argv, SERVE_SWITCHES);
   if (positional.length > 0) throw new UsageError(`cairn serve takes no arguments, got "${positional.join(' ')}"`);
   const config = buildServerConfig(placeInStatefulSet(resolveFlags(SERVE_FLAGS, flags, process.env)));
-  const logger = createLogger(config.logLevel, { node: config.id });
+  // Every line carries the node's term and role once its Raft replica exists.
+  let raftState: (() => Record<string, unknown>) | undefined;
+  const logger = createLogger(config.logLevel, { node: config.id }, () => raftState?.() ?? {});
   let node: CairnNode;
   // A node that a committed configuration removed stops as on SIGTERM and exits 0 (etcd's
   // members stop too): nothing it could do would count any more.
@@ -182,6 +184,8 @@ async function serve(argv: string[]): Promise<number> {
   } finally {
     if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);
   }
+  raftState = () => ({ term: node.replica.node.term, role: node.replica.node.role });
+  if (node.httpAddress) logger.info({ httpAddr: node.httpAddress }, 'http: /metrics, /healthz, /readyz, status page at /');
   // `cairn cluster` waits for this before it believes what its ports answer.
   process.send?.(NODE_STARTED_MESSAGE);
   await new Promise<void>((resolve) => {

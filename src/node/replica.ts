@@ -238,6 +238,11 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.onFatal(err);
   }
 
+  /** Whether halt() stopped this node (a broken invariant or a failed write). */
+  isHalted(): boolean {
+    return this.halted;
+  }
+
   /** Tells the codec whether this node leads (the kv starts its term's log-time clock then). */
   private noteLeadership(): void {
     this.codec.observeLeadership(this.node.term, this.node.role === 'leader');

@@ -112,6 +112,8 @@ export interface PeerTransportOptions {
    * the node may be following that peer (RaftNode.leaderConnectionLost).
    */
   onPeerLost?: (peer: NodeId) => void;
+  /** The link to `peer` dropped `count` queued messages (its queue was over its bounds). */
+  onDropped?: (peer: NodeId, count: number) => void;
 }
 
 /** Splits messages into frames of at most MAX_FRAME_BYTES (bounded, not exact); a bigger message goes alone. */
@@ -349,6 +351,7 @@ class PeerLink {
     if (drop === 0) return;
     this.queue.splice(0, drop);
     this.droppedMessages += drop;
+    this.options.onDropped?.(this.peerId, drop);
   }
 
   /** Takes the next frame's messages off the queue: up to MAX_FRAME_BYTES, or one message alone. */

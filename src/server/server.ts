@@ -12,6 +12,8 @@ import { LevelDb } from '../storage/db';
 import { LevelRaftStorage } from '../storage/raft-storage';
 import { ServerConfig } from './config';
 import { GuardedPort } from './connection-guard';
+import { HttpPort } from './http';
+import { NodeMetrics } from './metrics';
 import { bootstrapConfigOf, deriveClusterId, IGNORED_BOOTSTRAP_FLAGS, loadOrCreateIdentity, readIdentity, storeJoinedIdentity } from './identity';
 import { joinCluster, promoteWhenCaughtUp } from './join';
 import { LeaderClients } from './leader-clients';
@@ -31,6 +33,8 @@ const SHUTDOWN_GRACE_MS = 3000;
  * anyway, leaving the others to elect.
  */
 const SHUTDOWN_TRANSFER_ELECTION_TIMEOUTS = 2;
+/** Leader changes the status page lists (the most recent ones, as this node saw them). */
+export const MAX_LEADER_CHANGES_SHOWN = 20;
 /** The health service name that follows whether this node knows a leader. */
 const KV_HEALTH_SERVICE = 'cairn.kv.v1.KV';
 
@@ -61,6 +65,13 @@ export class CairnNode {
   private removalNoted = false;
   private ticksSinceProbe = 0;
   private readonly promotion = new AbortController();
+  /** The HTTP port (--http-addr), once listening. */
+  private httpPort: HttpPort | undefined;
+  /** Leader changes this node saw, oldest first (at most MAX_LEADER_CHANGES_SHOWN). */
+  private readonly leaderChanges: { at: string; term: number; leader: number }[] = [];
+  /** Readiness: a read barrier has completed since start (this node has caught up with the leader's commit index then). */
+  private caughtUp = false;
+  private catchingUp = false;
 
   private constructor(
     readonly config: ServerConfig,
@@ -79,6 +90,8 @@ export class CairnNode {
     readonly clientPort: number,
     readonly peerPort: number,
     private readonly logger: Logger,
+    private readonly metrics: NodeMetrics,
+    private readonly router: RequestRouter,
   ) {}
 
   /**
@@ -102,6 +115,7 @@ export class CairnNode {
       throw new CairnError(ErrorCode.CORRUPTION, `this data dir's bootstrap configuration does not name node ${config.id}`);
     }
     let node: CairnNode | undefined;
+    const metrics = new NodeMetrics(logger);
     const peerMessageBytes = peerMaxMessageBytes({
       maxBytesPerAppend: DEFAULT_RAFT_CONFIG.maxBytesPerAppend,
       maxEntriesPerAppend: DEFAULT_RAFT_CONFIG.maxEntriesPerAppend,
@@ -113,19 +127,27 @@ export class CairnNode {
       maxReconnectBackoffMs: reconnectBackoffBoundMs(config),
       onRemoved: (by, reason, commitIndex) => node?.noteRefusedAsRemoved(by, reason, commitIndex),
       onPeerLost: (peer) => node?.replica.peerConnectionLost(peer),
+      onDropped: (peer, count) => metrics.countDropped(peer, count),
     });
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),
       // Links to a new member open as soon as its entry is appended, not a tick later.
       onConfigChange: () => node?.followConfig(),
-      storage: new LevelRaftStorage(db),
-      stateMachine: await KvStateMachine.open(db, undefined, config.stateCacheBytes),
-      transport,
+      storage: metrics.instrumentStorage(new LevelRaftStorage(db)),
+      stateMachine: metrics.instrumentStateMachine(await KvStateMachine.open(db, undefined, config.stateCacheBytes)),
+      transport: {
+        send: (messages) => {
+          for (const m of messages) if (m.body?.$case === 'heartbeatRequest') metrics.noteHeartbeatSent(m.to);
+          transport.send(messages);
+        },
+        sendSnapshot: (to, header, chunks) => transport.sendSnapshot(to, header, chunks),
+      },
       onFatal,
       snapshotEntries: config.snapshotEntries,
       snapshotCatchupEntries: config.snapshotCatchupEntries,
     });
-    const router = new RequestRouter(replica, transport, identity.clusterId, config.requestTimeoutMs);
+    metrics.bind({ replica, dataDir: config.dataDir });
+    const router = new RequestRouter(replica, transport, identity.clusterId, config.requestTimeoutMs, metrics);
     const clientPortGuard = new GuardedPort('client', config.clientPortProtection, logger);
     const peerPortGuard = new GuardedPort('peer', config.peerPortProtection, logger);
     const clientServer = new Server({ 'grpc.max_receive_message_length': config.limits.maxRequestBytes * 2 + (1 << 20), ...clientPortGuard.serverOptions() });
@@ -148,6 +170,7 @@ export class CairnNode {
       membership,
       membershipReplica,
       leaderClients,
+      metrics,
     };
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
@@ -168,9 +191,17 @@ export class CairnNode {
     node = new CairnNode(
       config, identity.clusterId, replica, membership, membershipReplica, leaderClients, onRemoved, db, transport,
       { server: clientServer, port: clientPortGuard }, { server: peerServer, port: peerPortGuard },
-      incomingPeerStreams, health, clientPort, peerPort, logger,
+      incomingPeerStreams, health, clientPort, peerPort, logger, metrics, router,
     );
     const started = node;
+    if (config.httpAddr) {
+      try {
+        started.httpPort = await HttpPort.listen(config.httpAddr, started.httpSource(), logger);
+      } catch (err) {
+        await started.stop().catch(() => undefined);
+        throw new CairnError(ErrorCode.INVALID_ARGUMENT, `--http-addr ${config.httpAddr}: cannot listen (${(err as Error).message})`);
+      }
+    }
     started.followConfig();
     started.ticker = setInterval(() => started.tick(), config.tickMs);
     logger.info(
@@ -271,6 +302,7 @@ export class CairnNode {
     this.leaderClients.close();
     const peerStreamsEnded = this.incomingPeerStreams.endAll();
     const peerServer = await shutdownServer(this.peerServer);
+    await this.httpPort?.close();
     await this.db.close();
     const outcome = { clientServer, peerServer, peerStreamsEnded };
     this.logger.info(outcome, 'stopped');
@@ -312,12 +344,94 @@ export class CairnNode {
     this.transport.probe();
   }
 
+  /** HOST:PORT the HTTP port listens on (its port resolved), if --http-addr was given. */
+  get httpAddress(): string | undefined {
+    if (!this.httpPort) return undefined;
+    return `${this.config.httpAddr.replace(/:\d+$/, '')}:${this.httpPort.port}`;
+  }
+
+  /** The HTTP port's view of this node. */
+  private httpSource() {
+    return {
+      metrics: this.metrics,
+      live: () => !this.stopping && !this.replica.isHalted(),
+      notReadyReason: () => this.notReadyReason(),
+      status: () => this.statusReport(),
+    };
+  }
+
+  /**
+   * Ready (/readyz) once a leader is known and this node has applied everything the leader
+   * had committed when this node first asked after starting (one read barrier): a restarted
+   * node does not take traffic while it replays or catches up.
+   */
+  private notReadyReason(): string | undefined {
+    if (this.stopping) return 'stopping';
+    if (this.replica.isHalted()) return 'halted';
+    if (!this.replica.node.leader) return 'no leader known';
+    if (!this.caughtUp) return 'catching up with the leader\'s commit index';
+    return undefined;
+  }
+
+  private catchUpOnce(): void {
+    if (this.caughtUp || this.catchingUp || !this.replica.node.leader) return;
+    this.catchingUp = true;
+    this.router.readBarrier().then(
+      () => (this.caughtUp = true),
+      () => undefined, // tried again at a later tick
+    ).finally(() => (this.catchingUp = false));
+  }
+
+  private noteLeaderChange(term: number, leader: number): void {
+    this.metrics.noteLeader(leader);
+    this.leaderChanges.push({ at: new Date().toISOString(), term, leader });
+    if (this.leaderChanges.length > MAX_LEADER_CHANGES_SHOWN) this.leaderChanges.shift();
+  }
+
+  /** /status.json: what this node knows of itself and the cluster. */
+  statusReport() {
+    const status = this.replica.node.status();
+    const progress = new Map((status.progress ?? []).map((p) => [p.id, p]));
+    const config = this.membershipReplica.clusterConfig();
+    const learners = new Set(config.learners.map((m) => m.id));
+    const notReady = this.notReadyReason();
+    return {
+      id: this.config.id,
+      role: status.role,
+      term: status.term,
+      leader: status.leader,
+      commitIndex: status.commitIndex,
+      appliedIndex: this.replica.stateMachine.appliedIndex(),
+      lastIndex: status.lastIndex,
+      snapshotIndex: status.snapshotIndex,
+      ready: notReady === undefined,
+      notReady: notReady ?? '',
+      members: this.membership.members(status.leader).map((m) => {
+        const peer = m.id === this.config.id ? undefined : progress.get(m.id);
+        const self = m.id === this.config.id && status.role === 'leader';
+        return {
+          id: m.id,
+          role: learners.has(m.id) ? 'learner' : 'voter',
+          peerAddr: m.peerAddr,
+          clientAddr: m.clientAddr,
+          leader: m.id === status.leader,
+          matchIndex: self ? status.lastIndex : peer?.matchIndex,
+          lagEntries: self ? 0 : peer ? Math.max(0, status.lastIndex - peer.matchIndex) : undefined,
+        };
+      }),
+      leaderChanges: this.leaderChanges,
+    };
+  }
+
   private tick(): void {
     this.replica.tick();
     this.followConfig();
     this.checkMembership();
+    this.catchUpOnce();
     const { role, term, leader } = this.replica.node;
     if (role === this.lastRole && term === this.lastTerm && leader === this.lastLeader) return;
+    // The first tick's "no leader yet" is where the node starts, not a change.
+    if (leader !== this.lastLeader && !(this.lastLeader === -1 && leader === 0)) this.noteLeaderChange(term, leader);
     this.lastRole = role;
     this.lastTerm = term;
     this.lastLeader = leader;

@@ -1,4 +1,4 @@
-import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall } from '@grpc/grpc-js';
+import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -37,6 +37,7 @@ import { FORWARDED_METADATA, LeaderClients, UnaryStart } from './leader-clients'
 import { ClusterMembership, MembershipReplica } from './membership';
 import { requestMessageOf } from './descriptors';
 import { Logger } from './logger';
+import { NodeMetrics } from './metrics';
 import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
 import { snapshotSaveCall } from './snapshot-save';
@@ -69,6 +70,8 @@ export interface ServiceContext {
   membershipReplica: MembershipReplica;
   /** Carries Cluster calls a follower receives to the leader's client port. */
   leaderClients: LeaderClients;
+  /** Prometheus figures (src/server/metrics.ts); absent in tests that do not look. */
+  metrics?: NodeMetrics;
 }
 
 /** What a request that did not decode becomes, so its handler can answer INVALID_ARGUMENT. */
@@ -150,12 +153,18 @@ function unaryCalls(context: ServiceContext) {
         return;
       }
       const scope = openRequestScope(call, context.requestTimeoutMs);
+      const startedMs = performance.now();
       handler(call.request, scope, call.metadata)
         .then(
-          (response) => callback(null, response),
+          (response) => {
+            context.metrics?.observeRequest(call.getPath(), 'OK', startedMs);
+            callback(null, response);
+          },
           (err) => {
             if (isInvariantViolation(err)) context.replica.halt(err);
-            callback(toGrpcError(err));
+            const status = toGrpcError(err);
+            context.metrics?.observeRequest(call.getPath(), Status[status.code] ?? String(status.code), startedMs);
+            callback(status);
           },
         )
         .finally(scope.close);
@@ -348,7 +357,8 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
       // as sent: bytes the decoder skipped (after a 0 tag, say) could otherwise hide a stamp
       // of the sender's own behind the leader's (see stampCommand).
       const command = validateCommand(request.command, context.limits);
-      const result = await context.replica.propose({ ...command, proposedAtUnixMs: 0 }, undefined, scope.signal);
+      const proposal = context.replica.propose({ ...command, proposedAtUnixMs: 0 }, undefined, scope.signal);
+      const result = await (context.metrics ? context.metrics.timeProposal(proposal) : proposal);
       return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
     }),
     readIndex: unary(async (request, scope) => {
@@ -396,6 +406,7 @@ function receivePeerStream(
         foreign++;
         continue;
       }
+      if (message.body?.$case === 'heartbeatResponse') context.metrics?.noteHeartbeatAnswered(message.fromId);
       try {
         context.replica.receive(message);
       } catch (err) {

@@ -27,7 +27,7 @@ import { effectiveDeadlineMs, kvService, openRequestScope, PeerInputStats, raftS
 import { ERROR_CODE_METADATA, fromGrpcError, LEADER_ID_METADATA, toGrpcError } from '../../src/server/status';
 import { LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
-import { DelegatingStorage } from '../support/delegating-storage';
+import { DelegatingStorage } from '../../src/storage/delegating-storage';
 import { rawPeerStream, rawPeerUnary } from '../support/raw-peer';
 
 jest.setTimeout(30_000);

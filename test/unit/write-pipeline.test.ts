@@ -10,7 +10,7 @@ import { DEFAULT_RAFT_CONFIG, NodeId, RaftNode, Ready, sendableBeforePersist } f
 import { SeededRandom } from '../../src/raft/random';
 import { Db, DbOp, LevelDb } from '../../src/storage/db';
 import { LevelRaftStorage, RaftStorage } from '../../src/storage/raft-storage';
-import { DelegatingStorage } from '../support/delegating-storage';
+import { DelegatingStorage } from '../../src/storage/delegating-storage';
 import { RaftNetwork } from '../support/raft-network';
 
 /**

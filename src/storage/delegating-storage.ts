@@ -1,5 +1,5 @@
 import { Entry, HardState } from '../../gen/cairn/raft/v1/raft';
-import { RaftStorage } from '../../src/storage/raft-storage';
+import { RaftStorage } from './raft-storage';
 
 /** A RaftStorage that hands every call to `inner`: tests override the calls they hold back or record. */
 export class DelegatingStorage implements RaftStorage {
