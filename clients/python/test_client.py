@@ -210,6 +210,10 @@ def session_expired(n, send):
     raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "session expired (injected)", [("cairn-error-code", "SESSION_EXPIRED")])
 
 
+def overloaded(n, send):
+    raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded (injected)", [("cairn-error-code", "OVERLOADED")])
+
+
 class OfflineTest(unittest.TestCase):
     """What needs no cluster."""
 
@@ -485,6 +489,31 @@ class LiveClusterTest(unittest.TestCase):
             refused.put(self.key("k3"), b"v")
         self.assertEqual(caught.exception.error_code, "SESSION_EXPIRED")
         self.assertEqual(len(always.puts), 2)
+
+    def test_a_write_that_failed_is_followed_by_a_new_session(self):
+        # As cairn's CLI does: after giving up on a write, the client does not go on claiming
+        # answers around it; its next write starts a new session.
+        refuse_first = PutInterceptor(lambda n, send: overloaded(n, send) if n == 1 else send())
+        client = self.client_for(self.cluster.endpoints, interceptors=[refuse_first])
+        with self.assertRaises(CairnError) as caught:
+            client.put(self.key("k"), b"refused")
+        self.assertEqual(caught.exception.error_code, "OVERLOADED")
+        client.put(self.key("k"), b"accepted")
+        failed, following = refuse_first.puts
+        self.assertNotEqual(following.client_id, failed.client_id)
+        self.assertEqual((following.sequence, following.lowest_unanswered_sequence), (1, 1))
+        self.assertEqual(self.client.get(self.key("k")).kv.value, b"accepted")
+
+    def test_the_example_runs(self):
+        result = subprocess.run(
+            [sys.executable, os.path.join(HERE, "example.py"), "--endpoints", ",".join(self.cluster.endpoints), "--prefix", self.prefix],
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn(f"get {self.prefix}color -> blue", result.stdout)
+        self.assertIn(f"get {self.prefix}no-such-key -> not found", result.stdout)
+        self.assertIn(f"list {self.prefix}color\tblue", result.stdout)
+        self.assertIn("(more keys follow; raise the limit)", result.stdout)
 
     def test_status(self):
         status = self.client.status()
