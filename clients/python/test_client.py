@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 import grpc  # noqa: E402
 
 from cairn_client import CairnError, Client, kv_pb2  # noqa: E402
-from cairn_client.client import UNREACHABLE, failure_of  # noqa: E402
+from cairn_client.client import UNREACHABLE, WRONG_SERVICE, failure_of  # noqa: E402
 from cairn_client.gen.cairn.kv.v1 import kv_pb2_grpc  # noqa: E402
 
 NODES = 3
@@ -40,6 +40,8 @@ CLUSTER_START_TRIES = 3
 LEADER_WAIT_SECONDS = 30.0
 POLL_INTERVAL_SECONDS = 0.1
 CLUSTER_STOP_SECONDS = 20.0
+WRITER_THREADS = 4
+WRITES_PER_THREAD = 15
 # cairn serve's default --max-key-bytes.
 MAX_KEY_BYTES = 4096
 
@@ -514,6 +516,46 @@ class LiveClusterTest(unittest.TestCase):
         self.assertIn(f"get {self.prefix}no-such-key -> not found", result.stdout)
         self.assertIn(f"list {self.prefix}color\tblue", result.stdout)
         self.assertIn("(more keys follow; raise the limit)", result.stdout)
+
+    def test_a_peer_port_is_skipped_as_the_wrong_service(self):
+        peer_port = int(self.cluster.endpoints[0].rsplit(":", 1)[1]) + PEER_PORT_OFFSET
+        peer = f"127.0.0.1:{peer_port}"
+        client = self.client_for([peer] + self.cluster.endpoints)
+        client.put(self.key("k"), b"v")
+        self.assertEqual(client.get(self.key("k")).kv.value, b"v")
+        only_peer = self.client_for([peer], timeout=2.0)
+        with self.assertRaises(CairnError) as caught:
+            only_peer.get(self.key("k"))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.UNIMPLEMENTED)
+        self.assertEqual(caught.exception.primary.kind, WRONG_SERVICE)
+        self.assertEqual(len(caught.exception.failures), 1)
+
+    def test_writes_from_several_threads_share_one_session(self):
+        recorder = PutInterceptor()
+        client = self.client_for(self.cluster.endpoints, interceptors=[recorder])
+        errors = []
+
+        def write(thread: int) -> None:
+            try:
+                for i in range(WRITES_PER_THREAD):
+                    client.put(self.key(f"t{thread}/{i}"), str(i))
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=write, args=(t,)) for t in range(WRITER_THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        self.assertEqual(errors, [])
+        total = WRITER_THREADS * WRITES_PER_THREAD
+        self.assertEqual(len(recorder.puts), total)
+        self.assertEqual(len({p.client_id for p in recorder.puts}), 1)
+        self.assertEqual(sorted(p.sequence for p in recorder.puts), list(range(1, total + 1)))
+        self.assertTrue(all(1 <= p.lowest_unanswered_sequence <= p.sequence for p in recorder.puts))
+        listed = self.client.list(self.prefix)
+        self.assertEqual(len(listed.kvs), total)
+        self.assertTrue(all(kv.version == 1 for kv in listed.kvs))
 
     def test_status(self):
         status = self.client.status()

@@ -386,6 +386,12 @@ class Client:
                     raise
                 renewed = True
                 continue
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, an interceptor's own exception): this write
+                # is never retried, so it must not hold the session's lowest unanswered
+                # sequence back for good.
+                self._end_write(ticket, failed=True)
+                raise
             self._end_write(ticket, failed=False)
             return result
 
