@@ -12,8 +12,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 out="${1:-$here/gen}"
 
-# The Go import path of this directory (clients/go/go.mod names the same module).
-module_path="cairn/clients/go"
+# The stubs' Go import path is under the module go.mod names.
+module_path="$(awk '$1 == "module" { print $2 }' "$here/go.mod")"
+[ -n "$module_path" ] || { echo "generate.sh: $here/go.mod names no module" >&2; exit 1; }
 proto_file="cairn/kv/v1/kv.proto"
 go_package="$module_path/gen/cairn/kv/v1;kvv1"
 

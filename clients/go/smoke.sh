@@ -76,11 +76,13 @@ install_missing_packages() {
     || give_up "apt-get install ${missing[*]} failed"
 }
 
-# GOPATH mode over Debian's sources: this directory is linked in as import path
-# cairn/clients/go, the one generate.sh and go.mod use.
+# GOPATH mode over Debian's sources: this directory is linked in under the module path
+# go.mod names (GOPATH mode does not read go.mod; generate.sh does, for the stubs' import path).
 setup_go() {
-  mkdir -p "$tmp/gopath/src/cairn/clients"
-  ln -s "$here" "$tmp/gopath/src/cairn/clients/go"
+  module_path="$(awk '$1 == "module" { print $2 }' "$here/go.mod")"
+  [ -n "$module_path" ] || give_up "clients/go/go.mod names no module"
+  mkdir -p "$(dirname "$tmp/gopath/src/$module_path")"
+  ln -s "$here" "$tmp/gopath/src/$module_path"
   export GO111MODULE=off GOPATH="$tmp/gopath:$debian_gopath" GOFLAGS= GOPROXY=off
   if [ -z "${GOCACHE:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ] && [ -z "${HOME:-}" ]; then
     export GOCACHE="$tmp/gocache"
@@ -96,7 +98,7 @@ check_stubs_reproduce() {
 }
 
 build_example() {
-  go build -o "$tmp/cairn-example" cairn/clients/go/example || give_up "go build of cairn-example failed"
+  go build -o "$tmp/cairn-example" "$module_path/example" || give_up "go build of cairn-example failed"
   pass "cairn-example builds"
 }
 
@@ -105,7 +107,7 @@ check_vet_and_unit_tests() {
   unformatted="$(gofmt -l "$here/example")"
   if [ -n "$unformatted" ]; then
     fail "not gofmt-formatted: $unformatted"
-  elif go vet cairn/clients/go/example && go test cairn/clients/go/example; then
+  elif go vet "$module_path/example" && go test "$module_path/example"; then
     pass "cairn-example: gofmt, go vet and unit tests"
   else
     fail "cairn-example: go vet or unit tests"
