@@ -20,6 +20,9 @@ const (
 	// this (unless less is left), so a first endpoint that accepts connections and never
 	// answers cannot use up the time of the ones after it (cairn's own command does the same).
 	minAttemptTimeout = 500 * time.Millisecond
+	// The pause after a round in which no endpoint answered, doubling up to the maximum.
+	firstRoundPause = 50 * time.Millisecond
+	maxRoundPause   = time.Second
 
 	// Trailers cairn puts on every error it answers (src/server/status.ts).
 	errorCodeTrailer = "cairn-error-code"
@@ -69,24 +72,61 @@ func (e *endpointError) Unwrap() error { return e.err }
 
 // tryEndpoints sends call to the endpoints in order until one answers, moving on after an
 // UNAVAILABLE or an endpoint that used up its share of the budget; any other error (bad
-// input, say) is the answer. When every endpoint fails, the error lists what each did.
+// input, say) is the answer. After the last endpoint it starts again from the first, after a
+// pause (an election takes a second or so), until ctx's budget is spent; then the error says
+// what each endpoint did last.
 func tryEndpoints(ctx context.Context, endpoints []string, connect connectFunc, call callFunc) error {
-	var failures []string
-	for i, endpoint := range endpoints {
-		if ctx.Err() != nil {
-			failures = append(failures, fmt.Sprintf("%s: not tried, the time budget ran out", strings.Join(endpoints[i:], ", ")))
-			break
+	lastFailures := make([]string, len(endpoints))
+	pause := firstRoundPause
+	for round := 1; ; round++ {
+		for i, endpoint := range endpoints {
+			if ctx.Err() != nil {
+				return budgetSpent(endpoints, lastFailures, round)
+			}
+			err := tryEndpoint(ctx, endpoint, attemptTimeout(ctx, len(endpoints)-i), connect, call)
+			if err == nil {
+				return nil
+			}
+			if ctx.Err() == nil && !worthTryingNext(err) {
+				return err
+			}
+			lastFailures[i] = err.Error()
 		}
-		err := tryEndpoint(ctx, endpoint, attemptTimeout(ctx, len(endpoints)-i), connect, call)
-		if err == nil {
-			return nil
+		if !pauseFor(ctx, pause) {
+			return budgetSpent(endpoints, lastFailures, round)
 		}
-		if !worthTryingNext(ctx, err) {
-			return err
+		if pause *= 2; pause > maxRoundPause {
+			pause = maxRoundPause
 		}
-		failures = append(failures, err.Error())
 	}
-	return errors.New(strings.Join(failures, "; "))
+}
+
+func budgetSpent(endpoints, lastFailures []string, rounds int) error {
+	var text strings.Builder
+	fmt.Fprintf(&text, "no endpoint answered within the time budget (rounds: %d): ", rounds)
+	for i, endpoint := range endpoints {
+		if i > 0 {
+			text.WriteString("; ")
+		}
+		if lastFailures[i] == "" {
+			fmt.Fprintf(&text, "%s: not tried", endpoint)
+		} else {
+			text.WriteString(lastFailures[i])
+		}
+	}
+	return errors.New(text.String())
+}
+
+// pauseFor waits for d or until ctx is done; false when ctx is done.
+func pauseFor(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func tryEndpoint(ctx context.Context, endpoint string, timeout time.Duration, connect connectFunc, call callFunc) error {
@@ -123,14 +163,12 @@ func attemptTimeout(ctx context.Context, endpointsLeft int) time.Duration {
 
 // worthTryingNext: UNAVAILABLE means this node could not serve the request (down, no
 // leader known, leader unreachable); a DEADLINE_EXCEEDED while the whole budget still has
-// time means only this endpoint's share ran out. A put carries its session, so sending it
-// again elsewhere after either applies it at most once.
-func worthTryingNext(ctx context.Context, err error) bool {
+// time (the caller checks) means only this endpoint's share ran out. A put carries its
+// session, so sending it again after either applies it at most once.
+func worthTryingNext(err error) bool {
 	switch status.Code(errors.Unwrap(err)) {
-	case codes.Unavailable:
+	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
-	case codes.DeadlineExceeded:
-		return ctx.Err() == nil
 	default:
 		return false
 	}

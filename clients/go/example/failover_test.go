@@ -16,21 +16,34 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// fakeKV answers Get with a fixed error or response, and can set trailers as a server would.
+// fakeKV answers Get with err (its first failures calls only, when failures > 0) and then
+// with response; it sets trailers as a server would, and with hang it answers only when
+// the call's deadline passes.
 type fakeKV struct {
 	kvv1.KVClient // Put, Delete and Range are not called by these tests
 	err           error
+	failures      int
 	trailer       metadata.MD
 	response      *kvv1.GetResponse
+	hang          bool
+	calls         int
 }
 
 func (f *fakeKV) Get(ctx context.Context, in *kvv1.GetRequest, opts ...grpc.CallOption) (*kvv1.GetResponse, error) {
+	f.calls++
+	if f.hang {
+		<-ctx.Done()
+		return nil, status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+	}
 	for _, opt := range opts {
 		if trailer, ok := opt.(grpc.TrailerCallOption); ok && f.trailer != nil {
 			*trailer.TrailerAddr = f.trailer
 		}
 	}
-	return f.response, f.err
+	if f.err != nil && (f.failures == 0 || f.calls <= f.failures) {
+		return nil, f.err
+	}
+	return f.response, nil
 }
 
 // fakeCluster connects to fake endpoints and records the order they were tried in.
@@ -49,7 +62,11 @@ func (c *fakeCluster) connect(endpoint string) (kvv1.KVClient, func() error, err
 }
 
 func getThrough(cluster *fakeCluster, endpoints ...string) (*kvv1.GetResponse, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	return getWithin(2*time.Second, cluster, endpoints...)
+}
+
+func getWithin(budget time.Duration, cluster *fakeCluster, endpoints ...string) (*kvv1.GetResponse, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	var response *kvv1.GetResponse
 	err := tryEndpoints(ctx, endpoints, cluster.connect, func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) (err error) {
@@ -78,6 +95,36 @@ func TestMovesToTheNextEndpointOnUnavailable(t *testing.T) {
 	}
 	if want := []string{"a:1", "b:1"}; !reflect.DeepEqual(cluster.tried, want) {
 		t.Fatalf("tried %v, want %v (in order, stopping at the first answer)", cluster.tried, want)
+	}
+}
+
+func TestStartsAgainFromTheFirstEndpointUntilOneAnswers(t *testing.T) {
+	fromA := answer("from a")
+	fromA.err, fromA.failures = status.Error(codes.Unavailable, "no leader is known right now"), 1
+	cluster := &fakeCluster{nodes: map[string]*fakeKV{
+		"a:1": fromA,
+		"b:1": {err: status.Error(codes.Unavailable, "no leader is known right now")},
+	}}
+	response, err := getThrough(cluster, "a:1", "b:1")
+	if err != nil {
+		t.Fatalf("want a's answer in the second round, got error %v", err)
+	}
+	if got := string(response.GetKv().GetValue()); got != "from a" {
+		t.Fatalf("want the value from a, got %q", got)
+	}
+	if want := []string{"a:1", "b:1", "a:1"}; !reflect.DeepEqual(cluster.tried, want) {
+		t.Fatalf("tried %v, want %v", cluster.tried, want)
+	}
+}
+
+func TestAnEndpointThatNeverAnswersGetsOnlyItsShare(t *testing.T) {
+	cluster := &fakeCluster{nodes: map[string]*fakeKV{
+		"silent:1": {hang: true},
+		"b:1":      answer("from b"),
+	}}
+	// Two endpoints and 1.2 s: the silent one gets 0.6 s, then b answers.
+	if _, err := getWithin(1200*time.Millisecond, cluster, "silent:1", "b:1"); err != nil {
+		t.Fatalf("want b's answer after silent:1 used up its share, got %v", err)
 	}
 }
 
@@ -110,11 +157,15 @@ func TestWhenEveryEndpointFailsTheErrorSaysWhatEachDid(t *testing.T) {
 		},
 		"b:1": {err: status.Error(codes.Unavailable, "no leader is known right now")},
 	}}
-	_, err := getThrough(cluster, "a:1", "b:1")
+	_, err := getWithin(300*time.Millisecond, cluster, "a:1", "b:1")
 	if err == nil {
 		t.Fatal("want an error when every endpoint is unavailable")
 	}
+	if cluster.nodes["a:1"].calls < 2 {
+		t.Errorf("a:1 was called %d times; want more than one round before the budget is spent", cluster.nodes["a:1"].calls)
+	}
 	for _, part := range []string{
+		"no endpoint answered within the time budget (",
 		"UNAVAILABLE from a:1: the leader could not be reached (cairn-error-code LEADER_UNREACHABLE, cairn-leader-id 3)",
 		"UNAVAILABLE from b:1: no leader is known right now",
 	} {
@@ -168,6 +219,7 @@ func TestUsageErrorsExitWithTwo(t *testing.T) {
 		{"frobnicate", "k"},
 		{"-endpoints", "127.0.0.1", "get", "k"},
 		{"-timeout", "0s", "get", "k"},
+		{"-timeout", "5m", "get", "k"},
 		{"-no-such-flag", "get", "k"},
 	} {
 		var stdout, stderr bytes.Buffer

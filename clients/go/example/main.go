@@ -4,7 +4,8 @@
 //	cairn-example -endpoints 127.0.0.1:7001,127.0.0.1:7002 get KEY         # VALUE
 //
 // It tries the endpoints in order and moves to the next one on UNAVAILABLE (or when an
-// endpoint uses up its share of the time budget). Any node accepts any request: a follower
+// endpoint uses up its share of the time budget), starting again from the first until the
+// budget (-timeout) is spent. Any node accepts any request: a follower
 // forwards writes and linearizable reads to the leader. A put carries a client session
 // (client_id, sequence 1), so trying it again at the next endpoint after an UNAVAILABLE
 // whose outcome is unknown applies it at most once.
@@ -35,6 +36,9 @@ const (
 	endpointsEnv     = "CAIRN_ENDPOINTS"
 	// The whole command's budget, every endpoint included (cairn's --timeout-ms default).
 	defaultTimeout = 5 * time.Second
+	// At most 4 minutes, as cairn's --timeout-ms: a put is retried with its session only
+	// while the cluster keeps the session's answers for certain (5 minutes, see kv.proto).
+	maxTimeout = 4 * time.Minute
 
 	exitOK     = 0
 	exitFailed = 1
@@ -58,8 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	endpoints, err := parseEndpoints(*endpointList)
-	if err == nil && *timeout <= 0 {
-		err = fmt.Errorf("-timeout must be positive, got %v", *timeout)
+	if err == nil && (*timeout <= 0 || *timeout > maxTimeout) {
+		err = fmt.Errorf("-timeout must be above 0 and at most %v, got %v", maxTimeout, *timeout)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "cairn-example:", err)
