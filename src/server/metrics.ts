@@ -57,7 +57,11 @@ export class NodeMetrics {
   private readonly heartbeatSentMs = new Map<number, number>();
   private lastLeader = -1;
 
-  constructor(private readonly logger: Logger) {
+  constructor(
+    private readonly logger: Logger,
+    /** What counts as slow enough to log (SLOW_FSYNC_MS, SLOW_APPLY_MS; tests lower them). */
+    readonly slowMs: { fsync: number; apply: number } = { fsync: SLOW_FSYNC_MS, apply: SLOW_APPLY_MS },
+  ) {
     collectDefaultMetrics({ register: this.registry, prefix: 'cairn_' });
     this.defineCollectedGauges();
   }
@@ -232,7 +236,7 @@ class TimedStorage extends DelegatingStorage {
     await super.persist(hardState, entries);
     this.metrics.observePersist(entries, started);
     const ms = performance.now() - started;
-    if (ms > SLOW_FSYNC_MS) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow fsync: a synced write of the log took longer than SLOW_FSYNC_MS');
+    if (ms > this.metrics.slowMs.fsync) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow fsync: a synced write of the log took longer than SLOW_FSYNC_MS');
   }
 
   override flushToDisk(): Promise<void> {
@@ -285,7 +289,7 @@ class TimedStateMachine implements StateMachine, SnapshottingFsm<CommandResult> 
     const outcomes = await this.inner.apply(entries, decided);
     this.metrics.observeApply(entries.length, started);
     const ms = performance.now() - started;
-    if (ms > SLOW_APPLY_MS) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow apply: an apply batch took longer than SLOW_APPLY_MS');
+    if (ms > this.metrics.slowMs.apply) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow apply: an apply batch took longer than SLOW_APPLY_MS');
     return outcomes;
   }
 
