@@ -19,9 +19,10 @@ STARTUP_DEADLINE_SECONDS=60
 STOP_DEADLINE_SECONDS=30
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-smoke.XXXXXX")
 PIDS=()
+STRACE_PID=
 
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}" $STRACE_PID; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -73,7 +74,15 @@ for i in 1 2 3; do
     CAIRN_DATA_DIR="$WORK/data-$i" CAIRN_CLIENT_ADDR="127.0.0.1:${PORTS[$((i - 1))]}" \
     CAIRN_PEER_ADDR="127.0.0.1:${PORTS[$((i + 2))]}" CAIRN_CLUSTER_TOKEN=smoke \
     "${launcher[@]}" "$NODE" "$APP/dist/src/cli/main.js" serve) >"$WORK/node-$i.log" 2>&1 &
-  PIDS+=("$!")
+  pid=$!
+  if [ ${#launcher[@]} -gt 0 ]; then
+    # Signal node itself, not strace (which would detach and leave it running).
+    for _ in $(seq 50); do child=$(pgrep -P "$pid" || true); [ -n "$child" ] && break; sleep 0.1; done
+    [ -n "$child" ] || { echo "smoke-runtime: FAIL: node 1 did not start under strace" >&2; exit 1; }
+    PIDS+=("$child"); STRACE_PID=$pid
+  else
+    PIDS+=("$pid")
+  fi
 done
 
 deadline=$((SECONDS + STARTUP_DEADLINE_SECONDS))
@@ -84,7 +93,7 @@ until cairn status -e "$ENDPOINTS" --timeout-ms 2000 >"$WORK/status.txt" 2>&1; d
   fi
   sleep 0.5
 done
-step "cluster serving: $(tail -1 "$WORK/status.txt")"
+step "$(tail -1 "$WORK/status.txt")"
 
 cairn put -e "$ENDPOINTS" smoke/key "from the runtime tree" >/dev/null
 value=$(cairn get -e "$ENDPOINTS" smoke/key)
@@ -99,7 +108,9 @@ for i in 0 1 2; do
     if [ "$SECONDS" -ge "$deadline" ]; then echo "smoke-runtime: FAIL: node $((i + 1)) still running ${STOP_DEADLINE_SECONDS}s after SIGTERM" >&2; exit 1; fi
     sleep 0.2
   done
-  status=0; wait "${PIDS[$i]}" || status=$?
+  # node 1's exit code comes through strace, which exits with its tracee's code.
+  waited=${PIDS[$i]}; [ "$i" = 0 ] && [ -n "${STRACE_PID:-}" ] && waited=$STRACE_PID
+  status=0; wait "$waited" || status=$?
   [ "$status" = 0 ] || { echo "smoke-runtime: FAIL: node $((i + 1)) exited $status" >&2; cat "$WORK/node-$((i + 1)).log" >&2; exit 1; }
   grep -q '"msg":"stopped"' "$WORK/node-$((i + 1)).log" || { echo "smoke-runtime: FAIL: node $((i + 1)) logged no \"stopped\"" >&2; exit 1; }
 done
