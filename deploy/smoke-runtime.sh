@@ -121,6 +121,8 @@ step "SIGTERM: all three stopped with exit code 0"
 if [ -f "$WORK/strace-1" ]; then
   outside=$(grep -E 'O_WRONLY|O_RDWR|O_CREAT|mkdir|rename|unlink' "$WORK/strace-1" \
     | grep -v -F "$WORK/data-1" | grep -v -E '"/dev/|= -1 E' || true)
+  inside=$(grep -E 'O_CREAT' "$WORK/strace-1" | grep -c -F "$WORK/data-1" || true)
+  [ "$inside" -gt 0 ] || { echo "smoke-runtime: FAIL: the trace shows no write even in the data dir: strace saw nothing" >&2; exit 1; }
   if [ -n "$outside" ]; then
     echo "smoke-runtime: FAIL: node 1 wrote outside its data dir:" >&2; echo "$outside" >&2; exit 1
   fi
