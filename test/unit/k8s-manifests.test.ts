@@ -445,6 +445,9 @@ describe('deploy/compose.yaml', () => {
       expect(env.CAIRN_ID).toBe(name.split('-')[1]);
       expect(env.CAIRN_PEERS).toBe(services.map(([peer]) => `${peer.split('-')[1]}=${peer}:${peerPort}`).join(','));
       expect(portOf(env.CAIRN_PEER_ADDR)).toBe(peerPort);
+      // Advertised to the peers, which forward Cluster calls to the leader's client address.
+      expect(env.CAIRN_CLIENT_ADDR).toBe(`${name}:${containerPort('client')}`);
+      expect(service.hostname).toBe(name);
       const [volume, mountPath] = service.volumes[0].split(':');
       expect(mountPath).toBe(envValue('CAIRN_DATA_DIR'));
       expect(Object.keys(compose.volumes)).toContain(volume);
