@@ -1,7 +1,8 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { parse } from 'yaml';
 import { Consistency, MemberRole } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
 import { CAIRN_MAIN, freePort, waitFor } from '../support/process-cluster';
@@ -17,7 +18,7 @@ jest.setTimeout(180_000);
  */
 const POD_DNS = resolve(__dirname, '../../dist/test/support/pod-dns.js');
 const SET = 'cairn';
-const PEER_SERVICE = 'cairn-peers';
+const PEER_SERVICE = 'cairn-peers'; // the headless Service in deploy/k8s (checked below through the advertised names)
 const NAMESPACE = 'cairn-test';
 const INITIAL_SIZE = 3;
 const MAX_PODS = 5;
@@ -30,6 +31,33 @@ interface Pod {
   ordinal: number;
   process?: ChildProcess;
   logs: string[];
+}
+
+const MANIFEST = resolve(__dirname, '../../deploy/k8s/statefulset.yaml');
+
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { fieldRef?: { fieldPath: string } };
+}
+
+/** The cairn container's environment in the StatefulSet, with the downward API filled in for one pod. */
+function podTemplateEnv(podName: string, namespace: string): Record<string, string> {
+  const statefulSet = parse(readFileSync(MANIFEST, 'utf8')) as { spec: { template: { spec: { containers: { name: string; env: EnvVar[] }[] } } } };
+  const fields: Record<string, string> = { 'metadata.name': podName, 'metadata.namespace': namespace };
+  const env: Record<string, string> = {};
+  for (const variable of statefulSet.spec.template.spec.containers[0]!.env) {
+    const fieldPath = variable.valueFrom?.fieldRef?.fieldPath;
+    const value = fieldPath ? fields[fieldPath] : variable.value;
+    if (value === undefined) throw new Error(`statefulset.yaml: ${variable.name} has a value this test cannot fill in`);
+    env[variable.name] = value;
+  }
+  return env;
+}
+
+/** The test runner's own environment without CAIRN_* variables (a pod has only what its template sets). */
+function withoutCairnVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([name]) => !name.startsWith('CAIRN_')));
 }
 
 describe('StatefulSet mode on real processes', () => {
@@ -50,15 +78,15 @@ describe('StatefulSet mode on real processes', () => {
     const pod = pods[ordinal] ?? { ordinal, logs: [] };
     pods[ordinal] = pod;
     const env = {
-      ...process.env,
-      // What the StatefulSet's pod template sets (deploy/k8s), and Kubernetes itself (HOSTNAME).
+      ...withoutCairnVariables(process.env),
+      // What the StatefulSet's pod template sets (deploy/k8s/statefulset.yaml), and Kubernetes itself (HOSTNAME).
+      ...podTemplateEnv(`${SET}-${ordinal}`, NAMESPACE),
       HOSTNAME: `${SET}-${ordinal}`,
-      CAIRN_INITIAL_CLUSTER_SIZE: String(INITIAL_SIZE),
-      CAIRN_PEER_SERVICE: PEER_SERVICE,
-      CAIRN_NAMESPACE: NAMESPACE,
+      // What differs on one machine: each pod's own loopback address and ports, and a data dir.
       CAIRN_DATA_DIR: join(root, `pod-${ordinal}`),
       CAIRN_CLIENT_ADDR: `${podAddress(ordinal)}:${clientPort}`,
       CAIRN_PEER_ADDR: `${podAddress(ordinal)}:${peerPort}`,
+      CAIRN_HTTP_ADDR: '',
       CAIRN_TICK_MS: '50',
       NODE_OPTIONS: `--require ${POD_DNS}`,
       CAIRN_TEST_POD_HOSTS: hosts,

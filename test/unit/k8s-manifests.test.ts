@@ -27,15 +27,7 @@ const MODELS: Record<string, { module: string; className: string; typeName: stri
  * The environment of StatefulSet mode, named by the server side of issue 10 (kept here
  * until every one of them is in SERVE_FLAGS; names in both are fine).
  */
-const STATEFULSET_MODE_ENV = [
-  'CAIRN_HTTP_ADDR',
-  'CAIRN_INITIAL_CLUSTER_SIZE',
-  'CAIRN_POD_NAME',
-  'CAIRN_PEER_SERVICE',
-  'CAIRN_NAMESPACE',
-  'CAIRN_CLUSTER_DOMAIN',
-];
-const KNOWN_ENV = new Set([...SERVE_FLAGS.map((spec) => spec.env), ...STATEFULSET_MODE_ENV]);
+const KNOWN_ENV = new Set<string>(SERVE_FLAGS.map((spec) => spec.env));
 /** Exactly what the StatefulSet sets, no more (a stray CAIRN_* variable would be read as a flag). */
 const STATEFULSET_ENV = [
   'CAIRN_POD_NAME', 'CAIRN_NAMESPACE', 'CAIRN_PEER_SERVICE', 'CAIRN_CLUSTER_DOMAIN', 'CAIRN_INITIAL_CLUSTER_SIZE',
