@@ -314,7 +314,8 @@ describe('cairn serve and cairn cluster as processes', () => {
     child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
     try {
-      await waitFor('the cluster\'s banner', () => stdout.includes('cairn cluster of 2 running'), 30_000);
+      const exitedEarly = exited.then((code) => Promise.reject(new Error(`cairn cluster exited (code ${code}) before its banner; it printed:\n${stdout}`)));
+      await Promise.race([waitFor('the cluster\'s banner', () => stdout.includes('cairn cluster of 2 running'), 30_000), exitedEarly]);
       for (const id of [1, 2]) {
         const http = `127.0.0.1:${httpPort + id - 1}`;
         expect(stdout).toContain(`node ${id}: client 127.0.0.1:${clientPort + id - 1}  peer 127.0.0.1:${peerPort + id - 1}  status page http://${http}/\n`);
