@@ -32,6 +32,8 @@ export const STATUS_PAGE_HTML = `<!doctype html>
   .good { color: #0a5; }
   .bad, .stale { color: #b00; }
   .none { color: #999; }
+  /* What the node said last, greyed out while it does not answer. */
+  body.unreachable .tiles, body.unreachable table { opacity: .4; }
 </style>
 </head>
 <body>
@@ -97,10 +99,12 @@ async function refresh() {
     const updated = document.getElementById('updated');
     updated.textContent = 'updated ' + new Date().toLocaleTimeString();
     updated.className = '';
+    document.body.classList.remove('unreachable');
   } catch (err) {
     const updated = document.getElementById('updated');
     updated.textContent = 'this node does not answer (' + err.message + ')';
     updated.className = 'stale';
+    document.body.classList.add('unreachable');
   }
 }
 refresh();
