@@ -11,7 +11,9 @@ const LEADER_WAIT_MS = 30_000;
 const PARENT_CHECK_INTERVAL_MS = 500;
 const DEFAULT_CLIENT_PORT = 7001;
 const DEFAULT_PEER_PORT = 7101;
-const CLUSTER_FLAGS = ['nodes', 'data-dir', 'timing', 'log-level', 'host', 'client-port', 'peer-port'];
+/** Node N's HTTP port (--http-addr: status page, /metrics, probes) is this + N - 1. */
+const DEFAULT_HTTP_PORT = 7201;
+const CLUSTER_FLAGS = ['nodes', 'data-dir', 'timing', 'log-level', 'host', 'client-port', 'peer-port', 'http-port'];
 
 /**
  * `cairn cluster`: three (or --nodes) `cairn serve` processes on this machine, their
@@ -28,15 +30,17 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   const dataDir = resolve(flags['data-dir'] ?? './data');
   const clientPort = portFlag(flags, 'client-port', DEFAULT_CLIENT_PORT, count);
   const peerPort = portFlag(flags, 'peer-port', DEFAULT_PEER_PORT, count);
+  const httpPort = portFlag(flags, 'http-port', DEFAULT_HTTP_PORT, count);
   const ids = Array.from({ length: count }, (_, i) => i + 1);
   const peerAddr = (id: number) => `${host}:${peerPort + id - 1}`;
+  const httpAddr = (id: number) => `${host}:${httpPort + id - 1}`;
   const peers = ids.map((id) => `${id}=${peerAddr(id)}`).join(',');
   const endpoints = ids.map((id) => `${host}:${clientPort + id - 1}`);
 
   const children = ids.map((id) =>
     startNode(mainPath, id, [
       'serve', '--id', String(id), '--data-dir', join(dataDir, `node-${id}`),
-      '--client-addr', endpoints[id - 1]!, '--peer-addr', peerAddr(id), '--peers', peers,
+      '--client-addr', endpoints[id - 1]!, '--peer-addr', peerAddr(id), '--http-addr', httpAddr(id), '--peers', peers,
       '--timing', flags.timing ?? 'default', '--log-level', flags['log-level'] ?? 'info',
     ]),
   );
@@ -63,7 +67,7 @@ export async function runLocalCluster(argv: string[], mainPath: string): Promise
   if (exitedEarly !== undefined && !stopping) stop(`node ${exitedEarly} exited while the cluster was starting (see its line above)`);
   if (stopping) return exitCode(await exited);
   console.log(`\ncairn cluster of ${count} running; data in ${dataDir}`);
-  for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${peerAddr(i + 1)}`);
+  for (const [i, endpoint] of endpoints.entries()) console.log(`  node ${i + 1}: client ${endpoint}  peer ${peerAddr(i + 1)}  status page http://${httpAddr(i + 1)}/`);
   console.log(leader ? `  leader: node ${leader}` : '  no leader yet (see the logs)');
   const defaults = endpoints.join(',') === DEFAULT_ENDPOINTS.join(',');
   const e = defaults ? '' : ` -e ${endpoints.join(',')}`;

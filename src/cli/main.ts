@@ -32,8 +32,8 @@ Usage:
   cairn serve --id ID --data-dir DIR --client-addr HOST:PORT --peer-addr HOST:PORT --peers ID=HOST:PORT,...
   cairn serve --id ID --data-dir DIR --client-addr HOST:PORT --peer-addr HOST:PORT --join HOST:PORT,... [--learner]
                                    join a running cluster (client addresses of its members)
-  cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--client-port 7001] [--peer-port 7101]
-                                   start a local cluster (client ports 7001.., peer ports 7101..)
+  cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--client-port 7001] [--peer-port 7101] [--http-port 7201]
+                                   start a local cluster (client ports 7001.., peer ports 7101.., status pages 7201..)
   cairn put KEY VALUE              set a key
   cairn put KEY --from-file FILE   set a key to a file's bytes
   cairn put KEY -                  set a key to stdin's bytes
@@ -73,10 +73,11 @@ const SHELL_FLAGS = [...COMMON_FLAGS, 'consistency'];
 /** `-e` is what a newcomer used from other tools' habits. */
 const SHORT_FLAGS = { e: 'endpoints' };
 const CLUSTER_USAGE = `cairn cluster [--nodes 3] [--data-dir ./data] [--timing default|demo] [--log-level info] [--host 127.0.0.1]
-              [--client-port 7001] [--peer-port 7101]
+              [--client-port 7001] [--peer-port 7101] [--http-port 7201]
 
-Starts --nodes local cairn serve processes: node N serves clients on port CLIENT-PORT+N-1 and
-peers on PEER-PORT+N-1, keeps its data in DATA-DIR/node-N, and logs here. Ctrl-C (SIGINT or
+Starts --nodes local cairn serve processes: node N serves clients on port CLIENT-PORT+N-1,
+peers on PEER-PORT+N-1 and HTTP (status page at /, /metrics, /healthz, /readyz) on
+HTTP-PORT+N-1, keeps its data in DATA-DIR/node-N, and logs here. Ctrl-C (SIGINT or
 SIGTERM) stops them all, and so does the end of the process that started cairn cluster; the
 nodes also stop if cairn cluster itself is killed. A node that dies is not restarted until
 the next start.`;

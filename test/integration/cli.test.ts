@@ -223,6 +223,24 @@ describe('the cairn command when nodes are down or do not answer', () => {
   });
 });
 
+/** The first of `count` consecutive ports on 127.0.0.1 that are free now (node N of a local cluster takes P + N - 1). */
+async function freePortRun(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const first = await freePort();
+    const rest = await Promise.all(Array.from({ length: count - 1 }, (_, i) => canListenOn(first + i + 1)));
+    if (rest.every(Boolean)) return first;
+  }
+  throw new Error(`no run of ${count} free ports found`);
+}
+
+function canListenOn(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const server = createServer();
+    server.once('error', () => done(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => done(true)));
+  });
+}
+
 describe('cairn serve and cairn cluster as processes', () => {
   test('serve on a port in use prints one clear line and exits 1', async () => {
     const holder = createServer();
@@ -247,7 +265,8 @@ describe('cairn serve and cairn cluster as processes', () => {
   async function startLocalCluster(dir: string, viaParent: boolean): Promise<{ parent: ChildProcess; clusterPid: number; clientAddr: string }> {
     const clientPort = await freePort();
     const peerPort = await freePort();
-    const args = [CAIRN_MAIN, 'cluster', '--nodes', '1', '--client-port', String(clientPort), '--peer-port', String(peerPort), '--data-dir', dir];
+    const httpPort = await freePort();
+    const args = [CAIRN_MAIN, 'cluster', '--nodes', '1', '--client-port', String(clientPort), '--peer-port', String(peerPort), '--http-port', String(httpPort), '--data-dir', dir];
     const parentScript = `const c = require('node:child_process').spawn(process.execPath, ${JSON.stringify(args)}, { stdio: 'ignore' }); console.log(c.pid); setInterval(() => {}, 60000);`;
     const parent = viaParent ? spawn(process.execPath, ['-e', parentScript], { stdio: ['ignore', 'pipe', 'ignore'] }) : spawn(process.execPath, args, { stdio: 'ignore' });
     const clientAddr = `127.0.0.1:${clientPort}`;
@@ -275,13 +294,39 @@ describe('cairn serve and cairn cluster as processes', () => {
     try {
       running = await startLocalCluster(join(dir, 'first'), false);
       const port = running.clientAddr.split(':')[1]!;
-      const second = await cairn(['cluster', '--nodes', '1', '--client-port', port, '--peer-port', String(await freePort()), '--data-dir', join(dir, 'second')]);
+      const second = await cairn(['cluster', '--nodes', '1', '--client-port', port, '--peer-port', String(await freePort()), '--http-port', String(await freePort()), '--data-dir', join(dir, 'second')]);
       expect(second.code).toBe(1);
       expect(second.stdout).not.toContain('running');
       expect(second.stdout + second.stderr).toContain('the address is already in use');
     } finally {
       running?.parent.kill('SIGTERM');
       if (running) await expectNodeGone(running.clientAddr);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('cairn cluster gives node N a status page, /metrics and probes on --http-port P + N - 1', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cairn-cli-'));
+    const [clientPort, peerPort, httpPort] = [await freePortRun(2), await freePortRun(2), await freePortRun(2)];
+    const args = ['cluster', '--nodes', '2', '--client-port', String(clientPort), '--peer-port', String(peerPort), '--http-port', String(httpPort), '--data-dir', dir];
+    const child = spawn(process.execPath, [CAIRN_MAIN, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const exited = new Promise<number | null>((done) => child.once('exit', (code) => done(code)));
+    try {
+      const exitedEarly = exited.then((code) => Promise.reject(new Error(`cairn cluster exited (code ${code}) before its banner; it printed:\n${stdout}`)));
+      await Promise.race([waitFor('the cluster\'s banner', () => stdout.includes('cairn cluster of 2 running'), 30_000), exitedEarly]);
+      for (const id of [1, 2]) {
+        const http = `127.0.0.1:${httpPort + id - 1}`;
+        expect(stdout).toContain(`node ${id}: client 127.0.0.1:${clientPort + id - 1}  peer 127.0.0.1:${peerPort + id - 1}  status page http://${http}/\n`);
+        await waitFor(`node ${id}'s /readyz to answer 200`, async () => (await fetch(`http://${http}/readyz`)).status === 200, 30_000);
+        const status = (await (await fetch(`http://${http}/status.json`)).json()) as { id: number };
+        expect(status.id).toBe(id);
+        expect(await (await fetch(`http://${http}/metrics`)).text()).toContain('cairn_role{role="');
+      }
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
       rmSync(dir, { recursive: true, force: true });
     }
   });
