@@ -147,13 +147,14 @@ export function openRequestScope(
 function unaryCalls(context: ServiceContext) {
   return <Req, Res>(handler: (request: Req, scope: RequestScope, metadata: Metadata) => Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const startedMs = performance.now();
       const malformed = malformedError(call.request);
       if (malformed) {
+        context.metrics?.observeRequest(call.getPath(), 'INVALID_ARGUMENT', startedMs);
         callback(toGrpcError(malformed));
         return;
       }
       const scope = openRequestScope(call, context.requestTimeoutMs);
-      const startedMs = performance.now();
       handler(call.request, scope, call.metadata)
         .then(
           (response) => {
