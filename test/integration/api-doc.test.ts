@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { ERROR_CODE_METADATA } from '../../src/server/status';
 import { ProcessCluster, freePort, waitFor } from '../support/process-cluster';
 
 /**
@@ -334,6 +335,8 @@ function checkError(call: GrpcurlCall, documented: DocumentedError, exitCode: nu
   for (const [name, value] of documented.trailers) {
     if (actual.metadata.get(name) !== value) problems.push(`trailer ${name}: ${actual.metadata.get(name) ?? '(absent)'}, documented ${value}`);
   }
+  const errorCode = actual.metadata.get(ERROR_CODE_METADATA);
+  if (errorCode !== undefined && !documented.trailers.has(ERROR_CODE_METADATA)) problems.push(`the answer carries ${ERROR_CODE_METADATA}: ${errorCode}, which the doc does not show`);
   return problems;
 }
 
