@@ -165,10 +165,10 @@ function runBufCurl(args: string[]): Promise<RunResult> {
   );
 }
 
-/** Replaces each key of `map` found in `text` by its value. */
+/** Replaces each address (a key of `map`) found in `text` by its value; 127.0.0.1:7001 never matches inside 127.0.0.1:70011. */
 function substitute(text: string, map: Map<string, string>): string {
   let out = text;
-  for (const [from, to] of map) out = out.split(from).join(to);
+  for (const [from, to] of map) out = out.replace(new RegExp(`${from.replace(/[.]/g, '\\.')}(?![0-9])`, 'g'), to);
   return out;
 }
 
