@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import { ChannelCredentials, credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import {
   ClusterClient,
   Consistency,
@@ -38,6 +38,8 @@ export interface ClientOptions {
    */
   totalTimeoutMs?: number;
   consistency: Consistency;
+  /** TLS (src/cli/tls-options.ts); default plaintext. */
+  channelCredentials?: ChannelCredentials;
 }
 
 type CallArgs<T> = [index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void];
@@ -128,8 +130,9 @@ export class CairnClient {
 
   constructor(private readonly options: ClientOptions) {
     if (options.endpoints.length === 0) throw new Error('no endpoints given');
-    this.kv = options.endpoints.map((e) => new KVClient(e, credentials.createInsecure()));
-    this.cluster = options.endpoints.map((e) => new ClusterClient(e, credentials.createInsecure()));
+    const channelCredentials = options.channelCredentials ?? credentials.createInsecure();
+    this.kv = options.endpoints.map((e) => new KVClient(e, channelCredentials));
+    this.cluster = options.endpoints.map((e) => new ClusterClient(e, channelCredentials));
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {

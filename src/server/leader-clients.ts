@@ -1,4 +1,4 @@
-import { ClientUnaryCall, credentials, Metadata, ServiceError } from '@grpc/grpc-js';
+import { ChannelCredentials, ClientUnaryCall, credentials, Metadata, ServiceError } from '@grpc/grpc-js';
 import { ClusterClient } from '../../gen/cairn/kv/v1/kv';
 import { NodeId } from '../raft/node';
 import { forwardingFailure, RequestScope } from './router';
@@ -24,7 +24,11 @@ export type UnaryStart<T> = (client: ClusterClient, metadata: Metadata, options:
 export class LeaderClients {
   private readonly clients = new Map<string, ClusterClient>();
 
-  constructor(private readonly selfId: NodeId) {}
+  constructor(
+    private readonly selfId: NodeId,
+    /** TLS when the members' client ports have it (src/server/tls.ts, memberClientCredentials). */
+    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
+  ) {}
 
   call<T>(leader: NodeId, addr: string, scope: RequestScope, start: UnaryStart<T>): Promise<T> {
     const client = this.clientFor(addr);
@@ -54,7 +58,7 @@ export class LeaderClients {
       stale.close();
       this.clients.delete(oldest);
     }
-    client = new ClusterClient(addr, credentials.createInsecure());
+    client = new ClusterClient(addr, this.channelCredentials);
     this.clients.set(addr, client);
     return client;
   }

@@ -156,7 +156,8 @@ export class GrpcPeerTransport implements Transport {
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
     private readonly options: PeerTransportOptions,
-    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
+    /** One for all peers, or one per peer (mutual TLS checks that a link reached the node it meant). */
+    private readonly channelCredentials: ChannelCredentials | ((peer: NodeId, addr: string) => ChannelCredentials) = credentials.createInsecure(),
   ) {
     this.setPeers(peers);
   }
@@ -176,7 +177,8 @@ export class GrpcPeerTransport implements Transport {
     }
     for (const [id, addr] of peers) {
       if (id === this.identity.selfId || this.links.has(id)) continue;
-      this.links.set(id, new PeerLink(id, addr, this.identity, this.channelCredentials, this.options, this.logger));
+      const channelCredentials = typeof this.channelCredentials === 'function' ? this.channelCredentials(id, addr) : this.channelCredentials;
+      this.links.set(id, new PeerLink(id, addr, this.identity, channelCredentials, this.options, this.logger));
     }
   }
 

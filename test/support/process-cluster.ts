@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { ChannelCredentials } from '@grpc/grpc-js';
 import { Consistency, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
 
@@ -96,6 +97,8 @@ export class ProcessCluster {
   private clients: CairnClient[] = [];
   /** How node `id` names its peers: by default their real peer addresses. */
   peersFor: (id: number) => string = () => this.peers;
+  /** How this harness's own clients reach the client ports (TLS tests set it); default plaintext. */
+  clientCredentials: ChannelCredentials | undefined;
 
   private constructor(readonly root: string) {}
 
@@ -204,7 +207,7 @@ export class ProcessCluster {
   }
 
   client(ids: number[] = this.nodes.map((n) => n.id), consistency = Consistency.CONSISTENCY_LINEARIZABLE, timeoutMs = 2000): CairnClient {
-    const client = new CairnClient({ endpoints: ids.map((id) => this.node(id).clientAddr), timeoutMs, consistency });
+    const client = new CairnClient({ endpoints: ids.map((id) => this.node(id).clientAddr), timeoutMs, consistency, channelCredentials: this.clientCredentials });
     this.clients.push(client);
     return client;
   }
