@@ -1,4 +1,4 @@
-import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import { ChannelCredentials, credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import { ClusterClient, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { CairnError, ErrorCode } from '../errors';
@@ -23,6 +23,8 @@ export interface JoinRequest {
   clientAddr: string;
   /** Client addresses of running members. */
   endpoints: string[];
+  /** TLS to their client ports (src/server/tls.ts, memberClientCredentials); default plaintext. */
+  channelCredentials?: ChannelCredentials;
 }
 
 export interface Joined {
@@ -60,9 +62,12 @@ type Call<T> = (client: ClusterClient, metadata: Metadata, options: { deadline: 
 export class JoinEndpoints {
   private readonly clients: ClusterClient[];
 
-  constructor(readonly endpoints: readonly string[]) {
+  constructor(
+    readonly endpoints: readonly string[],
+    channelCredentials: ChannelCredentials = credentials.createInsecure(),
+  ) {
     if (endpoints.length === 0) throw new CairnError(ErrorCode.INVALID_ARGUMENT, '--join names no endpoint');
-    this.clients = endpoints.map((e) => new ClusterClient(e, credentials.createInsecure()));
+    this.clients = endpoints.map((e) => new ClusterClient(e, channelCredentials));
   }
 
   async call<T>(what: string, deadlineMs: number, call: Call<T>, onRetry?: (reason: string) => void, signal?: AbortSignal): Promise<T> {
@@ -104,7 +109,7 @@ export class JoinEndpoints {
  * stored its identity) continues from the cluster's member list.
  */
 export async function joinCluster(request: JoinRequest, logger: Pick<Logger, 'info' | 'warn'>, timeoutMs = JOIN_TIMEOUT_MS): Promise<Joined> {
-  const endpoints = new JoinEndpoints(request.endpoints);
+  const endpoints = new JoinEndpoints(request.endpoints, request.channelCredentials);
   const deadlineMs = Date.now() + timeoutMs;
   const retrying = (what: string) => (reason: string) => logger.warn({ endpoints: request.endpoints, reason }, `join: ${what} failed; retrying`);
   try {
@@ -143,8 +148,9 @@ export async function promoteWhenCaughtUp(
   logger: Pick<Logger, 'info' | 'warn'>,
   signal?: AbortSignal,
   timeoutMs = PROMOTE_TIMEOUT_MS,
+  channelCredentials?: ChannelCredentials,
 ): Promise<ClusterConfig> {
-  const clients = new JoinEndpoints(endpoints);
+  const clients = new JoinEndpoints(endpoints, channelCredentials);
   let lastReason = '';
   try {
     const promoted = await clients.call<MemberPromoteResponse>('MemberPromote', Date.now() + timeoutMs, (c, md, o, done) => c.memberPromote({ id }, md, o, done), (reason) => {

@@ -1,4 +1,4 @@
-import { Server } from '@grpc/grpc-js';
+import { ChannelCredentials, Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
@@ -114,13 +114,13 @@ export class CairnNode {
   }
 
   private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void) {
-    const identity = await resolveIdentity(db, config, logger);
+    const security = NodeTransportSecurity.open(config.tls, logger);
+    const identity = await resolveIdentity(db, config, logger, security.memberClientCredentials());
     const bootstrap = bootstrapConfigOf(identity);
     if (!hasMember(bootstrap, config.id)) {
       throw new CairnError(ErrorCode.CORRUPTION, `this data dir's bootstrap configuration does not name node ${config.id}`);
     }
     let node: CairnNode | undefined;
-    const security = NodeTransportSecurity.open(config.tls, logger);
     const metrics = new NodeMetrics(logger);
     const peerMessageBytes = peerMaxMessageBytes({
       maxBytesPerAppend: DEFAULT_RAFT_CONFIG.maxBytesPerAppend,
@@ -241,7 +241,7 @@ export class CairnNode {
     // the first start may have left the cluster since.
     const known = this.membership.members(this.replica.node.leader).filter((m) => m.id !== config.id && m.clientAddr).map((m) => m.clientAddr);
     const endpoints = [...new Set([...config.join, ...known])];
-    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal).then(
+    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, this.transportSecurity?.memberClientCredentials()).then(
       () => this.logger.info('join: promoted to voter'),
       (err) => {
         if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');
@@ -472,12 +472,12 @@ export class CairnNode {
  * cluster at a --join's first start, read back at every later start (the bootstrap flags are
  * then ignored, with a line saying so).
  */
-async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger): Promise<ClusterIdentity> {
+async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger, memberCredentials?: ChannelCredentials): Promise<ClusterIdentity> {
   const stored = await readIdentity(db);
   if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
   if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
   if (!stored && config.join.length > 0) {
-    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join }, logger);
+    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, channelCredentials: memberCredentials }, logger);
     logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
     return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
   }

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { ChannelCredentials, credentials, ServiceError, status as Status } from '@grpc/grpc-js';
+import { MemberRole } from '../../gen/cairn/kv/v1/kv';
 import { StreamResponse, RaftServiceClient } from '../../gen/cairn/raft/v1/raft';
 import { CAIRN_MAIN, CliResult, ProcessCluster, waitFor } from '../support/process-cluster';
 import { CertFiles, issueCert, makeCa } from '../support/test-certs';
@@ -20,7 +21,7 @@ beforeAll(() => {
   ca = makeCa(dir, 'ca');
   server = issueCert(dir, 'server', ca, ['IP:127.0.0.1', 'DNS:localhost']);
   client = issueCert(dir, 'client', ca, []);
-  for (let id = 1; id <= 3; id++) peer[id] = issueCert(dir, `node-${id}`, ca, [`URI:cairn-node:${id}`, 'IP:127.0.0.1']);
+  for (let id = 1; id <= 4; id++) peer[id] = issueCert(dir, `node-${id}`, ca, [`URI:cairn-node:${id}`, 'IP:127.0.0.1']);
 });
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -184,5 +185,27 @@ describe('mutual TLS on the peer port', () => {
     );
     const { leaderId } = await cluster.status(1);
     expect([1, 2]).toContain(leaderId);
+  });
+});
+
+describe('TLS on both ports, client certificates required', () => {
+  let cluster: ProcessCluster;
+  afterAll(() => cluster?.stop());
+
+  test('a node joins through the TLS client ports (its calls present its peer certificate) and is promoted; forwarded Cluster calls reach the leader', async () => {
+    const allTls = (id: number) => [...clientTlsArgs(), '--client-ca-file', ca.cert, ...peerTlsArgs(id)];
+    cluster = await ProcessCluster.prepare(3);
+    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert), readFileSync(client.key), readFileSync(client.cert));
+    for (const node of cluster.nodes) node.extraArgs = allTls(node.id);
+    for (const node of cluster.nodes) cluster.spawn(node);
+    const leader = await cluster.waitForLeader();
+    const joined = await cluster.join([leader === 1 ? 2 : 1], allTls(4));
+    await waitFor('node 4 promoted to voter', async () => (await cluster.status(leader)).members.some((m) => m.id === 4 && m.role === MemberRole.MEMBER_ROLE_VOTER));
+    // A follower forwards a leadership transfer to the leader's client port over TLS.
+    const follower = cluster.nodes.find((n) => n.id !== leader && n.id !== joined.id)!;
+    const tlsFlags = ['--cacert', ca.cert, '--cert', client.cert, '--key', client.key];
+    const transfer = await cli(['leader', 'transfer', '--to', String(follower.id), '--endpoints', follower.clientAddr, ...tlsFlags]);
+    expect(transfer).toMatchObject({ code: 0 });
+    await waitFor('the transfer', async () => (await cluster.status(follower.id)).role === 'leader');
   });
 });
