@@ -3,11 +3,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { PeerCertificate } from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import { RaftServiceClient, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { CairnError } from '../../src/errors';
+import { IncomingPeerStreams } from '../../src/server/peer-transport';
 import {
   CertificateFiles,
   certificateNodeIds,
   nodeIdentityProblem,
+  PeerIdentityStats,
+  peerIdentityInterceptor,
   plaintextNetworkPorts,
   tlsConfigFrom,
   TlsFiles,
@@ -123,3 +128,55 @@ describe('plaintextNetworkPorts', () => {
     expect(plaintextNetworkPorts({ clientAddr: '0.0.0.0:7001', peerAddr: '10.0.0.5:7101', tls: withClientTls })).toEqual(['--peer-addr 10.0.0.5:7101']);
   });
 });
+
+describe('peerIdentityInterceptor on a real TLS server', () => {
+  test('a frame naming another node than the certificate is refused before the service, logged, and leaves no stream tracked', async () => {
+    const server1 = issueCert(dir, 'srv-node-1', ca, ['URI:cairn-node:1', 'IP:127.0.0.1']);
+    const node3 = issueCert(dir, 'cli-node-3', ca, ['URI:cairn-node:3', 'IP:127.0.0.1']);
+    const { logger, lines } = quietLogger();
+    const stats = new PeerIdentityStats(logger);
+    const streams = new IncomingPeerStreams();
+    const seen: number[] = [];
+    const server = new grpc.Server({ interceptors: [peerIdentityInterceptor(() => '127.0.0.1:1', stats)] });
+    const unimplemented = () => {
+      throw new Error('not used');
+    };
+    server.addService(RaftServiceService, streams.wrap({
+      stream: (call, callback) => {
+        call.on('data', (frame) => seen.push(frame.fromId));
+        call.on('end', () => callback(null, {}));
+      },
+      installSnapshot: unimplemented,
+      propose: unimplemented,
+      readIndex: unimplemented,
+    }));
+    const creds = grpc.ServerCredentials.createSsl(readFileSync(ca.cert), [{ cert_chain: readFileSync(server1.cert), private_key: readFileSync(server1.key) }], true);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds, (err, p) => (err ? reject(err) : resolve(p))));
+    const client = new RaftServiceClient(`127.0.0.1:${port}`, grpc.credentials.createSsl(readFileSync(ca.cert), readFileSync(node3.key), readFileSync(node3.cert)));
+    const send = (fromId: number) =>
+      new Promise<{ code?: number; details?: string }>((resolve) => {
+        const call = client.stream((err) => resolve(err ?? {}));
+        call.write({ clusterId: 7, fromId, clientAddr: '', messages: [] });
+        call.end();
+      });
+    try {
+      const refused = await send(2);
+      expect(refused.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(refused.details).toMatch(/cairn-node:3, not cairn-node:2/);
+      expect(stats.refusedCalls).toBe(1);
+      expect(lines.some((l) => l.level === 'warn' && l.message.includes('peer call refused'))).toBe(true);
+      expect(await send(3)).toEqual({});
+      expect(seen).toEqual([3]);
+      await waitUntil(() => streams.count() === 0);
+      expect(streams.count()).toBe(0);
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+  });
+});
+
+async function waitUntil(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}
