@@ -14,7 +14,7 @@ import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
 import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
-import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientCredentialsFromFlags } from './tls-options';
+import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -142,8 +142,8 @@ function clientFromFlags(flags: Record<string, string>): CairnClient {
   delete flags.endpoints;
   delete flags.consistency;
   delete flags['timeout-ms'];
-  const channelCredentials = clientCredentialsFromFlags(flags);
-  return new CairnClient({ endpoints, timeoutMs, totalTimeoutMs: timeoutMs, consistency, channelCredentials });
+  const dial = clientDialFromFlags(flags);
+  return new CairnClient({ endpoints, timeoutMs, totalTimeoutMs: timeoutMs, consistency, dial });
 }
 
 async function serve(argv: string[]): Promise<number> {

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { ChannelCredentials, credentials } from '@grpc/grpc-js';
-import { quietIpServernameWarning } from '../server/tls';
+import { DialSecurity, PLAINTEXT_DIAL, tlsDial } from '../server/tls';
 import { UsageError } from './flags';
 
 /** The client verbs' TLS flags (docs/security.md). */
@@ -19,18 +18,17 @@ function readFlagFile(flag: string, path: string): Buffer {
 }
 
 /**
- * The channel credentials --cacert, --cert and --key ask for (each also from CAIRN_CACERT,
+ * How to dial each endpoint as --cacert, --cert and --key ask (each also from CAIRN_CACERT,
  * CAIRN_CERT, CAIRN_KEY); plaintext when none is given. Removes them from `flags`.
  */
-export function clientCredentialsFromFlags(flags: Record<string, string>, env: NodeJS.ProcessEnv = process.env): ChannelCredentials {
+export function clientDialFromFlags(flags: Record<string, string>, env: NodeJS.ProcessEnv = process.env): DialSecurity {
   const cacert = flags.cacert ?? env.CAIRN_CACERT ?? '';
   const cert = flags.cert ?? env.CAIRN_CERT ?? '';
   const key = flags.key ?? env.CAIRN_KEY ?? '';
   for (const name of CLIENT_TLS_FLAGS) delete flags[name];
   if (Boolean(cert) !== Boolean(key)) throw new UsageError('--cert and --key go together (a client certificate needs its key)');
-  if (!cacert && !cert) return credentials.createInsecure();
-  quietIpServernameWarning();
-  return credentials.createSsl(
+  if (!cacert && !cert) return PLAINTEXT_DIAL;
+  return tlsDial(
     cacert ? readFlagFile('cacert', cacert) : null,
     key ? readFlagFile('key', key) : null,
     cert ? readFlagFile('cert', cert) : null,

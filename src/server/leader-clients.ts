@@ -1,7 +1,8 @@
-import { ChannelCredentials, ClientUnaryCall, credentials, Metadata, ServiceError } from '@grpc/grpc-js';
+import { ClientUnaryCall, Metadata, ServiceError } from '@grpc/grpc-js';
 import { ClusterClient } from '../../gen/cairn/kv/v1/kv';
 import { NodeId } from '../raft/node';
 import { forwardingFailure, RequestScope } from './router';
+import { DialSecurity, PLAINTEXT_DIAL } from './tls';
 
 /**
  * Set on a Cluster call a follower forwards to the leader's client port, so that a node which
@@ -26,8 +27,8 @@ export class LeaderClients {
 
   constructor(
     private readonly selfId: NodeId,
-    /** TLS when the members' client ports have it (src/server/tls.ts, memberClientCredentials). */
-    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
+    /** TLS when the members' client ports have it (src/server/tls.ts, memberClientDial). */
+    private readonly dial: DialSecurity = PLAINTEXT_DIAL,
   ) {}
 
   call<T>(leader: NodeId, addr: string, scope: RequestScope, start: UnaryStart<T>): Promise<T> {
@@ -58,7 +59,8 @@ export class LeaderClients {
       stale.close();
       this.clients.delete(oldest);
     }
-    client = new ClusterClient(addr, this.channelCredentials);
+    const { credentials, options } = this.dial(addr);
+    client = new ClusterClient(addr, credentials, options);
     this.clients.set(addr, client);
     return client;
   }

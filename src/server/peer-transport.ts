@@ -14,6 +14,7 @@ import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
 import { COMMIT_INDEX_METADATA, ERROR_CODE_METADATA } from './status';
+import { ipTargetChannelOptions } from './tls';
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -312,7 +313,9 @@ class PeerLink {
     private readonly logger: Logger,
   ) {
     this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
-    this.client = new RaftServiceClient(addr, channelCredentials, peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs));
+    // The stand-in server name for an IP address matters only to TLS credentials (tls.ts).
+    const channelOptions = { ...peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs), ...ipTargetChannelOptions(addr) };
+    this.client = new RaftServiceClient(addr, channelCredentials, channelOptions);
   }
 
   enqueue(messages: Message[]): void {

@@ -1,4 +1,4 @@
-import { ChannelCredentials, Server } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
@@ -21,7 +21,7 @@ import { ClusterMembership, configMembers, hasMember, MembershipReplica } from '
 import { Logger } from './logger';
 import { addReflection } from './reflection';
 import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './peer-transport';
-import { NodeTransportSecurity, peerIdentityInterceptor, PeerIdentityStats, PLAINTEXT_WARNING, plaintextNetworkPorts } from './tls';
+import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdentityStats, PLAINTEXT_WARNING, plaintextNetworkPorts } from './tls';
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
@@ -115,7 +115,7 @@ export class CairnNode {
 
   private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void) {
     const security = NodeTransportSecurity.open(config.tls, logger);
-    const identity = await resolveIdentity(db, config, logger, security.memberClientCredentials());
+    const identity = await resolveIdentity(db, config, logger, security.memberClientDial());
     const bootstrap = bootstrapConfigOf(identity);
     if (!hasMember(bootstrap, config.id)) {
       throw new CairnError(ErrorCode.CORRUPTION, `this data dir's bootstrap configuration does not name node ${config.id}`);
@@ -171,7 +171,7 @@ export class CairnNode {
     const incomingPeerStreams = new IncomingPeerStreams();
     const membershipReplica = membershipReplicaOf(replica);
     const membership = new ClusterMembership(config.id, config.advertiseClientAddr, membershipReplica);
-    const leaderClients = new LeaderClients(config.id, security.memberClientCredentials());
+    const leaderClients = new LeaderClients(config.id, security.memberClientDial());
     const context: ServiceContext = {
       replica,
       router,
@@ -241,7 +241,7 @@ export class CairnNode {
     // the first start may have left the cluster since.
     const known = this.membership.members(this.replica.node.leader).filter((m) => m.id !== config.id && m.clientAddr).map((m) => m.clientAddr);
     const endpoints = [...new Set([...config.join, ...known])];
-    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, this.transportSecurity?.memberClientCredentials()).then(
+    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, this.transportSecurity?.memberClientDial()).then(
       () => this.logger.info('join: promoted to voter'),
       (err) => {
         if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');
@@ -472,12 +472,12 @@ export class CairnNode {
  * cluster at a --join's first start, read back at every later start (the bootstrap flags are
  * then ignored, with a line saying so).
  */
-async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger, memberCredentials?: ChannelCredentials): Promise<ClusterIdentity> {
+async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger, memberDial?: DialSecurity): Promise<ClusterIdentity> {
   const stored = await readIdentity(db);
   if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
   if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
   if (!stored && config.join.length > 0) {
-    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, channelCredentials: memberCredentials }, logger);
+    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, dial: memberDial }, logger);
     logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
     return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
   }

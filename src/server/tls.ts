@@ -1,7 +1,8 @@
 import { readFileSync, unwatchFile, watchFile, Stats } from 'node:fs';
+import { isIP } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { checkServerIdentity, createSecureContext, PeerCertificate } from 'node:tls';
-import { ChannelCredentials, experimental, Metadata, ServerCredentials, ServerInterceptingCall, ServerInterceptor } from '@grpc/grpc-js';
+import { ChannelCredentials, ChannelOptions, experimental, Metadata, ServerCredentials, ServerInterceptingCall, ServerInterceptor } from '@grpc/grpc-js';
 import { CairnError, ErrorCode } from '../errors';
 import { splitHostPort } from './connection-guard';
 import { Logger } from './logger';
@@ -24,6 +25,13 @@ import { toGrpcError } from './status';
 
 /** Default of --cert-poll-interval-ms: how often a certificate file's mtime is polled (fs.watchFile; Kubernetes swaps a Secret's files by a symlink, which fs.watch misses). */
 export const CERT_FILE_POLL_INTERVAL_MS = 1000;
+/**
+ * The TLS server name (SNI) sent when dialling an IP address. grpc-js sends the target's
+ * host, and Node 26 refuses an IP address there (ERR_INVALID_ARG_VALUE; Node 20 warns,
+ * DEP0123), so the connection would never open. A cairn port serves one certificate whatever
+ * the name; the certificate is still checked against the IP address (ipTargetTls).
+ */
+export const IP_TARGET_SERVERNAME = 'cairn-ip-target.invalid';
 /** A certificate proves node N with this URI SAN: `cairn-node:N`. */
 export const NODE_ID_URI_PREFIX = 'cairn-node:';
 /** Lines a second the peer port may log about senders refused for their certificate. */
@@ -265,6 +273,47 @@ export function nodeIdentityProblem(cert: PeerCertificate | undefined, id: numbe
   return mismatch ? `its certificate has no ${NODE_ID_URI_PREFIX}${id} URI SAN and does not name node ${id}'s peer host ${host}` : undefined;
 }
 
+/** How to dial one target: its channel credentials and the channel options they need. */
+export interface Dial {
+  credentials: ChannelCredentials;
+  options: ChannelOptions;
+}
+
+/** Credentials and options per target: the CLI, members calling client ports, the test harness. */
+export type DialSecurity = (target: string) => Dial;
+
+export const PLAINTEXT_DIAL: DialSecurity = () => ({ credentials: ChannelCredentials.createInsecure(), options: {} });
+
+function hostOfTarget(target: string): string {
+  try {
+    return splitHostPort(target).host;
+  } catch {
+    return target;
+  }
+}
+
+/** The channel options a TLS channel to `target` needs: a stand-in server name for an IP address. */
+export function ipTargetChannelOptions(target: string): ChannelOptions {
+  return isIP(hostOfTarget(target)) ? { 'grpc.ssl_target_name_override': IP_TARGET_SERVERNAME } : {};
+}
+
+/**
+ * TLS to each target with these PEM contents (any may be null: the system's roots, no client
+ * certificate). The server's certificate must name the target's host (DNS or IP SAN); for an
+ * IP address the check is made against it here, since the server name grpc-js checks is the
+ * stand-in IP_TARGET_SERVERNAME.
+ */
+export function tlsDial(ca: Buffer | null, key: Buffer | null, cert: Buffer | null): DialSecurity {
+  return (target) => {
+    const host = hostOfTarget(target);
+    if (!isIP(host)) return { credentials: ChannelCredentials.createSsl(ca, key, cert), options: {} };
+    return {
+      credentials: ChannelCredentials.createSsl(ca, key, cert, { checkServerIdentity: (_standIn, served) => checkServerIdentity(host, served) }),
+      options: ipTargetChannelOptions(target),
+    };
+  };
+}
+
 /**
  * The peer clients' credentials for dialling node `id`: this node's peer certificate as the
  * client certificate, the peer CA, and a check that the server answering is node `id`.
@@ -349,7 +398,6 @@ export class NodeTransportSecurity {
 
   /** Reads every configured file now: a missing or mismatched one fails the start, naming its flag. */
   static open(config: TlsConfig, logger: Logger): NodeTransportSecurity {
-    if (config.client || config.peer) quietIpServernameWarning();
     return new NodeTransportSecurity(
       config.client && new CertificateFiles(config.client, 'client', logger),
       config.peer && new CertificateFiles(config.peer, 'peer', logger),
@@ -376,11 +424,11 @@ export class NodeTransportSecurity {
    * --client-ca-file must then verify. Read once at start: a rotation reaches these
    * connections at the next restart (docs/security.md).
    */
-  memberClientCredentials(): ChannelCredentials {
-    if (!this.client) return ChannelCredentials.createInsecure();
+  memberClientDial(): DialSecurity {
+    if (!this.client) return PLAINTEXT_DIAL;
     const ca = this.peer ? loadTlsFiles(this.peer.files).ca : this.client.files.caFile ? loadTlsFiles(this.client.files).ca : undefined;
     const identity = this.peer && loadTlsFiles(this.peer.files);
-    return ChannelCredentials.createSsl(ca ?? null, identity?.key ?? null, identity?.cert ?? null);
+    return tlsDial(ca ?? null, identity?.key ?? null, identity?.cert ?? null);
   }
 
   /** Polls the files for changes every --cert-poll-interval-ms (unless 0). */
@@ -421,22 +469,3 @@ export function plaintextNetworkPorts(config: { clientAddr: string; peerAddr: st
   return open;
 }
 
-let ipServernameWarningQuiet = false;
-
-/**
- * grpc-js sets the TLS server name to the target's host, and Node warns (DEP0123) when that
- * is an IP address, once per process, on stderr. Addresses like 127.0.0.1:7001 are how
- * cairn is addressed, and the certificate's IP SAN is what is checked: the warning says
- * nothing to act on, so TLS users do not see it. Every other warning still shows.
- */
-export function quietIpServernameWarning(): void {
-  if (ipServernameWarningQuiet) return;
-  ipServernameWarningQuiet = true;
-  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
-  process.emitWarning = ((...args: unknown[]) => {
-    const options = args[1];
-    const code = typeof options === 'object' && options !== null ? (options as { code?: string }).code : args[2];
-    if (code === 'DEP0123') return;
-    emit(...args);
-  }) as typeof process.emitWarning;
-}

@@ -3,11 +3,12 @@ import { mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import { ChannelCredentials, credentials, ServiceError, status as Status } from '@grpc/grpc-js';
+import { ServiceError, status as Status } from '@grpc/grpc-js';
 import { MemberRole } from '../../gen/cairn/kv/v1/kv';
 import { StreamResponse, RaftServiceClient } from '../../gen/cairn/raft/v1/raft';
 import { CAIRN_MAIN, CliResult, ProcessCluster, waitFor } from '../support/process-cluster';
 import { CertFiles, issueCert, makeCa } from '../support/test-certs';
+import { DialSecurity, PLAINTEXT_DIAL, tlsDial } from '../../src/server/tls';
 
 jest.setTimeout(120_000);
 
@@ -70,7 +71,7 @@ describe('TLS on the client port', () => {
 
   test('a client with --cacert reads and writes; without it the call fails and says why', async () => {
     cluster = await ProcessCluster.start(1, clientTlsArgs());
-    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert));
+    cluster.clientDial = tlsDial(readFileSync(ca.cert), null, null);
     await cluster.waitForLeader();
     const endpoints = cluster.node(1).clientAddr;
     const put = await cli(['put', 'k', 'v', '--endpoints', endpoints, '--cacert', ca.cert]);
@@ -88,7 +89,7 @@ describe('TLS on the client port', () => {
 
   test('--client-ca-file: a client without a certificate is refused, one with a certificate the CA signed is served', async () => {
     cluster = await ProcessCluster.start(1, [...clientTlsArgs(), '--client-ca-file', ca.cert]);
-    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert), readFileSync(client.key), readFileSync(client.cert));
+    cluster.clientDial = tlsDial(readFileSync(ca.cert), readFileSync(client.key), readFileSync(client.cert));
     await cluster.waitForLeader();
     const endpoints = cluster.node(1).clientAddr;
     const withCert = await cli(['put', 'k', 'v', '--endpoints', endpoints, '--cacert', ca.cert, '--cert', client.cert, '--key', client.key]);
@@ -100,7 +101,7 @@ describe('TLS on the client port', () => {
 
   test('a replaced certificate is served after SIGHUP, and after a file change, without a restart', async () => {
     cluster = await ProcessCluster.start(1, [...clientTlsArgs(), '--cert-poll-interval-ms', '0']);
-    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert));
+    cluster.clientDial = tlsDial(readFileSync(ca.cert), null, null);
     await cluster.waitForLeader();
     const node = cluster.node(1);
     const pid = node.process!.pid;
@@ -116,7 +117,7 @@ describe('TLS on the client port', () => {
     await cluster.stop();
 
     cluster = await ProcessCluster.start(1, [...clientTlsArgs(), '--cert-poll-interval-ms', '100']);
-    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert));
+    cluster.clientDial = tlsDial(readFileSync(ca.cert), null, null);
     await cluster.waitForLeader();
     const watched = cluster.node(1);
     expect((await servedCertificate(watched.clientAddr)).serialNumber).toBe(second);
@@ -133,8 +134,10 @@ describe('mutual TLS on the peer port', () => {
   afterAll(() => cluster?.stop());
 
   /** One stream frame to node 1's peer port with the given credentials; resolves with how the call ended. */
-  function sendFrame(creds: ChannelCredentials, clusterId: number, fromId: number): Promise<ServiceError | StreamResponse> {
-    const peerClient = new RaftServiceClient(cluster.node(1).peerAddr, creds);
+  function sendFrame(dial: DialSecurity, clusterId: number, fromId: number): Promise<ServiceError | StreamResponse> {
+    const addr = cluster.node(1).peerAddr;
+    const { credentials: creds, options } = dial(addr);
+    const peerClient = new RaftServiceClient(addr, creds, options);
     return new Promise((resolve) => {
       const call = peerClient.stream((err, response) => {
         peerClient.close();
@@ -155,7 +158,7 @@ describe('mutual TLS on the peer port', () => {
     const { clusterId } = await cluster.status(1);
 
     // Node 3's certificate, claiming to be node 2.
-    const asNode3 = credentials.createSsl(readFileSync(ca.cert), readFileSync(peer[3]!.key), readFileSync(peer[3]!.cert));
+    const asNode3 = tlsDial(readFileSync(ca.cert), readFileSync(peer[3]!.key), readFileSync(peer[3]!.cert));
     const impostor = (await sendFrame(asNode3, clusterId, 2)) as ServiceError;
     expect(impostor.code).toBe(Status.PERMISSION_DENIED);
     expect(impostor.details).toMatch(/cairn-node:3, not cairn-node:2/);
@@ -166,10 +169,10 @@ describe('mutual TLS on the peer port', () => {
     expect((honest as ServiceError).code).toBeUndefined();
 
     // TLS without a client certificate: the handshake is refused.
-    const noCert = (await sendFrame(credentials.createSsl(readFileSync(ca.cert)), clusterId, 2)) as ServiceError;
+    const noCert = (await sendFrame(tlsDial(readFileSync(ca.cert), null, null), clusterId, 2)) as ServiceError;
     expect(noCert.code).toBe(Status.UNAVAILABLE);
     // Plaintext: no TLS at all.
-    const plaintext = (await sendFrame(credentials.createInsecure(), clusterId, 2)) as ServiceError;
+    const plaintext = (await sendFrame(PLAINTEXT_DIAL, clusterId, 2)) as ServiceError;
     expect(plaintext.code).toBe(Status.UNAVAILABLE);
     // The cluster still serves.
     expect((await cli(['get', 'k', '--endpoints', cluster.node(1).clientAddr])).stdout).toBe('v');
@@ -195,7 +198,7 @@ describe('TLS on both ports, client certificates required', () => {
   test('a node joins through the TLS client ports (its calls present its peer certificate) and is promoted; forwarded Cluster calls reach the leader', async () => {
     const allTls = (id: number) => [...clientTlsArgs(), '--client-ca-file', ca.cert, ...peerTlsArgs(id)];
     cluster = await ProcessCluster.prepare(3);
-    cluster.clientCredentials = credentials.createSsl(readFileSync(ca.cert), readFileSync(client.key), readFileSync(client.cert));
+    cluster.clientDial = tlsDial(readFileSync(ca.cert), readFileSync(client.key), readFileSync(client.cert));
     for (const node of cluster.nodes) node.extraArgs = allTls(node.id);
     for (const node of cluster.nodes) cluster.spawn(node);
     const leader = await cluster.waitForLeader();

@@ -15,6 +15,7 @@ import {
   peerIdentityInterceptor,
   plaintextNetworkPorts,
   tlsConfigFrom,
+  tlsDial,
   TlsFiles,
 } from '../../src/server/tls';
 import { CertFiles, issueCert, makeCa } from '../support/test-certs';
@@ -152,7 +153,9 @@ describe('peerIdentityInterceptor on a real TLS server', () => {
     }));
     const creds = grpc.ServerCredentials.createSsl(readFileSync(ca.cert), [{ cert_chain: readFileSync(server1.cert), private_key: readFileSync(server1.key) }], true);
     const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds, (err, p) => (err ? reject(err) : resolve(p))));
-    const client = new RaftServiceClient(`127.0.0.1:${port}`, grpc.credentials.createSsl(readFileSync(ca.cert), readFileSync(node3.key), readFileSync(node3.cert)));
+    const target = `127.0.0.1:${port}`;
+    const dial = tlsDial(readFileSync(ca.cert), readFileSync(node3.key), readFileSync(node3.cert))(target);
+    const client = new RaftServiceClient(target, dial.credentials, dial.options);
     const send = (fromId: number) =>
       new Promise<{ code?: number; details?: string }>((resolve) => {
         const call = client.stream((err) => resolve(err ?? {}));
@@ -180,3 +183,11 @@ async function waitUntil(condition: () => boolean, timeoutMs = 5000): Promise<vo
   const deadline = Date.now() + timeoutMs;
   while (!condition() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
 }
+
+describe('tlsDial', () => {
+  test('an IP target gets a stand-in server name (Node 26 refuses an IP there); a host name does not', () => {
+    expect(tlsDial(null, null, null)('127.0.0.1:7001').options).toEqual({ 'grpc.ssl_target_name_override': 'cairn-ip-target.invalid' });
+    expect(tlsDial(null, null, null)('[::1]:7001').options).toEqual({ 'grpc.ssl_target_name_override': 'cairn-ip-target.invalid' });
+    expect(tlsDial(null, null, null)('cairn-0.cairn-peers:7001').options).toEqual({});
+  });
+});
