@@ -38,11 +38,12 @@ function cli(args: string[]): Promise<CliResult> {
   );
 }
 
-/** The certificate a TLS port serves right now: a fresh handshake each time. */
-function servedCertificate(addr: string): Promise<{ serialNumber: string; fingerprint256: string }> {
+/** The certificate a TLS port serves right now: a fresh handshake each time (with a client certificate for a peer port). */
+function servedCertificate(addr: string, as?: CertFiles): Promise<{ serialNumber: string; fingerprint256: string }> {
   const [host, port] = addr.split(':');
+  const identity = as ? { cert: readFileSync(as.cert), key: readFileSync(as.key) } : {};
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host, port: Number(port), ca: readFileSync(ca.cert), ALPNProtocols: ['h2'], servername: undefined }, () => {
+    const socket = tlsConnect({ host, port: Number(port), ca: readFileSync(ca.cert), ALPNProtocols: ['h2'], servername: undefined, ...identity }, () => {
       const cert = socket.getPeerCertificate();
       socket.destroy();
       resolve({ serialNumber: cert.serialNumber.toUpperCase(), fingerprint256: cert.fingerprint256 });
@@ -57,13 +58,14 @@ function serialOf(certFile: string): string {
   return new X509Certificate(readFileSync(certFile)).serialNumber.toUpperCase();
 }
 
-/** Issues a new server certificate into the files `server` names, each written beside and renamed over. */
-function rotateServerCertificate(name: string): string {
-  const fresh = issueCert(dir, name, ca, ['IP:127.0.0.1', 'DNS:localhost']);
-  renameSync(fresh.key, server.key);
-  renameSync(fresh.cert, server.cert);
-  return serialOf(server.cert);
+/** Issues a new certificate into the files `into` names (SANs `sans`), each written beside and renamed over. */
+function rotateCertificate(name: string, into: CertFiles = server, sans = ['IP:127.0.0.1', 'DNS:localhost']): string {
+  const fresh = issueCert(dir, name, ca, sans);
+  renameSync(fresh.key, into.key);
+  renameSync(fresh.cert, into.cert);
+  return serialOf(into.cert);
 }
+const rotateServerCertificate = (name: string) => rotateCertificate(name);
 
 describe('TLS on the client port', () => {
   let cluster: ProcessCluster;
@@ -99,19 +101,23 @@ describe('TLS on the client port', () => {
     expect(withoutCert.stderr).toMatch(/requires a client certificate \(pass --cert and --key\)/);
   });
 
-  test('a replaced certificate is served after SIGHUP, and after a file change, without a restart', async () => {
-    cluster = await ProcessCluster.start(1, [...clientTlsArgs(), '--cert-poll-interval-ms', '0']);
+  test('a replaced certificate is served after SIGHUP (client and peer port), and after a file change, without a restart', async () => {
+    cluster = await ProcessCluster.start(1, [...clientTlsArgs(), ...peerTlsArgs(1), '--cert-poll-interval-ms', '0']);
     cluster.clientDial = tlsDial(readFileSync(ca.cert), null, null);
     await cluster.waitForLeader();
     const node = cluster.node(1);
     const pid = node.process!.pid;
     expect((await servedCertificate(node.clientAddr)).serialNumber).toBe(serialOf(server.cert));
 
+    expect((await servedCertificate(node.peerAddr, peer[2])).serialNumber).toBe(serialOf(peer[1]!.cert));
     const second = rotateServerCertificate('server-2');
-    // With polling off only the signal reloads: the old certificate is still served.
+    const secondPeer = rotateCertificate('node-1-2', peer[1], ['URI:cairn-node:1', 'IP:127.0.0.1']);
+    // With polling off only the signal reloads: the old certificates are still served.
     expect((await servedCertificate(node.clientAddr)).serialNumber).not.toBe(second);
+    expect((await servedCertificate(node.peerAddr, peer[2])).serialNumber).not.toBe(secondPeer);
     node.process!.kill('SIGHUP');
     await waitFor('the certificate after SIGHUP', async () => (await servedCertificate(node.clientAddr)).serialNumber === second);
+    await waitFor('the peer certificate after SIGHUP', async () => (await servedCertificate(node.peerAddr, peer[2])).serialNumber === secondPeer);
     expect(node.logs.some((l) => l.includes('certificate reloaded') && l.includes('SIGHUP'))).toBe(true);
     expect(node.process!.pid).toBe(pid);
     await cluster.stop();
