@@ -56,9 +56,6 @@ export interface TlsConfig {
   pollIntervalMs: number;
 }
 
-/** The flags of `cairn serve` this module reads (SERVE_FLAGS carries their help). */
-export const TLS_FLAG_NAMES = ['cert-file', 'key-file', 'client-ca-file', 'peer-cert-file', 'peer-key-file', 'peer-ca-file', 'cert-poll-interval-ms'] as const;
-
 function invalid(message: string): CairnError {
   return new CairnError(ErrorCode.INVALID_ARGUMENT, message);
 }
