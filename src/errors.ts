@@ -30,6 +30,8 @@ export const ErrorCode = {
   LEADER_UNREACHABLE: 'LEADER_UNREACHABLE',
   /** A peer from another cluster, or a node that is not a member. */
   WRONG_CLUSTER: 'WRONG_CLUSTER',
+  /** A peer's message names a sender other than the node its TLS certificate names (PERMISSION_DENIED). */
+  PEER_IDENTITY_MISMATCH: 'PEER_IDENTITY_MISMATCH',
   /**
    * The session's result for this write was discarded (its sequence is below one the
    * client said was answered, or the session was evicted): the write was not applied

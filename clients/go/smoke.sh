@@ -16,7 +16,7 @@ cairn=(node "$repo/dist/src/cli/main.js")
 # google.golang.org/protobuf) can marshal what protoc-gen-go 1.28 generates (1.3 panics), so
 # it is named here and replaces 1.3 when that is installed.
 debian_packages=(protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-go
-  golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev)
+  golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev openssl)
 # Where Debian's -dev packages put Go sources (the GOPATH layout: src/IMPORT/PATH).
 debian_gopath=/usr/share/gocode
 leader_deadline_seconds=30
@@ -200,6 +200,45 @@ check_through_follower() {
   expect "put of an empty key is refused" 1 'INVALID_ARGUMENT from ' -endpoints "$follower" put "" "$value"
 }
 
+# One `cairn serve` with TLS on its client port and client certificates required, with a CA
+# and certificates made now by openssl (docs/security.md); cairn-example with -cacert, -cert
+# and -key puts and gets through it, and without a client certificate is refused.
+check_tls() {
+  local dir="$tmp/tls" tls_port tls_peer_port pid deadline ok=""
+  mkdir -p "$dir"
+  issue() {
+    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$2" >"$dir/$1.ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/$1.key" -out "$dir/$1.csr" -subj "/CN=$1" &&
+      openssl x509 -req -in "$dir/$1.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -set_serial "0x$(openssl rand -hex 8)" \
+        -days 2 -out "$dir/$1.pem" -extfile "$dir/$1.ext"
+  }
+  { openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+      -subj /CN=go-smoke-ca -days 2 && issue server IP:127.0.0.1 && issue client URI:cairn-user:go-smoke; } >/dev/null 2>&1 \
+    || { fail "openssl could not make the test certificates"; return; }
+  tls_port=$((client_port + 3 + peer_port_offset + 10))
+  tls_peer_port=$((tls_port + 1))
+  ports_free "$tls_port" "$tls_peer_port" || { fail "TLS: ports $tls_port, $tls_peer_port taken"; return; }
+  "${cairn[@]}" serve --id 1 --data-dir "$dir/data" --client-addr "127.0.0.1:$tls_port" --peer-addr "127.0.0.1:$tls_peer_port" \
+    --cert-file "$dir/server.pem" --key-file "$dir/server.key" --client-ca-file "$dir/ca.pem" >"$dir/node.log" 2>&1 &
+  pid=$!
+  local tls_flags=(-cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client.key")
+  deadline=$((SECONDS + leader_deadline_seconds))
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+    if "$tmp/cairn-example" -timeout 1s -endpoints "127.0.0.1:$tls_port" "${tls_flags[@]}" put go-smoke/tls ready >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.2
+  done
+  if [ -z "$ok" ]; then
+    tail -n 20 "$dir/node.log" >&2
+    fail "TLS: the node never accepted a put with -cacert, -cert and -key"
+  else
+    expect "TLS: get with -cacert, -cert and -key" 0 '^ready$' -endpoints "127.0.0.1:$tls_port" "${tls_flags[@]}" get go-smoke/tls
+    expect "TLS: without a client certificate the node refuses" 1 'UNAVAILABLE' -timeout 2s -endpoints "127.0.0.1:$tls_port" -cacert "$dir/ca.pem" get go-smoke/tls
+    expect "TLS: -cert without -key is a usage error" 2 '-cert and -key go together' -endpoints "127.0.0.1:$tls_port" -cert "$dir/client.pem" get go-smoke/tls
+  fi
+  kill -TERM "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
+
 install_missing_packages
 setup_go
 check_stubs_reproduce
@@ -208,3 +247,4 @@ check_vet_and_unit_tests
 start_cluster
 wait_for_follower
 check_through_follower
+check_tls

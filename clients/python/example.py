@@ -3,6 +3,7 @@
 
     npm start                                   # in the repository: a local 3-node cluster
     /usr/bin/python3 clients/python/example.py --endpoints 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+    # against nodes with TLS (docs/security.md): --cacert ca.pem [--cert alice.pem --key alice.key]
 """
 
 import argparse
@@ -11,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cairn_client import CairnError, Client  # noqa: E402
+from cairn_client import CairnError, Client, tls_credentials  # noqa: E402
 
 
 def main() -> int:
@@ -20,10 +21,16 @@ def main() -> int:
                         help="client addresses HOST:PORT,... (default: the local cluster of `npm start`)")
     parser.add_argument("--prefix", default="example/", help="the keys written go under this prefix")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt at one endpoint")
+    parser.add_argument("--cacert", help="TLS: PEM CA bundle that verifies the nodes' certificates")
+    parser.add_argument("--cert", help="TLS: a client certificate (PEM), for nodes started with --client-ca-file")
+    parser.add_argument("--key", help="TLS: the client certificate's private key (PEM)")
     args = parser.parse_args()
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together")
+    credentials = tls_credentials(args.cacert, args.cert, args.key) if args.cacert or args.cert else None
 
     try:
-        with Client(args.endpoints.split(","), timeout=args.timeout) as client:
+        with Client(args.endpoints.split(","), timeout=args.timeout, credentials=credentials) as client:
             for name, value in (("color", "blue"), ("size", "large"), ("shape", "round")):
                 put = client.put(args.prefix + name, value)
                 print(f"put {args.prefix}{name} = {value}  (revision {put.header.revision}, answered by node {put.header.member_id})")

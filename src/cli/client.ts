@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import { Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import {
   ClusterClient,
   Consistency,
@@ -19,6 +19,7 @@ import {
 } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../errors';
 import { ERROR_CODE_METADATA } from '../server/status';
+import { DialSecurity, PLAINTEXT_DIAL } from '../server/tls';
 
 /** Rounds over all endpoints before a request is given up. */
 const MAX_ROUNDS = 5;
@@ -38,6 +39,8 @@ export interface ClientOptions {
    */
   totalTimeoutMs?: number;
   consistency: Consistency;
+  /** TLS (src/cli/tls-options.ts); default plaintext. */
+  dial?: DialSecurity;
 }
 
 type CallArgs<T> = [index: number, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: T) => void];
@@ -128,8 +131,9 @@ export class CairnClient {
 
   constructor(private readonly options: ClientOptions) {
     if (options.endpoints.length === 0) throw new Error('no endpoints given');
-    this.kv = options.endpoints.map((e) => new KVClient(e, credentials.createInsecure()));
-    this.cluster = options.endpoints.map((e) => new ClusterClient(e, credentials.createInsecure()));
+    const dials = options.endpoints.map(options.dial ?? PLAINTEXT_DIAL);
+    this.kv = options.endpoints.map((e, i) => new KVClient(e, dials[i]!.credentials, dials[i]!.options));
+    this.cluster = options.endpoints.map((e, i) => new ClusterClient(e, dials[i]!.credentials, dials[i]!.options));
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {

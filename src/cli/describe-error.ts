@@ -3,7 +3,7 @@ import { CairnError } from '../errors';
 import { AttemptFailure, CallFailedError, failureKind } from './client';
 import { UsageError } from './flags';
 
-const START_HINT = 'is the cluster running? (npm start)';
+const START_HINT = 'is the cluster running? (npm start; a node that serves TLS needs --cacert)';
 
 /** One line that says what went wrong, for a person at a terminal. */
 export function describeError(err: unknown): string {
@@ -79,6 +79,10 @@ export function describeFailure(failure: Pick<AttemptFailure, 'error' | 'attempt
       if (/ECONNREFUSED/.test(error.details)) return 'refused the connection';
       if (/ENOTFOUND|EAI_AGAIN|Name resolution failed|DNS resolution failed/i.test(error.details)) return 'is not a host name that resolves';
       if (/EHOSTUNREACH|ENETUNREACH/.test(error.details)) return 'is not reachable (no route)';
+      {
+        const tls = tlsProblem(error.details);
+        if (tls) return tls;
+      }
       return `is unreachable (${error.details.replace(/\s*Resolution note:.*$/s, '').trim()})`;
     case 'no-answer':
       return `did not answer within ${failure.attemptMs} ms`;
@@ -95,4 +99,15 @@ function wrongService(failure: AttemptFailure): string {
     `${failure.endpoint} does not serve cairn's client API (UNIMPLEMENTED${method ? ` ${method}` : ''}): ` +
     `is it a peer port? --endpoints takes client ports (--client-addr; 7001-7003 in the local cluster), not peer ports (--peer-addr; 7101-7103)`
   );
+}
+
+/** What a failed TLS handshake means for the person typing the command, or undefined. */
+function tlsProblem(details: string): string | undefined {
+  if (/certificate required/i.test(details)) return 'refused the TLS handshake: it requires a client certificate (pass --cert and --key)';
+  if (/unable to verify|self[- ]signed|unable to get (local )?issuer|certificate verify failed|unknown ca|bad certificate/i.test(details)) {
+    return 'serves a TLS certificate that --cacert does not verify (or refused ours): pass the CA bundle that signed the node\'s certificate';
+  }
+  if (/wrong version number|packet length too long|unexpected eof while reading|http request/i.test(details)) return 'does not speak TLS: leave out --cacert, --cert and --key';
+  if (/Hostname\/IP does not match|altnames/i.test(details)) return `serves a TLS certificate for another name (${details.replace(/\s*Resolution note:.*$/s, '').trim()})`;
+  return undefined;
 }

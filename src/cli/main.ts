@@ -14,6 +14,7 @@ import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
 import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
+import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /**
@@ -60,6 +61,7 @@ Client flags:
   --consistency linearizable|serializable   for get, has, list and shell (default linearizable)
   --timeout-ms N                   for the whole command, every endpoint and retry (default ${DEFAULT_TIMEOUT_MS});
                                    in the shell, for each line
+${CLIENT_TLS_USAGE}
 
 Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error.
 
@@ -68,7 +70,7 @@ Run "cairn serve --help" for every server flag.`;
 /** `cairn serve` flags that take no value. */
 const SERVE_SWITCHES = ['learner'];
 /** Flags every client verb takes. */
-const COMMON_FLAGS = ['endpoints', 'timeout-ms'];
+const COMMON_FLAGS = ['endpoints', 'timeout-ms', ...CLIENT_TLS_FLAGS];
 const SHELL_FLAGS = [...COMMON_FLAGS, 'consistency'];
 /** `-e` is what a newcomer used from other tools' habits. */
 const SHORT_FLAGS = { e: 'endpoints' };
@@ -141,7 +143,8 @@ function clientFromFlags(flags: Record<string, string>): CairnClient {
   delete flags.endpoints;
   delete flags.consistency;
   delete flags['timeout-ms'];
-  return new CairnClient({ endpoints, timeoutMs, totalTimeoutMs: timeoutMs, consistency });
+  const dial = clientDialFromFlags(flags);
+  return new CairnClient({ endpoints, timeoutMs, totalTimeoutMs: timeoutMs, consistency, dial });
 }
 
 async function serve(argv: string[]): Promise<number> {
@@ -202,11 +205,18 @@ async function serve(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
     process.on('SIGINT', () => onSignal('SIGINT'));
+    process.on('SIGHUP', () => reloadOnSighup(node, logger));
     stopRemoved = () => onSignal('removed from the cluster');
     if (removed) stopRemoved();
     stopWithParent(() => onSignal('parent gone'));
   });
   return 0;
+}
+
+/** SIGHUP reads the certificate files again (src/server/tls.ts); it never stops the node. */
+function reloadOnSighup(node: CairnNode, logger: { info(fields: object, message: string): void }): void {
+  const ports = node.reloadCertificates('SIGHUP');
+  logger.info({ signal: 'SIGHUP', portsReloaded: ports }, 'signal received: certificate files read again');
 }
 
 /**

@@ -3,6 +3,7 @@ import { DEFAULT_STATE_CACHE_BYTES } from '../kv/record-cache';
 import { CairnError, ErrorCode } from '../errors';
 import { PortProtection } from './connection-guard';
 import { isHostPort } from './validate';
+import { TlsConfig, tlsConfigFrom } from './tls';
 
 /** Request limits. Going over one is INVALID_ARGUMENT naming the flag. */
 export interface Limits {
@@ -59,6 +60,8 @@ export interface ServerConfig {
   leveldbWriteBufferBytes: number;
   /** Log entries kept before the snapshot point at compaction, for slow followers. */
   snapshotCatchupEntries: number;
+  /** TLS on the client port, mutual TLS on the peer port (src/server/tls.ts); empty: plaintext. */
+  tls: TlsConfig;
 }
 
 /**
@@ -73,6 +76,13 @@ export const SERVE_FLAGS = [
   { flag: 'advertise-client-addr', env: 'CAIRN_ADVERTISE_CLIENT_ADDR', default: '', help: 'HOST:PORT other members and clients reach --client-addr at (default: --client-addr itself)' },
   { flag: 'advertise-peer-addr', env: 'CAIRN_ADVERTISE_PEER_ADDR', default: '', help: 'HOST:PORT peers reach --peer-addr at, told to the cluster on --join (default: --peer-addr itself)' },
   { flag: 'http-addr', env: 'CAIRN_HTTP_ADDR', default: '', help: 'HOST:PORT for HTTP: /metrics (Prometheus), /healthz, /readyz and the status page at / (default: none)' },
+  { flag: 'cert-file', env: 'CAIRN_CERT_FILE', default: '', help: 'PEM certificate (chain) the client port serves TLS with; reloaded on change or SIGHUP (default: plaintext)' },
+  { flag: 'key-file', env: 'CAIRN_KEY_FILE', default: '', help: 'PEM private key of --cert-file' },
+  { flag: 'client-ca-file', env: 'CAIRN_CLIENT_CA_FILE', default: '', help: 'PEM CA bundle: clients must present a certificate it verifies (default: no client certificate asked for)' },
+  { flag: 'peer-cert-file', env: 'CAIRN_PEER_CERT_FILE', default: '', help: 'PEM certificate of this node on the peer port (mutual TLS); names the node with a URI SAN cairn-node:ID or a DNS SAN of its peer host' },
+  { flag: 'peer-key-file', env: 'CAIRN_PEER_KEY_FILE', default: '', help: 'PEM private key of --peer-cert-file' },
+  { flag: 'peer-ca-file', env: 'CAIRN_PEER_CA_FILE', default: '', help: 'PEM CA bundle that verifies the other members\' peer certificates' },
+  { flag: 'cert-poll-interval-ms', env: 'CAIRN_CERT_POLL_INTERVAL_MS', default: '1000', help: 'how often the certificate files are checked for a change (0: only on SIGHUP)' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
   { flag: 'join', env: 'CAIRN_JOIN', default: '', help: 'client addresses (HOST:PORT,...) of running members: join their cluster as a learner, then ask to be promoted (instead of --peers; empty data dir only)' },
   { flag: 'learner', env: 'CAIRN_LEARNER', default: 'false', help: 'with --join: stay a learner (receive the log, never vote)' },
@@ -235,6 +245,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     snapshotCatchupEntries: integer('snapshot-catchup-entries', values['snapshot-catchup-entries']!, 0),
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
     leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
+    tls: tlsConfigFrom(values),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

@@ -69,10 +69,13 @@ export class GuardedPort {
     };
   }
 
-  /** Listens on HOST:PORT (port 0 picks one) and feeds accepted connections to `server`. */
-  listen(server: Server, addr: string): Promise<number> {
+  /**
+   * Listens on HOST:PORT (port 0 picks one) and feeds accepted connections to `server`;
+   * with secure `credentials` the injector wraps each one in TLS (src/server/tls.ts).
+   */
+  listen(server: Server, addr: string, credentials: ServerCredentials = ServerCredentials.createInsecure()): Promise<number> {
     const { host, port } = splitHostPort(addr);
-    this.injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+    this.injector = server.createConnectionInjector(credentials);
     return new Promise((resolve, reject) => {
       const fail = (err: NodeJS.ErrnoException) => reject(listenError(`--${this.name}-addr`, addr, err));
       this.listener.once('error', fail);

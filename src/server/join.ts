@@ -1,10 +1,11 @@
-import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
+import { Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import { ClusterClient, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { CairnError, ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
 import { ERROR_CODE_METADATA } from './status';
+import { DialSecurity, PLAINTEXT_DIAL } from './tls';
 
 /** How long `--join` keeps trying to reach the cluster and be added, before the node gives up and exits. */
 export const JOIN_TIMEOUT_MS = 60_000;
@@ -23,6 +24,8 @@ export interface JoinRequest {
   clientAddr: string;
   /** Client addresses of running members. */
   endpoints: string[];
+  /** TLS to their client ports (src/server/tls.ts, memberClientDial); default plaintext. */
+  dial?: DialSecurity;
 }
 
 export interface Joined {
@@ -60,9 +63,15 @@ type Call<T> = (client: ClusterClient, metadata: Metadata, options: { deadline: 
 export class JoinEndpoints {
   private readonly clients: ClusterClient[];
 
-  constructor(readonly endpoints: readonly string[]) {
+  constructor(
+    readonly endpoints: readonly string[],
+    dial: DialSecurity = PLAINTEXT_DIAL,
+  ) {
     if (endpoints.length === 0) throw new CairnError(ErrorCode.INVALID_ARGUMENT, '--join names no endpoint');
-    this.clients = endpoints.map((e) => new ClusterClient(e, credentials.createInsecure()));
+    this.clients = endpoints.map((e) => {
+      const { credentials, options } = dial(e);
+      return new ClusterClient(e, credentials, options);
+    });
   }
 
   async call<T>(what: string, deadlineMs: number, call: Call<T>, onRetry?: (reason: string) => void, signal?: AbortSignal): Promise<T> {
@@ -104,7 +113,7 @@ export class JoinEndpoints {
  * stored its identity) continues from the cluster's member list.
  */
 export async function joinCluster(request: JoinRequest, logger: Pick<Logger, 'info' | 'warn'>, timeoutMs = JOIN_TIMEOUT_MS): Promise<Joined> {
-  const endpoints = new JoinEndpoints(request.endpoints);
+  const endpoints = new JoinEndpoints(request.endpoints, request.dial);
   const deadlineMs = Date.now() + timeoutMs;
   const retrying = (what: string) => (reason: string) => logger.warn({ endpoints: request.endpoints, reason }, `join: ${what} failed; retrying`);
   try {
@@ -143,8 +152,9 @@ export async function promoteWhenCaughtUp(
   logger: Pick<Logger, 'info' | 'warn'>,
   signal?: AbortSignal,
   timeoutMs = PROMOTE_TIMEOUT_MS,
+  dial?: DialSecurity,
 ): Promise<ClusterConfig> {
-  const clients = new JoinEndpoints(endpoints);
+  const clients = new JoinEndpoints(endpoints, dial);
   let lastReason = '';
   try {
     const promoted = await clients.call<MemberPromoteResponse>('MemberPromote', Date.now() + timeoutMs, (c, md, o, done) => c.memberPromote({ id }, md, o, done), (reason) => {

@@ -1,7 +1,8 @@
-import { ClientUnaryCall, credentials, Metadata, ServiceError } from '@grpc/grpc-js';
+import { ClientUnaryCall, Metadata, ServiceError } from '@grpc/grpc-js';
 import { ClusterClient } from '../../gen/cairn/kv/v1/kv';
 import { NodeId } from '../raft/node';
 import { forwardingFailure, RequestScope } from './router';
+import { DialSecurity, PLAINTEXT_DIAL } from './tls';
 
 /**
  * Set on a Cluster call a follower forwards to the leader's client port, so that a node which
@@ -24,7 +25,11 @@ export type UnaryStart<T> = (client: ClusterClient, metadata: Metadata, options:
 export class LeaderClients {
   private readonly clients = new Map<string, ClusterClient>();
 
-  constructor(private readonly selfId: NodeId) {}
+  constructor(
+    private readonly selfId: NodeId,
+    /** TLS when the members' client ports have it (src/server/tls.ts, memberClientDial). */
+    private readonly dial: DialSecurity = PLAINTEXT_DIAL,
+  ) {}
 
   call<T>(leader: NodeId, addr: string, scope: RequestScope, start: UnaryStart<T>): Promise<T> {
     const client = this.clientFor(addr);
@@ -54,7 +59,8 @@ export class LeaderClients {
       stale.close();
       this.clients.delete(oldest);
     }
-    client = new ClusterClient(addr, credentials.createInsecure());
+    const { credentials, options } = this.dial(addr);
+    client = new ClusterClient(addr, credentials, options);
     this.clients.set(addr, client);
     return client;
   }

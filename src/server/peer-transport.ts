@@ -14,6 +14,7 @@ import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
 import { COMMIT_INDEX_METADATA, ERROR_CODE_METADATA } from './status';
+import { ipTargetChannelOptions } from './tls';
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -156,7 +157,8 @@ export class GrpcPeerTransport implements Transport {
     peers: Map<NodeId, string>,
     private readonly logger: Logger,
     private readonly options: PeerTransportOptions,
-    private readonly channelCredentials: ChannelCredentials = credentials.createInsecure(),
+    /** One for all peers, or one per peer (mutual TLS checks that a link reached the node it meant). */
+    private readonly channelCredentials: ChannelCredentials | ((peer: NodeId, addr: string) => ChannelCredentials) = credentials.createInsecure(),
   ) {
     this.setPeers(peers);
   }
@@ -176,7 +178,8 @@ export class GrpcPeerTransport implements Transport {
     }
     for (const [id, addr] of peers) {
       if (id === this.identity.selfId || this.links.has(id)) continue;
-      this.links.set(id, new PeerLink(id, addr, this.identity, this.channelCredentials, this.options, this.logger));
+      const channelCredentials = typeof this.channelCredentials === 'function' ? this.channelCredentials(id, addr) : this.channelCredentials;
+      this.links.set(id, new PeerLink(id, addr, this.identity, channelCredentials, this.options, this.logger));
     }
   }
 
@@ -310,7 +313,9 @@ class PeerLink {
     private readonly logger: Logger,
   ) {
     this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
-    this.client = new RaftServiceClient(addr, channelCredentials, peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs));
+    // The stand-in server name for an IP address matters only to TLS credentials (tls.ts).
+    const channelOptions = { ...peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs), ...ipTargetChannelOptions(addr) };
+    this.client = new RaftServiceClient(addr, channelCredentials, channelOptions);
   }
 
   enqueue(messages: Message[]): void {

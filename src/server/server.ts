@@ -21,6 +21,7 @@ import { ClusterMembership, configMembers, hasMember, MembershipReplica } from '
 import { Logger } from './logger';
 import { addReflection } from './reflection';
 import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './peer-transport';
+import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdentityStats, PLAINTEXT_WARNING, plaintextNetworkPorts } from './tls';
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
@@ -67,6 +68,10 @@ export class CairnNode {
   private readonly promotion = new AbortController();
   /** The HTTP port (--http-addr), once listening. */
   private httpPort: HttpPort | undefined;
+  /** The ports' certificate files (src/server/tls.ts), once listening. */
+  private transportSecurity: NodeTransportSecurity | undefined;
+  /** What the peer port refused for a certificate that names another node. */
+  peerIdentityStats: PeerIdentityStats | undefined;
   /** Leader changes this node saw, oldest first (at most MAX_LEADER_CHANGES_SHOWN). */
   private readonly leaderChanges: { at: string; term: number; leader: number }[] = [];
   /** Readiness: a read barrier has completed since start (this node has caught up with the leader's commit index then). */
@@ -109,7 +114,8 @@ export class CairnNode {
   }
 
   private static async startOn(db: LevelDb, config: ServerConfig, logger: Logger, onFatal: (err: unknown) => void, onRemoved: (reason: string) => void) {
-    const identity = await resolveIdentity(db, config, logger);
+    const security = NodeTransportSecurity.open(config.tls, logger);
+    const identity = await resolveIdentity(db, config, logger, security.memberClientDial());
     const bootstrap = bootstrapConfigOf(identity);
     if (!hasMember(bootstrap, config.id)) {
       throw new CairnError(ErrorCode.CORRUPTION, `this data dir's bootstrap configuration does not name node ${config.id}`);
@@ -128,7 +134,7 @@ export class CairnNode {
       onRemoved: (by, reason, commitIndex) => node?.noteRefusedAsRemoved(by, reason, commitIndex),
       onPeerLost: (peer) => node?.replica.peerConnectionLost(peer),
       onDropped: (peer, count) => metrics.countDropped(peer, count),
-    });
+    }, security.peerChannelCredentials);
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),
       // Links to a new member open as soon as its entry is appended, not a tick later.
@@ -151,15 +157,21 @@ export class CairnNode {
     const clientPortGuard = new GuardedPort('client', config.clientPortProtection, logger);
     const peerPortGuard = new GuardedPort('peer', config.peerPortProtection, logger);
     const clientServer = new Server({ 'grpc.max_receive_message_length': config.limits.maxRequestBytes * 2 + (1 << 20), ...clientPortGuard.serverOptions() });
+    const peerPortOptions = peerPortGuard.serverOptions();
+    const peerIdentityStats = security.peer ? new PeerIdentityStats(logger) : undefined;
+    if (peerIdentityStats) {
+      const identityChecked = peerIdentityInterceptor((id) => transport.peerAddrs().get(id), peerIdentityStats);
+      peerPortOptions.interceptors = [...peerPortOptions.interceptors, identityChecked];
+    }
     const peerServer = new Server({
       'grpc.max_receive_message_length': peerMessageBytes,
       'grpc.max_send_message_length': peerMessageBytes,
-      ...peerPortGuard.serverOptions(),
+      ...peerPortOptions,
     });
     const incomingPeerStreams = new IncomingPeerStreams();
     const membershipReplica = membershipReplicaOf(replica);
     const membership = new ClusterMembership(config.id, config.advertiseClientAddr, membershipReplica);
-    const leaderClients = new LeaderClients(config.id);
+    const leaderClients = new LeaderClients(config.id, security.memberClientDial());
     const context: ServiceContext = {
       replica,
       router,
@@ -179,8 +191,8 @@ export class CairnNode {
     let clientPort: number;
     let peerPort: number;
     try {
-      clientPort = await clientPortGuard.listen(clientServer, config.clientAddr);
-      peerPort = await peerPortGuard.listen(peerServer, config.peerAddr);
+      clientPort = await clientPortGuard.listen(clientServer, config.clientAddr, security.clientServerCredentials());
+      peerPort = await peerPortGuard.listen(peerServer, config.peerAddr, security.peerServerCredentials());
     } catch (err) {
       for (const guard of [clientPortGuard, peerPortGuard]) guard.stopAccepting();
       clientServer.forceShutdown();
@@ -194,6 +206,11 @@ export class CairnNode {
       incomingPeerStreams, health, clientPort, peerPort, logger, metrics, router,
     );
     const started = node;
+    started.transportSecurity = security;
+    started.peerIdentityStats = peerIdentityStats;
+    security.watch();
+    const plaintext = plaintextNetworkPorts(config);
+    if (plaintext.length > 0) logger.warn({ ports: plaintext }, PLAINTEXT_WARNING);
     if (config.httpAddr) {
       try {
         started.httpPort = await HttpPort.listen(config.httpAddr, started.httpSource(), logger);
@@ -224,7 +241,7 @@ export class CairnNode {
     // the first start may have left the cluster since.
     const known = this.membership.members(this.replica.node.leader).filter((m) => m.id !== config.id && m.clientAddr).map((m) => m.clientAddr);
     const endpoints = [...new Set([...config.join, ...known])];
-    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal).then(
+    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, this.transportSecurity?.memberClientDial()).then(
       () => this.logger.info('join: promoted to voter'),
       (err) => {
         if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');
@@ -278,6 +295,15 @@ export class CairnNode {
     this.onRemoved(reason);
   }
 
+  /**
+   * Reads the certificate files again (SIGHUP): new connections get what they hold now;
+   * a file that does not load is logged and the previous certificate keeps serving.
+   */
+  reloadCertificates(reason = 'SIGHUP'): number {
+    if (!this.transportSecurity) return 0;
+    return this.transportSecurity.reload(reason);
+  }
+
   /** Stops accepting requests, lets in-flight ones finish (up to a grace period), closes LevelDB. */
   stop(): Promise<void> {
     return this.stopReporting().then(() => undefined);
@@ -303,6 +329,7 @@ export class CairnNode {
     const peerStreamsEnded = this.incomingPeerStreams.endAll();
     const peerServer = await shutdownServer(this.peerServer);
     await this.httpPort?.close();
+    this.transportSecurity?.stop();
     await this.db.close();
     const outcome = { clientServer, peerServer, peerStreamsEnded };
     this.logger.info(outcome, 'stopped');
@@ -445,12 +472,12 @@ export class CairnNode {
  * cluster at a --join's first start, read back at every later start (the bootstrap flags are
  * then ignored, with a line saying so).
  */
-async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger): Promise<ClusterIdentity> {
+async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger, memberDial?: DialSecurity): Promise<ClusterIdentity> {
   const stored = await readIdentity(db);
   if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
   if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
   if (!stored && config.join.length > 0) {
-    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join }, logger);
+    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, dial: memberDial }, logger);
     logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
     return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
   }

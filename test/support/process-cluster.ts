@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Consistency, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
+import { DialSecurity } from '../../src/server/tls';
 
 /** The package root: the nearest folder above this file with a package.json (from test/ or dist/test/). */
 function packageRoot(): string {
@@ -96,6 +97,8 @@ export class ProcessCluster {
   private clients: CairnClient[] = [];
   /** How node `id` names its peers: by default their real peer addresses. */
   peersFor: (id: number) => string = () => this.peers;
+  /** How this harness's own clients reach the client ports (TLS tests set it); default plaintext. */
+  clientDial: DialSecurity | undefined;
 
   private constructor(readonly root: string) {}
 
@@ -204,7 +207,7 @@ export class ProcessCluster {
   }
 
   client(ids: number[] = this.nodes.map((n) => n.id), consistency = Consistency.CONSISTENCY_LINEARIZABLE, timeoutMs = 2000): CairnClient {
-    const client = new CairnClient({ endpoints: ids.map((id) => this.node(id).clientAddr), timeoutMs, consistency });
+    const client = new CairnClient({ endpoints: ids.map((id) => this.node(id).clientAddr), timeoutMs, consistency, dial: this.clientDial });
     this.clients.push(client);
     return client;
   }

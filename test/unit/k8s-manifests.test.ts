@@ -10,10 +10,12 @@ import { delimiter, dirname, join, relative } from 'node:path';
 import * as ts from 'typescript';
 import { parseAllDocuments, parseDocument } from 'yaml';
 import { SERVE_FLAGS } from '../../src/server/config';
+import { placeInStatefulSet } from '../../src/server/statefulset';
 
 const ROOT = join(__dirname, '..', '..');
 const K8S_DIR = join(ROOT, 'deploy', 'k8s');
 const OVERLAY_DIR = join(ROOT, 'deploy', 'examples', 'overlay');
+const TLS_OVERLAY_DIR = join(ROOT, 'deploy', 'examples', 'tls');
 const VALIDATOR = join(ROOT, 'test', 'support', 'k8s-validate.mjs');
 
 /** The model (runtime class and TypeScript interface) of each kind the manifests use. */
@@ -457,5 +459,132 @@ describe('deploy/compose.yaml', () => {
         if (Number(target) === containerPort('client')) expect(Number(hostPort)).toBe(7001 + i);
       }
     });
+  });
+});
+
+/**
+ * A strategic merge patch as kustomize applies it to the fields the TLS overlay touches:
+ * lists of named items merge by name, other lists are replaced, null deletes a field.
+ */
+function strategicMerge(target: Json, patch: Json): Json {
+  if (Array.isArray(patch)) {
+    if (!Array.isArray(target) || !patch.every((item) => item && typeof item === 'object' && 'name' in item)) return structuredClone(patch);
+    const merged = structuredClone(target);
+    for (const item of patch) {
+      const i = merged.findIndex((m: Json) => m.name === item.name);
+      if (i >= 0) merged[i] = strategicMerge(merged[i], item);
+      else merged.push(structuredClone(item));
+    }
+    return merged;
+  }
+  if (patch === null || typeof patch !== 'object' || target === null || typeof target !== 'object') return structuredClone(patch);
+  const merged = structuredClone(target);
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete merged[key];
+    else merged[key] = key in merged ? strategicMerge(merged[key], value) : structuredClone(value);
+  }
+  return merged;
+}
+
+/** Why a probe is not a single HTTP GET on the named HTTP port (undefined: it is). */
+function httpProbeProblem(probe: Json, httpPortName: string): string | undefined {
+  const handlers = ['grpc', 'httpGet', 'tcpSocket', 'exec'].filter((h) => probe?.[h]);
+  if (handlers.length !== 1 || handlers[0] !== 'httpGet') return `handlers ${handlers.join(', ') || 'none'}`;
+  if (probe.httpGet.port !== httpPortName) return `port ${probe.httpGet.port}`;
+  return undefined;
+}
+
+const wildcardMatches = (pattern: string, host: string) =>
+  pattern.startsWith('*.') ? host.slice(host.indexOf('.') + 1) === pattern.slice(2) && !host.slice(0, host.indexOf('.')).includes('.') : pattern === host;
+
+describe('deploy/examples/tls', () => {
+  const kustomization = parseYamlFile(join(TLS_OVERLAY_DIR, 'kustomization.yaml'));
+  const patchFile = kustomization.patches?.[0]?.path;
+  const patch = parseYamlFile(join(TLS_OVERLAY_DIR, patchFile));
+  const tlsStatefulSet = strategicMerge(statefulSet, patch);
+  const tlsPod = tlsStatefulSet.spec.template.spec;
+  const tlsContainer = tlsPod.containers.find((c: Json) => c.name === 'cairn');
+  const certManager = parseYamlDocuments(join(TLS_OVERLAY_DIR, 'certificates.yaml'));
+  const env = (name: string) => tlsContainer.env.find((e: Json) => e.name === name)?.value;
+
+  it('builds on deploy/k8s, lists files that exist, and patches the StatefulSet', () => {
+    expect(kustomization.kind).toBe('Kustomization');
+    expect(kustomization.resources).toContain(relative(TLS_OVERLAY_DIR, K8S_DIR));
+    for (const file of kustomization.resources.filter((r: string) => !r.startsWith('..'))) expect({ file, exists: existsSync(join(TLS_OVERLAY_DIR, file)) }).toEqual({ file, exists: true });
+    expect(kustomization.patches[0].target).toEqual({ kind: 'StatefulSet', name: statefulSet.metadata.name });
+  });
+
+  it('the patched StatefulSet validates against the schemas and uses no unknown field', () => {
+    expect(schemaErrors([tlsStatefulSet])).toEqual([undefined]);
+    expect(unknownFieldErrors([tlsStatefulSet])).toEqual([[]]);
+  });
+
+  it('probes over HTTP (the kubelet\'s gRPC probe does not speak TLS), and a patch that leaves grpc in is caught', () => {
+    const httpPort = tlsContainer.ports.find((p: Json) => p.containerPort === portOf(env('CAIRN_HTTP_ADDR') ?? envValue('CAIRN_HTTP_ADDR')))?.name;
+    expect(httpPort).toBe('http');
+    for (const probe of ['livenessProbe', 'readinessProbe', 'startupProbe']) expect({ probe, problem: httpProbeProblem(tlsContainer[probe], httpPort) }).toEqual({ probe, problem: undefined });
+    expect(tlsContainer.readinessProbe.httpGet.path).toBe('/readyz');
+    expect(tlsContainer.livenessProbe.httpGet.path).toBe('/healthz');
+    const careless = structuredClone(patch);
+    delete careless.spec.template.spec.containers[0].livenessProbe.grpc;
+    const merged = strategicMerge(statefulSet, careless).spec.template.spec.containers[0];
+    expect(httpProbeProblem(merged.livenessProbe, 'http')).toMatch(/handlers grpc, httpGet/);
+  });
+
+  it('every TLS file the environment names is on a mounted volume; the variables are serve flags', () => {
+    const names: string[] = tlsContainer.env.map((e: Json) => e.name);
+    for (const name of names) expect({ name, known: KNOWN_ENV.has(name) }).toEqual({ name, known: true });
+    for (const name of ['CAIRN_CERT_FILE', 'CAIRN_KEY_FILE', 'CAIRN_PEER_CERT_FILE', 'CAIRN_PEER_KEY_FILE', 'CAIRN_PEER_CA_FILE']) {
+      const file: string = env(name);
+      const mount = tlsContainer.volumeMounts.find((m: Json) => file?.startsWith(`${m.mountPath}/`));
+      expect({ name, mounted: Boolean(mount), volume: Boolean(mount && tlsPod.volumes.some((v: Json) => v.name === mount.name)) }).toEqual({ name, mounted: true, volume: true });
+    }
+  });
+
+  it('the client-port Secret and the CSI issuer are the cert-manager objects the overlay creates', () => {
+    const kinds = certManager.map((o) => `${o.apiVersion}/${o.kind}`);
+    expect(new Set(kinds)).toEqual(new Set(['cert-manager.io/v1/Issuer', 'cert-manager.io/v1/Certificate']));
+    const certificates = certManager.filter((o) => o.kind === 'Certificate');
+    const issuers = new Set(certManager.filter((o) => o.kind === 'Issuer').map((o) => o.metadata.name));
+    for (const c of certificates) expect({ certificate: c.metadata.name, issuer: issuers.has(c.spec.issuerRef.name) }).toEqual({ certificate: c.metadata.name, issuer: true });
+    const clientSecret = tlsPod.volumes.find((v: Json) => v.name === 'client-tls').secret.secretName;
+    expect(certificates.map((c) => c.spec.secretName)).toContain(clientSecret);
+    const csi = tlsPod.volumes.find((v: Json) => v.name === 'peer-tls').csi;
+    expect(csi.driver).toBe('csi.cert-manager.io');
+    expect(issuers.has(csi.volumeAttributes['csi.cert-manager.io/issuer-name'])).toBe(true);
+  });
+
+  it('a pod\'s peer certificate names its advertised peer host, and the client certificate covers every pod\'s advertised client host', () => {
+    const namespace = kustomization.namespace;
+    const values: Record<string, string> = {};
+    for (const spec of SERVE_FLAGS) values[spec.flag] = spec.default;
+    for (const e of tlsContainer.env) {
+      const spec = SERVE_FLAGS.find((f) => f.env === e.name);
+      if (spec && typeof e.value === 'string') values[spec.flag] = e.value;
+    }
+    const clientCertificate = certManager.find((o) => o.kind === 'Certificate' && o.spec.secretName === 'cairn-client-tls');
+    for (const ordinal of [0, 1, 4]) {
+      const podName = `${statefulSet.metadata.name}-${ordinal}`;
+      const placed = placeInStatefulSet({ ...values, 'pod-name': podName, namespace }, {});
+      const peerHost = placed['advertise-peer-addr']!.split(':')[0];
+      const csiName = tlsPod.volumes.find((v: Json) => v.name === 'peer-tls').csi.volumeAttributes['csi.cert-manager.io/dns-names']
+        .replace('${POD_NAME}', podName).replace('${POD_NAMESPACE}', namespace);
+      expect(csiName).toBe(peerHost);
+      const clientHost = placed['advertise-client-addr']!.split(':')[0]!;
+      expect({ clientHost, covered: clientCertificate.spec.dnsNames.some((n: string) => wildcardMatches(n, clientHost)) }).toEqual({ clientHost, covered: true });
+    }
+    expect(clientCertificate.spec.dnsNames).toContain(`${clientService.metadata.name}.${namespace}.svc`);
+  });
+
+  (kubectl ? it : it.skip)('kubectl kustomize renders the StatefulSet this test checks, in the overlay\'s namespace, and the cert-manager objects', () => {
+    const rendered = kustomize(TLS_OVERLAY_DIR);
+    const renderedSet = rendered.find((o) => o.kind === 'StatefulSet');
+    // Kustomize puts a patch's new list items first: compare named lists as sets.
+    const byName = (value: Json): Json =>
+      Array.isArray(value)
+        ? value.map(byName).sort((x: Json, y: Json) => String(x?.name ?? '').localeCompare(String(y?.name ?? '')))
+        : value && typeof value === 'object' ? Object.fromEntries(Object.entries(value).map(([k, v]) => [k, byName(v)])) : value;
+    expect(byName(renderedSet)).toEqual(byName({ ...tlsStatefulSet, metadata: { ...tlsStatefulSet.metadata, namespace: kustomization.namespace } }));
+    expect(rendered.filter((o) => o.apiVersion === 'cert-manager.io/v1').map((o) => o.metadata.namespace)).toEqual(certManager.map(() => kustomization.namespace));
   });
 });

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 	"unicode"
@@ -11,6 +14,7 @@ import (
 	kvv1 "cairn/clients/go/gen/cairn/kv/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -35,14 +39,47 @@ type connectFunc func(endpoint string) (kv kvv1.KVClient, close func() error, er
 // callFunc sends one request; it must pass opts on to the stub (they collect the trailers).
 type callFunc func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) error
 
-func dialKV(endpoint string) (kvv1.KVClient, func() error, error) {
-	// Plaintext: cairn's client port has no TLS yet. WithInsecure is what the Debian grpc
-	// (1.33) offers; newer grpc also has insecure.NewCredentials(), and keeps this for all of 1.x.
-	conn, err := grpc.Dial(endpoint, grpc.WithInsecure())
-	if err != nil {
-		return nil, nil, err
+// dialer opens KV clients with the given transport: TLS (transportOption) or plaintext.
+func dialer(transport grpc.DialOption) connectFunc {
+	return func(endpoint string) (kvv1.KVClient, func() error, error) {
+		conn, err := grpc.Dial(endpoint, transport)
+		if err != nil {
+			return nil, nil, err
+		}
+		return kvv1.NewKVClient(conn), conn.Close, nil
 	}
-	return kvv1.NewKVClient(conn), conn.Close, nil
+}
+
+// transportOption is TLS when -cacert or -cert is given (as cairn's --cacert, --cert, --key),
+// else plaintext. WithInsecure is what the Debian grpc (1.33) offers; newer grpc also has
+// insecure.NewCredentials(), and keeps this for all of 1.x.
+func transportOption(cacert, certFile, keyFile string) (grpc.DialOption, error) {
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("-cert and -key go together (a client certificate needs its key)")
+	}
+	if cacert == "" && certFile == "" {
+		return grpc.WithInsecure(), nil
+	}
+	config := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cacert != "" {
+		pem, err := os.ReadFile(cacert)
+		if err != nil {
+			return nil, fmt.Errorf("-cacert: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-cacert %s holds no PEM certificate", cacert)
+		}
+		config.RootCAs = roots
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-cert/-key: %w", err)
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
 }
 
 // endpointError is one endpoint's failure, with cairn's trailers when it answered.

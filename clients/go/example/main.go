@@ -2,6 +2,7 @@
 //
 //	cairn-example -endpoints 127.0.0.1:7001,127.0.0.1:7002 put KEY VALUE   # OK (revision N)
 //	cairn-example -endpoints 127.0.0.1:7001,127.0.0.1:7002 get KEY         # VALUE
+//	cairn-example -endpoints 127.0.0.1:7001 -cacert ca.pem get KEY          # over TLS (docs/security.md)
 //
 // It tries the endpoints in order and moves to the next one on UNAVAILABLE (or when an
 // endpoint uses up its share of the time budget), starting again from the first until the
@@ -55,6 +56,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flags.Usage = func() { printUsage(flags) }
 	endpointList := flags.String("endpoints", endpointsDefault(), "client endpoints HOST:PORT,..., tried in order; $"+endpointsEnv+" sets the default")
 	timeout := flags.Duration("timeout", defaultTimeout, "budget of the whole command, every endpoint included")
+	cacert := flags.String("cacert", "", "TLS: PEM CA bundle that verifies the nodes' certificates")
+	certFile := flags.String("cert", "", "TLS: a client certificate (PEM), for nodes started with --client-ca-file")
+	keyFile := flags.String("key", "", "TLS: the client certificate's private key (PEM)")
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -65,10 +69,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil && (*timeout <= 0 || *timeout > maxTimeout) {
 		err = fmt.Errorf("-timeout must be above 0 and at most %v, got %v", maxTimeout, *timeout)
 	}
+	var transport grpc.DialOption
+	if err == nil {
+		transport, err = transportOption(*cacert, *certFile, *keyFile)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "cairn-example:", err)
 		return exitUsage
 	}
+	connect := dialer(transport)
 
 	verb, verbArgs := flags.Arg(0), flags.Args()
 	if len(verbArgs) > 0 {
@@ -78,9 +87,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	switch {
 	case verb == "put" && len(verbArgs) == 2:
-		return put(ctx, endpoints, []byte(verbArgs[0]), []byte(verbArgs[1]), stdout, stderr)
+		return put(ctx, endpoints, connect, []byte(verbArgs[0]), []byte(verbArgs[1]), stdout, stderr)
 	case verb == "get" && len(verbArgs) == 1:
-		return get(ctx, endpoints, verbArgs[0], stdout, stderr)
+		return get(ctx, endpoints, connect, verbArgs[0], stdout, stderr)
 	default:
 		printUsage(flags)
 		return exitUsage
@@ -89,8 +98,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func printUsage(flags *flag.FlagSet) {
 	out := flags.Output()
-	fmt.Fprintln(out, "usage: cairn-example [-endpoints HOST:PORT,...] [-timeout 5s] put KEY VALUE")
-	fmt.Fprintln(out, "       cairn-example [-endpoints HOST:PORT,...] [-timeout 5s] get KEY")
+	fmt.Fprintln(out, "usage: cairn-example [-endpoints HOST:PORT,...] [-timeout 5s] [-cacert FILE [-cert FILE -key FILE]] put KEY VALUE")
+	fmt.Fprintln(out, "       cairn-example [-endpoints HOST:PORT,...] [-timeout 5s] [-cacert FILE [-cert FILE -key FILE]] get KEY")
 	flags.PrintDefaults()
 }
 
@@ -120,7 +129,7 @@ func parseEndpoints(list string) ([]string, error) {
 	return endpoints, nil
 }
 
-func put(ctx context.Context, endpoints []string, key, value []byte, stdout, stderr io.Writer) int {
+func put(ctx context.Context, endpoints []string, connect connectFunc, key, value []byte, stdout, stderr io.Writer) int {
 	clientID, err := newClientID()
 	if err != nil {
 		fmt.Fprintln(stderr, "cairn-example: put:", err)
@@ -135,7 +144,7 @@ func put(ctx context.Context, endpoints []string, key, value []byte, stdout, std
 		LowestUnansweredSequence: 1,
 	}
 	var response *kvv1.PutResponse
-	err = tryEndpoints(ctx, endpoints, dialKV, func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) (err error) {
+	err = tryEndpoints(ctx, endpoints, connect, func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) (err error) {
 		response, err = kv.Put(ctx, request, opts...)
 		return err
 	})
@@ -147,10 +156,10 @@ func put(ctx context.Context, endpoints []string, key, value []byte, stdout, std
 	return exitOK
 }
 
-func get(ctx context.Context, endpoints []string, key string, stdout, stderr io.Writer) int {
+func get(ctx context.Context, endpoints []string, connect connectFunc, key string, stdout, stderr io.Writer) int {
 	request := &kvv1.GetRequest{Key: []byte(key), Consistency: kvv1.Consistency_CONSISTENCY_LINEARIZABLE}
 	var response *kvv1.GetResponse
-	err := tryEndpoints(ctx, endpoints, dialKV, func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) (err error) {
+	err := tryEndpoints(ctx, endpoints, connect, func(ctx context.Context, kv kvv1.KVClient, opts ...grpc.CallOption) (err error) {
 		response, err = kv.Get(ctx, request, opts...)
 		return err
 	})

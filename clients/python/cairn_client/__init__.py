@@ -6,7 +6,8 @@ from .client import (
     AttemptFailure,
     CairnError,
     Client,
+    tls_credentials,
 )
 from .gen.cairn.kv.v1 import kv_pb2
 
-__all__ = ["Client", "CairnError", "AttemptFailure", "ERROR_CODE_TRAILER", "LEADER_ID_TRAILER", "kv_pb2"]
+__all__ = ["Client", "CairnError", "AttemptFailure", "ERROR_CODE_TRAILER", "LEADER_ID_TRAILER", "kv_pb2", "tls_credentials"]

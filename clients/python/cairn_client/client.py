@@ -176,6 +176,22 @@ def _as_bytes(name: str, value: Key) -> bytes:
     raise TypeError(f"{name} must be bytes or str, not {type(value).__name__}")
 
 
+def tls_credentials(cacert: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files, as cairn's --cacert, --cert and --key: the CA bundle
+    that verifies the nodes (None: the system's roots), and a client certificate with its key
+    for nodes started with --client-ca-file."""
+    if (cert is None) != (key is None):
+        raise ValueError("cert and key go together (a client certificate needs its key)")
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if path is None:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    return grpc.ssl_channel_credentials(root_certificates=read(cacert), private_key=read(key), certificate_chain=read(cert))
+
+
 def _parse_endpoints(endpoints: Union[str, Iterable[str]]) -> List[str]:
     listed = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
     parsed = [e.strip() for e in listed if e.strip()]
@@ -235,6 +251,7 @@ class Client:
         total_timeout: Optional[float] = None,
         consistency: Union[str, int] = "linearizable",
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        credentials: Optional[grpc.ChannelCredentials] = None,
     ):
         if not timeout > 0:
             raise ValueError("timeout must be above 0 seconds")
@@ -248,7 +265,11 @@ class Client:
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
-        self._channels = [grpc.insecure_channel(e, options=options) for e in self.endpoints]
+        # TLS when given credentials (tls_credentials below); plaintext otherwise.
+        if credentials is None:
+            self._channels = [grpc.insecure_channel(e, options=options) for e in self.endpoints]
+        else:
+            self._channels = [grpc.secure_channel(e, credentials, options=options) for e in self.endpoints]
         wrapped = [grpc.intercept_channel(c, *interceptors) if interceptors else c for c in self._channels]
         self._kv = [kv_pb2_grpc.KVStub(c) for c in wrapped]
         self._cluster = [kv_pb2_grpc.ClusterStub(c) for c in wrapped]
