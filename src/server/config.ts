@@ -1,6 +1,7 @@
 import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../storage/db';
 import { DEFAULT_STATE_CACHE_BYTES } from '../kv/record-cache';
 import { CairnError, ErrorCode } from '../errors';
+import { DEFAULT_AUTH_TOKEN_TTL_MS } from './auth-tokens';
 import { PortProtection } from './connection-guard';
 import { isHostPort } from './validate';
 
@@ -59,6 +60,8 @@ export interface ServerConfig {
   leveldbWriteBufferBytes: number;
   /** Log entries kept before the snapshot point at compaction, for slow followers. */
   snapshotCatchupEntries: number;
+  /** How long a token from Auth.Authenticate works (--auth-token-ttl-ms). */
+  authTokenTtlMs: number;
 }
 
 /**
@@ -104,6 +107,7 @@ export const SERVE_FLAGS = [
   { flag: 'snapshot-catchup-entries', env: 'CAIRN_SNAPSHOT_CATCHUP_ENTRIES', default: '5000', help: 'log entries kept before the snapshot point at compaction, so slow followers need no snapshot' },
   { flag: 'state-cache-bytes', env: 'CAIRN_STATE_CACHE_BYTES', default: String(DEFAULT_STATE_CACHE_BYTES), help: 'bytes of recently read and written keys and values kept in memory, so reads and applies skip LevelDB (0: none)' },
   { flag: 'leveldb-write-buffer-bytes', env: 'CAIRN_LEVELDB_WRITE_BUFFER_BYTES', default: String(DEFAULT_LEVELDB_WRITE_BUFFER_BYTES), help: "LevelDB's memtable size: writes gather in memory up to this before LevelDB sorts them into a table file" },
+  { flag: 'auth-token-ttl-ms', env: 'CAIRN_AUTH_TOKEN_TTL_MS', default: String(DEFAULT_AUTH_TOKEN_TTL_MS), help: 'with auth enabled: how long a token from Authenticate works' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -235,6 +239,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     snapshotCatchupEntries: integer('snapshot-catchup-entries', values['snapshot-catchup-entries']!, 0),
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
     leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
+    authTokenTtlMs: integer('auth-token-ttl-ms', values['auth-token-ttl-ms'] ?? String(DEFAULT_AUTH_TOKEN_TTL_MS), 1),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

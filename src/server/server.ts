@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
+import { AuthService, ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
@@ -23,7 +23,8 @@ import { addReflection } from './reflection';
 import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './peer-transport';
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
-import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { AuthGate } from './auth';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
@@ -171,8 +172,10 @@ export class CairnNode {
       membershipReplica,
       leaderClients,
       metrics,
+      auth: new AuthGate(() => replica.stateMachine.authState(), { tokenTtlMs: config.authTokenTtlMs }),
     };
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
+    clientServer.addService(withLenientDecoding(AuthService), authServiceOf(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
@@ -507,7 +510,7 @@ function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): HealthImplementation {
-  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'grpc.health.v1.Health']);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'grpc.health.v1.Health']);
   return addHealth(server);
 }
 
