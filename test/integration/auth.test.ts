@@ -1,6 +1,7 @@
 import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import { AuthClient, ClusterClient, Consistency, KVClient, PermissionType } from '../../gen/cairn/kv/v1/kv';
-import { ProcessCluster, waitFor } from '../support/process-cluster';
+import { execFile } from 'node:child_process';
+import { CAIRN_MAIN, CliResult, ProcessCluster, waitFor } from '../support/process-cluster';
 
 jest.setTimeout(240_000);
 
@@ -166,5 +167,51 @@ describe('authentication and authorization with real processes', () => {
     root = await nodeOf(1).login('root', 'rootpw');
     const users = await ok(call(nodes[0]!.auth, nodes[0]!.auth.userList, {}, root));
     expect(users.users).toEqual([{ name: 'alice', roles: ['app'] }, { name: 'root', roles: ['root'] }]);
+  });
+
+  test('the CLI: user, role and auth verbs, --user NAME[:PASSWORD] (asking for the password on stdin), and LOGIN in the shell', async () => {
+    cluster = await ProcessCluster.start(1);
+    await cluster.waitForLeader();
+    const endpoints = cluster.node(1).clientAddr;
+    const cli = (args: string[], input = ''): Promise<CliResult> =>
+      new Promise((resolve) => {
+        const child = execFile(process.execPath, [CAIRN_MAIN, ...args, '--endpoints', endpoints], { timeout: 30_000 }, (err, stdout, stderr) =>
+          resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+        );
+        child.stdin!.end(input);
+      });
+    const expectOk = async (args: string[], input = '') => {
+      const result = await cli(args, input);
+      expect({ args, ...result }).toMatchObject({ args, code: 0 });
+      return result.stdout;
+    };
+    expect(await cli(['auth', 'enable'])).toMatchObject({ code: 1, stderr: expect.stringContaining('AUTH_ROOT_REQUIRED') });
+    await expectOk(['user', 'add', 'root', '--password', 'rootpw']);
+    // No --password: asked for on stdin (a pipe here, so no terminal to hide it on).
+    expect(await expectOk(['user', 'add', 'alice'], 'alicepw\n')).toBe('OK\n');
+    await expectOk(['role', 'add', 'app']);
+    await expectOk(['role', 'grant-permission', 'app', 'readwrite', '--prefix', 'app/']);
+    await expectOk(['user', 'grant-role', 'alice', 'app']);
+    await expectOk(['put', 'secret', 'top']);
+    await expectOk(['auth', 'enable']);
+
+    expect(await cli(['get', 'secret'])).toMatchObject({ code: 1, stderr: expect.stringContaining('UNAUTHENTICATED') });
+    expect(await cli(['get', 'secret', '--user', 'alice:alicepw'])).toMatchObject({ code: 1, stderr: expect.stringContaining('PERMISSION_DENIED') });
+    expect(await cli(['get', 'secret', '--user', 'alice:nope'])).toMatchObject({ code: 1, stderr: expect.stringContaining('wrong user name or password') });
+    await expectOk(['put', 'app/a', '1', '--user', 'alice:alicepw']);
+    expect(await expectOk(['get', 'app/a', '--user', 'alice'], 'alicepw\n')).toBe('1');
+    expect(await expectOk(['get', 'secret', '--user', 'root:rootpw'])).toBe('top');
+    expect(await cli(['user', 'list', '--user', 'alice:alicepw'])).toMatchObject({ code: 1, stderr: expect.stringContaining('role root') });
+    expect(await expectOk(['user', 'list', '--user', 'root:rootpw'])).toBe('alice\tapp\nroot\troot\n');
+    expect(await expectOk(['role', 'list', '--user', 'root:rootpw'])).toBe('root\t(everything)\napp\treadwrite prefix app/\n');
+    await expectOk(['user', 'passwd', 'alice', '--password', 'newpw', '--user', 'root:rootpw']);
+    expect(await cli(['get', 'app/a', '--user', 'alice:alicepw'])).toMatchObject({ code: 1, stderr: expect.stringContaining('UNAUTHENTICATED') });
+
+    const shell = await cli(['shell'], 'GET app/a\nLOGIN alice newpw\nGET app/a\nSET secret x\nLOGOUT\nGET app/a\n');
+    expect(shell.stdout).toBe('OK (logged in as alice)\n1\nOK (logged out)\n');
+    expect(shell.stderr.split('\n').filter(Boolean).map((line) => line.replace(/:.*/, ''))).toEqual(['error (line 1)', 'error (line 4)', 'error (line 6)']);
+    expect(shell.stderr).toMatch(/line 4\): PERMISSION_DENIED/);
+    await expectOk(['auth', 'disable', '--user', 'root:rootpw']);
+    expect(await expectOk(['get', 'secret'])).toBe('top');
   });
 });
