@@ -108,6 +108,7 @@ describe('hostile requests with auth on', () => {
       () => call((md, o, d) => pick(auth).authDisable({}, md, o, d), bearer(pick(hostileTokens()))),
       // A real token outside its permissions.
       () => call((md, o, d) => pick(kv).put({ key: secretKey(), value: Buffer.from('stolen'), prevKv: true, clientId: '', sequence: 0, lowestUnansweredSequence: 0 }, md, o, d), bearer(alice)),
+      () => call((md, o, d) => pick(kv).get({ key: secretKey(), consistency: pick([Consistency.CONSISTENCY_LINEARIZABLE, Consistency.CONSISTENCY_SERIALIZABLE]) }, md, o, d), bearer(alice)),
       () => call((md, o, d) => pick(kv).range({ key: Buffer.from('app'), rangeEnd: Buffer.from('b'), limit: 0, keysOnly: false, consistency: Consistency.CONSISTENCY_SERIALIZABLE, prefix: false }, md, o, d), bearer(alice)),
       () => call((md, o, d) => pick(auth).userAdd({ name: `mallory${Math.floor(random() * 1000)}`, password: 'x' }, md, o, d), bearer(alice)),
       () => call((md, o, d) => pick(auth).userGrantRole({ user: 'alice', role: 'root' }, md, o, d), bearer(alice)),
