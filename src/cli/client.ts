@@ -157,6 +157,11 @@ export class CairnClient {
     });
   }
 
+  /** Metadata for one call: the token, when logged in (also for calls made outside this client, as a backup's stream). */
+  callMetadata(): Metadata {
+    return this.metadata();
+  }
+
   /** Metadata for one call: the token, when logged in. */
   private metadata(): Metadata {
     const metadata = new Metadata();

@@ -178,7 +178,9 @@ export function authService(context: AuthServiceContext): AuthServer {
       return { header: context.header() };
     });
   return {
-    authenticate: unary(async (request: { name: string; password: string }) => {
+    authenticate: unary(async (request: { name: string; password: string }, scope: RequestScope) => {
+      // Caught up first, so a user just added (or a password just changed) elsewhere logs in here too.
+      await context.readBarrier(scope);
       const { token, expiresAtUnixMs } = await gate.authenticate(request.name, request.password);
       return { header: context.header(), token, expiresAtUnixMs };
     }),

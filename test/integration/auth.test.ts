@@ -211,6 +211,11 @@ describe('authentication and authorization with real processes', () => {
     expect(shell.stdout).toBe('OK (logged in as alice)\n1\nOK (logged out)\n');
     expect(shell.stderr.split('\n').filter(Boolean).map((line) => line.replace(/:.*/, ''))).toEqual(['error (line 1)', 'error (line 4)', 'error (line 6)']);
     expect(shell.stderr).toMatch(/line 4\): PERMISSION_DENIED/);
+    // A backup holds every key: root only.
+    const backup = `${cluster.root}/backup.snap`;
+    expect(await cli(['snapshot', 'save', backup])).toMatchObject({ code: 1, stderr: expect.stringContaining('UNAUTHENTICATED') });
+    expect(await cli(['snapshot', 'save', backup, '--user', 'alice:newpw'])).toMatchObject({ code: 1, stderr: expect.stringContaining('PERMISSION_DENIED') });
+    expect(await expectOk(['snapshot', 'save', backup, '--user', 'root'], 'rootpw\n')).toMatch(/^saved /);
     await expectOk(['auth', 'disable', '--user', 'root:rootpw']);
     expect(await expectOk(['get', 'secret'])).toBe('top');
   });
