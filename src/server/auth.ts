@@ -14,6 +14,11 @@ export const AUTHORIZATION_METADATA = 'authorization';
 /** Failed logins of one user allowed per FAILED_LOGIN_WINDOW_MS; past it, logins are refused unchecked until the window ends. */
 export const MAX_FAILED_LOGINS_PER_WINDOW = 5;
 export const FAILED_LOGIN_WINDOW_MS = 60_000;
+/**
+ * Tokens whose signature a node remembers having checked (an HMAC and its encodings cost tens
+ * of µs, about a unary call's own cost); past it the cache starts over.
+ */
+export const MAX_VERIFIED_TOKENS = 10_000;
 /** Users whose failed logins are tracked at once (only existing users are: at most MAX_AUTH_USERS). */
 export const MAX_TRACKED_LOGIN_USERS = 10_000;
 
@@ -79,6 +84,8 @@ export class AuthGate {
   readonly limiter = new LoginLimiter();
   readonly tokenTtlMs: number;
   private readonly nowMs: () => number;
+  private readonly verifiedTokens = new Map<string, { user: string; expiresAtUnixMs: number }>();
+  private verifiedUnder: AuthView | undefined;
 
   constructor(
     readonly state: () => AuthView,
@@ -101,7 +108,25 @@ export class AuthGate {
     if (values.length > 1) throw unauthenticated('the call carries more than one authorization value');
     const value = values[0];
     if (typeof value !== 'string' || !value.startsWith('Bearer ')) throw unauthenticated('the authorization metadata is not "Bearer TOKEN"');
-    return verifyToken(state, value.slice('Bearer '.length), this.nowMs());
+    return this.verified(state, value.slice('Bearer '.length));
+  }
+
+  /**
+   * A token's user, from the cache of tokens verified under this same auth state (any auth
+   * change empties it, so a revocation holds at once); expiry is checked on every call.
+   */
+  private verified(state: AuthView, token: string): string {
+    if (this.verifiedUnder !== state) {
+      this.verifiedTokens.clear();
+      this.verifiedUnder = state;
+    }
+    const now = this.nowMs();
+    const cached = this.verifiedTokens.get(token);
+    if (cached && cached.expiresAtUnixMs > now) return cached.user;
+    const verified = verifyToken(state, token, now);
+    if (this.verifiedTokens.size >= MAX_VERIFIED_TOKENS) this.verifiedTokens.clear();
+    this.verifiedTokens.set(token, verified);
+    return verified.user;
   }
 
   /** The user, once it may read or write `key` (undefined while auth is off). */

@@ -180,6 +180,21 @@ describe('tokens, passwords and login limits', () => {
     expect(() => gate.requireKey(identity(`Bearer ${signToken(view.signingKey, 'alice', alice.passwordIndex, now + 1000)}`), 'read', Buffer.from('x'))).toThrow(/permission denied/);
   });
 
+  test('a token verified once is remembered only under the same auth state, and expires all the same', () => {
+    let now = 1_000_000;
+    let state = view;
+    const gate = new AuthGate(() => state, { nowMs: () => now });
+    const token = `Bearer ${signToken(view.signingKey, 'alice', view.user('alice')!.passwordIndex, now + 1000)}`;
+    expect(gate.identify(identity(token))).toBe('alice');
+    expect(gate.identify(identity(token))).toBe('alice');
+    state = applyAll(view, [{ $case: 'userChangePassword', value: { name: 'alice', passwordHash: HASH } }]);
+    expect(() => gate.identify(identity(token))).toThrow(/revoked/);
+    state = view;
+    expect(gate.identify(identity(token))).toBe('alice');
+    now += 1000;
+    expect(() => gate.identify(identity(token))).toThrow(/expired/);
+  });
+
   test('a client-certificate common name stands for its user only when trusted', () => {
     expect(new AuthGate(() => view, { trustCertificateCommonName: true }).identify({ ...identity(), certificateCommonName: 'alice' })).toBe('alice');
     expect(() => new AuthGate(() => view).identify({ ...identity(), certificateCommonName: 'alice' })).toThrow(/no token/);
