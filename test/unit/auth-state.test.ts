@@ -220,3 +220,21 @@ describe('tokens, passwords and login limits', () => {
     expect(() => limiter.check('a', 1000)).not.toThrow();
   });
 });
+
+describe('forwarded auth commands', () => {
+  const { validateCommand } = require('../../src/server/validate') as typeof import('../../src/server/validate');
+  const limits = { maxKeyBytes: 4096, maxValueBytes: 1 << 20, maxRequestBytes: 1 << 21, maxRangeLimit: 1000, maxRangeBytes: 1 << 22, maxClientIdBytes: 128 };
+  const encode = (command: Command) => Buffer.from(Command.encode(command).finish());
+
+  test('an auth command passes the forwarding checks; an auth_user over MAX_AUTH_NAME_BYTES does not', () => {
+    const auth: Command = { op: { $case: 'auth', value: { op: { $case: 'roleAdd', value: { name: 'app' } } } }, proposedAtUnixMs: 0 };
+    expect(validateCommand(encode(auth), limits).op?.$case).toBe('auth');
+    const put = (authUser: string): Command => ({
+      op: { $case: 'put', value: { key: Buffer.from('k'), value: Buffer.from('v'), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } },
+      proposedAtUnixMs: 0,
+      authUser,
+    });
+    expect(validateCommand(encode(put('alice')), limits).authUser).toBe('alice');
+    expect(() => validateCommand(encode(put('a'.repeat(129))), limits)).toThrow(/MAX_AUTH_NAME_BYTES/);
+  });
+});
