@@ -62,6 +62,8 @@ export interface ServerConfig {
   snapshotCatchupEntries: number;
   /** How long a token from Auth.Authenticate works (--auth-token-ttl-ms). */
   authTokenTtlMs: number;
+  /** With --join into a cluster with auth on: the root user to add and promote this node as (--join-user). */
+  joinUser?: { name: string; password: string };
 }
 
 /**
@@ -78,6 +80,7 @@ export const SERVE_FLAGS = [
   { flag: 'http-addr', env: 'CAIRN_HTTP_ADDR', default: '', help: 'HOST:PORT for HTTP: /metrics (Prometheus), /healthz, /readyz and the status page at / (default: none)' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
   { flag: 'join', env: 'CAIRN_JOIN', default: '', help: 'client addresses (HOST:PORT,...) of running members: join their cluster as a learner, then ask to be promoted (instead of --peers; empty data dir only)' },
+  { flag: 'join-user', env: 'CAIRN_JOIN_USER', default: '', help: 'with --join into a cluster with auth enabled: NAME:PASSWORD of a user with role root, to add and promote this node as' },
   { flag: 'learner', env: 'CAIRN_LEARNER', default: 'false', help: 'with --join: stay a learner (receive the log, never vote)' },
   { flag: 'initial-cluster-size', env: 'CAIRN_INITIAL_CLUSTER_SIZE', default: '', help: 'StatefulSet mode: id from the pod name, peers from the headless service; ordinals >= this join as learners (docs/deploy.md)' },
   { flag: 'pod-name', env: 'CAIRN_POD_NAME', default: '', help: 'StatefulSet mode: this pod\'s name <set>-<ordinal> (default: $HOSTNAME)' },
@@ -148,6 +151,14 @@ export function parsePeers(text: string): Map<number, string> {
     peers.set(id, match[2]!);
   }
   return peers;
+}
+
+/** Parses --join-user NAME:PASSWORD (the name ends at the first ':'); undefined when empty. */
+function parseJoinUser(text: string): { name: string; password: string } | undefined {
+  if (text === '') return undefined;
+  const colon = text.indexOf(':');
+  if (colon <= 0) throw invalid('--join-user must be NAME:PASSWORD');
+  return { name: text.slice(0, colon), password: text.slice(colon + 1) };
 }
 
 /** Parses --join: client addresses of running members. */
@@ -240,6 +251,7 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
     leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
     authTokenTtlMs: integer('auth-token-ttl-ms', values['auth-token-ttl-ms'] ?? String(DEFAULT_AUTH_TOKEN_TTL_MS), 1),
+    joinUser: parseJoinUser(values['join-user'] ?? ''),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

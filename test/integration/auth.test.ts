@@ -219,4 +219,29 @@ describe('authentication and authorization with real processes', () => {
     await expectOk(['auth', 'disable', '--user', 'root:rootpw']);
     expect(await expectOk(['get', 'secret'])).toBe('top');
   });
+
+  test('a node joins a cluster with auth on only with --join-user (a root user), and then enforces the same rules', async () => {
+    cluster = await ProcessCluster.start(1);
+    await cluster.waitForLeader();
+    const first = nodeOf(1);
+    await setUp(first);
+    const alice = await first.login('alice', 'alicepw');
+    await ok(first.put('app/joined', 'yes', alice));
+
+    const refused = await cluster.join([1], []);
+    const exit = await cluster.exited(refused.id, 30_000);
+    expect(exit.code).toBe(1);
+    expect(refused.logs.join('\n')).toMatch(/UNAUTHENTICATED|no token/);
+    cluster.nodes.splice(cluster.nodes.indexOf(refused), 1);
+
+    const joined = await cluster.join([1], ['--join-user', 'root:rootpw']);
+    await waitFor('the new node promoted to voter', async () => {
+      const status = await cluster.status(joined.id);
+      return status.members.some((m) => m.id === joined.id && m.role === 1) && Number(status.appliedIndex) > 0;
+    }, 60_000);
+    const node = nodeOf(joined.id);
+    await waitFor('the new node applied the write', async () => (await node.get('app/joined', alice, Consistency.CONSISTENCY_SERIALIZABLE)).res?.kv !== undefined, 30_000);
+    expectCode(await node.get('app/joined', undefined, Consistency.CONSISTENCY_SERIALIZABLE), Status.UNAUTHENTICATED);
+    expectCode(await node.put('secret', 'x', alice), Status.PERMISSION_DENIED);
+  });
 });
