@@ -69,6 +69,23 @@ export const ErrorCode = {
    * longer a member and stops (docs/architecture.md, "Membership on the server").
    */
   MEMBER_REMOVED: 'MEMBER_REMOVED',
+  /** Auth is on and the call carries no valid token (none, forged, expired, revoked) or a wrong password. */
+  UNAUTHENTICATED: 'UNAUTHENTICATED',
+  /** The caller's roles do not allow this call on this key or range. */
+  PERMISSION_DENIED: 'PERMISSION_DENIED',
+  /** Too many failed logins of this user lately: wait before trying again (RESOURCE_EXHAUSTED). */
+  AUTH_RATE_LIMITED: 'AUTH_RATE_LIMITED',
+  /** No user or role with this name. */
+  AUTH_NOT_FOUND: 'AUTH_NOT_FOUND',
+  /** A user or role with this name exists already (or the role is the built-in root). */
+  AUTH_EXISTS: 'AUTH_EXISTS',
+  /**
+   * The change would leave auth on without a usable root, or enable it before user root
+   * holds role root (FAILED_PRECONDITION).
+   */
+  AUTH_ROOT_REQUIRED: 'AUTH_ROOT_REQUIRED',
+  /** The auth state would grow past one of its bounds (users, roles, permissions, bytes). */
+  AUTH_LIMIT: 'AUTH_LIMIT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

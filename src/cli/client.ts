@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import {
+  AuthClient,
+  AuthenticateResponse,
   ClusterClient,
   Consistency,
   DeleteResponse,
@@ -123,6 +125,9 @@ function leavesOutcomeUnknown(failure: AttemptFailure): boolean {
 export class CairnClient {
   private readonly kv: KVClient[];
   private readonly cluster: ClusterClient[];
+  private readonly auth: AuthClient[];
+  /** The token every call carries (`authorization: Bearer TOKEN`), once logged in. */
+  private token: string | undefined;
   private preferred = 0;
   /** Leader id -> its client address, as the cluster reports it (MemberList). */
   private readonly clientAddrs = new Map<number, string>();
@@ -134,6 +139,38 @@ export class CairnClient {
     const dials = options.endpoints.map(options.dial ?? PLAINTEXT_DIAL);
     this.kv = options.endpoints.map((e, i) => new KVClient(e, dials[i]!.credentials, dials[i]!.options));
     this.cluster = options.endpoints.map((e, i) => new ClusterClient(e, dials[i]!.credentials, dials[i]!.options));
+    this.auth = options.endpoints.map((e, i) => new AuthClient(e, dials[i]!.credentials, dials[i]!.options));
+  }
+
+  /** Authenticates as `name` (Auth.Authenticate); every later call carries the token. */
+  async login(name: string, password: string): Promise<void> {
+    const response = await this.retry<AuthenticateResponse>((i, md, opts, cb) => this.auth[i]!.authenticate({ name, password }, md, opts, cb));
+    this.token = response.token;
+  }
+
+  /** Forgets the token: later calls are anonymous. */
+  logout(): void {
+    this.token = undefined;
+  }
+
+  /** Calls one Auth method (src/cli/auth-verbs.ts), at any endpoint, with the usual retries. */
+  authCall<Req, Res>(method: (client: AuthClient) => (request: Req, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: Res) => void) => unknown, request: Req): Promise<Res> {
+    return this.retry((i, md, opts, cb) => {
+      const client = this.auth[i]!;
+      method(client).call(client, request, md, opts, cb);
+    });
+  }
+
+  /** Metadata for one call: the token, when logged in (also for calls made outside this client, as a backup's stream). */
+  callMetadata(): Metadata {
+    return this.metadata();
+  }
+
+  /** Metadata for one call: the token, when logged in. */
+  private metadata(): Metadata {
+    const metadata = new Metadata();
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
   }
 
   put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
@@ -183,7 +220,7 @@ export class CairnClient {
   statusOf(index: number): Promise<StatusResponse> {
     const timeoutMs = this.statusTimeoutMs;
     return new Promise((resolve, reject) =>
-      this.cluster[index]!.status({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+      this.cluster[index]!.status({}, this.metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
     );
   }
 
@@ -191,7 +228,7 @@ export class CairnClient {
   snapshotOf(index: number): Promise<SnapshotResponse> {
     const timeoutMs = this.statusTimeoutMs;
     return new Promise((resolve, reject) =>
-      this.cluster[index]!.snapshot({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+      this.cluster[index]!.snapshot({}, this.metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!))),
     );
   }
 
@@ -227,7 +264,7 @@ export class CairnClient {
   }
 
   close(): void {
-    for (const c of [...this.kv, ...this.cluster]) c.close();
+    for (const c of [...this.kv, ...this.cluster, ...this.auth]) c.close();
   }
 
   /**
@@ -238,7 +275,7 @@ export class CairnClient {
     if (!header?.leaderId || header.leaderId === header.memberId) return;
     if (!this.clientAddrs.has(header.leaderId)) {
       const members = await new Promise<MemberListResponse | undefined>((resolve) =>
-        this.cluster[this.preferred]!.memberList({}, new Metadata(), { deadline: Math.min(deadline, Date.now() + this.options.timeoutMs) }, (err, res) =>
+        this.cluster[this.preferred]!.memberList({}, this.metadata(), { deadline: Math.min(deadline, Date.now() + this.options.timeoutMs) }, (err, res) =>
           resolve(err ? undefined : res),
         ),
       );
@@ -282,7 +319,7 @@ export class CairnClient {
       attempts.count++;
       try {
         const result = await new Promise<T>((resolve, reject) =>
-          call(index, new Metadata(), { deadline: Date.now() + attemptMs }, (err, res) => (err ? reject(err) : resolve(res!))),
+          call(index, this.metadata(), { deadline: Date.now() + attemptMs }, (err, res) => (err ? reject(err) : resolve(res!))),
         );
         this.preferred = index;
         await this.followLeader((result as { header?: ResponseHeader }).header, callDeadline);

@@ -12,6 +12,7 @@ import { describeError } from './describe-error';
 import { DEFAULT_ENDPOINTS, parseEndpoints } from './endpoints';
 import { parseArgs, resolveFlags, UsageError } from './flags';
 import { runShell } from './shell';
+import { parseUserFlag, promptPassword } from './auth-verbs';
 import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
 import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
@@ -51,7 +52,13 @@ Usage:
   cairn member promote ID          make a caught-up learner a voter
   cairn member remove ID           remove a voter or learner (the leader too)
   cairn leader transfer [--to ID]  hand leadership to a voter (default: the most caught-up); prints the new leader
-  cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST)
+  cairn user add NAME [--password P]   add a user (asks for the password when --password is left out)
+  cairn user delete NAME | passwd NAME [--password P] | grant-role NAME ROLE | revoke-role NAME ROLE | list
+  cairn role add NAME | delete NAME | list
+  cairn role grant-permission NAME read|write|readwrite KEY   (or --prefix PREFIX instead of KEY)
+  cairn role revoke-permission NAME KEY                       (or --prefix PREFIX)
+  cairn auth enable|disable|status turn auth on (user root must exist) or off
+  cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST, SIGNUP/LOGIN)
   cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
   cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... --cluster-token T
                                    seed a new cluster's data dir from a snapshot file (--help for more)
@@ -62,6 +69,7 @@ Client flags:
   --timeout-ms N                   for the whole command, every endpoint and retry (default ${DEFAULT_TIMEOUT_MS});
                                    in the shell, for each line
 ${CLIENT_TLS_USAGE}
+  --user NAME[:PASSWORD]           with auth enabled: log in first (asks for the password when it is left out)
 
 Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error.
 
@@ -70,7 +78,7 @@ Run "cairn serve --help" for every server flag.`;
 /** `cairn serve` flags that take no value. */
 const SERVE_SWITCHES = ['learner'];
 /** Flags every client verb takes. */
-const COMMON_FLAGS = ['endpoints', 'timeout-ms', ...CLIENT_TLS_FLAGS];
+const COMMON_FLAGS = ['endpoints', 'timeout-ms', 'user', ...CLIENT_TLS_FLAGS];
 const SHELL_FLAGS = [...COMMON_FLAGS, 'consistency'];
 /** `-e` is what a newcomer used from other tools' habits. */
 const SHORT_FLAGS = { e: 'endpoints' };
@@ -114,12 +122,19 @@ async function main(argv: string[]): Promise<number> {
   const { positional, flags } = parseArgs(rest, [], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
   if (isShell && positional.length > 0) throw new UsageError(`cairn shell takes no arguments, got "${positional.join(' ')}"`);
   if (!isShell) checkVerbFlags(command, flags, COMMON_FLAGS);
+  const user = flags.user;
+  delete flags.user;
   const client = clientFromFlags(flags);
   try {
+    if (user !== undefined) {
+      const { name, password } = await parseUserFlag(user, promptPassword);
+      await client.login(name, password);
+    }
     if (isShell) return await runShell(client);
     return await runVerb(client, command, positional, flags, (line) => console.log(line), {
       readStdin: () => readAll(process.stdin),
       writeValue: writeValueToStdout,
+      promptPassword,
     });
   } finally {
     client.close();

@@ -6,8 +6,9 @@ import { checkVerbFlags, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
 const ALIASES: Record<string, string> = { set: 'put', delete: 'del', keys: 'list', ls: 'list' };
-const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | member list|add|promote|remove ... | leader transfer [--to ID] | help | exit
-(SET, GET, DEL, DELETE, HAS and LIST work too, in any case)`;
+const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | member list|add|promote|remove ... | leader transfer [--to ID] | user ... | role ... | auth enable|disable|status | help | exit
+(SET, GET, DEL, DELETE, HAS and LIST work too, in any case)
+auth: SIGNUP NAME PASSWORD adds a user (root's job once auth is on); LOGIN NAME PASSWORD makes the lines after it run as that user; LOGOUT undoes it`;
 /** Flags a shell line may carry; the client's own (--endpoints, --consistency, --timeout-ms) are fixed when the shell starts. */
 const LINE_FLAGS = VERB_FLAGS.filter((flag) => flag !== 'consistency');
 
@@ -39,6 +40,27 @@ export function splitWords(line: string): string[] {
 
 export type LineResult = 'ok' | 'failed' | 'exit';
 
+/** SIGNUP/LOGIN/LOGOUT, for people used to seed 002's text protocol; undefined for any other word. */
+async function runSessionWord(client: CairnClient, word: string, args: string[], print: (text: string) => void): Promise<LineResult | undefined> {
+  if (word !== 'signup' && word !== 'login' && word !== 'logout') return undefined;
+  if (word === 'logout') {
+    if (args.length !== 0) throw new UsageError('usage: LOGOUT');
+    client.logout();
+    print('OK (logged out)');
+    return 'ok';
+  }
+  if (args.length !== 2) throw new UsageError(`usage: ${word.toUpperCase()} NAME PASSWORD`);
+  const [name, password] = args as [string, string];
+  if (word === 'signup') {
+    await client.authCall((c) => c.userAdd, { name, password });
+    print(`OK (user ${name} added)`);
+  } else {
+    await client.login(name, password);
+    print(`OK (logged in as ${name})`);
+  }
+  return 'ok';
+}
+
 /** Runs one shell line: 'exit' when the user asked to leave, 'failed' when it printed an error. */
 export async function runShellLine(
   client: CairnClient,
@@ -55,6 +77,8 @@ export async function runShellLine(
       print(HELP);
       return 'ok';
     }
+    const session = await runSessionWord(client, word, args, print);
+    if (session) return session;
     const verb = ALIASES[word] ?? word;
     if (!VERBS.includes(verb)) throw new UsageError(`unknown verb "${first}" ("help" lists the verbs)`);
     if (args.some((arg) => arg === '--consistency' || arg.startsWith('--consistency='))) {

@@ -4,6 +4,7 @@ import { KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv
 import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
+import { AUTH_VERB_SPECS, AuthVerbOptions, runAuthVerb } from './auth-verbs';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -43,6 +44,7 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   snapshot: { usage: ['(compact every endpoint\'s log now)'], minArgs: 0, maxArgs: 0, flags: [] },
   member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
   leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
+  ...AUTH_VERB_SPECS,
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -71,7 +73,7 @@ export function checkVerbFlags(
   }
 }
 
-export interface VerbOptions {
+export interface VerbOptions extends AuthVerbOptions {
   /** The verb as the user typed it (`SET` in the shell), for usage messages. */
   typed?: string;
   /** Reads stdin to its end; absent where stdin is not the value's (the shell). */
@@ -170,6 +172,10 @@ export async function runVerb(
     }
     case 'snapshot':
       return compactNow(client, print);
+    case 'user':
+    case 'role':
+    case 'auth':
+      return runAuthVerb(client, verb, args, flags, print, usage(verb, typed, options), options);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }

@@ -1,4 +1,4 @@
-import { Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
@@ -8,6 +8,7 @@ import { Db, DbOp, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
+import { AuthView } from './auth-state';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -41,6 +42,8 @@ export interface StateMachine extends Fsm<CommandResult> {
   apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
   range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
+  /** The auth state as of the applied index (users, roles, permissions; src/kv/auth-state.ts). */
+  authState(): AuthView;
 }
 
 /**
@@ -78,6 +81,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     private sessions: SessionTable,
     private readonly sessionLimits: SessionLimits,
     private readonly cache: RecordCache,
+    private auth: AuthView,
   ) {
     this.applied = applied;
   }
@@ -85,7 +89,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes));
+    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db));
   }
 
   /**
@@ -109,6 +113,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.cache.clear();
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
+        this.auth = await AuthView.load(this.db);
         this.switching = false;
         this.restore = undefined;
         this.retire(generation - 1);
@@ -146,6 +151,10 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     return this.applied.revision;
   }
 
+  authState(): AuthView {
+    return this.auth;
+  }
+
   /** Log time: the highest leader stamp (proposed_at_unix_ms) applied so far. */
   logTimeUnixMs(): number {
     return this.applied.logTimeUnixMs;
@@ -171,7 +180,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth);
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
@@ -193,6 +202,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       await written;
       batch.writeThrough();
       this.applied = applied;
+      this.auth = batch.auth;
     } finally {
       // On a failed write too: the apply fails with it, and the node stops.
       this.landing = undefined;
@@ -326,7 +336,11 @@ class ApplyBatch {
     public logTimeUnixMs: number,
     private readonly sessions: SessionBatch,
     private readonly cache: RecordCache,
+    /** The auth state as this batch's commands leave it. */
+    public auth: AuthView,
   ) {}
+
+  private authChanged = false;
 
   /**
    * Reads, in one getMany, the stored records of every key the batch's commands touch, so
@@ -335,7 +349,7 @@ class ApplyBatch {
   async prefetch(commands: readonly (Command | typeof UNDECODABLE | undefined)[]): Promise<void> {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
-      if (command === undefined || command === UNDECODABLE || !command.op) continue;
+      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth') continue;
       const key = command.op.value.key;
       const name = hex(key);
       if (this.kv.has(name) || this.stored.has(name)) continue;
@@ -371,6 +385,7 @@ class ApplyBatch {
     this.logTimeUnixMs = Math.max(before, command.proposedAtUnixMs);
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
+    if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     return this.sessions.write(write, { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision }, () => this.applyCommand(command));
@@ -379,12 +394,35 @@ class ApplyBatch {
   private async applyCommand(command: Command): Promise<CommandResult> {
     switch (command.op?.$case) {
       case 'put':
-        return this.put(command.op.value);
+        return this.refusedByAuth(command, command.op.value.key) ?? this.put(command.op.value);
       case 'delete':
-        return this.delete(command.op.value);
+        return this.refusedByAuth(command, command.op.value.key) ?? this.delete(command.op.value);
+      case 'auth':
       case undefined:
         return { revision: this.revision, op: undefined };
     }
+  }
+
+  /**
+   * With auth on, a write applies only if its user may write its key under the auth state
+   * at this point of the log: the receiving node checked already, but against its own,
+   * possibly older, state (a permission revoked, or auth enabled, since).
+   */
+  private refusedByAuth(command: Command, key: Uint8Array): CommandResult | undefined {
+    if (!this.auth.enabled) return undefined;
+    if (command.authUser && this.auth.permitsKey(command.authUser, 'write', key)) return undefined;
+    const who = !command.authUser ? 'an unauthenticated client (auth was enabled before the write applied)' : `user ${JSON.stringify(command.authUser)}`;
+    return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not write key ${describeKey(key)}` } };
+  }
+
+  private applyAuth(command: AuthCommand, index: number): CommandResult {
+    const next = this.auth.apply(command, index);
+    if (!(next instanceof AuthView)) return { revision: this.revision, op: undefined, error: next };
+    if (next !== this.auth) {
+      this.auth = next;
+      this.authChanged = true;
+    }
+    return { revision: this.revision, op: undefined };
   }
 
   private async put(request: PutRequest): Promise<CommandResult> {
@@ -431,6 +469,7 @@ class ApplyBatch {
       );
     }
     ops.push(...this.sessions.ops());
+    if (this.authChanged) ops.push(this.auth.storeOp());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
     return ops;
   }
@@ -451,7 +490,14 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
 
 /** The session a command writes under ('' for none). */
 function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
-  return (command && command !== UNDECODABLE && command.op?.value.clientId) || '';
+  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth') return '';
+  return command.op.value.clientId;
+}
+
+/** A key for an error message: printable ASCII as it is, anything else in hex. */
+export function describeKey(key: Uint8Array): string {
+  const buffer = Buffer.from(key);
+  return /^[\x20-\x7e]*$/.test(buffer.toString('latin1')) ? JSON.stringify(buffer.toString('latin1')) : `0x${buffer.toString('hex')}`;
 }
 
 function hex(key: Uint8Array): string {

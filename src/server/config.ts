@@ -1,6 +1,7 @@
 import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../storage/db';
 import { DEFAULT_STATE_CACHE_BYTES } from '../kv/record-cache';
 import { CairnError, ErrorCode } from '../errors';
+import { DEFAULT_AUTH_TOKEN_TTL_MS } from './auth-tokens';
 import { PortProtection } from './connection-guard';
 import { isHostPort } from './validate';
 import { TlsConfig, tlsConfigFrom } from './tls';
@@ -62,6 +63,10 @@ export interface ServerConfig {
   snapshotCatchupEntries: number;
   /** TLS on the client port, mutual TLS on the peer port (src/server/tls.ts); empty: plaintext. */
   tls: TlsConfig;
+  /** How long a token from Auth.Authenticate works (--auth-token-ttl-ms). */
+  authTokenTtlMs: number;
+  /** With --join into a cluster with auth on: the root user to add and promote this node as (--join-user). */
+  joinUser?: { name: string; password: string };
 }
 
 /**
@@ -85,6 +90,7 @@ export const SERVE_FLAGS = [
   { flag: 'cert-poll-interval-ms', env: 'CAIRN_CERT_POLL_INTERVAL_MS', default: '1000', help: 'how often the certificate files are checked for a change (0: only on SIGHUP)' },
   { flag: 'peers', env: 'CAIRN_PEERS', default: '', help: 'every member as ID=HOST:PORT (peer address), comma-separated' },
   { flag: 'join', env: 'CAIRN_JOIN', default: '', help: 'client addresses (HOST:PORT,...) of running members: join their cluster as a learner, then ask to be promoted (instead of --peers; empty data dir only)' },
+  { flag: 'join-user', env: 'CAIRN_JOIN_USER', default: '', help: 'with --join into a cluster with auth enabled: NAME:PASSWORD of a user with role root, to add and promote this node as' },
   { flag: 'learner', env: 'CAIRN_LEARNER', default: 'false', help: 'with --join: stay a learner (receive the log, never vote)' },
   { flag: 'initial-cluster-size', env: 'CAIRN_INITIAL_CLUSTER_SIZE', default: '', help: 'StatefulSet mode: id from the pod name, peers from the headless service; ordinals >= this join as learners (docs/deploy.md)' },
   { flag: 'pod-name', env: 'CAIRN_POD_NAME', default: '', help: 'StatefulSet mode: this pod\'s name <set>-<ordinal> (default: $HOSTNAME)' },
@@ -114,6 +120,7 @@ export const SERVE_FLAGS = [
   { flag: 'snapshot-catchup-entries', env: 'CAIRN_SNAPSHOT_CATCHUP_ENTRIES', default: '5000', help: 'log entries kept before the snapshot point at compaction, so slow followers need no snapshot' },
   { flag: 'state-cache-bytes', env: 'CAIRN_STATE_CACHE_BYTES', default: String(DEFAULT_STATE_CACHE_BYTES), help: 'bytes of recently read and written keys and values kept in memory, so reads and applies skip LevelDB (0: none)' },
   { flag: 'leveldb-write-buffer-bytes', env: 'CAIRN_LEVELDB_WRITE_BUFFER_BYTES', default: String(DEFAULT_LEVELDB_WRITE_BUFFER_BYTES), help: "LevelDB's memtable size: writes gather in memory up to this before LevelDB sorts them into a table file" },
+  { flag: 'auth-token-ttl-ms', env: 'CAIRN_AUTH_TOKEN_TTL_MS', default: String(DEFAULT_AUTH_TOKEN_TTL_MS), help: 'with auth enabled: how long a token from Authenticate works' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
 ] as const;
 
@@ -154,6 +161,14 @@ export function parsePeers(text: string): Map<number, string> {
     peers.set(id, match[2]!);
   }
   return peers;
+}
+
+/** Parses --join-user NAME:PASSWORD (the name ends at the first ':'); undefined when empty. */
+function parseJoinUser(text: string): { name: string; password: string } | undefined {
+  if (text === '') return undefined;
+  const colon = text.indexOf(':');
+  if (colon <= 0) throw invalid('--join-user must be NAME:PASSWORD');
+  return { name: text.slice(0, colon), password: text.slice(colon + 1) };
 }
 
 /** Parses --join: client addresses of running members. */
@@ -246,6 +261,8 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
     leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
     tls: tlsConfigFrom(values),
+    authTokenTtlMs: integer('auth-token-ttl-ms', values['auth-token-ttl-ms'] ?? String(DEFAULT_AUTH_TOKEN_TTL_MS), 1),
+    joinUser: parseJoinUser(values['join-user'] ?? ''),
   };
   if (config.heartbeatTicks >= config.electionTicks) {
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);

@@ -1,5 +1,5 @@
 import { Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
-import { ClusterClient, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { AuthClient, ClusterClient, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { CairnError, ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
@@ -26,6 +26,13 @@ export interface JoinRequest {
   endpoints: string[];
   /** TLS to their client ports (src/server/tls.ts, memberClientDial); default plaintext. */
   dial?: DialSecurity;
+  /** With auth on: a user with role root to add this node as (--join-user NAME:PASSWORD). */
+  user?: JoinUser;
+}
+
+export interface JoinUser {
+  name: string;
+  password: string;
 }
 
 export interface Joined {
@@ -62,16 +69,41 @@ type Call<T> = (client: ClusterClient, metadata: Metadata, options: { deadline: 
  */
 export class JoinEndpoints {
   private readonly clients: ClusterClient[];
+  private readonly authClients: AuthClient[];
+  /** The token from logging in as `user` (undefined: not yet, or auth is off). */
+  private token: string | undefined;
 
   constructor(
     readonly endpoints: readonly string[],
+    private readonly user?: JoinUser,
     dial: DialSecurity = PLAINTEXT_DIAL,
   ) {
     if (endpoints.length === 0) throw new CairnError(ErrorCode.INVALID_ARGUMENT, '--join names no endpoint');
-    this.clients = endpoints.map((e) => {
-      const { credentials, options } = dial(e);
-      return new ClusterClient(e, credentials, options);
-    });
+    const dials = endpoints.map((e) => dial(e));
+    this.clients = endpoints.map((e, i) => new ClusterClient(e, dials[i]!.credentials, dials[i]!.options));
+    this.authClients = user ? endpoints.map((e, i) => new AuthClient(e, dials[i]!.credentials, dials[i]!.options)) : [];
+  }
+
+  /**
+   * The metadata of a call: with a --join-user, its token, logging in first when there is
+   * none (an expired or revoked one is dropped when a call is refused UNAUTHENTICATED). A
+   * cluster with auth off answers the login with AUTH_ROOT_REQUIRED: no token then.
+   */
+  private async metadata(index: number, deadline: number): Promise<Metadata> {
+    const metadata = new Metadata();
+    if (this.user && this.token === undefined) {
+      const user = this.user;
+      try {
+        const response = await new Promise<{ token: string }>((resolve, reject) =>
+          this.authClients[index]!.authenticate({ name: user.name, password: user.password }, new Metadata(), { deadline }, (err, value) => (err ? reject(err) : resolve(value!))),
+        );
+        this.token = response.token;
+      } catch (err) {
+        if (cairnCode(err) !== ErrorCode.AUTH_ROOT_REQUIRED) throw err;
+      }
+    }
+    if (this.token !== undefined) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
   }
 
   async call<T>(what: string, deadlineMs: number, call: Call<T>, onRetry?: (reason: string) => void, signal?: AbortSignal): Promise<T> {
@@ -82,12 +114,16 @@ export class JoinEndpoints {
       const client = this.clients[attempt % this.clients.length]!;
       const deadline = Math.min(deadlineMs, Date.now() + JOIN_ATTEMPT_TIMEOUT_MS);
       try {
-        return await new Promise<T>((resolve, reject) => call(client, new Metadata(), { deadline }, (err, value) => (err ? reject(err) : resolve(value!))));
+        const metadata = await this.metadata(attempt % this.clients.length, deadline);
+        return await new Promise<T>((resolve, reject) => call(client, metadata, { deadline }, (err, value) => (err ? reject(err) : resolve(value!))));
       } catch (err) {
         last = err;
         const code = cairnCode(err);
         const grpc = (err as ServiceError).code;
-        const retryable = grpc === Status.UNAVAILABLE || grpc === Status.DEADLINE_EXCEEDED || (code !== undefined && WAIT_CODES.has(code));
+        // A token that expired while a learner caught up: log in again.
+        const staleToken = grpc === Status.UNAUTHENTICATED && this.token !== undefined && code !== undefined;
+        if (staleToken) this.token = undefined;
+        const retryable = grpc === Status.UNAVAILABLE || grpc === Status.DEADLINE_EXCEEDED || staleToken || (code !== undefined && WAIT_CODES.has(code));
         if (!retryable) throw err;
         onRetry?.(`${code ?? Status[grpc]}: ${(err as ServiceError).details}`);
       }
@@ -102,7 +138,7 @@ export class JoinEndpoints {
   }
 
   close(): void {
-    for (const client of this.clients) client.close();
+    for (const client of [...this.clients, ...this.authClients]) client.close();
   }
 }
 
@@ -113,7 +149,7 @@ export class JoinEndpoints {
  * stored its identity) continues from the cluster's member list.
  */
 export async function joinCluster(request: JoinRequest, logger: Pick<Logger, 'info' | 'warn'>, timeoutMs = JOIN_TIMEOUT_MS): Promise<Joined> {
-  const endpoints = new JoinEndpoints(request.endpoints, request.dial);
+  const endpoints = new JoinEndpoints(request.endpoints, request.user, request.dial);
   const deadlineMs = Date.now() + timeoutMs;
   const retrying = (what: string) => (reason: string) => logger.warn({ endpoints: request.endpoints, reason }, `join: ${what} failed; retrying`);
   try {
@@ -152,9 +188,10 @@ export async function promoteWhenCaughtUp(
   logger: Pick<Logger, 'info' | 'warn'>,
   signal?: AbortSignal,
   timeoutMs = PROMOTE_TIMEOUT_MS,
+  user?: JoinUser,
   dial?: DialSecurity,
 ): Promise<ClusterConfig> {
-  const clients = new JoinEndpoints(endpoints, dial);
+  const clients = new JoinEndpoints(endpoints, user, dial);
   let lastReason = '';
   try {
     const promoted = await clients.call<MemberPromoteResponse>('MemberPromote', Date.now() + timeoutMs, (c, md, o, done) => c.memberPromote({ id }, md, o, done), (reason) => {

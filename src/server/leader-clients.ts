@@ -31,10 +31,12 @@ export class LeaderClients {
     private readonly dial: DialSecurity = PLAINTEXT_DIAL,
   ) {}
 
-  call<T>(leader: NodeId, addr: string, scope: RequestScope, start: UnaryStart<T>): Promise<T> {
+  /** `authorization`: the caller's `authorization` metadata, passed on for the leader to check. */
+  call<T>(leader: NodeId, addr: string, scope: RequestScope, start: UnaryStart<T>, authorization?: string): Promise<T> {
     const client = this.clientFor(addr);
     const metadata = new Metadata();
     metadata.set(FORWARDED_METADATA, String(this.selfId));
+    if (authorization !== undefined) metadata.set('authorization', authorization);
     return new Promise<T>((resolve, reject) => {
       const cancel = () => call.cancel();
       const call = start(client, metadata, { deadline: scope.deadlineMs }, (err, value) => {

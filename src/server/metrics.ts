@@ -301,6 +301,10 @@ class TimedStateMachine implements StateMachine, SnapshottingFsm<CommandResult> 
     return this.inner.range(options);
   }
 
+  authState() {
+    return this.inner.authState();
+  }
+
   async snapshot(): Promise<FsmSnapshot> {
     const snapshot = await this.inner.snapshot();
     const metrics = this.metrics;

@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
+import { AuthService, ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
@@ -24,7 +24,8 @@ import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './p
 import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdentityStats, PLAINTEXT_WARNING, plaintextNetworkPorts } from './tls';
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
-import { clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { AuthGate } from './auth';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
@@ -183,8 +184,11 @@ export class CairnNode {
       membershipReplica,
       leaderClients,
       metrics,
+      // With client certificates verified (--client-ca-file), a certificate's common name stands for the user, as in etcd.
+      auth: new AuthGate(() => replica.stateMachine.authState(), { tokenTtlMs: config.authTokenTtlMs, trustCertificateCommonName: Boolean(config.tls.client?.caFile) }),
     };
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
+    clientServer.addService(withLenientDecoding(AuthService), authServiceOf(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
@@ -241,7 +245,7 @@ export class CairnNode {
     // the first start may have left the cluster since.
     const known = this.membership.members(this.replica.node.leader).filter((m) => m.id !== config.id && m.clientAddr).map((m) => m.clientAddr);
     const endpoints = [...new Set([...config.join, ...known])];
-    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, this.transportSecurity?.memberClientDial()).then(
+    promoteWhenCaughtUp(config.id, endpoints, this.logger, this.promotion.signal, undefined, config.joinUser, this.transportSecurity?.memberClientDial()).then(
       () => this.logger.info('join: promoted to voter'),
       (err) => {
         if (!this.promotion.signal.aborted) this.logger.warn({ err: (err as Error).message }, 'join: not promoted; this node stays a learner (cairn member promote can still promote it)');
@@ -477,7 +481,7 @@ async function resolveIdentity(db: LevelDb, config: ServerConfig, logger: Logger
   if (stored && config.join.length > 0) logger.warn({ join: config.join }, IGNORED_BOOTSTRAP_FLAGS);
   if (stored?.bootstrapConfig && config.peersGiven) logger.warn({ peers: Object.fromEntries(config.peers) }, IGNORED_BOOTSTRAP_FLAGS);
   if (!stored && config.join.length > 0) {
-    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, dial: memberDial }, logger);
+    const joined = await joinCluster({ id: config.id, peerAddr: config.advertisePeerAddr, clientAddr: config.advertiseClientAddr, endpoints: config.join, dial: memberDial, user: config.joinUser }, logger);
     logger.info({ clusterId: joined.clusterId, voters: joined.config.voters.map((m) => m.id), learners: joined.config.learners.map((m) => m.id) }, 'join: added to the cluster as a learner');
     return storeJoinedIdentity(db, config.id, joined.clusterId, joined.config);
   }
@@ -534,7 +538,7 @@ function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): HealthImplementation {
-  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'grpc.health.v1.Health']);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'grpc.health.v1.Health']);
   return addHealth(server);
 }
 

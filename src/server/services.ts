@@ -1,4 +1,4 @@
-import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
+import { Deadline, Metadata, sendUnaryData, ServerReadableStream, ServerUnaryCall, ServerWritableStream, status as Status } from '@grpc/grpc-js';
 import {
   ClusterServer,
   Command,
@@ -42,6 +42,7 @@ import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
 import { snapshotSaveCall } from './snapshot-save';
 import { toGrpcError } from './status';
+import { AuthGate, authService, CallIdentity, AUTHORIZATION_METADATA } from './auth';
 import { findUnsupportedInteger } from './unsafe-integers';
 import {
   validateCommand,
@@ -72,6 +73,24 @@ export interface ServiceContext {
   leaderClients: LeaderClients;
   /** Prometheus figures (src/server/metrics.ts); absent in tests that do not look. */
   metrics?: NodeMetrics;
+  /** Who a call is and what it may do (src/server/auth.ts); made from the state machine's auth state when absent. */
+  auth?: AuthGate;
+}
+
+/** The context's auth gate, made once. */
+export function authGateOf(context: ServiceContext): AuthGate {
+  context.auth ??= new AuthGate(() => context.replica.stateMachine.authState());
+  return context.auth;
+}
+
+/**
+ * What the auth gate knows of a call: its metadata and, where the TLS layer verified a client
+ * certificate, its common name (the hook for client-certificate auth: see docs/security.md).
+ */
+export function callIdentityOf(call: { metadata: Metadata; getAuthContext?: () => unknown }): CallIdentity {
+  const context = call.getAuthContext?.() as { sslPeerCertificate?: { subject?: { CN?: unknown } } } | undefined;
+  const commonName = context?.sslPeerCertificate?.subject?.CN;
+  return { metadata: call.metadata, certificateCommonName: typeof commonName === 'string' ? commonName : undefined };
 }
 
 /** What a request that did not decode becomes, so its handler can answer INVALID_ARGUMENT. */
@@ -144,8 +163,8 @@ export function openRequestScope(
  * its error as a gRPC status. A broken invariant halts the node (docs/architecture.md):
  * the node's state can no longer be trusted, whatever request found it out.
  */
-function unaryCalls(context: ServiceContext) {
-  return <Req, Res>(handler: (request: Req, scope: RequestScope, metadata: Metadata) => Promise<Res>) =>
+export function unaryCalls(context: ServiceContext) {
+  return <Req, Res>(handler: (request: Req, scope: RequestScope, metadata: Metadata, call: CallIdentity) => Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
       const startedMs = performance.now();
       const malformed = malformedError(call.request);
@@ -155,7 +174,7 @@ function unaryCalls(context: ServiceContext) {
         return;
       }
       const scope = openRequestScope(call, context.requestTimeoutMs);
-      handler(call.request, scope, call.metadata)
+      handler(call.request, scope, call.metadata, callIdentityOf(call))
         .then(
           (response) => {
             context.metrics?.observeRequest(call.getPath(), 'OK', startedMs);
@@ -172,7 +191,7 @@ function unaryCalls(context: ServiceContext) {
     };
 }
 
-function header(context: ServiceContext, revision = context.replica.stateMachine.revision()): ResponseHeader {
+export function header(context: ServiceContext, revision = context.replica.stateMachine.revision()): ResponseHeader {
   const node = context.replica.node;
   return { revision, memberId: node.id, leaderId: node.leader, raftTerm: node.term };
 }
@@ -185,7 +204,7 @@ async function readBarrier(context: ServiceContext, consistency: Consistency, sc
  * A write refused inside apply (a session error) carries its error in the result, the
  * same on every replica: here it becomes the client's error.
  */
-function throwIfRefused(result: CommandResult): CommandResult {
+export function throwIfRefused(result: CommandResult): CommandResult {
   const refused = result.error;
   if (!refused) return result;
   const code = Object.values(ErrorCode).find((c) => c === refused.code);
@@ -196,30 +215,39 @@ function throwIfRefused(result: CommandResult): CommandResult {
 
 export function kvService(context: ServiceContext): KVServer {
   const unary = unaryCalls(context);
+  const gate = authGateOf(context);
   // The leader stamps the log time (Replica.propose), so the command goes out unstamped.
-  const write = async (op: Command['op'], scope: RequestScope) => throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0 }, scope));
+  const write = async (op: Command['op'], scope: RequestScope, authUser: string | undefined) =>
+    throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0, authUser }, scope));
   return {
-    put: unary(async (request, scope) => {
+    put: unary(async (request, scope, _metadata, call) => {
       validatePut(request, context.limits);
-      const result = await write({ $case: 'put', value: request }, scope);
+      const user = gate.requireKey(call, 'write', request.key);
+      const result = await write({ $case: 'put', value: request }, scope, user);
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
     }),
-    delete: unary(async (request, scope) => {
+    delete: unary(async (request, scope, _metadata, call) => {
       validateDelete(request, context.limits);
-      const result = await write({ $case: 'delete', value: request }, scope);
+      const user = gate.requireKey(call, 'write', request.key);
+      const result = await write({ $case: 'delete', value: request }, scope, user);
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
     }),
-    get: unary(async (request, scope) => {
+    get: unary(async (request, scope, _metadata, call) => {
       validateGet(request, context.limits);
+      gate.requireKey(call, 'read', request.key);
       await readBarrier(context, request.consistency, scope);
+      // Again under the state the barrier caught up with: a permission revoked meanwhile holds.
+      gate.requireKey(call, 'read', request.key);
       const kv = await context.replica.stateMachine.get(request.key);
       return { header: header(context), kv };
     }),
-    range: unary(async (request, scope) => {
+    range: unary(async (request, scope, _metadata, call) => {
       const range = validateRange(request, context.limits);
+      gate.requireRange(call, range.start, range.end);
       await readBarrier(context, request.consistency, scope);
+      gate.requireRange(call, range.start, range.end);
       const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
       return { header: header(context), kvs, more };
     }),
@@ -228,6 +256,8 @@ export function kvService(context: ServiceContext): KVServer {
 
 export function clusterService(context: ServiceContext): ClusterServer {
   const unary = unaryCalls(context);
+  const gate = authGateOf(context);
+  const saveSnapshot = snapshotSaveCall(() => context.replica.saveSnapshot());
   return {
     status: unary(async (): Promise<StatusResponse> => {
       const status = context.replica.node.status();
@@ -250,7 +280,8 @@ export function clusterService(context: ServiceContext): ClusterServer {
       };
     }),
     memberList: unary(async () => ({ header: header(context), members: context.membership.members(context.replica.node.leader) })),
-    memberAdd: unary(async (request, scope, metadata) => {
+    memberAdd: unary(async (request, scope, metadata, call) => {
+      gate.requireRoot(call, 'MemberAdd');
       validateMemberAdd(request);
       return onLeader<MemberAddResponse>(context, scope, metadata, (client, md, options, done) => client.memberAdd(request, md, options, done), async () => {
         const member = { id: request.id, peerAddr: request.peerAddr, clientAddr: request.clientAddr };
@@ -259,21 +290,24 @@ export function clusterService(context: ServiceContext): ClusterServer {
         return changed(context, config);
       });
     }),
-    memberPromote: unary(async (request, scope, metadata) => {
+    memberPromote: unary(async (request, scope, metadata, call) => {
+      gate.requireRoot(call, 'MemberPromote');
       validateMemberId(request);
       return onLeader<MemberPromoteResponse>(context, scope, metadata, (client, md, options, done) => client.memberPromote(request, md, options, done), async () => {
         const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_PROMOTE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
         return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
       });
     }),
-    memberRemove: unary(async (request, scope, metadata) => {
+    memberRemove: unary(async (request, scope, metadata, call) => {
+      gate.requireRoot(call, 'MemberRemove');
       validateMemberId(request);
       return onLeader<MemberRemoveResponse>(context, scope, metadata, (client, md, options, done) => client.memberRemove(request, md, options, done), async () => {
         const change = { type: ConfigChangeType.CONFIG_CHANGE_TYPE_REMOVE, member: { id: request.id, peerAddr: '', clientAddr: '' } };
         return changed(context, await context.membershipReplica.proposeConfigChange(change, scope.signal));
       });
     }),
-    leaderTransfer: unary(async (request, scope, metadata) => {
+    leaderTransfer: unary(async (request, scope, metadata, call) => {
+      gate.requireRoot(call, 'LeaderTransfer');
       validateLeaderTransfer(request);
       return onLeader<LeaderTransferResponse>(context, scope, metadata, (client, md, options, done) => client.leaderTransfer(request, md, options, done), async () => {
         // Asking the leader to hand over to itself is already done: answered, not refused.
@@ -282,11 +316,21 @@ export function clusterService(context: ServiceContext): ClusterServer {
         return { header: header(context), leaderId };
       });
     }),
-    snapshot: unary(async () => {
+    snapshot: unary(async (_request, _scope, _metadata, call) => {
+      gate.requireRoot(call, 'Snapshot');
       const { snapshotIndex, firstIndex } = await context.replica.compactNow();
       return { header: header(context), snapshotIndex, firstIndex };
     }),
-    snapshotSave: snapshotSaveCall(() => context.replica.saveSnapshot()),
+    snapshotSave: (call: ServerWritableStream<SnapshotSaveRequest, SnapshotSaveResponse>) => {
+      // A backup holds every key: root only.
+      try {
+        gate.requireRoot(callIdentityOf(call), 'SnapshotSave');
+      } catch (err) {
+        call.emit('error', toGrpcError(err));
+        return;
+      }
+      saveSnapshot(call);
+    },
   };
 }
 
@@ -316,7 +360,9 @@ function onLeader<Res>(
   if (metadata.get(FORWARDED_METADATA).length > 0 || !addr) {
     return Promise.reject(new CairnError(ErrorCode.NOT_LEADER, `node ${node.id} is not the leader; node ${leader} is`, { leader }));
   }
-  return context.leaderClients.call<Res>(leader, addr, scope, forward);
+  // The leader checks the caller's token again.
+  const authorization = metadata.get(AUTHORIZATION_METADATA)[0];
+  return context.leaderClients.call<Res>(leader, addr, scope, forward, typeof authorization === 'string' ? authorization : undefined);
 }
 
 /** Lines a second the peer service may log about what it refused (a stranger must not grow the logs). */
@@ -549,4 +595,16 @@ function chunkProblem(request: InstallSnapshotRequest, position: number, stagedB
   if (request.data.length > MAX_SNAPSHOT_CHUNK_BYTES) return `snapshot chunk of ${request.data.length} bytes, over MAX_SNAPSHOT_CHUNK_BYTES ${MAX_SNAPSHOT_CHUNK_BYTES}`;
   if (stagedBytes + request.data.length > MAX_SNAPSHOT_STAGED_BYTES) return `snapshot over MAX_SNAPSHOT_STAGED_BYTES ${MAX_SNAPSHOT_STAGED_BYTES}`;
   return undefined;
+}
+
+/** The Auth service on this node (src/server/auth.ts). */
+export function authServiceOf(context: ServiceContext) {
+  const unary = unaryCalls(context);
+  return authService({
+    gate: authGateOf(context),
+    unary: (handler) => unary((request: unknown, scope, _metadata, call) => handler(request as never, scope, call)),
+    header: () => header(context),
+    propose: async (command, scope) => throwIfRefused(await context.router.write(command, scope)),
+    readBarrier: (scope) => context.router.readBarrier(scope),
+  });
 }

@@ -32,6 +32,13 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.LEADER_TRANSFERRING]: Status.UNAVAILABLE,
   [ErrorCode.TRANSFER_FAILED]: Status.ABORTED,
   [ErrorCode.MEMBER_REMOVED]: Status.PERMISSION_DENIED,
+  [ErrorCode.UNAUTHENTICATED]: Status.UNAUTHENTICATED,
+  [ErrorCode.PERMISSION_DENIED]: Status.PERMISSION_DENIED,
+  [ErrorCode.AUTH_RATE_LIMITED]: Status.RESOURCE_EXHAUSTED,
+  [ErrorCode.AUTH_NOT_FOUND]: Status.NOT_FOUND,
+  [ErrorCode.AUTH_EXISTS]: Status.ALREADY_EXISTS,
+  [ErrorCode.AUTH_ROOT_REQUIRED]: Status.FAILED_PRECONDITION,
+  [ErrorCode.AUTH_LIMIT]: Status.RESOURCE_EXHAUSTED,
 };
 
 export interface GrpcError extends Partial<ServiceError> {

@@ -1,6 +1,7 @@
 import { Command, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest } from '../../gen/cairn/kv/v1/kv';
 import { CairnError, ErrorCode } from '../errors';
 import { Limits } from './config';
+import { MAX_AUTH_NAME_BYTES } from '../kv/auth-state';
 
 /** Request checks: each failure is INVALID_ARGUMENT with a message naming the problem. */
 function invalid(message: string): never {
@@ -75,8 +76,14 @@ export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
     case 'delete':
       validateDelete(command.op.value, limits);
       break;
+    case 'auth':
+      // Names and bounds are checked where it applies, alike on every replica.
+      break;
     default:
       invalid('forwarded command has no operation');
+  }
+  if (command.authUser !== undefined && Buffer.byteLength(command.authUser) > MAX_AUTH_NAME_BYTES) {
+    invalid(`forwarded command's auth_user is over MAX_AUTH_NAME_BYTES ${MAX_AUTH_NAME_BYTES}`);
   }
   return command;
 }

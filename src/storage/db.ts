@@ -9,17 +9,18 @@ import { CairnError, ErrorCode } from '../errors';
  *   meta      'hard-state', 'applied', 'cluster', 'snapshot', 'generation' -> encoded records
  *   kv        user key -> encoded KeyRecord
  *   sessions  client id -> encoded SessionRecord
+ *   auth      'state' -> encoded AuthState (users, roles, permissions; src/kv/auth-state.ts)
  *
- * `kv` and `sessions` are generational: each name maps to the physical sublevel of the
+ * `kv`, `sessions` and `auth` are generational: each name maps to the physical sublevel of the
  * current generation (`kv`, `sessions` for generation 1, so data dirs written before
  * generations existed open unchanged; `kv.2`, `sessions.2` for generation 2, ...). A
  * snapshot restore writes the next generation and makes it current with one write of the
  * `generation` record in `meta` (the switch is atomic with whatever shares its batch).
  * `log` and `meta` are not generational.
  */
-export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions'] as const;
+export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions', 'auth'] as const;
 export type SublevelName = (typeof SUBLEVELS)[number];
-export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions'] as const;
+export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions', 'auth'] as const;
 export type GenerationalSublevel = (typeof GENERATIONAL_SUBLEVELS)[number];
 
 /** The generation of a database that has no `generation` record. */
@@ -89,7 +90,7 @@ export interface Db {
 }
 
 export function isGenerational(sublevel: SublevelName): sublevel is GenerationalSublevel {
-  return sublevel === 'kv' || sublevel === 'sessions';
+  return sublevel === 'kv' || sublevel === 'sessions' || sublevel === 'auth';
 }
 
 /** The name of the physical sublevel that holds `sublevel` in `generation`. */

@@ -97,7 +97,7 @@ describe('the cairn command against real nodes', () => {
     expect(await cairn(['get', 'short', '-e', one])).toMatchObject({ code: 0, stdout: 'flag' });
     expect(await cairn(['get', 'short', '--limit', '5', '-e', one])).toMatchObject({
       code: 2,
-      stderr: 'cairn: --limit does not apply to get; get takes --consistency, --endpoints, --timeout-ms, --cacert, --cert, --key\n',
+      stderr: 'cairn: --limit does not apply to get; get takes --consistency, --endpoints, --timeout-ms, --user, --cacert, --cert, --key\n',
     });
     expect(await cairn(['put', 'short', 'x', '--consistency', 'serializable', '-e', one])).toMatchObject({ code: 2, stderr: expect.stringContaining('--consistency does not apply to put') });
     const bare = await cairn(['get', 'short', '--endpoints', '127.0.0.1']);

@@ -1385,6 +1385,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.range(options);
   }
 
+  authState() {
+    return this.inner.authState();
+  }
+
   snapshot(): Promise<FsmSnapshot> {
     return this.inner.snapshot();
   }

@@ -1,3 +1,4 @@
+import { AuthView } from '../../src/kv/auth-state';
 import { credentials, Metadata, Server, ServerCredentials, ServiceError, status as Status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { ClusterClient, ClusterService, MemberAddResponse, MemberRole } from '../../gen/cairn/kv/v1/kv';
@@ -69,7 +70,7 @@ class FakeReplica implements MembershipReplica {
         term: 3,
         status: () => ({ id: self.id, role: self.role, term: 3, leader: self.leader, commitIndex: 7, lastIndex: 7, progress: [] }),
       },
-      stateMachine: { revision: () => 5, appliedIndex: () => 7 },
+      stateMachine: { revision: () => 5, appliedIndex: () => 7, authState: () => AuthView.empty() },
       halt: () => undefined,
       receive: () => undefined,
     } as unknown as KvReplica;

@@ -111,6 +111,52 @@ export function consistencyToJSON(object: Consistency): string {
   }
 }
 
+/** PermissionType says what a permission allows. */
+export enum PermissionType {
+  PERMISSION_TYPE_UNSPECIFIED = 0,
+  PERMISSION_TYPE_READ = 1,
+  PERMISSION_TYPE_WRITE = 2,
+  PERMISSION_TYPE_READWRITE = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function permissionTypeFromJSON(object: any): PermissionType {
+  switch (object) {
+    case 0:
+    case "PERMISSION_TYPE_UNSPECIFIED":
+      return PermissionType.PERMISSION_TYPE_UNSPECIFIED;
+    case 1:
+    case "PERMISSION_TYPE_READ":
+      return PermissionType.PERMISSION_TYPE_READ;
+    case 2:
+    case "PERMISSION_TYPE_WRITE":
+      return PermissionType.PERMISSION_TYPE_WRITE;
+    case 3:
+    case "PERMISSION_TYPE_READWRITE":
+      return PermissionType.PERMISSION_TYPE_READWRITE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return PermissionType.UNRECOGNIZED;
+  }
+}
+
+export function permissionTypeToJSON(object: PermissionType): string {
+  switch (object) {
+    case PermissionType.PERMISSION_TYPE_UNSPECIFIED:
+      return "PERMISSION_TYPE_UNSPECIFIED";
+    case PermissionType.PERMISSION_TYPE_READ:
+      return "PERMISSION_TYPE_READ";
+    case PermissionType.PERMISSION_TYPE_WRITE:
+      return "PERMISSION_TYPE_WRITE";
+    case PermissionType.PERMISSION_TYPE_READWRITE:
+      return "PERMISSION_TYPE_READWRITE";
+    case PermissionType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Member is one node of the cluster. */
 export interface Member {
   id: number;
@@ -362,6 +408,17 @@ export interface Command {
   op?:
     | { $case: "put"; value: PutRequest }
     | { $case: "delete"; value: DeleteRequest }
+    | //
+    /** A change to users, roles or auth itself (see service Auth). */
+    { $case: "auth"; value: AuthCommand }
+    | undefined;
+  /**
+   * With auth enabled: the user the receiving node authenticated for this put or delete
+   * (set by the server, never by a client). Apply checks the user's permission again
+   * against the auth state at this point of the log, so every replica refuses alike.
+   */
+  authUser?:
+    | string
     | undefined;
   /**
    * Log time when the leader proposed the command, in ms (set by the leader, never by
@@ -396,6 +453,235 @@ export interface CommandError {
   /** A cairn error code (cairn-error-code), e.g. SESSION_EXPIRED or SESSION_LIMIT. */
   code: string;
   message: string;
+}
+
+/** Permission is a role's right to read and/or write one key, or every key with a prefix. */
+export interface Permission {
+  type: PermissionType;
+  key: Buffer;
+  /** The permission covers every key that starts with `key` (an empty key: every key). */
+  prefix: boolean;
+}
+
+/** AuthenticateRequest names a user and its password. */
+export interface AuthenticateRequest {
+  name: string;
+  password: string;
+}
+
+/** AuthenticateResponse carries a token for `authorization: Bearer TOKEN`. */
+export interface AuthenticateResponse {
+  header?: ResponseHeader | undefined;
+  token: string;
+  /** When the token stops working (ms since the Unix epoch, by the issuing node's clock). */
+  expiresAtUnixMs: number;
+}
+
+/** AuthEnableRequest turns auth on. */
+export interface AuthEnableRequest {
+}
+
+/** AuthEnableResponse answers AuthEnableRequest. */
+export interface AuthEnableResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** AuthDisableRequest turns auth off. */
+export interface AuthDisableRequest {
+}
+
+/** AuthDisableResponse answers AuthDisableRequest. */
+export interface AuthDisableResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** AuthStatusRequest asks whether auth is on. */
+export interface AuthStatusRequest {
+}
+
+/** AuthStatusResponse says whether auth is on. */
+export interface AuthStatusResponse {
+  header?: ResponseHeader | undefined;
+  enabled: boolean;
+}
+
+/** UserAddRequest names a new user and its password. */
+export interface UserAddRequest {
+  name: string;
+  password: string;
+}
+
+/** UserAddResponse answers UserAddRequest. */
+export interface UserAddResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** UserDeleteRequest names the user to remove. */
+export interface UserDeleteRequest {
+  name: string;
+}
+
+/** UserDeleteResponse answers UserDeleteRequest. */
+export interface UserDeleteResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** UserChangePasswordRequest names a user and its new password. */
+export interface UserChangePasswordRequest {
+  name: string;
+  password: string;
+}
+
+/** UserChangePasswordResponse answers UserChangePasswordRequest. */
+export interface UserChangePasswordResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** UserGrantRoleRequest names a user and a role to give it. */
+export interface UserGrantRoleRequest {
+  user: string;
+  role: string;
+}
+
+/** UserGrantRoleResponse answers UserGrantRoleRequest. */
+export interface UserGrantRoleResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** UserRevokeRoleRequest names a user and a role to take from it. */
+export interface UserRevokeRoleRequest {
+  user: string;
+  role: string;
+}
+
+/** UserRevokeRoleResponse answers UserRevokeRoleRequest. */
+export interface UserRevokeRoleResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** UserListRequest asks for the users. */
+export interface UserListRequest {
+}
+
+/** User is one user as UserList shows it (never its password hash). */
+export interface User {
+  name: string;
+  roles: string[];
+}
+
+/** UserListResponse lists the users in name order. */
+export interface UserListResponse {
+  header?: ResponseHeader | undefined;
+  users: User[];
+}
+
+/** RoleAddRequest names a new role. */
+export interface RoleAddRequest {
+  name: string;
+}
+
+/** RoleAddResponse answers RoleAddRequest. */
+export interface RoleAddResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** RoleDeleteRequest names the role to remove. */
+export interface RoleDeleteRequest {
+  name: string;
+}
+
+/** RoleDeleteResponse answers RoleDeleteRequest. */
+export interface RoleDeleteResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** RoleGrantPermissionRequest names a role and a permission to add to it. */
+export interface RoleGrantPermissionRequest {
+  name: string;
+  permission?: Permission | undefined;
+}
+
+/** RoleGrantPermissionResponse answers RoleGrantPermissionRequest. */
+export interface RoleGrantPermissionResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** RoleRevokePermissionRequest names a role and the key or prefix whose permission goes. */
+export interface RoleRevokePermissionRequest {
+  name: string;
+  key: Buffer;
+  prefix: boolean;
+}
+
+/** RoleRevokePermissionResponse answers RoleRevokePermissionRequest. */
+export interface RoleRevokePermissionResponse {
+  header?: ResponseHeader | undefined;
+}
+
+/** RoleListRequest asks for the roles. */
+export interface RoleListRequest {
+}
+
+/** Role is one role and its permissions. */
+export interface Role {
+  name: string;
+  permissions: Permission[];
+}
+
+/** RoleListResponse lists the roles in name order. */
+export interface RoleListResponse {
+  header?: ResponseHeader | undefined;
+  roles: Role[];
+}
+
+/**
+ * PasswordHash is a salted scrypt hash, computed by the node that received the password
+ * before it proposes the change: apply stores it as given.
+ */
+export interface PasswordHash {
+  salt: Buffer;
+  hash: Buffer;
+  /** scrypt's cost parameters. */
+  cost: number;
+  blockSize: number;
+  parallelization: number;
+}
+
+/** AuthUserAdd is UserAdd as the log carries it: the hash, never the password. */
+export interface AuthUserAdd {
+  name: string;
+  passwordHash?: PasswordHash | undefined;
+}
+
+/** AuthUserChangePassword is UserChangePassword as the log carries it. */
+export interface AuthUserChangePassword {
+  name: string;
+  passwordHash?: PasswordHash | undefined;
+}
+
+/**
+ * AuthEnable is AuthEnable as the log carries it, with the token signing key the
+ * proposing node drew at random: every node verifies tokens with it.
+ */
+export interface AuthEnable {
+  signingKey: Buffer;
+}
+
+/** AuthCommand is one change to the auth state, applied like a put. */
+export interface AuthCommand {
+  op?:
+    | { $case: "userAdd"; value: AuthUserAdd }
+    | { $case: "userDelete"; value: UserDeleteRequest }
+    | { $case: "userChangePassword"; value: AuthUserChangePassword }
+    | { $case: "userGrantRole"; value: UserGrantRoleRequest }
+    | { $case: "userRevokeRole"; value: UserRevokeRoleRequest }
+    | { $case: "roleAdd"; value: RoleAddRequest }
+    | { $case: "roleDelete"; value: RoleDeleteRequest }
+    | { $case: "roleGrantPermission"; value: RoleGrantPermissionRequest }
+    | { $case: "roleRevokePermission"; value: RoleRevokePermissionRequest }
+    | { $case: "authEnable"; value: AuthEnable }
+    | { $case: "authDisable"; value: AuthDisableRequest }
+    | undefined;
 }
 
 function createBaseMember(): Member {
@@ -3374,7 +3660,7 @@ export const RangeResponse: MessageFns<RangeResponse> = {
 };
 
 function createBaseCommand(): Command {
-  return { op: undefined, proposedAtUnixMs: 0 };
+  return { op: undefined, authUser: undefined, proposedAtUnixMs: 0 };
 }
 
 export const Command: MessageFns<Command> = {
@@ -3386,6 +3672,12 @@ export const Command: MessageFns<Command> = {
       case "delete":
         DeleteRequest.encode(message.op.value, writer.uint32(18).fork()).join();
         break;
+      case "auth":
+        AuthCommand.encode(message.op.value, writer.uint32(34).fork()).join();
+        break;
+    }
+    if (message.authUser !== undefined) {
+      writer.uint32(42).string(message.authUser);
     }
     if (message.proposedAtUnixMs !== 0) {
       writer.uint32(24).uint64(message.proposedAtUnixMs);
@@ -3422,6 +3714,22 @@ export const Command: MessageFns<Command> = {
             message.op = { $case: "delete", value: DeleteRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.op = { $case: "auth", value: AuthCommand.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.authUser = reader.string();
+            continue;
+          }
           case 3: {
             if (tag !== 24) {
               break;
@@ -3448,6 +3756,13 @@ export const Command: MessageFns<Command> = {
         ? { $case: "put", value: PutRequest.fromJSON(object.put) }
         : isSet(object.delete)
         ? { $case: "delete", value: DeleteRequest.fromJSON(object.delete) }
+        : isSet(object.auth)
+        ? { $case: "auth", value: AuthCommand.fromJSON(object.auth) }
+        : undefined,
+      authUser: isSet(object.authUser)
+        ? globalThis.String(object.authUser)
+        : isSet(object.auth_user)
+        ? globalThis.String(object.auth_user)
         : undefined,
       proposedAtUnixMs: isSet(object.proposedAtUnixMs)
         ? globalThis.Number(object.proposedAtUnixMs)
@@ -3463,6 +3778,11 @@ export const Command: MessageFns<Command> = {
       obj.put = PutRequest.toJSON(message.op.value);
     } else if (message.op?.$case === "delete") {
       obj.delete = DeleteRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "auth") {
+      obj.auth = AuthCommand.toJSON(message.op.value);
+    }
+    if (message.authUser !== undefined) {
+      obj.authUser = message.authUser;
     }
     if (message.proposedAtUnixMs !== 0) {
       obj.proposedAtUnixMs = Math.round(message.proposedAtUnixMs);
@@ -3488,7 +3808,14 @@ export const Command: MessageFns<Command> = {
         }
         break;
       }
+      case "auth": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "auth", value: AuthCommand.fromPartial(object.op.value) };
+        }
+        break;
+      }
     }
+    message.authUser = object.authUser ?? undefined;
     message.proposedAtUnixMs = object.proposedAtUnixMs ?? 0;
     return message;
   },
@@ -3710,6 +4037,3193 @@ export const CommandError: MessageFns<CommandError> = {
     const message = createBaseCommandError();
     message.code = object.code ?? "";
     message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBasePermission(): Permission {
+  return { type: 0, key: Buffer.alloc(0), prefix: false };
+}
+
+export const Permission: MessageFns<Permission> = {
+  encode(message: Permission, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.key.length !== 0) {
+      writer.uint32(18).bytes(message.key);
+    }
+    if (message.prefix !== false) {
+      writer.uint32(24).bool(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Permission {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermission();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.prefix = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Permission {
+    return {
+      type: isSet(object.type) ? permissionTypeFromJSON(object.type) : 0,
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      prefix: isSet(object.prefix) ? globalThis.Boolean(object.prefix) : false,
+    };
+  },
+
+  toJSON(message: Permission): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = permissionTypeToJSON(message.type);
+    }
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.prefix !== false) {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Permission>): Permission {
+    return Permission.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Permission>): Permission {
+    const message = createBasePermission();
+    message.type = object.type ?? 0;
+    message.key = object.key ?? Buffer.alloc(0);
+    message.prefix = object.prefix ?? false;
+    return message;
+  },
+};
+
+function createBaseAuthenticateRequest(): AuthenticateRequest {
+  return { name: "", password: "" };
+}
+
+export const AuthenticateRequest: MessageFns<AuthenticateRequest> = {
+  encode(message: AuthenticateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.password !== "") {
+      writer.uint32(18).string(message.password);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthenticateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthenticateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.password = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthenticateRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      password: isSet(object.password) ? globalThis.String(object.password) : "",
+    };
+  },
+
+  toJSON(message: AuthenticateRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.password !== "") {
+      obj.password = message.password;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthenticateRequest>): AuthenticateRequest {
+    return AuthenticateRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthenticateRequest>): AuthenticateRequest {
+    const message = createBaseAuthenticateRequest();
+    message.name = object.name ?? "";
+    message.password = object.password ?? "";
+    return message;
+  },
+};
+
+function createBaseAuthenticateResponse(): AuthenticateResponse {
+  return { header: undefined, token: "", expiresAtUnixMs: 0 };
+}
+
+export const AuthenticateResponse: MessageFns<AuthenticateResponse> = {
+  encode(message: AuthenticateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.token !== "") {
+      writer.uint32(18).string(message.token);
+    }
+    if (message.expiresAtUnixMs !== 0) {
+      writer.uint32(24).uint64(message.expiresAtUnixMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthenticateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthenticateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expiresAtUnixMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthenticateResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      expiresAtUnixMs: isSet(object.expiresAtUnixMs)
+        ? globalThis.Number(object.expiresAtUnixMs)
+        : isSet(object.expires_at_unix_ms)
+        ? globalThis.Number(object.expires_at_unix_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: AuthenticateResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.expiresAtUnixMs !== 0) {
+      obj.expiresAtUnixMs = Math.round(message.expiresAtUnixMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthenticateResponse>): AuthenticateResponse {
+    return AuthenticateResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthenticateResponse>): AuthenticateResponse {
+    const message = createBaseAuthenticateResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.token = object.token ?? "";
+    message.expiresAtUnixMs = object.expiresAtUnixMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseAuthEnableRequest(): AuthEnableRequest {
+  return {};
+}
+
+export const AuthEnableRequest: MessageFns<AuthEnableRequest> = {
+  encode(_: AuthEnableRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthEnableRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthEnableRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AuthEnableRequest {
+    return {};
+  },
+
+  toJSON(_: AuthEnableRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthEnableRequest>): AuthEnableRequest {
+    return AuthEnableRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AuthEnableRequest>): AuthEnableRequest {
+    const message = createBaseAuthEnableRequest();
+    return message;
+  },
+};
+
+function createBaseAuthEnableResponse(): AuthEnableResponse {
+  return { header: undefined };
+}
+
+export const AuthEnableResponse: MessageFns<AuthEnableResponse> = {
+  encode(message: AuthEnableResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthEnableResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthEnableResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthEnableResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: AuthEnableResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthEnableResponse>): AuthEnableResponse {
+    return AuthEnableResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthEnableResponse>): AuthEnableResponse {
+    const message = createBaseAuthEnableResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAuthDisableRequest(): AuthDisableRequest {
+  return {};
+}
+
+export const AuthDisableRequest: MessageFns<AuthDisableRequest> = {
+  encode(_: AuthDisableRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthDisableRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthDisableRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AuthDisableRequest {
+    return {};
+  },
+
+  toJSON(_: AuthDisableRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthDisableRequest>): AuthDisableRequest {
+    return AuthDisableRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AuthDisableRequest>): AuthDisableRequest {
+    const message = createBaseAuthDisableRequest();
+    return message;
+  },
+};
+
+function createBaseAuthDisableResponse(): AuthDisableResponse {
+  return { header: undefined };
+}
+
+export const AuthDisableResponse: MessageFns<AuthDisableResponse> = {
+  encode(message: AuthDisableResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthDisableResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthDisableResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthDisableResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: AuthDisableResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthDisableResponse>): AuthDisableResponse {
+    return AuthDisableResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthDisableResponse>): AuthDisableResponse {
+    const message = createBaseAuthDisableResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAuthStatusRequest(): AuthStatusRequest {
+  return {};
+}
+
+export const AuthStatusRequest: MessageFns<AuthStatusRequest> = {
+  encode(_: AuthStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AuthStatusRequest {
+    return {};
+  },
+
+  toJSON(_: AuthStatusRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthStatusRequest>): AuthStatusRequest {
+    return AuthStatusRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AuthStatusRequest>): AuthStatusRequest {
+    const message = createBaseAuthStatusRequest();
+    return message;
+  },
+};
+
+function createBaseAuthStatusResponse(): AuthStatusResponse {
+  return { header: undefined, enabled: false };
+}
+
+export const AuthStatusResponse: MessageFns<AuthStatusResponse> = {
+  encode(message: AuthStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.enabled !== false) {
+      writer.uint32(16).bool(message.enabled);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthStatusResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : false,
+    };
+  },
+
+  toJSON(message: AuthStatusResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.enabled !== false) {
+      obj.enabled = message.enabled;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthStatusResponse>): AuthStatusResponse {
+    return AuthStatusResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthStatusResponse>): AuthStatusResponse {
+    const message = createBaseAuthStatusResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.enabled = object.enabled ?? false;
+    return message;
+  },
+};
+
+function createBaseUserAddRequest(): UserAddRequest {
+  return { name: "", password: "" };
+}
+
+export const UserAddRequest: MessageFns<UserAddRequest> = {
+  encode(message: UserAddRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.password !== "") {
+      writer.uint32(18).string(message.password);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserAddRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserAddRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.password = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserAddRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      password: isSet(object.password) ? globalThis.String(object.password) : "",
+    };
+  },
+
+  toJSON(message: UserAddRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.password !== "") {
+      obj.password = message.password;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserAddRequest>): UserAddRequest {
+    return UserAddRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserAddRequest>): UserAddRequest {
+    const message = createBaseUserAddRequest();
+    message.name = object.name ?? "";
+    message.password = object.password ?? "";
+    return message;
+  },
+};
+
+function createBaseUserAddResponse(): UserAddResponse {
+  return { header: undefined };
+}
+
+export const UserAddResponse: MessageFns<UserAddResponse> = {
+  encode(message: UserAddResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserAddResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserAddResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserAddResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: UserAddResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserAddResponse>): UserAddResponse {
+    return UserAddResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserAddResponse>): UserAddResponse {
+    const message = createBaseUserAddResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUserDeleteRequest(): UserDeleteRequest {
+  return { name: "" };
+}
+
+export const UserDeleteRequest: MessageFns<UserDeleteRequest> = {
+  encode(message: UserDeleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserDeleteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserDeleteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserDeleteRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: UserDeleteRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserDeleteRequest>): UserDeleteRequest {
+    return UserDeleteRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserDeleteRequest>): UserDeleteRequest {
+    const message = createBaseUserDeleteRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseUserDeleteResponse(): UserDeleteResponse {
+  return { header: undefined };
+}
+
+export const UserDeleteResponse: MessageFns<UserDeleteResponse> = {
+  encode(message: UserDeleteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserDeleteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserDeleteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserDeleteResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: UserDeleteResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserDeleteResponse>): UserDeleteResponse {
+    return UserDeleteResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserDeleteResponse>): UserDeleteResponse {
+    const message = createBaseUserDeleteResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUserChangePasswordRequest(): UserChangePasswordRequest {
+  return { name: "", password: "" };
+}
+
+export const UserChangePasswordRequest: MessageFns<UserChangePasswordRequest> = {
+  encode(message: UserChangePasswordRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.password !== "") {
+      writer.uint32(18).string(message.password);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserChangePasswordRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserChangePasswordRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.password = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserChangePasswordRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      password: isSet(object.password) ? globalThis.String(object.password) : "",
+    };
+  },
+
+  toJSON(message: UserChangePasswordRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.password !== "") {
+      obj.password = message.password;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserChangePasswordRequest>): UserChangePasswordRequest {
+    return UserChangePasswordRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserChangePasswordRequest>): UserChangePasswordRequest {
+    const message = createBaseUserChangePasswordRequest();
+    message.name = object.name ?? "";
+    message.password = object.password ?? "";
+    return message;
+  },
+};
+
+function createBaseUserChangePasswordResponse(): UserChangePasswordResponse {
+  return { header: undefined };
+}
+
+export const UserChangePasswordResponse: MessageFns<UserChangePasswordResponse> = {
+  encode(message: UserChangePasswordResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserChangePasswordResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserChangePasswordResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserChangePasswordResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: UserChangePasswordResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserChangePasswordResponse>): UserChangePasswordResponse {
+    return UserChangePasswordResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserChangePasswordResponse>): UserChangePasswordResponse {
+    const message = createBaseUserChangePasswordResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUserGrantRoleRequest(): UserGrantRoleRequest {
+  return { user: "", role: "" };
+}
+
+export const UserGrantRoleRequest: MessageFns<UserGrantRoleRequest> = {
+  encode(message: UserGrantRoleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.user !== "") {
+      writer.uint32(10).string(message.user);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserGrantRoleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserGrantRoleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserGrantRoleRequest {
+    return {
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+    };
+  },
+
+  toJSON(message: UserGrantRoleRequest): unknown {
+    const obj: any = {};
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserGrantRoleRequest>): UserGrantRoleRequest {
+    return UserGrantRoleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserGrantRoleRequest>): UserGrantRoleRequest {
+    const message = createBaseUserGrantRoleRequest();
+    message.user = object.user ?? "";
+    message.role = object.role ?? "";
+    return message;
+  },
+};
+
+function createBaseUserGrantRoleResponse(): UserGrantRoleResponse {
+  return { header: undefined };
+}
+
+export const UserGrantRoleResponse: MessageFns<UserGrantRoleResponse> = {
+  encode(message: UserGrantRoleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserGrantRoleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserGrantRoleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserGrantRoleResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: UserGrantRoleResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserGrantRoleResponse>): UserGrantRoleResponse {
+    return UserGrantRoleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserGrantRoleResponse>): UserGrantRoleResponse {
+    const message = createBaseUserGrantRoleResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUserRevokeRoleRequest(): UserRevokeRoleRequest {
+  return { user: "", role: "" };
+}
+
+export const UserRevokeRoleRequest: MessageFns<UserRevokeRoleRequest> = {
+  encode(message: UserRevokeRoleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.user !== "") {
+      writer.uint32(10).string(message.user);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserRevokeRoleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserRevokeRoleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserRevokeRoleRequest {
+    return {
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+    };
+  },
+
+  toJSON(message: UserRevokeRoleRequest): unknown {
+    const obj: any = {};
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserRevokeRoleRequest>): UserRevokeRoleRequest {
+    return UserRevokeRoleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserRevokeRoleRequest>): UserRevokeRoleRequest {
+    const message = createBaseUserRevokeRoleRequest();
+    message.user = object.user ?? "";
+    message.role = object.role ?? "";
+    return message;
+  },
+};
+
+function createBaseUserRevokeRoleResponse(): UserRevokeRoleResponse {
+  return { header: undefined };
+}
+
+export const UserRevokeRoleResponse: MessageFns<UserRevokeRoleResponse> = {
+  encode(message: UserRevokeRoleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserRevokeRoleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserRevokeRoleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserRevokeRoleResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: UserRevokeRoleResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserRevokeRoleResponse>): UserRevokeRoleResponse {
+    return UserRevokeRoleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserRevokeRoleResponse>): UserRevokeRoleResponse {
+    const message = createBaseUserRevokeRoleResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUserListRequest(): UserListRequest {
+  return {};
+}
+
+export const UserListRequest: MessageFns<UserListRequest> = {
+  encode(_: UserListRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserListRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserListRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UserListRequest {
+    return {};
+  },
+
+  toJSON(_: UserListRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserListRequest>): UserListRequest {
+    return UserListRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<UserListRequest>): UserListRequest {
+    const message = createBaseUserListRequest();
+    return message;
+  },
+};
+
+function createBaseUser(): User {
+  return { name: "", roles: [] };
+}
+
+export const User: MessageFns<User> = {
+  encode(message: User, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.roles) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): User {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUser();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.roles.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): User {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: User): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.roles?.length) {
+      obj.roles = message.roles;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<User>): User {
+    return User.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<User>): User {
+    const message = createBaseUser();
+    message.name = object.name ?? "";
+    message.roles = object.roles?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseUserListResponse(): UserListResponse {
+  return { header: undefined, users: [] };
+}
+
+export const UserListResponse: MessageFns<UserListResponse> = {
+  encode(message: UserListResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.users) {
+      User.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UserListResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUserListResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.users.push(User.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UserListResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      users: globalThis.Array.isArray(object?.users) ? object.users.map((e: any) => User.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: UserListResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.users?.length) {
+      obj.users = message.users.map((e) => User.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UserListResponse>): UserListResponse {
+    return UserListResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UserListResponse>): UserListResponse {
+    const message = createBaseUserListResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.users = object.users?.map((e) => User.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRoleAddRequest(): RoleAddRequest {
+  return { name: "" };
+}
+
+export const RoleAddRequest: MessageFns<RoleAddRequest> = {
+  encode(message: RoleAddRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleAddRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleAddRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleAddRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: RoleAddRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleAddRequest>): RoleAddRequest {
+    return RoleAddRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleAddRequest>): RoleAddRequest {
+    const message = createBaseRoleAddRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseRoleAddResponse(): RoleAddResponse {
+  return { header: undefined };
+}
+
+export const RoleAddResponse: MessageFns<RoleAddResponse> = {
+  encode(message: RoleAddResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleAddResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleAddResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleAddResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: RoleAddResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleAddResponse>): RoleAddResponse {
+    return RoleAddResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleAddResponse>): RoleAddResponse {
+    const message = createBaseRoleAddResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRoleDeleteRequest(): RoleDeleteRequest {
+  return { name: "" };
+}
+
+export const RoleDeleteRequest: MessageFns<RoleDeleteRequest> = {
+  encode(message: RoleDeleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleDeleteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleDeleteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleDeleteRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: RoleDeleteRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleDeleteRequest>): RoleDeleteRequest {
+    return RoleDeleteRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleDeleteRequest>): RoleDeleteRequest {
+    const message = createBaseRoleDeleteRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseRoleDeleteResponse(): RoleDeleteResponse {
+  return { header: undefined };
+}
+
+export const RoleDeleteResponse: MessageFns<RoleDeleteResponse> = {
+  encode(message: RoleDeleteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleDeleteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleDeleteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleDeleteResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: RoleDeleteResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleDeleteResponse>): RoleDeleteResponse {
+    return RoleDeleteResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleDeleteResponse>): RoleDeleteResponse {
+    const message = createBaseRoleDeleteResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRoleGrantPermissionRequest(): RoleGrantPermissionRequest {
+  return { name: "", permission: undefined };
+}
+
+export const RoleGrantPermissionRequest: MessageFns<RoleGrantPermissionRequest> = {
+  encode(message: RoleGrantPermissionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.permission !== undefined) {
+      Permission.encode(message.permission, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleGrantPermissionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleGrantPermissionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.permission = Permission.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleGrantPermissionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      permission: isSet(object.permission) ? Permission.fromJSON(object.permission) : undefined,
+    };
+  },
+
+  toJSON(message: RoleGrantPermissionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.permission !== undefined) {
+      obj.permission = Permission.toJSON(message.permission);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleGrantPermissionRequest>): RoleGrantPermissionRequest {
+    return RoleGrantPermissionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleGrantPermissionRequest>): RoleGrantPermissionRequest {
+    const message = createBaseRoleGrantPermissionRequest();
+    message.name = object.name ?? "";
+    message.permission = (object.permission !== undefined && object.permission !== null)
+      ? Permission.fromPartial(object.permission)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRoleGrantPermissionResponse(): RoleGrantPermissionResponse {
+  return { header: undefined };
+}
+
+export const RoleGrantPermissionResponse: MessageFns<RoleGrantPermissionResponse> = {
+  encode(message: RoleGrantPermissionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleGrantPermissionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleGrantPermissionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleGrantPermissionResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: RoleGrantPermissionResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleGrantPermissionResponse>): RoleGrantPermissionResponse {
+    return RoleGrantPermissionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleGrantPermissionResponse>): RoleGrantPermissionResponse {
+    const message = createBaseRoleGrantPermissionResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRoleRevokePermissionRequest(): RoleRevokePermissionRequest {
+  return { name: "", key: Buffer.alloc(0), prefix: false };
+}
+
+export const RoleRevokePermissionRequest: MessageFns<RoleRevokePermissionRequest> = {
+  encode(message: RoleRevokePermissionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.key.length !== 0) {
+      writer.uint32(18).bytes(message.key);
+    }
+    if (message.prefix !== false) {
+      writer.uint32(24).bool(message.prefix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleRevokePermissionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleRevokePermissionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.prefix = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleRevokePermissionRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      prefix: isSet(object.prefix) ? globalThis.Boolean(object.prefix) : false,
+    };
+  },
+
+  toJSON(message: RoleRevokePermissionRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.prefix !== false) {
+      obj.prefix = message.prefix;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleRevokePermissionRequest>): RoleRevokePermissionRequest {
+    return RoleRevokePermissionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleRevokePermissionRequest>): RoleRevokePermissionRequest {
+    const message = createBaseRoleRevokePermissionRequest();
+    message.name = object.name ?? "";
+    message.key = object.key ?? Buffer.alloc(0);
+    message.prefix = object.prefix ?? false;
+    return message;
+  },
+};
+
+function createBaseRoleRevokePermissionResponse(): RoleRevokePermissionResponse {
+  return { header: undefined };
+}
+
+export const RoleRevokePermissionResponse: MessageFns<RoleRevokePermissionResponse> = {
+  encode(message: RoleRevokePermissionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleRevokePermissionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleRevokePermissionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleRevokePermissionResponse {
+    return { header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined };
+  },
+
+  toJSON(message: RoleRevokePermissionResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleRevokePermissionResponse>): RoleRevokePermissionResponse {
+    return RoleRevokePermissionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleRevokePermissionResponse>): RoleRevokePermissionResponse {
+    const message = createBaseRoleRevokePermissionResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRoleListRequest(): RoleListRequest {
+  return {};
+}
+
+export const RoleListRequest: MessageFns<RoleListRequest> = {
+  encode(_: RoleListRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleListRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleListRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): RoleListRequest {
+    return {};
+  },
+
+  toJSON(_: RoleListRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleListRequest>): RoleListRequest {
+    return RoleListRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<RoleListRequest>): RoleListRequest {
+    const message = createBaseRoleListRequest();
+    return message;
+  },
+};
+
+function createBaseRole(): Role {
+  return { name: "", permissions: [] };
+}
+
+export const Role: MessageFns<Role> = {
+  encode(message: Role, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.permissions) {
+      Permission.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Role {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRole();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.permissions.push(Permission.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Role {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      permissions: globalThis.Array.isArray(object?.permissions)
+        ? object.permissions.map((e: any) => Permission.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: Role): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.permissions?.length) {
+      obj.permissions = message.permissions.map((e) => Permission.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Role>): Role {
+    return Role.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Role>): Role {
+    const message = createBaseRole();
+    message.name = object.name ?? "";
+    message.permissions = object.permissions?.map((e) => Permission.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRoleListResponse(): RoleListResponse {
+  return { header: undefined, roles: [] };
+}
+
+export const RoleListResponse: MessageFns<RoleListResponse> = {
+  encode(message: RoleListResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.roles) {
+      Role.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleListResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleListResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.roles.push(Role.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleListResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => Role.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: RoleListResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.roles?.length) {
+      obj.roles = message.roles.map((e) => Role.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleListResponse>): RoleListResponse {
+    return RoleListResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleListResponse>): RoleListResponse {
+    const message = createBaseRoleListResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.roles = object.roles?.map((e) => Role.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePasswordHash(): PasswordHash {
+  return { salt: Buffer.alloc(0), hash: Buffer.alloc(0), cost: 0, blockSize: 0, parallelization: 0 };
+}
+
+export const PasswordHash: MessageFns<PasswordHash> = {
+  encode(message: PasswordHash, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.salt.length !== 0) {
+      writer.uint32(10).bytes(message.salt);
+    }
+    if (message.hash.length !== 0) {
+      writer.uint32(18).bytes(message.hash);
+    }
+    if (message.cost !== 0) {
+      writer.uint32(24).uint64(message.cost);
+    }
+    if (message.blockSize !== 0) {
+      writer.uint32(32).uint64(message.blockSize);
+    }
+    if (message.parallelization !== 0) {
+      writer.uint32(40).uint64(message.parallelization);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PasswordHash {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePasswordHash();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.salt = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hash = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cost = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.blockSize = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.parallelization = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PasswordHash {
+    return {
+      salt: isSet(object.salt) ? Buffer.from(bytesFromBase64(object.salt)) : Buffer.alloc(0),
+      hash: isSet(object.hash) ? Buffer.from(bytesFromBase64(object.hash)) : Buffer.alloc(0),
+      cost: isSet(object.cost) ? globalThis.Number(object.cost) : 0,
+      blockSize: isSet(object.blockSize)
+        ? globalThis.Number(object.blockSize)
+        : isSet(object.block_size)
+        ? globalThis.Number(object.block_size)
+        : 0,
+      parallelization: isSet(object.parallelization) ? globalThis.Number(object.parallelization) : 0,
+    };
+  },
+
+  toJSON(message: PasswordHash): unknown {
+    const obj: any = {};
+    if (message.salt.length !== 0) {
+      obj.salt = base64FromBytes(message.salt);
+    }
+    if (message.hash.length !== 0) {
+      obj.hash = base64FromBytes(message.hash);
+    }
+    if (message.cost !== 0) {
+      obj.cost = Math.round(message.cost);
+    }
+    if (message.blockSize !== 0) {
+      obj.blockSize = Math.round(message.blockSize);
+    }
+    if (message.parallelization !== 0) {
+      obj.parallelization = Math.round(message.parallelization);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PasswordHash>): PasswordHash {
+    return PasswordHash.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PasswordHash>): PasswordHash {
+    const message = createBasePasswordHash();
+    message.salt = object.salt ?? Buffer.alloc(0);
+    message.hash = object.hash ?? Buffer.alloc(0);
+    message.cost = object.cost ?? 0;
+    message.blockSize = object.blockSize ?? 0;
+    message.parallelization = object.parallelization ?? 0;
+    return message;
+  },
+};
+
+function createBaseAuthUserAdd(): AuthUserAdd {
+  return { name: "", passwordHash: undefined };
+}
+
+export const AuthUserAdd: MessageFns<AuthUserAdd> = {
+  encode(message: AuthUserAdd, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.passwordHash !== undefined) {
+      PasswordHash.encode(message.passwordHash, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthUserAdd {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthUserAdd();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.passwordHash = PasswordHash.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthUserAdd {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      passwordHash: isSet(object.passwordHash)
+        ? PasswordHash.fromJSON(object.passwordHash)
+        : isSet(object.password_hash)
+        ? PasswordHash.fromJSON(object.password_hash)
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuthUserAdd): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.passwordHash !== undefined) {
+      obj.passwordHash = PasswordHash.toJSON(message.passwordHash);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthUserAdd>): AuthUserAdd {
+    return AuthUserAdd.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthUserAdd>): AuthUserAdd {
+    const message = createBaseAuthUserAdd();
+    message.name = object.name ?? "";
+    message.passwordHash = (object.passwordHash !== undefined && object.passwordHash !== null)
+      ? PasswordHash.fromPartial(object.passwordHash)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAuthUserChangePassword(): AuthUserChangePassword {
+  return { name: "", passwordHash: undefined };
+}
+
+export const AuthUserChangePassword: MessageFns<AuthUserChangePassword> = {
+  encode(message: AuthUserChangePassword, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.passwordHash !== undefined) {
+      PasswordHash.encode(message.passwordHash, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthUserChangePassword {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthUserChangePassword();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.passwordHash = PasswordHash.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthUserChangePassword {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      passwordHash: isSet(object.passwordHash)
+        ? PasswordHash.fromJSON(object.passwordHash)
+        : isSet(object.password_hash)
+        ? PasswordHash.fromJSON(object.password_hash)
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuthUserChangePassword): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.passwordHash !== undefined) {
+      obj.passwordHash = PasswordHash.toJSON(message.passwordHash);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthUserChangePassword>): AuthUserChangePassword {
+    return AuthUserChangePassword.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthUserChangePassword>): AuthUserChangePassword {
+    const message = createBaseAuthUserChangePassword();
+    message.name = object.name ?? "";
+    message.passwordHash = (object.passwordHash !== undefined && object.passwordHash !== null)
+      ? PasswordHash.fromPartial(object.passwordHash)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAuthEnable(): AuthEnable {
+  return { signingKey: Buffer.alloc(0) };
+}
+
+export const AuthEnable: MessageFns<AuthEnable> = {
+  encode(message: AuthEnable, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.signingKey.length !== 0) {
+      writer.uint32(10).bytes(message.signingKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthEnable {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthEnable();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.signingKey = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthEnable {
+    return {
+      signingKey: isSet(object.signingKey)
+        ? Buffer.from(bytesFromBase64(object.signingKey))
+        : isSet(object.signing_key)
+        ? Buffer.from(bytesFromBase64(object.signing_key))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: AuthEnable): unknown {
+    const obj: any = {};
+    if (message.signingKey.length !== 0) {
+      obj.signingKey = base64FromBytes(message.signingKey);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthEnable>): AuthEnable {
+    return AuthEnable.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthEnable>): AuthEnable {
+    const message = createBaseAuthEnable();
+    message.signingKey = object.signingKey ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseAuthCommand(): AuthCommand {
+  return { op: undefined };
+}
+
+export const AuthCommand: MessageFns<AuthCommand> = {
+  encode(message: AuthCommand, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.op?.$case) {
+      case "userAdd":
+        AuthUserAdd.encode(message.op.value, writer.uint32(10).fork()).join();
+        break;
+      case "userDelete":
+        UserDeleteRequest.encode(message.op.value, writer.uint32(18).fork()).join();
+        break;
+      case "userChangePassword":
+        AuthUserChangePassword.encode(message.op.value, writer.uint32(26).fork()).join();
+        break;
+      case "userGrantRole":
+        UserGrantRoleRequest.encode(message.op.value, writer.uint32(34).fork()).join();
+        break;
+      case "userRevokeRole":
+        UserRevokeRoleRequest.encode(message.op.value, writer.uint32(42).fork()).join();
+        break;
+      case "roleAdd":
+        RoleAddRequest.encode(message.op.value, writer.uint32(50).fork()).join();
+        break;
+      case "roleDelete":
+        RoleDeleteRequest.encode(message.op.value, writer.uint32(58).fork()).join();
+        break;
+      case "roleGrantPermission":
+        RoleGrantPermissionRequest.encode(message.op.value, writer.uint32(66).fork()).join();
+        break;
+      case "roleRevokePermission":
+        RoleRevokePermissionRequest.encode(message.op.value, writer.uint32(74).fork()).join();
+        break;
+      case "authEnable":
+        AuthEnable.encode(message.op.value, writer.uint32(82).fork()).join();
+        break;
+      case "authDisable":
+        AuthDisableRequest.encode(message.op.value, writer.uint32(90).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthCommand {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthCommand();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.op = { $case: "userAdd", value: AuthUserAdd.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.op = { $case: "userDelete", value: UserDeleteRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.op = { $case: "userChangePassword", value: AuthUserChangePassword.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.op = { $case: "userGrantRole", value: UserGrantRoleRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.op = { $case: "userRevokeRole", value: UserRevokeRoleRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.op = { $case: "roleAdd", value: RoleAddRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.op = { $case: "roleDelete", value: RoleDeleteRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.op = {
+              $case: "roleGrantPermission",
+              value: RoleGrantPermissionRequest.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.op = {
+              $case: "roleRevokePermission",
+              value: RoleRevokePermissionRequest.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.op = { $case: "authEnable", value: AuthEnable.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.op = { $case: "authDisable", value: AuthDisableRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthCommand {
+    return {
+      op: isSet(object.userAdd)
+        ? { $case: "userAdd", value: AuthUserAdd.fromJSON(object.userAdd) }
+        : isSet(object.user_add)
+        ? { $case: "userAdd", value: AuthUserAdd.fromJSON(object.user_add) }
+        : isSet(object.userDelete)
+        ? { $case: "userDelete", value: UserDeleteRequest.fromJSON(object.userDelete) }
+        : isSet(object.user_delete)
+        ? { $case: "userDelete", value: UserDeleteRequest.fromJSON(object.user_delete) }
+        : isSet(object.userChangePassword)
+        ? { $case: "userChangePassword", value: AuthUserChangePassword.fromJSON(object.userChangePassword) }
+        : isSet(object.user_change_password)
+        ? { $case: "userChangePassword", value: AuthUserChangePassword.fromJSON(object.user_change_password) }
+        : isSet(object.userGrantRole)
+        ? { $case: "userGrantRole", value: UserGrantRoleRequest.fromJSON(object.userGrantRole) }
+        : isSet(object.user_grant_role)
+        ? { $case: "userGrantRole", value: UserGrantRoleRequest.fromJSON(object.user_grant_role) }
+        : isSet(object.userRevokeRole)
+        ? { $case: "userRevokeRole", value: UserRevokeRoleRequest.fromJSON(object.userRevokeRole) }
+        : isSet(object.user_revoke_role)
+        ? { $case: "userRevokeRole", value: UserRevokeRoleRequest.fromJSON(object.user_revoke_role) }
+        : isSet(object.roleAdd)
+        ? { $case: "roleAdd", value: RoleAddRequest.fromJSON(object.roleAdd) }
+        : isSet(object.role_add)
+        ? { $case: "roleAdd", value: RoleAddRequest.fromJSON(object.role_add) }
+        : isSet(object.roleDelete)
+        ? { $case: "roleDelete", value: RoleDeleteRequest.fromJSON(object.roleDelete) }
+        : isSet(object.role_delete)
+        ? { $case: "roleDelete", value: RoleDeleteRequest.fromJSON(object.role_delete) }
+        : isSet(object.roleGrantPermission)
+        ? { $case: "roleGrantPermission", value: RoleGrantPermissionRequest.fromJSON(object.roleGrantPermission) }
+        : isSet(object.role_grant_permission)
+        ? { $case: "roleGrantPermission", value: RoleGrantPermissionRequest.fromJSON(object.role_grant_permission) }
+        : isSet(object.roleRevokePermission)
+        ? { $case: "roleRevokePermission", value: RoleRevokePermissionRequest.fromJSON(object.roleRevokePermission) }
+        : isSet(object.role_revoke_permission)
+        ? { $case: "roleRevokePermission", value: RoleRevokePermissionRequest.fromJSON(object.role_revoke_permission) }
+        : isSet(object.authEnable)
+        ? { $case: "authEnable", value: AuthEnable.fromJSON(object.authEnable) }
+        : isSet(object.auth_enable)
+        ? { $case: "authEnable", value: AuthEnable.fromJSON(object.auth_enable) }
+        : isSet(object.authDisable)
+        ? { $case: "authDisable", value: AuthDisableRequest.fromJSON(object.authDisable) }
+        : isSet(object.auth_disable)
+        ? { $case: "authDisable", value: AuthDisableRequest.fromJSON(object.auth_disable) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuthCommand): unknown {
+    const obj: any = {};
+    if (message.op?.$case === "userAdd") {
+      obj.userAdd = AuthUserAdd.toJSON(message.op.value);
+    } else if (message.op?.$case === "userDelete") {
+      obj.userDelete = UserDeleteRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "userChangePassword") {
+      obj.userChangePassword = AuthUserChangePassword.toJSON(message.op.value);
+    } else if (message.op?.$case === "userGrantRole") {
+      obj.userGrantRole = UserGrantRoleRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "userRevokeRole") {
+      obj.userRevokeRole = UserRevokeRoleRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "roleAdd") {
+      obj.roleAdd = RoleAddRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "roleDelete") {
+      obj.roleDelete = RoleDeleteRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "roleGrantPermission") {
+      obj.roleGrantPermission = RoleGrantPermissionRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "roleRevokePermission") {
+      obj.roleRevokePermission = RoleRevokePermissionRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "authEnable") {
+      obj.authEnable = AuthEnable.toJSON(message.op.value);
+    } else if (message.op?.$case === "authDisable") {
+      obj.authDisable = AuthDisableRequest.toJSON(message.op.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthCommand>): AuthCommand {
+    return AuthCommand.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthCommand>): AuthCommand {
+    const message = createBaseAuthCommand();
+    switch (object.op?.$case) {
+      case "userAdd": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "userAdd", value: AuthUserAdd.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "userDelete": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "userDelete", value: UserDeleteRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "userChangePassword": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "userChangePassword", value: AuthUserChangePassword.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "userGrantRole": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "userGrantRole", value: UserGrantRoleRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "userRevokeRole": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "userRevokeRole", value: UserRevokeRoleRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "roleAdd": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "roleAdd", value: RoleAddRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "roleDelete": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "roleDelete", value: RoleDeleteRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "roleGrantPermission": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "roleGrantPermission", value: RoleGrantPermissionRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "roleRevokePermission": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = {
+            $case: "roleRevokePermission",
+            value: RoleRevokePermissionRequest.fromPartial(object.op.value),
+          };
+        }
+        break;
+      }
+      case "authEnable": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "authEnable", value: AuthEnable.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "authDisable": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "authDisable", value: AuthDisableRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+    }
     return message;
   },
 };
@@ -4122,6 +7636,461 @@ export interface ClusterClient extends Client {
 export const ClusterClient = makeGenericClientConstructor(ClusterService, "cairn.kv.v1.Cluster") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ClusterClient;
   service: typeof ClusterService;
+  serviceName: string;
+};
+
+/**
+ * Auth: users, roles and permissions on keys and key prefixes, all in the replicated
+ * state (docs/security.md). Until AuthEnable every call is allowed. Once enabled,
+ * a call carries `authorization: Bearer TOKEN` metadata (a token from Authenticate);
+ * KV calls need a permission covering their key or range, Cluster changes and every
+ * Auth call but Authenticate and AuthStatus need the root role. No token, a bad or
+ * expired one, or a wrong password: UNAUTHENTICATED; a missing permission:
+ * PERMISSION_DENIED.
+ */
+export type AuthService = typeof AuthService;
+export const AuthService = {
+  /** Authenticate checks a user's password and answers with a signed token. */
+  authenticate: {
+    path: "/cairn.kv.v1.Auth/Authenticate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AuthenticateRequest): Buffer => Buffer.from(AuthenticateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AuthenticateRequest => AuthenticateRequest.decode(value),
+    responseSerialize: (value: AuthenticateResponse): Buffer =>
+      Buffer.from(AuthenticateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthenticateResponse => AuthenticateResponse.decode(value),
+  },
+  /** AuthEnable turns auth on: user root must exist and hold role root. */
+  authEnable: {
+    path: "/cairn.kv.v1.Auth/AuthEnable" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AuthEnableRequest): Buffer => Buffer.from(AuthEnableRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AuthEnableRequest => AuthEnableRequest.decode(value),
+    responseSerialize: (value: AuthEnableResponse): Buffer => Buffer.from(AuthEnableResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthEnableResponse => AuthEnableResponse.decode(value),
+  },
+  /** AuthDisable turns auth off (and forgets the token signing key). */
+  authDisable: {
+    path: "/cairn.kv.v1.Auth/AuthDisable" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AuthDisableRequest): Buffer => Buffer.from(AuthDisableRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AuthDisableRequest => AuthDisableRequest.decode(value),
+    responseSerialize: (value: AuthDisableResponse): Buffer => Buffer.from(AuthDisableResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthDisableResponse => AuthDisableResponse.decode(value),
+  },
+  /** AuthStatus says whether auth is on. */
+  authStatus: {
+    path: "/cairn.kv.v1.Auth/AuthStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AuthStatusRequest): Buffer => Buffer.from(AuthStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AuthStatusRequest => AuthStatusRequest.decode(value),
+    responseSerialize: (value: AuthStatusResponse): Buffer => Buffer.from(AuthStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthStatusResponse => AuthStatusResponse.decode(value),
+  },
+  /** UserAdd adds a user with a password (user root gets role root). */
+  userAdd: {
+    path: "/cairn.kv.v1.Auth/UserAdd" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserAddRequest): Buffer => Buffer.from(UserAddRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserAddRequest => UserAddRequest.decode(value),
+    responseSerialize: (value: UserAddResponse): Buffer => Buffer.from(UserAddResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserAddResponse => UserAddResponse.decode(value),
+  },
+  /** UserDelete removes a user (not root while auth is on). */
+  userDelete: {
+    path: "/cairn.kv.v1.Auth/UserDelete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserDeleteRequest): Buffer => Buffer.from(UserDeleteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserDeleteRequest => UserDeleteRequest.decode(value),
+    responseSerialize: (value: UserDeleteResponse): Buffer => Buffer.from(UserDeleteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserDeleteResponse => UserDeleteResponse.decode(value),
+  },
+  /** UserChangePassword sets a new password; the user's earlier tokens stop working. */
+  userChangePassword: {
+    path: "/cairn.kv.v1.Auth/UserChangePassword" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserChangePasswordRequest): Buffer =>
+      Buffer.from(UserChangePasswordRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserChangePasswordRequest => UserChangePasswordRequest.decode(value),
+    responseSerialize: (value: UserChangePasswordResponse): Buffer =>
+      Buffer.from(UserChangePasswordResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserChangePasswordResponse => UserChangePasswordResponse.decode(value),
+  },
+  /** UserGrantRole gives a user a role. */
+  userGrantRole: {
+    path: "/cairn.kv.v1.Auth/UserGrantRole" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserGrantRoleRequest): Buffer => Buffer.from(UserGrantRoleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserGrantRoleRequest => UserGrantRoleRequest.decode(value),
+    responseSerialize: (value: UserGrantRoleResponse): Buffer =>
+      Buffer.from(UserGrantRoleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserGrantRoleResponse => UserGrantRoleResponse.decode(value),
+  },
+  /** UserRevokeRole takes a role from a user. */
+  userRevokeRole: {
+    path: "/cairn.kv.v1.Auth/UserRevokeRole" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserRevokeRoleRequest): Buffer =>
+      Buffer.from(UserRevokeRoleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserRevokeRoleRequest => UserRevokeRoleRequest.decode(value),
+    responseSerialize: (value: UserRevokeRoleResponse): Buffer =>
+      Buffer.from(UserRevokeRoleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserRevokeRoleResponse => UserRevokeRoleResponse.decode(value),
+  },
+  /** UserList lists the users and their roles. */
+  userList: {
+    path: "/cairn.kv.v1.Auth/UserList" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UserListRequest): Buffer => Buffer.from(UserListRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UserListRequest => UserListRequest.decode(value),
+    responseSerialize: (value: UserListResponse): Buffer => Buffer.from(UserListResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UserListResponse => UserListResponse.decode(value),
+  },
+  /** RoleAdd adds a role without permissions (role root is built in). */
+  roleAdd: {
+    path: "/cairn.kv.v1.Auth/RoleAdd" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RoleAddRequest): Buffer => Buffer.from(RoleAddRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RoleAddRequest => RoleAddRequest.decode(value),
+    responseSerialize: (value: RoleAddResponse): Buffer => Buffer.from(RoleAddResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RoleAddResponse => RoleAddResponse.decode(value),
+  },
+  /** RoleDelete removes a role, and takes it from every user. */
+  roleDelete: {
+    path: "/cairn.kv.v1.Auth/RoleDelete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RoleDeleteRequest): Buffer => Buffer.from(RoleDeleteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RoleDeleteRequest => RoleDeleteRequest.decode(value),
+    responseSerialize: (value: RoleDeleteResponse): Buffer => Buffer.from(RoleDeleteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RoleDeleteResponse => RoleDeleteResponse.decode(value),
+  },
+  /** RoleGrantPermission adds a permission on a key or a key prefix to a role. */
+  roleGrantPermission: {
+    path: "/cairn.kv.v1.Auth/RoleGrantPermission" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RoleGrantPermissionRequest): Buffer =>
+      Buffer.from(RoleGrantPermissionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RoleGrantPermissionRequest => RoleGrantPermissionRequest.decode(value),
+    responseSerialize: (value: RoleGrantPermissionResponse): Buffer =>
+      Buffer.from(RoleGrantPermissionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RoleGrantPermissionResponse => RoleGrantPermissionResponse.decode(value),
+  },
+  /** RoleRevokePermission removes a role's permission on a key or a key prefix. */
+  roleRevokePermission: {
+    path: "/cairn.kv.v1.Auth/RoleRevokePermission" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RoleRevokePermissionRequest): Buffer =>
+      Buffer.from(RoleRevokePermissionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RoleRevokePermissionRequest => RoleRevokePermissionRequest.decode(value),
+    responseSerialize: (value: RoleRevokePermissionResponse): Buffer =>
+      Buffer.from(RoleRevokePermissionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RoleRevokePermissionResponse => RoleRevokePermissionResponse.decode(value),
+  },
+  /** RoleList lists the roles and their permissions. */
+  roleList: {
+    path: "/cairn.kv.v1.Auth/RoleList" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RoleListRequest): Buffer => Buffer.from(RoleListRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RoleListRequest => RoleListRequest.decode(value),
+    responseSerialize: (value: RoleListResponse): Buffer => Buffer.from(RoleListResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RoleListResponse => RoleListResponse.decode(value),
+  },
+} as const;
+
+export interface AuthServer extends UntypedServiceImplementation {
+  /** Authenticate checks a user's password and answers with a signed token. */
+  authenticate: handleUnaryCall<AuthenticateRequest, AuthenticateResponse>;
+  /** AuthEnable turns auth on: user root must exist and hold role root. */
+  authEnable: handleUnaryCall<AuthEnableRequest, AuthEnableResponse>;
+  /** AuthDisable turns auth off (and forgets the token signing key). */
+  authDisable: handleUnaryCall<AuthDisableRequest, AuthDisableResponse>;
+  /** AuthStatus says whether auth is on. */
+  authStatus: handleUnaryCall<AuthStatusRequest, AuthStatusResponse>;
+  /** UserAdd adds a user with a password (user root gets role root). */
+  userAdd: handleUnaryCall<UserAddRequest, UserAddResponse>;
+  /** UserDelete removes a user (not root while auth is on). */
+  userDelete: handleUnaryCall<UserDeleteRequest, UserDeleteResponse>;
+  /** UserChangePassword sets a new password; the user's earlier tokens stop working. */
+  userChangePassword: handleUnaryCall<UserChangePasswordRequest, UserChangePasswordResponse>;
+  /** UserGrantRole gives a user a role. */
+  userGrantRole: handleUnaryCall<UserGrantRoleRequest, UserGrantRoleResponse>;
+  /** UserRevokeRole takes a role from a user. */
+  userRevokeRole: handleUnaryCall<UserRevokeRoleRequest, UserRevokeRoleResponse>;
+  /** UserList lists the users and their roles. */
+  userList: handleUnaryCall<UserListRequest, UserListResponse>;
+  /** RoleAdd adds a role without permissions (role root is built in). */
+  roleAdd: handleUnaryCall<RoleAddRequest, RoleAddResponse>;
+  /** RoleDelete removes a role, and takes it from every user. */
+  roleDelete: handleUnaryCall<RoleDeleteRequest, RoleDeleteResponse>;
+  /** RoleGrantPermission adds a permission on a key or a key prefix to a role. */
+  roleGrantPermission: handleUnaryCall<RoleGrantPermissionRequest, RoleGrantPermissionResponse>;
+  /** RoleRevokePermission removes a role's permission on a key or a key prefix. */
+  roleRevokePermission: handleUnaryCall<RoleRevokePermissionRequest, RoleRevokePermissionResponse>;
+  /** RoleList lists the roles and their permissions. */
+  roleList: handleUnaryCall<RoleListRequest, RoleListResponse>;
+}
+
+export interface AuthClient extends Client {
+  /** Authenticate checks a user's password and answers with a signed token. */
+  authenticate(
+    request: AuthenticateRequest,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  authenticate(
+    request: AuthenticateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  authenticate(
+    request: AuthenticateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthenticateResponse) => void,
+  ): ClientUnaryCall;
+  /** AuthEnable turns auth on: user root must exist and hold role root. */
+  authEnable(
+    request: AuthEnableRequest,
+    callback: (error: ServiceError | null, response: AuthEnableResponse) => void,
+  ): ClientUnaryCall;
+  authEnable(
+    request: AuthEnableRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthEnableResponse) => void,
+  ): ClientUnaryCall;
+  authEnable(
+    request: AuthEnableRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthEnableResponse) => void,
+  ): ClientUnaryCall;
+  /** AuthDisable turns auth off (and forgets the token signing key). */
+  authDisable(
+    request: AuthDisableRequest,
+    callback: (error: ServiceError | null, response: AuthDisableResponse) => void,
+  ): ClientUnaryCall;
+  authDisable(
+    request: AuthDisableRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthDisableResponse) => void,
+  ): ClientUnaryCall;
+  authDisable(
+    request: AuthDisableRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthDisableResponse) => void,
+  ): ClientUnaryCall;
+  /** AuthStatus says whether auth is on. */
+  authStatus(
+    request: AuthStatusRequest,
+    callback: (error: ServiceError | null, response: AuthStatusResponse) => void,
+  ): ClientUnaryCall;
+  authStatus(
+    request: AuthStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthStatusResponse) => void,
+  ): ClientUnaryCall;
+  authStatus(
+    request: AuthStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthStatusResponse) => void,
+  ): ClientUnaryCall;
+  /** UserAdd adds a user with a password (user root gets role root). */
+  userAdd(
+    request: UserAddRequest,
+    callback: (error: ServiceError | null, response: UserAddResponse) => void,
+  ): ClientUnaryCall;
+  userAdd(
+    request: UserAddRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserAddResponse) => void,
+  ): ClientUnaryCall;
+  userAdd(
+    request: UserAddRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserAddResponse) => void,
+  ): ClientUnaryCall;
+  /** UserDelete removes a user (not root while auth is on). */
+  userDelete(
+    request: UserDeleteRequest,
+    callback: (error: ServiceError | null, response: UserDeleteResponse) => void,
+  ): ClientUnaryCall;
+  userDelete(
+    request: UserDeleteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserDeleteResponse) => void,
+  ): ClientUnaryCall;
+  userDelete(
+    request: UserDeleteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserDeleteResponse) => void,
+  ): ClientUnaryCall;
+  /** UserChangePassword sets a new password; the user's earlier tokens stop working. */
+  userChangePassword(
+    request: UserChangePasswordRequest,
+    callback: (error: ServiceError | null, response: UserChangePasswordResponse) => void,
+  ): ClientUnaryCall;
+  userChangePassword(
+    request: UserChangePasswordRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserChangePasswordResponse) => void,
+  ): ClientUnaryCall;
+  userChangePassword(
+    request: UserChangePasswordRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserChangePasswordResponse) => void,
+  ): ClientUnaryCall;
+  /** UserGrantRole gives a user a role. */
+  userGrantRole(
+    request: UserGrantRoleRequest,
+    callback: (error: ServiceError | null, response: UserGrantRoleResponse) => void,
+  ): ClientUnaryCall;
+  userGrantRole(
+    request: UserGrantRoleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserGrantRoleResponse) => void,
+  ): ClientUnaryCall;
+  userGrantRole(
+    request: UserGrantRoleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserGrantRoleResponse) => void,
+  ): ClientUnaryCall;
+  /** UserRevokeRole takes a role from a user. */
+  userRevokeRole(
+    request: UserRevokeRoleRequest,
+    callback: (error: ServiceError | null, response: UserRevokeRoleResponse) => void,
+  ): ClientUnaryCall;
+  userRevokeRole(
+    request: UserRevokeRoleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserRevokeRoleResponse) => void,
+  ): ClientUnaryCall;
+  userRevokeRole(
+    request: UserRevokeRoleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserRevokeRoleResponse) => void,
+  ): ClientUnaryCall;
+  /** UserList lists the users and their roles. */
+  userList(
+    request: UserListRequest,
+    callback: (error: ServiceError | null, response: UserListResponse) => void,
+  ): ClientUnaryCall;
+  userList(
+    request: UserListRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UserListResponse) => void,
+  ): ClientUnaryCall;
+  userList(
+    request: UserListRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UserListResponse) => void,
+  ): ClientUnaryCall;
+  /** RoleAdd adds a role without permissions (role root is built in). */
+  roleAdd(
+    request: RoleAddRequest,
+    callback: (error: ServiceError | null, response: RoleAddResponse) => void,
+  ): ClientUnaryCall;
+  roleAdd(
+    request: RoleAddRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RoleAddResponse) => void,
+  ): ClientUnaryCall;
+  roleAdd(
+    request: RoleAddRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RoleAddResponse) => void,
+  ): ClientUnaryCall;
+  /** RoleDelete removes a role, and takes it from every user. */
+  roleDelete(
+    request: RoleDeleteRequest,
+    callback: (error: ServiceError | null, response: RoleDeleteResponse) => void,
+  ): ClientUnaryCall;
+  roleDelete(
+    request: RoleDeleteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RoleDeleteResponse) => void,
+  ): ClientUnaryCall;
+  roleDelete(
+    request: RoleDeleteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RoleDeleteResponse) => void,
+  ): ClientUnaryCall;
+  /** RoleGrantPermission adds a permission on a key or a key prefix to a role. */
+  roleGrantPermission(
+    request: RoleGrantPermissionRequest,
+    callback: (error: ServiceError | null, response: RoleGrantPermissionResponse) => void,
+  ): ClientUnaryCall;
+  roleGrantPermission(
+    request: RoleGrantPermissionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RoleGrantPermissionResponse) => void,
+  ): ClientUnaryCall;
+  roleGrantPermission(
+    request: RoleGrantPermissionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RoleGrantPermissionResponse) => void,
+  ): ClientUnaryCall;
+  /** RoleRevokePermission removes a role's permission on a key or a key prefix. */
+  roleRevokePermission(
+    request: RoleRevokePermissionRequest,
+    callback: (error: ServiceError | null, response: RoleRevokePermissionResponse) => void,
+  ): ClientUnaryCall;
+  roleRevokePermission(
+    request: RoleRevokePermissionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RoleRevokePermissionResponse) => void,
+  ): ClientUnaryCall;
+  roleRevokePermission(
+    request: RoleRevokePermissionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RoleRevokePermissionResponse) => void,
+  ): ClientUnaryCall;
+  /** RoleList lists the roles and their permissions. */
+  roleList(
+    request: RoleListRequest,
+    callback: (error: ServiceError | null, response: RoleListResponse) => void,
+  ): ClientUnaryCall;
+  roleList(
+    request: RoleListRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RoleListResponse) => void,
+  ): ClientUnaryCall;
+  roleList(
+    request: RoleListRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RoleListResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const AuthClient = makeGenericClientConstructor(AuthService, "cairn.kv.v1.Auth") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): AuthClient;
+  service: typeof AuthService;
   serviceName: string;
 };
 

@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { PasswordHash, Permission } from "../../kv/v1/kv";
 import { ClusterConfig, SnapshotMeta } from "../../raft/v1/raft";
 
 export const protobufPackage = "cairn.storage.v1";
@@ -89,7 +90,7 @@ export interface SessionResult {
 
 /** SnapshotRecord is one stored record in a state-machine snapshot. */
 export interface SnapshotRecord {
-  /** The sublevel it lives in ("kv", "sessions" or "meta"). */
+  /** The sublevel it lives in ("kv", "sessions", "auth" or "meta"). */
   sublevel: string;
   key: Buffer;
   value: Buffer;
@@ -106,6 +107,41 @@ export interface SnapshotBatch {
  */
 export interface StoredSnapshot {
   meta?: SnapshotMeta | undefined;
+}
+
+/**
+ * AuthState is stored under `state` in the `auth` sublevel: every user, role and whether
+ * auth is on, as one record (bounded by MAX_AUTH_STATE_BYTES), rewritten by each auth command.
+ */
+export interface AuthState {
+  enabled: boolean;
+  /** The HMAC-SHA256 key tokens are signed with (set while auth is on). */
+  signingKey: Buffer;
+  /** In name order. */
+  users: AuthUser[];
+  /** In name order (role root is built in and not stored). */
+  roles: AuthRole[];
+}
+
+/** AuthUser is one user. */
+export interface AuthUser {
+  name: string;
+  passwordHash?:
+    | PasswordHash
+    | undefined;
+  /** In name order. */
+  roles: string[];
+  /**
+   * The log index of the command that set the password: tokens name it, so a password
+   * change (or the user's deletion and re-creation) ends the earlier tokens.
+   */
+  passwordIndex: number;
+}
+
+/** AuthRole is one role. */
+export interface AuthRole {
+  name: string;
+  permissions: Permission[];
 }
 
 function createBaseKeyRecord(): KeyRecord {
@@ -1050,6 +1086,341 @@ export const StoredSnapshot: MessageFns<StoredSnapshot> = {
     message.meta = (object.meta !== undefined && object.meta !== null)
       ? SnapshotMeta.fromPartial(object.meta)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseAuthState(): AuthState {
+  return { enabled: false, signingKey: Buffer.alloc(0), users: [], roles: [] };
+}
+
+export const AuthState: MessageFns<AuthState> = {
+  encode(message: AuthState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.enabled !== false) {
+      writer.uint32(8).bool(message.enabled);
+    }
+    if (message.signingKey.length !== 0) {
+      writer.uint32(18).bytes(message.signingKey);
+    }
+    for (const v of message.users) {
+      AuthUser.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.roles) {
+      AuthRole.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.enabled = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.signingKey = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.users.push(AuthUser.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.roles.push(AuthRole.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthState {
+    return {
+      enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : false,
+      signingKey: isSet(object.signingKey)
+        ? Buffer.from(bytesFromBase64(object.signingKey))
+        : isSet(object.signing_key)
+        ? Buffer.from(bytesFromBase64(object.signing_key))
+        : Buffer.alloc(0),
+      users: globalThis.Array.isArray(object?.users) ? object.users.map((e: any) => AuthUser.fromJSON(e)) : [],
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => AuthRole.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: AuthState): unknown {
+    const obj: any = {};
+    if (message.enabled !== false) {
+      obj.enabled = message.enabled;
+    }
+    if (message.signingKey.length !== 0) {
+      obj.signingKey = base64FromBytes(message.signingKey);
+    }
+    if (message.users?.length) {
+      obj.users = message.users.map((e) => AuthUser.toJSON(e));
+    }
+    if (message.roles?.length) {
+      obj.roles = message.roles.map((e) => AuthRole.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthState>): AuthState {
+    return AuthState.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthState>): AuthState {
+    const message = createBaseAuthState();
+    message.enabled = object.enabled ?? false;
+    message.signingKey = object.signingKey ?? Buffer.alloc(0);
+    message.users = object.users?.map((e) => AuthUser.fromPartial(e)) || [];
+    message.roles = object.roles?.map((e) => AuthRole.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAuthUser(): AuthUser {
+  return { name: "", passwordHash: undefined, roles: [], passwordIndex: 0 };
+}
+
+export const AuthUser: MessageFns<AuthUser> = {
+  encode(message: AuthUser, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.passwordHash !== undefined) {
+      PasswordHash.encode(message.passwordHash, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.roles) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.passwordIndex !== 0) {
+      writer.uint32(32).uint64(message.passwordIndex);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthUser {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthUser();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.passwordHash = PasswordHash.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.roles.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.passwordIndex = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthUser {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      passwordHash: isSet(object.passwordHash)
+        ? PasswordHash.fromJSON(object.passwordHash)
+        : isSet(object.password_hash)
+        ? PasswordHash.fromJSON(object.password_hash)
+        : undefined,
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => globalThis.String(e)) : [],
+      passwordIndex: isSet(object.passwordIndex)
+        ? globalThis.Number(object.passwordIndex)
+        : isSet(object.password_index)
+        ? globalThis.Number(object.password_index)
+        : 0,
+    };
+  },
+
+  toJSON(message: AuthUser): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.passwordHash !== undefined) {
+      obj.passwordHash = PasswordHash.toJSON(message.passwordHash);
+    }
+    if (message.roles?.length) {
+      obj.roles = message.roles;
+    }
+    if (message.passwordIndex !== 0) {
+      obj.passwordIndex = Math.round(message.passwordIndex);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthUser>): AuthUser {
+    return AuthUser.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthUser>): AuthUser {
+    const message = createBaseAuthUser();
+    message.name = object.name ?? "";
+    message.passwordHash = (object.passwordHash !== undefined && object.passwordHash !== null)
+      ? PasswordHash.fromPartial(object.passwordHash)
+      : undefined;
+    message.roles = object.roles?.map((e) => e) || [];
+    message.passwordIndex = object.passwordIndex ?? 0;
+    return message;
+  },
+};
+
+function createBaseAuthRole(): AuthRole {
+  return { name: "", permissions: [] };
+}
+
+export const AuthRole: MessageFns<AuthRole> = {
+  encode(message: AuthRole, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.permissions) {
+      Permission.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthRole {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthRole();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.permissions.push(Permission.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthRole {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      permissions: globalThis.Array.isArray(object?.permissions)
+        ? object.permissions.map((e: any) => Permission.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AuthRole): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.permissions?.length) {
+      obj.permissions = message.permissions.map((e) => Permission.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuthRole>): AuthRole {
+    return AuthRole.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuthRole>): AuthRole {
+    const message = createBaseAuthRole();
+    message.name = object.name ?? "";
+    message.permissions = object.permissions?.map((e) => Permission.fromPartial(e)) || [];
     return message;
   },
 };

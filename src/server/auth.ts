@@ -1,0 +1,255 @@
+import { randomBytes } from 'node:crypto';
+import { Metadata } from '@grpc/grpc-js';
+import { AuthCommand, AuthServer, Command } from '../../gen/cairn/kv/v1/kv';
+import { Access, authNameProblem, AuthView, MIN_SIGNING_KEY_BYTES } from '../kv/auth-state';
+import { describeKey } from '../kv/state-machine';
+import { CairnError, ErrorCode } from '../errors';
+import { DEFAULT_AUTH_TOKEN_TTL_MS, signToken, unauthenticated, verifyToken } from './auth-tokens';
+import { checkPasswordInput, hashPassword, verifyPassword } from './passwords';
+import { RequestScope } from './router';
+
+/** The gRPC metadata that carries a token: `authorization: Bearer TOKEN`. */
+export const AUTHORIZATION_METADATA = 'authorization';
+
+/** Failed logins of one user allowed per FAILED_LOGIN_WINDOW_MS; past it, logins are refused unchecked until the window ends. */
+export const MAX_FAILED_LOGINS_PER_WINDOW = 5;
+export const FAILED_LOGIN_WINDOW_MS = 60_000;
+/**
+ * Tokens whose signature a node remembers having checked (an HMAC and its encodings cost tens
+ * of µs, about a unary call's own cost); past it the cache starts over.
+ */
+export const MAX_VERIFIED_TOKENS = 10_000;
+/** Users whose failed logins are tracked at once (only existing users are: at most MAX_AUTH_USERS). */
+export const MAX_TRACKED_LOGIN_USERS = 10_000;
+
+/** Counts failed logins per user, in fixed windows of the node's clock (local, not replicated: it only slows guessing). */
+export class LoginLimiter {
+  private readonly failures = new Map<string, { windowStartMs: number; count: number }>();
+
+  constructor(
+    private readonly maxFailures = MAX_FAILED_LOGINS_PER_WINDOW,
+    private readonly windowMs = FAILED_LOGIN_WINDOW_MS,
+  ) {}
+
+  /** Throws AUTH_RATE_LIMITED while `user` has used up its failures in the current window. */
+  check(user: string, nowMs: number): void {
+    const entry = this.failures.get(user);
+    if (!entry || nowMs - entry.windowStartMs >= this.windowMs) return;
+    if (entry.count >= this.maxFailures) {
+      const waitMs = entry.windowStartMs + this.windowMs - nowMs;
+      throw new CairnError(ErrorCode.AUTH_RATE_LIMITED, `too many failed logins for user ${JSON.stringify(user)} (MAX_FAILED_LOGINS_PER_WINDOW ${this.maxFailures} per ${this.windowMs} ms): retry in ${waitMs} ms`);
+    }
+  }
+
+  noteFailure(user: string, nowMs: number): void {
+    const entry = this.failures.get(user);
+    if (entry && nowMs - entry.windowStartMs < this.windowMs) {
+      entry.count++;
+      return;
+    }
+    if (!entry && this.failures.size >= MAX_TRACKED_LOGIN_USERS) this.forgetExpired(nowMs);
+    if (this.failures.size < MAX_TRACKED_LOGIN_USERS || entry) this.failures.set(user, { windowStartMs: nowMs, count: 1 });
+  }
+
+  noteSuccess(user: string): void {
+    this.failures.delete(user);
+  }
+
+  private forgetExpired(nowMs: number): void {
+    for (const [user, entry] of this.failures) if (nowMs - entry.windowStartMs >= this.windowMs) this.failures.delete(user);
+  }
+}
+
+export interface AuthGateOptions {
+  tokenTtlMs?: number;
+  /**
+   * With client-certificate auth on (the TLS work): a call with no token but a verified
+   * client certificate is the user its common name names, as in etcd.
+   */
+  trustCertificateCommonName?: boolean;
+  nowMs?: () => number;
+}
+
+/** Who a call is. `certificateCommonName`: the verified client certificate's CN, if any. */
+export interface CallIdentity {
+  metadata: Metadata;
+  certificateCommonName?: string;
+}
+
+/**
+ * Decides, on the node that receives a call, who the caller is and whether it may do what it
+ * asks, from this node's own copy of the auth state: no round trip to the leader.
+ */
+export class AuthGate {
+  readonly limiter = new LoginLimiter();
+  readonly tokenTtlMs: number;
+  private readonly nowMs: () => number;
+  private readonly verifiedTokens = new Map<string, { user: string; expiresAtUnixMs: number }>();
+  private verifiedUnder: AuthView | undefined;
+
+  constructor(
+    readonly state: () => AuthView,
+    private readonly options: AuthGateOptions = {},
+  ) {
+    this.tokenTtlMs = options.tokenTtlMs ?? DEFAULT_AUTH_TOKEN_TTL_MS;
+    this.nowMs = options.nowMs ?? Date.now;
+  }
+
+  /** The authenticated user of a call; undefined while auth is off. */
+  identify(call: CallIdentity): string | undefined {
+    const state = this.state();
+    if (!state.enabled) return undefined;
+    const values = call.metadata.get(AUTHORIZATION_METADATA);
+    if (values.length === 0) {
+      const name = this.options.trustCertificateCommonName ? call.certificateCommonName : undefined;
+      if (name && state.user(name)) return name;
+      throw unauthenticated('auth is enabled and the call carries no token (send metadata "authorization: Bearer TOKEN", from Auth.Authenticate)');
+    }
+    if (values.length > 1) throw unauthenticated('the call carries more than one authorization value');
+    const value = values[0];
+    if (typeof value !== 'string' || !value.startsWith('Bearer ')) throw unauthenticated('the authorization metadata is not "Bearer TOKEN"');
+    return this.verified(state, value.slice('Bearer '.length));
+  }
+
+  /**
+   * A token's user, from the cache of tokens verified under this same auth state (any auth
+   * change empties it, so a revocation holds at once); expiry is checked on every call.
+   */
+  private verified(state: AuthView, token: string): string {
+    if (this.verifiedUnder !== state) {
+      this.verifiedTokens.clear();
+      this.verifiedUnder = state;
+    }
+    const now = this.nowMs();
+    const cached = this.verifiedTokens.get(token);
+    if (cached && cached.expiresAtUnixMs > now) return cached.user;
+    const verified = verifyToken(state, token, now);
+    if (this.verifiedTokens.size >= MAX_VERIFIED_TOKENS) this.verifiedTokens.clear();
+    this.verifiedTokens.set(token, verified);
+    return verified.user;
+  }
+
+  /** The user, once it may read or write `key` (undefined while auth is off). */
+  requireKey(call: CallIdentity, access: Access, key: Uint8Array): string | undefined {
+    const user = this.identify(call);
+    if (user !== undefined && !this.state().permitsKey(user, access, key)) {
+      throw denied(`user ${JSON.stringify(user)} may not ${access} key ${describeKey(key)}`);
+    }
+    return user;
+  }
+
+  /** Throws unless the caller may read every key of [start, end). */
+  requireRange(call: CallIdentity, start: Uint8Array, end: Uint8Array | undefined): void {
+    const user = this.identify(call);
+    if (user !== undefined && !this.state().permits(user, 'read', start, end)) {
+      throw denied(`user ${JSON.stringify(user)} may not read the whole range [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}): ask for a range within its permissions`);
+    }
+  }
+
+  /** Throws unless auth is off or the caller has role root. */
+  requireRoot(call: CallIdentity, what: string): void {
+    const user = this.identify(call);
+    if (user !== undefined && !this.state().isRoot(user)) throw denied(`${what} needs role root; user ${JSON.stringify(user)} does not have it`);
+  }
+
+  /** Checks a password and signs a token (rate limited per user). */
+  async authenticate(name: string, password: string): Promise<{ token: string; expiresAtUnixMs: number }> {
+    const state = this.state();
+    if (!state.enabled) throw new CairnError(ErrorCode.AUTH_ROOT_REQUIRED, 'auth is not enabled: there is nothing to authenticate for (cairn auth enable)');
+    if (Buffer.byteLength(name) > 1024) throw unauthenticated('wrong user name or password');
+    this.limiter.check(name, this.nowMs());
+    const user = state.user(name);
+    const ok = await verifyPassword(password, user?.passwordHash);
+    // The state may have moved while scrypt ran: sign with what is current now.
+    const now = this.state();
+    const current = now.user(name);
+    if (!ok || !current || !now.enabled || current.passwordIndex !== user?.passwordIndex) {
+      if (current) this.limiter.noteFailure(name, this.nowMs());
+      throw unauthenticated('wrong user name or password');
+    }
+    this.limiter.noteSuccess(name);
+    const expiresAtUnixMs = this.nowMs() + this.tokenTtlMs;
+    return { token: signToken(now.signingKey, name, current.passwordIndex, expiresAtUnixMs), expiresAtUnixMs };
+  }
+}
+
+function denied(message: string): CairnError {
+  return new CairnError(ErrorCode.PERMISSION_DENIED, `permission denied: ${message}`);
+}
+
+function checkName(what: 'user' | 'role', name: string): void {
+  const problem = authNameProblem(what, name);
+  if (problem) throw new CairnError(ErrorCode.INVALID_ARGUMENT, problem);
+}
+
+/** Helpers the Auth service needs from the services module (kept there: one unary wrapper for every service). */
+export interface AuthServiceContext {
+  gate: AuthGate;
+  unary: <Req, Res>(handler: (request: Req, scope: RequestScope, call: CallIdentity) => Promise<Res>) => any;
+  header: () => import('../../gen/cairn/kv/v1/kv').ResponseHeader;
+  /** Proposes an auth command (through the leader) and throws its refusal, if any. */
+  propose: (command: Command, scope: RequestScope) => Promise<unknown>;
+  readBarrier: (scope: RequestScope) => Promise<void>;
+}
+
+/** The Auth service: logins anywhere, changes as Raft commands, listings after a read barrier. */
+export function authService(context: AuthServiceContext): AuthServer {
+  const { gate, unary } = context;
+  const change = (what: string, op: (request: any) => Promise<AuthCommand['op']> | AuthCommand['op']) =>
+    unary(async (request: unknown, scope: RequestScope, call: CallIdentity) => {
+      gate.requireRoot(call, what);
+      const command: Command = { op: { $case: 'auth', value: { op: await op(request) } }, proposedAtUnixMs: 0 };
+      await context.propose(command, scope);
+      return { header: context.header() };
+    });
+  return {
+    authenticate: unary(async (request: { name: string; password: string }, scope: RequestScope) => {
+      // Caught up first, so a user just added (or a password just changed) elsewhere logs in here too.
+      await context.readBarrier(scope);
+      const { token, expiresAtUnixMs } = await gate.authenticate(request.name, request.password);
+      return { header: context.header(), token, expiresAtUnixMs };
+    }),
+    authStatus: unary(async (_request: unknown, scope: RequestScope) => {
+      await context.readBarrier(scope);
+      return { header: context.header(), enabled: gate.state().enabled };
+    }),
+    authEnable: change('AuthEnable', () => ({ $case: 'authEnable', value: { signingKey: randomBytes(MIN_SIGNING_KEY_BYTES) } })),
+    authDisable: change('AuthDisable', () => ({ $case: 'authDisable', value: {} })),
+    userAdd: change('UserAdd', async (request: { name: string; password: string }) => {
+      checkName('user', request.name);
+      checkPasswordInput(request.password);
+      return { $case: 'userAdd', value: { name: request.name, passwordHash: await hashPassword(request.password) } };
+    }),
+    userDelete: change('UserDelete', (request: { name: string }) => ({ $case: 'userDelete', value: { name: request.name } })),
+    userChangePassword: change('UserChangePassword', async (request: { name: string; password: string }) => {
+      checkName('user', request.name);
+      checkPasswordInput(request.password);
+      return { $case: 'userChangePassword', value: { name: request.name, passwordHash: await hashPassword(request.password) } };
+    }),
+    userGrantRole: change('UserGrantRole', (request: { user: string; role: string }) => ({ $case: 'userGrantRole', value: { user: request.user, role: request.role } })),
+    userRevokeRole: change('UserRevokeRole', (request: { user: string; role: string }) => ({ $case: 'userRevokeRole', value: { user: request.user, role: request.role } })),
+    roleAdd: change('RoleAdd', (request: { name: string }) => {
+      checkName('role', request.name);
+      return { $case: 'roleAdd', value: { name: request.name } };
+    }),
+    roleDelete: change('RoleDelete', (request: { name: string }) => ({ $case: 'roleDelete', value: { name: request.name } })),
+    roleGrantPermission: change('RoleGrantPermission', (request: { name: string; permission?: import('../../gen/cairn/kv/v1/kv').Permission }) => {
+      if (!request.permission) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'permission is missing');
+      return { $case: 'roleGrantPermission', value: { name: request.name, permission: request.permission } };
+    }),
+    roleRevokePermission: change('RoleRevokePermission', (request: { name: string; key: Buffer; prefix: boolean }) => ({
+      $case: 'roleRevokePermission',
+      value: { name: request.name, key: request.key, prefix: request.prefix },
+    })),
+    userList: unary(async (_request: unknown, scope: RequestScope, call: CallIdentity) => {
+      gate.requireRoot(call, 'UserList');
+      await context.readBarrier(scope);
+      return { header: context.header(), users: gate.state().listUsers() };
+    }),
+    roleList: unary(async (_request: unknown, scope: RequestScope, call: CallIdentity) => {
+      gate.requireRoot(call, 'RoleList');
+      await context.readBarrier(scope);
+      return { header: context.header(), roles: gate.state().listRoles() };
+    }),
+  };
+}
