@@ -52,7 +52,8 @@ async function saveFrom(endpoint: string, file: string, metadata: Metadata): Pro
   const client = new ClusterClient(endpoint, credentials.createInsecure());
   let received = 0;
   try {
-    const handle = await open(partial, 'w');
+    // Owner-only: a backup holds the password hashes and the token signing key (docs/security.md).
+    const handle = await open(partial, 'w', 0o600);
     try {
       received = await receiveInto(client, handle, metadata);
       await handle.sync();

@@ -23,8 +23,15 @@ export const MAX_AUTH_USERS = 1000;
 export const MAX_AUTH_ROLES = 1000;
 export const MAX_ROLES_PER_USER = 64;
 export const MAX_PERMISSIONS_PER_ROLE = 256;
-/** The encoded AuthState record may not grow past this (it is rewritten by every auth command). */
-export const MAX_AUTH_STATE_BYTES = 4 * 1024 * 1024;
+/**
+ * The encoded AuthState record may not grow past this (it is rewritten by every auth
+ * command). It is one record, and a snapshot chunk holds a record whole, so it must stay
+ * well below MAX_SNAPSHOT_CHUNK_BYTES (1 MiB): a bigger one could never be sent to a
+ * follower (asserted in test/unit/auth-state.test.ts).
+ */
+export const MAX_AUTH_STATE_BYTES = 512 * 1024;
+/** The longest key a permission names (checked before proposing, and again at apply). */
+export const MAX_PERMISSION_KEY_BYTES = 4096;
 
 export type Access = 'read' | 'write';
 
@@ -217,6 +224,9 @@ export class AuthView {
 
   private grantPermission(name: string, permission: Permission | undefined): AuthView | CommandError {
     if (name === ROOT_ROLE) return refusal(ErrorCode.INVALID_ARGUMENT, 'role root has every permission already');
+    if (permission && permission.key.length > MAX_PERMISSION_KEY_BYTES) {
+      return refusal(ErrorCode.INVALID_ARGUMENT, `permission key is ${permission.key.length} bytes, over MAX_PERMISSION_KEY_BYTES ${MAX_PERMISSION_KEY_BYTES}`);
+    }
     const role = this.roles.get(name);
     if (!role) return notFound('role', name);
     if (!permission || !allows(permission.type, 'read') && !allows(permission.type, 'write')) {

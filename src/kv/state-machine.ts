@@ -385,7 +385,7 @@ class ApplyBatch {
     this.logTimeUnixMs = Math.max(before, command.proposedAtUnixMs);
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
-    if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index);
+    if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command.authUser);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     return this.sessions.write(write, { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision }, () => this.applyCommand(command));
@@ -394,9 +394,9 @@ class ApplyBatch {
   private async applyCommand(command: Command): Promise<CommandResult> {
     switch (command.op?.$case) {
       case 'put':
-        return this.refusedByAuth(command, command.op.value.key) ?? this.put(command.op.value);
+        return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.put(command.op.value);
       case 'delete':
-        return this.refusedByAuth(command, command.op.value.key) ?? this.delete(command.op.value);
+        return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.delete(command.op.value);
       case 'auth':
       case undefined:
         return { revision: this.revision, op: undefined };
@@ -408,14 +408,26 @@ class ApplyBatch {
    * at this point of the log: the receiving node checked already, but against its own,
    * possibly older, state (a permission revoked, or auth enabled, since).
    */
-  private refusedByAuth(command: Command, key: Uint8Array): CommandResult | undefined {
+  private refusedByAuth(command: Command, key: Uint8Array, prevKv: boolean): CommandResult | undefined {
     if (!this.auth.enabled) return undefined;
-    if (command.authUser && this.auth.permitsKey(command.authUser, 'write', key)) return undefined;
-    const who = !command.authUser ? 'an unauthenticated client (auth was enabled before the write applied)' : `user ${JSON.stringify(command.authUser)}`;
-    return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not write key ${describeKey(key)}` } };
+    const user = command.authUser;
+    // prev_kv hands back the old value: a write that asks for it needs read access too (as in etcd).
+    if (user && this.auth.permitsKey(user, 'write', key) && (!prevKv || this.auth.permitsKey(user, 'read', key))) return undefined;
+    const who = !user ? 'an unauthenticated client (auth was enabled before the write applied)' : `user ${JSON.stringify(user)}`;
+    const what = prevKv ? 'write (and read, for prev_kv)' : 'write';
+    return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not ${what} key ${describeKey(key)}` } };
   }
 
-  private applyAuth(command: AuthCommand, index: number): CommandResult {
+  /**
+   * With auth on, an auth command applies only if its user has role root under the auth
+   * state at this point of the log: the receiving node checked already, but against its own,
+   * possibly older, state (it may not have applied the AuthEnable yet).
+   */
+  private applyAuth(command: AuthCommand, index: number, authUser: string | undefined): CommandResult {
+    if (this.auth.enabled && !(authUser && this.auth.isRoot(authUser))) {
+      const who = authUser ? `user ${JSON.stringify(authUser)}` : 'an unauthenticated client (auth was enabled before the command applied)';
+      return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not change auth: it needs role root` } };
+    }
     const next = this.auth.apply(command, index);
     if (!(next instanceof AuthView)) return { revision: this.revision, op: undefined, error: next };
     if (next !== this.auth) {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Metadata } from '@grpc/grpc-js';
 import { AuthCommand, AuthServer, Command } from '../../gen/cairn/kv/v1/kv';
-import { Access, authNameProblem, AuthView, MIN_SIGNING_KEY_BYTES } from '../kv/auth-state';
+import { Access, authNameProblem, AuthView, MAX_PERMISSION_KEY_BYTES, MIN_SIGNING_KEY_BYTES } from '../kv/auth-state';
 import { describeKey } from '../kv/state-machine';
 import { CairnError, ErrorCode } from '../errors';
 import { DEFAULT_AUTH_TOKEN_TTL_MS, signToken, unauthenticated, verifyToken } from './auth-tokens';
@@ -146,10 +146,11 @@ export class AuthGate {
     }
   }
 
-  /** Throws unless auth is off or the caller has role root. */
-  requireRoot(call: CallIdentity, what: string): void {
+  /** Throws unless auth is off or the caller has role root; returns the user (undefined while auth is off). */
+  requireRoot(call: CallIdentity, what: string): string | undefined {
     const user = this.identify(call);
     if (user !== undefined && !this.state().isRoot(user)) throw denied(`${what} needs role root; user ${JSON.stringify(user)} does not have it`);
+    return user;
   }
 
   /** Checks a password and signs a token (rate limited per user). */
@@ -177,6 +178,12 @@ function denied(message: string): CairnError {
   return new CairnError(ErrorCode.PERMISSION_DENIED, `permission denied: ${message}`);
 }
 
+function checkPermissionKey(key: Uint8Array): void {
+  if (key.length > MAX_PERMISSION_KEY_BYTES) {
+    throw new CairnError(ErrorCode.INVALID_ARGUMENT, `permission key is ${key.length} bytes, over MAX_PERMISSION_KEY_BYTES ${MAX_PERMISSION_KEY_BYTES}`);
+  }
+}
+
 function checkName(what: 'user' | 'role', name: string): void {
   const problem = authNameProblem(what, name);
   if (problem) throw new CairnError(ErrorCode.INVALID_ARGUMENT, problem);
@@ -197,8 +204,11 @@ export function authService(context: AuthServiceContext): AuthServer {
   const { gate, unary } = context;
   const change = (what: string, op: (request: any) => Promise<AuthCommand['op']> | AuthCommand['op']) =>
     unary(async (request: unknown, scope: RequestScope, call: CallIdentity) => {
-      gate.requireRoot(call, what);
-      const command: Command = { op: { $case: 'auth', value: { op: await op(request) } }, proposedAtUnixMs: 0 };
+      // Caught up first, so a node that has not yet applied an AuthEnable does not wave a
+      // stranger through; the command carries the user, and apply checks it again.
+      await context.readBarrier(scope);
+      const authUser = gate.requireRoot(call, what);
+      const command: Command = { op: { $case: 'auth', value: { op: await op(request) } }, proposedAtUnixMs: 0, authUser };
       await context.propose(command, scope);
       return { header: context.header() };
     });
@@ -220,27 +230,44 @@ export function authService(context: AuthServiceContext): AuthServer {
       checkPasswordInput(request.password);
       return { $case: 'userAdd', value: { name: request.name, passwordHash: await hashPassword(request.password) } };
     }),
-    userDelete: change('UserDelete', (request: { name: string }) => ({ $case: 'userDelete', value: { name: request.name } })),
+    userDelete: change('UserDelete', (request: { name: string }) => {
+      checkName('user', request.name);
+      return { $case: 'userDelete', value: { name: request.name } };
+    }),
     userChangePassword: change('UserChangePassword', async (request: { name: string; password: string }) => {
       checkName('user', request.name);
       checkPasswordInput(request.password);
       return { $case: 'userChangePassword', value: { name: request.name, passwordHash: await hashPassword(request.password) } };
     }),
-    userGrantRole: change('UserGrantRole', (request: { user: string; role: string }) => ({ $case: 'userGrantRole', value: { user: request.user, role: request.role } })),
-    userRevokeRole: change('UserRevokeRole', (request: { user: string; role: string }) => ({ $case: 'userRevokeRole', value: { user: request.user, role: request.role } })),
+    userGrantRole: change('UserGrantRole', (request: { user: string; role: string }) => {
+      checkName('user', request.user);
+      checkName('role', request.role);
+      return { $case: 'userGrantRole', value: { user: request.user, role: request.role } };
+    }),
+    userRevokeRole: change('UserRevokeRole', (request: { user: string; role: string }) => {
+      checkName('user', request.user);
+      checkName('role', request.role);
+      return { $case: 'userRevokeRole', value: { user: request.user, role: request.role } };
+    }),
     roleAdd: change('RoleAdd', (request: { name: string }) => {
       checkName('role', request.name);
       return { $case: 'roleAdd', value: { name: request.name } };
     }),
-    roleDelete: change('RoleDelete', (request: { name: string }) => ({ $case: 'roleDelete', value: { name: request.name } })),
+    roleDelete: change('RoleDelete', (request: { name: string }) => {
+      checkName('role', request.name);
+      return { $case: 'roleDelete', value: { name: request.name } };
+    }),
     roleGrantPermission: change('RoleGrantPermission', (request: { name: string; permission?: import('../../gen/cairn/kv/v1/kv').Permission }) => {
+      checkName('role', request.name);
       if (!request.permission) throw new CairnError(ErrorCode.INVALID_ARGUMENT, 'permission is missing');
+      checkPermissionKey(request.permission.key);
       return { $case: 'roleGrantPermission', value: { name: request.name, permission: request.permission } };
     }),
-    roleRevokePermission: change('RoleRevokePermission', (request: { name: string; key: Buffer; prefix: boolean }) => ({
-      $case: 'roleRevokePermission',
-      value: { name: request.name, key: request.key, prefix: request.prefix },
-    })),
+    roleRevokePermission: change('RoleRevokePermission', (request: { name: string; key: Buffer; prefix: boolean }) => {
+      checkName('role', request.name);
+      checkPermissionKey(request.key);
+      return { $case: 'roleRevokePermission', value: { name: request.name, key: request.key, prefix: request.prefix } };
+    }),
     userList: unary(async (_request: unknown, scope: RequestScope, call: CallIdentity) => {
       gate.requireRoot(call, 'UserList');
       await context.readBarrier(scope);

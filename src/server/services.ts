@@ -223,6 +223,7 @@ export function kvService(context: ServiceContext): KVServer {
     put: unary(async (request, scope, _metadata, call) => {
       validatePut(request, context.limits);
       const user = gate.requireKey(call, 'write', request.key);
+      if (request.prevKv) gate.requireKey(call, 'read', request.key); // prev_kv hands back the old value
       const result = await write({ $case: 'put', value: request }, scope, user);
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
@@ -230,6 +231,7 @@ export function kvService(context: ServiceContext): KVServer {
     delete: unary(async (request, scope, _metadata, call) => {
       validateDelete(request, context.limits);
       const user = gate.requireKey(call, 'write', request.key);
+      if (request.prevKv) gate.requireKey(call, 'read', request.key); // prev_kv hands back the old value
       const result = await write({ $case: 'delete', value: request }, scope, user);
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };

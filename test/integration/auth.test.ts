@@ -89,6 +89,9 @@ describe('authentication and authorization with real processes', () => {
 
     // Auth cannot be enabled before root exists.
     expectCode(await call(leader.auth, leader.auth.authEnable, {}), Status.FAILED_PRECONDITION, /root/);
+    // A name that could never be replicated (an entry over the peer message limit) is refused before it is proposed.
+    expectCode(await call(leader.auth, leader.auth.userGrantRole, { user: 'alice', role: 'r'.repeat(3_000_000) }), Status.INVALID_ARGUMENT, /MAX_AUTH_NAME_BYTES/);
+    await ok(leader.put('still-serving', '1'));
     const { root, alice } = await setUp(leader);
 
     for (const node of [leader, follower]) {

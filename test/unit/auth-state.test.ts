@@ -1,7 +1,8 @@
 import { Metadata } from '@grpc/grpc-js';
 import { AuthCommand, Command, CommandError, PermissionType } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
-import { AuthView, MAX_PERMISSIONS_PER_ROLE } from '../../src/kv/auth-state';
+import { AuthView, MAX_AUTH_STATE_BYTES, MAX_PERMISSION_KEY_BYTES, MAX_PERMISSIONS_PER_ROLE } from '../../src/kv/auth-state';
+import { MAX_SNAPSHOT_CHUNK_BYTES } from '../../src/node/replica';
 import { KvStateMachine } from '../../src/kv/state-machine';
 import { LevelDb } from '../../src/storage/db';
 import { AuthGate, LoginLimiter } from '../../src/server/auth';
@@ -150,6 +151,58 @@ describe('auth in the state machine', () => {
     expect(other.authState().enabled).toBe(true);
     expect(other.authState().record).toEqual(sm.authState().record);
     expect((await KvStateMachine.open(otherDb)).authState().record).toEqual(sm.authState().record);
+  });
+});
+
+describe('auth at apply: what a node with an older auth state let through', () => {
+  const entry = (index: number, command: Command): Entry => ({ index, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(command).finish()) });
+  const auth = (op: AuthCommand['op'], authUser?: string): Command => ({ op: { $case: 'auth', value: { op } }, proposedAtUnixMs: 0, authUser });
+  const write = (kind: 'put' | 'delete', key: string, authUser: string, prevKv: boolean): Command => {
+    const value = { key: Buffer.from(key), prevKv, clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
+    return { op: kind === 'put' ? { $case: 'put', value: { ...value, value: Buffer.from('new') } } : { $case: 'delete', value }, proposedAtUnixMs: 0, authUser };
+  };
+
+  test('once auth is on, an auth command applies only for a root user: a stranger cannot change root\'s password or turn auth off', async () => {
+    const sm = await KvStateMachine.open(await LevelDb.openMemory());
+    const commands = [
+      auth({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      auth({ $case: 'userAdd', value: { name: 'mallory', passwordHash: HASH } }),
+      auth({ $case: 'authEnable', value: { signingKey: KEY } }),
+      auth({ $case: 'userChangePassword', value: { name: 'root', passwordHash: { ...HASH, salt: Buffer.from('evil') } } }),
+      auth({ $case: 'authDisable', value: {} }),
+      auth({ $case: 'userGrantRole', value: { user: 'mallory', role: 'root' } }, 'mallory'),
+      auth({ $case: 'roleAdd', value: { name: 'ops' } }, 'root'),
+    ];
+    const outcomes = await sm.apply(commands.map((c, i) => entry(i + 1, c)));
+    expect(outcomes.map((o) => o.result?.error?.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'PERMISSION_DENIED', 'PERMISSION_DENIED', 'PERMISSION_DENIED', 'ok']);
+    expect(sm.authState().enabled).toBe(true);
+    expect(sm.authState().isRoot('mallory')).toBe(false);
+  });
+
+  test('a write asking for prev_kv needs read access too: write-only users get no old values', async () => {
+    const sm = await KvStateMachine.open(await LevelDb.openMemory());
+    const setup = [
+      auth({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      auth({ $case: 'userAdd', value: { name: 'w', passwordHash: HASH } }),
+      auth({ $case: 'roleAdd', value: { name: 'writer' } }),
+      auth(grant('writer', PermissionType.PERMISSION_TYPE_WRITE, 'log/', true)),
+      auth({ $case: 'userGrantRole', value: { user: 'w', role: 'writer' } }),
+      write('put', 'log/a', 'root', false),
+      auth({ $case: 'authEnable', value: { signingKey: KEY } }),
+      write('put', 'log/a', 'w', true),
+      write('delete', 'log/a', 'w', true),
+      write('put', 'log/a', 'w', false),
+    ];
+    const outcomes = await sm.apply(setup.map((c, i) => entry(i + 1, c)));
+    expect(outcomes.slice(-3).map((o) => o.result?.error?.code ?? 'ok')).toEqual(['PERMISSION_DENIED', 'PERMISSION_DENIED', 'ok']);
+    expect(outcomes.slice(-3).every((o) => o.result?.op?.value && 'prevKv' in o.result.op.value ? o.result.op.value.prevKv === undefined : true)).toBe(true);
+  });
+
+  test('the largest auth state fits one snapshot chunk (a record is never split), and permission keys are bounded', () => {
+    expect(MAX_AUTH_STATE_BYTES + 1024).toBeLessThan(MAX_SNAPSHOT_CHUNK_BYTES);
+    const view = withAlice();
+    const tooLong = view.apply({ op: grant('app', PermissionType.PERMISSION_TYPE_READ, 'k'.repeat(MAX_PERMISSION_KEY_BYTES + 1), false) }, 1) as CommandError;
+    expect(tooLong.code).toBe('INVALID_ARGUMENT');
   });
 });
 
