@@ -31,24 +31,29 @@ export class LoginLimiter {
     private readonly windowMs = FAILED_LOGIN_WINDOW_MS,
   ) {}
 
-  /** Throws AUTH_RATE_LIMITED while `user` has used up its failures in the current window. */
-  check(user: string, nowMs: number): void {
-    const entry = this.failures.get(user);
-    if (!entry || nowMs - entry.windowStartMs >= this.windowMs) return;
-    if (entry.count >= this.maxFailures) {
+  /**
+   * Counts one login attempt for `user` before its password is checked, so that attempts
+   * still hashing count too (checking after the hash let 40 concurrent guesses past a limit
+   * of 5); a success clears the count. Unknown names are counted alike, so the refusal says
+   * nothing about which users exist. Throws AUTH_RATE_LIMITED once the window's attempts are
+   * used up.
+   */
+  attempt(user: string, nowMs: number): void {
+    let entry = this.failures.get(user);
+    if (entry && nowMs - entry.windowStartMs >= this.windowMs) {
+      this.failures.delete(user);
+      entry = undefined;
+    }
+    if (entry && entry.count >= this.maxFailures) {
       const waitMs = entry.windowStartMs + this.windowMs - nowMs;
       throw new CairnError(ErrorCode.AUTH_RATE_LIMITED, `too many failed logins for user ${JSON.stringify(user)} (MAX_FAILED_LOGINS_PER_WINDOW ${this.maxFailures} per ${this.windowMs} ms): retry in ${waitMs} ms`);
     }
-  }
-
-  noteFailure(user: string, nowMs: number): void {
-    const entry = this.failures.get(user);
-    if (entry && nowMs - entry.windowStartMs < this.windowMs) {
+    if (entry) {
       entry.count++;
       return;
     }
-    if (!entry && this.failures.size >= MAX_TRACKED_LOGIN_USERS) this.forgetExpired(nowMs);
-    if (this.failures.size < MAX_TRACKED_LOGIN_USERS || entry) this.failures.set(user, { windowStartMs: nowMs, count: 1 });
+    if (this.failures.size >= MAX_TRACKED_LOGIN_USERS) this.forgetExpired(nowMs);
+    if (this.failures.size < MAX_TRACKED_LOGIN_USERS) this.failures.set(user, { windowStartMs: nowMs, count: 1 });
   }
 
   noteSuccess(user: string): void {
@@ -158,14 +163,13 @@ export class AuthGate {
     const state = this.state();
     if (!state.enabled) throw new CairnError(ErrorCode.AUTH_ROOT_REQUIRED, 'auth is not enabled: there is nothing to authenticate for (cairn auth enable)');
     if (Buffer.byteLength(name) > 1024) throw unauthenticated('wrong user name or password');
-    this.limiter.check(name, this.nowMs());
+    this.limiter.attempt(name, this.nowMs());
     const user = state.user(name);
     const ok = await verifyPassword(password, user?.passwordHash);
     // The state may have moved while scrypt ran: sign with what is current now.
     const now = this.state();
     const current = now.user(name);
     if (!ok || !current || !now.enabled || current.passwordIndex !== user?.passwordIndex) {
-      if (current) this.limiter.noteFailure(name, this.nowMs());
       throw unauthenticated('wrong user name or password');
     }
     this.limiter.noteSuccess(name);
