@@ -481,3 +481,562 @@ class Cluster(object):
             cairn_dot_kv_dot_v1_dot_kv__pb2.SnapshotSaveResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class AuthStub(object):
+    """Auth: users, roles and permissions on keys and key prefixes, all in the replicated
+    state (docs/security.md). Until AuthEnable every call is allowed. Once enabled,
+    a call carries `authorization: Bearer TOKEN` metadata (a token from Authenticate);
+    KV calls need a permission covering their key or range, Cluster changes and every
+    Auth call but Authenticate and AuthStatus need the root role. No token, a bad or
+    expired one, or a wrong password: UNAUTHENTICATED; a missing permission:
+    PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Authenticate = channel.unary_unary(
+                '/cairn.kv.v1.Auth/Authenticate',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateResponse.FromString,
+                )
+        self.AuthEnable = channel.unary_unary(
+                '/cairn.kv.v1.Auth/AuthEnable',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableResponse.FromString,
+                )
+        self.AuthDisable = channel.unary_unary(
+                '/cairn.kv.v1.Auth/AuthDisable',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableResponse.FromString,
+                )
+        self.AuthStatus = channel.unary_unary(
+                '/cairn.kv.v1.Auth/AuthStatus',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusResponse.FromString,
+                )
+        self.UserAdd = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserAdd',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddResponse.FromString,
+                )
+        self.UserDelete = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserDelete',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteResponse.FromString,
+                )
+        self.UserChangePassword = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserChangePassword',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordResponse.FromString,
+                )
+        self.UserGrantRole = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserGrantRole',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleResponse.FromString,
+                )
+        self.UserRevokeRole = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserRevokeRole',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleResponse.FromString,
+                )
+        self.UserList = channel.unary_unary(
+                '/cairn.kv.v1.Auth/UserList',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserListRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserListResponse.FromString,
+                )
+        self.RoleAdd = channel.unary_unary(
+                '/cairn.kv.v1.Auth/RoleAdd',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddResponse.FromString,
+                )
+        self.RoleDelete = channel.unary_unary(
+                '/cairn.kv.v1.Auth/RoleDelete',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteResponse.FromString,
+                )
+        self.RoleGrantPermission = channel.unary_unary(
+                '/cairn.kv.v1.Auth/RoleGrantPermission',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionResponse.FromString,
+                )
+        self.RoleRevokePermission = channel.unary_unary(
+                '/cairn.kv.v1.Auth/RoleRevokePermission',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionResponse.FromString,
+                )
+        self.RoleList = channel.unary_unary(
+                '/cairn.kv.v1.Auth/RoleList',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListResponse.FromString,
+                )
+
+
+class AuthServicer(object):
+    """Auth: users, roles and permissions on keys and key prefixes, all in the replicated
+    state (docs/security.md). Until AuthEnable every call is allowed. Once enabled,
+    a call carries `authorization: Bearer TOKEN` metadata (a token from Authenticate);
+    KV calls need a permission covering their key or range, Cluster changes and every
+    Auth call but Authenticate and AuthStatus need the root role. No token, a bad or
+    expired one, or a wrong password: UNAUTHENTICATED; a missing permission:
+    PERMISSION_DENIED.
+    """
+
+    def Authenticate(self, request, context):
+        """Authenticate checks a user's password and answers with a signed token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthEnable(self, request, context):
+        """AuthEnable turns auth on: user root must exist and hold role root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthDisable(self, request, context):
+        """AuthDisable turns auth off (and forgets the token signing key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthStatus(self, request, context):
+        """AuthStatus says whether auth is on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserAdd(self, request, context):
+        """UserAdd adds a user with a password (user root gets role root).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserDelete(self, request, context):
+        """UserDelete removes a user (not root while auth is on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserChangePassword(self, request, context):
+        """UserChangePassword sets a new password; the user's earlier tokens stop working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserGrantRole(self, request, context):
+        """UserGrantRole gives a user a role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserRevokeRole(self, request, context):
+        """UserRevokeRole takes a role from a user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UserList(self, request, context):
+        """UserList lists the users and their roles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoleAdd(self, request, context):
+        """RoleAdd adds a role without permissions (role root is built in).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoleDelete(self, request, context):
+        """RoleDelete removes a role, and takes it from every user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoleGrantPermission(self, request, context):
+        """RoleGrantPermission adds a permission on a key or a key prefix to a role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoleRevokePermission(self, request, context):
+        """RoleRevokePermission removes a role's permission on a key or a key prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RoleList(self, request, context):
+        """RoleList lists the roles and their permissions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuthServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'AuthEnable': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthEnable,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableResponse.SerializeToString,
+            ),
+            'AuthDisable': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthDisable,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableResponse.SerializeToString,
+            ),
+            'AuthStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthStatus,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusResponse.SerializeToString,
+            ),
+            'UserAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserAdd,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddResponse.SerializeToString,
+            ),
+            'UserDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserDelete,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteResponse.SerializeToString,
+            ),
+            'UserChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserChangePassword,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordResponse.SerializeToString,
+            ),
+            'UserGrantRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserGrantRole,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleResponse.SerializeToString,
+            ),
+            'UserRevokeRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserRevokeRole,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleResponse.SerializeToString,
+            ),
+            'UserList': grpc.unary_unary_rpc_method_handler(
+                    servicer.UserList,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserListRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.UserListResponse.SerializeToString,
+            ),
+            'RoleAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoleAdd,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddResponse.SerializeToString,
+            ),
+            'RoleDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoleDelete,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteResponse.SerializeToString,
+            ),
+            'RoleGrantPermission': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoleGrantPermission,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionResponse.SerializeToString,
+            ),
+            'RoleRevokePermission': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoleRevokePermission,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionResponse.SerializeToString,
+            ),
+            'RoleList': grpc.unary_unary_rpc_method_handler(
+                    servicer.RoleList,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cairn.kv.v1.Auth', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Auth(object):
+    """Auth: users, roles and permissions on keys and key prefixes, all in the replicated
+    state (docs/security.md). Until AuthEnable every call is allowed. Once enabled,
+    a call carries `authorization: Bearer TOKEN` metadata (a token from Authenticate);
+    KV calls need a permission covering their key or range, Cluster changes and every
+    Auth call but Authenticate and AuthStatus need the root role. No token, a bad or
+    expired one, or a wrong password: UNAUTHENTICATED; a missing permission:
+    PERMISSION_DENIED.
+    """
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/Authenticate',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthenticateResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AuthEnable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/AuthEnable',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthEnableResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AuthDisable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/AuthDisable',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthDisableResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def AuthStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/AuthStatus',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.AuthStatusResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserAdd',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserAddResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserDelete',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserDeleteResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserChangePassword',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserChangePasswordResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserGrantRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserGrantRole',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserGrantRoleResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserRevokeRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserRevokeRole',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserRevokeRoleResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UserList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/UserList',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserListRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.UserListResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RoleAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleAdd',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleAddResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RoleDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleDelete',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleDeleteResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RoleGrantPermission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleGrantPermission',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleGrantPermissionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RoleRevokePermission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleRevokePermission',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleRevokePermissionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RoleList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleList',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
