@@ -413,9 +413,8 @@ class ApplyBatch {
     const user = command.authUser;
     // prev_kv hands back the old value: a write that asks for it needs read access too (as in etcd).
     if (user && this.auth.permitsKey(user, 'write', key) && (!prevKv || this.auth.permitsKey(user, 'read', key))) return undefined;
-    const who = !user ? 'an unauthenticated client (auth was enabled before the write applied)' : `user ${JSON.stringify(user)}`;
     const what = prevKv ? 'write (and read, for prev_kv)' : 'write';
-    return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not ${what} key ${describeKey(key)}` } };
+    return this.deniedAtApply(`${describeAuthUser(user, 'the write')} may not ${what} key ${describeKey(key)}`);
   }
 
   /**
@@ -425,8 +424,7 @@ class ApplyBatch {
    */
   private applyAuth(command: AuthCommand, index: number, authUser: string | undefined): CommandResult {
     if (this.auth.enabled && !(authUser && this.auth.isRoot(authUser))) {
-      const who = authUser ? `user ${JSON.stringify(authUser)}` : 'an unauthenticated client (auth was enabled before the command applied)';
-      return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message: `${who} may not change auth: it needs role root` } };
+      return this.deniedAtApply(`${describeAuthUser(authUser, 'the command')} may not change auth: it needs role root`);
     }
     const next = this.auth.apply(command, index);
     if (!(next instanceof AuthView)) return { revision: this.revision, op: undefined, error: next };
@@ -435,6 +433,11 @@ class ApplyBatch {
       this.authChanged = true;
     }
     return { revision: this.revision, op: undefined };
+  }
+
+  /** A refusal every replica makes alike: the state is unchanged. */
+  private deniedAtApply(message: string): CommandResult {
+    return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message } };
   }
 
   private async put(request: PutRequest): Promise<CommandResult> {
@@ -524,4 +527,9 @@ function toKeyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue
     modRevision: record.modRevision,
     version: record.version,
   };
+}
+
+/** Who an auth refusal at apply names: the command's user, or a caller that had none. */
+function describeAuthUser(authUser: string | undefined, what: string): string {
+  return authUser ? `user ${JSON.stringify(authUser)}` : `an unauthenticated client (auth was enabled before ${what} applied)`;
 }

@@ -546,8 +546,12 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private async applyCommitted(committed: Ready['committed']): Promise<void> {
     // Proposers are answered when the outcomes are decided (maybe before the state write
     // lands); a state machine that does not say so early is answered here.
-    const outcomes = await this.stateMachine.apply(committed, (decided) => this.resolveProposals(decided));
-    this.resolveProposals(outcomes);
+    let answered = false;
+    const outcomes = await this.stateMachine.apply(committed, (decided) => {
+      answered = true;
+      this.resolveProposals(decided);
+    });
+    if (!answered) this.resolveProposals(outcomes);
     this.resolveConfigChanges(committed);
     this.releaseAppliedWaiters();
     // Here, not only when the persist path is idle: under steady load it never is.
@@ -784,7 +788,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     }
   }
 
-  /** Answers the proposers of `outcomes`; one already answered has left `proposals`, so a second call is a no-op. */
+  /** Answers the proposers of `outcomes` (each leaves `proposals`). */
   private resolveProposals(outcomes: readonly ApplyOutcome<R>[]): void {
     for (const outcome of outcomes) {
       const pending = this.proposals.get(outcome.index);

@@ -128,15 +128,15 @@ export class NodeMetrics {
     return new TimedStateMachine(stateMachine, this, this.logger);
   }
 
-  observePersist(entries: readonly Entry[], startedMs: number): void {
-    this.fsyncSeconds.observe(seconds(startedMs));
+  observePersist(entries: readonly Entry[], durationMs: number): void {
+    this.fsyncSeconds.observe(durationMs / 1000);
     if (entries.length === 0) return;
     this.readyEntries.observe(entries.length);
     this.readyBytes.observe(entries.reduce((sum, e) => sum + e.data.length, 0));
   }
 
-  observeApply(entries: number, startedMs: number): void {
-    this.applySeconds.observe(seconds(startedMs));
+  observeApply(entries: number, durationMs: number): void {
+    this.applySeconds.observe(durationMs / 1000);
     this.applyEntries.observe(entries);
   }
 
@@ -234,8 +234,8 @@ class TimedStorage extends DelegatingStorage {
   override async persist(hardState: HardState | undefined, entries: readonly Entry[]): Promise<void> {
     const started = performance.now();
     await super.persist(hardState, entries);
-    this.metrics.observePersist(entries, started);
     const ms = performance.now() - started;
+    this.metrics.observePersist(entries, ms);
     if (ms > this.metrics.slowMs.fsync) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow fsync: a synced write of the log took longer than SLOW_FSYNC_MS');
   }
 
@@ -287,8 +287,8 @@ class TimedStateMachine implements StateMachine, SnapshottingFsm<CommandResult> 
   async apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome<CommandResult>[]) => void): Promise<ApplyOutcome<CommandResult>[]> {
     const started = performance.now();
     const outcomes = await this.inner.apply(entries, decided);
-    this.metrics.observeApply(entries.length, started);
     const ms = performance.now() - started;
+    this.metrics.observeApply(entries.length, ms);
     if (ms > this.metrics.slowMs.apply) this.logger.warn({ ms: Math.round(ms), entries: entries.length }, 'slow apply: an apply batch took longer than SLOW_APPLY_MS');
     return outcomes;
   }

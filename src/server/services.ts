@@ -31,7 +31,6 @@ import { badConfigReason } from '../raft/membership';
 import { CairnError, ErrorCode } from '../errors';
 import { KvReplica } from '../kv/kv-replica';
 import { MAX_SNAPSHOT_CHUNK_BYTES } from '../node/replica';
-import { encodeSnapshotFile } from '../storage/snapshot-file';
 import { Limits } from './config';
 import { FORWARDED_METADATA, LeaderClients, UnaryStart } from './leader-clients';
 import { ClusterMembership, MembershipReplica } from './membership';
