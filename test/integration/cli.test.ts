@@ -75,7 +75,10 @@ describe('the cairn command against real nodes', () => {
     const typo = await cairn(['get', 'k', '--consistancy', 'serializable', '--endpoints', endpoints]);
     expect(typo).toMatchObject({ code: 2, stderr: expect.stringContaining('unknown flag --consistancy') });
     expect(await cairn(['get', 'k', '--endpoints', ''])).toMatchObject({ code: 2, stderr: 'cairn: --endpoints names no endpoint\n' });
-    const nobody = await cairn(['get', 'k', '--endpoints', '127.0.0.1:1', '--timeout-ms', '200']);
+    // A budget well beyond the client's retry rounds (MAX_ROUNDS x RETRY_DELAY_MS, about 1 s), so
+    // the rounds end it, not the deadline: with 200 ms a loaded machine ran out of budget first
+    // and the message named the deadline instead (seen on Node 26 in CI).
+    const nobody = await cairn(['get', 'k', '--endpoints', '127.0.0.1:1', '--timeout-ms', '10000']);
     expect(nobody.code).toBe(1);
     expect(nobody.stderr).toMatch(/cannot reach any endpoint|UNAVAILABLE/);
   });
