@@ -245,8 +245,20 @@ export class CairnClient {
     return this.retry((i, md, opts, cb) => this.cluster[i]!.memberPromote({ id }, md, opts, cb));
   }
 
-  memberRemove(id: number): Promise<MemberRemoveResponse> {
-    return this.retry((i, md, opts, cb) => this.cluster[i]!.memberRemove({ id }, md, opts, cb));
+  /**
+   * Removes member `id`. When an attempt's answer was lost (the leader that removed itself
+   * stopped, a connection broke) and a retry then finds no such member, the removal is done:
+   * answered with the members as they are now, rather than NOT_FOUND for what was asked.
+   */
+  async memberRemove(id: number): Promise<MemberRemoveResponse> {
+    try {
+      return await this.retry((i, md, opts, cb) => this.cluster[i]!.memberRemove({ id }, md, opts, cb), true);
+    } catch (err) {
+      const gone = err instanceof CallFailedError && err.outcomeUnknown && err.metadata?.get(ERROR_CODE_TRAILER)[0] === ErrorCode.MEMBER_NOT_FOUND;
+      if (!gone) throw err;
+      const { header, members } = await this.members();
+      return { header, members };
+    }
   }
 
   /** Hands leadership to `toId` (0: the most caught-up voter); resolves once it leads. */

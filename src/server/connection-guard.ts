@@ -100,9 +100,53 @@ export class GuardedPort {
     this.listener.close();
   }
 
+  /**
+   * Stops accepting and shuts `server` down: calls in flight get up to `graceMs` to finish,
+   * then every connection is cut ('forced'); once drained, the connections get up to
+   * `flushGraceMs` to write their last frames and close ('drained').
+   */
+  shutdown(server: Server, graceMs: number, flushGraceMs: number): Promise<'drained' | 'forced'> {
+    this.stopAccepting();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        this.destroyAll();
+        resolve('forced');
+      }, graceMs);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        void this.closeAll(flushGraceMs).then(() => resolve('drained'));
+      });
+    });
+  }
+
   /** Destroys every connection still open (after the grace period of a shutdown). */
   destroyAll(): void {
     for (const socket of this.connections.values()) socket.destroy();
+  }
+
+  /**
+   * Waits, once the grpc-js Server has drained, for every connection still open to close by
+   * itself; one still open after `flushGraceMs` (a session nghttp2 gave up on, a client that
+   * stopped reading) is destroyed. Touching the sockets earlier loses answers: on Node 26
+   * tryShutdown reports drained while a session still has the last frames of an answer
+   * (its trailers, the GOAWAY) to write, and destroying or even ending the socket then
+   * drops them, so the caller sees UNAVAILABLE for a call that succeeded (seen as a removed
+   * leader's lost MemberRemove answer).
+   */
+  closeAll(flushGraceMs: number): Promise<void> {
+    const closing = [...this.connections.values()].map(
+      (socket) =>
+        new Promise<void>((closed) => {
+          if (socket.destroyed) return closed();
+          const timer = setTimeout(() => socket.destroy(), flushGraceMs);
+          socket.once('close', () => {
+            clearTimeout(timer);
+            closed();
+          });
+        }),
+    );
+    return Promise.all(closing).then(() => undefined);
   }
 
   private accept(socket: Socket): void {

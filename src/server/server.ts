@@ -29,6 +29,8 @@ import { AuthGate } from './auth';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
 const SHUTDOWN_GRACE_MS = 3000;
+/** After a drain, how long a connection may take to write its last frames and close before it is destroyed. */
+const SHUTDOWN_FLUSH_GRACE_MS = 1000;
 /**
  * How long a stopping leader tries to hand leadership over, in election timeouts: a transfer
  * that has not finished by then is abandoned (the core gives up after one) and the node stops
@@ -521,19 +523,7 @@ function reconnectBackoffBoundMs(config: ServerConfig): number {
 }
 
 function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown> {
-  port.stopAccepting();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      server.forceShutdown();
-      port.destroyAll();
-      resolve('forced');
-    }, SHUTDOWN_GRACE_MS);
-    server.tryShutdown(() => {
-      clearTimeout(timer);
-      port.destroyAll(); // connections that never started a session
-      resolve('drained');
-    });
-  });
+  return port.shutdown(server, SHUTDOWN_GRACE_MS, SHUTDOWN_FLUSH_GRACE_MS);
 }
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */

@@ -101,7 +101,7 @@ describe('membership changes on real processes', () => {
     const leader = await cluster.waitForLeader();
     const rest = [1, 2, 3].filter((id) => id !== leader);
     const removal = await cluster.cli(['member', 'remove', String(leader)], rest);
-    expect(removal.code).toBe(0);
+    expect({ code: removal.code, stderr: removal.stderr }).toEqual({ code: 0, stderr: '' });
     expect(await cluster.exited(leader)).toEqual({ code: 0, signal: null });
     const next = await cluster.waitForLeader(rest);
     expect(rest).toContain(next);

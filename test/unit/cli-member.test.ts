@@ -1,4 +1,7 @@
-import { Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { ClusterServer, ClusterService, Consistency, Member, MemberRole } from '../../gen/cairn/kv/v1/kv';
+import { CairnError, ErrorCode } from '../../src/errors';
+import { toGrpcError } from '../../src/server/status';
 import { CairnClient } from '../../src/cli/client';
 import { UsageError } from '../../src/cli/flags';
 import { checkVerbFlags, describeMember, runVerb } from '../../src/cli/verbs';
@@ -76,5 +79,53 @@ describe('cairn member and cairn leader', () => {
     expect(() => config({ join: '127.0.0.1:7001', peers: '4=127.0.0.1:7104' })).toThrow('--join and --peers exclude each other');
     expect(() => config({ learner: 'true' })).toThrow('--learner needs --join');
     expect(() => config({ join: '127.0.0.1:7001', learner: 'yes' })).toThrow('--learner is a switch');
+  });
+});
+
+describe('CairnClient.memberRemove when an answer is lost', () => {
+  const header = { revision: 0, memberId: 2, leaderId: 2, raftTerm: 3 };
+  type Answer = CairnError | { members: Member[] };
+
+  /** A Cluster service answering MemberRemove and MemberList from the scripts, recording the calls. */
+  async function serve(remove: () => Answer, calls: string[], name: string) {
+    const reply = (result: Answer, callback: (err: unknown, value?: unknown) => void) =>
+      result instanceof CairnError ? callback(toGrpcError(result)) : callback(null, { header, ...result });
+    const service = {
+      memberRemove: (_call: unknown, callback: (err: unknown, value?: unknown) => void) => (calls.push(`${name}:remove`), reply(remove(), callback)),
+      memberList: (_call: unknown, callback: (err: unknown, value?: unknown) => void) => (calls.push(`${name}:list`), reply({ members: members.slice(0, 2) }, callback)),
+    } as unknown as ClusterServer;
+    const server = new Server();
+    server.addService(ClusterService, service);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    return { server, addr: `127.0.0.1:${port}` };
+  }
+
+  async function removeThrough(first: Answer, second: Answer) {
+    const calls: string[] = [];
+    const a = await serve(() => first, calls, 'a');
+    const b = await serve(() => second, calls, 'b');
+    const client = new CairnClient({ endpoints: [a.addr, b.addr], timeoutMs: 2000, consistency: Consistency.CONSISTENCY_SERIALIZABLE });
+    try {
+      return { result: await client.memberRemove(4).then((r) => r, (err: Error) => err), calls };
+    } finally {
+      client.close();
+      a.server.forceShutdown();
+      b.server.forceShutdown();
+    }
+  }
+
+  const lost = new CairnError(ErrorCode.OUTCOME_UNKNOWN, 'the call to the leader (node 2) failed after the cluster change was sent (gRPC UNAVAILABLE); its outcome is unknown');
+  const notFound = new CairnError(ErrorCode.MEMBER_NOT_FOUND, 'cannot change membership: no member 4 in the configuration');
+
+  test('a retry that finds the member gone after a lost answer is the removal done: answered with the members now', async () => {
+    const { result, calls } = await removeThrough(lost, notFound);
+    expect(result).toEqual({ header, members: members.slice(0, 2) });
+    expect(calls).toEqual(['a:remove', 'b:remove', expect.stringMatching(/:list$/)]);
+  });
+
+  test('NOT_FOUND with no lost answer before it stays NOT_FOUND (the member was never there)', async () => {
+    const { result, calls } = await removeThrough(notFound, notFound);
+    expect(result).toMatchObject({ name: 'CallFailedError', details: 'cannot change membership: no member 4 in the configuration' });
+    expect(calls).toEqual(['a:remove']);
   });
 });

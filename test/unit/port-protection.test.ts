@@ -3,7 +3,7 @@ import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../../src/storage/db';
 import { resolveFlags } from '../../src/cli/flags';
 import { buildServerConfig, PEER_IDLE_TIMEOUT_MS, PEER_MAX_CONCURRENT_STREAMS, SERVE_FLAGS } from '../../src/server/config';
 import { createServer } from 'node:net';
-import { Server } from '@grpc/grpc-js';
+import { credentials, makeGenericClientConstructor, Server } from '@grpc/grpc-js';
 import { GuardedPort, splitHostPort } from '../../src/server/connection-guard';
 import { createLogger } from '../../src/server/logger';
 
@@ -60,5 +60,45 @@ describe('storage flags', () => {
     expect(config({}, { CAIRN_LEVELDB_WRITE_BUFFER_BYTES: '8388608' }).leveldbWriteBufferBytes).toBe(8 << 20);
     expect(() => config({ 'leveldb-write-buffer-bytes': '1000' })).toThrow(/--leveldb-write-buffer-bytes must be an integer >= 65536/);
     expect(() => config({ 'state-cache-bytes': '-1' })).toThrow(/--state-cache-bytes must be an integer >= 0/);
+  });
+});
+
+describe('shutdown', () => {
+  const echo = {
+    ping: {
+      path: '/cairn.test.Echo/Ping',
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (b: Buffer) => b,
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (b: Buffer) => b,
+      responseDeserialize: (b: Buffer) => b,
+    },
+  } as const;
+
+  // A removed leader answers MemberRemove and stops in the same moment: on Node 26 the
+  // drain used to report done while the answer's last frames were unwritten, and cutting
+  // the sockets then turned a success into UNAVAILABLE for the caller.
+  test.each(['after', 'before'] as const)('a call answered just %s the shutdown starts reaches its caller, and the port reports drained', async (when) => {
+    const port = new GuardedPort('client', config({}).clientPortProtection, createLogger('silent'));
+    const server = new Server(port.serverOptions());
+    let stopped: Promise<'drained' | 'forced'> | undefined;
+    server.addService(echo, {
+      ping: (call: { request: Buffer }, answer: (err: null, value: Buffer) => void) => {
+        if (when === 'after') stopped = port.shutdown(server, 3000, 1000);
+        answer(null, Buffer.concat([Buffer.from('pong:'), call.request]));
+        if (when === 'before') stopped = port.shutdown(server, 3000, 1000);
+      },
+    });
+    const portNumber = await port.listen(server, '127.0.0.1:0');
+    const Client = makeGenericClientConstructor(echo, 'Echo');
+    const client = new Client(`127.0.0.1:${portNumber}`, credentials.createInsecure());
+    const reply = await new Promise<Buffer>((resolve, reject) =>
+      (client as unknown as { ping: (req: Buffer, done: (err: Error | null, res?: Buffer) => void) => void }).ping(Buffer.from('x'), (err, res) => (err ? reject(err) : resolve(res!))),
+    );
+    client.close();
+    expect(reply.toString()).toBe('pong:x');
+    expect(await stopped).toBe('drained');
+    expect(port.openConnections()).toBe(0);
   });
 });
