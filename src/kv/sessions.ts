@@ -190,13 +190,24 @@ export class SessionBatch {
 
   /**
    * Applies one session write: a kept sequence gets its original result, a discarded
-   * one SESSION_EXPIRED; a new one runs `effect` and keeps its result.
+   * one SESSION_EXPIRED; a new one runs `effect` and keeps its result. `owner`: the user
+   * writing, with auth on (undefined while it is off): a session started by another user
+   * is refused, since its kept results are that user's answers.
    */
-  async write(write: SessionWrite, at: { index: number; logTimeUnixMs: number; revision: number }, effect: () => Promise<CommandResult>): Promise<CommandResult> {
+  async write(
+    write: SessionWrite,
+    at: { index: number; logTimeUnixMs: number; revision: number },
+    effect: () => Promise<CommandResult>,
+    owner?: string,
+  ): Promise<CommandResult> {
     const { clientId, sequence } = write;
     // 0 (not sent) means only this write is unanswered; above `sequence` makes no sense.
     const lowest = write.lowestUnansweredSequence === 0 ? sequence : Math.min(write.lowestUnansweredSequence, sequence);
     let record = await this.read(clientId);
+    if (record && owner !== undefined && record.owner !== owner) {
+      const startedBy = record.owner === '' ? 'a client while auth was off' : `another user`;
+      return refusal(at.revision, ErrorCode.PERMISSION_DENIED, `client session ${clientId} was started by ${startedBy}; user ${JSON.stringify(owner)} may not write under it: start a new session with a new client_id`);
+    }
     if (!record) {
       if (lowest > 1) {
         return refusal(at.revision, ErrorCode.SESSION_EXPIRED, `client ${clientId} has no session (it was evicted, or never existed) and says sequences below ${lowest} were answered: this write may be a retry of one already applied, so it is refused; start again with a new client_id`);
@@ -204,7 +215,7 @@ export class SessionBatch {
       if (!this.makeRoom(clientId, at.logTimeUnixMs, () => this.table.size >= this.limits.maxSessions)) {
         return refusal(at.revision, ErrorCode.SESSION_LIMIT, `too many client sessions (maxSessions ${this.limits.maxSessions}), all active within the last ${this.limits.sessionEvictionGraceMs} ms: retry later`);
       }
-      record = emptyRecord();
+      record = { ...emptyRecord(), owner: owner ?? '' };
     }
     forgetAnswered(record, lowest);
     record.lastActiveIndex = at.index;
@@ -274,7 +285,7 @@ export class SessionBatch {
 }
 
 function emptyRecord(): SessionRecord {
-  return { sequence: 0, result: Buffer.alloc(0), lowestUnansweredSequence: 1, results: [], lastActiveIndex: 0, lastActiveUnixMs: 0 };
+  return { sequence: 0, result: Buffer.alloc(0), lowestUnansweredSequence: 1, results: [], lastActiveIndex: 0, lastActiveUnixMs: 0, owner: '' };
 }
 
 /** Decodes a stored record, turning a legacy one (one last result) into the current form. */

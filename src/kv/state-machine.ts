@@ -385,10 +385,11 @@ class ApplyBatch {
     this.logTimeUnixMs = Math.max(before, command.proposedAtUnixMs);
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
-    if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command.authUser);
+    if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
-    return this.sessions.write(write, { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision }, () => this.applyCommand(command));
+    const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
+    return this.sessions.write(write, at, () => this.applyCommand(command), this.auth.enabled ? (command.authUser ?? '') : undefined);
   }
 
   private async applyCommand(command: Command): Promise<CommandResult> {
@@ -410,6 +411,8 @@ class ApplyBatch {
    */
   private refusedByAuth(command: Command, key: Uint8Array, prevKv: boolean): CommandResult | undefined {
     if (!this.auth.enabled) return undefined;
+    const revoked = this.revokedAtApply(command);
+    if (revoked) return revoked;
     const user = command.authUser;
     // prev_kv hands back the old value: a write that asks for it needs read access too (as in etcd).
     if (user && this.auth.permitsKey(user, 'write', key) && (!prevKv || this.auth.permitsKey(user, 'read', key))) return undefined;
@@ -422,7 +425,10 @@ class ApplyBatch {
    * state at this point of the log: the receiving node checked already, but against its own,
    * possibly older, state (it may not have applied the AuthEnable yet).
    */
-  private applyAuth(command: AuthCommand, index: number, authUser: string | undefined): CommandResult {
+  private applyAuth(command: AuthCommand, index: number, proposed: Command): CommandResult {
+    const authUser = proposed.authUser;
+    const revoked = this.auth.enabled ? this.revokedAtApply(proposed) : undefined;
+    if (revoked) return revoked;
     if (this.auth.enabled && !(authUser && this.auth.isRoot(authUser))) {
       return this.deniedAtApply(`${describeAuthUser(authUser, 'the command')} may not change auth: it needs role root`);
     }
@@ -433,6 +439,18 @@ class ApplyBatch {
       this.authChanged = true;
     }
     return { revision: this.revision, op: undefined };
+  }
+
+  /**
+   * A command whose token was revoked before it applied: the user's password changed (or the
+   * user was deleted and added again) after the receiving node checked the token, at a point
+   * of the log that node had not reached yet.
+   */
+  private revokedAtApply(command: Command): CommandResult | undefined {
+    if (command.authUser === undefined || command.authPasswordIndex === undefined) return undefined;
+    if (this.auth.user(command.authUser)?.passwordIndex === command.authPasswordIndex) return undefined;
+    const message = `authentication failed: the token of user ${JSON.stringify(command.authUser)} was revoked (its password changed, or the user was deleted) before the command applied: authenticate again`;
+    return { revision: this.revision, op: undefined, error: { code: ErrorCode.UNAUTHENTICATED, message } };
   }
 
   /** A refusal every replica makes alike: the state is unchanged. */

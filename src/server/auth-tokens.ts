@@ -21,7 +21,7 @@ export function signToken(signingKey: Buffer, user: string, passwordIndex: numbe
 }
 
 /** The user a token stands for (and its expiry), under `state` at `nowMs`; anything else is UNAUTHENTICATED, saying why. */
-export function verifyToken(state: AuthView, token: string, nowMs: number): { user: string; expiresAtUnixMs: number } {
+export function verifyToken(state: AuthView, token: string, nowMs: number): { user: string; passwordIndex: number; expiresAtUnixMs: number } {
   if (token.length > MAX_TOKEN_BYTES) throw unauthenticated(`the token is over MAX_TOKEN_BYTES ${MAX_TOKEN_BYTES}`);
   const parts = token.split('.');
   if (parts.length !== 5 || parts[0] !== TOKEN_VERSION) throw unauthenticated('the token is malformed');
@@ -34,7 +34,7 @@ export function verifyToken(state: AuthView, token: string, nowMs: number): { us
   const user = Buffer.from(userPart, 'base64url').toString();
   const record = state.user(user);
   if (!record || String(record.passwordIndex) !== indexPart) throw unauthenticated('the token was revoked (its user was deleted or changed its password): authenticate again');
-  return { user, expiresAtUnixMs: expiresAt };
+  return { user, passwordIndex: record.passwordIndex, expiresAtUnixMs: expiresAt };
 }
 
 function mac(key: Buffer, body: string): string {

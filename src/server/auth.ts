@@ -75,6 +75,22 @@ export interface AuthGateOptions {
   nowMs?: () => number;
 }
 
+/**
+ * An authenticated caller: its user and, when a token named it, the password index the
+ * token was signed for (a command carries both, and apply refuses it if the password has
+ * changed since: see Command.auth_password_index in kv.proto).
+ */
+export interface Caller {
+  user: string;
+  passwordIndex?: number;
+}
+
+/** The Command fields that say who proposed it (none while auth is off). */
+export function commandAuthOf(caller: Caller | undefined): { authUser?: string; authPasswordIndex?: number } {
+  if (!caller) return {};
+  return caller.passwordIndex === undefined ? { authUser: caller.user } : { authUser: caller.user, authPasswordIndex: caller.passwordIndex };
+}
+
 /** Who a call is. `certificateCommonName`: the verified client certificate's CN, if any. */
 export interface CallIdentity {
   metadata: Metadata;
@@ -89,7 +105,7 @@ export class AuthGate {
   readonly limiter = new LoginLimiter();
   readonly tokenTtlMs: number;
   private readonly nowMs: () => number;
-  private readonly verifiedTokens = new Map<string, { user: string; expiresAtUnixMs: number }>();
+  private readonly verifiedTokens = new Map<string, { user: string; passwordIndex: number; expiresAtUnixMs: number }>();
   private verifiedUnder: AuthView | undefined;
 
   constructor(
@@ -102,12 +118,17 @@ export class AuthGate {
 
   /** The authenticated user of a call; undefined while auth is off. */
   identify(call: CallIdentity): string | undefined {
+    return this.caller(call)?.user;
+  }
+
+  /** The authenticated caller of a call; undefined while auth is off. */
+  caller(call: CallIdentity): Caller | undefined {
     const state = this.state();
     if (!state.enabled) return undefined;
     const values = call.metadata.get(AUTHORIZATION_METADATA);
     if (values.length === 0) {
       const name = this.options.trustCertificateCommonName ? call.certificateCommonName : undefined;
-      if (name && state.user(name)) return name;
+      if (name && state.user(name)) return { user: name };
       throw unauthenticated('auth is enabled and the call carries no token (send metadata "authorization: Bearer TOKEN", from Auth.Authenticate)');
     }
     if (values.length > 1) throw unauthenticated('the call carries more than one authorization value');
@@ -120,27 +141,28 @@ export class AuthGate {
    * A token's user, from the cache of tokens verified under this same auth state (any auth
    * change empties it, so a revocation holds at once); expiry is checked on every call.
    */
-  private verified(state: AuthView, token: string): string {
+  private verified(state: AuthView, token: string): Caller {
     if (this.verifiedUnder !== state) {
       this.verifiedTokens.clear();
       this.verifiedUnder = state;
     }
     const now = this.nowMs();
     const cached = this.verifiedTokens.get(token);
-    if (cached && cached.expiresAtUnixMs > now) return cached.user;
-    const verified = verifyToken(state, token, now);
-    if (this.verifiedTokens.size >= MAX_VERIFIED_TOKENS) this.verifiedTokens.clear();
-    this.verifiedTokens.set(token, verified);
-    return verified.user;
+    const verified = cached && cached.expiresAtUnixMs > now ? cached : verifyToken(state, token, now);
+    if (verified !== cached) {
+      if (this.verifiedTokens.size >= MAX_VERIFIED_TOKENS) this.verifiedTokens.clear();
+      this.verifiedTokens.set(token, verified);
+    }
+    return { user: verified.user, passwordIndex: verified.passwordIndex };
   }
 
-  /** The user, once it may read or write `key` (undefined while auth is off). */
-  requireKey(call: CallIdentity, access: Access, key: Uint8Array): string | undefined {
-    const user = this.identify(call);
-    if (user !== undefined && !this.state().permitsKey(user, access, key)) {
-      throw denied(`user ${JSON.stringify(user)} may not ${access} key ${describeKey(key)}`);
+  /** The caller, once it may read or write `key` (undefined while auth is off). */
+  requireKey(call: CallIdentity, access: Access, key: Uint8Array): Caller | undefined {
+    const caller = this.caller(call);
+    if (caller !== undefined && !this.state().permitsKey(caller.user, access, key)) {
+      throw denied(`user ${JSON.stringify(caller.user)} may not ${access} key ${describeKey(key)}`);
     }
-    return user;
+    return caller;
   }
 
   /** Throws unless the caller may read every key of [start, end). */
@@ -151,11 +173,11 @@ export class AuthGate {
     }
   }
 
-  /** Throws unless auth is off or the caller has role root; returns the user (undefined while auth is off). */
-  requireRoot(call: CallIdentity, what: string): string | undefined {
-    const user = this.identify(call);
-    if (user !== undefined && !this.state().isRoot(user)) throw denied(`${what} needs role root; user ${JSON.stringify(user)} does not have it`);
-    return user;
+  /** Throws unless auth is off or the caller has role root; returns the caller (undefined while auth is off). */
+  requireRoot(call: CallIdentity, what: string): Caller | undefined {
+    const caller = this.caller(call);
+    if (caller !== undefined && !this.state().isRoot(caller.user)) throw denied(`${what} needs role root; user ${JSON.stringify(caller.user)} does not have it`);
+    return caller;
   }
 
   /** Checks a password and signs a token (rate limited per user). */
@@ -211,8 +233,8 @@ export function authService(context: AuthServiceContext): AuthServer {
       // Caught up first, so a node that has not yet applied an AuthEnable does not wave a
       // stranger through; the command carries the user, and apply checks it again.
       await context.readBarrier(scope);
-      const authUser = gate.requireRoot(call, what);
-      const command: Command = { op: { $case: 'auth', value: { op: await op(request) } }, proposedAtUnixMs: 0, authUser };
+      const caller = gate.requireRoot(call, what);
+      const command: Command = { op: { $case: 'auth', value: { op: await op(request) } }, proposedAtUnixMs: 0, ...commandAuthOf(caller) };
       await context.propose(command, scope);
       return { header: context.header() };
     });

@@ -41,7 +41,7 @@ import { RateLimitedLog } from './rate-limited-log';
 import { RequestRouter, RequestScope } from './router';
 import { snapshotSaveCall } from './snapshot-save';
 import { toGrpcError } from './status';
-import { AuthGate, authService, CallIdentity, AUTHORIZATION_METADATA } from './auth';
+import { AuthGate, authService, CallIdentity, Caller, commandAuthOf, AUTHORIZATION_METADATA } from './auth';
 import { findUnsupportedInteger } from './unsafe-integers';
 import {
   validateCommand,
@@ -216,22 +216,22 @@ export function kvService(context: ServiceContext): KVServer {
   const unary = unaryCalls(context);
   const gate = authGateOf(context);
   // The leader stamps the log time (Replica.propose), so the command goes out unstamped.
-  const write = async (op: Command['op'], scope: RequestScope, authUser: string | undefined) =>
-    throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0, authUser }, scope));
+  const write = async (op: Command['op'], scope: RequestScope, caller: Caller | undefined) =>
+    throwIfRefused(await context.router.write({ op, proposedAtUnixMs: 0, ...commandAuthOf(caller) }, scope));
   return {
     put: unary(async (request, scope, _metadata, call) => {
       validatePut(request, context.limits);
-      const user = gate.requireKey(call, 'write', request.key);
+      const caller = gate.requireKey(call, 'write', request.key);
       if (request.prevKv) gate.requireKey(call, 'read', request.key); // prev_kv hands back the old value
-      const result = await write({ $case: 'put', value: request }, scope, user);
+      const result = await write({ $case: 'put', value: request }, scope, caller);
       const put: PutResponse | undefined = result.op?.$case === 'put' ? result.op.value : undefined;
       return { header: header(context, result.revision), prevKv: put?.prevKv };
     }),
     delete: unary(async (request, scope, _metadata, call) => {
       validateDelete(request, context.limits);
-      const user = gate.requireKey(call, 'write', request.key);
+      const caller = gate.requireKey(call, 'write', request.key);
       if (request.prevKv) gate.requireKey(call, 'read', request.key); // prev_kv hands back the old value
-      const result = await write({ $case: 'delete', value: request }, scope, user);
+      const result = await write({ $case: 'delete', value: request }, scope, caller);
       const deleted: DeleteResponse | undefined = result.op?.$case === 'delete' ? result.op.value : undefined;
       return { header: header(context, result.revision), deleted: deleted?.deleted ?? false, prevKv: deleted?.prevKv };
     }),

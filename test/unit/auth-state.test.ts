@@ -198,6 +198,60 @@ describe('auth at apply: what a node with an older auth state let through', () =
     expect(outcomes.slice(-3).every((o) => o.result?.op?.value && 'prevKv' in o.result.op.value ? o.result.op.value.prevKv === undefined : true)).toBe(true);
   });
 
+  test('a token revoked before its command applies is refused at apply: the password changed, or the user was deleted and added again', async () => {
+    const sm = await KvStateMachine.open(await LevelDb.openMemory());
+    const asAlice = (command: Command, passwordIndex: number): Command => ({ ...command, authPasswordIndex: passwordIndex });
+    const setup = [
+      auth({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      auth({ $case: 'userAdd', value: { name: 'alice', passwordHash: HASH } }), // alice's password index: 2
+      auth({ $case: 'userGrantRole', value: { user: 'alice', role: 'root' } }),
+      auth({ $case: 'authEnable', value: { signingKey: KEY } }),
+    ];
+    await sm.apply(setup.map((c, i) => entry(i + 1, c)));
+    expect(sm.authState().user('alice')?.passwordIndex).toBe(2);
+    const later = [
+      asAlice(write('put', 'a', 'alice', false), 2), // 5: the token is current
+      auth({ $case: 'userChangePassword', value: { name: 'alice', passwordHash: { ...HASH, salt: Buffer.from('new') } } }, 'root'), // 6
+      asAlice(write('put', 'b', 'alice', false), 2), // 7: signed for the old password
+      asAlice(auth({ $case: 'roleAdd', value: { name: 'ops' } }, 'alice'), 2), // 8: an auth command too
+      asAlice(write('put', 'c', 'alice', false), 6), // 9: a token from the new password
+      write('put', 'd', 'alice', false), // 10: a client certificate named alice (no index): still alice
+    ];
+    const outcomes = await sm.apply(later.map((c, i) => entry(i + 5, c)));
+    expect(outcomes.map((o) => o.result?.error?.code ?? 'ok')).toEqual(['ok', 'ok', 'UNAUTHENTICATED', 'UNAUTHENTICATED', 'ok', 'ok']);
+    expect(outcomes[2]!.result?.error?.message).toMatch(/token of user "alice" was revoked/);
+    expect(await sm.get(Buffer.from('b'))).toBeUndefined();
+    expect(sm.authState().listRoles().some((r) => r.name === 'ops')).toBe(false);
+  });
+
+  test('a client session belongs to the user that started it: another user\'s write under it is refused and sees none of its results', async () => {
+    const sm = await KvStateMachine.open(await LevelDb.openMemory());
+    const session = (command: Command, clientId: string, sequence: number): Command => {
+      const op = command.op!;
+      return { ...command, op: { ...op, value: { ...op.value, clientId, sequence, lowestUnansweredSequence: sequence } } as Command['op'] };
+    };
+    const setup = [
+      auth({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      auth({ $case: 'userAdd', value: { name: 'mallory', passwordHash: HASH } }),
+      auth({ $case: 'userGrantRole', value: { user: 'mallory', role: 'root' } }),
+      session(write('put', 'k', 'root', false), 'before-auth', 1),
+      auth({ $case: 'authEnable', value: { signingKey: KEY } }),
+      session(write('put', 'k', 'root', true), 'root-session', 1),
+      session(write('put', 'k', 'mallory', true), 'root-session', 1), // a replay of root's write by another user
+      session(write('put', 'k', 'root', true), 'root-session', 1), // root's own retry: its kept answer
+      session(write('put', 'k', 'root', false), 'before-auth', 2), // a session from before auth
+      session(write('put', 'k', 'mallory', false), 'mallory-session', 1),
+    ];
+    const outcomes = await sm.apply(setup.map((c, i) => entry(i + 1, c)));
+    const codes = outcomes.map((o) => o.result?.error?.code ?? 'ok');
+    expect(codes.slice(5)).toEqual(['ok', 'PERMISSION_DENIED', 'ok', 'PERMISSION_DENIED', 'ok']);
+    expect(outcomes[6]!.result?.error?.message).toMatch(/client session root-session was started by another user; user "mallory" may not write under it/);
+    expect(outcomes[6]!.result?.op).toBeUndefined();
+    expect(outcomes[7]!.result).toEqual(outcomes[5]!.result);
+    expect(outcomes[8]!.result?.error?.message).toMatch(/started by a client while auth was off/);
+    expect(await sm.get(Buffer.from('k'))).toMatchObject({ version: 3 });
+  });
+
   test('the largest auth state fits one snapshot chunk (a record is never split), and permission keys are bounded', () => {
     expect(MAX_AUTH_STATE_BYTES + 1024).toBeLessThan(MAX_SNAPSHOT_CHUNK_BYTES);
     const view = withAlice();

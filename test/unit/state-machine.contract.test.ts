@@ -741,6 +741,7 @@ describe.each(VARIANTS)('KvStateMachine contract on $name', (backend) => {
         results: [],
         lastActiveIndex: 0,
         lastActiveUnixMs: 0,
+        owner: '',
       }).finish();
       await handle.db.write([{ type: 'put', sublevel: 'sessions', key: Buffer.from('legacy'), value: legacy }], { sync: true });
       const fresh = await reopen();
@@ -1312,7 +1313,7 @@ describe.each(BACKENDS)('KvStateMachine snapshot and restore on $name', (backend
       ['a meta key other than applied', [encode(record('meta', 'hard-state', applied))], /meta key "hard-state" is not part of a snapshot/],
       ['a kv value that is not a KeyRecord', [encode(record('kv', 'k', Buffer.from([0xff, 0xff])))], /record 1 \(kv\)/],
       ['keys out of order', [encode(record('kv', 'b', keyRecord)), encode(record('kv', 'a', keyRecord))], /snapshot chunk 2 is invalid: record 2 \(kv key 61\) is out of order/],
-      ['sublevels out of order', [encode(record('sessions', 's', SessionRecord.encode({ sequence: 0, result: Buffer.alloc(0), lowestUnansweredSequence: 1, results: [], lastActiveIndex: 1, lastActiveUnixMs: 0 }).finish()), record('kv', 'a', keyRecord))], /out of order/],
+      ['sublevels out of order', [encode(record('sessions', 's', SessionRecord.encode({ sequence: 0, result: Buffer.alloc(0), lowestUnansweredSequence: 1, results: [], lastActiveIndex: 1, lastActiveUnixMs: 0, owner: '' }).finish()), record('kv', 'a', keyRecord))], /out of order/],
       ['a record after meta/applied', [encode(record('meta', 'applied', applied), record('kv', 'z', keyRecord))], /follows meta\/applied/],
     ];
 

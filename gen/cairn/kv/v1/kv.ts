@@ -421,6 +421,16 @@ export interface Command {
     | string
     | undefined;
   /**
+   * With auth enabled and auth_user authenticated by a token: the password index the token
+   * was signed for. Apply refuses the command (UNAUTHENTICATED) when the user's password
+   * changed since, or the user was deleted and added again, so a revoked token cannot write
+   * through a node that has not applied the change yet. Absent when a client certificate
+   * named the user.
+   */
+  authPasswordIndex?:
+    | number
+    | undefined;
+  /**
    * Log time when the leader proposed the command, in ms (set by the leader, never by
    * a client or a forwarding follower): the first leader starts from its wall clock,
    * every later one from the log time it had applied when it took over, advanced by its
@@ -3660,7 +3670,7 @@ export const RangeResponse: MessageFns<RangeResponse> = {
 };
 
 function createBaseCommand(): Command {
-  return { op: undefined, authUser: undefined, proposedAtUnixMs: 0 };
+  return { op: undefined, authUser: undefined, authPasswordIndex: undefined, proposedAtUnixMs: 0 };
 }
 
 export const Command: MessageFns<Command> = {
@@ -3678,6 +3688,9 @@ export const Command: MessageFns<Command> = {
     }
     if (message.authUser !== undefined) {
       writer.uint32(42).string(message.authUser);
+    }
+    if (message.authPasswordIndex !== undefined) {
+      writer.uint32(48).uint64(message.authPasswordIndex);
     }
     if (message.proposedAtUnixMs !== 0) {
       writer.uint32(24).uint64(message.proposedAtUnixMs);
@@ -3730,6 +3743,14 @@ export const Command: MessageFns<Command> = {
             message.authUser = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.authPasswordIndex = longToNumber(reader.uint64());
+            continue;
+          }
           case 3: {
             if (tag !== 24) {
               break;
@@ -3764,6 +3785,11 @@ export const Command: MessageFns<Command> = {
         : isSet(object.auth_user)
         ? globalThis.String(object.auth_user)
         : undefined,
+      authPasswordIndex: isSet(object.authPasswordIndex)
+        ? globalThis.Number(object.authPasswordIndex)
+        : isSet(object.auth_password_index)
+        ? globalThis.Number(object.auth_password_index)
+        : undefined,
       proposedAtUnixMs: isSet(object.proposedAtUnixMs)
         ? globalThis.Number(object.proposedAtUnixMs)
         : isSet(object.proposed_at_unix_ms)
@@ -3783,6 +3809,9 @@ export const Command: MessageFns<Command> = {
     }
     if (message.authUser !== undefined) {
       obj.authUser = message.authUser;
+    }
+    if (message.authPasswordIndex !== undefined) {
+      obj.authPasswordIndex = Math.round(message.authPasswordIndex);
     }
     if (message.proposedAtUnixMs !== 0) {
       obj.proposedAtUnixMs = Math.round(message.proposedAtUnixMs);
@@ -3816,6 +3845,7 @@ export const Command: MessageFns<Command> = {
       }
     }
     message.authUser = object.authUser ?? undefined;
+    message.authPasswordIndex = object.authPasswordIndex ?? undefined;
     message.proposedAtUnixMs = object.proposedAtUnixMs ?? 0;
     return message;
   },

@@ -79,6 +79,12 @@ export interface SessionRecord {
   /** The log index and log time of the last write of this session: eviction order. */
   lastActiveIndex: number;
   lastActiveUnixMs: number;
+  /**
+   * The user whose write started the session ("" when auth was off). With auth on, only
+   * that user's writes may use the session: another user's would be answered with this
+   * user's kept results.
+   */
+  owner: string;
 }
 
 /** SessionResult is one kept result of a client session. */
@@ -602,6 +608,7 @@ function createBaseSessionRecord(): SessionRecord {
     results: [],
     lastActiveIndex: 0,
     lastActiveUnixMs: 0,
+    owner: "",
   };
 }
 
@@ -624,6 +631,9 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     }
     if (message.lastActiveUnixMs !== 0) {
       writer.uint32(48).uint64(message.lastActiveUnixMs);
+    }
+    if (message.owner !== "") {
+      writer.uint32(58).string(message.owner);
     }
     return writer;
   },
@@ -689,6 +699,14 @@ export const SessionRecord: MessageFns<SessionRecord> = {
             message.lastActiveUnixMs = longToNumber(reader.uint64());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.owner = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -723,6 +741,7 @@ export const SessionRecord: MessageFns<SessionRecord> = {
         : isSet(object.last_active_unix_ms)
         ? globalThis.Number(object.last_active_unix_ms)
         : 0,
+      owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
     };
   },
 
@@ -746,6 +765,9 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     if (message.lastActiveUnixMs !== 0) {
       obj.lastActiveUnixMs = Math.round(message.lastActiveUnixMs);
     }
+    if (message.owner !== "") {
+      obj.owner = message.owner;
+    }
     return obj;
   },
 
@@ -760,6 +782,7 @@ export const SessionRecord: MessageFns<SessionRecord> = {
     message.results = object.results?.map((e) => SessionResult.fromPartial(e)) || [];
     message.lastActiveIndex = object.lastActiveIndex ?? 0;
     message.lastActiveUnixMs = object.lastActiveUnixMs ?? 0;
+    message.owner = object.owner ?? "";
     return message;
   },
 };
