@@ -43,6 +43,12 @@ export const ErrorCode = {
    * one): the write was not applied. Retry later, after answers advance the session.
    */
   SESSION_LIMIT: 'SESSION_LIMIT',
+  /**
+   * With auth on, the write's client session was started by another user (or while auth
+   * was off): not applied, and none of the session's kept answers are handed out. Start
+   * again with a new client id (kv.proto, "Client sessions").
+   */
+  SESSION_NOT_OWNED: 'SESSION_NOT_OWNED',
   /** The request is malformed or over a limit. */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
   /** Another process holds the data directory. */

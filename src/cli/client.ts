@@ -191,8 +191,9 @@ export class CairnClient {
    * the same sequence. One write is in flight at a time, so its own sequence is the lowest
    * unanswered one. A write that failed is never retried again: the next one starts a new
    * session rather than claim answers this one never got. A write refused as
-   * SESSION_EXPIRED on its first attempt (the session was evicted while idle) was applied
-   * nowhere, so it is sent once more under a new session.
+   * SESSION_EXPIRED on its first attempt (the session was evicted while idle), or
+   * SESSION_NOT_OWNED (it was started before this client logged in, or auth was enabled
+   * since), was applied nowhere, so it is sent once more under a new session.
    */
   private async write<T>(send: (session: SessionFields, ...call: CallArgs<T>) => void): Promise<T> {
     for (let renewed = false; ; renewed = true) {
@@ -204,8 +205,10 @@ export class CairnClient {
       } catch (err) {
         this.clientId = newClientId();
         this.sequence = 0;
-        const expired = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.SESSION_EXPIRED;
-        if (renewed || !expired || attempts.count !== 1) throw err;
+        // Neither refusal applied anything: one more try, under a new session.
+        const code = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0];
+        const renewable = code === ErrorCode.SESSION_EXPIRED || code === ErrorCode.SESSION_NOT_OWNED;
+        if (renewed || !renewable || attempts.count !== 1) throw err;
       }
     }
   }

@@ -206,7 +206,7 @@ export class SessionBatch {
     let record = await this.read(clientId);
     if (record && owner !== undefined && record.owner !== owner) {
       const startedBy = record.owner === '' ? 'a client while auth was off' : `another user`;
-      return refusal(at.revision, ErrorCode.PERMISSION_DENIED, `client session ${clientId} was started by ${startedBy}; user ${JSON.stringify(owner)} may not write under it: start a new session with a new client_id`);
+      return refusal(at.revision, ErrorCode.SESSION_NOT_OWNED, `client session ${clientId} was started by ${startedBy}; user ${JSON.stringify(owner)} may not write under it: start a new session with a new client_id`);
     }
     if (!record) {
       if (lowest > 1) {

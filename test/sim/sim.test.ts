@@ -70,6 +70,20 @@ describe('simulator', () => {
     expect(second.trace).toEqual(first.trace);
   });
 
+  test('the auth nemesis enables auth and flips a permission under load: writes are refused while it is revoked, replicas agree, and such a seed replays exactly', async () => {
+    let found: number | undefined;
+    for (let seed = 1; seed <= 60 && found === undefined; seed++) {
+      const result = await new Simulation({ seed }).run();
+      if (!result.ok) throw new Error(`seed ${seed}: ${result.failure}`);
+      if (result.stats.deniedWrites > 0 && result.trace.some((line) => line.includes('auth admin: roleGrantPermission ok'))) found = seed;
+    }
+    expect(found).toBeDefined();
+    const first = await new Simulation({ seed: found! }).run();
+    const second = await new Simulation({ seed: found! }).run();
+    expect(first.stats.authChanges).toBeGreaterThan(0);
+    expect(second.trace).toEqual(first.trace);
+  });
+
   test('an exception while restarting a node is that seed\'s failure, with the node named', async () => {
     const result = await new Simulation({
       seed: 14,

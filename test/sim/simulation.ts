@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Command } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, PermissionType } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
@@ -76,6 +76,12 @@ export interface SimResult {
     restoreCrashes: number;
     /** Nodes whose log was compacted (snapshot index > 0) at the end. */
     compactedNodes: number;
+    /** Auth commands applied (setup, then permission revoked and granted again); 0: auth stayed off. */
+    authChanges: number;
+    /** Client writes refused at apply because their user's permission was revoked. */
+    deniedWrites: number;
+    /** Writes refused SESSION_NOT_OWNED: their session began before auth was enabled. */
+    sessionsNotOwned: number;
   };
 }
 
@@ -179,6 +185,12 @@ interface TailChurn {
 
 class SimulationFailure extends Error {}
 
+/** The auth nemesis's role, and the user each simulated client writes as. */
+const SIM_ROLE = 'writers';
+const simUser = (client: number) => `user-${client}`;
+/** Apply stores a password hash as given (the gate computes it): any well-formed one does. */
+const SIM_PASSWORD_HASH = { salt: Buffer.from('salt'), hash: Buffer.from('hash'), cost: 16384, blockSize: 8, parallelization: 1 };
+
 /**
  * One client id as a simulated client uses it: several writes in flight, each retried
  * with its sequence until answered, and the lowest unanswered sequence sent with each.
@@ -268,6 +280,16 @@ export class Simulation {
   /** index -> the state-machine digest first seen at that applied index, and who had it. */
   private readonly digestsByIndex = new Map<number, { digest: string; who: string }>();
   private readonly snapshotStats = { transfers: 0, installed: 0, compactions: 0, restoreCrashes: 0 };
+  /** Draws of the auth nemesis only, so they do not shift the rest of a seed's draws. */
+  private readonly authRand: SeededRandom;
+  /**
+   * Mean spacing of permission flips once auth is on (the clients' role loses its write
+   * permission, then gets it back); 0: auth stays off in this seed.
+   */
+  private readonly authEveryUnits: number;
+  /** Revocations the admin has proposed: before the first, every user may write every key. */
+  private revokesProposed = 0;
+  private readonly authStats = { changes: 0, deniedWrites: 0, notOwned: 0 };
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -309,10 +331,13 @@ export class Simulation {
     this.memberRand = new SeededRandom(options.seed * 48_271 + 5);
     this.membershipEveryUnits = this.memberRand.pick([0, 100, 200, 400]);
     this.joinsLeft = this.membershipEveryUnits === 0 ? 0 : 1 + this.memberRand.int(MAX_JOINS_PER_SEED);
+    this.authRand = new SeededRandom(options.seed * 69_621 + 13);
+    this.authEveryUnits = this.authRand.pick([0, 0, 60, 150]) * UNITS_PER_TICK;
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
     this.log(`snapshots ${JSON.stringify(this.snapshotProfile)}`);
+    this.log(`auth: a permission flip every ${this.authEveryUnits / UNITS_PER_TICK} ticks on average (0: auth off)`);
   }
 
   /**
@@ -344,6 +369,7 @@ export class Simulation {
       this.scheduleMembership();
       const clientCount = 2 + this.rand.int(4);
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
+      if (this.authEveryUnits > 0) void this.runAuthAdmin(clientCount);
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -373,6 +399,9 @@ export class Simulation {
         snapshotsInstalled: this.snapshotStats.installed,
         restoreCrashes: this.snapshotStats.restoreCrashes,
         compactedNodes: this.nodes.filter((n) => (n.replica?.node.status().snapshotIndex ?? 0) > 0).length,
+        authChanges: this.authStats.changes,
+        deniedWrites: this.authStats.deniedWrites,
+        sessionsNotOwned: this.authStats.notOwned,
       },
     };
   }
@@ -1055,13 +1084,16 @@ export class Simulation {
         // Sent afresh with each attempt: answers to other lanes may have raised it.
         const lowestUnansweredSequence = Math.min(...session.unanswered);
         const write = { key: keyBytes, prevKv: false, clientId: session.clientId, sequence, lowestUnansweredSequence };
+        const authUser = this.authEveryUnits > 0 ? simUser(client.id) : undefined;
         const command: Command =
           kind === 'put'
-            ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0 }
-            : { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0 };
+            ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0, authUser }
+            : { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0, authUser };
         // Each attempt waits longer: a slow cluster's queue must not fill with retries of writes it is still committing.
         const outcome = await this.withTimeout(replica.propose(command), CLIENT_ATTEMPT_TIMEOUT_UNITS * Math.min(2 ** failedAttempts, 4));
-        if (outcome.ok && outcome.value.error) {
+        if (outcome.ok && outcome.value.error?.code === ErrorCode.PERMISSION_DENIED) {
+          if (this.onPermissionDenied(name, outcome.value.error)) break;
+        } else if (outcome.ok && outcome.value.error) {
           if (this.onSessionRefusal(client, session, name, outcome.value.error)) break;
         } else if (outcome.ok) {
           const op = outcome.value.op;
@@ -1092,7 +1124,9 @@ export class Simulation {
    * A write refused inside apply (not applied). Returns true when the write is over:
    * SESSION_EXPIRED starts a new session; SESSION_LIMIT is retried. With the default
    * limits nothing is evicted, so only a session that may never have been created (its
-   * first writes were all given up) may be refused as expired.
+   * first writes were all given up) may be refused as expired. SESSION_NOT_OWNED (a
+   * session started before auth was enabled) starts a new session too, and only a seed
+   * with auth on may meet it.
    */
   private onSessionRefusal(client: SimClient, session: ClientSession, name: string, error: { code: string; message: string }): boolean {
     this.log(`${name} refused: ${error.code} ${error.message}`);
@@ -1100,17 +1134,93 @@ export class Simulation {
       this.sessionErrors.limit++;
       return false;
     }
-    if (error.code !== ErrorCode.SESSION_EXPIRED || (session.exists && !this.tightSessions())) {
+    if (error.code === ErrorCode.SESSION_NOT_OWNED) {
+      if (this.authEveryUnits === 0) this.fail(`${name} refused with ${error.code} although auth is off in this run: ${error.message}`);
+      this.authStats.notOwned++;
+    } else if (error.code !== ErrorCode.SESSION_EXPIRED || (session.exists && !this.tightSessions())) {
       this.fail(`${name} refused with ${error.code} although no session can be evicted in this run: ${error.message}`);
       return true;
+    } else {
+      this.sessionErrors.expired++;
     }
-    this.sessionErrors.expired++;
     if (client.session === session) {
       client.generation++;
       client.session = this.newSession(client.id, client.generation);
       this.log(`client ${client.id}: new session ${client.session.clientId}`);
     }
     return true;
+  }
+
+  /**
+   * A write refused at apply for its user's permission: not applied, and over. Only a seed
+   * with auth on, and only once the admin has proposed a revocation, may refuse one (until
+   * then every user may write every key): anything else is a bug.
+   */
+  private onPermissionDenied(name: string, error: { code: string; message: string }): boolean {
+    this.log(`${name} refused: ${error.code} ${error.message}`);
+    if (this.authEveryUnits === 0 || this.revokesProposed === 0) {
+      this.fail(`${name} refused with ${error.code} although no permission was ever revoked in this run: ${error.message}`);
+      return true;
+    }
+    this.authStats.deniedWrites++;
+    return true;
+  }
+
+  /**
+   * The auth nemesis: sets up a root user, one user per client and a role that may write
+   * every key, enables auth, then every so often revokes the role's permission and grants
+   * it again, all through the log while the clients write. Refused writes are over and
+   * not applied; every replica must decide alike (the digests cover the auth state).
+   */
+  private async runAuthAdmin(clientCount: number): Promise<void> {
+    this.clientsRunning++;
+    const everyKey = { key: Buffer.alloc(0), prefix: true };
+    const grant: AuthCommand['op'] = { $case: 'roleGrantPermission', value: { name: SIM_ROLE, permission: { type: PermissionType.PERMISSION_TYPE_READWRITE, ...everyKey } } };
+    const revoke: AuthCommand['op'] = { $case: 'roleRevokePermission', value: { name: SIM_ROLE, ...everyKey } };
+    const setup: AuthCommand['op'][] = [
+      { $case: 'userAdd', value: { name: 'root', passwordHash: SIM_PASSWORD_HASH } },
+      { $case: 'roleAdd', value: { name: SIM_ROLE } },
+      grant,
+    ];
+    for (let c = 1; c <= clientCount; c++) {
+      setup.push({ $case: 'userAdd', value: { name: simUser(c), passwordHash: SIM_PASSWORD_HASH } });
+      setup.push({ $case: 'userGrantRole', value: { user: simUser(c), role: SIM_ROLE } });
+    }
+    setup.push({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 5) } });
+    try {
+      for (const op of setup) if (!(await this.adminPropose(op))) return;
+      while (this.now < this.clientsStopUnits && !this.failure) {
+        await this.sleep(1 + this.authRand.int(2 * this.authEveryUnits));
+        this.revokesProposed++;
+        if (!(await this.adminPropose(revoke))) return;
+        await this.sleep(1 + this.authRand.int(this.authEveryUnits));
+        if (!(await this.adminPropose(grant))) return;
+      }
+    } catch (err) {
+      this.fail(`auth admin crashed: ${(err as Error).stack ?? err}`);
+    } finally {
+      this.clientsRunning--;
+    }
+  }
+
+  /**
+   * Proposes one auth command as root until an attempt is answered; false once the clients
+   * have stopped. Auth commands carry no session: a retry after a lost answer may apply a
+   * second time and be refused as a no-op (the user exists), which is fine.
+   */
+  private async adminPropose(op: AuthCommand['op']): Promise<boolean> {
+    const command: Command = { op: { $case: 'auth', value: { op } }, proposedAtUnixMs: 0, authUser: 'root' };
+    while (this.now < this.clientsStopUnits && !this.failure) {
+      const replica = this.pickLeader();
+      const outcome = replica ? await this.withTimeout(replica.propose(command)) : undefined;
+      if (outcome?.ok) {
+        this.authStats.changes++;
+        this.log(`auth admin: ${op!.$case} ${outcome.value.error ? `refused: ${outcome.value.error.code} ${outcome.value.error.message}` : 'ok'}`);
+        return true;
+      }
+      await this.sleep(UNITS_PER_TICK);
+    }
+    return false;
   }
 
   /**

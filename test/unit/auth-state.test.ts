@@ -244,7 +244,7 @@ describe('auth at apply: what a node with an older auth state let through', () =
     ];
     const outcomes = await sm.apply(setup.map((c, i) => entry(i + 1, c)));
     const codes = outcomes.map((o) => o.result?.error?.code ?? 'ok');
-    expect(codes.slice(5)).toEqual(['ok', 'PERMISSION_DENIED', 'ok', 'PERMISSION_DENIED', 'ok']);
+    expect(codes.slice(5)).toEqual(['ok', 'SESSION_NOT_OWNED', 'ok', 'SESSION_NOT_OWNED', 'ok']);
     expect(outcomes[6]!.result?.error?.message).toMatch(/client session root-session was started by another user; user "mallory" may not write under it/);
     expect(outcomes[6]!.result?.op).toBeUndefined();
     expect(outcomes[7]!.result).toEqual(outcomes[5]!.result);

@@ -58,6 +58,7 @@ RETRYABLE_CODES = frozenset(
 # cairn's codes (src/errors.ts) after which a write may or may not have been applied.
 UNKNOWN_OUTCOME_CODES = frozenset({"OUTCOME_UNKNOWN", "TIMEOUT", "STOPPED"})
 SESSION_EXPIRED = "SESSION_EXPIRED"
+SESSION_NOT_OWNED = "SESSION_NOT_OWNED"
 
 # Why one attempt at one endpoint failed, from the least to the most informative: nothing
 # listened, something listened but did not answer in time, something answered that is not
@@ -393,8 +394,9 @@ class Client:
 
     def _write(self, send: Callable[[_WriteTicket, int, float], T]) -> T:
         """Sends a write under the client's session, retried with the same sequence. A write
-        refused as SESSION_EXPIRED on its first attempt (its session was evicted while idle)
-        was applied nowhere, so it is sent once more under a new session."""
+        refused as SESSION_EXPIRED on its first attempt (its session was evicted while idle),
+        or as SESSION_NOT_OWNED (another user's session, or one from before auth was on), was
+        applied nowhere, so it is sent once more under a new session."""
         renewed = False
         while True:
             ticket = self._begin_write()
@@ -403,7 +405,8 @@ class Client:
                 result = self._retry(lambda index, seconds: send(ticket, index, seconds), True, attempts)
             except CairnError as error:
                 self._end_write(ticket, failed=True)
-                if renewed or error.error_code != SESSION_EXPIRED or attempts[0] != 1:
+                renewable = error.error_code in (SESSION_EXPIRED, SESSION_NOT_OWNED)
+                if renewed or not renewable or attempts[0] != 1:
                     raise
                 renewed = True
                 continue
