@@ -1,4 +1,4 @@
-import { AuthCommand, Command, CommandResult, DeleteRequest, KeyValue, PutRequest } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, CommandResult, DeleteRequest, KeyValue, PutRequest, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
@@ -9,6 +9,7 @@ import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
+import { overlayRange, putRecord, runTxn, txnAccesses, txnPointKeys, TxnState } from './txn';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -324,7 +325,7 @@ class KvRestore implements FsmRestore {
 }
 
 /** The writes of one apply call, with reads that see the batch's own earlier writes. */
-class ApplyBatch {
+class ApplyBatch implements TxnState {
   /** This batch's writes by hex key (null: deleted). */
   private readonly kv = new Map<string, KeyRecord | null>();
   /** Records read by prefetch (null: not stored), as they were before the batch. */
@@ -350,12 +351,13 @@ class ApplyBatch {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
       if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth') continue;
-      const key = command.op.value.key;
-      const name = hex(key);
-      if (this.kv.has(name) || this.stored.has(name)) continue;
-      const cached = this.cache.get(name);
-      if (cached !== undefined) this.stored.set(name, cached);
-      else keys.set(name, key);
+      for (const key of command.op.$case === 'txn' ? txnPointKeys(command.op.value) : [command.op.value.key]) {
+        const name = hex(key);
+        if (this.kv.has(name) || this.stored.has(name) || keys.has(name)) continue;
+        const cached = this.cache.get(name);
+        if (cached !== undefined) this.stored.set(name, cached);
+        else keys.set(name, key);
+      }
     }
     // Applies are the only writers and run one at a time: what this reads stays current
     // until this batch's own write, so it may go into the cache as it is.
@@ -398,6 +400,8 @@ class ApplyBatch {
         return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.put(command.op.value);
       case 'delete':
         return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.delete(command.op.value);
+      case 'txn':
+        return this.refusedTxnByAuth(command, command.op.value) ?? this.txn(command.op.value);
       case 'auth':
       case undefined:
         return { revision: this.revision, op: undefined };
@@ -418,6 +422,27 @@ class ApplyBatch {
     if (user && this.auth.permitsKey(user, 'write', key) && (!prevKv || this.auth.permitsKey(user, 'read', key))) return undefined;
     const what = prevKv ? 'write (and read, for prev_kv)' : 'write';
     return this.deniedAtApply(`${describeAuthUser(user, 'the write')} may not ${what} key ${describeKey(key)}`);
+  }
+
+  /** With auth on, a Txn applies only if its user may do all it might, in both branches (as checked before proposing). */
+  private refusedTxnByAuth(command: Command, request: TxnRequest): CommandResult | undefined {
+    if (!this.auth.enabled) return undefined;
+    const revoked = this.revokedAtApply(command);
+    if (revoked) return revoked;
+    const user = command.authUser;
+    const { reads, writes } = txnAccesses(request);
+    const allowed =
+      user !== undefined &&
+      writes.every((key) => this.auth.permitsKey(user, 'write', key)) &&
+      reads.every(({ start, end }) => this.auth.permits(user, 'read', start, end));
+    return allowed ? undefined : this.deniedAtApply(`${describeAuthUser(user, 'the txn')} may not do everything this txn may do (it needs read on its compares and ranges, write on its puts and deletes)`);
+  }
+
+  private async txn(request: TxnRequest): Promise<CommandResult> {
+    const { response, revision } = await runTxn(request, this, this.revision);
+    assert(revision === this.revision || revision === this.revision + 1, `a txn moved the revision from ${this.revision} to ${revision}`);
+    this.revision = revision;
+    return { revision, op: { $case: 'txn', value: response } };
   }
 
   /**
@@ -461,13 +486,7 @@ class ApplyBatch {
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
     this.revision++;
-    const record: KeyRecord = {
-      value: request.value,
-      createRevision: previous ? previous.createRevision : this.revision,
-      modRevision: this.revision,
-      version: previous ? previous.version + 1 : 1,
-    };
-    this.kv.set(hex(request.key), record);
+    this.kv.set(hex(request.key), putRecord(previous, request.value, this.revision));
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -482,7 +501,27 @@ class ApplyBatch {
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
-  private async read(key: Buffer): Promise<KeyRecord | undefined> {
+  write(key: Buffer, record: KeyRecord | null): void {
+    this.kv.set(hex(key), record);
+  }
+
+  /**
+   * Keys in [start, end) as this batch leaves them: the stored ones, read with room for as
+   * many of them as the batch's writes in the range might delete, overlaid with those writes.
+   */
+  async range(start: Buffer, end: Buffer | undefined, limit: number): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }> {
+    const staged: [Buffer, KeyRecord | null][] = [];
+    for (const [name, record] of this.kv) {
+      const key = Buffer.from(name, 'hex');
+      if (Buffer.compare(key, start) >= 0 && (end === undefined || Buffer.compare(key, end) < 0)) staged.push([key, record]);
+    }
+    const fetch = limit + staged.length + 1;
+    const stored: [Buffer, KeyRecord][] = [];
+    for await (const [key, value] of this.db.entries('kv', { gte: start, lt: end, limit: fetch })) stored.push([Buffer.from(key), KeyRecord.decode(value)]);
+    return overlayRange(stored, stored.length === fetch, staged, limit);
+  }
+
+  async read(key: Buffer): Promise<KeyRecord | undefined> {
     const name = hex(key);
     const staged = this.kv.get(name);
     if (staged !== undefined) return staged ?? undefined;

@@ -173,6 +173,27 @@ export class AuthGate {
     }
   }
 
+  /**
+   * The caller, once it may do everything a Txn might, in both branches: read its compares'
+   * keys, its ranges and the old values of its prev_kv writes; write its puts' and deletes'
+   * keys (undefined while auth is off).
+   */
+  requireTxn(call: CallIdentity, accesses: { reads: { start: Uint8Array; end: Uint8Array | undefined }[]; writes: Uint8Array[] }): Caller | undefined {
+    const caller = this.caller(call);
+    if (caller === undefined) return undefined;
+    const state = this.state();
+    const user = JSON.stringify(caller.user);
+    for (const key of accesses.writes) {
+      if (!state.permitsKey(caller.user, 'write', key)) throw denied(`user ${user} may not write key ${describeKey(key)} (a txn needs write on every key either branch puts or deletes)`);
+    }
+    for (const { start, end } of accesses.reads) {
+      if (!state.permits(caller.user, 'read', start, end)) {
+        throw denied(`user ${user} may not read [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}) (a txn needs read on its compares, its ranges and its prev_kv keys, in both branches)`);
+      }
+    }
+    return caller;
+  }
+
   /** Throws unless auth is off or the caller has role root; returns the caller (undefined while auth is off). */
   requireRoot(call: CallIdentity, what: string): Caller | undefined {
     const caller = this.caller(call);

@@ -15,6 +15,7 @@ import {
   SnapshotSaveRequest,
   SnapshotSaveResponse,
   StatusResponse,
+  TxnResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import {
   ClusterConfig,
@@ -52,7 +53,9 @@ import {
   validateMemberId,
   validatePut,
   validateRange,
+  validateTxn,
 } from './validate';
+import { txnAccesses } from '../kv/txn';
 
 export const VERSION = '0.1.0';
 
@@ -243,6 +246,13 @@ export function kvService(context: ServiceContext): KVServer {
       gate.requireKey(call, 'read', request.key);
       const kv = await context.replica.stateMachine.get(request.key);
       return { header: header(context), kv };
+    }),
+    txn: unary(async (request, scope, _metadata, call) => {
+      validateTxn(request, context.limits);
+      const caller = gate.requireTxn(call, txnAccesses(request));
+      const result = await write({ $case: 'txn', value: request }, scope, caller);
+      const txn: TxnResponse | undefined = result.op?.$case === 'txn' ? result.op.value : undefined;
+      return { header: header(context, result.revision), succeeded: txn?.succeeded ?? false, responses: txn?.responses ?? [] };
     }),
     range: unary(async (request, scope, _metadata, call) => {
       const range = validateRange(request, context.limits);

@@ -1,7 +1,8 @@
-import { Command, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest } from '../../gen/cairn/kv/v1/kv';
+import { Command, Compare, CompareResult, CompareTarget, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest, RequestOp, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { CairnError, ErrorCode } from '../errors';
 import { Limits } from './config';
 import { MAX_AUTH_NAME_BYTES } from '../kv/auth-state';
+import { MAX_TXN_OPS, MAX_TXN_RANGE_KEYS, rangeBounds } from '../kv/txn';
 
 /** Request checks: each failure is INVALID_ARGUMENT with a message naming the problem. */
 function invalid(message: string): never {
@@ -76,6 +77,9 @@ export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
     case 'delete':
       validateDelete(command.op.value, limits);
       break;
+    case 'txn':
+      validateTxn(command.op.value, limits);
+      break;
     case 'auth':
       // Names and bounds are checked where it applies, alike on every replica.
       break;
@@ -86,6 +90,84 @@ export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
     invalid(`forwarded command's auth_user is over MAX_AUTH_NAME_BYTES ${MAX_AUTH_NAME_BYTES}`);
   }
   return command;
+}
+
+/**
+ * A Txn: at most MAX_TXN_OPS compares and operations per branch, each checked as its own
+ * request would be (with its position in the message), no key written twice in a branch,
+ * the session on the TxnRequest only, and all its keys and values within --max-request-bytes.
+ */
+export function validateTxn(request: TxnRequest, limits: Limits): void {
+  checkSession(request, limits);
+  for (const [field, list] of [['compare', request.compare], ['success', request.success], ['failure', request.failure]] as const) {
+    if (list.length > MAX_TXN_OPS) invalid(`${field} has ${list.length} entries, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`);
+  }
+  let bytes = Buffer.byteLength(request.clientId);
+  request.compare.forEach((compare, i) => (bytes += checkCompare(compare, `compare[${i}]`, limits)));
+  for (const [field, ops] of [['success', request.success], ['failure', request.failure]] as const) {
+    const written = new Set<string>();
+    ops.forEach((op, i) => (bytes += checkTxnOp(op, `${field}[${i}]`, limits, written)));
+  }
+  checkRequestSize(bytes, limits);
+}
+
+/** Checks one compare; returns the bytes it carries. */
+function checkCompare(compare: Compare, where: string, limits: Limits): number {
+  checkKey(compare.key, limits, `${where}.key`);
+  if (!(compare.result in CompareResult) || compare.result === CompareResult.COMPARE_RESULT_UNSPECIFIED || compare.result === CompareResult.UNRECOGNIZED) {
+    invalid(`${where}.result must be EQUAL, NOT_EQUAL, LESS or GREATER, got ${compare.result}`);
+  }
+  const expectedCase = {
+    [CompareTarget.COMPARE_TARGET_VALUE]: 'value',
+    [CompareTarget.COMPARE_TARGET_VERSION]: 'version',
+    [CompareTarget.COMPARE_TARGET_CREATE_REVISION]: 'createRevision',
+    [CompareTarget.COMPARE_TARGET_MOD_REVISION]: 'modRevision',
+  }[compare.target as number];
+  if (expectedCase === undefined) invalid(`${where}.target must be VALUE, VERSION, CREATE_REVISION or MOD_REVISION, got ${compare.target}`);
+  const given = compare.targetUnion;
+  if (given !== undefined && given.$case !== expectedCase) invalid(`${where}.target is ${CompareTarget[compare.target]} but the compare gives ${given.$case}`);
+  if (given?.$case === 'value' && given.value.length > limits.maxValueBytes) {
+    invalid(`${where}.value is ${given.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
+  }
+  return compare.key.length + (given?.$case === 'value' ? given.value.length : 0);
+}
+
+/** Checks one operation of a branch; returns the bytes it carries. */
+function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<string>): number {
+  const request = op.request;
+  const noSession = (r: { clientId: string; sequence: number; lowestUnansweredSequence: number }) => {
+    if (r.clientId !== '' || r.sequence !== 0 || r.lowestUnansweredSequence !== 0) invalid(`${where}: session fields go on the TxnRequest, not on its operations`);
+  };
+  const writeOnce = (key: Buffer) => {
+    const name = key.toString('hex');
+    if (written.has(name)) invalid(`${where}.key is written twice in one branch (a txn may put or delete a key once per branch)`);
+    written.add(name);
+  };
+  switch (request?.$case) {
+    case 'requestPut': {
+      const put = request.value;
+      checkKey(put.key, limits, `${where}.key`);
+      if (put.value.length > limits.maxValueBytes) invalid(`${where}.value is ${put.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
+      noSession(put);
+      writeOnce(put.key);
+      return put.key.length + put.value.length;
+    }
+    case 'requestDelete':
+      checkKey(request.value.key, limits, `${where}.key`);
+      noSession(request.value);
+      writeOnce(request.value.key);
+      return request.value.key.length;
+    case 'requestRange': {
+      const range = request.value;
+      if (range.consistency !== Consistency.CONSISTENCY_UNSPECIFIED) invalid(`${where}.consistency must be unset: a txn is linearizable`);
+      if (range.key.length > limits.maxKeyBytes) invalid(`${where}.key is ${range.key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
+      if (range.limit > MAX_TXN_RANGE_KEYS) invalid(`${where}.limit ${range.limit} is over the limit of ${MAX_TXN_RANGE_KEYS} for a range inside a txn (MAX_TXN_RANGE_KEYS)`);
+      checkRangeBounds(range, limits, `${where}.`);
+      return range.key.length + range.rangeEnd.length;
+    }
+    default:
+      return invalid(`${where} has no operation (request_put, request_delete or request_range)`);
+  }
 }
 
 export function validateGet(request: GetRequest, limits: Limits): void {
@@ -105,19 +187,19 @@ export function validateRange(request: RangeRequest, limits: Limits): ResolvedRa
   if (request.key.length > limits.maxKeyBytes) invalid(`key is ${request.key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
   if (request.limit > limits.maxRangeLimit) invalid(`limit ${request.limit} is over the limit of ${limits.maxRangeLimit} (--max-range-limit)`);
   const limit = request.limit === 0 ? limits.maxRangeLimit : request.limit;
+  checkRangeBounds(request, limits);
+  return { ...rangeBounds(request), limit };
+}
+
+/** The checks on a range's key, range_end and prefix (the bounds are read by rangeBounds). */
+function checkRangeBounds(request: Pick<RangeRequest, 'key' | 'rangeEnd' | 'prefix'>, limits: Limits, field = ''): void {
   if (request.prefix) {
-    if (request.rangeEnd.length > 0) invalid('range_end must be empty when prefix is set');
-    const end = request.key.length === 0 ? undefined : prefixEnd(request.key);
-    return { start: request.key, end: end && end.length === 1 && end[0] === 0 ? undefined : end, limit };
+    if (request.rangeEnd.length > 0) invalid(`${field}range_end must be empty when prefix is set`);
+    return;
   }
+  if (request.rangeEnd.length === 0) return checkKey(request.key, limits, `${field}key`);
   const toEnd = request.rangeEnd.length === 1 && request.rangeEnd[0] === 0;
-  if (request.rangeEnd.length === 0) {
-    checkKey(request.key, limits);
-    return { start: request.key, end: Buffer.concat([request.key, Buffer.from([0])]), limit };
-  }
-  if (toEnd) return { start: request.key, end: undefined, limit };
-  if (Buffer.compare(request.rangeEnd, request.key) <= 0) invalid('range_end must sort after key (or be a single 0x00 byte for "to the end")');
-  return { start: request.key, end: request.rangeEnd, limit };
+  if (!toEnd && Buffer.compare(request.rangeEnd, request.key) <= 0) invalid(`${field}range_end must sort after key (or be a single 0x00 byte for "to the end")`);
 }
 
 /** The range_end that makes [prefix, range_end) the keys starting with `prefix`. */

@@ -111,6 +111,111 @@ export function consistencyToJSON(object: Consistency): string {
   }
 }
 
+/** CompareResult is how a Compare relates the key's target to the given one. */
+export enum CompareResult {
+  COMPARE_RESULT_UNSPECIFIED = 0,
+  COMPARE_RESULT_EQUAL = 1,
+  COMPARE_RESULT_NOT_EQUAL = 2,
+  /** COMPARE_RESULT_LESS - The key's target is less than the given one (bytes compare lexicographically). */
+  COMPARE_RESULT_LESS = 3,
+  COMPARE_RESULT_GREATER = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function compareResultFromJSON(object: any): CompareResult {
+  switch (object) {
+    case 0:
+    case "COMPARE_RESULT_UNSPECIFIED":
+      return CompareResult.COMPARE_RESULT_UNSPECIFIED;
+    case 1:
+    case "COMPARE_RESULT_EQUAL":
+      return CompareResult.COMPARE_RESULT_EQUAL;
+    case 2:
+    case "COMPARE_RESULT_NOT_EQUAL":
+      return CompareResult.COMPARE_RESULT_NOT_EQUAL;
+    case 3:
+    case "COMPARE_RESULT_LESS":
+      return CompareResult.COMPARE_RESULT_LESS;
+    case 4:
+    case "COMPARE_RESULT_GREATER":
+      return CompareResult.COMPARE_RESULT_GREATER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CompareResult.UNRECOGNIZED;
+  }
+}
+
+export function compareResultToJSON(object: CompareResult): string {
+  switch (object) {
+    case CompareResult.COMPARE_RESULT_UNSPECIFIED:
+      return "COMPARE_RESULT_UNSPECIFIED";
+    case CompareResult.COMPARE_RESULT_EQUAL:
+      return "COMPARE_RESULT_EQUAL";
+    case CompareResult.COMPARE_RESULT_NOT_EQUAL:
+      return "COMPARE_RESULT_NOT_EQUAL";
+    case CompareResult.COMPARE_RESULT_LESS:
+      return "COMPARE_RESULT_LESS";
+    case CompareResult.COMPARE_RESULT_GREATER:
+      return "COMPARE_RESULT_GREATER";
+    case CompareResult.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** CompareTarget is what of the key a Compare looks at. */
+export enum CompareTarget {
+  COMPARE_TARGET_UNSPECIFIED = 0,
+  COMPARE_TARGET_VALUE = 1,
+  COMPARE_TARGET_VERSION = 2,
+  COMPARE_TARGET_CREATE_REVISION = 3,
+  COMPARE_TARGET_MOD_REVISION = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function compareTargetFromJSON(object: any): CompareTarget {
+  switch (object) {
+    case 0:
+    case "COMPARE_TARGET_UNSPECIFIED":
+      return CompareTarget.COMPARE_TARGET_UNSPECIFIED;
+    case 1:
+    case "COMPARE_TARGET_VALUE":
+      return CompareTarget.COMPARE_TARGET_VALUE;
+    case 2:
+    case "COMPARE_TARGET_VERSION":
+      return CompareTarget.COMPARE_TARGET_VERSION;
+    case 3:
+    case "COMPARE_TARGET_CREATE_REVISION":
+      return CompareTarget.COMPARE_TARGET_CREATE_REVISION;
+    case 4:
+    case "COMPARE_TARGET_MOD_REVISION":
+      return CompareTarget.COMPARE_TARGET_MOD_REVISION;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CompareTarget.UNRECOGNIZED;
+  }
+}
+
+export function compareTargetToJSON(object: CompareTarget): string {
+  switch (object) {
+    case CompareTarget.COMPARE_TARGET_UNSPECIFIED:
+      return "COMPARE_TARGET_UNSPECIFIED";
+    case CompareTarget.COMPARE_TARGET_VALUE:
+      return "COMPARE_TARGET_VALUE";
+    case CompareTarget.COMPARE_TARGET_VERSION:
+      return "COMPARE_TARGET_VERSION";
+    case CompareTarget.COMPARE_TARGET_CREATE_REVISION:
+      return "COMPARE_TARGET_CREATE_REVISION";
+    case CompareTarget.COMPARE_TARGET_MOD_REVISION:
+      return "COMPARE_TARGET_MOD_REVISION";
+    case CompareTarget.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** PermissionType says what a permission allows. */
 export enum PermissionType {
   PERMISSION_TYPE_UNSPECIFIED = 0,
@@ -403,6 +508,75 @@ export interface RangeResponse {
   more: boolean;
 }
 
+/**
+ * Compare is one condition of a Txn. A key that does not exist has version,
+ * create_revision and mod_revision 0, and no value: a VALUE compare on it is false
+ * whatever the result asked for (as in etcd), so "create if absent" is
+ * version = 0.
+ */
+export interface Compare {
+  result: CompareResult;
+  target: CompareTarget;
+  key: Buffer;
+  /** The one matching `target` is compared; the others must be unset. */
+  targetUnion?:
+    | { $case: "value"; value: Buffer }
+    | { $case: "version"; value: number }
+    | { $case: "createRevision"; value: number }
+    | { $case: "modRevision"; value: number }
+    | undefined;
+}
+
+/**
+ * RequestOp is one operation of a Txn branch. Its session fields (client_id,
+ * sequence, lowest_unanswered_sequence) and a range's consistency must be unset:
+ * the TxnRequest carries the session, and a Txn is linearizable.
+ */
+export interface RequestOp {
+  request?: { $case: "requestRange"; value: RangeRequest } | { $case: "requestPut"; value: PutRequest } | {
+    $case: "requestDelete";
+    value: DeleteRequest;
+  } | undefined;
+}
+
+/**
+ * ResponseOp answers one RequestOp, in the same position. Its header is unset
+ * (the TxnResponse carries it).
+ */
+export interface ResponseOp {
+  response?: { $case: "responseRange"; value: RangeResponse } | { $case: "responsePut"; value: PutResponse } | {
+    $case: "responseDelete";
+    value: DeleteResponse;
+  } | undefined;
+}
+
+/**
+ * TxnRequest: if every compare holds, the success operations run, else the
+ * failure ones, in order, each seeing the writes before it. A key may be
+ * written (put or deleted) at most once per branch. Bounded by MAX_TXN_OPS
+ * compares and operations per branch, and by the message size.
+ */
+export interface TxnRequest {
+  compare: Compare[];
+  success: RequestOp[];
+  failure: RequestOp[];
+  /** Exactly-once, as in PutRequest: see "Client sessions" above. */
+  clientId: string;
+  sequence: number;
+  lowestUnansweredSequence: number;
+}
+
+/** TxnResponse answers a TxnRequest. */
+export interface TxnResponse {
+  /** revision: the store's after the Txn (one more than before if it wrote anything). */
+  header?:
+    | ResponseHeader
+    | undefined;
+  /** Whether every compare held (the success branch ran). */
+  succeeded: boolean;
+  responses: ResponseOp[];
+}
+
 /** Command is what a write becomes in the Raft log: the state machine applies it. */
 export interface Command {
   op?:
@@ -411,6 +585,7 @@ export interface Command {
     | //
     /** A change to users, roles or auth itself (see service Auth). */
     { $case: "auth"; value: AuthCommand }
+    | { $case: "txn"; value: TxnRequest }
     | undefined;
   /**
    * With auth enabled: the user the receiving node authenticated for this put or delete
@@ -450,6 +625,7 @@ export interface CommandResult {
   op?:
     | { $case: "put"; value: PutResponse }
     | { $case: "delete"; value: DeleteResponse }
+    | { $case: "txn"; value: TxnResponse }
     | undefined;
   /**
    * Set when the command was refused inside apply (and changed nothing); the same on
@@ -3669,6 +3845,719 @@ export const RangeResponse: MessageFns<RangeResponse> = {
   },
 };
 
+function createBaseCompare(): Compare {
+  return { result: 0, target: 0, key: Buffer.alloc(0), targetUnion: undefined };
+}
+
+export const Compare: MessageFns<Compare> = {
+  encode(message: Compare, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.result !== 0) {
+      writer.uint32(8).int32(message.result);
+    }
+    if (message.target !== 0) {
+      writer.uint32(16).int32(message.target);
+    }
+    if (message.key.length !== 0) {
+      writer.uint32(26).bytes(message.key);
+    }
+    switch (message.targetUnion?.$case) {
+      case "value":
+        writer.uint32(34).bytes(message.targetUnion.value);
+        break;
+      case "version":
+        writer.uint32(40).uint64(message.targetUnion.value);
+        break;
+      case "createRevision":
+        writer.uint32(48).uint64(message.targetUnion.value);
+        break;
+      case "modRevision":
+        writer.uint32(56).uint64(message.targetUnion.value);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Compare {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompare();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.result = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.target = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.targetUnion = { $case: "value", value: Buffer.from(reader.bytes()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.targetUnion = { $case: "version", value: longToNumber(reader.uint64()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.targetUnion = { $case: "createRevision", value: longToNumber(reader.uint64()) };
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.targetUnion = { $case: "modRevision", value: longToNumber(reader.uint64()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Compare {
+    return {
+      result: isSet(object.result) ? compareResultFromJSON(object.result) : 0,
+      target: isSet(object.target) ? compareTargetFromJSON(object.target) : 0,
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      targetUnion: isSet(object.value)
+        ? { $case: "value", value: Buffer.from(bytesFromBase64(object.value)) }
+        : isSet(object.version)
+        ? { $case: "version", value: globalThis.Number(object.version) }
+        : isSet(object.createRevision)
+        ? { $case: "createRevision", value: globalThis.Number(object.createRevision) }
+        : isSet(object.create_revision)
+        ? { $case: "createRevision", value: globalThis.Number(object.create_revision) }
+        : isSet(object.modRevision)
+        ? { $case: "modRevision", value: globalThis.Number(object.modRevision) }
+        : isSet(object.mod_revision)
+        ? { $case: "modRevision", value: globalThis.Number(object.mod_revision) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: Compare): unknown {
+    const obj: any = {};
+    if (message.result !== 0) {
+      obj.result = compareResultToJSON(message.result);
+    }
+    if (message.target !== 0) {
+      obj.target = compareTargetToJSON(message.target);
+    }
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.targetUnion?.$case === "value") {
+      obj.value = base64FromBytes(message.targetUnion.value);
+    } else if (message.targetUnion?.$case === "version") {
+      obj.version = Math.round(message.targetUnion.value);
+    } else if (message.targetUnion?.$case === "createRevision") {
+      obj.createRevision = Math.round(message.targetUnion.value);
+    } else if (message.targetUnion?.$case === "modRevision") {
+      obj.modRevision = Math.round(message.targetUnion.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Compare>): Compare {
+    return Compare.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Compare>): Compare {
+    const message = createBaseCompare();
+    message.result = object.result ?? 0;
+    message.target = object.target ?? 0;
+    message.key = object.key ?? Buffer.alloc(0);
+    switch (object.targetUnion?.$case) {
+      case "value": {
+        if (object.targetUnion?.value !== undefined && object.targetUnion?.value !== null) {
+          message.targetUnion = { $case: "value", value: object.targetUnion.value };
+        }
+        break;
+      }
+      case "version": {
+        if (object.targetUnion?.value !== undefined && object.targetUnion?.value !== null) {
+          message.targetUnion = { $case: "version", value: object.targetUnion.value };
+        }
+        break;
+      }
+      case "createRevision": {
+        if (object.targetUnion?.value !== undefined && object.targetUnion?.value !== null) {
+          message.targetUnion = { $case: "createRevision", value: object.targetUnion.value };
+        }
+        break;
+      }
+      case "modRevision": {
+        if (object.targetUnion?.value !== undefined && object.targetUnion?.value !== null) {
+          message.targetUnion = { $case: "modRevision", value: object.targetUnion.value };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseRequestOp(): RequestOp {
+  return { request: undefined };
+}
+
+export const RequestOp: MessageFns<RequestOp> = {
+  encode(message: RequestOp, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.request?.$case) {
+      case "requestRange":
+        RangeRequest.encode(message.request.value, writer.uint32(10).fork()).join();
+        break;
+      case "requestPut":
+        PutRequest.encode(message.request.value, writer.uint32(18).fork()).join();
+        break;
+      case "requestDelete":
+        DeleteRequest.encode(message.request.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RequestOp {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRequestOp();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = { $case: "requestRange", value: RangeRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.request = { $case: "requestPut", value: PutRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.request = { $case: "requestDelete", value: DeleteRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RequestOp {
+    return {
+      request: isSet(object.requestRange)
+        ? { $case: "requestRange", value: RangeRequest.fromJSON(object.requestRange) }
+        : isSet(object.request_range)
+        ? { $case: "requestRange", value: RangeRequest.fromJSON(object.request_range) }
+        : isSet(object.requestPut)
+        ? { $case: "requestPut", value: PutRequest.fromJSON(object.requestPut) }
+        : isSet(object.request_put)
+        ? { $case: "requestPut", value: PutRequest.fromJSON(object.request_put) }
+        : isSet(object.requestDelete)
+        ? { $case: "requestDelete", value: DeleteRequest.fromJSON(object.requestDelete) }
+        : isSet(object.request_delete)
+        ? { $case: "requestDelete", value: DeleteRequest.fromJSON(object.request_delete) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: RequestOp): unknown {
+    const obj: any = {};
+    if (message.request?.$case === "requestRange") {
+      obj.requestRange = RangeRequest.toJSON(message.request.value);
+    } else if (message.request?.$case === "requestPut") {
+      obj.requestPut = PutRequest.toJSON(message.request.value);
+    } else if (message.request?.$case === "requestDelete") {
+      obj.requestDelete = DeleteRequest.toJSON(message.request.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RequestOp>): RequestOp {
+    return RequestOp.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RequestOp>): RequestOp {
+    const message = createBaseRequestOp();
+    switch (object.request?.$case) {
+      case "requestRange": {
+        if (object.request?.value !== undefined && object.request?.value !== null) {
+          message.request = { $case: "requestRange", value: RangeRequest.fromPartial(object.request.value) };
+        }
+        break;
+      }
+      case "requestPut": {
+        if (object.request?.value !== undefined && object.request?.value !== null) {
+          message.request = { $case: "requestPut", value: PutRequest.fromPartial(object.request.value) };
+        }
+        break;
+      }
+      case "requestDelete": {
+        if (object.request?.value !== undefined && object.request?.value !== null) {
+          message.request = { $case: "requestDelete", value: DeleteRequest.fromPartial(object.request.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseResponseOp(): ResponseOp {
+  return { response: undefined };
+}
+
+export const ResponseOp: MessageFns<ResponseOp> = {
+  encode(message: ResponseOp, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.response?.$case) {
+      case "responseRange":
+        RangeResponse.encode(message.response.value, writer.uint32(10).fork()).join();
+        break;
+      case "responsePut":
+        PutResponse.encode(message.response.value, writer.uint32(18).fork()).join();
+        break;
+      case "responseDelete":
+        DeleteResponse.encode(message.response.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResponseOp {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResponseOp();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.response = { $case: "responseRange", value: RangeResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.response = { $case: "responsePut", value: PutResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.response = { $case: "responseDelete", value: DeleteResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResponseOp {
+    return {
+      response: isSet(object.responseRange)
+        ? { $case: "responseRange", value: RangeResponse.fromJSON(object.responseRange) }
+        : isSet(object.response_range)
+        ? { $case: "responseRange", value: RangeResponse.fromJSON(object.response_range) }
+        : isSet(object.responsePut)
+        ? { $case: "responsePut", value: PutResponse.fromJSON(object.responsePut) }
+        : isSet(object.response_put)
+        ? { $case: "responsePut", value: PutResponse.fromJSON(object.response_put) }
+        : isSet(object.responseDelete)
+        ? { $case: "responseDelete", value: DeleteResponse.fromJSON(object.responseDelete) }
+        : isSet(object.response_delete)
+        ? { $case: "responseDelete", value: DeleteResponse.fromJSON(object.response_delete) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ResponseOp): unknown {
+    const obj: any = {};
+    if (message.response?.$case === "responseRange") {
+      obj.responseRange = RangeResponse.toJSON(message.response.value);
+    } else if (message.response?.$case === "responsePut") {
+      obj.responsePut = PutResponse.toJSON(message.response.value);
+    } else if (message.response?.$case === "responseDelete") {
+      obj.responseDelete = DeleteResponse.toJSON(message.response.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResponseOp>): ResponseOp {
+    return ResponseOp.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResponseOp>): ResponseOp {
+    const message = createBaseResponseOp();
+    switch (object.response?.$case) {
+      case "responseRange": {
+        if (object.response?.value !== undefined && object.response?.value !== null) {
+          message.response = { $case: "responseRange", value: RangeResponse.fromPartial(object.response.value) };
+        }
+        break;
+      }
+      case "responsePut": {
+        if (object.response?.value !== undefined && object.response?.value !== null) {
+          message.response = { $case: "responsePut", value: PutResponse.fromPartial(object.response.value) };
+        }
+        break;
+      }
+      case "responseDelete": {
+        if (object.response?.value !== undefined && object.response?.value !== null) {
+          message.response = { $case: "responseDelete", value: DeleteResponse.fromPartial(object.response.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseTxnRequest(): TxnRequest {
+  return { compare: [], success: [], failure: [], clientId: "", sequence: 0, lowestUnansweredSequence: 0 };
+}
+
+export const TxnRequest: MessageFns<TxnRequest> = {
+  encode(message: TxnRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.compare) {
+      Compare.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.success) {
+      RequestOp.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.failure) {
+      RequestOp.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.clientId !== "") {
+      writer.uint32(34).string(message.clientId);
+    }
+    if (message.sequence !== 0) {
+      writer.uint32(40).uint64(message.sequence);
+    }
+    if (message.lowestUnansweredSequence !== 0) {
+      writer.uint32(48).uint64(message.lowestUnansweredSequence);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TxnRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTxnRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.compare.push(Compare.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.success.push(RequestOp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.failure.push(RequestOp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.clientId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sequence = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lowestUnansweredSequence = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TxnRequest {
+    return {
+      compare: globalThis.Array.isArray(object?.compare) ? object.compare.map((e: any) => Compare.fromJSON(e)) : [],
+      success: globalThis.Array.isArray(object?.success) ? object.success.map((e: any) => RequestOp.fromJSON(e)) : [],
+      failure: globalThis.Array.isArray(object?.failure) ? object.failure.map((e: any) => RequestOp.fromJSON(e)) : [],
+      clientId: isSet(object.clientId)
+        ? globalThis.String(object.clientId)
+        : isSet(object.client_id)
+        ? globalThis.String(object.client_id)
+        : "",
+      sequence: isSet(object.sequence) ? globalThis.Number(object.sequence) : 0,
+      lowestUnansweredSequence: isSet(object.lowestUnansweredSequence)
+        ? globalThis.Number(object.lowestUnansweredSequence)
+        : isSet(object.lowest_unanswered_sequence)
+        ? globalThis.Number(object.lowest_unanswered_sequence)
+        : 0,
+    };
+  },
+
+  toJSON(message: TxnRequest): unknown {
+    const obj: any = {};
+    if (message.compare?.length) {
+      obj.compare = message.compare.map((e) => Compare.toJSON(e));
+    }
+    if (message.success?.length) {
+      obj.success = message.success.map((e) => RequestOp.toJSON(e));
+    }
+    if (message.failure?.length) {
+      obj.failure = message.failure.map((e) => RequestOp.toJSON(e));
+    }
+    if (message.clientId !== "") {
+      obj.clientId = message.clientId;
+    }
+    if (message.sequence !== 0) {
+      obj.sequence = Math.round(message.sequence);
+    }
+    if (message.lowestUnansweredSequence !== 0) {
+      obj.lowestUnansweredSequence = Math.round(message.lowestUnansweredSequence);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TxnRequest>): TxnRequest {
+    return TxnRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TxnRequest>): TxnRequest {
+    const message = createBaseTxnRequest();
+    message.compare = object.compare?.map((e) => Compare.fromPartial(e)) || [];
+    message.success = object.success?.map((e) => RequestOp.fromPartial(e)) || [];
+    message.failure = object.failure?.map((e) => RequestOp.fromPartial(e)) || [];
+    message.clientId = object.clientId ?? "";
+    message.sequence = object.sequence ?? 0;
+    message.lowestUnansweredSequence = object.lowestUnansweredSequence ?? 0;
+    return message;
+  },
+};
+
+function createBaseTxnResponse(): TxnResponse {
+  return { header: undefined, succeeded: false, responses: [] };
+}
+
+export const TxnResponse: MessageFns<TxnResponse> = {
+  encode(message: TxnResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.succeeded !== false) {
+      writer.uint32(16).bool(message.succeeded);
+    }
+    for (const v of message.responses) {
+      ResponseOp.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TxnResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTxnResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.succeeded = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.responses.push(ResponseOp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TxnResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      succeeded: isSet(object.succeeded) ? globalThis.Boolean(object.succeeded) : false,
+      responses: globalThis.Array.isArray(object?.responses)
+        ? object.responses.map((e: any) => ResponseOp.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TxnResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.succeeded !== false) {
+      obj.succeeded = message.succeeded;
+    }
+    if (message.responses?.length) {
+      obj.responses = message.responses.map((e) => ResponseOp.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TxnResponse>): TxnResponse {
+    return TxnResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TxnResponse>): TxnResponse {
+    const message = createBaseTxnResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.succeeded = object.succeeded ?? false;
+    message.responses = object.responses?.map((e) => ResponseOp.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseCommand(): Command {
   return { op: undefined, authUser: undefined, authPasswordIndex: undefined, proposedAtUnixMs: 0 };
 }
@@ -3684,6 +4573,9 @@ export const Command: MessageFns<Command> = {
         break;
       case "auth":
         AuthCommand.encode(message.op.value, writer.uint32(34).fork()).join();
+        break;
+      case "txn":
+        TxnRequest.encode(message.op.value, writer.uint32(58).fork()).join();
         break;
     }
     if (message.authUser !== undefined) {
@@ -3735,6 +4627,14 @@ export const Command: MessageFns<Command> = {
             message.op = { $case: "auth", value: AuthCommand.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.op = { $case: "txn", value: TxnRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 5: {
             if (tag !== 42) {
               break;
@@ -3779,6 +4679,8 @@ export const Command: MessageFns<Command> = {
         ? { $case: "delete", value: DeleteRequest.fromJSON(object.delete) }
         : isSet(object.auth)
         ? { $case: "auth", value: AuthCommand.fromJSON(object.auth) }
+        : isSet(object.txn)
+        ? { $case: "txn", value: TxnRequest.fromJSON(object.txn) }
         : undefined,
       authUser: isSet(object.authUser)
         ? globalThis.String(object.authUser)
@@ -3806,6 +4708,8 @@ export const Command: MessageFns<Command> = {
       obj.delete = DeleteRequest.toJSON(message.op.value);
     } else if (message.op?.$case === "auth") {
       obj.auth = AuthCommand.toJSON(message.op.value);
+    } else if (message.op?.$case === "txn") {
+      obj.txn = TxnRequest.toJSON(message.op.value);
     }
     if (message.authUser !== undefined) {
       obj.authUser = message.authUser;
@@ -3843,6 +4747,12 @@ export const Command: MessageFns<Command> = {
         }
         break;
       }
+      case "txn": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "txn", value: TxnRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
     }
     message.authUser = object.authUser ?? undefined;
     message.authPasswordIndex = object.authPasswordIndex ?? undefined;
@@ -3866,6 +4776,9 @@ export const CommandResult: MessageFns<CommandResult> = {
         break;
       case "delete":
         DeleteResponse.encode(message.op.value, writer.uint32(26).fork()).join();
+        break;
+      case "txn":
+        TxnResponse.encode(message.op.value, writer.uint32(42).fork()).join();
         break;
     }
     if (message.error !== undefined) {
@@ -3911,6 +4824,14 @@ export const CommandResult: MessageFns<CommandResult> = {
             message.op = { $case: "delete", value: DeleteResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.op = { $case: "txn", value: TxnResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 4: {
             if (tag !== 34) {
               break;
@@ -3938,6 +4859,8 @@ export const CommandResult: MessageFns<CommandResult> = {
         ? { $case: "put", value: PutResponse.fromJSON(object.put) }
         : isSet(object.delete)
         ? { $case: "delete", value: DeleteResponse.fromJSON(object.delete) }
+        : isSet(object.txn)
+        ? { $case: "txn", value: TxnResponse.fromJSON(object.txn) }
         : undefined,
       error: isSet(object.error) ? CommandError.fromJSON(object.error) : undefined,
     };
@@ -3952,6 +4875,8 @@ export const CommandResult: MessageFns<CommandResult> = {
       obj.put = PutResponse.toJSON(message.op.value);
     } else if (message.op?.$case === "delete") {
       obj.delete = DeleteResponse.toJSON(message.op.value);
+    } else if (message.op?.$case === "txn") {
+      obj.txn = TxnResponse.toJSON(message.op.value);
     }
     if (message.error !== undefined) {
       obj.error = CommandError.toJSON(message.error);
@@ -3975,6 +4900,12 @@ export const CommandResult: MessageFns<CommandResult> = {
       case "delete": {
         if (object.op?.value !== undefined && object.op?.value !== null) {
           message.op = { $case: "delete", value: DeleteResponse.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "txn": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "txn", value: TxnResponse.fromPartial(object.op.value) };
         }
         break;
       }
@@ -7304,6 +8235,19 @@ export const KVService = {
     responseSerialize: (value: RangeResponse): Buffer => Buffer.from(RangeResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RangeResponse => RangeResponse.decode(value),
   },
+  /**
+   * Txn compares keys, then runs the success or the failure list of operations, all in
+   * one log entry: atomically, with one revision for all its writes (as etcd's Txn).
+   */
+  txn: {
+    path: "/cairn.kv.v1.KV/Txn" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TxnRequest): Buffer => Buffer.from(TxnRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TxnRequest => TxnRequest.decode(value),
+    responseSerialize: (value: TxnResponse): Buffer => Buffer.from(TxnResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TxnResponse => TxnResponse.decode(value),
+  },
 } as const;
 
 export interface KVServer extends UntypedServiceImplementation {
@@ -7315,6 +8259,11 @@ export interface KVServer extends UntypedServiceImplementation {
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
   /** Range reads the keys in [key, range_end) in key order, up to a limit. */
   range: handleUnaryCall<RangeRequest, RangeResponse>;
+  /**
+   * Txn compares keys, then runs the success or the failure list of operations, all in
+   * one log entry: atomically, with one revision for all its writes (as etcd's Txn).
+   */
+  txn: handleUnaryCall<TxnRequest, TxnResponse>;
 }
 
 export interface KVClient extends Client {
@@ -7375,6 +8324,22 @@ export interface KVClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RangeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Txn compares keys, then runs the success or the failure list of operations, all in
+   * one log entry: atomically, with one revision for all its writes (as etcd's Txn).
+   */
+  txn(request: TxnRequest, callback: (error: ServiceError | null, response: TxnResponse) => void): ClientUnaryCall;
+  txn(
+    request: TxnRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TxnResponse) => void,
+  ): ClientUnaryCall;
+  txn(
+    request: TxnRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TxnResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -36,6 +36,11 @@ class KVStub(object):
                 request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
                 response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RangeResponse.FromString,
                 )
+        self.Txn = channel.unary_unary(
+                '/cairn.kv.v1.KV/Txn',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+                )
 
 
 class KVServicer(object):
@@ -71,6 +76,14 @@ class KVServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Txn(self, request, context):
+        """Txn compares keys, then runs the success or the failure list of operations, all in
+        one log entry: atomically, with one revision for all its writes (as etcd's Txn).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Range,
                     request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RangeRequest.FromString,
                     response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -171,6 +189,23 @@ class KV(object):
         return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.KV/Range',
             cairn_dot_kv_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
             cairn_dot_kv_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.KV/Txn',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -1,0 +1,232 @@
+import {
+  Compare,
+  CompareResult,
+  CompareTarget,
+  DeleteRequest,
+  DeleteResponse,
+  KeyValue,
+  PutRequest,
+  PutResponse,
+  RangeRequest,
+  RangeResponse,
+  RequestOp,
+  ResponseOp,
+  TxnRequest,
+  TxnResponse,
+} from '../../gen/cairn/kv/v1/kv';
+import { KeyRecord } from '../../gen/cairn/storage/v1/storage';
+import { assert } from '../assert';
+import { prefixEnd } from './auth-state';
+
+/**
+ * Transactions (KV.Txn): compares, then one branch of puts, deletes and ranges, applied
+ * inside one log entry. Everything here runs inside apply, on every replica alike, so its
+ * bounds are constants, not flags: they shape the replicated results.
+ */
+
+/** Most compares, and most operations in each branch, of one Txn (etcd's --max-txn-ops default). */
+export const MAX_TXN_OPS = 128;
+/** Most keys one range inside a Txn returns (its limit 0 means this). */
+export const MAX_TXN_RANGE_KEYS = 1000;
+/**
+ * Budget for the keys and values all ranges of one Txn return (each entry also counted
+ * with TXN_RANGE_ENTRY_OVERHEAD_BYTES): a range stops before the entry that would go over it
+ * and sets `more`. A Txn's result is kept in its client session, so this bounds what one
+ * answer holds there; the first entry of each range is returned whatever its size.
+ */
+export const MAX_TXN_READ_BYTES = 512 * 1024;
+/** What one KeyValue adds to a response beyond its key and value. */
+export const TXN_RANGE_ENTRY_OVERHEAD_BYTES = 64;
+
+/** What a Txn needs of the state as its batch leaves it (its own earlier writes included). */
+export interface TxnState {
+  read(key: Buffer): Promise<KeyRecord | undefined>;
+  /** Keys in [start, end) (end undefined: to the end), in order, at most `limit`, with `more`. */
+  range(start: Buffer, end: Buffer | undefined, limit: number): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }>;
+  /** Writes `record` under `key` (null deletes it). */
+  write(key: Buffer, record: KeyRecord | null): void;
+}
+
+/**
+ * The keys [start, end) a range request names (end undefined: to the end of the key space):
+ * with `prefix`, those starting with `key` (all keys for an empty one); with no range_end,
+ * the one key; a range_end of one 0x00 byte, everything from `key` on. The server validates
+ * requests with the same reading (src/server/validate.ts).
+ */
+export function rangeBounds(request: Pick<RangeRequest, 'key' | 'rangeEnd' | 'prefix'>): { start: Buffer; end: Buffer | undefined } {
+  const start = Buffer.from(request.key);
+  if (request.prefix) return { start, end: start.length === 0 ? undefined : prefixEnd(start) };
+  if (request.rangeEnd.length === 0) return { start, end: Buffer.concat([start, Buffer.from([0])]) };
+  if (request.rangeEnd.length === 1 && request.rangeEnd[0] === 0) return { start, end: undefined };
+  return { start, end: Buffer.from(request.rangeEnd) };
+}
+
+/** Whether `compare` holds for the key's record (undefined: the key does not exist). */
+export function compareHolds(compare: Compare, record: KeyRecord | undefined): boolean {
+  const given = compare.targetUnion;
+  let order: number;
+  switch (compare.target) {
+    case CompareTarget.COMPARE_TARGET_VALUE:
+      // As in etcd: a value compare on a key that does not exist is false.
+      if (!record) return false;
+      order = Buffer.compare(Buffer.from(record.value), given?.$case === 'value' ? given.value : Buffer.alloc(0));
+      break;
+    case CompareTarget.COMPARE_TARGET_VERSION:
+      order = Math.sign((record?.version ?? 0) - (given?.$case === 'version' ? given.value : 0));
+      break;
+    case CompareTarget.COMPARE_TARGET_CREATE_REVISION:
+      order = Math.sign((record?.createRevision ?? 0) - (given?.$case === 'createRevision' ? given.value : 0));
+      break;
+    case CompareTarget.COMPARE_TARGET_MOD_REVISION:
+      order = Math.sign((record?.modRevision ?? 0) - (given?.$case === 'modRevision' ? given.value : 0));
+      break;
+    default:
+      // Validated before proposing; an unknown target in the log holds on no replica.
+      return false;
+  }
+  switch (compare.result) {
+    case CompareResult.COMPARE_RESULT_EQUAL:
+      return order === 0;
+    case CompareResult.COMPARE_RESULT_NOT_EQUAL:
+      return order !== 0;
+    case CompareResult.COMPARE_RESULT_LESS:
+      return order < 0;
+    case CompareResult.COMPARE_RESULT_GREATER:
+      return order > 0;
+    default:
+      return false;
+  }
+}
+
+/**
+ * Runs a Txn against `state`, the store being at `revision`: its writes all get one
+ * revision, the next, taken at its first write that changes anything (a delete of a key
+ * that does not exist changes nothing). Returns the response and the store's revision after.
+ */
+export async function runTxn(request: TxnRequest, state: TxnState, revision: number): Promise<{ response: TxnResponse; revision: number }> {
+  let succeeded = true;
+  for (const compare of request.compare) {
+    if (!compareHolds(compare, await state.read(compare.key))) {
+      succeeded = false;
+      break;
+    }
+  }
+  let writeRevision: number | undefined;
+  const revisionForWrite = () => (writeRevision ??= revision + 1);
+  const budget = { bytes: MAX_TXN_READ_BYTES };
+  const responses: ResponseOp[] = [];
+  for (const op of succeeded ? request.success : request.failure) responses.push(await runOp(op, state, revisionForWrite, budget));
+  return { response: { header: undefined, succeeded, responses }, revision: writeRevision ?? revision };
+}
+
+async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => number, budget: { bytes: number }): Promise<ResponseOp> {
+  const request = op.request;
+  switch (request?.$case) {
+    case 'requestPut':
+      return { response: { $case: 'responsePut', value: await put(request.value, state, revisionForWrite) } };
+    case 'requestDelete':
+      return { response: { $case: 'responseDelete', value: await del(request.value, state, revisionForWrite) } };
+    case 'requestRange':
+      return { response: { $case: 'responseRange', value: await range(request.value, state, budget) } };
+    default:
+      // Validated before proposing: an empty op in the log does nothing on every replica.
+      return { response: undefined };
+  }
+}
+
+/** The record a put of `value` at `revision` leaves, over the key's `previous` one. */
+export function putRecord(previous: KeyRecord | undefined, value: Buffer, revision: number): KeyRecord {
+  return { value, createRevision: previous ? previous.createRevision : revision, modRevision: revision, version: previous ? previous.version + 1 : 1 };
+}
+
+async function put(request: PutRequest, state: TxnState, revisionForWrite: () => number): Promise<PutResponse> {
+  const previous = await state.read(request.key);
+  state.write(request.key, putRecord(previous, request.value, revisionForWrite()));
+  return { header: undefined, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
+}
+
+async function del(request: DeleteRequest, state: TxnState, revisionForWrite: () => number): Promise<DeleteResponse> {
+  const previous = await state.read(request.key);
+  if (previous) {
+    revisionForWrite();
+    state.write(request.key, null);
+  }
+  return { header: undefined, deleted: !!previous, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
+}
+
+async function range(request: RangeRequest, state: TxnState, budget: { bytes: number }): Promise<RangeResponse> {
+  const { start, end } = rangeBounds(request);
+  const limit = request.limit === 0 ? MAX_TXN_RANGE_KEYS : Math.min(request.limit, MAX_TXN_RANGE_KEYS);
+  const read = await state.range(start, end, limit);
+  const kvs: KeyValue[] = [];
+  let more = read.more;
+  for (const [key, record] of read.entries) {
+    const kv = keyValue(key, record, request.keysOnly);
+    const bytes = kv.key.length + kv.value.length + TXN_RANGE_ENTRY_OVERHEAD_BYTES;
+    if (bytes > budget.bytes && kvs.length > 0) {
+      more = true;
+      break;
+    }
+    budget.bytes -= bytes;
+    kvs.push(kv);
+  }
+  return { header: undefined, kvs, more };
+}
+
+function keyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue {
+  return { key, value: keysOnly ? Buffer.alloc(0) : Buffer.from(record.value), createRevision: record.createRevision, modRevision: record.modRevision, version: record.version };
+}
+
+/** The keys a Txn's compares and writes name, in both branches (for prefetching). */
+export function txnPointKeys(request: TxnRequest): Buffer[] {
+  const keys = request.compare.map((c) => c.key);
+  for (const op of [...request.success, ...request.failure]) {
+    const r = op.request;
+    if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') keys.push(r.value.key);
+  }
+  return keys;
+}
+
+/**
+ * Everything a Txn may touch, in both branches, as the permissions it needs: reads (compares,
+ * ranges, and the old value of a prev_kv write) and writes. Both branches count, so whether
+ * the compares hold reveals nothing a caller may not read.
+ */
+export function txnAccesses(request: TxnRequest): { reads: { start: Buffer; end: Buffer | undefined }[]; writes: Buffer[] } {
+  // A read's end undefined is the end of the key space, so one key reads as [key, key + 0x00).
+  const oneKey = (key: Buffer) => ({ start: key, end: Buffer.concat([key, Buffer.from([0])]) });
+  const reads: { start: Buffer; end: Buffer | undefined }[] = request.compare.map((c) => oneKey(c.key));
+  const writes: Buffer[] = [];
+  for (const op of [...request.success, ...request.failure]) {
+    const r = op.request;
+    if (r?.$case === 'requestRange') reads.push(rangeBounds(r.value));
+    else if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') {
+      writes.push(r.value.key);
+      if (r.value.prevKv) reads.push(oneKey(r.value.key));
+    }
+  }
+  return { reads, writes };
+}
+
+/** Merges a sorted read of stored entries with the batch's own writes over the same range. */
+export function overlayRange(
+  stored: [Buffer, KeyRecord][],
+  storedTruncated: boolean,
+  staged: [Buffer, KeyRecord | null][],
+  limit: number,
+): { entries: [Buffer, KeyRecord][]; more: boolean } {
+  const byKey = new Map<string, [Buffer, KeyRecord | null]>();
+  for (const [key, record] of stored) byKey.set(key.toString('hex'), [key, record]);
+  // Past the last stored key read, the stored state is unknown: staged puts there would jump the queue.
+  const lastStored = storedTruncated && stored.length > 0 ? stored[stored.length - 1]![0] : undefined;
+  for (const [key, record] of staged) {
+    if (lastStored && Buffer.compare(key, lastStored) > 0) continue;
+    byKey.set(key.toString('hex'), [key, record]);
+  }
+  const merged = [...byKey.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([, entry]) => entry)
+    .filter((entry): entry is [Buffer, KeyRecord] => entry[1] !== null);
+  assert(!storedTruncated || merged.length > limit, 'a truncated stored read left too few keys for the limit');
+  return { entries: merged.slice(0, limit), more: merged.length > limit || storedTruncated };
+}

@@ -1,0 +1,230 @@
+import { AuthCommand, Command, CommandResult, Compare, CompareResult, CompareTarget, PermissionType, RequestOp, TxnRequest, TxnResponse } from '../../gen/cairn/kv/v1/kv';
+import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
+import { KeyRecord } from '../../gen/cairn/storage/v1/storage';
+import { KvStateMachine } from '../../src/kv/state-machine';
+import { compareHolds, MAX_TXN_OPS, MAX_TXN_READ_BYTES, overlayRange, rangeBounds, txnAccesses } from '../../src/kv/txn';
+import { validateCommand, validateTxn } from '../../src/server/validate';
+import { BACKENDS } from '../support/db-backends';
+
+const b = (text: string) => Buffer.from(text);
+
+// ---------------------------------------------------------------------------
+// Builders, shaped like what a client sends
+
+const value = (key: string, result: CompareResult, expected: string): Compare => ({
+  key: b(key),
+  target: CompareTarget.COMPARE_TARGET_VALUE,
+  result,
+  targetUnion: { $case: 'value', value: b(expected) },
+});
+const version = (key: string, result: CompareResult, expected: number): Compare => ({
+  key: b(key),
+  target: CompareTarget.COMPARE_TARGET_VERSION,
+  result,
+  targetUnion: { $case: 'version', value: expected },
+});
+const noSession = { clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
+const putOp = (key: string, v: string, prevKv = false): RequestOp => ({ request: { $case: 'requestPut', value: { key: b(key), value: b(v), prevKv, ...noSession } } });
+const delOp = (key: string): RequestOp => ({ request: { $case: 'requestDelete', value: { key: b(key), prevKv: false, ...noSession } } });
+const rangeOp = (key: string, prefix = false, limit = 0): RequestOp => ({
+  request: { $case: 'requestRange', value: { key: b(key), rangeEnd: Buffer.alloc(0), prefix, limit, keysOnly: false, consistency: 0 } },
+});
+const txn = (compare: Compare[], success: RequestOp[], failure: RequestOp[] = [], session = noSession): TxnRequest => ({ compare, success, failure, ...session });
+const EQUAL = CompareResult.COMPARE_RESULT_EQUAL;
+
+const command = (request: TxnRequest, authUser?: string): Command => ({ op: { $case: 'txn', value: request }, proposedAtUnixMs: 0, authUser });
+const putCommand = (key: string, v: string): Command => ({ op: { $case: 'put', value: { key: b(key), value: b(v), prevKv: false, ...noSession } }, proposedAtUnixMs: 0 });
+const delCommand = (key: string): Command => ({ op: { $case: 'delete', value: { key: b(key), prevKv: false, ...noSession } }, proposedAtUnixMs: 0 });
+const authCommand = (op: AuthCommand['op'], authUser?: string): Command => ({ op: { $case: 'auth', value: { op } }, proposedAtUnixMs: 0, authUser });
+
+function txnOf(result: CommandResult | undefined): TxnResponse {
+  if (result?.op?.$case !== 'txn') throw new Error(`not a txn result: ${JSON.stringify(result)}`);
+  return result.op.value;
+}
+
+const record = (v: string, version: number, createRevision: number, modRevision: number): KeyRecord => ({ value: b(v), version, createRevision, modRevision });
+
+describe('compares', () => {
+  const stored = record('m', 3, 2, 7);
+
+  test.each([
+    [CompareResult.COMPARE_RESULT_EQUAL, 'm', true],
+    [CompareResult.COMPARE_RESULT_NOT_EQUAL, 'm', false],
+    [CompareResult.COMPARE_RESULT_LESS, 'n', true],
+    [CompareResult.COMPARE_RESULT_GREATER, 'l', true],
+    [CompareResult.COMPARE_RESULT_GREATER, 'm', false],
+  ])('value %s %s: %s', (result, expected, holds) => {
+    expect(compareHolds(value('k', result, expected), stored)).toBe(holds);
+  });
+
+  test('numbers: version, create and mod revision', () => {
+    expect(compareHolds(version('k', EQUAL, 3), stored)).toBe(true);
+    expect(compareHolds(version('k', CompareResult.COMPARE_RESULT_LESS, 3), stored)).toBe(false);
+    const create: Compare = { key: b('k'), target: CompareTarget.COMPARE_TARGET_CREATE_REVISION, result: CompareResult.COMPARE_RESULT_LESS, targetUnion: { $case: 'createRevision', value: 3 } };
+    expect(compareHolds(create, stored)).toBe(true);
+    const mod: Compare = { key: b('k'), target: CompareTarget.COMPARE_TARGET_MOD_REVISION, result: CompareResult.COMPARE_RESULT_GREATER, targetUnion: { $case: 'modRevision', value: 7 } };
+    expect(compareHolds(mod, stored)).toBe(false);
+  });
+
+  test('a key that does not exist: version 0, and every value compare is false (as in etcd)', () => {
+    expect(compareHolds(version('k', EQUAL, 0), undefined)).toBe(true);
+    expect(compareHolds(value('k', EQUAL, ''), undefined)).toBe(false);
+    expect(compareHolds(value('k', CompareResult.COMPARE_RESULT_NOT_EQUAL, 'x'), undefined)).toBe(false);
+  });
+});
+
+describe('range bounds and the batch overlay', () => {
+  test('prefix, one key, to the end, explicit end', () => {
+    expect(rangeBounds({ key: b('a/'), rangeEnd: Buffer.alloc(0), prefix: true })).toEqual({ start: b('a/'), end: b('a0') });
+    expect(rangeBounds({ key: Buffer.alloc(0), rangeEnd: Buffer.alloc(0), prefix: true })).toEqual({ start: Buffer.alloc(0), end: undefined });
+    expect(rangeBounds({ key: b('k'), rangeEnd: Buffer.alloc(0), prefix: false })).toEqual({ start: b('k'), end: Buffer.from([0x6b, 0]) });
+    expect(rangeBounds({ key: b('k'), rangeEnd: Buffer.from([0]), prefix: false })).toEqual({ start: b('k'), end: undefined });
+    expect(rangeBounds({ key: b('a'), rangeEnd: b('c'), prefix: false })).toEqual({ start: b('a'), end: b('c') });
+  });
+
+  test('staged puts and deletes replace what is stored; a truncated stored read cuts staged keys past its last key', () => {
+    const r = record('v', 1, 1, 1);
+    const stored: [Buffer, KeyRecord][] = [[b('a'), r], [b('b'), r], [b('c'), r], [b('d'), r]];
+    const staged: [Buffer, KeyRecord | null][] = [[b('b'), null], [b('bb'), r], [b('z'), r]];
+    const { entries, more } = overlayRange(stored, true, staged, 3);
+    expect(entries.map(([k]) => k.toString())).toEqual(['a', 'bb', 'c']);
+    expect(more).toBe(true);
+    expect(overlayRange(stored, false, staged, 10).entries.map(([k]) => k.toString())).toEqual(['a', 'bb', 'c', 'd', 'z']);
+  });
+
+  test('a txn\'s permissions: both branches, one key as [key, key+0x00), a range to the end as end undefined', () => {
+    const request = txn([version('c', EQUAL, 0)], [putOp('w', 'v', true)], [rangeOp('', true), delOp('d')]);
+    const { reads, writes } = txnAccesses(request);
+    expect(writes.map((k) => k.toString())).toEqual(['w', 'd']);
+    expect(reads).toEqual([
+      { start: b('c'), end: Buffer.from([0x63, 0]) },
+      { start: b('w'), end: Buffer.from([0x77, 0]) },
+      { start: Buffer.alloc(0), end: undefined },
+    ]);
+  });
+});
+
+describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
+  let sm: KvStateMachine;
+  let cleanup: () => Promise<void>;
+  let index = 0;
+  beforeEach(async () => {
+    const opened = await backend.open();
+    cleanup = opened.cleanup;
+    sm = await KvStateMachine.open(opened.db);
+    index = 0;
+  });
+  afterEach(() => cleanup());
+
+  const entry = (c: Command): Entry => ({ index: ++index, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(c).finish()) });
+  const apply = async (...commands: Command[]) => (await sm.apply(commands.map(entry))).map((o) => o.result);
+
+  test('compare-and-swap: the success branch when the value matches, the failure branch (reading the value) when not', async () => {
+    await apply(putCommand('k', 'old'));
+    const swapped = txnOf((await apply(command(txn([value('k', EQUAL, 'old')], [putOp('k', 'new', true)], [rangeOp('k')]))))[0]);
+    expect(swapped.succeeded).toBe(true);
+    expect(swapped.responses[0]?.response).toMatchObject({ $case: 'responsePut', value: { prevKv: { value: b('old') } } });
+    expect((await sm.get(b('k')))?.value).toEqual(b('new'));
+
+    const refused = txnOf((await apply(command(txn([value('k', EQUAL, 'old')], [putOp('k', 'newer')], [rangeOp('k')]))))[0]);
+    expect(refused.succeeded).toBe(false);
+    const read = refused.responses[0]?.response;
+    expect(read?.$case === 'responseRange' && read.value.kvs.map((kv) => kv.value.toString())).toEqual(['new']);
+    expect((await sm.get(b('k')))?.value).toEqual(b('new'));
+  });
+
+  test('all writes of a txn share one revision; a txn that changes nothing leaves the revision alone', async () => {
+    const [first] = await apply(putCommand('x', '1'));
+    expect(first?.revision).toBe(1);
+    const [written] = await apply(command(txn([], [putOp('a', '1'), putOp('b', '2'), delOp('x'), delOp('missing')])));
+    expect(written?.revision).toBe(2);
+    expect(await sm.get(b('a'))).toMatchObject({ modRevision: 2, createRevision: 2, version: 1 });
+    expect(await sm.get(b('b'))).toMatchObject({ modRevision: 2 });
+    expect(await sm.get(b('x'))).toBeUndefined();
+    const [readOnly] = await apply(command(txn([version('a', EQUAL, 1)], [rangeOp('', true), delOp('missing')])));
+    expect(readOnly?.revision).toBe(2);
+    expect(sm.revision()).toBe(2);
+  });
+
+  test('a range inside a txn sees the txn\'s earlier writes and those of earlier entries in the same apply batch', async () => {
+    await apply(putCommand('p/1', 'stored'), putCommand('p/2', 'stored'));
+    const results = await apply(
+      putCommand('p/3', 'batch'),
+      delCommand('p/1'),
+      command(txn([], [putOp('p/4', 'txn'), delOp('p/2'), rangeOp('p/', true)])),
+    );
+    const range = txnOf(results[2]).responses[2]?.response;
+    expect(range?.$case === 'responseRange' && range.value.kvs.map((kv) => `${kv.key}=${kv.value}`)).toEqual(['p/3=batch', 'p/4=txn']);
+  });
+
+  test('ranges inside a txn stop at their limit and at the txn\'s read budget, saying more', async () => {
+    const big = 'v'.repeat(200 * 1024);
+    await apply(putCommand('r/1', big), putCommand('r/2', big), putCommand('r/3', big), putCommand('r/4', big));
+    const limited = txnOf((await apply(command(txn([], [rangeOp('r/', true, 2)]))))[0]).responses[0]?.response;
+    expect(limited?.$case === 'responseRange' && [limited.value.kvs.length, limited.value.more]).toEqual([2, true]);
+    const budgeted = txnOf((await apply(command(txn([], [rangeOp('r/', true)]))))[0]).responses[0]?.response;
+    if (budgeted?.$case !== 'responseRange') throw new Error('no range');
+    const bytes = budgeted.value.kvs.reduce((sum, kv) => sum + kv.key.length + kv.value.length, 0);
+    expect(budgeted.value.more).toBe(true);
+    expect(bytes).toBeLessThanOrEqual(MAX_TXN_READ_BYTES);
+    expect(budgeted.value.kvs.length).toBe(2);
+  });
+
+  test('a txn in a client session is applied once: its retry gets the first answer', async () => {
+    const session = { clientId: 'c1', sequence: 1, lowestUnansweredSequence: 1 };
+    const request = txn([version('n', EQUAL, 0)], [putOp('n', 'first')], [rangeOp('n')], session);
+    const [first] = await apply(command(request));
+    const [retry] = await apply(command(request));
+    expect(txnOf(first).succeeded).toBe(true);
+    expect(retry).toEqual(first);
+    expect(await sm.get(b('n'))).toMatchObject({ version: 1 });
+  });
+
+  test('with auth on, apply refuses a txn whose user may not read a compared key, even one the success branch does not touch', async () => {
+    const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
+    const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
+    await apply(
+      authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
+      authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
+      authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
+      authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
+      authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
+    );
+    const [allowed, peeking, failureWrites] = await apply(
+      command(txn([version('app/k', EQUAL, 0)], [putOp('app/k', 'v')]), 'app'),
+      command(txn([value('secret', EQUAL, 'x')], [putOp('app/k', 'v2')]), 'app'),
+      command(txn([version('app/k', EQUAL, 0)], [], [putOp('secret', 'y')]), 'app'),
+    );
+    expect(txnOf(allowed).succeeded).toBe(true);
+    expect(peeking?.error?.code).toBe('PERMISSION_DENIED');
+    expect(failureWrites?.error?.code).toBe('PERMISSION_DENIED');
+    expect(await sm.get(b('app/k'))).toMatchObject({ version: 1 });
+    expect(await sm.get(b('secret'))).toBeUndefined();
+  });
+});
+
+describe('validateTxn', () => {
+  const limits = { maxKeyBytes: 8, maxValueBytes: 16, maxRequestBytes: 64, maxRangeLimit: 100, maxRangeBytes: 1000, maxClientIdBytes: 10 };
+  const ok = txn([value('k', EQUAL, 'v')], [putOp('k', 'w')], [rangeOp('k')]);
+
+  test('a well-formed txn passes, also as a forwarded command', () => {
+    expect(() => validateTxn(ok, limits)).not.toThrow();
+    expect(validateCommand(Buffer.from(Command.encode(command(ok)).finish()), limits).op?.$case).toBe('txn');
+  });
+
+  test.each<[string, TxnRequest, string | RegExp]>([
+    ['too many compares', txn(Array.from({ length: MAX_TXN_OPS + 1 }, () => version('k', EQUAL, 0)), []), `compare has ${MAX_TXN_OPS + 1} entries, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`],
+    ['a key written twice', txn([], [putOp('k', '1'), delOp('k')]), 'success[1].key is written twice in one branch'],
+    ['a session on an operation', txn([], [{ request: { $case: 'requestPut', value: { key: b('k'), value: b('v'), prevKv: false, clientId: 'c', sequence: 1, lowestUnansweredSequence: 1 } } }]), 'success[0]: session fields go on the TxnRequest'],
+    ['an empty operation', txn([], [], [{ request: undefined }]), 'failure[0] has no operation'],
+    ['a range with a consistency', txn([], [{ request: { $case: 'requestRange', value: { key: b('k'), rangeEnd: Buffer.alloc(0), prefix: false, limit: 0, keysOnly: false, consistency: 2 } } }]), 'success[0].consistency must be unset'],
+    ['a compare giving the wrong target', txn([{ key: b('k'), target: CompareTarget.COMPARE_TARGET_VERSION, result: EQUAL, targetUnion: { $case: 'value', value: b('v') } }], []), 'compare[0].target is COMPARE_TARGET_VERSION but the compare gives value'],
+    ['a compare without a result', txn([{ ...version('k', EQUAL, 1), result: CompareResult.COMPARE_RESULT_UNSPECIFIED }], []), /compare\[0\]\.result must be EQUAL/],
+    ['an empty compare key', txn([version('', EQUAL, 1)], []), 'compare[0].key is empty'],
+    ['a key over --max-key-bytes', txn([], [putOp('k'.repeat(9), 'v')]), 'success[0].key is 9 bytes, over the limit of 8'],
+    ['a txn over --max-request-bytes', txn([], [putOp('a', 'v'.repeat(16)), putOp('b', 'v'.repeat(16)), putOp('c', 'v'.repeat(16)), putOp('d', 'v'.repeat(16))]), /request is 68 bytes, over the limit of 64/],
+  ])('refused: %s', (_name, request, message) => {
+    expect(() => validateTxn(request, limits)).toThrow(message);
+  });
+});
