@@ -18,8 +18,10 @@ import {
   ResponseHeader,
   SnapshotResponse,
   StatusResponse,
+  TxnResponse,
 } from '../../gen/cairn/kv/v1/kv';
 import { ErrorCode } from '../errors';
+import { TxnText } from './txn-text';
 import { ERROR_CODE_METADATA } from '../server/status';
 import { DialSecurity, PLAINTEXT_DIAL } from '../server/tls';
 
@@ -211,6 +213,11 @@ export class CairnClient {
         if (renewed || !renewable || attempts.count !== 1) throw err;
       }
     }
+  }
+
+  /** A transaction (KV.Txn), under the client's session like any write. */
+  txn(request: TxnText): Promise<TxnResponse> {
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.txn({ ...request, ...session }, md, opts, cb));
   }
 
   /** Keys with `prefix` (all keys when empty), in order. */

@@ -42,6 +42,9 @@ Usage:
   cairn get KEY                    print a key's value
   cairn del KEY                    delete a key
   cairn has KEY                    print true or false
+  cairn cas KEY EXPECTED NEW       set KEY to NEW only if its value is EXPECTED; exit 1 (saying what it is) if not
+  cairn txn [--from-file FILE]     a transaction from stdin: compares, blank line, success ops, blank line, failure ops
+                                   (compare: value("k") = "v" | version("k") > "0" | create(..) | mod(..); ops: put K V | get K [--prefix] | del K)
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members

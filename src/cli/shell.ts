@@ -2,41 +2,18 @@ import { createInterface } from 'node:readline';
 import { describeError } from './describe-error';
 import { CairnClient } from './client';
 import { parseArgs, UsageError } from './flags';
+import { splitWords } from './words';
+
+export { splitWords };
 import { checkVerbFlags, runVerb, VERB_FLAGS, VERBS } from './verbs';
 
 /** Text-protocol verbs people know from Redis and memcached, mapped onto cairn's. */
 const ALIASES: Record<string, string> = { set: 'put', delete: 'del', keys: 'list', ls: 'list' };
-const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | list [PREFIX] [--limit N] | status | members | member list|add|promote|remove ... | leader transfer [--to ID] | user ... | role ... | auth enable|disable|status | help | exit
-(SET, GET, DEL, DELETE, HAS and LIST work too, in any case)
+const HELP = `verbs: put KEY VALUE | put KEY --from-file FILE | get KEY | del KEY | has KEY | cas KEY EXPECTED NEW | txn --from-file FILE | list [PREFIX] [--limit N] | status | members | member list|add|promote|remove ... | leader transfer [--to ID] | user ... | role ... | auth enable|disable|status | help | exit
+(SET, GET, DEL, DELETE, HAS, CAS and LIST work too, in any case)
 auth: SIGNUP NAME PASSWORD adds a user (root's job once auth is on); LOGIN NAME PASSWORD makes the lines after it run as that user; LOGOUT undoes it`;
 /** Flags a shell line may carry; the client's own (--endpoints, --consistency, --timeout-ms) are fixed when the shell starts. */
 const LINE_FLAGS = VERB_FLAGS.filter((flag) => flag !== 'consistency');
-
-/**
- * Splits a line into words at whitespace; "double quotes" keep spaces (and \" a quote) in
- * a word. A quote left open is an error, not a word that silently starts with `"`.
- */
-export function splitWords(line: string): string[] {
-  const words: string[] = [];
-  let word: string | undefined;
-  for (let i = 0; i < line.length; i++) {
-    const char = line[i]!;
-    if (char === '"') {
-      const start = i;
-      let quoted = '';
-      for (i++; i < line.length && line[i] !== '"'; i++) quoted += line[i] === '\\' && i + 1 < line.length ? line[++i] : line[i];
-      if (i >= line.length) throw new UsageError(`unterminated quote: the " at column ${start + 1} is never closed`);
-      word = (word ?? '') + quoted;
-    } else if (/\s/.test(char)) {
-      if (word !== undefined) words.push(word);
-      word = undefined;
-    } else {
-      word = (word ?? '') + char;
-    }
-  }
-  if (word !== undefined) words.push(word);
-  return words;
-}
 
 export type LineResult = 'ok' | 'failed' | 'exit';
 

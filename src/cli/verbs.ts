@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { ServiceError } from '@grpc/grpc-js';
-import { KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { CompareResult, CompareTarget, KeyValue, Member, MemberRole, StatusResponse } from '../../gen/cairn/kv/v1/kv';
+import { describeTxnResponse, parseTxnText } from './txn-text';
 import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
@@ -38,6 +39,8 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
   has: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
   del: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: [] },
+  cas: { usage: ['KEY EXPECTED NEW'], minArgs: 3, maxArgs: 3, flags: [] },
+  txn: { usage: ['(reads compares, a blank line, success operations, a blank line, failure operations from stdin)', '--from-file FILE'], minArgs: 0, maxArgs: 0, flags: ['from-file'] },
   list: { usage: ['[PREFIX] [--limit N]'], minArgs: 0, maxArgs: 1, flags: ['limit', 'consistency'] },
   status: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
   members: { usage: [''], minArgs: 0, maxArgs: 0, flags: [] },
@@ -142,6 +145,10 @@ export async function runVerb(
       print(response.deleted ? `deleted ${args[0]}` : `(not found: ${args[0]})`);
       return 0;
     }
+    case 'cas':
+      return compareAndSwap(client, args as [string, string, string], print);
+    case 'txn':
+      return transaction(client, flags, typed, print, options);
     case 'list': {
       const limit = Number(flags.limit ?? DEFAULT_LIST_LIMIT);
       if (!Number.isSafeInteger(limit) || limit < 1) throw new UsageError('--limit must be a positive integer');
@@ -179,6 +186,41 @@ export async function runVerb(
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }
+}
+
+/**
+ * `cairn cas KEY EXPECTED NEW`: KEY becomes NEW only if its value is EXPECTED. Exits 0 when
+ * it swapped, 1 with a line saying what KEY held when it did not (as `get` exits 1 for a
+ * missing key): one Txn, so nothing can slip in between the compare and the write.
+ */
+async function compareAndSwap(client: CairnClient, [key, expected, next]: [string, string, string], print: (line: string) => void): Promise<number> {
+  const k = Buffer.from(key);
+  const response = await client.txn({
+    compare: [{ key: k, target: CompareTarget.COMPARE_TARGET_VALUE, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'value', value: Buffer.from(expected) } }],
+    success: [{ request: { $case: 'requestPut', value: { key: k, value: Buffer.from(next), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } } }],
+    failure: [{ request: { $case: 'requestRange', value: { key: k, rangeEnd: Buffer.alloc(0), prefix: false, limit: 1, keysOnly: false, consistency: 0 } } }],
+  });
+  if (response.succeeded) {
+    print(`OK (revision ${response.header?.revision})`);
+    return 0;
+  }
+  const read = response.responses[0]?.response;
+  const current = read?.$case === 'responseRange' ? read.value.kvs[0] : undefined;
+  print(current ? `cas: not swapped: ${key} is ${JSON.stringify(current.value.toString())}, not ${JSON.stringify(expected)}` : `cas: not swapped: ${key} does not exist`);
+  return 1;
+}
+
+/** `cairn txn`: the transaction's text from stdin (prompted for on a terminal) or --from-file. */
+async function transaction(client: CairnClient, flags: Record<string, string>, typed: string, print: (line: string) => void, options: VerbOptions): Promise<number> {
+  const file = flags['from-file'];
+  let text: string;
+  if (file !== undefined) text = (await readValueFile(file)).toString();
+  else if (options.readStdin) text = (await options.readStdin()).toString();
+  else throw new UsageError(`${typed} reads the transaction from stdin, which only works on the command line; use ${typed} --from-file FILE here`);
+  const request = parseTxnText(text);
+  const response = await client.txn(request);
+  for (const line of describeTxnResponse(response, response.succeeded ? request.success : request.failure, response.header?.revision)) print(line);
+  return 0;
 }
 
 function memberId(text: string, what: string): number {

@@ -56,6 +56,28 @@ describe('the cairn command against real nodes', () => {
     expect(await cairn(['get', 'app/color', '--consistency', 'serializable', '--endpoints', follower.clientAddr])).toMatchObject({ stdout: 'blue' });
   });
 
+  test('cas swaps only from the expected value and says what the key held; txn runs a branch from stdin through a follower', async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.find((n) => n.id !== leader)!.clientAddr;
+    const e = ['--endpoints', follower];
+    expect((await cairn(['put', 'lock', 'free', ...e])).code).toBe(0);
+    expect(await cairn(['cas', 'lock', 'free', 'held-by-a', ...e])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^OK \(revision \d+\)\n$/) });
+    expect(await cairn(['cas', 'lock', 'free', 'held-by-b', ...e])).toMatchObject({ code: 1, stdout: 'cas: not swapped: lock is "held-by-a", not "free"\n' });
+    expect(await cairn(['cas', 'no-such-key', 'x', 'y', ...e])).toMatchObject({ code: 1, stdout: 'cas: not swapped: no-such-key does not exist\n' });
+    expect((await cairn(['get', 'lock', ...e])).stdout).toBe('held-by-a');
+
+    const script = ['value("lock") = "held-by-a"', 'version("txn/n") = "0"', '', 'put txn/n 1', 'put "txn/two words" "a b"', 'get txn/ --prefix', '', 'get lock', ''].join('\n');
+    const ran = await cairn(['txn', ...e], script);
+    expect(ran).toMatchObject({ code: 0, stderr: '' });
+    expect(ran.stdout.split('\n')).toEqual([expect.stringMatching(/^SUCCESS \(revision \d+\)$/), 'OK', 'OK', 'txn/n\t1', 'txn/two words\ta b', '']);
+    const again = await cairn(['txn', ...e], script);
+    expect(again.stdout.split('\n')).toEqual([expect.stringMatching(/^FAILURE \(revision \d+\)$/), 'lock\theld-by-a', '']);
+    const bad = await cairn(['txn', ...e], 'value(lock) = "x"\n');
+    expect(bad).toMatchObject({ code: 2, stderr: expect.stringContaining('is not a compare: write TARGET("KEY") OP "VALUE"') });
+    const shell = await cairn(['shell', ...e], 'CAS lock held-by-a free\nGET lock\n');
+    expect(shell.stdout).toMatch(/OK \(revision \d+\)\nfree\n/);
+  });
+
   test('the client follows the leader: after a follower answers, requests go to the leader', async () => {
     const leader = await cluster.waitForLeader();
     const follower = cluster.nodes.find((n) => n.id !== leader)!;
