@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { AuthCommand, Command, PermissionType } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, Compare, CompareResult, CompareTarget, PermissionType, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
@@ -189,6 +189,17 @@ class SimulationFailure extends Error {}
 const SIM_ROLE = 'writers';
 const simUser = (client: number) => `user-${client}`;
 /** Apply stores a password hash as given (the gate computes it): any well-formed one does. */
+/** A compare-and-swap as a Txn: put `value` if the key holds `expected` (null: if it does not exist). */
+function casTxn(session: { key: Buffer; clientId: string; sequence: number; lowestUnansweredSequence: number }, expected: string | null, value: string): TxnRequest {
+  const key = session.key;
+  const compare: Compare =
+    expected === null
+      ? { key, target: CompareTarget.COMPARE_TARGET_VERSION, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'version', value: 0 } }
+      : { key, target: CompareTarget.COMPARE_TARGET_VALUE, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'value', value: Buffer.from(expected) } };
+  const put = { key, value: Buffer.from(value), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
+  return { compare: [compare], success: [{ request: { $case: 'requestPut', value: put } }], failure: [], clientId: session.clientId, sequence: session.sequence, lowestUnansweredSequence: session.lowestUnansweredSequence };
+}
+
 const SIM_PASSWORD_HASH = { salt: Buffer.from('salt'), hash: Buffer.from('hash'), cost: 16384, blockSize: 8, parallelization: 1 };
 
 /**
@@ -287,6 +298,11 @@ export class Simulation {
    * permission, then gets it back); 0: auth stays off in this seed.
    */
   private readonly authEveryUnits: number;
+  /** Whether clients also send compare-and-swap (a KV.Txn): half the seeds, from their own generator. */
+  private readonly casEnabled: boolean;
+  /** The value each key was last seen to hold by any client (what a CAS expects). */
+  private readonly lastSeen = new Map<string, string>();
+  private readonly casStats = { swapped: 0, refused: 0 };
   /** Revocations the admin has proposed: before the first, every user may write every key. */
   private revokesProposed = 0;
   private readonly authStats = { changes: 0, deniedWrites: 0, notOwned: 0 };
@@ -333,10 +349,12 @@ export class Simulation {
     this.joinsLeft = this.membershipEveryUnits === 0 ? 0 : 1 + this.memberRand.int(MAX_JOINS_PER_SEED);
     this.authRand = new SeededRandom(options.seed * 69_621 + 13);
     this.authEveryUnits = this.authRand.pick([0, 0, 60, 150]) * UNITS_PER_TICK;
+    this.casEnabled = new SeededRandom(options.seed * 31_337 + 17).chance(0.5);
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
     this.log(`snapshots ${JSON.stringify(this.snapshotProfile)}`);
+    this.log(`cas: ${this.casEnabled ? 'clients send compare-and-swap too' : 'off'}`);
     this.log(`auth: a permission flip every ${this.authEveryUnits / UNITS_PER_TICK} ticks on average (0: auth off)`);
   }
 
@@ -1044,7 +1062,7 @@ export class Simulation {
         if (this.now < client.pausedUntil) await this.sleep(client.pausedUntil - this.now);
         if (this.tightSessions() && this.rand.chance(0.01)) this.pauseClient(client);
         const key = this.rand.pick(keys);
-        const kind = this.rand.pick(['put', 'put', 'get', 'get', 'delete'] as const);
+        const kind = this.casEnabled ? this.rand.pick(['put', 'put', 'get', 'get', 'delete', 'cas', 'cas'] as const) : this.rand.pick(['put', 'put', 'get', 'get', 'delete'] as const);
         if (kind === 'get') await this.clientGet(lane, key);
         else await this.clientWrite(client, lane, kind, key);
       }
@@ -1062,14 +1080,16 @@ export class Simulation {
     this.log(`client ${client.id}: pauses for ${units / UNITS_PER_TICK} ticks`);
   }
 
-  private async clientWrite(client: SimClient, lane: number, kind: 'put' | 'delete', key: string): Promise<void> {
+  private async clientWrite(client: SimClient, lane: number, kind: 'put' | 'delete' | 'cas', key: string): Promise<void> {
     const session = client.session;
     const sequence = session.nextSequence++;
     if (session.unanswered.size > 0) this.concurrentWrites++;
     session.unanswered.add(sequence);
-    const value = kind === 'put' ? `c${client.id}g${client.generation}s${sequence}` : undefined;
+    const value = kind !== 'delete' ? `c${client.id}g${client.generation}s${sequence}` : undefined;
+    // A CAS expects what this key was last seen to hold (often stale under concurrency), or absence.
+    const expected = kind === 'cas' ? (this.rand.chance(0.2) ? null : (this.lastSeen.get(key) ?? null)) : undefined;
     const keyBytes = Buffer.from(key);
-    const name = `client ${lane}: ${kind} ${key}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
+    const name = `client ${lane}: ${kind} ${key}${expected !== undefined ? ` if ${expected}` : ''}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
     const call = this.eventTime();
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     let maybeApplied = false;
@@ -1088,7 +1108,9 @@ export class Simulation {
         const command: Command =
           kind === 'put'
             ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0, authUser }
-            : { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0, authUser };
+            : kind === 'delete'
+              ? { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0, authUser }
+              : { op: { $case: 'txn', value: casTxn(write, expected!, value!) }, proposedAtUnixMs: 0, authUser };
         // Each attempt waits longer: a slow cluster's queue must not fill with retries of writes it is still committing.
         const outcome = await this.withTimeout(replica.propose(command), CLIENT_ATTEMPT_TIMEOUT_UNITS * Math.min(2 ** failedAttempts, 4));
         if (outcome.ok && outcome.value.error?.code === ErrorCode.PERMISSION_DENIED) {
@@ -1097,8 +1119,9 @@ export class Simulation {
           if (this.onSessionRefusal(client, session, name, outcome.value.error)) break;
         } else if (outcome.ok) {
           const op = outcome.value.op;
-          const output = op?.$case === 'delete' ? { existed: op.value.deleted } : {};
-          this.history.push({ client: lane, kind, key, value, output, call, ret: this.eventTime(), known: true });
+          const output = op?.$case === 'delete' ? { existed: op.value.deleted } : op?.$case === 'txn' ? { succeeded: op.value.succeeded } : {};
+          this.history.push({ client: lane, kind, key, value, expected, output, call, ret: this.eventTime(), known: true });
+          if (value !== undefined && (kind === 'put' || output.succeeded)) this.lastSeen.set(key, value);
           session.exists = true;
           this.log(`${name} ok ${JSON.stringify(output)}`);
           return;
@@ -1111,7 +1134,7 @@ export class Simulation {
       }
       // Given up (or expired): this attempt changed nothing, an earlier one may have.
       if (maybeApplied) {
-        this.history.push({ client: lane, kind, key, value, call, known: false });
+        this.history.push({ client: lane, kind, key, value, expected, call, known: false });
         this.log(`${name} UNKNOWN`);
       }
     } finally {
@@ -1251,6 +1274,7 @@ export class Simulation {
       if (outcome.ok) {
         const value = outcome.value ? outcome.value.value.toString() : null;
         this.history.push({ client, kind: 'get', key, output: { value }, call, ret: this.eventTime(), known: true });
+        if (value !== null) this.lastSeen.set(key, value);
         this.log(`client ${client}: get ${key} -> ${value}`);
         return;
       }
