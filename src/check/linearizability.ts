@@ -19,16 +19,28 @@
  * placed immediately before a get or delete that fails without it, with states
  * that used fewer such writes covering those that used more. Each is justified
  * where it is implemented.
+ *
+ * Compare-and-swap reads the state as well as writing it, which the just-in-time
+ * argument does not cover, so a key whose sub-history has any CAS is checked by
+ * a plain search over every op instead (see CasSearch); other keys keep the
+ * reductions.
  */
+
+import { assert } from '../assert';
 
 /** One client operation in a recorded history. Times are in any monotonic unit (sim ticks, ns). */
 export interface HistoryOp {
   client: number; // which client issued it (a client issues one op at a time)
-  kind: 'put' | 'get' | 'delete';
+  kind: 'put' | 'get' | 'delete' | 'cas';
   key: string;
-  value?: string; // for 'put': the value written
-  /** For 'get': the value read, or null if the key was absent. For 'delete': optionally whether the key existed (existed). Absent when known === false. */
-  output?: { value?: string | null; existed?: boolean };
+  value?: string; // for 'put': the value written; for 'cas': the value written when the swap happens
+  /** For 'cas': the value the swap requires the key to hold, or null for "the key is absent". */
+  expected?: string | null;
+  /**
+   * For 'get': the value read, or null if the key was absent. For 'delete': optionally whether the key existed (existed).
+   * For 'cas': whether the swap happened (succeeded). Absent when known === false.
+   */
+  output?: { value?: string | null; existed?: boolean; succeeded?: boolean };
   call: number; // invocation time
   ret?: number; // completion time; undefined when known === false
   known: boolean; // false: the outcome is unknown (timeout, connection lost): the op may or may not have taken effect, at any time after `call`
@@ -72,7 +84,9 @@ function validateOp(op: HistoryOp, index: number): void {
   const fail = (why: string): never => {
     throw new Error(`history[${index}] (client ${op.client}, ${op.kind} ${JSON.stringify(op.key)}): ${why}`);
   };
-  if (op.kind !== 'put' && op.kind !== 'get' && op.kind !== 'delete') fail(`unknown kind ${JSON.stringify(op.kind)}`);
+  if (op.kind !== 'put' && op.kind !== 'get' && op.kind !== 'delete' && op.kind !== 'cas') {
+    fail(`unknown kind ${JSON.stringify(op.kind)}`);
+  }
   if (typeof op.key !== 'string') fail('key must be a string');
   if (!Number.isFinite(op.call)) fail(`call time must be a finite number, got ${op.call}`);
   if (op.known && op.ret === undefined) fail('a known op needs a ret time');
@@ -90,6 +104,14 @@ function validateOp(op: HistoryOp, index: number): void {
   if (op.kind === 'delete' && existed !== undefined && typeof existed !== 'boolean') {
     fail('output.existed must be a boolean when given');
   }
+  if (op.kind === 'cas') validateCas(op, fail);
+}
+
+function validateCas(op: HistoryOp, fail: (why: string) => never): void {
+  if (typeof op.value !== 'string') fail('a cas needs a string value (written when the swap happens)');
+  if (op.expected === undefined) fail('a cas needs expected (a string, or null for "the key is absent")');
+  if (op.expected !== null && typeof op.expected !== 'string') fail('expected must be a string or null');
+  if (op.known && typeof op.output?.succeeded !== 'boolean') fail('a known cas needs output.succeeded (a boolean)');
 }
 
 /** Each key's ops, sorted by call time (stable, so equal calls keep input order). */
@@ -108,8 +130,16 @@ function groupByKey(history: readonly HistoryOp[]): Map<string, HistoryOp[]> {
 // Per-key check
 
 function checkKey(key: string, ops: HistoryOp[], budget: number): CheckResult {
-  const problem = compileRegister(ops);
-  const outcome = new Search(problem, budget).run();
+  let problem: CompiledOps;
+  let outcome: SearchOutcome;
+  if (ops.some((op) => op.kind === 'cas')) {
+    problem = compileOps(ops);
+    outcome = new CasSearch(problem, budget).run();
+  } else {
+    const register = compileRegister(ops);
+    problem = register;
+    outcome = new Search(register, budget).run();
+  }
   switch (outcome.kind) {
     case 'ok':
       return { kind: 'linearizable', keys: 1, ops: ops.length };
@@ -131,13 +161,16 @@ function checkKey(key: string, ops: HistoryOp[], budget: number): CheckResult {
 
 const ABSENT = 0;
 const FAIL = -1;
-/** For deletes: whether the key must have been present (1), absent (0), or either (-1). */
+/** For deletes: whether the key must have been present (1), absent (0), or either (-1); for a CAS, whether it succeeded. */
 const UNCHECKED = -1;
 
 interface RegOp {
   kind: HistoryOp['kind'];
-  /** put: value id written; get: value id read; delete: 1/0/UNCHECKED for existed. */
+  /** put and cas: value id written; get: value id read; delete: 1/0/UNCHECKED for existed. */
   arg: number;
+  /** cas only: the value id it expects (ABSENT for "absent"), and 1/0/UNCHECKED for succeeded. */
+  expected: number;
+  succeeded: number;
   known: boolean;
   call: number;
   /** +Infinity for unknown outcomes: the op may take effect at any time after its call, or never. */
@@ -155,6 +188,11 @@ function step(state: number, op: RegOp): number {
     case 'delete':
       if (op.arg !== UNCHECKED && op.arg !== (state === ABSENT ? 0 : 1)) return FAIL;
       return ABSENT;
+    case 'cas': {
+      const swaps = state === op.expected;
+      if (op.succeeded !== UNCHECKED && op.succeeded !== (swaps ? 1 : 0)) return FAIL;
+      return swaps ? op.arg : state;
+    }
   }
 }
 
@@ -163,21 +201,30 @@ function step(state: number, op: RegOp): number {
  * interval. Unknown ops (all writes) may be linearized at any time after their
  * call, or never; they come grouped by effect (see groupByEffect).
  */
-interface Problem {
-  known: RegOp[];
-  unknown: RegOp[];
+interface Problem extends CompiledOps {
   /** Indices into `unknown`, one group per effect, each in call order. */
   groups: number[][];
-  /** The state id shared by all values that no get reads. */
+}
+
+interface CompiledOps {
+  known: RegOp[];
+  unknown: RegOp[];
+  /** The state id shared by all values that no get reads and no CAS expects. */
   unread: number;
 }
 
 function compileRegister(ops: HistoryOp[]): Problem {
+  const compiled = compileOps(ops);
+  return { ...compiled, groups: groupByEffect(compiled.unknown) };
+}
+
+function compileOps(ops: HistoryOp[]): CompiledOps {
   // An unknown get constrains nothing: it may never have been served.
   const relevant = ops.filter((op) => op.known || op.kind !== 'get');
   const values = internReadValues(relevant);
-  // Values no get reads are indistinguishable to the model, so they share one id;
-  // that lets states that differ only in such a value share a cache entry.
+  // Values no get reads (and no CAS expects) are indistinguishable to the model,
+  // so they share one id; that lets states that differ only in such a value share
+  // a cache entry.
   const unread = values.size + 1;
   const compiled = relevant.map(
     (op): RegOp => ({
@@ -185,24 +232,25 @@ function compileRegister(ops: HistoryOp[]): Problem {
       arg:
         op.kind === 'delete'
           ? existedArg(op)
-          : op.kind === 'put'
+          : op.kind === 'put' || op.kind === 'cas'
             ? (values.get(op.value!) ?? unread)
             : readId(values, op.output!.value!),
+      expected: op.kind === 'cas' ? readId(values, op.expected!) : ABSENT,
+      succeeded: op.kind === 'cas' && op.known ? (op.output!.succeeded ? 1 : 0) : UNCHECKED,
       known: op.known,
       call: op.call,
       ret: op.known ? op.ret! : Infinity,
       source: op,
     }),
   );
-  const unknown = compiled.filter((op) => !op.known);
-  return { known: compiled.filter((op) => op.known), unknown, groups: groupByEffect(unknown), unread };
+  return { known: compiled.filter((op) => op.known), unknown: compiled.filter((op) => !op.known), unread };
 }
 
-/** Ids (from 1; ABSENT is 0) for the values that known gets read. */
+/** Ids (from 1; ABSENT is 0) for the values that known gets read or CAS ops expect. */
 function internReadValues(ops: HistoryOp[]): Map<string, number> {
   const ids = new Map<string, number>();
   for (const op of ops) {
-    const value = op.kind === 'get' ? op.output!.value : null;
+    const value = op.kind === 'get' ? op.output!.value : op.kind === 'cas' ? op.expected : null;
     if (typeof value === 'string' && !ids.has(value)) ids.set(value, ids.size + 1);
   }
   return ids;
@@ -345,7 +393,7 @@ class Search {
   private readonly unreadGroup: number;
   private readonly visited = new VisitedSet();
   private readonly stack: Frame[] = [];
-  private readonly longest: LongestPrefix;
+  private readonly longest = new LongestPrefix<Frame>();
   private state = ABSENT;
 
   constructor(
@@ -353,7 +401,6 @@ class Search {
     private readonly budget: number,
   ) {
     ({ known: this.known, unknown: this.unknown, groups: this.groups } = problem);
-    this.longest = new LongestPrefix(this.known);
     this.head = buildEventList(this.known);
     this.placedKnown = new Bitset(this.known.length);
     this.placedUnknown = new Bitset(this.unknown.length);
@@ -382,7 +429,7 @@ class Search {
       } else {
         // entry's op must be placed by now but cannot be: an earlier choice was wrong.
         const frame = this.stack.pop();
-        if (frame === undefined) return { kind: 'fail', prefix: this.longest.ops() };
+        if (frame === undefined) return { kind: 'fail', prefix: this.deepestPrefix() };
         this.undo(frame);
         withWrites = frame.group !== -1;
         if (withWrites && this.tryWithWrite(frame.entry, frame.group + 1)) {
@@ -394,6 +441,11 @@ class Search {
       }
     }
     return { kind: 'ok' };
+  }
+
+  private deepestPrefix(): RegOp[] {
+    const known = this.known;
+    return this.longest.frames.flatMap((f) => (f.write ? [f.write, known[f.entry.op]!] : [known[f.entry.op]!]));
   }
 
   private tryPlain(call: Entry): boolean {
@@ -466,6 +518,144 @@ class Search {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Search for keys with compare-and-swap
+
+interface CasFrame {
+  /** The op placed (known or unknown), by its call entry; entry.op indexes CasSearch.ops. */
+  entry: Entry;
+  stateBefore: number;
+}
+
+/**
+ * Porcupine's search, without the just-in-time reduction: a CAS reads the state,
+ * so an unknown write may matter just before one (enabling a swap, making a failed
+ * one fail, changing what an unknown CAS leaves), and unknown CAS ops chain.
+ *
+ * Every op, known or unknown, is in the event list; an unknown op's return is at
+ * +Infinity, so it may be linearized at any point after its call. The search is
+ * done once every known op is placed: the unknown ops left over take effect after
+ * all of them (an unknown op's step never fails: no output is checked), which
+ * changes nothing observed, the same as never taking effect.
+ *
+ * Exact for two reasons. First, the visited set's covering: a state (K, U, s)
+ * whose unknown ops U are a subset of another's U' (same known ops K, same
+ * register state s) can do every continuation the other can, since the ops only
+ * it still has are optional and constrain nothing. So if some continuation from
+ * the covered state succeeds, one at least as short does from the covering
+ * state, and by induction on that length the search succeeds once the covering
+ * state has been entered, whether it is finished or still on the stack. Second,
+ * unknown ops with the same effect (same kind, same values; groupByCasEffect)
+ * are interchangeable, and one called earlier may go wherever one called later
+ * may, as neither has a deadline: each group is drawn in call order, and a state
+ * that used fewer of a group's members still covers one that used more.
+ */
+class CasSearch {
+  /** Known ops first (indices below knownCount), then unknown ones. */
+  private readonly ops: RegOp[];
+  private readonly knownCount: number;
+  private readonly head: Entry;
+  private readonly placedKnown: Bitset;
+  private readonly placedUnknown: Bitset;
+  /** For each unknown op (by its index less knownCount): its group, and the group's members in call order. */
+  private readonly groupOf: Int32Array;
+  private readonly groups: number[][];
+  /** How many members of each group are placed: always its first ones. */
+  private readonly used: Int32Array;
+  private readonly visited = new VisitedSet();
+  private readonly stack: CasFrame[] = [];
+  private readonly longest = new LongestPrefix<CasFrame>();
+  private placedKnownCount = 0;
+  private state = ABSENT;
+
+  constructor(
+    problem: CompiledOps,
+    private readonly budget: number,
+  ) {
+    this.ops = [...problem.known, ...problem.unknown];
+    this.knownCount = problem.known.length;
+    this.head = buildEventList(this.ops);
+    this.placedKnown = new Bitset(this.knownCount);
+    this.placedUnknown = new Bitset(problem.unknown.length);
+    this.groups = groupByCasEffect(problem.unknown);
+    this.groupOf = new Int32Array(problem.unknown.length);
+    this.groups.forEach((group, g) => group.forEach((i) => (this.groupOf[i] = g)));
+    this.used = new Int32Array(this.groups.length);
+  }
+
+  run(): SearchOutcome {
+    let entry = this.head.next;
+    while (this.placedKnownCount < this.knownCount) {
+      if (this.visited.size > this.budget) return { kind: 'budget' };
+      // An unplaced known op's return is finite, so it comes before any +Infinity one and the end.
+      assert(entry !== null, 'the event list ended with known ops unplaced');
+      if (entry.match !== null) {
+        entry = this.tryPlace(entry) ? this.head.next : entry.next;
+      } else {
+        // entry's op must be placed by now but cannot be: an earlier choice was wrong.
+        const frame = this.stack.pop();
+        if (frame === undefined) return { kind: 'fail', prefix: this.longest.frames.map((f) => this.ops[f.entry.op]!) };
+        this.undo(frame);
+        entry = frame.entry.next;
+      }
+    }
+    return { kind: 'ok' };
+  }
+
+  private tryPlace(call: Entry): boolean {
+    const index = call.op;
+    const unknown = index - this.knownCount;
+    if (unknown >= 0 && this.groups[this.groupOf[unknown]!]![this.used[this.groupOf[unknown]!]!] !== unknown) {
+      return false; // not its group's next member
+    }
+    const next = step(this.state, this.ops[index]!);
+    if (next === FAIL) return false;
+    this.mark(index, true);
+    if (!this.visited.add(this.placedKnown, this.placedUnknown, next)) {
+      this.mark(index, false);
+      return false;
+    }
+    lift(call);
+    this.stack.push({ entry: call, stateBefore: this.state });
+    this.longest.pushed(this.stack);
+    this.state = next;
+    return true;
+  }
+
+  private undo(frame: CasFrame): void {
+    this.longest.popped(this.stack.length);
+    this.state = frame.stateBefore;
+    this.mark(frame.entry.op, false);
+    unlift(frame.entry);
+  }
+
+  /** Records op `index` as placed or not, in the bitsets, the known count and its group's count. */
+  private mark(index: number, placed: boolean): void {
+    const unknown = index - this.knownCount;
+    if (unknown < 0) {
+      if (placed) this.placedKnown.set(index);
+      else this.placedKnown.clear(index);
+      this.placedKnownCount += placed ? 1 : -1;
+    } else {
+      if (placed) this.placedUnknown.set(unknown);
+      else this.placedUnknown.clear(unknown);
+      this.used[this.groupOf[unknown]!]! += placed ? 1 : -1;
+    }
+  }
+}
+
+/** Like groupByEffect, for every kind of unknown op: same kind and same values, so the same step. */
+function groupByCasEffect(unknown: RegOp[]): number[][] {
+  const groups = new Map<string, number[]>();
+  unknown.forEach((op, i) => {
+    const effect = op.kind === 'cas' ? `cas ${op.expected} ${op.arg}` : op.kind === 'put' ? `put ${op.arg}` : op.kind;
+    const group = groups.get(effect);
+    if (group) group.push(i);
+    else groups.set(effect, [i]);
+  });
+  return [...groups.values()];
+}
+
 function firstReturnAfter(call: Entry): Entry {
   let entry = call.next!;
   while (entry.match !== null) entry = entry.next!;
@@ -473,14 +663,12 @@ function firstReturnAfter(call: Entry): Entry {
 }
 
 /** Tracks the deepest stack seen, copying only the part that changed since the last record. */
-class LongestPrefix {
-  private readonly frames: Frame[] = [];
+class LongestPrefix<F> {
+  readonly frames: F[] = [];
   /** How much of the current stack is known to equal frames[]. */
   private synced = 0;
 
-  constructor(private readonly known: readonly RegOp[]) {}
-
-  pushed(stack: Frame[]): void {
+  pushed(stack: F[]): void {
     if (stack.length <= this.frames.length) return;
     for (let i = this.synced; i < stack.length; i++) this.frames[i] = stack[i]!;
     this.synced = stack.length;
@@ -488,10 +676,6 @@ class LongestPrefix {
 
   popped(depth: number): void {
     if (depth < this.synced) this.synced = depth;
-  }
-
-  ops(): RegOp[] {
-    return this.frames.flatMap((f) => (f.write ? [f.write, this.known[f.entry.op]!] : [this.known[f.entry.op]!]));
   }
 }
 
@@ -659,7 +843,7 @@ function grow<T extends Int32Array | Uint32Array>(array: T, length: number): T {
 // ---------------------------------------------------------------------------
 // Explanations
 
-function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string {
+function explainFailure(key: string, problem: CompiledOps, prefix: RegOp[]): string {
   const placed = new Set(prefix);
   const completed = prefix.filter((op) => op.known).length;
   // The op whose deadline the search kept running into: the earliest-returning unplaced one.
@@ -678,14 +862,19 @@ function explainFailure(key: string, problem: Problem, prefix: RegOp[]): string 
   return `key ${JSON.stringify(key)} is not linearizable: ${prefixText}${blockedText}`;
 }
 
-/** Shows the actual value, which the search itself may have merged with other unread ones. */
+/**
+ * Shows the actual value, which the search itself may have merged with other unread ones.
+ * Replaying the prefix on real values is faithful: merged values are ones no get reads
+ * and no CAS expects, so no step told them apart.
+ */
 function stateAfter(prefix: RegOp[]): string {
-  for (let i = prefix.length - 1; i >= 0; i--) {
-    const op = prefix[i]!.source;
-    if (op.kind === 'put') return `= ${JSON.stringify(op.value)}`;
-    if (op.kind === 'delete') return 'absent';
+  let state: string | null = null;
+  for (const { source: op } of prefix) {
+    if (op.kind === 'put') state = op.value!;
+    else if (op.kind === 'delete') state = null;
+    else if (op.kind === 'cas' && state === op.expected) state = op.value!;
   }
-  return 'absent';
+  return state === null ? 'absent' : `= ${JSON.stringify(state)}`;
 }
 
 /** A one-line rendering of an op, e.g. `client 2 get → "a" [30, 40]`. */
@@ -703,6 +892,12 @@ export function describeOp(op: HistoryOp): string {
       const existed = op.known ? op.output?.existed : undefined;
       const note = existed === undefined ? '' : existed ? ' (existed)' : ' (was absent)';
       return `${who} delete${note} ${times}`;
+    }
+    case 'cas': {
+      const expected = op.expected === null ? 'absent' : JSON.stringify(op.expected);
+      const succeeded = op.known ? op.output?.succeeded : undefined;
+      const note = succeeded === undefined ? '' : succeeded ? ' (succeeded)' : ' (failed)';
+      return `${who} cas ${expected} → ${JSON.stringify(op.value)}${note} ${times}`;
     }
   }
 }

@@ -19,6 +19,20 @@ function del(client: number, key: string, call: number, ret?: number, existed?: 
   return { client, kind: 'delete', key, call, ret, known: true, ...(output ? { output } : {}) };
 }
 
+/** A compare-and-swap; expected null requires the key absent. Omitting succeeded (and ret) makes the outcome unknown. */
+function cas(
+  client: number,
+  key: string,
+  expected: string | null,
+  value: string,
+  call: number,
+  ret?: number,
+  succeeded?: boolean,
+): HistoryOp {
+  if (ret === undefined) return { client, kind: 'cas', key, expected, value, call, known: false };
+  return { client, kind: 'cas', key, expected, value, call, ret, known: true, output: { succeeded: succeeded! } };
+}
+
 function expectLinearizable(history: HistoryOp[]): void {
   const result = checkLinearizable(history);
   expect(result).toEqual({ kind: 'linearizable', keys: new Set(history.map((op) => op.key)).size, ops: history.length });
@@ -260,6 +274,106 @@ describe('rejects non-linearizable histories', () => {
   });
 });
 
+describe('compare-and-swap', () => {
+  test('a successful and a failed CAS, linearizable', () => {
+    expectLinearizable([
+      put(1, 'k', 'a', 0, 1),
+      cas(2, 'k', 'a', 'b', 2, 3, true),
+      cas(1, 'k', 'a', 'c', 4, 5, false),
+      get(2, 'k', 'b', 6, 7),
+      cas(1, 'k', null, 'x', 8, 9, false),
+      del(2, 'k', 10, 11, true),
+      cas(1, 'k', null, 'x', 12, 13, true),
+      get(2, 'k', 'x', 14, 15),
+    ]);
+  });
+
+  test('a CAS concurrent with a put may succeed (before it) or fail (after it)', () => {
+    expectLinearizable([put(1, 'k', 'a', 0, 1), put(2, 'k', 'b', 2, 10), cas(3, 'k', 'a', 'c', 3, 9, true), get(1, 'k', 'b', 11, 12)]);
+    expectLinearizable([put(1, 'k', 'a', 0, 1), put(2, 'k', 'b', 2, 10), cas(3, 'k', 'a', 'c', 3, 9, false), get(1, 'k', 'b', 11, 12)]);
+    // A successful swap needs a, so it came before put b, which then overwrote c.
+    expectViolation([put(1, 'k', 'a', 0, 1), put(2, 'k', 'b', 2, 10), cas(3, 'k', 'a', 'c', 3, 9, true), get(1, 'k', 'c', 11, 12)], 'k');
+  });
+
+  test('a CAS that succeeded although its expected value was overwritten before its call', () => {
+    const result = expectViolation([put(1, 'k', 'a', 0, 1), put(2, 'k', 'b', 2, 3), cas(3, 'k', 'a', 'c', 4, 5, true)], 'k');
+    expect(result.explanation).toContain('leaving the key = "b"');
+    expect(result.explanation).toContain('client 3 cas "a" → "c" (succeeded) [4, 5] could not be placed');
+  });
+
+  test('two concurrent CAS from the same expected value cannot both succeed', () => {
+    const history = [put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2, 10, true), cas(3, 'k', 'a', 'c', 3, 9, true)];
+    expectViolation(history, 'k');
+    // Control: with one of them failing, either may be the winner.
+    expectLinearizable([put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2, 10, true), cas(3, 'k', 'a', 'c', 3, 9, false)]);
+    expectLinearizable([put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2, 10, false), cas(3, 'k', 'a', 'c', 3, 9, true)]);
+  });
+
+  test('an unknown put and an unknown CAS chain to explain a later get', () => {
+    expectLinearizable([put(1, 'k', 'x', 0), cas(2, 'k', 'x', 'y', 1), get(3, 'k', 'y', 10, 11)]);
+    // Each is needed: without the put the CAS never swaps, and without the CAS nothing writes y.
+    expectViolation([cas(2, 'k', 'x', 'y', 1), get(3, 'k', 'y', 10, 11)], 'k');
+    expectViolation([put(1, 'k', 'x', 0), cas(2, 'k', 'x', 'z', 1), get(3, 'k', 'y', 10, 11)], 'k');
+  });
+
+  test('an unknown put may take effect after the unknown CAS it would have enabled, which then fails', () => {
+    // The CAS finds the key absent (so nothing happens), then the put lands: x is read.
+    expectLinearizable([put(1, 'k', 'x', 0), cas(2, 'k', 'x', 'y', 1), get(3, 'k', 'x', 10, 11), get(3, 'k', 'x', 12, 13)]);
+  });
+
+  test('an unknown delete may enable a later successful CAS from absent', () => {
+    expectLinearizable([put(1, 'k', 'a', 0, 1), del(2, 'k', 2), cas(3, 'k', null, 'b', 5, 6, true), get(1, 'k', 'b', 7, 8)]);
+    expectViolation([put(1, 'k', 'a', 0, 1), del(2, 'k', 7), cas(3, 'k', null, 'b', 5, 6, true)], 'k');
+  });
+
+  test('a failed CAS whose expected value was the only possible state', () => {
+    const result = expectViolation([put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2, 3, false), get(1, 'k', 'a', 4, 5)], 'k');
+    expect(result.explanation).toContain('client 2 cas "a" → "b" (failed) [2, 3] could not be placed');
+    // Control: with a concurrent put of another value the CAS may have found that one.
+    expectLinearizable([put(1, 'k', 'a', 0, 1), put(3, 'k', 'c', 2, 4), cas(2, 'k', 'a', 'b', 2, 3, false), get(1, 'k', 'c', 5, 6)]);
+  });
+
+  test('a failed CAS from absent while the key can only be absent', () => {
+    const result = expectViolation([cas(1, 'k', null, 'a', 0, 1, false)], 'k');
+    expect(result.explanation).toContain('client 1 cas absent → "a" (failed) [0, 1] could not be placed');
+  });
+
+  test('an unknown CAS may never take effect, and takes effect at most once', () => {
+    expectLinearizable([put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2), get(3, 'k', 'a', 5, 6), get(3, 'k', 'a', 50, 60)]);
+    expectViolation(
+      [put(1, 'k', 'a', 0, 1), cas(2, 'k', 'a', 'b', 2), get(3, 'k', 'b', 3, 4), put(1, 'k', 'a', 5, 6), get(3, 'k', 'b', 7, 8)],
+      'k',
+    );
+  });
+
+  test('an unknown CAS cannot take effect before it was called', () => {
+    expectViolation([put(1, 'k', 'a', 0, 1), get(2, 'k', 'b', 2, 3), cas(3, 'k', 'a', 'b', 4)], 'k');
+  });
+
+  test('a value written by a CAS can be expected by another and read back', () => {
+    const chain = [cas(1, 'k', null, 'a', 0, 1, true), cas(2, 'k', 'a', 'b', 2, 3, true), cas(1, 'k', 'b', 'unread', 4, 5, true)];
+    expectLinearizable([...chain, cas(2, 'k', 'b', 'c', 6, 7, false)]);
+    // Stale: b was swapped out.
+    const result = expectViolation([...chain, get(1, 'k', 'b', 8, 9)], 'k');
+    expect(result.explanation).toContain('leaving the key = "unread"');
+  });
+
+  test('keys with and without CAS are checked side by side', () => {
+    const fine = [put(1, 'plain', 'a', 0, 1), get(2, 'plain', 'a', 2, 3), cas(1, 'swapped', null, 'a', 0, 1, true), get(2, 'swapped', 'a', 2, 3)];
+    expectLinearizable(fine);
+    expectViolation([...fine, get(3, 'plain', null, 4, 5)], 'plain');
+    expectViolation([...fine, get(3, 'swapped', null, 4, 5)], 'swapped');
+  });
+
+  test('an exhausted budget on a key with CAS is inconclusive', () => {
+    const history = simulate({ seed: 7, ops: 300, keys: 1, clients: 5, unknownRate: 0.1, casRate: 0.5 });
+    expect(checkLinearizable(history).kind).toBe('linearizable');
+    const result = checkLinearizable(history, { maxStatesPerKey: 10 });
+    expect(result.kind).toBe('inconclusive');
+    if (result.kind === 'inconclusive') expect(result.explanation).toContain('budget of 10 states');
+  });
+});
+
 describe('search budget', () => {
   test('an exhausted budget is inconclusive, never a pass', () => {
     const history = simulate({ seed: 7, ops: 400, keys: 1, clients: 5, unknownRate: 0 });
@@ -288,6 +402,13 @@ describe('input validation', () => {
     ['known get with undefined output.value', { client: 1, kind: 'get', key: 'k', output: {}, call: 5, ret: 6, known: true }, /needs output\.value/],
     ['unknown put without value', { client: 1, kind: 'put', key: 'k', call: 5, known: false }, /put needs a string value/],
     ['non-finite call', { client: 1, kind: 'delete', key: 'k', call: NaN, ret: 6, known: true }, /call time/],
+    ['cas without value', { client: 1, kind: 'cas', key: 'k', expected: 'a', call: 5, ret: 6, known: true, output: { succeeded: true } }, /cas needs a string value/],
+    ['cas without expected', { client: 1, kind: 'cas', key: 'k', value: 'b', call: 5, ret: 6, known: true, output: { succeeded: true } }, /cas needs expected/],
+    ['cas with a non-string expected', { client: 1, kind: 'cas', key: 'k', expected: 7 as unknown as string, value: 'b', call: 5, ret: 6, known: true, output: { succeeded: true } }, /expected must be a string or null/],
+    ['known cas without output', { client: 1, kind: 'cas', key: 'k', expected: 'a', value: 'b', call: 5, ret: 6, known: true }, /known cas needs output\.succeeded/],
+    ['known cas with a non-boolean succeeded', { client: 1, kind: 'cas', key: 'k', expected: 'a', value: 'b', call: 5, ret: 6, known: true, output: { succeeded: 'yes' as unknown as boolean } }, /known cas needs output\.succeeded/],
+    ['unknown cas without expected', { client: 1, kind: 'cas', key: 'k', value: 'b', call: 5, known: false }, /cas needs expected/],
+    ['unknown kind', { client: 1, kind: 'incr' as HistoryOp['kind'], key: 'k', call: 5, ret: 6, known: true }, /unknown kind "incr"/],
   ])('%s', (_name, op, message) => {
     expect(() => checkLinearizable([put(1, 'k', 'a', 0, 1), op])).toThrow(message);
     expect(() => checkLinearizable([put(1, 'k', 'a', 0, 1), op])).toThrow(/history\[1\]/);
@@ -295,6 +416,11 @@ describe('input validation', () => {
 
   test('a known get reading null (absent) is valid input', () => {
     expect(() => checkLinearizable([get(1, 'k', null, 0, 1)])).not.toThrow();
+  });
+
+  test('an unknown cas needs no output, and one it carries is not checked', () => {
+    const claimsSuccess: HistoryOp = { ...cas(1, 'k', 'a', 'b', 0), output: { succeeded: true } };
+    expectLinearizable([claimsSuccess, get(2, 'k', null, 5, 6)]);
   });
 
   test('a bad budget', () => {
@@ -366,6 +492,8 @@ interface SimConfig {
   clients: number;
   /** Fraction of writes whose outcome is lost; half of those take effect anyway. */
   unknownRate: number;
+  /** Fraction of ops that are CAS, expecting the key's latest value planned so far (or absent); default none. */
+  casRate?: number;
 }
 
 /**
@@ -377,6 +505,7 @@ function simulate(config: SimConfig): HistoryOp[] {
   const rand = rng(config.seed);
   const planned: { op: HistoryOp; at: number | undefined }[] = [];
   const clientFree = new Array<number>(config.clients).fill(0);
+  const lastWritten = new Map<string, string>();
   for (let i = 0; i < config.ops; i++) {
     const client = i % config.clients;
     const key = `key-${randInt(rand, 0, config.keys - 1)}`;
@@ -384,9 +513,13 @@ function simulate(config: SimConfig): HistoryOp[] {
     const ret = call + randInt(rand, 0, 30);
     const at = call + rand() * (ret - call);
     const r = rand();
-    const kind = r < 0.4 ? 'put' : r < 0.5 ? 'delete' : 'get';
+    // Drawn only when CAS is asked for, so that the other configurations keep their histories.
+    const isCas = config.casRate !== undefined && rand() < config.casRate;
+    const kind = isCas ? 'cas' : r < 0.4 ? 'put' : r < 0.5 ? 'delete' : 'get';
     const op: HistoryOp = { client, kind, key, call, ret, known: true };
-    if (kind === 'put') op.value = `c${client}-${i}`;
+    if (kind === 'put' || kind === 'cas') op.value = `c${client}-${i}`;
+    if (kind === 'cas') op.expected = rand() < 0.8 ? (lastWritten.get(key) ?? null) : null;
+    if (kind === 'put' || kind === 'cas') lastWritten.set(key, op.value!);
     clientFree[client] = ret;
     if (kind !== 'get' && rand() < config.unknownRate) {
       delete op.ret;
@@ -401,7 +534,11 @@ function simulate(config: SimConfig): HistoryOp[] {
   const applied = planned.filter((p) => p.at !== undefined).sort((a, b) => a.at! - b.at!);
   for (const { op } of applied) {
     if (op.kind === 'put') store.set(op.key, op.value!);
-    else if (op.kind === 'delete') {
+    else if (op.kind === 'cas') {
+      const succeeded = (store.get(op.key) ?? null) === op.expected;
+      if (succeeded) store.set(op.key, op.value!);
+      if (op.known) op.output = { succeeded };
+    } else if (op.kind === 'delete') {
       const existed = store.delete(op.key);
       if (op.known) op.output = { existed };
     } else op.output = { value: store.get(op.key) ?? null };
@@ -424,6 +561,22 @@ describe('randomized: simulated concurrent executions', () => {
     const corrupted = history.map((op, i) => (i === victim ? { ...op, output: { value: stale.value! } } : op));
     const result = checkLinearizable(corrupted, { maxStatesPerKey: 1_000_000 });
     expect(result.kind).toBe('not-linearizable');
+  });
+
+  test.each(Array.from({ length: 10 }, (_, seed) => seed))('seed %i with CAS and lost writes', (seed) => {
+    const history = simulate({ seed, ops: 600, keys: 3, clients: 5, unknownRate: 0.1, casRate: 0.4 });
+    expect(history.filter((op) => op.kind === 'cas' && op.known && op.output!.succeeded).length).toBeGreaterThan(5);
+    expectLinearizable(history);
+    const victim = history.findIndex((op, i) => i > 400 && op.kind === 'get' && op.known);
+    const corrupted = history.map((op, i) => (i === victim ? { ...op, output: { value: 'never-written' } } : op));
+    const result = expectViolation(corrupted, history[victim]!.key);
+    expect(result.explanation).toContain('get → "never-written"');
+  });
+
+  test('performance sanity: a 300-op CAS-heavy history on one key with lost writes', () => {
+    const history = simulate({ seed: 44, ops: 300, keys: 1, clients: 5, unknownRate: 0.1, casRate: 0.6 });
+    expect(history.filter((op) => op.kind === 'cas').length).toBeGreaterThan(150);
+    expect(checkLinearizable(history).kind).toBe('linearizable');
   });
 
   test('performance sanity: 10,000 ops over 10 keys with 5 clients', () => {
@@ -466,6 +619,10 @@ function bruteForce(history: HistoryOp[]): boolean {
       if (op.kind === 'put') next = op.value!;
       else if (op.kind === 'get') {
         if (op.output!.value !== state) continue;
+      } else if (op.kind === 'cas') {
+        const swaps = state === op.expected;
+        if (op.known && op.output!.succeeded !== swaps) continue;
+        if (swaps) next = op.value!;
       } else {
         const existed = op.known ? op.output?.existed : undefined;
         if (existed !== undefined && existed !== (state !== null)) continue;
@@ -487,6 +644,8 @@ interface TinyConfig {
   values: string[];
   /** What gets may return besides null; defaults to `values`. */
   reads?: string[];
+  /** Mix in CAS ops (expecting absent or one of `values`), about a third of all ops. */
+  withCas?: boolean;
 }
 
 function tinyRandomHistory(rand: () => number, config: TinyConfig): HistoryOp[] {
@@ -496,10 +655,14 @@ function tinyRandomHistory(rand: () => number, config: TinyConfig): HistoryOp[] 
     const call = randInt(rand, 0, 12);
     const ret = call + randInt(rand, 0, 5);
     const known = rand() >= config.unknownRate;
-    const kind = pick(rand, ['put', 'get', 'get', 'delete'] as const);
+    const kind = config.withCas
+      ? pick(rand, ['put', 'get', 'delete', 'cas', 'cas'] as const)
+      : pick(rand, ['put', 'get', 'get', 'delete'] as const);
     const op: HistoryOp = { client: i, kind, key: 'k', call, known };
     if (known) op.ret = ret;
-    if (kind === 'put') op.value = pick(rand, config.values);
+    if (kind === 'put' || kind === 'cas') op.value = pick(rand, config.values);
+    if (kind === 'cas') op.expected = pick(rand, [null, ...config.values]);
+    if (kind === 'cas' && known) op.output = { succeeded: rand() < 0.5 };
     if (kind === 'get' && known) op.output = { value: pick(rand, [null, ...(config.reads ?? config.values)]) };
     if (kind === 'delete' && known && rand() < 0.7) op.output = { existed: rand() < 0.5 };
     history.push(op);
@@ -527,5 +690,30 @@ describe('randomized: agrees with a brute-force oracle on tiny histories', () =>
     // Both verdicts must be well represented for the comparison to mean anything.
     expect(accepted).toBeGreaterThan(400);
     expect(accepted).toBeLessThan(3600);
+  });
+});
+
+describe('randomized: agrees with the brute-force oracle on tiny histories with compare-and-swap', () => {
+  test.each<[string, TinyConfig]>([
+    ['mostly known ops, three values', { maxOps: 7, unknownRate: 0.25, values: ['a', 'b', 'c'], withCas: true }],
+    ['many unknown ops, two values', { maxOps: 8, unknownRate: 0.5, values: ['a', 'b'], withCas: true }],
+    ['many unknown ops, some values never read', { maxOps: 8, unknownRate: 0.5, values: ['a', 'b', 'c'], reads: ['a'], withCas: true }],
+  ])('%s', (_name, config) => {
+    const rand = rng(777);
+    let accepted = 0;
+    let withUnknownCas = 0;
+    for (let i = 0; i < 4000; i++) {
+      const history = tinyRandomHistory(rand, config);
+      const expected = bruteForce(history);
+      const actual = checkLinearizable(history).kind;
+      if (actual !== (expected ? 'linearizable' : 'not-linearizable')) {
+        throw new Error(`disagreement (oracle: ${expected}) on ${JSON.stringify(history)}`);
+      }
+      if (expected) accepted++;
+      if (history.some((op) => op.kind === 'cas' && !op.known)) withUnknownCas++;
+    }
+    expect(accepted).toBeGreaterThan(400);
+    expect(accepted).toBeLessThan(3600);
+    expect(withUnknownCas).toBeGreaterThan(400);
   });
 });
