@@ -23,6 +23,11 @@ describe('simulator', () => {
     expect(total('sessionLimited')).toBeGreaterThan(0);
   });
 
+  test('those seeds send compare-and-swap, some swapping and some not, all checked for linearizability', () => {
+    expect(stats.reduce((sum, s) => sum + s.casSwapped, 0)).toBeGreaterThan(0);
+    expect(stats.reduce((sum, s) => sum + s.casRefused, 0)).toBeGreaterThan(0);
+  });
+
   test('a seed replays exactly', async () => {
     const first = await new Simulation({ seed: 14 }).run();
     const second = await new Simulation({ seed: 14 }).run();

@@ -82,6 +82,9 @@ export interface SimResult {
     deniedWrites: number;
     /** Writes refused SESSION_NOT_OWNED: their session began before auth was enabled. */
     sessionsNotOwned: number;
+    /** Compare-and-swaps answered: swapped, and not (the key held something else). */
+    casSwapped: number;
+    casRefused: number;
   };
 }
 
@@ -420,6 +423,8 @@ export class Simulation {
         authChanges: this.authStats.changes,
         deniedWrites: this.authStats.deniedWrites,
         sessionsNotOwned: this.authStats.notOwned,
+        casSwapped: this.casStats.swapped,
+        casRefused: this.casStats.refused,
       },
     };
   }
@@ -1122,6 +1127,7 @@ export class Simulation {
           const output = op?.$case === 'delete' ? { existed: op.value.deleted } : op?.$case === 'txn' ? { succeeded: op.value.succeeded } : {};
           this.history.push({ client: lane, kind, key, value, expected, output, call, ret: this.eventTime(), known: true });
           if (value !== undefined && (kind === 'put' || output.succeeded)) this.lastSeen.set(key, value);
+          if (kind === 'cas') this.casStats[output.succeeded ? 'swapped' : 'refused']++;
           session.exists = true;
           this.log(`${name} ok ${JSON.stringify(output)}`);
           return;
