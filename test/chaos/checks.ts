@@ -10,6 +10,7 @@ export function toHistory(ops: readonly RecordedOp[]): HistoryOp[] {
     kind: op.op,
     key: op.key,
     value: op.value,
+    expected: op.expected,
     output: op.known ? op.output : undefined,
     call: op.call,
     ret: op.known ? op.return : undefined,
@@ -31,16 +32,18 @@ export interface LostWrite {
 export function findLostWrites(ops: readonly RecordedOp[], finalState: ReadonlyMap<string, string>): LostWrite[] {
   const lost: LostWrite[] = [];
   const writesByKey = new Map<string, RecordedOp[]>();
+  // A CAS known not to have swapped wrote nothing.
+  const wrote = (op: RecordedOp) => op.op !== 'get' && !(op.op === 'cas' && op.known && !op.output?.succeeded);
   for (const op of ops) {
-    if (op.op === 'get') continue;
+    if (!wrote(op)) continue;
     const writes = writesByKey.get(op.key) ?? [];
     writes.push(op);
     writesByKey.set(op.key, writes);
   }
   for (const write of ops) {
-    if (write.op === 'get' || !write.known) continue;
+    if (!wrote(write) || !write.known) continue;
     const finalValue = finalState.get(write.key) ?? null;
-    const expected = write.op === 'put' ? write.value! : null;
+    const expected = write.op === 'delete' ? null : write.value!;
     if (finalValue === expected) continue;
     const overwritable = writesByKey.get(write.key)!.some(
       (other) => other !== write && (other.return === undefined || other.return > write.call),

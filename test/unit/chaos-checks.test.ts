@@ -31,4 +31,15 @@ describe('lost-write check', () => {
     expect(findLostWrites(ops, new Map([['b', 'x']]))).toHaveLength(1);
     expect(findLostWrites(ops, new Map())).toEqual([]);
   });
+
+  test('a compare-and-swap that swapped is a write that must last; one that did not swap wrote nothing', () => {
+    const cas = (value: string, succeeded: boolean, call: number, ret: number): RecordedOp => ({ client: 2, op: 'cas', key: 'c', value, expected: 'x', output: { succeeded }, call, return: ret, known: true });
+    const swapped = [put(1, 'c', 'x', 0, 1), cas('y', true, 2, 3)];
+    expect(findLostWrites(swapped, new Map([['c', 'x']])).map((l) => l.op.value)).toEqual(['y']);
+    expect(findLostWrites(swapped, new Map([['c', 'y']]))).toEqual([]);
+    // A CAS that did not swap, after the put: the put's value must still be there, and the CAS's must not be expected.
+    const refused = [put(1, 'c', 'x', 0, 1), cas('z', false, 2, 3)];
+    expect(findLostWrites(refused, new Map([['c', 'x']]))).toEqual([]);
+    expect(findLostWrites(refused, new Map([['c', 'z']])).map((l) => l.op.value)).toEqual(['x']);
+  });
 });
