@@ -269,3 +269,13 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
   }
   return config;
 }
+
+/**
+ * The largest message the client port receives (grpc.max_receive_message_length): twice
+ * --max-request-bytes plus 1 MiB of headroom, so that a request over the limit still
+ * arrives and is refused by validate.ts with a message naming the limit. The HTTP/JSON
+ * gateway's body bound follows from it (gateway.ts, maxGatewayBodyBytes).
+ */
+export function clientMaxMessageBytes(limits: Pick<Limits, 'maxRequestBytes'>): number {
+  return limits.maxRequestBytes * 2 + (1 << 20);
+}
