@@ -251,7 +251,7 @@ describe('the HTTP/JSON gateway', () => {
     // Only the abort resolves it: the deadline is a minute away.
     let timer: NodeJS.Timeout | undefined;
     const noAbort = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('no abort within 10 s'), 10_000)));
-    expect(await Promise.race([seen.aborted.then(() => 'aborted'), noAbort])).toBe('aborted');
+    expect(await Promise.race([seen.aborted!.then(() => 'aborted'), noAbort])).toBe('aborted');
     clearTimeout(timer);
   });
 });
