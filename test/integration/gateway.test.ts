@@ -1,8 +1,10 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { credentials, Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import {
   AuthClient,
@@ -184,16 +186,18 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
 describe('the gateway when the client port has TLS', () => {
   const dir = mkdtempSync(join(tmpdir(), 'cairn-gateway-tls-'));
   let ca: CertFiles;
+  let server: CertFiles;
   let client: CertFiles;
   let cluster: ProcessCluster;
   let httpAddr: string;
 
   beforeAll(async () => {
     ca = makeCa(dir, 'ca');
-    const server = issueCert(dir, 'server', ca, ['IP:127.0.0.1', 'DNS:localhost']);
+    server = issueCert(dir, 'server', ca, ['IP:127.0.0.1', 'DNS:localhost']);
     client = issueCert(dir, 'client', ca, []);
     httpAddr = `127.0.0.1:${await freePort()}`;
-    cluster = await ProcessCluster.start(1, ['--cert-file', server.cert, '--key-file', server.key, '--client-ca-file', ca.cert, '--http-addr', httpAddr]);
+    cluster = await ProcessCluster.start(1, ['--cert-file', server.cert, '--key-file', server.key, '--client-ca-file', ca.cert, '--http-addr', httpAddr, '--cert-poll-interval-ms', '100']);
+    await waitFor('the HTTPS port ready', async () => (await https('/readyz', { method: 'GET', withCert: false })).status === 200);
   });
   afterAll(async () => {
     await cluster.stop();
@@ -220,7 +224,6 @@ describe('the gateway when the client port has TLS', () => {
   }
 
   test('the port serves HTTPS with the client port\'s certificate; gateway routes need a verified client certificate, probes do not; plaintext is refused', async () => {
-    await waitFor('the HTTPS port ready', async () => (await https('/readyz', { method: 'GET', withCert: false })).status === 200);
     expect(await https('/healthz', { method: 'GET', withCert: false })).toMatchObject({ status: 200, body: 'ok\n' });
     const anonymous = await https('/v1/kv/put', { body: { key: b64('k'), value: b64('v') }, withCert: false });
     expect(anonymous.status).toBe(401);
@@ -231,5 +234,26 @@ describe('the gateway when the client port has TLS', () => {
     expect(JSON.parse(get.body).kv).toMatchObject({ value: b64('v') });
     // Plaintext HTTP on the same port gets no answer from the gateway.
     await expect(fetch(`http://${httpAddr}/v1/kv/get`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}', signal: AbortSignal.timeout(5000) }).then((r) => r.status)).rejects.toThrow();
+  });
+
+  test('a replaced certificate is served on the HTTP port too, without a restart', async () => {
+    const servedSerial = () =>
+      new Promise<string>((resolve, reject) => {
+        const [host, port] = httpAddr.split(':');
+        const socket = tlsConnect({ host, port: Number(port), ca: readFileSync(ca.cert) }, () => {
+          const serial = socket.getPeerCertificate().serialNumber.toUpperCase();
+          socket.destroy();
+          resolve(serial);
+        });
+        socket.once('error', reject);
+      });
+    const serialOf = (file: string) => new X509Certificate(readFileSync(file)).serialNumber.toUpperCase();
+    expect(await servedSerial()).toBe(serialOf(server.cert));
+    const fresh = issueCert(dir, 'server-2', ca, ['IP:127.0.0.1', 'DNS:localhost']);
+    renameSync(fresh.key, server.key);
+    renameSync(fresh.cert, server.cert);
+    const next = serialOf(server.cert);
+    await waitFor('the HTTP port serving the new certificate', async () => (await servedSerial()) === next);
+    expect((await https('/v1/kv/get', { body: { key: b64('k') }, withCert: true })).status).toBe(200);
   });
 });

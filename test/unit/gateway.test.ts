@@ -145,9 +145,16 @@ describe('the HTTP/JSON gateway', () => {
     });
   });
 
+  test('field names in lowerCamelCase or as in the proto, as grpcurl accepts', async () => {
+    for (const body of [{ key: 'YQ==', prevKv: true, clientId: 'c1' }, { key: 'YQ==', prev_kv: true, client_id: 'c1' }]) {
+      expect((await send(port.port, '/v1/kv/put', { body: JSON.stringify(body) })).status).toBe(200);
+      expect(seen.request).toMatchObject({ prevKv: true, clientId: 'c1' });
+    }
+  });
+
   test('64-bit integers are read as numbers or strings, as grpcurl accepts; enums by name or number', async () => {
     for (const limit of [5, '5']) {
-      const answer = await send(port.port, '/v1/kv/range', { body: JSON.stringify({ key: 'YQ==', limit, consistency: 'CONSISTENCY_SERIALIZABLE', prefix: true }) });
+      const answer = await send(port.port, '/v1/kv/range', { body: JSON.stringify({ key: 'YQ==', limit, consistency: limit === 5 ? 'CONSISTENCY_SERIALIZABLE' : Consistency.CONSISTENCY_SERIALIZABLE, prefix: true }) });
       expect(answer.status).toBe(200);
       expect(seen.request).toMatchObject({ key: Buffer.from('a'), limit: 5, consistency: Consistency.CONSISTENCY_SERIALIZABLE, prefix: true });
     }
