@@ -160,16 +160,32 @@ export class Gateway {
     return [...this.routes.keys()];
   }
 
-  /** Answers one gateway request; never throws (every failure is a JSON error answer). */
-  async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  /**
+   * Answers one gateway request; never throws (every failure is a JSON error answer).
+   * `awaitingContinue`: the client sent `Expect: 100-continue` (http.ts's checkContinue) and
+   * sends its body only after a 100, which is written once the request passed every check
+   * that does not need the body; a refusal before it closes the connection, since the body
+   * may never come.
+   */
+  async serve(req: IncomingMessage, res: ServerResponse, awaitingContinue = false): Promise<void> {
+    let continued = !awaitingContinue;
     try {
       const route = this.routeFor(req);
-      const request = route.definition.requestDeserialize(Buffer.from(toBinary(route.requestSchema, parseBody(route.requestSchema, await readBody(req, this.options.maxBodyBytes)))));
       const deadline = deadlineOf(req);
+      checkDeclaredLength(req, this.options.maxBodyBytes);
+      if (!continued) {
+        res.writeContinue();
+        continued = true;
+      }
+      const body = await readBody(req, this.options.maxBodyBytes);
+      const request = route.definition.requestDeserialize(Buffer.from(toBinary(route.requestSchema, parseBody(route.requestSchema, body))));
       await runHandler(route, request, req, res, deadline, this.options.requireClientCertificate ?? false);
     } catch (err) {
+      // A body the client sends is read to its end and dropped, not left unread: closing over
+      // unread bytes resets the connection, which can lose the answer before the client reads it.
+      if (continued) req.resume();
       if (err instanceof GatewayRequestError) {
-        sendError(res, err.httpStatus, { code: err.grpcCode, details: err.message }, err.headers);
+        sendError(res, err.httpStatus, { code: err.grpcCode, details: err.message }, continued ? err.headers : { ...err.headers, Connection: 'close' });
       } else {
         sendError(res, 500, { code: Status.INTERNAL, details: `internal error: ${(err as Error).message}` });
       }
@@ -205,12 +221,12 @@ function routeOf(services: GatewayServices, serviceName: string, method: string)
 }
 
 /** Reads the body, counting bytes as they arrive: past `maxBytes` it stops with 413. */
+/** A Content-Length over the bound is refused before the body is read (what comes of it is dropped, never kept). */
+function checkDeclaredLength(req: IncomingMessage, maxBytes: number): void {
+  if (Number(req.headers['content-length']) > maxBytes) throw tooLarge(maxBytes);
+}
+
 function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length']);
-  if (declared > maxBytes) {
-    req.resume();
-    return Promise.reject(tooLarge(maxBytes));
-  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let bytes = 0;
@@ -218,9 +234,6 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
       bytes += chunk.length;
       if (bytes > maxBytes) {
         cleanUp();
-        // The rest is read and dropped, not kept: closing with bytes unread would reset the
-        // connection and could lose the 413 before the client reads it.
-        req.resume();
         reject(tooLarge(maxBytes));
         return;
       }
@@ -246,8 +259,7 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
 }
 
 function tooLarge(maxBytes: number): GatewayRequestError {
-  // Connection: close: the rest of the body is never read, so the connection cannot carry another request.
-  return new GatewayRequestError(413, Status.INVALID_ARGUMENT, `request body over the gateway's limit of ${maxBytes} bytes (maxGatewayBodyBytes, from --max-request-bytes)`, { Connection: 'close' });
+  return new GatewayRequestError(413, Status.INVALID_ARGUMENT, `request body over the gateway's limit of ${maxBytes} bytes (maxGatewayBodyBytes, from --max-request-bytes)`);
 }
 
 /** The request message a body stands for: an empty body is the empty message. */

@@ -63,6 +63,16 @@ export class HttpPort {
     // A TLS handshake gets the time the headers get.
     const server = tls ? createHttpsServer({ ...bounds, handshakeTimeout: HTTP_HEADERS_TIMEOUT_MS, ...tls.options }, onRequest) : createServer(bounds, onRequest);
     const unfollow = tls && server instanceof HttpsServer ? tls.follow(server) : () => undefined;
+    // Expect: 100-continue (curl sends it for bodies over 1 MiB): the gateway says 100 only to
+    // a request it will read, so a body over its bound is refused before it is sent.
+    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      if (gateway?.handles((req.url ?? '/').split('?')[0]!)) {
+        void gateway.serve(req, res, true);
+        return;
+      }
+      res.writeContinue();
+      onRequest(req, res);
+    });
     server.once('close', unfollow);
     server.maxConnections = MAX_HTTP_CONNECTIONS;
     server.keepAliveTimeout = HTTP_KEEP_ALIVE_TIMEOUT_MS;

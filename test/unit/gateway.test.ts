@@ -221,6 +221,29 @@ describe('the HTTP/JSON gateway', () => {
     expect((await send(port.port, '/v1/cluster/status')).status).toBe(200);
   });
 
+  test('Expect: 100-continue: a body over the bound is refused before it is sent, one within it is invited', async () => {
+    const expectContinue = (body: string) =>
+      new Promise<{ continued: boolean; status: number }>((resolve, reject) => {
+        let continued = false;
+        const req = httpRequest({
+          host: '127.0.0.1', port: port.port, path: '/v1/kv/put', method: 'POST',
+          headers: { 'content-type': 'application/json', expect: '100-continue', 'content-length': String(Buffer.byteLength(body)) },
+        }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ continued, status: res.statusCode! }));
+        });
+        req.on('continue', () => {
+          continued = true;
+          req.end(body);
+        });
+        req.on('error', reject);
+        req.setTimeout(10_000, () => req.destroy(new Error('no answer within 10 s')));
+        req.flushHeaders();
+      });
+    expect(await expectContinue(JSON.stringify({ key: 'YQ==', value: Buffer.alloc(TEST_MAX_BODY_BYTES).toString('base64') }))).toEqual({ continued: false, status: 413 });
+    expect(await expectContinue(JSON.stringify({ key: 'YQ==' }))).toEqual({ continued: true, status: 200 });
+  });
+
   test('errors: grpc-gateway\'s JSON body and HTTP status, cairn\'s code as error_code and a header, the leader as a header', async () => {
     const denied = await send(port.port, '/v1/kv/get', { body: JSON.stringify({ key: Buffer.from('denied').toString('base64') }) });
     expect(denied.status).toBe(403);
