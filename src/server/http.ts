@@ -50,7 +50,7 @@ export class HttpPort {
     const { gateway, tls } = extras;
     const bounds = { maxHeaderSize: MAX_HTTP_HEADER_BYTES, headersTimeout: HTTP_HEADERS_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS };
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-      if (gateway?.handles((req.url ?? '/').split('?')[0]!)) {
+      if (gateway?.handles(pathOf(req))) {
         void gateway.serve(req, res);
         return;
       }
@@ -66,7 +66,7 @@ export class HttpPort {
     // Expect: 100-continue (curl sends it for bodies over 1 MiB): the gateway says 100 only to
     // a request it will read, so a body over its bound is refused before it is sent.
     server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
-      if (gateway?.handles((req.url ?? '/').split('?')[0]!)) {
+      if (gateway?.handles(pathOf(req))) {
         void gateway.serve(req, res, true);
         return;
       }
@@ -101,7 +101,7 @@ async function route(req: IncomingMessage, res: ServerResponse, source: HttpSour
     res.setHeader('Allow', 'GET, HEAD');
     return send(res, 405, 'text/plain', `method ${req.method} not allowed: GET only\n`);
   }
-  const path = (req.url ?? '/').split('?')[0];
+  const path = pathOf(req);
   switch (path) {
     case '/metrics': {
       const { contentType, body } = await source.metrics.render();
@@ -120,6 +120,10 @@ async function route(req: IncomingMessage, res: ServerResponse, source: HttpSour
     default:
       return send(res, 404, 'text/plain', `no such page: ${path} (try /, /metrics, /healthz, /readyz, /status.json)\n`);
   }
+}
+
+function pathOf(req: IncomingMessage): string {
+  return (req.url ?? '/').split('?')[0]!;
 }
 
 function send(res: ServerResponse, code: number, contentType: string, body: string): void {
