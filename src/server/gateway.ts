@@ -220,12 +220,12 @@ function routeOf(services: GatewayServices, serviceName: string, method: string)
   return { grpcPath: definition.path, requestSchema: descriptor.input, responseSchema: descriptor.output, definition, handler: handler as UnaryHandler };
 }
 
-/** Reads the body, counting bytes as they arrive: past `maxBytes` it stops with 413. */
 /** A Content-Length over the bound is refused before the body is read (what comes of it is dropped, never kept). */
 function checkDeclaredLength(req: IncomingMessage, maxBytes: number): void {
   if (Number(req.headers['content-length']) > maxBytes) throw tooLarge(maxBytes);
 }
 
+/** Reads the body, counting bytes as they arrive: past `maxBytes` it stops with 413, keeping nothing more. */
 function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -247,14 +247,18 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
       cleanUp();
       reject(new GatewayRequestError(400, Status.INVALID_ARGUMENT, `request body not read: ${err.message}`));
     };
+    // A client gone before the end of its body: nothing will answer it, but nothing may wait either.
+    const onClose = () => onError(new Error('the connection closed before the body ended'));
     const cleanUp = () => {
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
+      req.off('close', onClose);
     };
     req.on('data', onData);
     req.once('end', onEnd);
     req.once('error', onError);
+    req.once('close', onClose);
   });
 }
 
