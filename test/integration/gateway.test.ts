@@ -180,6 +180,12 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     expect(inside.status).toBe(200);
     const read = await post(url(followers[1]!, '/v1/kv/get'), { key: b64('app/c') }, bearer);
     expect(read.json.kv).toMatchObject({ value: b64('by alice') });
+    // A Cluster call a follower forwards to the leader's client port carries the token there.
+    const { token: rootToken } = await grpc(auth, auth.authenticate, { name: 'root', password: 'rootpw' });
+    const forwarded = await post(url(follower, '/v1/cluster/leader/transfer'), { toId: String(leader) }, { authorization: `Bearer ${rootToken}` });
+    expect(forwarded.status).toBe(200);
+    expect(forwarded.json).toMatchObject({ leaderId: String(leader), header: { memberId: String(leader) } });
+    expect((await post(url(follower, '/v1/cluster/leader/transfer'), { toId: String(leader) })).status).toBe(401);
   });
 });
 
