@@ -207,7 +207,7 @@ async function serve(argv: string[]): Promise<number> {
     if (quietGrpc) setLogVerbosity(logVerbosity.ERROR);
   }
   raftState = () => ({ term: node.replica.node.term, role: node.replica.node.role });
-  if (node.httpAddress) logger.info({ httpAddr: node.httpAddress }, 'http: /metrics, /healthz, /readyz, status page at /');
+  if (node.httpAddress) logger.info({ httpAddr: node.httpAddress }, 'http: /metrics, /healthz, /readyz, status page at /, JSON gateway at /v1/');
   // `cairn cluster` waits for this before it believes what its ports answer.
   process.send?.(NODE_STARTED_MESSAGE);
   await new Promise<void>((resolve) => {

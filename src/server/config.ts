@@ -80,7 +80,7 @@ export const SERVE_FLAGS = [
   { flag: 'peer-addr', env: 'CAIRN_PEER_ADDR', default: '127.0.0.1:7101', help: 'HOST:PORT to serve peers on' },
   { flag: 'advertise-client-addr', env: 'CAIRN_ADVERTISE_CLIENT_ADDR', default: '', help: 'HOST:PORT other members and clients reach --client-addr at (default: --client-addr itself)' },
   { flag: 'advertise-peer-addr', env: 'CAIRN_ADVERTISE_PEER_ADDR', default: '', help: 'HOST:PORT peers reach --peer-addr at, told to the cluster on --join (default: --peer-addr itself)' },
-  { flag: 'http-addr', env: 'CAIRN_HTTP_ADDR', default: '', help: 'HOST:PORT for HTTP: /metrics (Prometheus), /healthz, /readyz and the status page at / (default: none)' },
+  { flag: 'http-addr', env: 'CAIRN_HTTP_ADDR', default: '', help: 'HOST:PORT for HTTP: /metrics (Prometheus), /healthz, /readyz, the status page at / and the JSON gateway at /v1/ (HTTPS when the client port has TLS; default: none)' },
   { flag: 'cert-file', env: 'CAIRN_CERT_FILE', default: '', help: 'PEM certificate (chain) the client port serves TLS with; reloaded on change or SIGHUP (default: plaintext)' },
   { flag: 'key-file', env: 'CAIRN_KEY_FILE', default: '', help: 'PEM private key of --cert-file' },
   { flag: 'client-ca-file', env: 'CAIRN_CLIENT_CA_FILE', default: '', help: 'PEM CA bundle: clients must present a certificate it verifies (default: no client certificate asked for)' },
@@ -268,4 +268,14 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     throw invalid(`--heartbeat-ticks (${config.heartbeatTicks}) must be below --election-ticks (${config.electionTicks})`);
   }
   return config;
+}
+
+/**
+ * The largest message the client port receives (grpc.max_receive_message_length): twice
+ * --max-request-bytes plus 1 MiB of headroom, so that a request over the limit still
+ * arrives and is refused by validate.ts with a message naming the limit. The HTTP/JSON
+ * gateway's body bound follows from it (gateway.ts, maxGatewayBodyBytes).
+ */
+export function clientMaxMessageBytes(limits: Pick<Limits, 'maxRequestBytes'>): number {
+  return limits.maxRequestBytes * 2 + (1 << 20);
 }

@@ -1,5 +1,8 @@
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, Server as HttpsServer } from 'node:https';
 import { splitHostPort } from './connection-guard';
+import { Gateway } from './gateway';
+import { HttpTls } from './http-tls';
 import { Logger } from './logger';
 import { NodeMetrics } from './metrics';
 import { STATUS_PAGE_HTML } from './status-page';
@@ -7,7 +10,8 @@ import { STATUS_PAGE_HTML } from './status-page';
 /**
  * The operators' HTTP port (`--http-addr`): `/metrics` (Prometheus text), `/healthz` and
  * `/readyz` (200 or 503, for probes and load balancers), `/status.json` and a status page at
- * `/` that shows it. GET only, nothing read from bodies; like the gRPC ports it faces
+ * `/` that shows it: GET only, nothing read from bodies. Paths under /v1/ are the HTTP/JSON
+ * gateway's (gateway.ts: POST, JSON bodies with a byte bound). Like the gRPC ports it faces
  * strangers, so connections, header sizes and times are bounded.
  */
 
@@ -34,18 +38,42 @@ export interface HttpSource {
 
 export class HttpPort {
   private constructor(
-    private readonly server: Server,
+    private readonly server: Server | HttpsServer,
     readonly port: number,
   ) {}
 
-  static async listen(address: string, source: HttpSource, logger: Logger): Promise<HttpPort> {
-    const server = createServer({ maxHeaderSize: MAX_HTTP_HEADER_BYTES, headersTimeout: HTTP_HEADERS_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS }, (req, res) => {
+  /**
+   * `gateway`: the HTTP/JSON gateway (gateway.ts), which answers every path under /v1/.
+   * `tls`: serve HTTPS with the client port's certificate (http-tls.ts).
+   */
+  static async listen(address: string, source: HttpSource, logger: Logger, extras: { gateway?: Gateway; tls?: HttpTls } = {}): Promise<HttpPort> {
+    const { gateway, tls } = extras;
+    const bounds = { maxHeaderSize: MAX_HTTP_HEADER_BYTES, headersTimeout: HTTP_HEADERS_TIMEOUT_MS, requestTimeout: HTTP_REQUEST_TIMEOUT_MS };
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      if (gateway?.handles(pathOf(req))) {
+        void gateway.serve(req, res);
+        return;
+      }
       route(req, res, source).catch((err: unknown) => {
         logger.warn({ err: (err as Error).message, path: req.url }, 'http: request failed');
         if (!res.headersSent) send(res, 500, 'text/plain', 'internal error\n');
         else res.destroy();
       });
+    };
+    // A TLS handshake gets the time the headers get.
+    const server = tls ? createHttpsServer({ ...bounds, handshakeTimeout: HTTP_HEADERS_TIMEOUT_MS, ...tls.options }, onRequest) : createServer(bounds, onRequest);
+    const unfollow = tls && server instanceof HttpsServer ? tls.follow(server) : () => undefined;
+    // Expect: 100-continue (curl sends it for bodies over 1 MiB): the gateway says 100 only to
+    // a request it will read, so a body over its bound is refused before it is sent.
+    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      if (gateway?.handles(pathOf(req))) {
+        void gateway.serve(req, res, true);
+        return;
+      }
+      res.writeContinue();
+      onRequest(req, res);
     });
+    server.once('close', unfollow);
     server.maxConnections = MAX_HTTP_CONNECTIONS;
     server.keepAliveTimeout = HTTP_KEEP_ALIVE_TIMEOUT_MS;
     const { host, port } = splitHostPort(address);
@@ -73,7 +101,7 @@ async function route(req: IncomingMessage, res: ServerResponse, source: HttpSour
     res.setHeader('Allow', 'GET, HEAD');
     return send(res, 405, 'text/plain', `method ${req.method} not allowed: GET only\n`);
   }
-  const path = (req.url ?? '/').split('?')[0];
+  const path = pathOf(req);
   switch (path) {
     case '/metrics': {
       const { contentType, body } = await source.metrics.render();
@@ -92,6 +120,10 @@ async function route(req: IncomingMessage, res: ServerResponse, source: HttpSour
     default:
       return send(res, 404, 'text/plain', `no such page: ${path} (try /, /metrics, /healthz, /readyz, /status.json)\n`);
   }
+}
+
+function pathOf(req: IncomingMessage): string {
+  return (req.url ?? '/').split('?')[0]!;
 }
 
 function send(res: ServerResponse, code: number, contentType: string, body: string): void {

@@ -10,9 +10,11 @@ import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../raft/node';
 import { SeededRandom } from '../raft/random';
 import { LevelDb } from '../storage/db';
 import { LevelRaftStorage } from '../storage/raft-storage';
-import { ServerConfig } from './config';
+import { clientMaxMessageBytes, ServerConfig } from './config';
 import { GuardedPort } from './connection-guard';
+import { GatewayServices, nodeGateway } from './gateway';
 import { HttpPort } from './http';
+import { httpsFollowing } from './http-tls';
 import { NodeMetrics } from './metrics';
 import { bootstrapConfigOf, deriveClusterId, IGNORED_BOOTSTRAP_FLAGS, loadOrCreateIdentity, readIdentity, storeJoinedIdentity } from './identity';
 import { joinCluster, promoteWhenCaughtUp } from './join';
@@ -159,7 +161,7 @@ export class CairnNode {
     const router = new RequestRouter(replica, transport, identity.clusterId, config.requestTimeoutMs, metrics);
     const clientPortGuard = new GuardedPort('client', config.clientPortProtection, logger);
     const peerPortGuard = new GuardedPort('peer', config.peerPortProtection, logger);
-    const clientServer = new Server({ 'grpc.max_receive_message_length': config.limits.maxRequestBytes * 2 + (1 << 20), ...clientPortGuard.serverOptions() });
+    const clientServer = new Server({ 'grpc.max_receive_message_length': clientMaxMessageBytes(config.limits), ...clientPortGuard.serverOptions() });
     const peerPortOptions = peerPortGuard.serverOptions();
     const peerIdentityStats = security.peer ? new PeerIdentityStats(logger) : undefined;
     if (peerIdentityStats) {
@@ -189,9 +191,14 @@ export class CairnNode {
       // With client certificates verified (--client-ca-file), a certificate's common name stands for the user, as in etcd.
       auth: new AuthGate(() => replica.stateMachine.authState(), { tokenTtlMs: config.authTokenTtlMs, trustCertificateCommonName: Boolean(config.tls.client?.caFile) }),
     };
-    clientServer.addService(withLenientDecoding(KVService), kvService(context));
+    // The gateway (--http-addr) runs the very same definitions and implementations as the client port.
+    const gatewayServices = {
+      kv: { definition: withLenientDecoding(KVService), implementation: kvService(context) },
+      cluster: { definition: withLenientDecoding(ClusterService), implementation: clusterService(context) },
+    } satisfies GatewayServices;
+    clientServer.addService(gatewayServices.kv.definition, gatewayServices.kv.implementation);
     clientServer.addService(withLenientDecoding(AuthService), authServiceOf(context));
-    clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
+    clientServer.addService(gatewayServices.cluster.definition, gatewayServices.cluster.implementation);
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
@@ -219,7 +226,10 @@ export class CairnNode {
     if (plaintext.length > 0) logger.warn({ ports: plaintext }, PLAINTEXT_WARNING);
     if (config.httpAddr) {
       try {
-        started.httpPort = await HttpPort.listen(config.httpAddr, started.httpSource(), logger);
+        started.httpPort = await HttpPort.listen(config.httpAddr, started.httpSource(), logger, {
+          gateway: nodeGateway(config, gatewayServices),
+          tls: security.client && httpsFollowing(security.client),
+        });
       } catch (err) {
         await started.stop().catch(() => undefined);
         throw new CairnError(ErrorCode.INVALID_ARGUMENT, `--http-addr ${config.httpAddr}: cannot listen (${(err as Error).message})`);

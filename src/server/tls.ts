@@ -451,8 +451,8 @@ export class NodeTransportSecurity {
 /** The warning `cairn serve` logs for a port on the network without TLS. */
 export const PLAINTEXT_WARNING = 'listening on a non-loopback address without TLS: anyone who can reach it can read and change the traffic (docs/security.md)';
 
-/** The ports that listen beyond loopback in plaintext, by flag. */
-export function plaintextNetworkPorts(config: { clientAddr: string; peerAddr: string; tls: TlsConfig }): string[] {
+/** The ports that listen beyond loopback in plaintext, by flag (the HTTP port carries the JSON gateway's KV traffic). */
+export function plaintextNetworkPorts(config: { clientAddr: string; peerAddr: string; httpAddr?: string; tls: TlsConfig }): string[] {
   const open: string[] = [];
   const exposed = (addr: string) => {
     try {
@@ -463,6 +463,7 @@ export function plaintextNetworkPorts(config: { clientAddr: string; peerAddr: st
   };
   if (!config.tls.client && exposed(config.clientAddr)) open.push(`--client-addr ${config.clientAddr}`);
   if (!config.tls.peer && exposed(config.peerAddr)) open.push(`--peer-addr ${config.peerAddr}`);
+  if (!config.tls.client && config.httpAddr && exposed(config.httpAddr)) open.push(`--http-addr ${config.httpAddr}`);
   return open;
 }
 

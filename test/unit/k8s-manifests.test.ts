@@ -519,12 +519,15 @@ describe('deploy/examples/tls', () => {
     expect(unknownFieldErrors([tlsStatefulSet])).toEqual([[]]);
   });
 
-  it('probes over HTTP (the kubelet\'s gRPC probe does not speak TLS), and a patch that leaves grpc in is caught', () => {
+  it('probes over HTTPS on the HTTP port (the kubelet\'s gRPC probe does not speak TLS), and a patch that leaves grpc in is caught', () => {
     const httpPort = tlsContainer.ports.find((p: Json) => p.containerPort === portOf(env('CAIRN_HTTP_ADDR') ?? envValue('CAIRN_HTTP_ADDR')))?.name;
     expect(httpPort).toBe('http');
     for (const probe of ['livenessProbe', 'readinessProbe', 'startupProbe']) expect({ probe, problem: httpProbeProblem(tlsContainer[probe], httpPort) }).toEqual({ probe, problem: undefined });
     expect(tlsContainer.readinessProbe.httpGet.path).toBe('/readyz');
     expect(tlsContainer.livenessProbe.httpGet.path).toBe('/healthz');
+    // The HTTP port serves HTTPS once the client port has TLS (src/server/http-tls.ts).
+    for (const probe of ['livenessProbe', 'readinessProbe', 'startupProbe']) expect({ probe, scheme: tlsContainer[probe].httpGet.scheme }).toEqual({ probe, scheme: 'HTTPS' });
+    expect(tlsStatefulSet.spec.template.metadata.annotations['prometheus.io/scheme']).toBe('https');
     const careless = structuredClone(patch);
     delete careless.spec.template.spec.containers[0].livenessProbe.grpc;
     const merged = strategicMerge(statefulSet, careless).spec.template.spec.containers[0];

@@ -127,6 +127,9 @@ describe('plaintextNetworkPorts', () => {
     expect(plaintextNetworkPorts({ clientAddr: 'localhost:7001', peerAddr: '0.0.0.0:7101', tls })).toEqual(['--peer-addr 0.0.0.0:7101']);
     const withClientTls = tlsConfigFrom({ 'cert-file': 'c', 'key-file': 'k' });
     expect(plaintextNetworkPorts({ clientAddr: '0.0.0.0:7001', peerAddr: '10.0.0.5:7101', tls: withClientTls })).toEqual(['--peer-addr 10.0.0.5:7101']);
+    // The HTTP port carries the JSON gateway: plaintext on the network unless the client port has TLS (then it is HTTPS).
+    expect(plaintextNetworkPorts({ clientAddr: '127.0.0.1:7001', peerAddr: '127.0.0.1:7101', httpAddr: '0.0.0.0:7201', tls })).toEqual(['--http-addr 0.0.0.0:7201']);
+    expect(plaintextNetworkPorts({ clientAddr: '0.0.0.0:7001', peerAddr: '127.0.0.1:7101', httpAddr: '0.0.0.0:7201', tls: withClientTls })).toEqual([]);
   });
 });
 
