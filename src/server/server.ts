@@ -195,9 +195,10 @@ export class CairnNode {
     const gatewayServices = {
       kv: { definition: withLenientDecoding(KVService), implementation: kvService(context) },
       cluster: { definition: withLenientDecoding(ClusterService), implementation: clusterService(context) },
+      auth: { definition: withLenientDecoding(AuthService), implementation: authServiceOf(context) },
     } satisfies GatewayServices;
     clientServer.addService(gatewayServices.kv.definition, gatewayServices.kv.implementation);
-    clientServer.addService(withLenientDecoding(AuthService), authServiceOf(context));
+    clientServer.addService(gatewayServices.auth.definition, gatewayServices.auth.implementation);
     clientServer.addService(gatewayServices.cluster.definition, gatewayServices.cluster.implementation);
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));

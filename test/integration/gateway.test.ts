@@ -153,6 +153,24 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     expect(unknownField.json.message).toMatch(/"revision" is unknown/);
   });
 
+  test('txn: a compare-and-swap through a follower\'s gateway swaps once, then runs the failure branch', async () => {
+    const cas = {
+      compare: [{ key: b64('gw/lock'), target: 'COMPARE_TARGET_VERSION', result: 'COMPARE_RESULT_EQUAL', version: '0' }],
+      success: [{ requestPut: { key: b64('gw/lock'), value: b64('mine') } }],
+      failure: [{ requestRange: { key: b64('gw/lock') } }],
+    };
+    const first = await post(url(followers[0]!, '/v1/kv/txn'), cas);
+    expect(first.status).toBe(200);
+    expect(first.json).toMatchObject({ succeeded: true, responses: [{ responsePut: {} }] });
+    const second = await post(url(followers[1]!, '/v1/kv/txn'), cas);
+    expect(second.status).toBe(200);
+    expect(second.json.succeeded).toBeUndefined(); // false is left out, as grpcurl prints it
+    expect(second.json.responses[0].responseRange.kvs[0]).toMatchObject({ key: b64('gw/lock'), value: b64('mine'), version: '1' });
+    const twice = await post(url(leader, '/v1/kv/txn'), { success: [{ requestPut: { key: b64('k'), value: b64('1') } }, { requestDelete: { key: b64('k') } }] });
+    expect(twice.status).toBe(400);
+    expect(twice.json.message).toMatch(/success\[1\]\.key is written twice in one branch/);
+  });
+
   test('with auth on: no token is 401 UNAUTHENTICATED, a key outside the role 403 PERMISSION_DENIED, a root-only call 403; the token passes through to the leader', async () => {
     const auth = new AuthClient(cluster.node(leader).clientAddr, credentials.createInsecure());
     clients.push(auth);
@@ -162,7 +180,14 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     await grpc(auth, auth.roleGrantPermission, { name: 'app', permission: { type: PermissionType.PERMISSION_TYPE_READWRITE, key: Buffer.from('app/'), prefix: true } });
     await grpc(auth, auth.userGrantRole, { user: 'alice', role: 'app' });
     await grpc(auth, auth.authEnable, {});
-    const { token } = await grpc(auth, auth.authenticate, { name: 'alice', password: 'alicepw' });
+    // Logging in works over HTTP too (Auth/Authenticate at /v1/auth/authenticate).
+    const login = await waitFor('a login over HTTP', async () => {
+      const answer = await post(url(followers[1]!, '/v1/auth/authenticate'), { name: 'alice', password: 'alicepw' });
+      return answer.status === 200 ? answer : undefined;
+    });
+    const token = login.json.token as string;
+    expect(token).toMatch(/^cairn1\./);
+    expect((await post(url(followers[1]!, '/v1/auth/authenticate'), { name: 'alice', password: 'wrong' })).status).toBe(401);
     const bearer = { authorization: `Bearer ${token}` };
     const follower = followers[0]!;
 
