@@ -564,10 +564,10 @@ describe('randomized: simulated concurrent executions', () => {
   });
 
   test.each(Array.from({ length: 10 }, (_, seed) => seed))('seed %i with CAS and lost writes', (seed) => {
-    const history = simulate({ seed, ops: 600, keys: 3, clients: 5, unknownRate: 0.1, casRate: 0.4 });
+    const history = simulate({ seed, ops: 450, keys: 3, clients: 5, unknownRate: 0.1, casRate: 0.4 });
     expect(history.filter((op) => op.kind === 'cas' && op.known && op.output!.succeeded).length).toBeGreaterThan(5);
     expectLinearizable(history);
-    const victim = history.findIndex((op, i) => i > 400 && op.kind === 'get' && op.known);
+    const victim = history.findIndex((op, i) => i > 300 && op.kind === 'get' && op.known);
     const corrupted = history.map((op, i) => (i === victim ? { ...op, output: { value: 'never-written' } } : op));
     const result = expectViolation(corrupted, history[victim]!.key);
     expect(result.explanation).toContain('get → "never-written"');
