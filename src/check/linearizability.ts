@@ -538,17 +538,22 @@ interface CasFrame {
  * all of them (an unknown op's step never fails: no output is checked), which
  * changes nothing observed, the same as never taking effect.
  *
- * Exact for two reasons. First, the visited set's covering: a state (K, U, s)
- * whose unknown ops U are a subset of another's U' (same known ops K, same
- * register state s) can do every continuation the other can, since the ops only
- * it still has are optional and constrain nothing. So if some continuation from
- * the covered state succeeds, one at least as short does from the covering
- * state, and by induction on that length the search succeeds once the covering
- * state has been entered, whether it is finished or still on the stack. Second,
- * unknown ops with the same effect (same kind, same values; groupByCasEffect)
- * are interchangeable, and one called earlier may go wherever one called later
- * may, as neither has a deadline: each group is drawn in call order, and a state
- * that used fewer of a group's members still covers one that used more.
+ * Unknown ops with the same effect (same kind and values; groupByCasEffect) are
+ * interchangeable, and one called earlier may go wherever one called later may,
+ * as none has a deadline: so each group is drawn in call order. (Give the k-th
+ * use of a group in a linearization the group's k-th member: at the k-th use at
+ * least k members were callable, since deadlines only move later along a
+ * linearization, so the k-th in call order was too.)
+ *
+ * The visited set prunes a state (K, U, s) when a state entered before has the
+ * same known ops K and register state s and a subset of the unknown ops U (in
+ * each group, no more members used). Every continuation of the pruned state,
+ * with each group's members renumbered to the other state's next ones (called no
+ * later), is open to that state: the ops only it has left are optional and
+ * constrain no other op. So its shortest successful continuation is no longer
+ * than the pruned one's, and by induction on that length the search succeeds
+ * once any state from which success is reachable has been entered, whether the
+ * state that prunes it is finished or still on the stack.
  */
 class CasSearch {
   /** Known ops first (indices below knownCount), then unknown ones. */
