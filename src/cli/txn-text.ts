@@ -29,33 +29,37 @@ export interface TxnText {
 /** The most lines `cairn txn` reads (MAX_TXN_OPS compares and operations per branch, and the blank lines). */
 export const MAX_TXN_TEXT_LINES = 3 * 128 + 2;
 
-const TARGETS: Record<string, CompareTarget> = {
-  value: CompareTarget.COMPARE_TARGET_VALUE,
-  val: CompareTarget.COMPARE_TARGET_VALUE,
-  version: CompareTarget.COMPARE_TARGET_VERSION,
-  ver: CompareTarget.COMPARE_TARGET_VERSION,
-  create: CompareTarget.COMPARE_TARGET_CREATE_REVISION,
-  mod: CompareTarget.COMPARE_TARGET_MOD_REVISION,
-};
-const RESULTS: Record<string, CompareResult> = {
-  '=': CompareResult.COMPARE_RESULT_EQUAL,
-  '==': CompareResult.COMPARE_RESULT_EQUAL,
-  '!=': CompareResult.COMPARE_RESULT_NOT_EQUAL,
-  '<': CompareResult.COMPARE_RESULT_LESS,
-  '>': CompareResult.COMPARE_RESULT_GREATER,
-};
+// Maps, not objects: a target typed as "constructor" must not find Object's.
+const TARGETS = new Map<string, CompareTarget>([
+  ['value', CompareTarget.COMPARE_TARGET_VALUE],
+  ['val', CompareTarget.COMPARE_TARGET_VALUE],
+  ['version', CompareTarget.COMPARE_TARGET_VERSION],
+  ['ver', CompareTarget.COMPARE_TARGET_VERSION],
+  ['create', CompareTarget.COMPARE_TARGET_CREATE_REVISION],
+  ['mod', CompareTarget.COMPARE_TARGET_MOD_REVISION],
+]);
+const RESULTS = new Map<string, CompareResult>([
+  ['=', CompareResult.COMPARE_RESULT_EQUAL],
+  ['==', CompareResult.COMPARE_RESULT_EQUAL],
+  ['!=', CompareResult.COMPARE_RESULT_NOT_EQUAL],
+  ['<', CompareResult.COMPARE_RESULT_LESS],
+  ['>', CompareResult.COMPARE_RESULT_GREATER],
+]);
 const COMPARE_PATTERN = /^(\w+)\("((?:[^"\\]|\\.)*)"\)\s*(==|=|!=|<|>)\s*(?:"((?:[^"\\]|\\.)*)"|(\d+))$/;
 const NO_SESSION = { clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
 
 export function parseTxnText(text: string): TxnText {
   const lines = text.split(/\r?\n/);
   if (lines.length > MAX_TXN_TEXT_LINES + 1) throw new UsageError(`txn: more than ${MAX_TXN_TEXT_LINES} lines`);
+  // As etcdctl reads it: each blank line ends one section, so two in a row leave a branch
+  // empty (a failure branch must never run as the success one); blank lines after the
+  // failure operations change nothing.
   const sections: string[][] = [[]];
   for (const raw of lines) {
     const line = raw.trim();
     if (line === '') {
-      // Blank lines end a section; more than two, or trailing ones, change nothing.
-      if (sections[sections.length - 1]!.length > 0 || sections.length === 1) sections.push([]);
+      if (sections.length < 3) sections.push([]);
+      else if (sections[2]!.length > 0) sections.push([]);
       continue;
     }
     if (sections.length > 3) throw new UsageError(`txn: "${line}" comes after the failure operations (compares, blank line, success, blank line, failure)`);
@@ -77,10 +81,10 @@ export function parseCompare(line: string): Compare {
   const match = COMPARE_PATTERN.exec(line);
   if (!match) throw new UsageError(`txn: "${line}" is not a compare: write TARGET("KEY") OP "VALUE", e.g. value("k") = "v" or version("k") > "0"`);
   const [, targetWord, key, op, quoted, bare] = match as unknown as [string, string, string, string, string | undefined, string | undefined];
-  const target = TARGETS[targetWord.toLowerCase()];
+  const target = TARGETS.get(targetWord.toLowerCase());
   if (target === undefined) throw new UsageError(`txn: unknown compare target "${targetWord}" (value, version, create or mod)`);
   const given = quoted !== undefined ? unescape(quoted) : bare!;
-  const compare: Compare = { key: Buffer.from(unescape(key)), target, result: RESULTS[op]!, targetUnion: undefined };
+  const compare: Compare = { key: Buffer.from(unescape(key)), target, result: RESULTS.get(op)!, targetUnion: undefined };
   if (target === CompareTarget.COMPARE_TARGET_VALUE) return { ...compare, targetUnion: { $case: 'value', value: Buffer.from(given) } };
   const number = Number(given);
   if (!/^\d+$/.test(given) || !Number.isSafeInteger(number)) throw new UsageError(`txn: "${line}": ${targetWord} compares with a whole number, got "${given}"`);
@@ -89,36 +93,37 @@ export function parseCompare(line: string): Compare {
 }
 
 export function parseOp(line: string, branch: string): RequestOp {
+  // Words by position: a key or value may itself start with "--".
   const [verb = '', ...words] = splitWords(line);
-  const args = words.filter((w) => !w.startsWith('--'));
-  const flags = words.filter((w) => w.startsWith('--'));
   const form = `txn ${branch}: "${line}"`;
   switch (verb.toLowerCase()) {
     case 'put':
-      if (args.length !== 2 || flags.length > 0) throw new UsageError(`${form}: write put KEY VALUE`);
-      return { request: { $case: 'requestPut', value: { key: Buffer.from(args[0]!), value: Buffer.from(args[1]!), prevKv: false, ...NO_SESSION } } };
+      if (words.length !== 2) throw new UsageError(`${form}: write put KEY VALUE`);
+      return { request: { $case: 'requestPut', value: { key: Buffer.from(words[0]!), value: Buffer.from(words[1]!), prevKv: false, ...NO_SESSION } } };
     case 'del':
     case 'delete':
-      if (args.length !== 1 || flags.length > 0) throw new UsageError(`${form}: write del KEY`);
-      return { request: { $case: 'requestDelete', value: { key: Buffer.from(args[0]!), prevKv: false, ...NO_SESSION } } };
+      if (words.length !== 1) throw new UsageError(`${form}: write del KEY`);
+      return { request: { $case: 'requestDelete', value: { key: Buffer.from(words[0]!), prevKv: false, ...NO_SESSION } } };
     case 'get':
-      return { request: { $case: 'requestRange', value: parseGet(args, words, form) } };
+      return { request: { $case: 'requestRange', value: parseGet(words, form) } };
     default:
       throw new UsageError(`${form}: an operation is put KEY VALUE, get KEY [--prefix] [--limit N] or del KEY`);
   }
 }
 
-function parseGet(args: string[], words: string[], form: string) {
-  const prefix = words.includes('--prefix');
-  const limitAt = words.indexOf('--limit');
-  const limitText = limitAt >= 0 ? words[limitAt + 1] : undefined;
-  const limit = limitText === undefined ? 0 : Number(limitText);
-  const known = words.filter((w, i) => w === '--prefix' || w === '--limit' || (limitAt >= 0 && i === limitAt + 1) || !w.startsWith('--'));
-  const keys = args.filter((w) => w !== limitText);
-  if (known.length !== words.length || keys.length !== 1 || (limitAt >= 0 && (!Number.isSafeInteger(limit) || limit < 1))) {
-    throw new UsageError(`${form}: write get KEY [--prefix] [--limit N]`);
+/** `get KEY [--prefix] [--limit N]`: the key first, then the flags. */
+function parseGet(words: string[], form: string) {
+  const usage = () => new UsageError(`${form}: write get KEY [--prefix] [--limit N]`);
+  const [key, ...rest] = words;
+  if (key === undefined) throw usage();
+  let prefix = false;
+  let limit = 0;
+  for (let i = 0; i < rest.length; i++) {
+    if (rest[i] === '--prefix') prefix = true;
+    else if (rest[i] === '--limit' && /^[1-9]\d*$/.test(rest[i + 1] ?? '') && Number.isSafeInteger(Number(rest[i + 1]))) limit = Number(rest[++i]);
+    else throw usage();
   }
-  return { key: Buffer.from(keys[0]!), rangeEnd: Buffer.alloc(0), prefix, limit, keysOnly: false, consistency: 0 };
+  return { key: Buffer.from(key), rangeEnd: Buffer.alloc(0), prefix, limit, keysOnly: false, consistency: 0 };
 }
 
 /** A txn's answer as lines: SUCCESS or FAILURE with the revision, then one block per operation. */

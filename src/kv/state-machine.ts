@@ -9,7 +9,7 @@ import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
-import { overlayRange, putRecord, runTxn, txnAccesses, txnPointKeys, TxnState } from './txn';
+import { lowerBound, mergeRange, putRecord, runTxn, txnAccesses, TxnBudget, txnPointKeys, TxnState } from './txn';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -328,6 +328,11 @@ class KvRestore implements FsmRestore {
 class ApplyBatch implements TxnState {
   /** This batch's writes by hex key (null: deleted). */
   private readonly kv = new Map<string, KeyRecord | null>();
+  /**
+   * The keys of `kv`, sorted (hex order is byte order), so ranges inside a Txn find theirs by
+   * binary search; built at the batch's first such range and kept up to date from then on.
+   */
+  private stagedNames: string[] | undefined;
   /** Records read by prefetch (null: not stored), as they were before the batch. */
   private readonly stored = new Map<string, KeyRecord | null>();
 
@@ -486,7 +491,7 @@ class ApplyBatch implements TxnState {
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
     this.revision++;
-    this.kv.set(hex(request.key), putRecord(previous, request.value, this.revision));
+    this.stage(hex(request.key), putRecord(previous, request.value, this.revision));
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -495,30 +500,31 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     if (previous) {
       this.revision++;
-      this.kv.set(hex(request.key), null);
+      this.stage(hex(request.key), null);
     }
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
   write(key: Buffer, record: KeyRecord | null): void {
-    this.kv.set(hex(key), record);
+    this.stage(hex(key), record);
   }
 
-  /**
-   * Keys in [start, end) as this batch leaves them: the stored ones, read with room for as
-   * many of them as the batch's writes in the range might delete, overlaid with those writes.
-   */
-  async range(start: Buffer, end: Buffer | undefined, limit: number): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }> {
-    const staged: [Buffer, KeyRecord | null][] = [];
-    for (const [name, record] of this.kv) {
-      const key = Buffer.from(name, 'hex');
-      if (Buffer.compare(key, start) >= 0 && (end === undefined || Buffer.compare(key, end) < 0)) staged.push([key, record]);
+  /** Every write of the batch to `kv` goes through here. */
+  private stage(name: string, record: KeyRecord | null): void {
+    if (this.stagedNames && !this.kv.has(name)) this.stagedNames.splice(lowerBound(this.stagedNames, name), 0, name);
+    this.kv.set(name, record);
+  }
+
+  /** Keys in [start, end) as this batch leaves them (see mergeRange). */
+  async range(start: Buffer, end: Buffer | undefined, limit: number, budget: TxnBudget): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }> {
+    this.stagedNames ??= [...this.kv.keys()].sort();
+    const stored = this.db.entries('kv', { gte: start, lt: end })[Symbol.asyncIterator]();
+    try {
+      return await mergeRange(stored, { names: this.stagedNames, get: (name) => this.kv.get(name) }, start, end, limit, budget);
+    } finally {
+      await stored.return?.(undefined);
     }
-    const fetch = limit + staged.length + 1;
-    const stored: [Buffer, KeyRecord][] = [];
-    for await (const [key, value] of this.db.entries('kv', { gte: start, lt: end, limit: fetch })) stored.push([Buffer.from(key), KeyRecord.decode(value)]);
-    return overlayRange(stored, stored.length === fetch, staged, limit);
   }
 
   async read(key: Buffer): Promise<KeyRecord | undefined> {

@@ -37,12 +37,32 @@ export const MAX_TXN_RANGE_KEYS = 1000;
 export const MAX_TXN_READ_BYTES = 512 * 1024;
 /** What one KeyValue adds to a response beyond its key and value. */
 export const TXN_RANGE_ENTRY_OVERHEAD_BYTES = 64;
+/**
+ * Most stored or staged entries all ranges of one Txn look at (live ones, and those the
+ * batch's writes deleted): bounds a Txn's apply work whatever the earlier entries of its
+ * batch wrote. Past it a range stops with `more`.
+ */
+export const MAX_TXN_RANGE_SCAN_ENTRIES = 4 * MAX_TXN_RANGE_KEYS;
+
+/**
+ * What is left of one Txn's read budget. `firstEntryFree`: the Txn's first range entry is
+ * returned whatever its size (a value may be larger than the budget), once per Txn.
+ */
+export interface TxnBudget {
+  bytes: number;
+  scanEntries: number;
+  firstEntryFree: boolean;
+}
 
 /** What a Txn needs of the state as its batch leaves it (its own earlier writes included). */
 export interface TxnState {
   read(key: Buffer): Promise<KeyRecord | undefined>;
-  /** Keys in [start, end) (end undefined: to the end), in order, at most `limit`, with `more`. */
-  range(start: Buffer, end: Buffer | undefined, limit: number): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }>;
+  /**
+   * Keys in [start, end) (end undefined: to the end), in order, at most `limit`, with `more`;
+   * it looks at no more than `budget.scanEntries` stored or staged entries (and takes them
+   * off), stopping with `more` when they run out.
+   */
+  range(start: Buffer, end: Buffer | undefined, limit: number, budget: TxnBudget): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }>;
   /** Writes `record` under `key` (null deletes it). */
   write(key: Buffer, record: KeyRecord | null): void;
 }
@@ -113,13 +133,13 @@ export async function runTxn(request: TxnRequest, state: TxnState, revision: num
   }
   let writeRevision: number | undefined;
   const revisionForWrite = () => (writeRevision ??= revision + 1);
-  const budget = { bytes: MAX_TXN_READ_BYTES };
+  const budget: TxnBudget = { bytes: MAX_TXN_READ_BYTES, scanEntries: MAX_TXN_RANGE_SCAN_ENTRIES, firstEntryFree: true };
   const responses: ResponseOp[] = [];
   for (const op of succeeded ? request.success : request.failure) responses.push(await runOp(op, state, revisionForWrite, budget));
   return { response: { header: undefined, succeeded, responses }, revision: writeRevision ?? revision };
 }
 
-async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => number, budget: { bytes: number }): Promise<ResponseOp> {
+async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => number, budget: TxnBudget): Promise<ResponseOp> {
   const request = op.request;
   switch (request?.$case) {
     case 'requestPut':
@@ -154,19 +174,22 @@ async function del(request: DeleteRequest, state: TxnState, revisionForWrite: ()
   return { header: undefined, deleted: !!previous, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
 }
 
-async function range(request: RangeRequest, state: TxnState, budget: { bytes: number }): Promise<RangeResponse> {
+async function range(request: RangeRequest, state: TxnState, budget: TxnBudget): Promise<RangeResponse> {
   const { start, end } = rangeBounds(request);
   const limit = request.limit === 0 ? MAX_TXN_RANGE_KEYS : Math.min(request.limit, MAX_TXN_RANGE_KEYS);
-  const read = await state.range(start, end, limit);
+  // Nothing left to give: not even a read (its answer could not be returned).
+  if (budget.bytes <= 0 && !budget.firstEntryFree) return { header: undefined, kvs: [], more: true };
+  const read = await state.range(start, end, limit, budget);
   const kvs: KeyValue[] = [];
   let more = read.more;
   for (const [key, record] of read.entries) {
     const kv = keyValue(key, record, request.keysOnly);
     const bytes = kv.key.length + kv.value.length + TXN_RANGE_ENTRY_OVERHEAD_BYTES;
-    if (bytes > budget.bytes && kvs.length > 0) {
+    if (bytes > budget.bytes && !budget.firstEntryFree) {
       more = true;
       break;
     }
+    budget.firstEntryFree = false;
     budget.bytes -= bytes;
     kvs.push(kv);
   }
@@ -208,25 +231,61 @@ export function txnAccesses(request: TxnRequest): { reads: { start: Buffer; end:
   return { reads, writes };
 }
 
-/** Merges a sorted read of stored entries with the batch's own writes over the same range. */
-export function overlayRange(
-  stored: [Buffer, KeyRecord][],
-  storedTruncated: boolean,
-  staged: [Buffer, KeyRecord | null][],
-  limit: number,
-): { entries: [Buffer, KeyRecord][]; more: boolean } {
-  const byKey = new Map<string, [Buffer, KeyRecord | null]>();
-  for (const [key, record] of stored) byKey.set(key.toString('hex'), [key, record]);
-  // Past the last stored key read, the stored state is unknown: staged puts there would jump the queue.
-  const lastStored = storedTruncated && stored.length > 0 ? stored[stored.length - 1]![0] : undefined;
-  for (const [key, record] of staged) {
-    if (lastStored && Buffer.compare(key, lastStored) > 0) continue;
-    byKey.set(key.toString('hex'), [key, record]);
+/** The batch's own writes, by hex key name (hex order is byte order), kept in order. */
+export interface StagedWrites {
+  /** Sorted hex names of every key the batch wrote. */
+  names: readonly string[];
+  get(name: string): KeyRecord | null | undefined;
+}
+
+/** The index of the first name >= `name` in sorted `names`. */
+export function lowerBound(names: readonly string[], name: string): number {
+  let low = 0;
+  let high = names.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if (names[mid]! < name) low = mid + 1;
+    else high = mid;
   }
-  const merged = [...byKey.entries()]
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([, entry]) => entry)
-    .filter((entry): entry is [Buffer, KeyRecord] => entry[1] !== null);
-  assert(!storedTruncated || merged.length > limit, 'a truncated stored read left too few keys for the limit');
-  return { entries: merged.slice(0, limit), more: merged.length > limit || storedTruncated };
+  return low;
+}
+
+/**
+ * Keys in [start, end) as the batch leaves them: the stored ones (`stored`, in key order)
+ * merged with the batch's writes (a staged record replaces a stored one; null deletes it),
+ * up to `limit`, looking at no more than `budget.scanEntries` candidates. `more` is exact
+ * while the scan budget lasts: the next live entry is looked for before saying there is one.
+ */
+export async function mergeRange(
+  stored: AsyncIterator<[Buffer, Buffer]>,
+  staged: StagedWrites,
+  start: Buffer,
+  end: Buffer | undefined,
+  limit: number,
+  budget: { scanEntries: number },
+): Promise<{ entries: [Buffer, KeyRecord][]; more: boolean }> {
+  const endName = end === undefined ? undefined : end.toString('hex');
+  let i = lowerBound(staged.names, start.toString('hex'));
+  let next = await stored.next();
+  const entries: [Buffer, KeyRecord][] = [];
+  for (;;) {
+    const stagedName = i < staged.names.length && (endName === undefined || staged.names[i]! < endName) ? staged.names[i]! : undefined;
+    const storedName = next.done ? undefined : next.value[0].toString('hex');
+    if (stagedName === undefined && storedName === undefined) return { entries, more: false };
+    if (budget.scanEntries <= 0) return { entries, more: true };
+    budget.scanEntries--;
+    let candidate: [Buffer, KeyRecord] | undefined;
+    if (stagedName !== undefined && (storedName === undefined || stagedName <= storedName)) {
+      const record = staged.get(stagedName);
+      if (record) candidate = [Buffer.from(stagedName, 'hex'), record];
+      i++;
+      if (storedName === stagedName) next = await stored.next();
+    } else {
+      candidate = [Buffer.from(next.value![0]), KeyRecord.decode(next.value![1])];
+      next = await stored.next();
+    }
+    if (!candidate) continue;
+    if (entries.length === limit) return { entries, more: true };
+    entries.push(candidate);
+  }
 }

@@ -251,8 +251,10 @@ export function kvService(context: ServiceContext): KVServer {
       validateTxn(request, context.limits);
       const caller = gate.requireTxn(call, txnAccesses(request));
       const result = await write({ $case: 'txn', value: request }, scope, caller);
-      const txn: TxnResponse | undefined = result.op?.$case === 'txn' ? result.op.value : undefined;
-      return { header: header(context, result.revision), succeeded: txn?.succeeded ?? false, responses: txn?.responses ?? [] };
+      // A session's kept answer for this sequence that is not a Txn's: the client reused the sequence.
+      if (result.op?.$case !== 'txn') throw new CairnError(ErrorCode.INVALID_ARGUMENT, `sequence ${request.sequence} of client ${request.clientId} was already used by a write that is not a txn: give each write its own sequence`);
+      const txn: TxnResponse = result.op.value;
+      return { header: header(context, result.revision), succeeded: txn.succeeded, responses: txn.responses };
     }),
     range: unary(async (request, scope, _metadata, call) => {
       const range = validateRange(request, context.limits);

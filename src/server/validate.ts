@@ -102,17 +102,18 @@ export function validateTxn(request: TxnRequest, limits: Limits): void {
   for (const [field, list] of [['compare', request.compare], ['success', request.success], ['failure', request.failure]] as const) {
     if (list.length > MAX_TXN_OPS) invalid(`${field} has ${list.length} entries, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`);
   }
-  let bytes = Buffer.byteLength(request.clientId);
-  request.compare.forEach((compare, i) => (bytes += checkCompare(compare, `compare[${i}]`, limits)));
+  request.compare.forEach((compare, i) => checkCompare(compare, `compare[${i}]`, limits));
   for (const [field, ops] of [['success', request.success], ['failure', request.failure]] as const) {
     const written = new Set<string>();
-    ops.forEach((op, i) => (bytes += checkTxnOp(op, `${field}[${i}]`, limits, written)));
+    ops.forEach((op, i) => checkTxnOp(op, `${field}[${i}]`, limits, written));
   }
-  checkRequestSize(bytes, limits);
+  // Its whole encoding, not only its keys and values: 384 compares and operations carry
+  // kilobytes of tags and lengths, and a follower forwards the encoding to the leader.
+  checkRequestSize(TxnRequest.encode(request).finish().length, limits);
 }
 
-/** Checks one compare; returns the bytes it carries. */
-function checkCompare(compare: Compare, where: string, limits: Limits): number {
+/** Checks one compare. */
+function checkCompare(compare: Compare, where: string, limits: Limits): void {
   checkKey(compare.key, limits, `${where}.key`);
   if (!(compare.result in CompareResult) || compare.result === CompareResult.COMPARE_RESULT_UNSPECIFIED || compare.result === CompareResult.UNRECOGNIZED) {
     invalid(`${where}.result must be EQUAL, NOT_EQUAL, LESS or GREATER, got ${compare.result}`);
@@ -129,14 +130,17 @@ function checkCompare(compare: Compare, where: string, limits: Limits): number {
   if (given?.$case === 'value' && given.value.length > limits.maxValueBytes) {
     invalid(`${where}.value is ${given.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
   }
-  return compare.key.length + (given?.$case === 'value' ? given.value.length : 0);
 }
 
-/** Checks one operation of a branch; returns the bytes it carries. */
-function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<string>): number {
+/** Checks one operation of a branch. */
+function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<string>): void {
   const request = op.request;
   const noSession = (r: { clientId: string; sequence: number; lowestUnansweredSequence: number }) => {
     if (r.clientId !== '' || r.sequence !== 0 || r.lowestUnansweredSequence !== 0) invalid(`${where}: session fields go on the TxnRequest, not on its operations`);
+  };
+  // A Txn's answer is bounded by MAX_TXN_READ_BYTES, which ranges count and prev_kv could not.
+  const noPrevKv = (r: { prevKv: boolean }) => {
+    if (r.prevKv) invalid(`${where}.prev_kv is not taken inside a txn: put a request_range of the key before the write to read its old value`);
   };
   const writeOnce = (key: Buffer) => {
     const name = key.toString('hex');
@@ -148,25 +152,28 @@ function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<s
       const put = request.value;
       checkKey(put.key, limits, `${where}.key`);
       if (put.value.length > limits.maxValueBytes) invalid(`${where}.value is ${put.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
+      noPrevKv(put);
       noSession(put);
       writeOnce(put.key);
-      return put.key.length + put.value.length;
+      return;
     }
     case 'requestDelete':
       checkKey(request.value.key, limits, `${where}.key`);
+      noPrevKv(request.value);
       noSession(request.value);
       writeOnce(request.value.key);
-      return request.value.key.length;
+      return;
     case 'requestRange': {
       const range = request.value;
       if (range.consistency !== Consistency.CONSISTENCY_UNSPECIFIED) invalid(`${where}.consistency must be unset: a txn is linearizable`);
       if (range.key.length > limits.maxKeyBytes) invalid(`${where}.key is ${range.key.length} bytes, over the limit of ${limits.maxKeyBytes} (--max-key-bytes)`);
       if (range.limit > MAX_TXN_RANGE_KEYS) invalid(`${where}.limit ${range.limit} is over the limit of ${MAX_TXN_RANGE_KEYS} for a range inside a txn (MAX_TXN_RANGE_KEYS)`);
+      if (range.limit > limits.maxRangeLimit) invalid(`${where}.limit ${range.limit} is over the limit of ${limits.maxRangeLimit} (--max-range-limit)`);
       checkRangeBounds(range, limits, `${where}.`);
-      return range.key.length + range.rangeEnd.length;
+      return;
     }
     default:
-      return invalid(`${where} has no operation (request_put, request_delete or request_range)`);
+      invalid(`${where} has no operation (request_put, request_delete or request_range)`);
   }
 }
 
@@ -197,6 +204,8 @@ function checkRangeBounds(request: Pick<RangeRequest, 'key' | 'rangeEnd' | 'pref
     if (request.rangeEnd.length > 0) invalid(`${field}range_end must be empty when prefix is set`);
     return;
   }
+  // A range_end may be one byte longer than a key: the key followed by 0x00.
+  if (request.rangeEnd.length > limits.maxKeyBytes + 1) invalid(`${field}range_end is ${request.rangeEnd.length} bytes, over the limit of ${limits.maxKeyBytes + 1} (--max-key-bytes + 1)`);
   if (request.rangeEnd.length === 0) return checkKey(request.key, limits, `${field}key`);
   const toEnd = request.rangeEnd.length === 1 && request.rangeEnd[0] === 0;
   if (!toEnd && Buffer.compare(request.rangeEnd, request.key) <= 0) invalid(`${field}range_end must sort after key (or be a single 0x00 byte for "to the end")`);

@@ -14,6 +14,20 @@ describe('cairn txn text', () => {
     expect(parsed.failure[0]!.request).toMatchObject({ $case: 'requestRange', value: { key: Buffer.from('k'), prefix: true, limit: 5 } });
   });
 
+  test('two blank lines in a row leave the success branch empty: the failure operations never run as success ones', () => {
+    const parsed = parseTxnText('value("k") = "v"\n\n\nput k x\n\n\n');
+    expect(parsed.success).toEqual([]);
+    expect(parsed.failure).toHaveLength(1);
+  });
+
+  test('keys and values by position: a key equal to the limit, and words starting with --', () => {
+    expect(parseTxnText('\nget 5 --limit 5\n').success[0]!.request).toMatchObject({ value: { key: Buffer.from('5'), limit: 5 } });
+    expect(parseTxnText('\nput --k "--v"\n').success[0]!.request).toMatchObject({ value: { key: Buffer.from('--k'), value: Buffer.from('--v') } });
+    expect(() => parseTxnText('\nget k --limit 0x10\n')).toThrow('write get KEY [--prefix] [--limit N]');
+    expect(() => parseCompare('constructor("k") = "1"')).toThrow('unknown compare target "constructor"');
+    expect(() => parseCompare('__proto__("k") = "1"')).toThrow(UsageError);
+  });
+
   test('no compares (the success branch always runs), and escapes inside quotes', () => {
     const parsed = parseTxnText('\nput a 1\n');
     expect(parsed.compare).toEqual([]);

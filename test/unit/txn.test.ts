@@ -2,7 +2,7 @@ import { AuthCommand, Command, CommandResult, Compare, CompareResult, CompareTar
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { compareHolds, MAX_TXN_OPS, MAX_TXN_READ_BYTES, overlayRange, rangeBounds, txnAccesses } from '../../src/kv/txn';
+import { compareHolds, MAX_TXN_OPS, MAX_TXN_READ_BYTES, mergeRange, rangeBounds, txnAccesses } from '../../src/kv/txn';
 import { validateCommand, validateTxn } from '../../src/server/validate';
 import { BACKENDS } from '../support/db-backends';
 
@@ -82,23 +82,34 @@ describe('range bounds and the batch overlay', () => {
     expect(rangeBounds({ key: b('a'), rangeEnd: b('c'), prefix: false })).toEqual({ start: b('a'), end: b('c') });
   });
 
-  test('staged puts and deletes replace what is stored; a truncated stored read cuts staged keys past its last key', () => {
-    const r = record('v', 1, 1, 1);
-    const stored: [Buffer, KeyRecord][] = [[b('a'), r], [b('b'), r], [b('c'), r], [b('d'), r]];
-    const staged: [Buffer, KeyRecord | null][] = [[b('b'), null], [b('bb'), r], [b('z'), r]];
-    const { entries, more } = overlayRange(stored, true, staged, 3);
-    expect(entries.map(([k]) => k.toString())).toEqual(['a', 'bb', 'c']);
-    expect(more).toBe(true);
-    expect(overlayRange(stored, false, staged, 10).entries.map(([k]) => k.toString())).toEqual(['a', 'bb', 'c', 'd', 'z']);
+  test('mergeRange: staged puts and deletes replace what is stored, in key order, up to the limit; the scan budget stops it with more', async () => {
+    const r = (v: string) => record(v, 1, 1, 1);
+    // As LevelDB reads them: in key order, within [start, end).
+    async function* stored(start: string, end?: string): AsyncGenerator<[Buffer, Buffer]> {
+      for (const k of ['a', 'b', 'c', 'd']) if (k >= start && (end === undefined || k < end)) yield [b(k), Buffer.from(KeyRecord.encode(r(`stored-${k}`)).finish())];
+    }
+    const writes = new Map<string, KeyRecord | null>([[b('b').toString('hex'), null], [b('bb').toString('hex'), r('staged-bb')], [b('c').toString('hex'), r('staged-c')], [b('z').toString('hex'), r('staged-z')]]);
+    const staged = { names: [...writes.keys()].sort(), get: (name: string) => writes.get(name) };
+    const merged = (limit: number, scanEntries = 100, start = '', end?: string) =>
+      mergeRange(stored(start, end)[Symbol.asyncIterator](), staged, b(start), end === undefined ? undefined : b(end), limit, { scanEntries });
+    const names = (read: { entries: [Buffer, KeyRecord][] }) => read.entries.map(([k, rec]) => `${k}=${Buffer.from(rec.value)}`);
+    const all = await merged(10);
+    expect(names(all)).toEqual(['a=stored-a', 'bb=staged-bb', 'c=staged-c', 'd=stored-d', 'z=staged-z']);
+    expect(all.more).toBe(false);
+    const two = await merged(2);
+    expect([names(two), two.more]).toEqual([['a=stored-a', 'bb=staged-bb'], true]);
+    const bounded = await merged(2, 'b'.length + 1, 'a', 'c');
+    expect([names(bounded), bounded.more]).toEqual([['a=stored-a'], true]);
+    const lastIsDeleted = await merged(10, 100, 'b', 'bb');
+    expect([names(lastIsDeleted), lastIsDeleted.more]).toEqual([[], false]);
   });
 
   test('a txn\'s permissions: both branches, one key as [key, key+0x00), a range to the end as end undefined', () => {
-    const request = txn([version('c', EQUAL, 0)], [putOp('w', 'v', true)], [rangeOp('', true), delOp('d')]);
+    const request = txn([version('c', EQUAL, 0)], [putOp('w', 'v')], [rangeOp('', true), delOp('d')]);
     const { reads, writes } = txnAccesses(request);
     expect(writes.map((k) => k.toString())).toEqual(['w', 'd']);
     expect(reads).toEqual([
       { start: b('c'), end: Buffer.from([0x63, 0]) },
-      { start: b('w'), end: Buffer.from([0x77, 0]) },
       { start: Buffer.alloc(0), end: undefined },
     ]);
   });
@@ -121,9 +132,10 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
 
   test('compare-and-swap: the success branch when the value matches, the failure branch (reading the value) when not', async () => {
     await apply(putCommand('k', 'old'));
-    const swapped = txnOf((await apply(command(txn([value('k', EQUAL, 'old')], [putOp('k', 'new', true)], [rangeOp('k')]))))[0]);
+    const swapped = txnOf((await apply(command(txn([value('k', EQUAL, 'old')], [rangeOp('k'), putOp('k', 'new')], [rangeOp('k')]))))[0]);
     expect(swapped.succeeded).toBe(true);
-    expect(swapped.responses[0]?.response).toMatchObject({ $case: 'responsePut', value: { prevKv: { value: b('old') } } });
+    expect(swapped.responses[0]?.response).toMatchObject({ $case: 'responseRange', value: { kvs: [{ value: b('old') }] } });
+    expect(swapped.responses[1]?.response?.$case).toBe('responsePut');
     expect((await sm.get(b('k')))?.value).toEqual(b('new'));
 
     const refused = txnOf((await apply(command(txn([value('k', EQUAL, 'old')], [putOp('k', 'newer')], [rangeOp('k')]))))[0]);
@@ -157,7 +169,7 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
     expect(range?.$case === 'responseRange' && range.value.kvs.map((kv) => `${kv.key}=${kv.value}`)).toEqual(['p/3=batch', 'p/4=txn']);
   });
 
-  test('ranges inside a txn stop at their limit and at the txn\'s read budget, saying more', async () => {
+  test('ranges inside a txn stop at their limit and at the txn\'s read budget, saying more; only the txn\'s first entry may pass the budget', async () => {
     const big = 'v'.repeat(200 * 1024);
     await apply(putCommand('r/1', big), putCommand('r/2', big), putCommand('r/3', big), putCommand('r/4', big));
     const limited = txnOf((await apply(command(txn([], [rangeOp('r/', true, 2)]))))[0]).responses[0]?.response;
@@ -168,6 +180,22 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
     expect(budgeted.value.more).toBe(true);
     expect(bytes).toBeLessThanOrEqual(MAX_TXN_READ_BYTES);
     expect(budgeted.value.kvs.length).toBe(2);
+    // Many one-key ranges of large values: the budget holds for the txn as a whole.
+    const huge = 'h'.repeat(700 * 1024);
+    await apply(putCommand('h/1', huge), putCommand('h/2', huge), putCommand('h/3', huge));
+    const many = txnOf((await apply(command(txn([], [rangeOp('h/1'), rangeOp('h/2'), rangeOp('h/3')]))))[0]).responses;
+    const sizes = many.map((r) => (r.response?.$case === 'responseRange' ? [r.response.value.kvs.length, r.response.value.more] : undefined));
+    expect(sizes).toEqual([[1, false], [0, true], [0, true]]);
+  });
+
+  test('a range inside a txn looks at a bounded number of entries whatever the batch wrote before it', async () => {
+    const deletes = Array.from({ length: 120 }, (_, i) => `d/${String(i).padStart(3, '0')}`);
+    await apply(...deletes.map((k) => putCommand(k, 'v')));
+    // One batch: txns deleting every key, then a txn ranging over them: all deleted, so empty.
+    const chunks = [deletes.slice(0, 60), deletes.slice(60)];
+    const results = await apply(...chunks.map((keys) => command(txn([], keys.map(delOp)))), command(txn([], [rangeOp('d/', true)])));
+    const range = txnOf(results[2]).responses[0]?.response;
+    expect(range?.$case === 'responseRange' && [range.value.kvs.length, range.value.more]).toEqual([0, false]);
   });
 
   test('a txn in a client session is applied once: its retry gets the first answer', async () => {
@@ -223,7 +251,10 @@ describe('validateTxn', () => {
     ['a compare without a result', txn([{ ...version('k', EQUAL, 1), result: CompareResult.COMPARE_RESULT_UNSPECIFIED }], []), /compare\[0\]\.result must be EQUAL/],
     ['an empty compare key', txn([version('', EQUAL, 1)], []), 'compare[0].key is empty'],
     ['a key over --max-key-bytes', txn([], [putOp('k'.repeat(9), 'v')]), 'success[0].key is 9 bytes, over the limit of 8'],
-    ['a txn over --max-request-bytes', txn([], [putOp('a', 'v'.repeat(16)), putOp('b', 'v'.repeat(16)), putOp('c', 'v'.repeat(16)), putOp('d', 'v'.repeat(16))]), /request is 68 bytes, over the limit of 64/],
+    ['a txn over --max-request-bytes (its whole encoding)', txn([], [putOp('a', 'v'.repeat(16)), putOp('b', 'v'.repeat(16)), putOp('c', 'v'.repeat(16))]), 'request is 75 bytes, over the limit of 64 (--max-request-bytes)'],
+    ['prev_kv inside a txn', txn([], [putOp('k', 'v', true)]), 'success[0].prev_kv is not taken inside a txn'],
+    ['a range_end longer than a key can be', txn([], [{ request: { $case: 'requestRange', value: { key: b('a'), rangeEnd: b('z'.repeat(10)), prefix: false, limit: 0, keysOnly: false, consistency: 0 } } }]), 'success[0].range_end is 10 bytes, over the limit of 9'],
+    ['a range limit over --max-range-limit', txn([], [rangeOp('k', false, 101)]), 'success[0].limit 101 is over the limit of 100 (--max-range-limit)'],
   ])('refused: %s', (_name, request, message) => {
     expect(() => validateTxn(request, limits)).toThrow(message);
   });

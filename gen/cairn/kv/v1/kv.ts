@@ -529,8 +529,9 @@ export interface Compare {
 
 /**
  * RequestOp is one operation of a Txn branch. Its session fields (client_id,
- * sequence, lowest_unanswered_sequence) and a range's consistency must be unset:
- * the TxnRequest carries the session, and a Txn is linearizable.
+ * sequence, lowest_unanswered_sequence), prev_kv, and a range's consistency must be
+ * unset: the TxnRequest carries the session, a range before a write reads the old
+ * value (within the Txn's read budget), and a Txn is linearizable.
  */
 export interface RequestOp {
   request?: { $case: "requestRange"; value: RangeRequest } | { $case: "requestPut"; value: PutRequest } | {

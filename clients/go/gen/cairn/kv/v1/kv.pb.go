@@ -2247,8 +2247,9 @@ func (*Compare_CreateRevision) isCompare_TargetUnion() {}
 func (*Compare_ModRevision) isCompare_TargetUnion() {}
 
 // RequestOp is one operation of a Txn branch. Its session fields (client_id,
-// sequence, lowest_unanswered_sequence) and a range's consistency must be unset:
-// the TxnRequest carries the session, and a Txn is linearizable.
+// sequence, lowest_unanswered_sequence), prev_kv, and a range's consistency must be
+// unset: the TxnRequest carries the session, a range before a write reads the old
+// value (within the Txn's read budget), and a Txn is linearizable.
 type RequestOp struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
