@@ -1,4 +1,4 @@
-import { AuthCommand, Command, CommandResult, DeleteRequest, KeyValue, PutRequest, TxnRequest } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, CommandResult, CompactRequest, DeleteRequest, KeyValue, PutRequest, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
@@ -10,6 +10,15 @@ import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
 import { overlayRange, putRecord, runTxn, txnAccesses, txnPointKeys, TxnState } from './txn';
+import { HistoryBatch, loadCompactedRevision, MAX_COMPACT_REVISIONS_PER_COMMAND, readHistory, RevisionEvent } from './watch-history';
+
+/** Who hears of the history as it lands (the node's watch hub, src/kv/watch-hub.ts). */
+export interface HistoryListener {
+  /** A batch landed: its events in revision order (compacted ones too), and the revision it leaves. */
+  landed(events: readonly RevisionEvent[], revision: number): void;
+  /** A snapshot install: the state jumped to `revision`, and the history now starts at `compacted`. */
+  restored(revision: number, compacted: number): void;
+}
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -75,6 +84,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   private switching = false;
   /** Deletion of a generation no longer current (after a restore, or of an aborted staging). */
   private retiring: Promise<void> = Promise.resolve();
+  private historyListener: HistoryListener | undefined;
 
   private constructor(
     private readonly db: Db,
@@ -83,6 +93,8 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     private readonly sessionLimits: SessionLimits,
     private readonly cache: RecordCache,
     private auth: AuthView,
+    /** History below this revision was dropped (KV.Compact), as of the landed state. */
+    private compacted: number,
   ) {
     this.applied = applied;
   }
@@ -90,7 +102,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db));
+    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db));
   }
 
   /**
@@ -115,9 +127,11 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
         this.auth = await AuthView.load(this.db);
+        this.compacted = await loadCompactedRevision(this.db);
         this.switching = false;
         this.restore = undefined;
         this.retire(generation - 1);
+        this.historyListener?.restored(applied.revision, this.compacted);
       },
       aborted: async () => {
         this.switching = false;
@@ -146,6 +160,21 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
 
   appliedIndex(): number {
     return this.applied.index;
+  }
+
+  /** History below this revision is gone (0: none compacted). */
+  compactedRevision(): number {
+    return this.compacted;
+  }
+
+  /** One listener (the watch hub) hears of every batch once it lands, and of snapshot installs. */
+  setHistoryListener(listener: HistoryListener | undefined): void {
+    this.historyListener = listener;
+  }
+
+  /** The stored history from `from` through `through` (revisions), in order. */
+  history(from: number, through: number): AsyncIterable<RevisionEvent> {
+    return readHistory(this.db, from, through);
   }
 
   revision(): number {
@@ -181,7 +210,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth, new HistoryBatch(this.compacted));
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
@@ -204,6 +233,8 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       batch.writeThrough();
       this.applied = applied;
       this.auth = batch.auth;
+      this.compacted = batch.history.compacted;
+      this.historyListener?.landed(batch.history.events, applied.revision);
     } finally {
       // On a failed write too: the apply fails with it, and the node stops.
       this.landing = undefined;
@@ -339,6 +370,8 @@ class ApplyBatch implements TxnState {
     private readonly cache: RecordCache,
     /** The auth state as this batch's commands leave it. */
     public auth: AuthView,
+    /** Every key change of the batch, for the `history` sublevel (src/kv/watch-history.ts). */
+    readonly history: HistoryBatch,
   ) {}
 
   private authChanged = false;
@@ -350,7 +383,7 @@ class ApplyBatch implements TxnState {
   async prefetch(commands: readonly (Command | typeof UNDECODABLE | undefined)[]): Promise<void> {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
-      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth') continue;
+      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') continue;
       for (const key of command.op.$case === 'txn' ? txnPointKeys(command.op.value) : [command.op.value.key]) {
         const name = hex(key);
         if (this.kv.has(name) || this.stored.has(name) || keys.has(name)) continue;
@@ -388,6 +421,7 @@ class ApplyBatch implements TxnState {
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
     if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
+    if (command.op?.$case === 'compact') return this.compact(command.op.value);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
@@ -403,6 +437,7 @@ class ApplyBatch implements TxnState {
       case 'txn':
         return this.refusedTxnByAuth(command, command.op.value) ?? this.txn(command.op.value);
       case 'auth':
+      case 'compact':
       case undefined:
         return { revision: this.revision, op: undefined };
     }
@@ -483,10 +518,33 @@ class ApplyBatch implements TxnState {
     return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message } };
   }
 
+  /**
+   * Drops history below the request's revision, at most MAX_COMPACT_REVISIONS_PER_COMMAND
+   * revisions past the last compaction (the batch's work stays bounded): the response's
+   * compact_revision says how far it got, and KV.Compact proposes again until it is there.
+   * Refused alike on every replica when the revision is ahead of the store or behind the
+   * last compaction.
+   */
+  private async compact(request: CompactRequest): Promise<CommandResult> {
+    const refuse = (code: ErrorCode, message: string): CommandResult => ({ revision: this.revision, op: undefined, error: { code, message } });
+    const compacted = this.history.compacted;
+    if (request.revision > this.revision) return refuse(ErrorCode.FUTURE_REVISION, `compact revision ${request.revision} is above the current revision ${this.revision}`);
+    if (request.revision < compacted) return refuse(ErrorCode.COMPACTED, `compact revision ${request.revision} is below the revision already compacted to, ${compacted}`);
+    const reached = Math.min(request.revision, compacted + MAX_COMPACT_REVISIONS_PER_COMMAND);
+    await this.history.compact(this.db, reached);
+    return { revision: this.revision, op: { $case: 'compact', value: { header: undefined, compactRevision: reached } } };
+  }
+
+  /** Every key change goes through here: the data and its history event, in the same batch. */
+  private setKey(key: Buffer, record: KeyRecord | null, previous: KeyRecord | undefined): void {
+    this.kv.set(hex(key), record);
+    this.history.record(this.revision, key, record, previous);
+  }
+
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
     this.revision++;
-    this.kv.set(hex(request.key), putRecord(previous, request.value, this.revision));
+    this.setKey(request.key, putRecord(previous, request.value, this.revision), previous);
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -495,14 +553,21 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     if (previous) {
       this.revision++;
-      this.kv.set(hex(request.key), null);
+      this.setKey(request.key, null, previous);
     }
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
+  /** A Txn's write, at the revision the Txn moved to; it read the key first (txn.ts), so its old record is known. */
   write(key: Buffer, record: KeyRecord | null): void {
-    this.kv.set(hex(key), record);
+    const name = hex(key);
+    const staged = this.kv.get(name);
+    const previous = staged !== undefined ? staged : this.stored.get(name);
+    assert(previous !== undefined, `a txn wrote key ${describeKey(key)} without reading it first`);
+    // A Txn's writes are all at one revision past the batch's, which txn() sets once runTxn returns.
+    this.kv.set(name, record);
+    this.history.record(this.revision + 1, key, record, previous ?? undefined);
   }
 
   /**
@@ -528,7 +593,10 @@ class ApplyBatch implements TxnState {
     const stored = this.stored.get(name);
     if (stored !== undefined) return stored ?? undefined;
     const value = await this.db.get('kv', key);
-    return value ? KeyRecord.decode(value) : undefined;
+    const record = value ? KeyRecord.decode(value) : null;
+    // Not written by this batch yet (see above): the record before the batch, as prefetch keeps it.
+    this.stored.set(name, record);
+    return record ?? undefined;
   }
 
   ops(applied: AppliedState): DbOp[] {
@@ -540,6 +608,7 @@ class ApplyBatch implements TxnState {
           : { type: 'del', sublevel: 'kv', key: Buffer.from(key, 'hex') },
       );
     }
+    ops.push(...this.history.ops());
     ops.push(...this.sessions.ops());
     if (this.authChanged) ops.push(this.auth.storeOp());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
@@ -562,7 +631,7 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
 
 /** The session a command writes under ('' for none). */
 function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
-  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth') return '';
+  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') return '';
   return command.op.value.clientId;
 }
 

@@ -3,6 +3,7 @@ import {
   ClusterServer,
   Command,
   CommandResult,
+  CompactResponse,
   Consistency,
   DeleteResponse,
   KVServer,
@@ -262,7 +263,23 @@ export function kvService(context: ServiceContext): KVServer {
       const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
       return { header: header(context), kvs, more };
     }),
+    compact: unary(async (request, scope, _metadata, call) => {
+      const caller = gate.requireRoot(call, 'Compact');
+      return compactTo(request.revision, (op) => write(op, scope, caller), context);
+    }),
   };
+}
+
+/**
+ * Compacts to `revision` in commands of at most MAX_COMPACT_REVISIONS_PER_COMMAND revisions
+ * each (the apply clamps; its answer says how far it got), so no apply batch does unbounded work.
+ */
+export async function compactTo(revision: number, write: (op: Command['op']) => Promise<CommandResult>, context: ServiceContext): Promise<CompactResponse> {
+  for (;;) {
+    const result = await write({ $case: 'compact', value: { revision } });
+    const reached = result.op?.$case === 'compact' ? result.op.value.compactRevision : revision;
+    if (reached >= revision) return { header: header(context, result.revision), compactRevision: reached };
+  }
 }
 
 export function clusterService(context: ServiceContext): ClusterServer {

@@ -1559,6 +1559,7 @@ async function stateDigest(db: Db): Promise<string> {
   for await (const [key, value] of db.entries('kv')) hash.update('k').update(key).update(value);
   for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
   for await (const [key, value] of db.entries('auth')) hash.update('a').update(key).update(value);
+  for await (const [key, value] of db.entries('history')) hash.update('h').update(key).update(value);
   return hash.digest('hex').slice(0, 16);
 }
 
