@@ -4,7 +4,7 @@ import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { ApplyOutcome as FsmApplyOutcome, Fsm, FsmRestore, FsmSnapshot, SnapshottingFsm } from '../node/fsm';
-import { Db, DbOp, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
+import { Db, DbOp, DbSnapshot, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
@@ -51,7 +51,10 @@ export interface StateMachine extends Fsm<CommandResult> {
   /** Applies entries in one atomic write with the new applied index. */
   apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
-  range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
+  /** get(), with the revision of the state it read (for the response header). */
+  getAt(key: Uint8Array): Promise<{ kv: KeyValue | undefined; revision: number }>;
+  /** `revision`: of the state the range read (for the response header). */
+  range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: number }>;
   /** The auth state as of the applied index (users, roles, permissions; src/kv/auth-state.ts). */
   authState(): AuthView;
 }
@@ -244,7 +247,19 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   }
 
   async get(key: Uint8Array): Promise<KeyValue | undefined> {
-    if (this.landing) await this.landing;
+    return (await this.getAt(key)).kv;
+  }
+
+  async getAt(key: Uint8Array): Promise<{ kv: KeyValue | undefined; revision: number }> {
+    const { value: record, revision } = await this.atOneRevision((view) => this.readRecord(key, view));
+    return { kv: record ? toKeyValue(Buffer.from(key), record, false) : undefined, revision };
+  }
+
+  private async readRecord(key: Uint8Array, view: DbSnapshot | undefined): Promise<KeyRecord | null> {
+    if (view) {
+      const value = await this.db.get('kv', key, { snapshot: view });
+      return value ? KeyRecord.decode(value) : null;
+    }
     const name = hex(key);
     let record = this.switching ? undefined : this.cache.get(name);
     if (record === undefined) {
@@ -253,17 +268,21 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       record = value ? KeyRecord.decode(value) : null;
       this.cache.set(name, record, epoch);
     }
-    return record ? toKeyValue(Buffer.from(key), record, false) : undefined;
+    return record;
   }
 
-  async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }> {
+  async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: number }> {
     // The server turns a client's "0 = no limit" into its configured maximum.
     if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError(`range limit must be >= 1, got ${options.limit}`);
+    const { value, revision } = await this.atOneRevision((view) => this.readRange(options, view));
+    return { ...value, revision };
+  }
+
+  private async readRange(options: RangeOptions, view: DbSnapshot | undefined): Promise<{ kvs: KeyValue[]; more: boolean }> {
     const kvs: KeyValue[] = [];
     let more = false;
     let bytes = 0;
-    if (this.landing) await this.landing;
-    const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });
+    const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1, snapshot: view });
     for await (const [key, value] of iterator) {
       if (kvs.length === options.limit) {
         more = true;
@@ -279,7 +298,35 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     }
     return { kvs, more };
   }
+
+  /**
+   * Runs a read and says the revision of the state it saw (response headers). Optimistic: a
+   * read during which no batch was landing and the revision did not move saw exactly the
+   * state of that revision (whoever hears of a write reads after it, as `landing` ensures).
+   * After MAX_OPTIMISTIC_READS tries that applies kept overtaking, it reads through one
+   * LevelDB snapshot, whose meta/applied says its revision.
+   */
+  private async atOneRevision<T>(read: (view: DbSnapshot | undefined) => Promise<T>): Promise<{ value: T; revision: number }> {
+    for (let attempt = 0; attempt < MAX_OPTIMISTIC_READS; attempt++) {
+      if (this.landing) await this.landing;
+      if (this.landing || this.switching) continue;
+      const revision = this.applied.revision;
+      const value = await read(undefined);
+      if (!this.landing && !this.switching && this.applied.revision === revision) return { value, revision };
+    }
+    const view = await this.db.snapshot();
+    try {
+      const applied = await this.db.get('meta', APPLIED_KEY, { snapshot: view });
+      const value = await read(view);
+      return { value, revision: applied ? AppliedState.decode(applied).revision : 0 };
+    } finally {
+      await view.release();
+    }
+  }
 }
+
+/** Reads that applies overtake this many times in a row go through a LevelDB snapshot instead. */
+const MAX_OPTIMISTIC_READS = 3;
 
 async function loadApplied(db: Db): Promise<AppliedState> {
   const value = await db.get('meta', APPLIED_KEY);

@@ -140,3 +140,10 @@ export function toWatchEvent({ revision, event }: RevisionEvent, prevKv: boolean
   const prev = prevKv && event.prev ? { key, value: Buffer.from(event.prev.value), createRevision: event.prev.createRevision, modRevision: event.prev.modRevision, version: event.prev.version } : undefined;
   return { type: event.type, kv, prevKv: prev };
 }
+
+/**
+ * --auto-compaction-revisions: the leader keeps the history of the last this many revisions
+ * and proposes Compact for the older ones (every replica applies it; a replica never
+ * compacts on its own, since the history is replicated state).
+ */
+export const DEFAULT_AUTO_COMPACTION_REVISIONS = 100_000;

@@ -127,7 +127,7 @@ export function withLenientDecoding<T extends Record<string, { path: string; req
   return copy as T;
 }
 
-function malformedError(message: unknown): CairnError | undefined {
+export function malformedError(message: unknown): CairnError | undefined {
   const malformed = (message as Partial<Malformed> | undefined)?.[MALFORMED];
   return malformed === undefined ? undefined : new CairnError(ErrorCode.INVALID_ARGUMENT, malformed);
 }
@@ -245,8 +245,8 @@ export function kvService(context: ServiceContext): KVServer {
       await readBarrier(context, request.consistency, scope);
       // Again under the state the barrier caught up with: a permission revoked meanwhile holds.
       gate.requireKey(call, 'read', request.key);
-      const kv = await context.replica.stateMachine.get(request.key);
-      return { header: header(context), kv };
+      const { kv, revision } = await context.replica.stateMachine.getAt(request.key);
+      return { header: header(context, revision), kv };
     }),
     txn: unary(async (request, scope, _metadata, call) => {
       validateTxn(request, context.limits);
@@ -260,8 +260,8 @@ export function kvService(context: ServiceContext): KVServer {
       gate.requireRange(call, range.start, range.end);
       await readBarrier(context, request.consistency, scope);
       gate.requireRange(call, range.start, range.end);
-      const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
-      return { header: header(context), kvs, more };
+      const { kvs, more, revision } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
+      return { header: header(context, revision), kvs, more };
     }),
     compact: unary(async (request, scope, _metadata, call) => {
       const caller = gate.requireRoot(call, 'Compact');

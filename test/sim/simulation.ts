@@ -1491,6 +1491,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.get(key);
   }
 
+  getAt(key: Uint8Array) {
+    return this.inner.getAt(key);
+  }
+
   range(options: Parameters<StateMachine['range']>[0]) {
     return this.inner.range(options);
   }

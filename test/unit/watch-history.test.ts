@@ -133,3 +133,27 @@ describe.each(BACKENDS)('MVCC history on $name', (backend) => {
     expect(heard).toEqual([['PUT a=1 @1', 'DELETE a @2 (prev 1@1)', 'at 2'], ['at 2']]);
   });
 });
+
+describe('response headers carry the revision of the read', () => {
+  test('getAt and range name the revision of the state they read, with applies landing meanwhile', async () => {
+    const db = await LevelDb.openMemory();
+    const sm = await KvStateMachine.open(db);
+    const applier = new Applier(sm);
+    // Each write puts its own revision as the value of k: a read at revision r must see value r.
+    let applying: Promise<unknown> = Promise.resolve();
+    const seen: string[] = [];
+    for (let i = 1; i <= 200; i++) {
+      applying = applying.then(() => applier.apply(put('k', String(i))));
+      if (i % 3 === 0) {
+        const { kv, revision } = await sm.getAt(b('k'));
+        seen.push(`${kv?.value.toString() ?? '-'}@${revision}`);
+        expect(kv ? Number(kv.value.toString()) : 0).toBe(revision);
+        const range = await sm.range({ start: b('k'), end: b('l'), limit: 10, keysOnly: false });
+        expect(range.kvs.length ? Number(range.kvs[0]!.value.toString()) : 0).toBe(range.revision);
+      }
+    }
+    await applying;
+    expect(seen.length).toBeGreaterThan(10);
+    await db.close();
+  });
+});
