@@ -1,4 +1,6 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import { credentials, Metadata, ServiceError, status } from '@grpc/grpc-js';
+import { CompactResponse, KVClient } from '../../gen/cairn/kv/v1/kv';
 import { CAIRN_MAIN, ProcessCluster, waitFor } from '../support/process-cluster';
 
 jest.setTimeout(120_000);
@@ -96,5 +98,34 @@ describe('watch across real processes', () => {
       });
       expect(replay.stdout.trimEnd().split('\n')).toEqual(onFollower.lines);
     }
+  });
+
+  test('--auto-compaction-revisions: the leader compacts, a watch from a compacted revision is refused as compacted; KV.Compact refuses a future or compacted revision', async () => {
+    await cluster?.stop();
+    cluster = await ProcessCluster.start(3, ['--auto-compaction-revisions', '10']);
+    await cluster.waitForLeader();
+    const client = cluster.client();
+    for (let i = 1; i <= 30; i++) await client.put(Buffer.from(`a/${i % 3}`), Buffer.from(`${i}`));
+    const refused = await waitFor('the leader to compact past revision 1', async () => {
+      const result = await cluster.cli(['watch', 'a/', '--prefix', '--rev', '1', '--max-events', '1'], [1]);
+      return result.code === 1 ? result : undefined;
+    });
+    expect(refused.stderr).toContain('compacted');
+    // The last 10 revisions are still there.
+    const kept = await cluster.cli(['watch', 'a/', '--prefix', '--rev', '21', '--max-events', '10'], [2]);
+    expect(kept.code).toBe(0);
+    expect(kept.stdout.trimEnd().split('\n').map(revisionOf)).toEqual(Array.from({ length: 10 }, (_, i) => 21 + i));
+
+    const kv = new KVClient(cluster.node(3).clientAddr, credentials.createInsecure());
+    const compact = (revision: number) =>
+      new Promise<CompactResponse | ServiceError>((resolve) => kv.compact({ revision }, new Metadata(), { deadline: Date.now() + 10_000 }, (err, res) => resolve(err ?? res!)));
+    const future = (await compact(1_000_000)) as ServiceError;
+    expect(future.code).toBe(status.INVALID_ARGUMENT);
+    expect(future.metadata.get('cairn-error-code')).toEqual(['FUTURE_REVISION']);
+    const below = (await compact(1)) as ServiceError;
+    expect(below.metadata.get('cairn-error-code')).toEqual(['COMPACTED']);
+    const done = (await compact(25)) as CompactResponse;
+    expect(done.compactRevision).toBe(25);
+    kv.close();
   });
 });
