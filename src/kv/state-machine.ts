@@ -105,7 +105,9 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db));
+    const applied = await loadApplied(db);
+    await markPreHistoryCompacted(db, applied.revision);
+    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db));
   }
 
   /**
@@ -130,6 +132,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
         this.auth = await AuthView.load(this.db);
+        await markPreHistoryCompacted(this.db, applied.revision);
         this.compacted = await loadCompactedRevision(this.db);
         this.switching = false;
         this.restore = undefined;
@@ -327,6 +330,19 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
 
 /** Reads that applies overtake this many times in a row go through a LevelDB snapshot instead. */
 const MAX_OPTIMISTIC_READS = 3;
+
+/**
+ * A data dir (or a snapshot from a node) of a version before the history existed holds
+ * revisions without events, and no compacted record: it gets one just past its revision, so
+ * a watch from an older revision is refused as compacted instead of silently missing events.
+ * (Each replica upgrades at its own revision, so their histories differ below that; what
+ * they apply from then on is the same everywhere.)
+ */
+async function markPreHistoryCompacted(db: Db, revision: number): Promise<void> {
+  if (revision === 0) return;
+  for await (const _ of db.entries('history', { limit: 1 })) return;
+  await db.write(new HistoryBatch(0).preHistoryOps(revision + 1), { sync: false });
+}
 
 async function loadApplied(db: Db): Promise<AppliedState> {
   const value = await db.get('meta', APPLIED_KEY);

@@ -93,6 +93,11 @@ export class HistoryBatch {
     this.compactedChanged = true;
   }
 
+  /** The compacted record of history that never existed below `revision` (markPreHistoryCompacted). */
+  preHistoryOps(revision: number): DbOp[] {
+    return [{ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: HistoryCompacted.encode({ revision }).finish() }];
+  }
+
   ops(): DbOp[] {
     const ops: DbOp[] = this.deletes.map((key) => ({ type: 'del', sublevel: 'history', key }));
     for (const { revision, index, event } of this.events) {

@@ -157,3 +157,19 @@ describe('response headers carry the revision of the read', () => {
     await db.close();
   });
 });
+
+describe('a data dir from before the history existed', () => {
+  test('opens with its revisions marked compacted, so a watch from them is refused rather than missing events', async () => {
+    const db = await LevelDb.openMemory();
+    const sm = await KvStateMachine.open(db);
+    await new Applier(sm).apply(put('a', '1'), put('b', '2'));
+    // What an older version left: the same data, no history.
+    for await (const [key] of db.entries('history')) await db.write([{ type: 'del', sublevel: 'history', key }], { sync: false });
+    const reopened = await KvStateMachine.open(db);
+    expect(reopened.compactedRevision()).toBe(3);
+    // A data dir with history keeps what it has.
+    await new Applier(reopened).apply(put('c', '3'));
+    expect((await KvStateMachine.open(db)).compactedRevision()).toBe(3);
+    await db.close();
+  });
+});
