@@ -128,4 +128,37 @@ describe('watch across real processes', () => {
     expect(done.compactRevision).toBe(25);
     kv.close();
   });
+
+  test('with auth on, a watch needs read on its range; a bad key is refused with the reason', async () => {
+    await cluster?.stop();
+    cluster = await ProcessCluster.start(1);
+    await cluster.waitForLeader();
+    const run = async (...args: string[]) => {
+      const result = await cluster.cli(args);
+      return result;
+    };
+    for (const step of [
+      ['user', 'add', 'root', '--password', 'rootpw'],
+      ['role', 'add', 'app'],
+      ['role', 'grant-permission', 'app', 'read', '--prefix', 'app/'],
+      ['user', 'add', 'alice', '--password', 'alicepw'],
+      ['user', 'grant-role', 'alice', 'app'],
+      ['auth', 'enable'],
+      ['put', 'app/x', '1', '--user', 'root:rootpw'],
+      ['put', 'secret/y', '2', '--user', 'root:rootpw'],
+    ]) {
+      expect(await run(...step)).toMatchObject({ code: 0 });
+    }
+    const allowed = await run('watch', 'app/', '--prefix', '--rev', '1', '--max-events', '1', '--user', 'alice:alicepw');
+    expect(allowed).toMatchObject({ code: 0, stdout: 'PUT app/x 1 (revision 1)\n' });
+    const denied = await run('watch', 'secret/', '--prefix', '--rev', '1', '--max-events', '1', '--user', 'alice:alicepw');
+    expect(denied.code).toBe(1);
+    expect(denied.stderr).toContain('PERMISSION_DENIED');
+    const anonymous = await run('watch', 'app/', '--prefix', '--rev', '1', '--max-events', '1');
+    expect(anonymous.code).toBe(1);
+    expect(anonymous.stderr).toContain('UNAUTHENTICATED');
+    const empty = await run('watch', '', '--max-events', '1', '--user', 'root:rootpw');
+    expect(empty.code).toBe(1);
+    expect(empty.stderr).toContain('INVALID_ARGUMENT: key is empty');
+  });
 });
