@@ -178,9 +178,9 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     this.historyListener = listener;
   }
 
-  /** The stored history from `from` through `through` (revisions), in order. */
-  history(from: number, through: number): AsyncIterable<RevisionEvent> {
-    return readHistory(this.db, from, through);
+  /** The stored history from `from` through `through` (revisions), in order; `withPrev`: with each event's previous record. */
+  history(from: number, through: number, withPrev = false): AsyncIterable<RevisionEvent> {
+    return readHistory(this.db, from, through, withPrev);
   }
 
   revision(): number {

@@ -75,6 +75,7 @@ export class HistoryBatch {
       key,
       record: record ?? undefined,
       prev: previous,
+      prevRevision: previous?.modRevision ?? 0,
     };
     this.events.push({ revision, index, event });
   }
@@ -102,7 +103,7 @@ export class HistoryBatch {
     const ops: DbOp[] = this.deletes.map((key) => ({ type: 'del', sublevel: 'history', key }));
     for (const { revision, index, event } of this.events) {
       if (revision < this.compacted) continue;
-      ops.push({ type: 'put', sublevel: 'history', key: historyKey(revision, index), value: HistoryEvent.encode(event).finish() });
+      ops.push({ type: 'put', sublevel: 'history', key: historyKey(revision, index), value: HistoryEvent.encode({ ...event, prev: undefined }).finish() });
     }
     if (this.compactedChanged) ops.push({ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: HistoryCompacted.encode({ revision: this.compacted }).finish() });
     return ops;
@@ -116,16 +117,28 @@ export async function loadCompactedRevision(db: Db, options: ReadOptions = {}): 
 }
 
 /**
- * The stored events with from <= revision <= through, in order, in batches of at most
- * `batchEvents` (a replay reads them with pauses for its watcher to drain).
+ * The stored events with from <= revision <= through, in order. With `withPrev`, each event's
+ * previous record (`prev`) is read back from its prev_revision's events; one compacted since
+ * stays absent.
  */
-export async function* readHistory(db: Db, from: number, through: number): AsyncIterable<RevisionEvent> {
+export async function* readHistory(db: Db, from: number, through: number, withPrev = false): AsyncIterable<RevisionEvent> {
   if (through < from) return;
   const gte = historyKey(Math.max(1, from), 0);
   const lt = historyKey(through + 1, 0);
   for await (const [key, value] of db.entries('history', { gte, lt })) {
-    yield { revision: revisionOfHistoryKey(key), index: key.readUInt16BE(REVISION_BYTES), event: HistoryEvent.decode(value) };
+    const event = HistoryEvent.decode(value);
+    if (withPrev && event.prevRevision > 0) event.prev = await previousRecord(db, event.key, event.prevRevision);
+    yield { revision: revisionOfHistoryKey(key), index: key.readUInt16BE(REVISION_BYTES), event };
   }
+}
+
+/** The record `key` got at `revision`, from that revision's events (at most MAX_TXN_OPS of them). */
+async function previousRecord(db: Db, key: Uint8Array, revision: number): Promise<KeyRecord | undefined> {
+  for await (const [, value] of db.entries('history', { gte: historyKey(revision, 0), lt: historyKey(revision + 1, 0) })) {
+    const event = HistoryEvent.decode(value);
+    if (Buffer.compare(Buffer.from(event.key), Buffer.from(key)) === 0) return event.record;
+  }
+  return undefined;
 }
 
 /** Checks a `history` record of a snapshot stream (throws on anything cairn does not write). */

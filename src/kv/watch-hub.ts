@@ -34,7 +34,8 @@ import { RevisionEvent, toWatchEvent } from './watch-history';
 export interface WatchSource {
   revision(): number;
   compactedRevision(): number;
-  history(from: number, through: number): AsyncIterable<RevisionEvent>;
+  /** `withPrev`: each event with its previous record (read back from the history). */
+  history(from: number, through: number, withPrev: boolean): AsyncIterable<RevisionEvent>;
 }
 
 export interface WatchLimits {
@@ -309,7 +310,7 @@ class Watcher {
     for (;;) {
       const through = this.replayThrough;
       let batch: RevisionEvent[] = [];
-      for await (const event of this.source.history(this.queued.revision, through)) {
+      for await (const event of this.source.history(this.queued.revision, through, this.spec.prevKv)) {
         if (this.state !== 'replaying' || this.resyncThrough !== undefined) break;
         if (!after(event, this.queued) || !this.matches(event)) continue;
         // Cut only between revisions, so each response's header revision is complete.

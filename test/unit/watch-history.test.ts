@@ -24,7 +24,7 @@ function show({ revision, event }: RevisionEvent): string {
 
 async function historyOf(sm: KvStateMachine, from = 1, through = sm.revision()): Promise<string[]> {
   const events: string[] = [];
-  for await (const event of sm.history(from, through)) events.push(show(event));
+  for await (const event of sm.history(from, through, true)) events.push(show(event));
   return events;
 }
 
@@ -81,7 +81,8 @@ describe.each(BACKENDS)('MVCC history on $name', (backend) => {
     const [done] = await applier.apply(compact(4));
     expect(done?.op).toEqual({ $case: 'compact', value: { header: undefined, compactRevision: 4 } });
     expect(sm.compactedRevision()).toBe(4);
-    expect(await historyOf(sm)).toEqual(['PUT k=4 @4 (prev 3@3)', 'PUT k=5 @5 (prev 4@4)', 'PUT k=6 @6 (prev 5@5)']);
+    // Revision 3 is gone, and with it the record revision 4's event replaced (its prev).
+    expect(await historyOf(sm)).toEqual(['PUT k=4 @4', 'PUT k=5 @5 (prev 4@4)', 'PUT k=6 @6 (prev 5@5)']);
     const [below, above] = await applier.apply(compact(3), compact(7));
     expect(below?.error?.code).toBe('COMPACTED');
     expect(above?.error?.code).toBe('FUTURE_REVISION');
@@ -92,7 +93,7 @@ describe.each(BACKENDS)('MVCC history on $name', (backend) => {
 
   test('a compaction in the same batch as the writes it drops leaves none of them stored', async () => {
     await applier.apply(put('a', '1'), put('a', '2'), compact(2), put('a', '3'));
-    expect(await historyOf(sm)).toEqual(['PUT a=2 @2 (prev 1@1)', 'PUT a=3 @3 (prev 2@2)']);
+    expect(await historyOf(sm)).toEqual(['PUT a=2 @2', 'PUT a=3 @3 (prev 2@2)']);
   });
 
   test('one compact command drops at most MAX_COMPACT_REVISIONS_PER_COMMAND revisions and says how far it got', async () => {
@@ -123,6 +124,14 @@ describe.each(BACKENDS)('MVCC history on $name', (backend) => {
     expect(await historyOf(target)).toEqual(await historyOf(sm));
     expect(restoredTo).toEqual([[5, 3]]);
     await other.close();
+  });
+
+  test('a stored event keeps its previous record as a revision, read back on replay; live events carry it in memory', async () => {
+    await applier.apply(put('a', '1'), txn(putOp('b', '1'), putOp('a', '2')));
+    const stored: RevisionEvent[] = [];
+    for await (const event of sm.history(1, 2)) stored.push(event);
+    expect(stored.map((e) => [e.event.prevRevision, e.event.prev])).toEqual([[0, undefined], [0, undefined], [1, undefined]]);
+    expect(await historyOf(sm)).toEqual(['PUT a=1 @1', 'PUT b=1 @2', 'PUT a=2 @2 (prev 1@1)']);
   });
 
   test('the listener hears each landed batch with its events in revision order', async () => {

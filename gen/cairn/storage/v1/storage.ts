@@ -161,8 +161,19 @@ export interface HistoryEvent {
   record?:
     | KeyRecord
     | undefined;
-  /** The record the key had before (absent for a key the event created). */
-  prev?: KeyRecord | undefined;
+  /**
+   * The record the key had before (absent for a key the event created). Only in memory,
+   * for live watchers: the stored event keeps prev_revision instead, so a value is stored
+   * once per write, not twice.
+   */
+  prev?:
+    | KeyRecord
+    | undefined;
+  /**
+   * The revision of the key's previous record (0: the event created the key): a replay
+   * with prev_kv reads the previous record from that revision's events, while not compacted.
+   */
+  prevRevision: number;
 }
 
 /**
@@ -1472,7 +1483,7 @@ export const AuthRole: MessageFns<AuthRole> = {
 };
 
 function createBaseHistoryEvent(): HistoryEvent {
-  return { type: 0, key: Buffer.alloc(0), record: undefined, prev: undefined };
+  return { type: 0, key: Buffer.alloc(0), record: undefined, prev: undefined, prevRevision: 0 };
 }
 
 export const HistoryEvent: MessageFns<HistoryEvent> = {
@@ -1488,6 +1499,9 @@ export const HistoryEvent: MessageFns<HistoryEvent> = {
     }
     if (message.prev !== undefined) {
       KeyRecord.encode(message.prev, writer.uint32(34).fork()).join();
+    }
+    if (message.prevRevision !== 0) {
+      writer.uint32(40).uint64(message.prevRevision);
     }
     return writer;
   },
@@ -1537,6 +1551,14 @@ export const HistoryEvent: MessageFns<HistoryEvent> = {
             message.prev = KeyRecord.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.prevRevision = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1555,6 +1577,11 @@ export const HistoryEvent: MessageFns<HistoryEvent> = {
       key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
       record: isSet(object.record) ? KeyRecord.fromJSON(object.record) : undefined,
       prev: isSet(object.prev) ? KeyRecord.fromJSON(object.prev) : undefined,
+      prevRevision: isSet(object.prevRevision)
+        ? globalThis.Number(object.prevRevision)
+        : isSet(object.prev_revision)
+        ? globalThis.Number(object.prev_revision)
+        : 0,
     };
   },
 
@@ -1572,6 +1599,9 @@ export const HistoryEvent: MessageFns<HistoryEvent> = {
     if (message.prev !== undefined) {
       obj.prev = KeyRecord.toJSON(message.prev);
     }
+    if (message.prevRevision !== 0) {
+      obj.prevRevision = Math.round(message.prevRevision);
+    }
     return obj;
   },
 
@@ -1586,6 +1616,7 @@ export const HistoryEvent: MessageFns<HistoryEvent> = {
       ? KeyRecord.fromPartial(object.record)
       : undefined;
     message.prev = (object.prev !== undefined && object.prev !== null) ? KeyRecord.fromPartial(object.prev) : undefined;
+    message.prevRevision = object.prevRevision ?? 0;
     return message;
   },
 };
