@@ -141,6 +141,8 @@ export class WatchStream {
   private readonly queue: Queued[] = [];
   private nextWatchId = 1;
   private closed = false;
+  /** A progress response is queued: another request waits for it (a client that never reads cannot grow the queue). */
+  private progressQueued = false;
   /** Called when the queue gains a response. */
   onReadable: () => void = () => undefined;
 
@@ -180,6 +182,8 @@ export class WatchStream {
    * synced; the lowest of theirs otherwise).
    */
   requestProgress(): void {
+    if (this.progressQueued) return;
+    this.progressQueued = true;
     let revision = this.hub.source.revision();
     for (const watcher of this.watchers.values()) revision = Math.min(revision, watcher.progressRevision());
     this.push({ response: response(this.hub.header(revision), 0), watchId: 0, bytes: 0 });
@@ -189,6 +193,7 @@ export class WatchStream {
   shift(): WatchResponse | undefined {
     const item = this.queue.shift();
     if (!item) return undefined;
+    if (item.watchId === 0 && item.response.watchId === 0 && !item.response.canceled) this.progressQueued = false;
     this.watchers.get(item.watchId)?.sent(item.bytes);
     return item.response;
   }
@@ -268,6 +273,8 @@ class Watcher {
   private resyncThrough: number | undefined;
   /** Events queued since the last progress check. */
   private active = false;
+  /** A progress notification of this watch is queued and not yet sent: no second one. */
+  private progressQueued = false;
   /** Resolves the replay's wait for the queue to drain. */
   private drained: (() => void) | undefined;
 
@@ -418,12 +425,16 @@ class Watcher {
 
   notifyIfIdle(): void {
     if (this.state !== 'synced' || !this.spec.progressNotify) return;
-    if (!this.active) this.stream.push({ response: response(this.stream.hub.header(this.source.revision()), this.id), watchId: this.id, bytes: 0 });
+    if (!this.active && !this.progressQueued && this.pendingBytes === 0) {
+      this.progressQueued = true;
+      this.stream.push({ response: response(this.stream.hub.header(this.source.revision()), this.id), watchId: this.id, bytes: 0 });
+    }
     this.active = false;
   }
 
   /** A response of this watcher left the queue. */
   sent(bytes: number): void {
+    if (bytes === 0) this.progressQueued = false;
     this.pendingBytes -= bytes;
     if (this.drained && this.pendingBytes < this.limit / 2) {
       const drained = this.drained;

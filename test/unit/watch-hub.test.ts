@@ -194,4 +194,23 @@ describe('watch hub', () => {
     recorder.stream.close();
     expect(node.hub.streamCount()).toBe(0);
   });
+
+  test('progress notifications go to idle synced watches that asked, and a client that never reads gets at most one queued', async () => {
+    const node = await Node.open();
+    const recorder = new Recorder(node.hub.openStream());
+    const quiet = recorder.stream.create({ ...everything(), progressNotify: true });
+    const silent = recorder.stream.create(everything());
+    await node.apply(put('a', '1'));
+    recorder.drain();
+    recorder.responses.length = 0;
+    node.hub.notifyProgress(); // a was written since the last check: not idle
+    for (let i = 0; i < 100; i++) node.hub.notifyProgress();
+    for (let i = 0; i < 100; i++) recorder.stream.requestProgress();
+    recorder.drain();
+    expect(recorder.responses.map((r) => [r.watchId, r.header?.revision, r.events.length])).toEqual([[quiet, 1, 0], [0, 1, 0]]);
+    expect(recorder.responses.some((r) => r.watchId === silent)).toBe(false);
+    node.hub.notifyProgress();
+    recorder.drain();
+    expect(recorder.responses).toHaveLength(3);
+  });
 });
