@@ -51,6 +51,10 @@ export const ErrorCode = {
   SESSION_NOT_OWNED: 'SESSION_NOT_OWNED',
   /** The request is malformed or over a limit. */
   INVALID_ARGUMENT: 'INVALID_ARGUMENT',
+  /** The revision asked for is below the compacted one: its history is gone (INVALID_ARGUMENT). */
+  COMPACTED: 'COMPACTED',
+  /** The revision asked for is above the store's current one (INVALID_ARGUMENT). */
+  FUTURE_REVISION: 'FUTURE_REVISION',
   /** Another process holds the data directory. */
   DATA_DIR_LOCKED: 'DATA_DIR_LOCKED',
   /** Data on disk is not what cairn wrote. */

@@ -17,6 +17,7 @@ import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
 import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
+import { parseWatchCommand, runWatch, WATCH_FLAGS, WATCH_SWITCHES } from './watch-verb';
 
 /**
  * The longest --timeout-ms: a write is retried for at most this long, well inside the 5
@@ -46,6 +47,10 @@ Usage:
   cairn txn [--from-file FILE]     a transaction from stdin: compares, blank line, success ops, blank line, failure ops
                                    (compare: value("k") = "v" | version("k") > "0" | create(..) | mod(..); ops: put K V | get K [--prefix] | del K)
   cairn list [PREFIX] [--limit N]  list keys (and values) with a prefix
+  cairn watch KEY [--prefix] [--rev N] [--prev-kv] [--max-events N]
+                                   print each change of KEY (or every key starting with it) as it happens, from
+                                   revision N if given; one line per event, until Ctrl-C (or N events); resumes at
+                                   another endpoint if its node goes away
   cairn status                     every endpoint's Raft status; exit 0 when the cluster serves
   cairn members                    the cluster's members
   cairn snapshot                   every endpoint's node snapshots and compacts its log now
@@ -120,6 +125,7 @@ async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  if (command === 'watch') return watch(rest);
   const isShell = command === 'shell';
   if (!isShell && !VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
   const { positional, flags } = parseArgs(rest, [], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
@@ -140,6 +146,33 @@ async function main(argv: string[]): Promise<number> {
       promptPassword,
     });
   } finally {
+    client.close();
+  }
+}
+
+/** `cairn watch`: runs until SIGINT (exit 0), --max-events, or a refusal. */
+async function watch(argv: string[]): Promise<number> {
+  const { positional, flags } = parseArgs(argv, WATCH_SWITCHES, [...COMMON_FLAGS, ...WATCH_FLAGS], SHORT_FLAGS);
+  const command = parseWatchCommand(positional, flags);
+  for (const name of [...WATCH_SWITCHES, ...WATCH_FLAGS]) delete flags[name];
+  const endpoints = parseEndpoints(flags.endpoints ?? process.env.CAIRN_ENDPOINTS ?? DEFAULT_ENDPOINTS.join(','));
+  const dial = clientDialFromFlags({ ...flags });
+  const user = flags.user;
+  delete flags.user;
+  const client = clientFromFlags(flags);
+  const interrupted = new AbortController();
+  const stop = () => interrupted.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    if (user !== undefined) {
+      const { name, password } = await parseUserFlag(user, promptPassword);
+      await client.login(name, password);
+    }
+    return await runWatch(command, endpoints, dial, () => client.callMetadata(), (line) => console.log(line), interrupted.signal, (line) => console.error(line));
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
     client.close();
   }
 }

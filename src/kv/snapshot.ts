@@ -4,6 +4,7 @@ import { CairnError, ErrorCode } from '../errors';
 import { FsmSnapshot } from '../node/fsm';
 import { Db, DbOp, DbSnapshot } from '../storage/db';
 import { AUTH_STATE_KEY } from './auth-state';
+import { checkHistoryRecord } from './watch-history';
 
 /**
  * The kv state machine's snapshot format: a stream of chunks, each an encoded
@@ -11,7 +12,7 @@ import { AUTH_STATE_KEY } from './auth-state';
  * key order, and the `meta` part is exactly one record, `applied`, last. The receiver
  * checks all of it, so a truncated, reordered or foreign stream is refused, not installed.
  */
-export const SNAPSHOT_SUBLEVEL_ORDER = ['kv', 'sessions', 'auth', 'meta'] as const;
+export const SNAPSHOT_SUBLEVEL_ORDER = ['kv', 'sessions', 'auth', 'history', 'meta'] as const;
 type SnapshotSublevel = (typeof SNAPSHOT_SUBLEVEL_ORDER)[number];
 
 export const APPLIED_KEY = Buffer.from('applied');
@@ -21,7 +22,7 @@ const RECORDS_TAG = 0x0a;
 
 export const EMPTY_APPLIED_STATE: AppliedState = { index: 0, revision: 0, logTimeUnixMs: 0 };
 
-/** Opens a consistent view of `kv`, `sessions`, `auth` and `meta/applied`; its index is the applied index it holds. */
+/** Opens a consistent view of `kv`, `sessions`, `auth`, `history` and `meta/applied`; its index is the applied index it holds. */
 export async function openKvSnapshot(db: Db): Promise<FsmSnapshot> {
   const view = await db.snapshot();
   try {
@@ -48,7 +49,7 @@ class KvSnapshot implements FsmSnapshot {
   async *chunks(maxChunkBytes: number): AsyncIterable<Uint8Array> {
     assert(Number.isSafeInteger(maxChunkBytes) && maxChunkBytes >= 1, `maxChunkBytes must be an integer >= 1, got ${maxChunkBytes}`);
     const chunk = new ChunkBuilder(maxChunkBytes);
-    for (const sublevel of ['kv', 'sessions', 'auth'] as const) {
+    for (const sublevel of ['kv', 'sessions', 'auth', 'history'] as const) {
       this.checkLive();
       for await (const [key, value] of this.db.entries(sublevel, { snapshot: this.view })) {
         const full = chunk.add({ sublevel, key, value });
@@ -175,6 +176,7 @@ export class SnapshotStager {
         if (!key.equals(AUTH_STATE_KEY)) throw new Error(`auth key ${JSON.stringify(key.toString('latin1'))} is not one cairn writes`);
         AuthState.decode(value);
       }
+      else if (sublevel === 'history') checkHistoryRecord(key, value);
       else if (key.equals(APPLIED_KEY)) AppliedState.decode(value);
       else throw new Error(`meta key ${JSON.stringify(key.toString('latin1'))} is not part of a snapshot`);
     } catch (err) {

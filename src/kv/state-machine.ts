@@ -1,15 +1,24 @@
-import { AuthCommand, Command, CommandResult, DeleteRequest, KeyValue, PutRequest, TxnRequest } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, CommandResult, CompactRequest, DeleteRequest, KeyValue, PutRequest, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { AppliedState, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { ApplyOutcome as FsmApplyOutcome, Fsm, FsmRestore, FsmSnapshot, SnapshottingFsm } from '../node/fsm';
-import { Db, DbOp, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
+import { Db, DbOp, DbSnapshot, generationSwitchOp, GENERATIONAL_SUBLEVELS } from '../storage/db';
 import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits, SessionTable } from './sessions';
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
 import { lowerBound, mergeRange, putRecord, runTxn, txnAccesses, TxnBudget, txnPointKeys, TxnState } from './txn';
+import { HistoryBatch, loadCompactedRevision, MAX_COMPACT_REVISIONS_PER_COMMAND, readHistory, RevisionEvent } from './watch-history';
+
+/** Who hears of the history as it lands (the node's watch hub, src/kv/watch-hub.ts). */
+export interface HistoryListener {
+  /** A batch landed: its events in revision order (compacted ones too), and the revision it leaves. */
+  landed(events: readonly RevisionEvent[], revision: number): void;
+  /** A snapshot install: the state jumped to `revision`, and the history now starts at `compacted`. */
+  restored(revision: number, compacted: number): void;
+}
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -42,7 +51,10 @@ export interface StateMachine extends Fsm<CommandResult> {
   /** Applies entries in one atomic write with the new applied index. */
   apply(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]>;
   get(key: Uint8Array): Promise<KeyValue | undefined>;
-  range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
+  /** get(), with the revision of the state it read (for the response header). */
+  getAt(key: Uint8Array): Promise<{ kv: KeyValue | undefined; revision: number }>;
+  /** `revision`: of the state the range read (for the response header). */
+  range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: number }>;
   /** The auth state as of the applied index (users, roles, permissions; src/kv/auth-state.ts). */
   authState(): AuthView;
 }
@@ -75,6 +87,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   private switching = false;
   /** Deletion of a generation no longer current (after a restore, or of an aborted staging). */
   private retiring: Promise<void> = Promise.resolve();
+  private historyListener: HistoryListener | undefined;
 
   private constructor(
     private readonly db: Db,
@@ -83,6 +96,8 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     private readonly sessionLimits: SessionLimits,
     private readonly cache: RecordCache,
     private auth: AuthView,
+    /** History below this revision was dropped (KV.Compact), as of the landed state. */
+    private compacted: number,
   ) {
     this.applied = applied;
   }
@@ -90,7 +105,9 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db));
+    const applied = await loadApplied(db);
+    await markPreHistoryCompacted(db, applied.revision);
+    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db));
   }
 
   /**
@@ -115,9 +132,12 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
         this.auth = await AuthView.load(this.db);
+        await markPreHistoryCompacted(this.db, applied.revision);
+        this.compacted = await loadCompactedRevision(this.db);
         this.switching = false;
         this.restore = undefined;
         this.retire(generation - 1);
+        this.historyListener?.restored(applied.revision, this.compacted);
       },
       aborted: async () => {
         this.switching = false;
@@ -146,6 +166,21 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
 
   appliedIndex(): number {
     return this.applied.index;
+  }
+
+  /** History below this revision is gone (0: none compacted). */
+  compactedRevision(): number {
+    return this.compacted;
+  }
+
+  /** One listener (the watch hub) hears of every batch once it lands, and of snapshot installs. */
+  setHistoryListener(listener: HistoryListener | undefined): void {
+    this.historyListener = listener;
+  }
+
+  /** The stored history from `from` through `through` (revisions), in order; `withPrev`: with each event's previous record. */
+  history(from: number, through: number, withPrev = false): AsyncIterable<RevisionEvent> {
+    return readHistory(this.db, from, through, withPrev);
   }
 
   revision(): number {
@@ -181,7 +216,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth, new HistoryBatch(this.compacted));
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
@@ -204,6 +239,8 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       batch.writeThrough();
       this.applied = applied;
       this.auth = batch.auth;
+      this.compacted = batch.history.compacted;
+      this.historyListener?.landed(batch.history.events, applied.revision);
     } finally {
       // On a failed write too: the apply fails with it, and the node stops.
       this.landing = undefined;
@@ -213,7 +250,19 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   }
 
   async get(key: Uint8Array): Promise<KeyValue | undefined> {
-    if (this.landing) await this.landing;
+    return (await this.getAt(key)).kv;
+  }
+
+  async getAt(key: Uint8Array): Promise<{ kv: KeyValue | undefined; revision: number }> {
+    const { value: record, revision } = await this.atOneRevision((view) => this.readRecord(key, view));
+    return { kv: record ? toKeyValue(Buffer.from(key), record, false) : undefined, revision };
+  }
+
+  private async readRecord(key: Uint8Array, view: DbSnapshot | undefined): Promise<KeyRecord | null> {
+    if (view) {
+      const value = await this.db.get('kv', key, { snapshot: view });
+      return value ? KeyRecord.decode(value) : null;
+    }
     const name = hex(key);
     let record = this.switching ? undefined : this.cache.get(name);
     if (record === undefined) {
@@ -222,17 +271,21 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       record = value ? KeyRecord.decode(value) : null;
       this.cache.set(name, record, epoch);
     }
-    return record ? toKeyValue(Buffer.from(key), record, false) : undefined;
+    return record;
   }
 
-  async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }> {
+  async range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: number }> {
     // The server turns a client's "0 = no limit" into its configured maximum.
     if (!Number.isSafeInteger(options.limit) || options.limit < 1) throw new RangeError(`range limit must be >= 1, got ${options.limit}`);
+    const { value, revision } = await this.atOneRevision((view) => this.readRange(options, view));
+    return { ...value, revision };
+  }
+
+  private async readRange(options: RangeOptions, view: DbSnapshot | undefined): Promise<{ kvs: KeyValue[]; more: boolean }> {
     const kvs: KeyValue[] = [];
     let more = false;
     let bytes = 0;
-    if (this.landing) await this.landing;
-    const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1 });
+    const iterator = this.db.entries('kv', { gte: options.start, lt: options.end, limit: options.limit + 1, snapshot: view });
     for await (const [key, value] of iterator) {
       if (kvs.length === options.limit) {
         more = true;
@@ -248,6 +301,47 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     }
     return { kvs, more };
   }
+
+  /**
+   * Runs a read and says the revision of the state it saw (response headers). Optimistic: a
+   * read during which no batch was landing and the revision did not move saw exactly the
+   * state of that revision (whoever hears of a write reads after it, as `landing` ensures).
+   * After MAX_OPTIMISTIC_READS tries that applies kept overtaking, it reads through one
+   * LevelDB snapshot, whose meta/applied says its revision.
+   */
+  private async atOneRevision<T>(read: (view: DbSnapshot | undefined) => Promise<T>): Promise<{ value: T; revision: number }> {
+    for (let attempt = 0; attempt < MAX_OPTIMISTIC_READS; attempt++) {
+      if (this.landing) await this.landing;
+      if (this.landing || this.switching) continue;
+      const revision = this.applied.revision;
+      const value = await read(undefined);
+      if (!this.landing && !this.switching && this.applied.revision === revision) return { value, revision };
+    }
+    const view = await this.db.snapshot();
+    try {
+      const applied = await this.db.get('meta', APPLIED_KEY, { snapshot: view });
+      const value = await read(view);
+      return { value, revision: applied ? AppliedState.decode(applied).revision : 0 };
+    } finally {
+      await view.release();
+    }
+  }
+}
+
+/** Reads that applies overtake this many times in a row go through a LevelDB snapshot instead. */
+const MAX_OPTIMISTIC_READS = 3;
+
+/**
+ * A data dir (or a snapshot from a node) of a version before the history existed holds
+ * revisions without events, and no compacted record: it gets one just past its revision, so
+ * a watch from an older revision is refused as compacted instead of silently missing events.
+ * (Each replica upgrades at its own revision, so their histories differ below that; what
+ * they apply from then on is the same everywhere.)
+ */
+async function markPreHistoryCompacted(db: Db, revision: number): Promise<void> {
+  if (revision === 0) return;
+  for await (const _ of db.entries('history', { limit: 1 })) return;
+  await db.write(new HistoryBatch(0).preHistoryOps(revision + 1), { sync: false });
 }
 
 async function loadApplied(db: Db): Promise<AppliedState> {
@@ -344,6 +438,8 @@ class ApplyBatch implements TxnState {
     private readonly cache: RecordCache,
     /** The auth state as this batch's commands leave it. */
     public auth: AuthView,
+    /** Every key change of the batch, for the `history` sublevel (src/kv/watch-history.ts). */
+    readonly history: HistoryBatch,
   ) {}
 
   private authChanged = false;
@@ -355,7 +451,7 @@ class ApplyBatch implements TxnState {
   async prefetch(commands: readonly (Command | typeof UNDECODABLE | undefined)[]): Promise<void> {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
-      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth') continue;
+      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') continue;
       for (const key of command.op.$case === 'txn' ? txnPointKeys(command.op.value) : [command.op.value.key]) {
         const name = hex(key);
         if (this.kv.has(name) || this.stored.has(name) || keys.has(name)) continue;
@@ -393,6 +489,7 @@ class ApplyBatch implements TxnState {
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
     if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
+    if (command.op?.$case === 'compact') return this.compact(command.op.value);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
@@ -408,6 +505,7 @@ class ApplyBatch implements TxnState {
       case 'txn':
         return this.refusedTxnByAuth(command, command.op.value) ?? this.txn(command.op.value);
       case 'auth':
+      case 'compact':
       case undefined:
         return { revision: this.revision, op: undefined };
     }
@@ -488,10 +586,33 @@ class ApplyBatch implements TxnState {
     return { revision: this.revision, op: undefined, error: { code: ErrorCode.PERMISSION_DENIED, message } };
   }
 
+  /**
+   * Drops history below the request's revision, at most MAX_COMPACT_REVISIONS_PER_COMMAND
+   * revisions past the last compaction (the batch's work stays bounded): the response's
+   * compact_revision says how far it got, and KV.Compact proposes again until it is there.
+   * Refused alike on every replica when the revision is ahead of the store or behind the
+   * last compaction.
+   */
+  private async compact(request: CompactRequest): Promise<CommandResult> {
+    const refuse = (code: ErrorCode, message: string): CommandResult => ({ revision: this.revision, op: undefined, error: { code, message } });
+    const compacted = this.history.compacted;
+    if (request.revision > this.revision) return refuse(ErrorCode.FUTURE_REVISION, `compact revision ${request.revision} is above the current revision ${this.revision}`);
+    if (request.revision < compacted) return refuse(ErrorCode.COMPACTED, `compact revision ${request.revision} is below the revision already compacted to, ${compacted}`);
+    const reached = Math.min(request.revision, compacted + MAX_COMPACT_REVISIONS_PER_COMMAND);
+    await this.history.compact(this.db, reached);
+    return { revision: this.revision, op: { $case: 'compact', value: { header: undefined, compactRevision: reached } } };
+  }
+
+  /** Every key change goes through here: the data and its history event, in the same batch. */
+  private setKey(key: Buffer, record: KeyRecord | null, previous: KeyRecord | undefined): void {
+    this.stage(hex(key), record);
+    this.history.record(this.revision, key, record, previous);
+  }
+
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
     this.revision++;
-    this.stage(hex(request.key), putRecord(previous, request.value, this.revision));
+    this.setKey(request.key, putRecord(previous, request.value, this.revision), previous);
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -500,14 +621,21 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     if (previous) {
       this.revision++;
-      this.stage(hex(request.key), null);
+      this.setKey(request.key, null, previous);
     }
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
+  /** A Txn's write, at the revision the Txn moved to; it read the key first (txn.ts), so its old record is known. */
   write(key: Buffer, record: KeyRecord | null): void {
-    this.stage(hex(key), record);
+    const name = hex(key);
+    const staged = this.kv.get(name);
+    const previous = staged !== undefined ? staged : this.stored.get(name);
+    assert(previous !== undefined, `a txn wrote key ${describeKey(key)} without reading it first`);
+    // A Txn's writes are all at one revision past the batch's, which txn() sets once runTxn returns.
+    this.stage(name, record);
+    this.history.record(this.revision + 1, key, record, previous ?? undefined);
   }
 
   /** Every write of the batch to `kv` goes through here. */
@@ -534,7 +662,10 @@ class ApplyBatch implements TxnState {
     const stored = this.stored.get(name);
     if (stored !== undefined) return stored ?? undefined;
     const value = await this.db.get('kv', key);
-    return value ? KeyRecord.decode(value) : undefined;
+    const record = value ? KeyRecord.decode(value) : null;
+    // Not written by this batch yet (see above): the record before the batch, as prefetch keeps it.
+    this.stored.set(name, record);
+    return record ?? undefined;
   }
 
   ops(applied: AppliedState): DbOp[] {
@@ -546,6 +677,7 @@ class ApplyBatch implements TxnState {
           : { type: 'del', sublevel: 'kv', key: Buffer.from(key, 'hex') },
       );
     }
+    ops.push(...this.history.ops());
     ops.push(...this.sessions.ops());
     if (this.authChanged) ops.push(this.auth.storeOp());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
@@ -568,7 +700,7 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
 
 /** The session a command writes under ('' for none). */
 function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
-  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth') return '';
+  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') return '';
   return command.op.value.clientId;
 }
 

@@ -1,3 +1,5 @@
+import { MAX_WATCH_BUFFER_BYTES } from '../kv/watch-hub';
+import { DEFAULT_AUTO_COMPACTION_REVISIONS } from '../kv/watch-history';
 import { DEFAULT_LEVELDB_WRITE_BUFFER_BYTES } from '../storage/db';
 import { DEFAULT_STATE_CACHE_BYTES } from '../kv/record-cache';
 import { CairnError, ErrorCode } from '../errors';
@@ -57,6 +59,10 @@ export interface ServerConfig {
   snapshotEntries: number;
   /** Bytes of recently used key records the state machine keeps in memory (RecordCache). */
   stateCacheBytes: number;
+  /** The leader keeps the history of the last this many revisions (compacting older ones); 0: never compacts. */
+  autoCompactionRevisions: number;
+  /** What one watcher may have queued unsent before it is canceled as too slow (MAX_WATCH_BUFFER_BYTES). */
+  watchBufferBytes: number;
   /** LevelDB's memtable size. */
   leveldbWriteBufferBytes: number;
   /** Log entries kept before the snapshot point at compaction, for slow followers. */
@@ -119,6 +125,8 @@ export const SERVE_FLAGS = [
   { flag: 'snapshot-entries', env: 'CAIRN_SNAPSHOT_ENTRIES', default: '10000', help: 'compact the log once this many applied entries follow the last snapshot point' },
   { flag: 'snapshot-catchup-entries', env: 'CAIRN_SNAPSHOT_CATCHUP_ENTRIES', default: '5000', help: 'log entries kept before the snapshot point at compaction, so slow followers need no snapshot' },
   { flag: 'state-cache-bytes', env: 'CAIRN_STATE_CACHE_BYTES', default: String(DEFAULT_STATE_CACHE_BYTES), help: 'bytes of recently read and written keys and values kept in memory, so reads and applies skip LevelDB (0: none)' },
+  { flag: 'auto-compaction-revisions', env: 'CAIRN_AUTO_COMPACTION_REVISIONS', default: String(DEFAULT_AUTO_COMPACTION_REVISIONS), help: 'the leader compacts the watch history to keep the last this many revisions (0: never; KV.Compact still works)' },
+  { flag: 'watch-buffer-bytes', env: 'CAIRN_WATCH_BUFFER_BYTES', default: String(MAX_WATCH_BUFFER_BYTES), help: 'events one watcher may have queued unsent (bytes) before it is canceled as too slow' },
   { flag: 'leveldb-write-buffer-bytes', env: 'CAIRN_LEVELDB_WRITE_BUFFER_BYTES', default: String(DEFAULT_LEVELDB_WRITE_BUFFER_BYTES), help: "LevelDB's memtable size: writes gather in memory up to this before LevelDB sorts them into a table file" },
   { flag: 'auth-token-ttl-ms', env: 'CAIRN_AUTH_TOKEN_TTL_MS', default: String(DEFAULT_AUTH_TOKEN_TTL_MS), help: 'with auth enabled: how long a token from Authenticate works' },
   { flag: 'log-level', env: 'CAIRN_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn, error' },
@@ -259,6 +267,8 @@ export function buildServerConfig(values: Record<string, string>): ServerConfig 
     snapshotEntries: integer('snapshot-entries', values['snapshot-entries']!, 1),
     snapshotCatchupEntries: integer('snapshot-catchup-entries', values['snapshot-catchup-entries']!, 0),
     stateCacheBytes: integer('state-cache-bytes', values['state-cache-bytes']!, 0),
+    autoCompactionRevisions: integer('auto-compaction-revisions', values['auto-compaction-revisions'] ?? String(DEFAULT_AUTO_COMPACTION_REVISIONS), 0),
+    watchBufferBytes: integer('watch-buffer-bytes', values['watch-buffer-bytes'] ?? String(MAX_WATCH_BUFFER_BYTES), 1024),
     leveldbWriteBufferBytes: integer('leveldb-write-buffer-bytes', values['leveldb-write-buffer-bytes']!, 64 << 10),
     tls: tlsConfigFrom(values),
     authTokenTtlMs: integer('auth-token-ttl-ms', values['auth-token-ttl-ms'] ?? String(DEFAULT_AUTH_TOKEN_TTL_MS), 1),

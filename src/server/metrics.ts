@@ -297,6 +297,10 @@ class TimedStateMachine implements StateMachine, SnapshottingFsm<CommandResult> 
     return this.inner.get(key);
   }
 
+  getAt(key: Uint8Array) {
+    return this.inner.getAt(key);
+  }
+
   range(options: Parameters<StateMachine['range']>[0]) {
     return this.inner.range(options);
   }

@@ -26,6 +26,7 @@ import { GrpcPeerTransport, IncomingPeerStreams, peerMaxMessageBytes } from './p
 import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdentityStats, PLAINTEXT_WARNING, plaintextNetworkPorts } from './tls';
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
+import { NodeWatch } from './watch';
 import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
 import { AuthGate } from './auth';
 
@@ -62,6 +63,8 @@ interface GuardedServer {
 /** One running cairn node: its database, its Raft replica, and its two gRPC servers. */
 export class CairnNode {
   private ticker: NodeJS.Timeout | undefined;
+  /** The Watch service and its hub (src/server/watch.ts). */
+  private watch: NodeWatch | undefined;
   private lastRole = '';
   private lastTerm = -1;
   private lastLeader = -1;
@@ -140,12 +143,13 @@ export class CairnNode {
       onPeerLost: (peer) => node?.replica.peerConnectionLost(peer),
       onDropped: (peer, count) => metrics.countDropped(peer, count),
     }, security.peerChannelCredentials);
+    let kvStateMachine!: KvStateMachine;
     const replica = await openKvReplica({
       config: raftConfig(config, bootstrap),
       // Links to a new member open as soon as its entry is appended, not a tick later.
       onConfigChange: () => node?.followConfig(),
       storage: metrics.instrumentStorage(new LevelRaftStorage(db)),
-      stateMachine: metrics.instrumentStateMachine(await KvStateMachine.open(db, undefined, config.stateCacheBytes)),
+      stateMachine: metrics.instrumentStateMachine((kvStateMachine = await KvStateMachine.open(db, undefined, config.stateCacheBytes))),
       transport: {
         send: (messages) => {
           for (const m of messages) if (m.body?.$case === 'heartbeatRequest') metrics.noteHeartbeatSent(m.to);
@@ -200,6 +204,7 @@ export class CairnNode {
     clientServer.addService(gatewayServices.kv.definition, gatewayServices.kv.implementation);
     clientServer.addService(gatewayServices.auth.definition, gatewayServices.auth.implementation);
     clientServer.addService(gatewayServices.cluster.definition, gatewayServices.cluster.implementation);
+    const watch = NodeWatch.attach(clientServer, context, kvStateMachine, config);
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
@@ -221,6 +226,7 @@ export class CairnNode {
     );
     const started = node;
     started.transportSecurity = security;
+    started.watch = watch;
     started.peerIdentityStats = peerIdentityStats;
     security.watch();
     const plaintext = plaintextNetworkPorts(config);
@@ -336,6 +342,7 @@ export class CairnNode {
     this.promotion.abort();
     await this.handOverLeadership();
     this.logger.info('shutting down: no new requests; finishing those in flight');
+    this.watch?.close();
     const clientServer = await shutdownServer(this.clientServer);
     clearInterval(this.ticker);
     await this.replica.stop();
@@ -539,7 +546,7 @@ function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): HealthImplementation {
-  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'grpc.health.v1.Health']);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'cairn.kv.v1.Watch', 'grpc.health.v1.Health']);
   return addHealth(server);
 }
 

@@ -3,6 +3,7 @@ import {
   ClusterServer,
   Command,
   CommandResult,
+  CompactResponse,
   Consistency,
   DeleteResponse,
   KVServer,
@@ -126,7 +127,7 @@ export function withLenientDecoding<T extends Record<string, { path: string; req
   return copy as T;
 }
 
-function malformedError(message: unknown): CairnError | undefined {
+export function malformedError(message: unknown): CairnError | undefined {
   const malformed = (message as Partial<Malformed> | undefined)?.[MALFORMED];
   return malformed === undefined ? undefined : new CairnError(ErrorCode.INVALID_ARGUMENT, malformed);
 }
@@ -244,8 +245,8 @@ export function kvService(context: ServiceContext): KVServer {
       await readBarrier(context, request.consistency, scope);
       // Again under the state the barrier caught up with: a permission revoked meanwhile holds.
       gate.requireKey(call, 'read', request.key);
-      const kv = await context.replica.stateMachine.get(request.key);
-      return { header: header(context), kv };
+      const { kv, revision } = await context.replica.stateMachine.getAt(request.key);
+      return { header: header(context, revision), kv };
     }),
     txn: unary(async (request, scope, _metadata, call) => {
       validateTxn(request, context.limits);
@@ -261,10 +262,26 @@ export function kvService(context: ServiceContext): KVServer {
       gate.requireRange(call, range.start, range.end);
       await readBarrier(context, request.consistency, scope);
       gate.requireRange(call, range.start, range.end);
-      const { kvs, more } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
-      return { header: header(context), kvs, more };
+      const { kvs, more, revision } = await context.replica.stateMachine.range({ ...range, keysOnly: request.keysOnly, maxBytes: context.limits.maxRangeBytes });
+      return { header: header(context, revision), kvs, more };
+    }),
+    compact: unary(async (request, scope, _metadata, call) => {
+      const caller = gate.requireRoot(call, 'Compact');
+      return compactTo(request.revision, (op) => write(op, scope, caller), context);
     }),
   };
+}
+
+/**
+ * Compacts to `revision` in commands of at most MAX_COMPACT_REVISIONS_PER_COMMAND revisions
+ * each (the apply clamps; its answer says how far it got), so no apply batch does unbounded work.
+ */
+export async function compactTo(revision: number, write: (op: Command['op']) => Promise<CommandResult>, context: ServiceContext): Promise<CompactResponse> {
+  for (;;) {
+    const result = await write({ $case: 'compact', value: { revision } });
+    const reached = result.op?.$case === 'compact' ? result.op.value.compactRevision : revision;
+    if (reached >= revision) return { header: header(context, result.revision), compactRevision: reached };
+  }
 }
 
 export function clusterService(context: ServiceContext): ClusterServer {

@@ -10,6 +10,8 @@ export const COMMIT_INDEX_METADATA = 'cairn-commit-index';
 
 const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.INVALID_ARGUMENT]: Status.INVALID_ARGUMENT,
+  [ErrorCode.COMPACTED]: Status.INVALID_ARGUMENT,
+  [ErrorCode.FUTURE_REVISION]: Status.INVALID_ARGUMENT,
   [ErrorCode.NOT_LEADER]: Status.UNAVAILABLE,
   [ErrorCode.OVERLOADED]: Status.RESOURCE_EXHAUSTED,
   [ErrorCode.PROPOSAL_DROPPED]: Status.UNAVAILABLE,

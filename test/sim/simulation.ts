@@ -6,6 +6,7 @@ import { ErrorCode, isCairnError } from '../../src/errors';
 import { assert } from '../../src/assert';
 import { DEFAULT_SESSION_LIMITS, SessionLimits } from '../../src/kv/sessions';
 import { ApplyOutcome, KvStateMachine, StateMachine } from '../../src/kv/state-machine';
+import { CANCEL_REASON_SNAPSHOT, WatchHub } from '../../src/kv/watch-hub';
 import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { FsmRestore, FsmSnapshot } from '../../src/node/fsm';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftConfig } from '../../src/raft/node';
@@ -173,6 +174,11 @@ interface SimNode {
   everMember: boolean;
   /** Shut down for good: a committed configuration no longer holds it. */
   removed: boolean;
+  /**
+   * The node's watcher (every key, from revision 1): the next revision it must see. A client
+   * resume point, so it outlives incarnations: each start watches again from it.
+   */
+  watchNext: number;
 }
 
 /** A tail churn in progress: the leader now cut off, and the term it led. */
@@ -463,6 +469,9 @@ export class Simulation {
     if (this.trace.length < MAX_TRACE_LINES) this.trace.push(`[t${(this.now / UNITS_PER_TICK).toFixed(1)}] ${line}`);
   }
 
+  /** Each revision's events as the first node's watch saw them (see watchNode). */
+  private readonly watchedEvents = new Map<number, string>();
+
   private fail(message: string): void {
     this.failure ??= message;
     this.log(`FAILURE: ${message}`);
@@ -487,7 +496,9 @@ export class Simulation {
     const incarnation = node.incarnation;
     if (incarnation > 1) this.options.beforeRestart?.(node.id);
     const db = await node.disk.open();
-    const stateMachine = new CheckedStateMachine(await KvStateMachine.open(db, this.sessionLimits), db, {
+    const kvStateMachine = await KvStateMachine.open(db, this.sessionLimits);
+    this.watchNode(node, incarnation, kvStateMachine);
+    const stateMachine = new CheckedStateMachine(kvStateMachine, db, {
       onApply: (entry) => this.checkApplied(node, entry),
       onState: (index, digest) => this.checkDigest(`node ${node.id}`, index, digest),
       beforeSwitch: () => this.maybeCrashInRestore(node, incarnation, 'before', this.snapshotProfile.crashBeforeSwitchRate),
@@ -517,6 +528,51 @@ export class Simulation {
     }
     Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
+  }
+
+  /**
+   * Every node serves a watch of every key from its own state (as a follower serves one),
+   * checked as it goes: each revision arrives once, in order, with no gap (every revision has
+   * at least one event), and with the same events on every node (`watchedEvents`). A watch
+   * canceled by a snapshot install, or ended by a crash, starts again from the next revision.
+   */
+  private watchNode(node: SimNode, incarnation: number, stateMachine: KvStateMachine): void {
+    const hub = new WatchHub(stateMachine);
+    stateMachine.setHistoryListener(hub);
+    const stream = hub.openStream();
+    const watch = () => stream.create({ start: Buffer.alloc(0), end: undefined, startRevision: node.watchNext, prevKv: true, progressNotify: false });
+    let watchId = watch();
+    stream.onReadable = () => {
+      for (let response = stream.shift(); response; response = stream.shift()) {
+        if (node.incarnation !== incarnation) return;
+        if (response.canceled) {
+          if (response.watchId !== watchId) continue;
+          if (response.cancelReason !== CANCEL_REASON_SNAPSHOT) this.fail(`node ${node.id}: its watch was canceled: ${response.cancelReason}`);
+          watchId = watch();
+          continue;
+        }
+        let revision = 0;
+        let text = '';
+        const flush = () => {
+          if (revision === 0) return;
+          if (revision !== node.watchNext) this.fail(`node ${node.id}: watch saw revision ${revision} after ${node.watchNext - 1} (a gap, a duplicate or out of order)`);
+          node.watchNext = revision + 1;
+          const known = this.watchedEvents.get(revision);
+          if (known === undefined) this.watchedEvents.set(revision, text);
+          else if (known !== text) this.fail(`node ${node.id}: watch events of revision ${revision} differ from another node's: ${text} vs ${known}`);
+        };
+        for (const event of response.events) {
+          const at = event.kv!.modRevision;
+          if (at !== revision) {
+            flush();
+            revision = at;
+            text = '';
+          }
+          text += `${event.type}:${Buffer.from(event.kv!.key).toString('hex')}=${Buffer.from(event.kv!.value).toString('hex')}/${event.prevKv ? Buffer.from(event.prevKv.value).toString('hex') : '-'};`;
+        }
+        flush();
+      }
+    };
   }
 
   /**
@@ -912,7 +968,7 @@ export class Simulation {
 
   private newSimNode(id: NodeId, joined: boolean): SimNode {
     const disk = new SimDisk(() => this.sleep(1 + this.rand.int(4)));
-    return { id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0, joined, everMember: !joined, removed: false };
+    return { id, disk, up: false, starting: false, incarnation: 0, checkedCommit: 0, lastRole: '', lastTerm: 0, lastCommitTerm: 0, joined, everMember: !joined, removed: false, watchNext: 1 };
   }
 
   private scheduleMembership(): void {
@@ -1521,6 +1577,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.get(key);
   }
 
+  getAt(key: Uint8Array) {
+    return this.inner.getAt(key);
+  }
+
   range(options: Parameters<StateMachine['range']>[0]) {
     return this.inner.range(options);
   }
@@ -1589,6 +1649,7 @@ async function stateDigest(db: Db): Promise<string> {
   for await (const [key, value] of db.entries('kv')) hash.update('k').update(key).update(value);
   for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
   for await (const [key, value] of db.entries('auth')) hash.update('a').update(key).update(value);
+  for await (const [key, value] of db.entries('history')) hash.update('h').update(key).update(value);
   return hash.digest('hex').slice(0, 16);
 }
 

@@ -10,9 +10,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -257,6 +259,46 @@ export function permissionTypeToJSON(object: PermissionType): string {
     case PermissionType.PERMISSION_TYPE_READWRITE:
       return "PERMISSION_TYPE_READWRITE";
     case PermissionType.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** EventType is what happened to a key. */
+export enum EventType {
+  EVENT_TYPE_UNSPECIFIED = 0,
+  EVENT_TYPE_PUT = 1,
+  EVENT_TYPE_DELETE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function eventTypeFromJSON(object: any): EventType {
+  switch (object) {
+    case 0:
+    case "EVENT_TYPE_UNSPECIFIED":
+      return EventType.EVENT_TYPE_UNSPECIFIED;
+    case 1:
+    case "EVENT_TYPE_PUT":
+      return EventType.EVENT_TYPE_PUT;
+    case 2:
+    case "EVENT_TYPE_DELETE":
+      return EventType.EVENT_TYPE_DELETE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return EventType.UNRECOGNIZED;
+  }
+}
+
+export function eventTypeToJSON(object: EventType): string {
+  switch (object) {
+    case EventType.EVENT_TYPE_UNSPECIFIED:
+      return "EVENT_TYPE_UNSPECIFIED";
+    case EventType.EVENT_TYPE_PUT:
+      return "EVENT_TYPE_PUT";
+    case EventType.EVENT_TYPE_DELETE:
+      return "EVENT_TYPE_DELETE";
+    case EventType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
@@ -587,6 +629,9 @@ export interface Command {
     /** A change to users, roles or auth itself (see service Auth). */
     { $case: "auth"; value: AuthCommand }
     | { $case: "txn"; value: TxnRequest }
+    | //
+    /** Drops history below a revision (see KV.Compact). */
+    { $case: "compact"; value: CompactRequest }
     | undefined;
   /**
    * With auth enabled: the user the receiving node authenticated for this put or delete
@@ -627,6 +672,7 @@ export interface CommandResult {
     | { $case: "put"; value: PutResponse }
     | { $case: "delete"; value: DeleteResponse }
     | { $case: "txn"; value: TxnResponse }
+    | { $case: "compact"; value: CompactResponse }
     | undefined;
   /**
    * Set when the command was refused inside apply (and changed nothing); the same on
@@ -869,6 +915,105 @@ export interface AuthCommand {
     | { $case: "authEnable"; value: AuthEnable }
     | { $case: "authDisable"; value: AuthDisableRequest }
     | undefined;
+}
+
+/** CompactRequest names the oldest revision whose history is kept. */
+export interface CompactRequest {
+  /**
+   * History below this revision is dropped. At most the store's revision, at least the
+   * revision compacted to before (else INVALID_ARGUMENT, cairn-error-code FUTURE_REVISION
+   * or COMPACTED).
+   */
+  revision: number;
+}
+
+/** CompactResponse answers a CompactRequest once the compaction applied. */
+export interface CompactResponse {
+  header?:
+    | ResponseHeader
+    | undefined;
+  /** The revision the history now starts at (events below it are gone). */
+  compactRevision: number;
+}
+
+/** WatchRequest is one request on a Watch stream. */
+export interface WatchRequest {
+  requestUnion?:
+    | { $case: "createRequest"; value: WatchCreateRequest }
+    | { $case: "cancelRequest"; value: WatchCancelRequest }
+    | { $case: "progressRequest"; value: WatchProgressRequest }
+    | undefined;
+}
+
+/**
+ * WatchCreateRequest starts a watch. The keys are chosen as in RangeRequest (key;
+ * key with range_end; key with prefix).
+ */
+export interface WatchCreateRequest {
+  key: Buffer;
+  rangeEnd: Buffer;
+  prefix: boolean;
+  /**
+   * The first revision to report (the history is replayed from it, then live events
+   * follow); 0 = from the next write on. Below the compacted revision: the watch is
+   * answered with canceled, compact_revision and a cancel_reason saying so.
+   */
+  startRevision: number;
+  /** Each event also carries the key's value before it. */
+  prevKv: boolean;
+  /**
+   * Send a response with no events (a progress notification) when the watch has been
+   * idle for a while: its header revision says every event up to it was sent.
+   */
+  progressNotify: boolean;
+}
+
+/** WatchCancelRequest ends a watch of this stream. */
+export interface WatchCancelRequest {
+  watchId: number;
+}
+
+/** WatchProgressRequest asks for a progress notification on every watch of the stream. */
+export interface WatchProgressRequest {
+}
+
+/** Event is one change of one key. */
+export interface Event {
+  type: EventType;
+  /**
+   * For a put, the key as written; for a delete, the key with mod_revision set to the
+   * delete's revision and nothing else.
+   */
+  kv?:
+    | KeyValue
+    | undefined;
+  /** With prev_kv: the key before this event (absent for a key created by it). */
+  prevKv?: KeyValue | undefined;
+}
+
+/** WatchResponse is a watch's creation, cancellation, events or progress. */
+export interface WatchResponse {
+  /**
+   * revision: every event of the watch up to it has been sent (for an events response,
+   * at least the last event's revision).
+   */
+  header?:
+    | ResponseHeader
+    | undefined;
+  /** The watch this answers (0 for a progress response to a WatchProgressRequest). */
+  watchId: number;
+  /** The watch was created (the first response of each watch). */
+  created: boolean;
+  /**
+   * The watch ended; cancel_reason says why (canceled by the client, compacted, too slow,
+   * the node installed a snapshot, ...).
+   */
+  canceled: boolean;
+  /** Set when the watch's start revision was compacted: the oldest revision still held. */
+  compactRevision: number;
+  cancelReason: string;
+  /** In revision order (several events of one revision: in the order the write made them). */
+  events: Event[];
 }
 
 function createBaseMember(): Member {
@@ -4578,6 +4723,9 @@ export const Command: MessageFns<Command> = {
       case "txn":
         TxnRequest.encode(message.op.value, writer.uint32(58).fork()).join();
         break;
+      case "compact":
+        CompactRequest.encode(message.op.value, writer.uint32(66).fork()).join();
+        break;
     }
     if (message.authUser !== undefined) {
       writer.uint32(42).string(message.authUser);
@@ -4636,6 +4784,14 @@ export const Command: MessageFns<Command> = {
             message.op = { $case: "txn", value: TxnRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.op = { $case: "compact", value: CompactRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 5: {
             if (tag !== 42) {
               break;
@@ -4682,6 +4838,8 @@ export const Command: MessageFns<Command> = {
         ? { $case: "auth", value: AuthCommand.fromJSON(object.auth) }
         : isSet(object.txn)
         ? { $case: "txn", value: TxnRequest.fromJSON(object.txn) }
+        : isSet(object.compact)
+        ? { $case: "compact", value: CompactRequest.fromJSON(object.compact) }
         : undefined,
       authUser: isSet(object.authUser)
         ? globalThis.String(object.authUser)
@@ -4711,6 +4869,8 @@ export const Command: MessageFns<Command> = {
       obj.auth = AuthCommand.toJSON(message.op.value);
     } else if (message.op?.$case === "txn") {
       obj.txn = TxnRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "compact") {
+      obj.compact = CompactRequest.toJSON(message.op.value);
     }
     if (message.authUser !== undefined) {
       obj.authUser = message.authUser;
@@ -4754,6 +4914,12 @@ export const Command: MessageFns<Command> = {
         }
         break;
       }
+      case "compact": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "compact", value: CompactRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
     }
     message.authUser = object.authUser ?? undefined;
     message.authPasswordIndex = object.authPasswordIndex ?? undefined;
@@ -4780,6 +4946,9 @@ export const CommandResult: MessageFns<CommandResult> = {
         break;
       case "txn":
         TxnResponse.encode(message.op.value, writer.uint32(42).fork()).join();
+        break;
+      case "compact":
+        CompactResponse.encode(message.op.value, writer.uint32(50).fork()).join();
         break;
     }
     if (message.error !== undefined) {
@@ -4833,6 +5002,14 @@ export const CommandResult: MessageFns<CommandResult> = {
             message.op = { $case: "txn", value: TxnResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.op = { $case: "compact", value: CompactResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 4: {
             if (tag !== 34) {
               break;
@@ -4862,6 +5039,8 @@ export const CommandResult: MessageFns<CommandResult> = {
         ? { $case: "delete", value: DeleteResponse.fromJSON(object.delete) }
         : isSet(object.txn)
         ? { $case: "txn", value: TxnResponse.fromJSON(object.txn) }
+        : isSet(object.compact)
+        ? { $case: "compact", value: CompactResponse.fromJSON(object.compact) }
         : undefined,
       error: isSet(object.error) ? CommandError.fromJSON(object.error) : undefined,
     };
@@ -4878,6 +5057,8 @@ export const CommandResult: MessageFns<CommandResult> = {
       obj.delete = DeleteResponse.toJSON(message.op.value);
     } else if (message.op?.$case === "txn") {
       obj.txn = TxnResponse.toJSON(message.op.value);
+    } else if (message.op?.$case === "compact") {
+      obj.compact = CompactResponse.toJSON(message.op.value);
     }
     if (message.error !== undefined) {
       obj.error = CommandError.toJSON(message.error);
@@ -4907,6 +5088,12 @@ export const CommandResult: MessageFns<CommandResult> = {
       case "txn": {
         if (object.op?.value !== undefined && object.op?.value !== null) {
           message.op = { $case: "txn", value: TxnResponse.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "compact": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "compact", value: CompactResponse.fromPartial(object.op.value) };
         }
         break;
       }
@@ -8190,6 +8377,901 @@ export const AuthCommand: MessageFns<AuthCommand> = {
   },
 };
 
+function createBaseCompactRequest(): CompactRequest {
+  return { revision: 0 };
+}
+
+export const CompactRequest: MessageFns<CompactRequest> = {
+  encode(message: CompactRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0) {
+      writer.uint32(8).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompactRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompactRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompactRequest {
+    return { revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0 };
+  },
+
+  toJSON(message: CompactRequest): unknown {
+    const obj: any = {};
+    if (message.revision !== 0) {
+      obj.revision = Math.round(message.revision);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CompactRequest>): CompactRequest {
+    return CompactRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CompactRequest>): CompactRequest {
+    const message = createBaseCompactRequest();
+    message.revision = object.revision ?? 0;
+    return message;
+  },
+};
+
+function createBaseCompactResponse(): CompactResponse {
+  return { header: undefined, compactRevision: 0 };
+}
+
+export const CompactResponse: MessageFns<CompactResponse> = {
+  encode(message: CompactResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.compactRevision !== 0) {
+      writer.uint32(16).uint64(message.compactRevision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompactResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompactResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.compactRevision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompactResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      compactRevision: isSet(object.compactRevision)
+        ? globalThis.Number(object.compactRevision)
+        : isSet(object.compact_revision)
+        ? globalThis.Number(object.compact_revision)
+        : 0,
+    };
+  },
+
+  toJSON(message: CompactResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.compactRevision !== 0) {
+      obj.compactRevision = Math.round(message.compactRevision);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CompactResponse>): CompactResponse {
+    return CompactResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CompactResponse>): CompactResponse {
+    const message = createBaseCompactResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.compactRevision = object.compactRevision ?? 0;
+    return message;
+  },
+};
+
+function createBaseWatchRequest(): WatchRequest {
+  return { requestUnion: undefined };
+}
+
+export const WatchRequest: MessageFns<WatchRequest> = {
+  encode(message: WatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.requestUnion?.$case) {
+      case "createRequest":
+        WatchCreateRequest.encode(message.requestUnion.value, writer.uint32(10).fork()).join();
+        break;
+      case "cancelRequest":
+        WatchCancelRequest.encode(message.requestUnion.value, writer.uint32(18).fork()).join();
+        break;
+      case "progressRequest":
+        WatchProgressRequest.encode(message.requestUnion.value, writer.uint32(26).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestUnion = {
+              $case: "createRequest",
+              value: WatchCreateRequest.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestUnion = {
+              $case: "cancelRequest",
+              value: WatchCancelRequest.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requestUnion = {
+              $case: "progressRequest",
+              value: WatchProgressRequest.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchRequest {
+    return {
+      requestUnion: isSet(object.createRequest)
+        ? { $case: "createRequest", value: WatchCreateRequest.fromJSON(object.createRequest) }
+        : isSet(object.create_request)
+        ? { $case: "createRequest", value: WatchCreateRequest.fromJSON(object.create_request) }
+        : isSet(object.cancelRequest)
+        ? { $case: "cancelRequest", value: WatchCancelRequest.fromJSON(object.cancelRequest) }
+        : isSet(object.cancel_request)
+        ? { $case: "cancelRequest", value: WatchCancelRequest.fromJSON(object.cancel_request) }
+        : isSet(object.progressRequest)
+        ? { $case: "progressRequest", value: WatchProgressRequest.fromJSON(object.progressRequest) }
+        : isSet(object.progress_request)
+        ? { $case: "progressRequest", value: WatchProgressRequest.fromJSON(object.progress_request) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: WatchRequest): unknown {
+    const obj: any = {};
+    if (message.requestUnion?.$case === "createRequest") {
+      obj.createRequest = WatchCreateRequest.toJSON(message.requestUnion.value);
+    } else if (message.requestUnion?.$case === "cancelRequest") {
+      obj.cancelRequest = WatchCancelRequest.toJSON(message.requestUnion.value);
+    } else if (message.requestUnion?.$case === "progressRequest") {
+      obj.progressRequest = WatchProgressRequest.toJSON(message.requestUnion.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchRequest>): WatchRequest {
+    return WatchRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchRequest>): WatchRequest {
+    const message = createBaseWatchRequest();
+    switch (object.requestUnion?.$case) {
+      case "createRequest": {
+        if (object.requestUnion?.value !== undefined && object.requestUnion?.value !== null) {
+          message.requestUnion = {
+            $case: "createRequest",
+            value: WatchCreateRequest.fromPartial(object.requestUnion.value),
+          };
+        }
+        break;
+      }
+      case "cancelRequest": {
+        if (object.requestUnion?.value !== undefined && object.requestUnion?.value !== null) {
+          message.requestUnion = {
+            $case: "cancelRequest",
+            value: WatchCancelRequest.fromPartial(object.requestUnion.value),
+          };
+        }
+        break;
+      }
+      case "progressRequest": {
+        if (object.requestUnion?.value !== undefined && object.requestUnion?.value !== null) {
+          message.requestUnion = {
+            $case: "progressRequest",
+            value: WatchProgressRequest.fromPartial(object.requestUnion.value),
+          };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseWatchCreateRequest(): WatchCreateRequest {
+  return {
+    key: Buffer.alloc(0),
+    rangeEnd: Buffer.alloc(0),
+    prefix: false,
+    startRevision: 0,
+    prevKv: false,
+    progressNotify: false,
+  };
+}
+
+export const WatchCreateRequest: MessageFns<WatchCreateRequest> = {
+  encode(message: WatchCreateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key.length !== 0) {
+      writer.uint32(10).bytes(message.key);
+    }
+    if (message.rangeEnd.length !== 0) {
+      writer.uint32(18).bytes(message.rangeEnd);
+    }
+    if (message.prefix !== false) {
+      writer.uint32(24).bool(message.prefix);
+    }
+    if (message.startRevision !== 0) {
+      writer.uint32(32).uint64(message.startRevision);
+    }
+    if (message.prevKv !== false) {
+      writer.uint32(40).bool(message.prevKv);
+    }
+    if (message.progressNotify !== false) {
+      writer.uint32(48).bool(message.progressNotify);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchCreateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchCreateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.rangeEnd = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.prefix = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.startRevision = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.prevKv = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.progressNotify = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchCreateRequest {
+    return {
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      rangeEnd: isSet(object.rangeEnd)
+        ? Buffer.from(bytesFromBase64(object.rangeEnd))
+        : isSet(object.range_end)
+        ? Buffer.from(bytesFromBase64(object.range_end))
+        : Buffer.alloc(0),
+      prefix: isSet(object.prefix) ? globalThis.Boolean(object.prefix) : false,
+      startRevision: isSet(object.startRevision)
+        ? globalThis.Number(object.startRevision)
+        : isSet(object.start_revision)
+        ? globalThis.Number(object.start_revision)
+        : 0,
+      prevKv: isSet(object.prevKv)
+        ? globalThis.Boolean(object.prevKv)
+        : isSet(object.prev_kv)
+        ? globalThis.Boolean(object.prev_kv)
+        : false,
+      progressNotify: isSet(object.progressNotify)
+        ? globalThis.Boolean(object.progressNotify)
+        : isSet(object.progress_notify)
+        ? globalThis.Boolean(object.progress_notify)
+        : false,
+    };
+  },
+
+  toJSON(message: WatchCreateRequest): unknown {
+    const obj: any = {};
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.rangeEnd.length !== 0) {
+      obj.rangeEnd = base64FromBytes(message.rangeEnd);
+    }
+    if (message.prefix !== false) {
+      obj.prefix = message.prefix;
+    }
+    if (message.startRevision !== 0) {
+      obj.startRevision = Math.round(message.startRevision);
+    }
+    if (message.prevKv !== false) {
+      obj.prevKv = message.prevKv;
+    }
+    if (message.progressNotify !== false) {
+      obj.progressNotify = message.progressNotify;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchCreateRequest>): WatchCreateRequest {
+    return WatchCreateRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchCreateRequest>): WatchCreateRequest {
+    const message = createBaseWatchCreateRequest();
+    message.key = object.key ?? Buffer.alloc(0);
+    message.rangeEnd = object.rangeEnd ?? Buffer.alloc(0);
+    message.prefix = object.prefix ?? false;
+    message.startRevision = object.startRevision ?? 0;
+    message.prevKv = object.prevKv ?? false;
+    message.progressNotify = object.progressNotify ?? false;
+    return message;
+  },
+};
+
+function createBaseWatchCancelRequest(): WatchCancelRequest {
+  return { watchId: 0 };
+}
+
+export const WatchCancelRequest: MessageFns<WatchCancelRequest> = {
+  encode(message: WatchCancelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.watchId !== 0) {
+      writer.uint32(8).uint64(message.watchId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchCancelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchCancelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.watchId = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchCancelRequest {
+    return {
+      watchId: isSet(object.watchId)
+        ? globalThis.Number(object.watchId)
+        : isSet(object.watch_id)
+        ? globalThis.Number(object.watch_id)
+        : 0,
+    };
+  },
+
+  toJSON(message: WatchCancelRequest): unknown {
+    const obj: any = {};
+    if (message.watchId !== 0) {
+      obj.watchId = Math.round(message.watchId);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchCancelRequest>): WatchCancelRequest {
+    return WatchCancelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchCancelRequest>): WatchCancelRequest {
+    const message = createBaseWatchCancelRequest();
+    message.watchId = object.watchId ?? 0;
+    return message;
+  },
+};
+
+function createBaseWatchProgressRequest(): WatchProgressRequest {
+  return {};
+}
+
+export const WatchProgressRequest: MessageFns<WatchProgressRequest> = {
+  encode(_: WatchProgressRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchProgressRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchProgressRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): WatchProgressRequest {
+    return {};
+  },
+
+  toJSON(_: WatchProgressRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchProgressRequest>): WatchProgressRequest {
+    return WatchProgressRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<WatchProgressRequest>): WatchProgressRequest {
+    const message = createBaseWatchProgressRequest();
+    return message;
+  },
+};
+
+function createBaseEvent(): Event {
+  return { type: 0, kv: undefined, prevKv: undefined };
+}
+
+export const Event: MessageFns<Event> = {
+  encode(message: Event, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.kv !== undefined) {
+      KeyValue.encode(message.kv, writer.uint32(18).fork()).join();
+    }
+    if (message.prevKv !== undefined) {
+      KeyValue.encode(message.prevKv, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Event {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kv = KeyValue.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.prevKv = KeyValue.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Event {
+    return {
+      type: isSet(object.type) ? eventTypeFromJSON(object.type) : 0,
+      kv: isSet(object.kv) ? KeyValue.fromJSON(object.kv) : undefined,
+      prevKv: isSet(object.prevKv)
+        ? KeyValue.fromJSON(object.prevKv)
+        : isSet(object.prev_kv)
+        ? KeyValue.fromJSON(object.prev_kv)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Event): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = eventTypeToJSON(message.type);
+    }
+    if (message.kv !== undefined) {
+      obj.kv = KeyValue.toJSON(message.kv);
+    }
+    if (message.prevKv !== undefined) {
+      obj.prevKv = KeyValue.toJSON(message.prevKv);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Event>): Event {
+    return Event.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Event>): Event {
+    const message = createBaseEvent();
+    message.type = object.type ?? 0;
+    message.kv = (object.kv !== undefined && object.kv !== null) ? KeyValue.fromPartial(object.kv) : undefined;
+    message.prevKv = (object.prevKv !== undefined && object.prevKv !== null)
+      ? KeyValue.fromPartial(object.prevKv)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWatchResponse(): WatchResponse {
+  return {
+    header: undefined,
+    watchId: 0,
+    created: false,
+    canceled: false,
+    compactRevision: 0,
+    cancelReason: "",
+    events: [],
+  };
+}
+
+export const WatchResponse: MessageFns<WatchResponse> = {
+  encode(message: WatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.watchId !== 0) {
+      writer.uint32(16).uint64(message.watchId);
+    }
+    if (message.created !== false) {
+      writer.uint32(24).bool(message.created);
+    }
+    if (message.canceled !== false) {
+      writer.uint32(32).bool(message.canceled);
+    }
+    if (message.compactRevision !== 0) {
+      writer.uint32(40).uint64(message.compactRevision);
+    }
+    if (message.cancelReason !== "") {
+      writer.uint32(50).string(message.cancelReason);
+    }
+    for (const v of message.events) {
+      Event.encode(v!, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.watchId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.created = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.canceled = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.compactRevision = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.cancelReason = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.events.push(Event.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      watchId: isSet(object.watchId)
+        ? globalThis.Number(object.watchId)
+        : isSet(object.watch_id)
+        ? globalThis.Number(object.watch_id)
+        : 0,
+      created: isSet(object.created) ? globalThis.Boolean(object.created) : false,
+      canceled: isSet(object.canceled) ? globalThis.Boolean(object.canceled) : false,
+      compactRevision: isSet(object.compactRevision)
+        ? globalThis.Number(object.compactRevision)
+        : isSet(object.compact_revision)
+        ? globalThis.Number(object.compact_revision)
+        : 0,
+      cancelReason: isSet(object.cancelReason)
+        ? globalThis.String(object.cancelReason)
+        : isSet(object.cancel_reason)
+        ? globalThis.String(object.cancel_reason)
+        : "",
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => Event.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: WatchResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.watchId !== 0) {
+      obj.watchId = Math.round(message.watchId);
+    }
+    if (message.created !== false) {
+      obj.created = message.created;
+    }
+    if (message.canceled !== false) {
+      obj.canceled = message.canceled;
+    }
+    if (message.compactRevision !== 0) {
+      obj.compactRevision = Math.round(message.compactRevision);
+    }
+    if (message.cancelReason !== "") {
+      obj.cancelReason = message.cancelReason;
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => Event.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchResponse>): WatchResponse {
+    return WatchResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchResponse>): WatchResponse {
+    const message = createBaseWatchResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.watchId = object.watchId ?? 0;
+    message.created = object.created ?? false;
+    message.canceled = object.canceled ?? false;
+    message.compactRevision = object.compactRevision ?? 0;
+    message.cancelReason = object.cancelReason ?? "";
+    message.events = object.events?.map((e) => Event.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /**
  * KV reads and writes keys. Any node accepts any request; a follower forwards
  * writes and linearizable reads to the leader.
@@ -8249,6 +9331,20 @@ export const KVService = {
     responseSerialize: (value: TxnResponse): Buffer => Buffer.from(TxnResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): TxnResponse => TxnResponse.decode(value),
   },
+  /**
+   * Compact drops the history (service Watch) of the revisions below `revision`: a watch
+   * from an older revision is then refused as compacted. A log command, applied alike on
+   * every node.
+   */
+  compact: {
+    path: "/cairn.kv.v1.KV/Compact" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompactRequest): Buffer => Buffer.from(CompactRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompactRequest => CompactRequest.decode(value),
+    responseSerialize: (value: CompactResponse): Buffer => Buffer.from(CompactResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompactResponse => CompactResponse.decode(value),
+  },
 } as const;
 
 export interface KVServer extends UntypedServiceImplementation {
@@ -8265,6 +9361,12 @@ export interface KVServer extends UntypedServiceImplementation {
    * one log entry: atomically, with one revision for all its writes (as etcd's Txn).
    */
   txn: handleUnaryCall<TxnRequest, TxnResponse>;
+  /**
+   * Compact drops the history (service Watch) of the revisions below `revision`: a watch
+   * from an older revision is then refused as compacted. A log command, applied alike on
+   * every node.
+   */
+  compact: handleUnaryCall<CompactRequest, CompactResponse>;
 }
 
 export interface KVClient extends Client {
@@ -8341,6 +9443,26 @@ export interface KVClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TxnResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Compact drops the history (service Watch) of the revisions below `revision`: a watch
+   * from an older revision is then refused as compacted. A log command, applied alike on
+   * every node.
+   */
+  compact(
+    request: CompactRequest,
+    callback: (error: ServiceError | null, response: CompactResponse) => void,
+  ): ClientUnaryCall;
+  compact(
+    request: CompactRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompactResponse) => void,
+  ): ClientUnaryCall;
+  compact(
+    request: CompactRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompactResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -9087,6 +10209,51 @@ export interface AuthClient extends Client {
 export const AuthClient = makeGenericClientConstructor(AuthService, "cairn.kv.v1.Auth") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): AuthClient;
   service: typeof AuthService;
+  serviceName: string;
+};
+
+/**
+ * Watch streams the changes to a key, a range or a prefix, from any node: each node
+ * serves watches from its own applied state, in revision order, each event once.
+ */
+export type WatchService = typeof WatchService;
+export const WatchService = {
+  /**
+   * Watch takes create, cancel and progress requests on one stream, and answers with
+   * the watches' events; several watches share a stream.
+   */
+  watch: {
+    path: "/cairn.kv.v1.Watch/Watch" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchRequest): Buffer => Buffer.from(WatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchRequest => WatchRequest.decode(value),
+    responseSerialize: (value: WatchResponse): Buffer => Buffer.from(WatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchResponse => WatchResponse.decode(value),
+  },
+} as const;
+
+export interface WatchServer extends UntypedServiceImplementation {
+  /**
+   * Watch takes create, cancel and progress requests on one stream, and answers with
+   * the watches' events; several watches share a stream.
+   */
+  watch: handleBidiStreamingCall<WatchRequest, WatchResponse>;
+}
+
+export interface WatchClient extends Client {
+  /**
+   * Watch takes create, cancel and progress requests on one stream, and answers with
+   * the watches' events; several watches share a stream.
+   */
+  watch(): ClientDuplexStream<WatchRequest, WatchResponse>;
+  watch(options: Partial<CallOptions>): ClientDuplexStream<WatchRequest, WatchResponse>;
+  watch(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<WatchRequest, WatchResponse>;
+}
+
+export const WatchClient = makeGenericClientConstructor(WatchService, "cairn.kv.v1.Watch") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): WatchClient;
+  service: typeof WatchService;
   serviceName: string;
 };
 

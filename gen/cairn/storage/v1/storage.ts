@@ -6,7 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { PasswordHash, Permission } from "../../kv/v1/kv";
+import { EventType, eventTypeFromJSON, eventTypeToJSON, PasswordHash, Permission } from "../../kv/v1/kv";
 import { ClusterConfig, SnapshotMeta } from "../../raft/v1/raft";
 
 export const protobufPackage = "cairn.storage.v1";
@@ -148,6 +148,40 @@ export interface AuthUser {
 export interface AuthRole {
   name: string;
   permissions: Permission[];
+}
+
+/**
+ * HistoryEvent is stored in the `history` sublevel under an 8-byte big-endian revision
+ * followed by a 2-byte big-endian index within the revision (src/kv/watch-history.ts).
+ */
+export interface HistoryEvent {
+  type: EventType;
+  key: Buffer;
+  /** For a put: the record the key got. */
+  record?:
+    | KeyRecord
+    | undefined;
+  /**
+   * The record the key had before (absent for a key the event created). Only in memory,
+   * for live watchers: the stored event keeps prev_revision instead, so a value is stored
+   * once per write, not twice.
+   */
+  prev?:
+    | KeyRecord
+    | undefined;
+  /**
+   * The revision of the key's previous record (0: the event created the key): a replay
+   * with prev_kv reads the previous record from that revision's events, while not compacted.
+   */
+  prevRevision: number;
+}
+
+/**
+ * HistoryCompacted is stored in the `history` sublevel under the all-zero key (revision 0
+ * holds no events): history below `revision` was dropped.
+ */
+export interface HistoryCompacted {
+  revision: number;
 }
 
 function createBaseKeyRecord(): KeyRecord {
@@ -1444,6 +1478,212 @@ export const AuthRole: MessageFns<AuthRole> = {
     const message = createBaseAuthRole();
     message.name = object.name ?? "";
     message.permissions = object.permissions?.map((e) => Permission.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseHistoryEvent(): HistoryEvent {
+  return { type: 0, key: Buffer.alloc(0), record: undefined, prev: undefined, prevRevision: 0 };
+}
+
+export const HistoryEvent: MessageFns<HistoryEvent> = {
+  encode(message: HistoryEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.key.length !== 0) {
+      writer.uint32(18).bytes(message.key);
+    }
+    if (message.record !== undefined) {
+      KeyRecord.encode(message.record, writer.uint32(26).fork()).join();
+    }
+    if (message.prev !== undefined) {
+      KeyRecord.encode(message.prev, writer.uint32(34).fork()).join();
+    }
+    if (message.prevRevision !== 0) {
+      writer.uint32(40).uint64(message.prevRevision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HistoryEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHistoryEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.key = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.record = KeyRecord.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prev = KeyRecord.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.prevRevision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HistoryEvent {
+    return {
+      type: isSet(object.type) ? eventTypeFromJSON(object.type) : 0,
+      key: isSet(object.key) ? Buffer.from(bytesFromBase64(object.key)) : Buffer.alloc(0),
+      record: isSet(object.record) ? KeyRecord.fromJSON(object.record) : undefined,
+      prev: isSet(object.prev) ? KeyRecord.fromJSON(object.prev) : undefined,
+      prevRevision: isSet(object.prevRevision)
+        ? globalThis.Number(object.prevRevision)
+        : isSet(object.prev_revision)
+        ? globalThis.Number(object.prev_revision)
+        : 0,
+    };
+  },
+
+  toJSON(message: HistoryEvent): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = eventTypeToJSON(message.type);
+    }
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.record !== undefined) {
+      obj.record = KeyRecord.toJSON(message.record);
+    }
+    if (message.prev !== undefined) {
+      obj.prev = KeyRecord.toJSON(message.prev);
+    }
+    if (message.prevRevision !== 0) {
+      obj.prevRevision = Math.round(message.prevRevision);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HistoryEvent>): HistoryEvent {
+    return HistoryEvent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HistoryEvent>): HistoryEvent {
+    const message = createBaseHistoryEvent();
+    message.type = object.type ?? 0;
+    message.key = object.key ?? Buffer.alloc(0);
+    message.record = (object.record !== undefined && object.record !== null)
+      ? KeyRecord.fromPartial(object.record)
+      : undefined;
+    message.prev = (object.prev !== undefined && object.prev !== null) ? KeyRecord.fromPartial(object.prev) : undefined;
+    message.prevRevision = object.prevRevision ?? 0;
+    return message;
+  },
+};
+
+function createBaseHistoryCompacted(): HistoryCompacted {
+  return { revision: 0 };
+}
+
+export const HistoryCompacted: MessageFns<HistoryCompacted> = {
+  encode(message: HistoryCompacted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0) {
+      writer.uint32(8).uint64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HistoryCompacted {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHistoryCompacted();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HistoryCompacted {
+    return { revision: isSet(object.revision) ? globalThis.Number(object.revision) : 0 };
+  },
+
+  toJSON(message: HistoryCompacted): unknown {
+    const obj: any = {};
+    if (message.revision !== 0) {
+      obj.revision = Math.round(message.revision);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HistoryCompacted>): HistoryCompacted {
+    return HistoryCompacted.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HistoryCompacted>): HistoryCompacted {
+    const message = createBaseHistoryCompacted();
+    message.revision = object.revision ?? 0;
     return message;
   },
 };
