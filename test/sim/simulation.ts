@@ -194,6 +194,18 @@ interface TailChurn {
 
 class SimulationFailure extends Error {}
 
+/**
+ * Two nodes' events of one revision ("TYPE:KEY=VALUE/PREV;" each) agree: the same events,
+ * and the same previous value wherever both carry one (a replay leaves prev_kv out once the
+ * previous revision was compacted, as etcd does).
+ */
+function sameWatchEvents(a: string, b: string): boolean {
+  const split = (text: string) => text.split(';').filter(Boolean).map((event) => event.split('/') as [string, string]);
+  const x = split(a);
+  const y = split(b);
+  return x.length === y.length && x.every(([event, prev], i) => event === y[i]![0] && (prev === '-' || y[i]![1] === '-' || prev === y[i]![1]));
+}
+
 /** The auth nemesis's role, and the user each simulated client writes as. */
 const SIM_ROLE = 'writers';
 const simUser = (client: number) => `user-${client}`;
@@ -312,6 +324,12 @@ export class Simulation {
   /** The value each key was last seen to hold by any client (what a CAS expects). */
   private readonly lastSeen = new Map<string, string>();
   private readonly casStats = { swapped: 0, refused: 0 };
+  /**
+   * History kept when the compactor runs (it proposes Compact to the leader every so often,
+   * as --auto-compaction-revisions does); 0: none in this seed. Seeds that stream snapshots in
+   * small chunks always compact: the history travels in every snapshot.
+   */
+  private readonly historyKeepRevisions: number;
   /** Revocations the admin has proposed: before the first, every user may write every key. */
   private revokesProposed = 0;
   private readonly authStats = { changes: 0, deniedWrites: 0, notOwned: 0 };
@@ -359,6 +377,9 @@ export class Simulation {
     this.authRand = new SeededRandom(options.seed * 69_621 + 13);
     this.authEveryUnits = this.authRand.pick([0, 0, 60, 150]) * UNITS_PER_TICK;
     this.casEnabled = new SeededRandom(options.seed * 31_337 + 17).chance(0.5);
+    const compactRand = new SeededRandom(options.seed * 7_177 + 29);
+    const smallChunks = this.snapshotProfile.chunkBytes < 1 << 20;
+    this.historyKeepRevisions = smallChunks || compactRand.chance(0.3) ? 5 + compactRand.int(40) : 0;
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
@@ -397,6 +418,7 @@ export class Simulation {
       const clientCount = 2 + this.rand.int(4);
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       if (this.authEveryUnits > 0) void this.runAuthAdmin(clientCount);
+      if (this.historyKeepRevisions > 0) void this.runHistoryCompactor();
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -547,7 +569,14 @@ export class Simulation {
         if (node.incarnation !== incarnation) return;
         if (response.canceled) {
           if (response.watchId !== watchId) continue;
-          if (response.cancelReason !== CANCEL_REASON_SNAPSHOT) this.fail(`node ${node.id}: its watch was canceled: ${response.cancelReason}`);
+          // A watch restarted (after a crash) from a revision the compactor dropped resumes at
+          // the compaction point, as an etcd client re-syncs; anything else is a failure.
+          if (response.compactRevision > 0 && this.historyKeepRevisions > 0) {
+            this.log(`node ${node.id}: watch from ${node.watchNext} was compacted; resumes at ${response.compactRevision}`);
+            node.watchNext = Math.max(node.watchNext, response.compactRevision);
+          } else if (response.cancelReason !== CANCEL_REASON_SNAPSHOT) {
+            this.fail(`node ${node.id}: its watch was canceled: ${response.cancelReason}`);
+          }
           watchId = watch();
           continue;
         }
@@ -559,7 +588,7 @@ export class Simulation {
           node.watchNext = revision + 1;
           const known = this.watchedEvents.get(revision);
           if (known === undefined) this.watchedEvents.set(revision, text);
-          else if (known !== text) this.fail(`node ${node.id}: watch events of revision ${revision} differ from another node's: ${text} vs ${known}`);
+          else if (!sameWatchEvents(known, text)) this.fail(`node ${node.id}: watch events of revision ${revision} differ from another node's: ${text} vs ${known}`);
         };
         for (const event of response.events) {
           const at = event.kv!.modRevision;
@@ -1283,6 +1312,26 @@ export class Simulation {
       }
     } catch (err) {
       this.fail(`auth admin crashed: ${(err as Error).stack ?? err}`);
+    } finally {
+      this.clientsRunning--;
+    }
+  }
+
+  /** Every 20 ticks, asks the leader to compact the history to all but its last historyKeepRevisions revisions. */
+  private async runHistoryCompactor(): Promise<void> {
+    this.clientsRunning++;
+    try {
+      while (this.now < this.clientsStopUnits && !this.failure) {
+        await this.sleep(20 * UNITS_PER_TICK);
+        const replica = this.pickLeader();
+        const revision = (replica?.stateMachine.revision() ?? 0) - this.historyKeepRevisions;
+        if (!replica || revision <= 0) continue;
+        const command: Command = { op: { $case: 'compact', value: { revision } }, proposedAtUnixMs: 0, authUser: this.authEveryUnits > 0 ? 'root' : undefined };
+        const outcome = await this.withTimeout(replica.propose(command));
+        if (outcome.ok) this.log(`compactor: compact to ${revision} ${outcome.value.error ? `refused: ${outcome.value.error.code}` : 'ok'}`);
+      }
+    } catch (err) {
+      this.fail(`history compactor crashed: ${(err as Error).stack ?? err}`);
     } finally {
       this.clientsRunning--;
     }
