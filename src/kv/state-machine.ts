@@ -9,7 +9,8 @@ import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
-import { overlayRange, putRecord, runTxn, txnAccesses, txnPointKeys, TxnState } from './txn';
+import { overlayRange, putRecord, runTxn, txnAccesses, txnPointKeys, txnPuts, TxnState } from './txn';
+import { applyLeaseOp, isLeaseOp, LeaseBatch, LeaseTable, refuseTxnLeases } from './leases';
 
 /** What applying one log entry produced: a result for commands, nothing for no-ops. */
 export type ApplyOutcome = FsmApplyOutcome<CommandResult>;
@@ -45,6 +46,8 @@ export interface StateMachine extends Fsm<CommandResult> {
   range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean }>;
   /** The auth state as of the applied index (users, roles, permissions; src/kv/auth-state.ts). */
   authState(): AuthView;
+  /** The lease table as of the applied index (src/kv/leases.ts). */
+  leaseTable(): LeaseTable;
 }
 
 /**
@@ -83,6 +86,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     private readonly sessionLimits: SessionLimits,
     private readonly cache: RecordCache,
     private auth: AuthView,
+    private leases: LeaseTable,
   ) {
     this.applied = applied;
   }
@@ -90,7 +94,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   /** Every replica of a cluster must use the same session limits: they shape the replicated state. */
   static async open(db: Db, sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS, cacheBytes = DEFAULT_STATE_CACHE_BYTES): Promise<KvStateMachine> {
     checkSessionLimits(sessionLimits);
-    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db));
+    return new KvStateMachine(db, await loadApplied(db), await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await LeaseTable.load(db));
   }
 
   /**
@@ -115,6 +119,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.applied = applied;
         this.sessions = await SessionTable.load(this.db);
         this.auth = await AuthView.load(this.db);
+        this.leases = await LeaseTable.load(this.db);
         this.switching = false;
         this.restore = undefined;
         this.retire(generation - 1);
@@ -156,6 +161,10 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     return this.auth;
   }
 
+  leaseTable(): LeaseTable {
+    return this.leases;
+  }
+
   /** Log time: the highest leader stamp (proposed_at_unix_ms) applied so far. */
   logTimeUnixMs(): number {
     return this.applied.logTimeUnixMs;
@@ -181,7 +190,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth);
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth, new LeaseBatch(this.leases));
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
@@ -202,6 +211,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       decided?.(outcomes);
       await written;
       batch.writeThrough();
+      batch.leases.commit();
       this.applied = applied;
       this.auth = batch.auth;
     } finally {
@@ -339,6 +349,7 @@ class ApplyBatch implements TxnState {
     private readonly cache: RecordCache,
     /** The auth state as this batch's commands leave it. */
     public auth: AuthView,
+    public readonly leases: LeaseBatch,
   ) {}
 
   private authChanged = false;
@@ -350,7 +361,7 @@ class ApplyBatch implements TxnState {
   async prefetch(commands: readonly (Command | typeof UNDECODABLE | undefined)[]): Promise<void> {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
-      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth') continue;
+      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || isLeaseOp(command.op)) continue;
       for (const key of command.op.$case === 'txn' ? txnPointKeys(command.op.value) : [command.op.value.key]) {
         const name = hex(key);
         if (this.kv.has(name) || this.stored.has(name) || keys.has(name)) continue;
@@ -388,6 +399,7 @@ class ApplyBatch implements TxnState {
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
     if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
+    if (isLeaseOp(command.op)) return this.applyLease(command);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
@@ -402,10 +414,38 @@ class ApplyBatch implements TxnState {
         return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.delete(command.op.value);
       case 'txn':
         return this.refusedTxnByAuth(command, command.op.value) ?? this.txn(command.op.value);
-      case 'auth':
-      case undefined:
+      default:
         return { revision: this.revision, op: undefined };
     }
+  }
+
+  /** Lease commands carry no session: a grant names its id, so a retried one is refused (LEASE_EXISTS), not doubled. */
+  private async applyLease(command: Command): Promise<CommandResult> {
+    assert(isLeaseOp(command.op), 'applyLease of a command that is not a lease command');
+    if (this.auth.enabled && command.op.$case !== 'leaseExpire') {
+      const revoked = this.revokedAtApply(command);
+      if (revoked) return revoked;
+      if (!command.authUser) return this.deniedAtApply(`${describeAuthUser(undefined, 'the lease command')} may not grant or revoke leases`);
+    }
+    const keyWritesRefused = (keys: readonly Buffer[]) => {
+      if (!this.auth.enabled || command.op?.$case === 'leaseExpire') return undefined;
+      const user = command.authUser ?? '';
+      const denied = keys.find((key) => !this.auth.permitsKey(user, 'write', key));
+      return denied && this.deniedAtApply(`${describeAuthUser(user, 'the revoke')} may not write key ${describeKey(denied)}, attached to the lease: revoking it would delete the key`);
+    };
+    const self = this;
+    return applyLeaseOp(command.op, {
+      leases: this.leases,
+      get revision() {
+        return self.revision;
+      },
+      set revision(revision: number) {
+        self.revision = revision;
+      },
+      read: (key) => this.read(key),
+      write: (key, record) => this.write(key, record),
+      refuseKeyWrites: keyWritesRefused,
+    });
   }
 
   /**
@@ -439,6 +479,8 @@ class ApplyBatch implements TxnState {
   }
 
   private async txn(request: TxnRequest): Promise<CommandResult> {
+    const leaseRefused = refuseTxnLeases(txnPuts(request), this.leases);
+    if (leaseRefused) return { revision: this.revision, op: undefined, error: leaseRefused };
     const { response, revision } = await runTxn(request, this, this.revision);
     assert(revision === this.revision || revision === this.revision + 1, `a txn moved the revision from ${this.revision} to ${revision}`);
     this.revision = revision;
@@ -485,8 +527,13 @@ class ApplyBatch implements TxnState {
 
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
+    const lease = request.lease ?? 0;
+    if (lease !== 0) {
+      const refused = this.leases.refuseAttach(lease, previous?.lease === lease ? 0 : 1);
+      if (refused) return { revision: this.revision, op: undefined, error: refused };
+    }
     this.revision++;
-    this.kv.set(hex(request.key), putRecord(previous, request.value, this.revision));
+    this.write(request.key, putRecord(previous, request.value, this.revision, lease));
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -495,14 +542,20 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     if (previous) {
       this.revision++;
-      this.kv.set(hex(request.key), null);
+      this.write(request.key, null);
     }
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
+  /** Every write of a key goes through here, so its lease's key list follows its record. */
   write(key: Buffer, record: KeyRecord | null): void {
-    this.kv.set(hex(key), record);
+    const name = hex(key);
+    const staged = this.kv.get(name);
+    const previous = staged !== undefined ? staged : this.stored.get(name);
+    assert(previous !== undefined, `key ${name} written before it was read in this batch`);
+    this.leases.moveKey(Buffer.from(key), previous?.lease ?? 0, record?.lease ?? 0);
+    this.kv.set(name, record);
   }
 
   /**
@@ -528,7 +581,9 @@ class ApplyBatch implements TxnState {
     const stored = this.stored.get(name);
     if (stored !== undefined) return stored ?? undefined;
     const value = await this.db.get('kv', key);
-    return value ? KeyRecord.decode(value) : undefined;
+    const record = value ? KeyRecord.decode(value) : null;
+    this.stored.set(name, record);
+    return record ?? undefined;
   }
 
   ops(applied: AppliedState): DbOp[] {
@@ -542,6 +597,7 @@ class ApplyBatch implements TxnState {
     }
     ops.push(...this.sessions.ops());
     if (this.authChanged) ops.push(this.auth.storeOp());
+    ops.push(...this.leases.ops());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
     return ops;
   }
@@ -562,7 +618,7 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
 
 /** The session a command writes under ('' for none). */
 function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
-  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth') return '';
+  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || isLeaseOp(command.op)) return '';
   return command.op.value.clientId;
 }
 
@@ -583,6 +639,7 @@ function toKeyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue
     createRevision: record.createRevision,
     modRevision: record.modRevision,
     version: record.version,
+    ...(record.lease ? { lease: record.lease } : {}),
   };
 }
 

@@ -10,6 +10,7 @@ import { CairnError, ErrorCode } from '../errors';
  *   kv        user key -> encoded KeyRecord
  *   sessions  client id -> encoded SessionRecord
  *   auth      'state' -> encoded AuthState (users, roles, permissions; src/kv/auth-state.ts)
+ *   leases    8-byte big-endian lease id -> encoded LeaseRecord (src/kv/leases.ts)
  *
  * `kv`, `sessions` and `auth` are generational: each name maps to the physical sublevel of the
  * current generation (`kv`, `sessions` for generation 1, so data dirs written before
@@ -18,9 +19,9 @@ import { CairnError, ErrorCode } from '../errors';
  * `generation` record in `meta` (the switch is atomic with whatever shares its batch).
  * `log` and `meta` are not generational.
  */
-export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions', 'auth'] as const;
+export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions', 'auth', 'leases'] as const;
 export type SublevelName = (typeof SUBLEVELS)[number];
-export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions', 'auth'] as const;
+export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions', 'auth', 'leases'] as const;
 export type GenerationalSublevel = (typeof GENERATIONAL_SUBLEVELS)[number];
 
 /** The generation of a database that has no `generation` record. */
@@ -90,7 +91,7 @@ export interface Db {
 }
 
 export function isGenerational(sublevel: SublevelName): sublevel is GenerationalSublevel {
-  return sublevel === 'kv' || sublevel === 'sessions' || sublevel === 'auth';
+  return (GENERATIONAL_SUBLEVELS as readonly string[]).includes(sublevel);
 }
 
 /** The name of the physical sublevel that holds `sublevel` in `generation`. */

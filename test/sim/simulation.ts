@@ -1499,6 +1499,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.authState();
   }
 
+  leaseTable() {
+    return this.inner.leaseTable();
+  }
+
   snapshot(): Promise<FsmSnapshot> {
     return this.inner.snapshot();
   }
@@ -1559,6 +1563,7 @@ async function stateDigest(db: Db): Promise<string> {
   for await (const [key, value] of db.entries('kv')) hash.update('k').update(key).update(value);
   for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
   for await (const [key, value] of db.entries('auth')) hash.update('a').update(key).update(value);
+  for await (const [key, value] of db.entries('leases')) hash.update('l').update(key).update(value);
   return hash.digest('hex').slice(0, 16);
 }
 

@@ -19,6 +19,8 @@ export interface KeyRecord {
   createRevision: number;
   modRevision: number;
   version: number;
+  /** The lease the key is attached to (0: none). */
+  lease?: number | undefined;
 }
 
 /**
@@ -150,8 +152,17 @@ export interface AuthRole {
   permissions: Permission[];
 }
 
+/** LeaseRecord is stored under the lease id (8-byte big-endian) in the `leases` sublevel. */
+export interface LeaseRecord {
+  id: number;
+  /** The TTL granted, in seconds. */
+  ttlSeconds: number;
+  /** The keys attached to the lease, in no particular order (bounded: MAX_KEYS_PER_LEASE). */
+  keys: Buffer[];
+}
+
 function createBaseKeyRecord(): KeyRecord {
-  return { value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 };
+  return { value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0, lease: undefined };
 }
 
 export const KeyRecord: MessageFns<KeyRecord> = {
@@ -167,6 +178,9 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     }
     if (message.version !== 0) {
       writer.uint32(32).uint64(message.version);
+    }
+    if (message.lease !== undefined) {
+      writer.uint32(40).uint64(message.lease);
     }
     return writer;
   },
@@ -216,6 +230,14 @@ export const KeyRecord: MessageFns<KeyRecord> = {
             message.version = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lease = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -242,6 +264,7 @@ export const KeyRecord: MessageFns<KeyRecord> = {
         ? globalThis.Number(object.mod_revision)
         : 0,
       version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      lease: isSet(object.lease) ? globalThis.Number(object.lease) : undefined,
     };
   },
 
@@ -259,6 +282,9 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     if (message.version !== 0) {
       obj.version = Math.round(message.version);
     }
+    if (message.lease !== undefined) {
+      obj.lease = Math.round(message.lease);
+    }
     return obj;
   },
 
@@ -271,6 +297,7 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     message.createRevision = object.createRevision ?? 0;
     message.modRevision = object.modRevision ?? 0;
     message.version = object.version ?? 0;
+    message.lease = object.lease ?? undefined;
     return message;
   },
 };
@@ -1444,6 +1471,111 @@ export const AuthRole: MessageFns<AuthRole> = {
     const message = createBaseAuthRole();
     message.name = object.name ?? "";
     message.permissions = object.permissions?.map((e) => Permission.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseLeaseRecord(): LeaseRecord {
+  return { id: 0, ttlSeconds: 0, keys: [] };
+}
+
+export const LeaseRecord: MessageFns<LeaseRecord> = {
+  encode(message: LeaseRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(16).int64(message.ttlSeconds);
+    }
+    for (const v of message.keys) {
+      writer.uint32(26).bytes(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keys.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRecord {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => Buffer.from(bytesFromBase64(e))) : [],
+    };
+  },
+
+  toJSON(message: LeaseRecord): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => base64FromBytes(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRecord>): LeaseRecord {
+    return LeaseRecord.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRecord>): LeaseRecord {
+    const message = createBaseLeaseRecord();
+    message.id = object.id ?? 0;
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    message.keys = object.keys?.map((e) => e) || [];
     return message;
   },
 };

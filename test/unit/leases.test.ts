@@ -1,0 +1,154 @@
+import { Command, CommandResult, RequestOp } from '../../gen/cairn/kv/v1/kv';
+import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
+import { KvStateMachine } from '../../src/kv/state-machine';
+import { formatLeaseId, MAX_KEYS_PER_LEASE, parseLeaseId } from '../../src/kv/leases';
+import { Db, LevelDb } from '../../src/storage/db';
+import { BACKENDS } from '../support/db-backends';
+
+const b = (text: string) => Buffer.from(text);
+const noSession = { clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
+const grant = (id: number, ttl: number): Command => ({ op: { $case: 'leaseGrant', value: { id, ttl } }, proposedAtUnixMs: 0 });
+const revoke = (id: number): Command => ({ op: { $case: 'leaseRevoke', value: { id } }, proposedAtUnixMs: 0 });
+const expire = (id: number): Command => ({ op: { $case: 'leaseExpire', value: { id } }, proposedAtUnixMs: 0 });
+const put = (key: string, value: string, lease?: number): Command => ({ op: { $case: 'put', value: { key: b(key), value: b(value), prevKv: false, lease, ...noSession } }, proposedAtUnixMs: 0 });
+const del = (key: string): Command => ({ op: { $case: 'delete', value: { key: b(key), prevKv: false, ...noSession } }, proposedAtUnixMs: 0 });
+const txnPut = (key: string, value: string, lease?: number): RequestOp => ({ request: { $case: 'requestPut', value: { key: b(key), value: b(value), prevKv: false, lease, ...noSession } } });
+const txn = (success: RequestOp[]): Command => ({ op: { $case: 'txn', value: { compare: [], success, failure: [], ...noSession } }, proposedAtUnixMs: 0 });
+
+const LEASE = 0x194d77aa9e3826;
+
+describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
+  let sm: KvStateMachine;
+  let db: Db;
+  let reopen: () => Promise<Db>;
+  let cleanup: () => Promise<void>;
+  let index = 0;
+  beforeEach(async () => {
+    const opened = await backend.open();
+    ({ db, reopen, cleanup } = opened);
+    sm = await KvStateMachine.open(db);
+    index = 0;
+  });
+  afterEach(() => cleanup());
+
+  const entry = (c: Command): Entry => ({ index: ++index, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(c).finish()) });
+  const apply = async (...commands: Command[]): Promise<CommandResult[]> => (await sm.apply(commands.map(entry))).map((o) => o.result!);
+  const keysOf = (id: number) => [...(sm.leaseTable().get(id)?.keys.values() ?? [])].map(String).sort();
+
+  test('grant, attach, revoke: every attached key is deleted in that one entry, at one revision', async () => {
+    const [granted] = await apply(grant(LEASE, 10));
+    expect(granted.error).toBeUndefined();
+    expect(granted.op).toEqual({ $case: 'leaseGrant', value: { header: undefined, id: LEASE, ttl: 10 } });
+    await apply(put('a', '1', LEASE), put('b', '2', LEASE), put('c', '3'));
+    expect(keysOf(LEASE)).toEqual(['a', 'b']);
+    expect((await sm.get(b('a')))?.lease).toBe(LEASE);
+    const before = sm.revision();
+    const [revoked] = await apply(revoke(LEASE));
+    expect(revoked.op).toEqual({ $case: 'leaseRevoke', value: { header: undefined, deleted: 2 } });
+    expect(revoked.revision).toBe(before + 1);
+    expect(await sm.get(b('a'))).toBeUndefined();
+    expect(await sm.get(b('b'))).toBeUndefined();
+    expect((await sm.get(b('c')))?.value.toString()).toBe('3');
+    expect(sm.leaseTable().get(LEASE)).toBeUndefined();
+    expect((await apply(revoke(LEASE)))[0].error?.code).toBe('LEASE_NOT_FOUND');
+  });
+
+  test('expire (the leader`s command) deletes the keys; an expire of a lease already gone changes nothing', async () => {
+    await apply(grant(LEASE, 5), put('k', 'v', LEASE));
+    const [expired] = await apply(expire(LEASE));
+    expect(expired.op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
+    expect(await sm.get(b('k'))).toBeUndefined();
+    const revision = sm.revision();
+    const [again] = await apply(expire(LEASE));
+    expect(again.error).toBeUndefined();
+    expect(again.revision).toBe(revision);
+  });
+
+  test('a put with an unknown lease is refused and changes nothing; a grant of an existing id is refused', async () => {
+    const [refused] = await apply(put('k', 'v', 42));
+    expect(refused.error?.code).toBe('LEASE_NOT_FOUND');
+    expect(await sm.get(b('k'))).toBeUndefined();
+    expect(sm.revision()).toBe(0);
+    await apply(grant(7, 10));
+    expect((await apply(grant(7, 20)))[0].error?.code).toBe('LEASE_EXISTS');
+    const [inTxn] = await apply(txn([txnPut('x', '1', 43)]));
+    expect(inTxn.error?.code).toBe('LEASE_NOT_FOUND');
+    expect(await sm.get(b('x'))).toBeUndefined();
+  });
+
+  test('a put without a lease detaches the key, a put with another lease moves it, a delete detaches it', async () => {
+    await apply(grant(1, 10), grant(2, 10), put('k', 'v', 1), put('j', 'v', 1));
+    await apply(put('k', 'v2'));
+    expect(keysOf(1)).toEqual(['j']);
+    expect((await sm.get(b('k')))?.lease).toBeUndefined();
+    await apply(put('j', 'v2', 2));
+    expect(keysOf(1)).toEqual([]);
+    expect(keysOf(2)).toEqual(['j']);
+    await apply(del('j'));
+    expect(keysOf(2)).toEqual([]);
+    await apply(revoke(1), revoke(2));
+    expect((await sm.get(b('k')))?.value.toString()).toBe('v2');
+  });
+
+  test('a txn put attaches its key (the lock recipe: create-if-absent with a lease)', async () => {
+    await apply(grant(LEASE, 10), txn([txnPut('lock', 'me', LEASE)]));
+    expect(keysOf(LEASE)).toEqual(['lock']);
+    await apply(expire(LEASE));
+    expect(await sm.get(b('lock'))).toBeUndefined();
+  });
+
+  test('writes in the same batch as the revoke: the revoke sees them', async () => {
+    await apply(grant(LEASE, 10));
+    const results = await apply(put('a', '1', LEASE), revoke(LEASE), put('a', '2'));
+    expect(results[1].op).toEqual({ $case: 'leaseRevoke', value: { header: undefined, deleted: 1 } });
+    expect((await sm.get(b('a')))?.value.toString()).toBe('2');
+    expect((await sm.get(b('a')))?.lease).toBeUndefined();
+  });
+
+  test('MAX_KEYS_PER_LEASE bounds the keys of a lease', async () => {
+    await apply(grant(LEASE, 10));
+    await apply(...Array.from({ length: MAX_KEYS_PER_LEASE }, (_, i) => put(`k${i}`, 'v', LEASE)));
+    expect(sm.leaseTable().get(LEASE)?.keys.size).toBe(MAX_KEYS_PER_LEASE);
+    expect((await apply(put('one-more', 'v', LEASE)))[0].error?.code).toBe('LEASE_LIMIT');
+    // Putting a key that is attached already does not count twice.
+    expect((await apply(put('k0', 'again', LEASE)))[0].error).toBeUndefined();
+  });
+
+  test('the lease table survives a reopen', async () => {
+    await apply(grant(LEASE, 30), put('k', 'v', LEASE));
+    sm = await KvStateMachine.open(await reopen());
+    expect(sm.leaseTable().get(LEASE)?.ttlSeconds).toBe(30);
+    expect(keysOf(LEASE)).toEqual(['k']);
+    await apply(revoke(LEASE));
+    expect(await sm.get(b('k'))).toBeUndefined();
+  });
+
+  test('the lease table travels in a snapshot', async () => {
+    await apply(grant(LEASE, 30), put('k', 'v', LEASE));
+    const snapshot = await sm.snapshot();
+    const targetDb = await LevelDb.openMemory();
+    const target = await KvStateMachine.open(targetDb);
+    const restore = await target.beginRestore();
+    for await (const chunk of snapshot.chunks(64)) await restore.write(chunk);
+    await targetDb.write(restore.switchOps(), { sync: true });
+    await restore.activate();
+    await snapshot.release();
+    expect(target.leaseTable().get(LEASE)?.ttlSeconds).toBe(30);
+    expect([...(target.leaseTable().get(LEASE)?.keys.values() ?? [])].map(String)).toEqual(['k']);
+    const next = { index: target.appliedIndex() + 1, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(revoke(LEASE)).finish()) };
+    await target.apply([next]);
+    expect(await target.get(b('k'))).toBeUndefined();
+    await targetDb.close();
+  });
+});
+
+describe('lease ids in hex', () => {
+  test('formatted and parsed as etcdctl does, below 2^53', () => {
+    expect(formatLeaseId(LEASE)).toBe('194d77aa9e3826');
+    expect(parseLeaseId('194d77aa9e3826')).toBe(LEASE);
+    expect(parseLeaseId('0x1f')).toBe(31);
+    expect(parseLeaseId('0')).toBeUndefined();
+    expect(parseLeaseId('zz')).toBeUndefined();
+    expect(parseLeaseId('20000000000000')).toBeUndefined(); // 2^53
+  });
+});
