@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { AuthService, ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
+import { AuthService, ClusterService, KVService, LeaseService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
@@ -25,6 +25,7 @@ import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdent
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { leaseServiceOf } from './lease-service';
 import { AuthGate } from './auth';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
@@ -73,6 +74,8 @@ export class CairnNode {
   private httpPort: HttpPort | undefined;
   /** The ports' certificate files (src/server/tls.ts), once listening. */
   private transportSecurity: NodeTransportSecurity | undefined;
+  /** Stops the lease keeper's timer (src/server/lease-service.ts). */
+  private stopLeases: (() => void) | undefined;
   /** What the peer port refused for a certificate that names another node. */
   peerIdentityStats: PeerIdentityStats | undefined;
   /** Leader changes this node saw, oldest first (at most MAX_LEADER_CHANGES_SHOWN). */
@@ -192,6 +195,8 @@ export class CairnNode {
     clientServer.addService(withLenientDecoding(KVService), kvService(context));
     clientServer.addService(withLenientDecoding(AuthService), authServiceOf(context));
     clientServer.addService(withLenientDecoding(ClusterService), clusterService(context));
+    const leases = leaseServiceOf(context);
+    clientServer.addService(withLenientDecoding(LeaseService), leases.service);
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
@@ -213,6 +218,7 @@ export class CairnNode {
     );
     const started = node;
     started.transportSecurity = security;
+    started.stopLeases = leases.stop;
     started.peerIdentityStats = peerIdentityStats;
     security.watch();
     const plaintext = plaintextNetworkPorts(config);
@@ -327,6 +333,7 @@ export class CairnNode {
     this.logger.info('shutting down: no new requests; finishing those in flight');
     const clientServer = await shutdownServer(this.clientServer);
     clearInterval(this.ticker);
+    this.stopLeases?.();
     await this.replica.stop();
     // Peer streams never end by themselves: end ours (the peers see a clean end) and the
     // peers', so that the peer server waits only for forwarded requests still running.

@@ -932,6 +932,18 @@ export interface LeaseKeepAliveResponse {
   ttl: number;
 }
 
+/** LeaseRenewRequest renews lease `id` once. */
+export interface LeaseRenewRequest {
+  id: number;
+}
+
+/** LeaseRenewResponse carries the TTL the lease has again; 0: the lease is unknown. */
+export interface LeaseRenewResponse {
+  header?: ResponseHeader | undefined;
+  id: number;
+  ttl: number;
+}
+
 /** LeaseTimeToLiveRequest asks about lease `id`, and its keys with keys = true. */
 export interface LeaseTimeToLiveRequest {
   id: number;
@@ -9040,6 +9052,176 @@ export const LeaseKeepAliveResponse: MessageFns<LeaseKeepAliveResponse> = {
   },
 };
 
+function createBaseLeaseRenewRequest(): LeaseRenewRequest {
+  return { id: 0 };
+}
+
+export const LeaseRenewRequest: MessageFns<LeaseRenewRequest> = {
+  encode(message: LeaseRenewRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRenewRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRenewRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRenewRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LeaseRenewRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRenewRequest>): LeaseRenewRequest {
+    return LeaseRenewRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRenewRequest>): LeaseRenewRequest {
+    const message = createBaseLeaseRenewRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRenewResponse(): LeaseRenewResponse {
+  return { header: undefined, id: 0, ttl: 0 };
+}
+
+export const LeaseRenewResponse: MessageFns<LeaseRenewResponse> = {
+  encode(message: LeaseRenewResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    if (message.ttl !== 0) {
+      writer.uint32(24).int64(message.ttl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRenewResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRenewResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRenewResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+    };
+  },
+
+  toJSON(message: LeaseRenewResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRenewResponse>): LeaseRenewResponse {
+    return LeaseRenewResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRenewResponse>): LeaseRenewResponse {
+    const message = createBaseLeaseRenewResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.id = object.id ?? 0;
+    message.ttl = object.ttl ?? 0;
+    return message;
+  },
+};
+
 function createBaseLeaseTimeToLiveRequest(): LeaseTimeToLiveRequest {
   return { id: 0, keys: false };
 }
@@ -10437,6 +10619,19 @@ export const LeaseService = {
     responseSerialize: (value: LeaseLeasesResponse): Buffer => Buffer.from(LeaseLeasesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LeaseLeasesResponse => LeaseLeasesResponse.decode(value),
   },
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew: {
+    path: "/cairn.kv.v1.Lease/LeaseRenew" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseRenewRequest): Buffer => Buffer.from(LeaseRenewRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseRenewRequest => LeaseRenewRequest.decode(value),
+    responseSerialize: (value: LeaseRenewResponse): Buffer => Buffer.from(LeaseRenewResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseRenewResponse => LeaseRenewResponse.decode(value),
+  },
 } as const;
 
 export interface LeaseServer extends UntypedServiceImplementation {
@@ -10453,6 +10648,11 @@ export interface LeaseServer extends UntypedServiceImplementation {
   leaseTimeToLive: handleUnaryCall<LeaseTimeToLiveRequest, LeaseTimeToLiveResponse>;
   /** The ids of every lease. */
   leaseLeases: handleUnaryCall<LeaseLeasesRequest, LeaseLeasesResponse>;
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew: handleUnaryCall<LeaseRenewRequest, LeaseRenewResponse>;
 }
 
 export interface LeaseClient extends Client {
@@ -10529,6 +10729,25 @@ export interface LeaseClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LeaseLeasesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew(
+    request: LeaseRenewRequest,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
+  ): ClientUnaryCall;
+  leaseRenew(
+    request: LeaseRenewRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
+  ): ClientUnaryCall;
+  leaseRenew(
+    request: LeaseRenewRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
   ): ClientUnaryCall;
 }
 
