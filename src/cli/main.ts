@@ -67,6 +67,7 @@ Usage:
   cairn lease keep-alive ID [--once]   renew a lease every TTL/3 until interrupted (or once)
   cairn lease time-to-live ID [--keys] | list   a lease's remaining TTL (and keys); every lease's id
   cairn put KEY VALUE --lease ID   set a key attached to a lease (deleted when it expires or is revoked)
+  cairn lock NAME [--ttl 10] -- CMD [ARGS...]   run CMD holding the lock NAME (a lease and a Txn; docs/recipes.md)
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST, SIGNUP/LOGIN)
   cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
   cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... --cluster-token T

@@ -7,6 +7,7 @@ import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
 import { AUTH_VERB_SPECS, AuthVerbOptions, runAuthVerb } from './auth-verbs';
 import { leaseIdArg, LEASE_VERB_SPECS, LeaseVerbOptions, runLeaseVerb } from './lease-verbs';
+import { LOCK_VERB_SPECS, runLockVerb } from './lock-verb';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -50,6 +51,7 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
   ...AUTH_VERB_SPECS,
   ...LEASE_VERB_SPECS,
+  ...LOCK_VERB_SPECS,
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -187,6 +189,8 @@ export async function runVerb(
       return runAuthVerb(client, verb, args, flags, print, usage(verb, typed, options), options);
     case 'lease':
       return runLeaseVerb(client, args, flags, print, usage(verb, typed, options), options);
+    case 'lock':
+      return runLockVerb(client, args, flags, print);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }
