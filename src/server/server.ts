@@ -535,7 +535,7 @@ function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): HealthImplementation {
-  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'grpc.health.v1.Health']);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'cairn.kv.v1.Lease', 'grpc.health.v1.Health']);
   return addHealth(server);
 }
 
