@@ -1,4 +1,5 @@
-import { Command, CommandResult, RequestOp } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, CommandResult, PermissionType, RequestOp } from '../../gen/cairn/kv/v1/kv';
+import { validateCommand, validateLeaseGrant, validatePut } from '../../src/server/validate';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { KvStateMachine } from '../../src/kv/state-machine';
 import { formatLeaseId, MAX_KEYS_PER_LEASE, parseLeaseId } from '../../src/kv/leases';
@@ -114,6 +115,30 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
     expect((await apply(put('k0', 'again', LEASE)))[0].error).toBeUndefined();
   });
 
+  test('with auth on: lease commands need a user, and a revoke needs write on every attached key (checked at apply)', async () => {
+    const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
+    const auth = (op: AuthCommand['op']): Command => ({ op: { $case: 'auth', value: { op } }, proposedAtUnixMs: 0 });
+    await apply(
+      auth({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+      auth({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
+      auth({ $case: 'roleAdd', value: { name: 'app' } }),
+      auth({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type: PermissionType.PERMISSION_TYPE_READWRITE, key: b('app/'), prefix: true } } }),
+      auth({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
+      auth({ $case: 'userAdd', value: { name: 'other', passwordHash: HASH } }),
+      auth({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
+    );
+    const as = (user: string | undefined, c: Command): Command => ({ ...c, authUser: user });
+    expect((await apply(as(undefined, grant(1, 10))))[0].error?.code).toBe('PERMISSION_DENIED');
+    expect((await apply(as('app', grant(1, 10))))[0].error).toBeUndefined();
+    expect((await apply(as('app', put('app/k', 'v', 1))))[0].error).toBeUndefined();
+    // "other" may grant and keep leases, but not delete app/k by revoking app's lease.
+    expect((await apply(as('other', revoke(1))))[0].error?.code).toBe('PERMISSION_DENIED');
+    expect(await sm.get(b('app/k'))).toBeDefined();
+    // The leader's expiry needs no user.
+    expect((await apply(expire(1)))[0].op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
+    expect(await sm.get(b('app/k'))).toBeUndefined();
+  });
+
   test('the lease table survives a reopen', async () => {
     await apply(grant(LEASE, 30), put('k', 'v', LEASE));
     sm = await KvStateMachine.open(await reopen());
@@ -150,5 +175,19 @@ describe('lease ids in hex', () => {
     expect(parseLeaseId('0')).toBeUndefined();
     expect(parseLeaseId('zz')).toBeUndefined();
     expect(parseLeaseId('20000000000000')).toBeUndefined(); // 2^53
+  });
+});
+
+describe('lease validation', () => {
+  const limits = { maxKeyBytes: 8, maxValueBytes: 16, maxRequestBytes: 64, maxRangeLimit: 100, maxRangeBytes: 1000, maxClientIdBytes: 10 };
+  test('TTL and id bounds; a forwarded expire is refused (only the leader proposes it)', () => {
+    expect(() => validateLeaseGrant({ ttl: 10, id: 0 })).not.toThrow();
+    expect(() => validateLeaseGrant({ ttl: 0, id: 0 })).toThrow(/lease ttl must be between 1 and MAX_LEASE_TTL_SECONDS/);
+    expect(() => validateLeaseGrant({ ttl: 9_000_001, id: 0 })).toThrow(/MAX_LEASE_TTL_SECONDS/);
+    expect(() => validatePut({ key: b('k'), value: b('v'), prevKv: false, lease: -1, ...noSession }, limits)).toThrow(/lease id must be between 1 and 2\^53 - 1/);
+    const encode = (c: Command) => Buffer.from(Command.encode(c).finish());
+    expect(validateCommand(encode(grant(5, 10)), limits).op?.$case).toBe('leaseGrant');
+    expect(() => validateCommand(encode(grant(0, 10)), limits)).toThrow(/has no id/);
+    expect(() => validateCommand(encode(expire(5)), limits)).toThrow(/proposed by the leader only/);
   });
 });
