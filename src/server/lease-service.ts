@@ -66,7 +66,13 @@ function leaseService(context: ServiceContext, keeper: LeaseKeeper): LeaseServer
       scope,
       metadata,
       (client, md, options, done) => client.makeUnaryRequest(LeaseService.leaseRenew.path, LeaseService.leaseRenew.requestSerialize, LeaseService.leaseRenew.responseDeserialize, { id }, md, options, done),
-      async () => ({ header: header(context), id, ttl: keeper.keepAlive(id) }),
+      async () => {
+        // Confirms leadership with a quorum and applies what was committed before answering:
+        // a lease already expired in the log is answered 0, and any later leader took over
+        // after this request was sent, so its full-TTL restart covers the renewal.
+        await context.replica.readBarrier(scope.signal);
+        return { header: header(context), id, ttl: keeper.keepAlive(id) };
+      },
     );
   let keepAliveStreams = 0;
   return {

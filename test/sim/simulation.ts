@@ -15,6 +15,8 @@ import { Db } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
 import { EventQueue } from './event-queue';
 import { SimDisk } from './sim-disk';
+import { SimLeases } from './sim-leases';
+import { LeaseKeeper } from '../../src/kv/lease-keeper';
 
 /** Virtual time units per Raft tick. Network delays and disk latencies are in units. */
 const UNITS_PER_TICK = 10;
@@ -82,6 +84,10 @@ export interface SimResult {
     deniedWrites: number;
     /** Writes refused SESSION_NOT_OWNED: their session began before auth was enabled. */
     sessionsNotOwned: number;
+    /** The lease workload: leases granted, keep-alives answered alive, leases expired. */
+    leasesGranted: number;
+    leaseKeepAlives: number;
+    leasesExpired: number;
   };
 }
 
@@ -170,6 +176,8 @@ interface SimNode {
   everMember: boolean;
   /** Shut down for good: a committed configuration no longer holds it. */
   removed: boolean;
+  /** This incarnation's lease deadlines (src/kv/lease-keeper.ts), on virtual time. */
+  leaseKeeper?: LeaseKeeper;
 }
 
 /** A tail churn in progress: the leader now cut off, and the term it led. */
@@ -290,6 +298,8 @@ export class Simulation {
   /** Revocations the admin has proposed: before the first, every user may write every key. */
   private revokesProposed = 0;
   private readonly authStats = { changes: 0, deniedWrites: 0, notOwned: 0 };
+  /** The lease workload and its never-expired-early check (test/sim/sim-leases.ts). */
+  private readonly simLeases: SimLeases;
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -333,6 +343,7 @@ export class Simulation {
     this.joinsLeft = this.membershipEveryUnits === 0 ? 0 : 1 + this.memberRand.int(MAX_JOINS_PER_SEED);
     this.authRand = new SeededRandom(options.seed * 69_621 + 13);
     this.authEveryUnits = this.authRand.pick([0, 0, 60, 150]) * UNITS_PER_TICK;
+    this.simLeases = this.newSimLeases(new SeededRandom(options.seed * 16_807 + 17));
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
@@ -370,6 +381,7 @@ export class Simulation {
       const clientCount = 2 + this.rand.int(4);
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       if (this.authEveryUnits > 0) void this.runAuthAdmin(clientCount);
+      void this.runLeaseClient();
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -402,6 +414,9 @@ export class Simulation {
         authChanges: this.authStats.changes,
         deniedWrites: this.authStats.deniedWrites,
         sessionsNotOwned: this.authStats.notOwned,
+        leasesGranted: this.simLeases.stats.granted,
+        leaseKeepAlives: this.simLeases.stats.keepAlives,
+        leasesExpired: this.simLeases.stats.expired,
       },
     };
   }
@@ -492,7 +507,7 @@ export class Simulation {
       void replica.stop();
       return;
     }
-    Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
+    Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex, leaseKeeper: this.simLeases.keeperFor(replica, stateMachine) });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
   }
 
@@ -546,6 +561,7 @@ export class Simulation {
   private scheduleTicks(node: SimNode, firstDelay: number): void {
     const tick = () => {
       if (node.up) node.replica?.tick();
+      if (node.up) node.leaseKeeper?.check();
       this.at(UNITS_PER_TICK, tick);
     };
     this.at(firstDelay, tick);
@@ -1172,6 +1188,31 @@ export class Simulation {
    * it again, all through the log while the clients write. Refused writes are over and
    * not applied; every replica must decide alike (the digests cover the auth state).
    */
+  private newSimLeases(rand: SeededRandom): SimLeases {
+    return new SimLeases(rand, {
+      nowUnits: () => this.now,
+      msPerUnit: MS_PER_UNIT,
+      unitsPerTick: UNITS_PER_TICK,
+      sleep: (units) => this.sleep(units),
+      leaders: () =>
+        this.nodes
+          .filter((n) => n.up && n.replica && n.leaseKeeper && n.replica.node.role === 'leader')
+          .map((n) => ({ replica: n.replica!, keeper: n.leaseKeeper! })),
+      running: () => this.now < this.clientsStopUnits && !this.failure,
+      fail: (message) => this.fail(message),
+      log: (line) => this.log(line),
+    });
+  }
+
+  private async runLeaseClient(): Promise<void> {
+    this.clientsRunning++;
+    try {
+      await this.simLeases.run();
+    } finally {
+      this.clientsRunning--;
+    }
+  }
+
   private async runAuthAdmin(clientCount: number): Promise<void> {
     this.clientsRunning++;
     const everyKey = { key: Buffer.alloc(0), prefix: true };
@@ -1371,6 +1412,7 @@ export class Simulation {
 
   /** State-machine safety: every node applies the same entry at each index. */
   private checkApplied(node: SimNode, entry: Entry): void {
+    this.simLeases.onApplied(entry);
     this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
   }
 
