@@ -26,8 +26,8 @@ export interface LeaseKeeperHost {
   leadership(): { leading: boolean; term: number };
   /** The lease table as of the applied index. */
   table(): LeaseTable;
-  /** Proposes the expire command of lease `id` (this node being leader). */
-  proposeExpire(id: number): Promise<unknown>;
+  /** Proposes the expire command of lease `id`, granted at log index `grantedIndex` (this node being leader). */
+  proposeExpire(id: number, grantedIndex: number): Promise<unknown>;
 }
 
 export interface LeaseClock {
@@ -37,8 +37,8 @@ export interface LeaseClock {
 export class LeaseKeeper {
   /** The term the deadlines were set in; undefined while not leading. */
   private term: number | undefined;
-  /** Lease id -> deadline on the monotonic clock, in ms. */
-  private readonly deadlines = new Map<number, number>();
+  /** Lease id -> deadline on the monotonic clock, in ms, and the grant it is for. */
+  private readonly deadlines = new Map<number, { deadlineMs: number; grantedIndex: number }>();
   /** Leases whose expire command is in flight. */
   private readonly expiring = new Set<number>();
 
@@ -52,10 +52,10 @@ export class LeaseKeeper {
     if (!this.followLeadership()) return;
     const now = this.clock.monotonicMs();
     const table = this.host.table();
-    for (const id of this.deadlines.keys()) if (!table.get(id)) this.deadlines.delete(id);
+    for (const [id, { grantedIndex }] of this.deadlines) if (table.get(id)?.grantedIndex !== grantedIndex) this.deadlines.delete(id);
     for (const id of table.ids()) {
       const deadline = this.deadlineOf(id, table, now);
-      if (now >= deadline && !this.expiring.has(id)) this.expire(id);
+      if (now >= deadline && !this.expiring.has(id)) this.expire(id, table.get(id)!.grantedIndex);
     }
   }
 
@@ -64,7 +64,7 @@ export class LeaseKeeper {
     this.requireLeading();
     const lease = this.host.table().get(id);
     if (!lease || this.expiring.has(id)) return 0;
-    this.deadlines.set(id, this.clock.monotonicMs() + lease.ttlSeconds * 1000);
+    this.deadlines.set(id, { deadlineMs: this.clock.monotonicMs() + lease.ttlSeconds * 1000, grantedIndex: lease.grantedIndex });
     return lease.ttlSeconds;
   }
 
@@ -80,19 +80,22 @@ export class LeaseKeeper {
   }
 
   private deadlineOf(id: number, table: LeaseTable, now: number): number {
+    const lease = table.get(id)!;
     let deadline = this.deadlines.get(id);
-    if (deadline === undefined) {
-      deadline = now + table.get(id)!.ttlSeconds * 1000;
+    if (deadline === undefined || deadline.grantedIndex !== lease.grantedIndex) {
+      deadline = { deadlineMs: now + lease.ttlSeconds * 1000, grantedIndex: lease.grantedIndex };
       this.deadlines.set(id, deadline);
     }
-    return deadline;
+    return deadline.deadlineMs;
   }
 
-  private expire(id: number): void {
+  private expire(id: number, grantedIndex: number): void {
     this.expiring.add(id);
-    // A failed proposal (leadership lost, overload) is retried at the next check while leading.
+    // A failed proposal (leadership lost, overload) is retried at the next check while
+    // leading; should both attempts commit, the second finds the lease gone, or granted
+    // again under the same id at another index, and does nothing.
     this.host
-      .proposeExpire(id)
+      .proposeExpire(id, grantedIndex)
       .catch(() => undefined)
       .finally(() => this.expiring.delete(id));
   }

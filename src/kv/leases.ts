@@ -30,6 +30,8 @@ export const MAX_LEASE_ID = Number.MAX_SAFE_INTEGER;
 export interface Lease {
   readonly id: number;
   readonly ttlSeconds: number;
+  /** The log index of its grant (an expire names it). */
+  readonly grantedIndex: number;
   /** Attached keys by hex key. */
   readonly keys: ReadonlyMap<string, Buffer>;
 }
@@ -62,13 +64,13 @@ export function checkLeaseRecord(key: Buffer, value: Uint8Array): void {
 function toLease(record: LeaseRecord): Lease {
   const keys = new Map<string, Buffer>();
   for (const key of record.keys) keys.set(Buffer.from(key).toString('hex'), Buffer.from(key));
-  return { id: record.id, ttlSeconds: record.ttlSeconds, keys };
+  return { id: record.id, ttlSeconds: record.ttlSeconds, grantedIndex: record.grantedIndex, keys };
 }
 
 function toRecord(lease: Lease): LeaseRecord {
   // Sorted, so every replica writes the same bytes whatever order the keys came in.
   const keys = [...lease.keys.keys()].sort().map((name) => lease.keys.get(name)!);
-  return { id: lease.id, ttlSeconds: lease.ttlSeconds, keys };
+  return { id: lease.id, ttlSeconds: lease.ttlSeconds, keys, grantedIndex: lease.grantedIndex };
 }
 
 /** The lease table as of the applied index. */
@@ -132,10 +134,10 @@ export class LeaseBatch {
     return count;
   }
 
-  grant(id: number, ttlSeconds: number): LeaseRefusal | undefined {
+  grant(id: number, ttlSeconds: number, grantedIndex: number): LeaseRefusal | undefined {
     if (this.get(id)) return { code: ErrorCode.LEASE_EXISTS, message: `lease ${formatLeaseId(id)} exists already` };
     if (this.count() >= MAX_LEASES) return { code: ErrorCode.LEASE_LIMIT, message: `the cluster holds MAX_LEASES ${MAX_LEASES} leases already: revoke some first` };
-    this.changes.set(id, { id, ttlSeconds, keys: new Map() });
+    this.changes.set(id, { id, ttlSeconds, grantedIndex, keys: new Map() });
     return undefined;
   }
 
@@ -209,11 +211,11 @@ export function isLeaseOp(op: Command['op']): op is LeaseOp {
 }
 
 /** Applies a grant, revoke or expire: a revoke or expire deletes all the lease's keys at one revision. */
-export async function applyLeaseOp(op: LeaseOp, state: LeaseApplyState): Promise<CommandResult> {
+export async function applyLeaseOp(op: LeaseOp, index: number, state: LeaseApplyState): Promise<CommandResult> {
   switch (op.$case) {
     case 'leaseGrant': {
       const { id, ttl } = op.value;
-      const refused = state.leases.grant(id, ttl);
+      const refused = state.leases.grant(id, ttl, index);
       if (refused) return { revision: state.revision, op: undefined, error: refused };
       return { revision: state.revision, op: { $case: 'leaseGrant', value: { header: undefined, id, ttl } } };
     }
@@ -226,9 +228,10 @@ export async function applyLeaseOp(op: LeaseOp, state: LeaseApplyState): Promise
       return { revision: state.revision, op: { $case: 'leaseRevoke', value: { header: undefined, deleted } } };
     }
     case 'leaseExpire': {
-      // The leader proposed it once the deadline passed; a lease revoked meanwhile is simply gone.
+      // The leader proposed it once the deadline passed. A lease revoked meanwhile is simply
+      // gone; one granted again under the same id since is another lease, and stays.
       const lease = state.leases.get(op.value.id);
-      const deleted = lease ? await deleteLease(lease, state) : 0;
+      const deleted = lease && lease.grantedIndex === op.value.grantedIndex ? await deleteLease(lease, state) : 0;
       return { revision: state.revision, op: { $case: 'leaseExpire', value: { header: undefined, deleted } } };
     }
   }

@@ -399,7 +399,7 @@ class ApplyBatch implements TxnState {
     if (before === 0 && this.logTimeUnixMs > 0) await this.sessions.startLogTime(this.logTimeUnixMs);
     this.sessions.evictIdle(this.logTimeUnixMs);
     if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
-    if (isLeaseOp(command.op)) return this.applyLease(command);
+    if (isLeaseOp(command.op)) return this.applyLease(command, entry.index);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
@@ -420,7 +420,7 @@ class ApplyBatch implements TxnState {
   }
 
   /** Lease commands carry no session: a grant names its id, so a retried one is refused (LEASE_EXISTS), not doubled. */
-  private async applyLease(command: Command): Promise<CommandResult> {
+  private async applyLease(command: Command, index: number): Promise<CommandResult> {
     assert(isLeaseOp(command.op), 'applyLease of a command that is not a lease command');
     if (this.auth.enabled && command.op.$case !== 'leaseExpire') {
       const revoked = this.revokedAtApply(command);
@@ -434,7 +434,7 @@ class ApplyBatch implements TxnState {
       return denied && this.deniedAtApply(`${describeAuthUser(user, 'the revoke')} may not write key ${describeKey(denied)}, attached to the lease: revoking it would delete the key`);
     };
     const self = this;
-    return applyLeaseOp(command.op, {
+    return applyLeaseOp(command.op, index, {
       leases: this.leases,
       get revision() {
         return self.revision;

@@ -40,7 +40,7 @@ export function leaseServiceOf(context: ServiceContext): { service: LeaseServer;
     {
       leadership: () => ({ leading: replica.node.role === 'leader', term: replica.node.term }),
       table: () => replica.stateMachine.leaseTable(),
-      proposeExpire: (id) => replica.propose({ op: { $case: 'leaseExpire', value: { id } }, proposedAtUnixMs: 0 }, undefined, AbortSignal.timeout(context.requestTimeoutMs)),
+      proposeExpire: (id, grantedIndex) => replica.propose({ op: { $case: 'leaseExpire', value: { id, grantedIndex } }, proposedAtUnixMs: 0 }, undefined, AbortSignal.timeout(context.requestTimeoutMs)),
     },
     { monotonicMs: () => performance.now() },
   );

@@ -3,6 +3,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { credentials } from '@grpc/grpc-js';
+import { LeaseClient, LeaseKeepAliveResponse } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
 import { CAIRN_MAIN, ProcessCluster, waitFor } from '../support/process-cluster';
 
@@ -67,6 +69,31 @@ describe('leases on real processes', () => {
     expect(await cairn(['lease', 'keep-alive', id.toString(16), '--once', '--endpoints', endpoints])).toMatchObject({ code: 0, stdout: `lease ${id.toString(16)} keepalived with TTL(2)\n` });
     expect(await cairn(['lease', 'revoke', id.toString(16), '--endpoints', endpoints])).toMatchObject({ code: 0, stdout: `lease ${id.toString(16)} revoked (1 keys deleted)\n` });
     expect(await exists(client, 'kept')).toBe(false);
+  });
+
+  test('the LeaseKeepAlive stream on a follower: each request answered with the TTL (forwarded to the leader), 0 for an unknown lease', async () => {
+    const { id } = await client.leaseCall((c) => c.leaseGrant, { ttl: 5, id: 0 });
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.find((n) => n.id !== leader)!;
+    const leases = new LeaseClient(follower.clientAddr, credentials.createInsecure());
+    try {
+      const stream = leases.leaseKeepAlive();
+      const answers: LeaseKeepAliveResponse[] = [];
+      stream.on('data', (answer: LeaseKeepAliveResponse) => answers.push(answer));
+      stream.write({ id });
+      const unknown = id === 1 ? 2 : 1;
+      stream.write({ id: unknown });
+      await waitFor('two keep-alive answers', () => answers.length >= 2, 10_000);
+      expect(answers.map((a) => [a.id, a.ttl])).toEqual([
+        [id, 5],
+        [unknown, 0],
+      ]);
+      expect(answers[0]!.header?.memberId).toBe(leader);
+      stream.end();
+    } finally {
+      leases.close();
+    }
+    await client.leaseCall((c) => c.leaseRevoke, { id });
   });
 
   test('kill -9 of the leader while a lease is kept alive: the key survives; it expires only after keep-alives stop', async () => {

@@ -31,6 +31,8 @@ export interface SimLeaseHost {
 
 interface TrackedLease {
   ttlSeconds: number;
+  /** The index its grant applied at, once seen (an expire naming another grant is not its). */
+  grantedIndex?: number;
   /** The latest send time (units) of a keep-alive answered ttl > 0 (the grant's, at first). */
   aliveSentAt: number;
   /** When its expire first applied on some node, if it has. */
@@ -53,7 +55,7 @@ export class SimLeases {
       {
         leadership: () => ({ leading: replica.node.role === 'leader', term: replica.node.term }),
         table: () => stateMachine.leaseTable(),
-        proposeExpire: (id) => replica.propose({ op: { $case: 'leaseExpire', value: { id } }, proposedAtUnixMs: 0 }),
+        proposeExpire: (id, grantedIndex) => replica.propose({ op: { $case: 'leaseExpire', value: { id, grantedIndex } }, proposedAtUnixMs: 0 }),
       },
       { monotonicMs: () => this.host.nowUnits() * this.host.msPerUnit },
     );
@@ -68,9 +70,14 @@ export class SimLeases {
     } catch {
       return;
     }
+    if (command.op?.$case === 'leaseGrant') {
+      const granted = this.leases.get(command.op.value.id);
+      if (granted && granted.grantedIndex === undefined) granted.grantedIndex = entry.index;
+      return;
+    }
     if (command.op?.$case !== 'leaseExpire') return;
     const lease = this.leases.get(command.op.value.id);
-    if (!lease) return;
+    if (!lease || lease.grantedIndex !== command.op.value.grantedIndex) return;
     const now = this.host.nowUnits();
     const earliest = lease.aliveSentAt + this.units(lease.ttlSeconds);
     if (now < earliest) {
@@ -86,11 +93,11 @@ export class SimLeases {
   async run(): Promise<void> {
     try {
       while (this.host.running()) {
-        const id = this.nextId++;
         const ttlSeconds = this.rand.pick([1, 2, 3]);
-        const sentAt = this.host.nowUnits();
-        if (!(await this.propose({ op: { $case: 'leaseGrant', value: { id, ttl: ttlSeconds } }, proposedAtUnixMs: 0, authUser: 'root' }))) return;
-        this.leases.set(id, { ttlSeconds, aliveSentAt: sentAt });
+        // Each attempt its own id, as the Lease service draws a random one per call: a lost
+        // attempt that applied anyway is a lease nobody keeps alive, and must expire too.
+        const id = await this.grant(ttlSeconds);
+        if (id === undefined) return;
         this.stats.granted++;
         await this.propose({ op: { $case: 'put', value: { key: Buffer.from(`lease/${id}`), value: Buffer.from('v'), prevKv: false, lease: id, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } }, proposedAtUnixMs: 0, authUser: 'root' });
         const rounds = this.rand.int(12);
@@ -125,6 +132,20 @@ export class SimLeases {
       this.host.fail(`lease ${id}: a keep-alive sent at ${sentAt} was answered alive (ttl ${answered}) after the lease's expire applied at ${lease.expiredAt}`);
     }
     lease.aliveSentAt = Math.max(lease.aliveSentAt, sentAt);
+  }
+
+  /** Grants a lease, a new id per attempt, until one attempt is answered; its id. */
+  private async grant(ttlSeconds: number): Promise<number | undefined> {
+    while (this.host.running()) {
+      const id = this.nextId++;
+      this.leases.set(id, { ttlSeconds, aliveSentAt: this.host.nowUnits() });
+      const leader = this.pickLeader();
+      const command: Command = { op: { $case: 'leaseGrant', value: { id, ttl: ttlSeconds } }, proposedAtUnixMs: 0, authUser: 'root' };
+      const answered = leader ? await this.settle(leader.replica.propose(command), 15 * this.host.unitsPerTick) : undefined;
+      if (answered !== undefined) return id;
+      await this.host.sleep(this.host.unitsPerTick);
+    }
+    return undefined;
   }
 
   /** Proposes through a leader until one attempt is answered; false once the clients stopped. */

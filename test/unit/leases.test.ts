@@ -10,7 +10,7 @@ const b = (text: string) => Buffer.from(text);
 const noSession = { clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
 const grant = (id: number, ttl: number): Command => ({ op: { $case: 'leaseGrant', value: { id, ttl } }, proposedAtUnixMs: 0 });
 const revoke = (id: number): Command => ({ op: { $case: 'leaseRevoke', value: { id } }, proposedAtUnixMs: 0 });
-const expire = (id: number): Command => ({ op: { $case: 'leaseExpire', value: { id } }, proposedAtUnixMs: 0 });
+const expire = (id: number, grantedIndex = 0): Command => ({ op: { $case: 'leaseExpire', value: { id, grantedIndex } }, proposedAtUnixMs: 0 });
 const put = (key: string, value: string, lease?: number): Command => ({ op: { $case: 'put', value: { key: b(key), value: b(value), prevKv: false, lease, ...noSession } }, proposedAtUnixMs: 0 });
 const del = (key: string): Command => ({ op: { $case: 'delete', value: { key: b(key), prevKv: false, ...noSession } }, proposedAtUnixMs: 0 });
 const txnPut = (key: string, value: string, lease?: number): RequestOp => ({ request: { $case: 'requestPut', value: { key: b(key), value: b(value), prevKv: false, lease, ...noSession } } });
@@ -34,6 +34,8 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
 
   const entry = (c: Command): Entry => ({ index: ++index, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(c).finish()) });
   const apply = async (...commands: Command[]): Promise<CommandResult[]> => (await sm.apply(commands.map(entry))).map((o) => o.result!);
+  /** The expire the leader proposes for lease `id`: it names the lease's grant. */
+  const expireNow = (id: number) => expire(id, sm.leaseTable().get(id)?.grantedIndex ?? 0);
   const keysOf = (id: number) => [...(sm.leaseTable().get(id)?.keys.values() ?? [])].map(String).sort();
 
   test('grant, attach, revoke: every attached key is deleted in that one entry, at one revision', async () => {
@@ -56,13 +58,24 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
 
   test('expire (the leader`s command) deletes the keys; an expire of a lease already gone changes nothing', async () => {
     await apply(grant(LEASE, 5), put('k', 'v', LEASE));
-    const [expired] = await apply(expire(LEASE));
+    const [expired] = await apply(expireNow(LEASE));
     expect(expired.op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
     expect(await sm.get(b('k'))).toBeUndefined();
     const revision = sm.revision();
-    const [again] = await apply(expire(LEASE));
+    const [again] = await apply(expire(LEASE, 1));
     expect(again.error).toBeUndefined();
     expect(again.revision).toBe(revision);
+  });
+
+  test('an expire meant for an earlier lease of the same id (revoked, granted again) does nothing to the new one', async () => {
+    await apply(grant(LEASE, 5));
+    const stale = expireNow(LEASE);
+    await apply(revoke(LEASE), grant(LEASE, 5), put('k', 'v', LEASE));
+    const [ignored] = await apply(stale);
+    expect(ignored.op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 0 } });
+    expect((await sm.get(b('k')))?.lease).toBe(LEASE);
+    await apply(expireNow(LEASE));
+    expect(await sm.get(b('k'))).toBeUndefined();
   });
 
   test('a put with an unknown lease is refused and changes nothing; a grant of an existing id is refused', async () => {
@@ -94,7 +107,7 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
   test('a txn put attaches its key (the lock recipe: create-if-absent with a lease)', async () => {
     await apply(grant(LEASE, 10), txn([txnPut('lock', 'me', LEASE)]));
     expect(keysOf(LEASE)).toEqual(['lock']);
-    await apply(expire(LEASE));
+    await apply(expireNow(LEASE));
     expect(await sm.get(b('lock'))).toBeUndefined();
   });
 
@@ -135,7 +148,7 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
     expect((await apply(as('other', revoke(1))))[0].error?.code).toBe('PERMISSION_DENIED');
     expect(await sm.get(b('app/k'))).toBeDefined();
     // The leader's expiry needs no user.
-    expect((await apply(expire(1)))[0].op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
+    expect((await apply(expireNow(1)))[0].op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
     expect(await sm.get(b('app/k'))).toBeUndefined();
   });
 

@@ -918,6 +918,11 @@ export interface LeaseRevokeResponse {
 /** LeaseExpireCommand is proposed by the leader only, when lease `id` reached its deadline. */
 export interface LeaseExpireCommand {
   id: number;
+  /**
+   * The log index of the grant of the lease that expired (LeaseRecord.granted_index): an
+   * expire for an earlier lease of the same id (revoked, expired, granted again) does nothing.
+   */
+  grantedIndex: number;
 }
 
 /** LeaseKeepAliveRequest renews lease `id`. */
@@ -8816,13 +8821,16 @@ export const LeaseRevokeResponse: MessageFns<LeaseRevokeResponse> = {
 };
 
 function createBaseLeaseExpireCommand(): LeaseExpireCommand {
-  return { id: 0 };
+  return { id: 0, grantedIndex: 0 };
 }
 
 export const LeaseExpireCommand: MessageFns<LeaseExpireCommand> = {
   encode(message: LeaseExpireCommand, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.id !== 0) {
       writer.uint32(8).uint64(message.id);
+    }
+    if (message.grantedIndex !== 0) {
+      writer.uint32(16).uint64(message.grantedIndex);
     }
     return writer;
   },
@@ -8848,6 +8856,14 @@ export const LeaseExpireCommand: MessageFns<LeaseExpireCommand> = {
             message.id = longToNumber(reader.uint64());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.grantedIndex = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -8861,13 +8877,23 @@ export const LeaseExpireCommand: MessageFns<LeaseExpireCommand> = {
   },
 
   fromJSON(object: any): LeaseExpireCommand {
-    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      grantedIndex: isSet(object.grantedIndex)
+        ? globalThis.Number(object.grantedIndex)
+        : isSet(object.granted_index)
+        ? globalThis.Number(object.granted_index)
+        : 0,
+    };
   },
 
   toJSON(message: LeaseExpireCommand): unknown {
     const obj: any = {};
     if (message.id !== 0) {
       obj.id = Math.round(message.id);
+    }
+    if (message.grantedIndex !== 0) {
+      obj.grantedIndex = Math.round(message.grantedIndex);
     }
     return obj;
   },
@@ -8878,6 +8904,7 @@ export const LeaseExpireCommand: MessageFns<LeaseExpireCommand> = {
   fromPartial(object: DeepPartial<LeaseExpireCommand>): LeaseExpireCommand {
     const message = createBaseLeaseExpireCommand();
     message.id = object.id ?? 0;
+    message.grantedIndex = object.grantedIndex ?? 0;
     return message;
   },
 };

@@ -159,6 +159,11 @@ export interface LeaseRecord {
   ttlSeconds: number;
   /** The keys attached to the lease, in no particular order (bounded: MAX_KEYS_PER_LEASE). */
   keys: Buffer[];
+  /**
+   * The log index of the entry that granted it: an expire names it, so an expire meant for
+   * an earlier lease of the same id does nothing to this one.
+   */
+  grantedIndex: number;
 }
 
 function createBaseKeyRecord(): KeyRecord {
@@ -1476,7 +1481,7 @@ export const AuthRole: MessageFns<AuthRole> = {
 };
 
 function createBaseLeaseRecord(): LeaseRecord {
-  return { id: 0, ttlSeconds: 0, keys: [] };
+  return { id: 0, ttlSeconds: 0, keys: [], grantedIndex: 0 };
 }
 
 export const LeaseRecord: MessageFns<LeaseRecord> = {
@@ -1489,6 +1494,9 @@ export const LeaseRecord: MessageFns<LeaseRecord> = {
     }
     for (const v of message.keys) {
       writer.uint32(26).bytes(v!);
+    }
+    if (message.grantedIndex !== 0) {
+      writer.uint32(32).uint64(message.grantedIndex);
     }
     return writer;
   },
@@ -1530,6 +1538,14 @@ export const LeaseRecord: MessageFns<LeaseRecord> = {
             message.keys.push(Buffer.from(reader.bytes()));
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.grantedIndex = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1551,6 +1567,11 @@ export const LeaseRecord: MessageFns<LeaseRecord> = {
         ? globalThis.Number(object.ttl_seconds)
         : 0,
       keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => Buffer.from(bytesFromBase64(e))) : [],
+      grantedIndex: isSet(object.grantedIndex)
+        ? globalThis.Number(object.grantedIndex)
+        : isSet(object.granted_index)
+        ? globalThis.Number(object.granted_index)
+        : 0,
     };
   },
 
@@ -1565,6 +1586,9 @@ export const LeaseRecord: MessageFns<LeaseRecord> = {
     if (message.keys?.length) {
       obj.keys = message.keys.map((e) => base64FromBytes(e));
     }
+    if (message.grantedIndex !== 0) {
+      obj.grantedIndex = Math.round(message.grantedIndex);
+    }
     return obj;
   },
 
@@ -1576,6 +1600,7 @@ export const LeaseRecord: MessageFns<LeaseRecord> = {
     message.id = object.id ?? 0;
     message.ttlSeconds = object.ttlSeconds ?? 0;
     message.keys = object.keys?.map((e) => e) || [];
+    message.grantedIndex = object.grantedIndex ?? 0;
     return message;
   },
 };
