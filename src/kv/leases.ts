@@ -17,6 +17,11 @@ import { Db, DbOp } from '../storage/db';
 export const MAX_LEASES = 10_000;
 /** Most keys attached to one lease; a put past it is refused (LEASE_LIMIT). */
 export const MAX_KEYS_PER_LEASE = 1_000;
+/**
+ * Most bytes of keys attached to leases, all leases together: the table is kept in memory
+ * whole (a key attached to a lease is held there once more). Past it, LEASE_LIMIT.
+ */
+export const MAX_LEASED_KEY_BYTES = 64 * 1024 * 1024;
 /** Shortest TTL a lease may be granted with, in seconds (a shorter one is raised to it, as etcd does). */
 export const MIN_LEASE_TTL_SECONDS = 2;
 /** Longest TTL a lease may be granted with, in seconds (longer: INVALID_ARGUMENT). */
@@ -75,15 +80,21 @@ function toRecord(lease: Lease): LeaseRecord {
 
 /** The lease table as of the applied index. */
 export class LeaseTable {
-  private constructor(private readonly leases: Map<number, Lease>) {}
+  private constructor(
+    private readonly leases: Map<number, Lease>,
+    /** Bytes of all attached keys (bounded by MAX_LEASED_KEY_BYTES). */
+    public keyBytes: number,
+  ) {}
 
   static async load(db: Db): Promise<LeaseTable> {
     const leases = new Map<number, Lease>();
+    let keyBytes = 0;
     for await (const [, value] of db.entries('leases')) {
       const lease = toLease(LeaseRecord.decode(value));
       leases.set(lease.id, lease);
+      for (const key of lease.keys.values()) keyBytes += key.length;
     }
-    return new LeaseTable(leases);
+    return new LeaseTable(leases, keyBytes);
   }
 
   get(id: number): Lease | undefined {
@@ -99,7 +110,8 @@ export class LeaseTable {
   }
 
   /** Makes a batch's changes current (after its write reached LevelDB). */
-  commit(changes: ReadonlyMap<number, Lease | null>): void {
+  commit(changes: ReadonlyMap<number, Lease | null>, keyBytesDelta: number): void {
+    this.keyBytes += keyBytesDelta;
     for (const [id, lease] of changes) {
       if (lease) this.leases.set(id, lease);
       else this.leases.delete(id);
@@ -116,6 +128,7 @@ export interface LeaseRefusal {
 /** One apply batch's changes to the lease table, with reads that see them. */
 export class LeaseBatch {
   private readonly changes = new Map<number, Lease | null>();
+  private keyBytesDelta = 0;
 
   constructor(private readonly table: LeaseTable) {}
 
@@ -146,12 +159,16 @@ export class LeaseBatch {
     this.changes.set(id, null);
   }
 
-  /** Why `extra` more keys could not be attached to lease `id`, if they could not. */
-  refuseAttach(id: number, extra: number): LeaseRefusal | undefined {
+  /** Why `extra` more keys, of `extraBytes` bytes, could not be attached to lease `id`, if they could not. */
+  refuseAttach(id: number, extra: number, extraBytes: number): LeaseRefusal | undefined {
     const lease = this.get(id);
     if (!lease) return { code: ErrorCode.LEASE_NOT_FOUND, message: `lease ${formatLeaseId(id)} does not exist (never granted, or revoked or expired)` };
     if (lease.keys.size + extra > MAX_KEYS_PER_LEASE) {
       return { code: ErrorCode.LEASE_LIMIT, message: `lease ${formatLeaseId(id)} has ${lease.keys.size} keys: attaching ${extra} more passes MAX_KEYS_PER_LEASE ${MAX_KEYS_PER_LEASE}` };
+    }
+    const keyBytes = this.table.keyBytes + this.keyBytesDelta;
+    if (keyBytes + extraBytes > MAX_LEASED_KEY_BYTES) {
+      return { code: ErrorCode.LEASE_LIMIT, message: `keys attached to leases hold ${keyBytes} bytes: attaching ${extraBytes} more passes MAX_LEASED_KEY_BYTES ${MAX_LEASED_KEY_BYTES}` };
     }
     return undefined;
   }
@@ -164,6 +181,7 @@ export class LeaseBatch {
       assert(lease !== undefined && lease.keys.has(name), `key ${name} names lease ${from}, which does not list it`);
       const keys = new Map(lease.keys);
       keys.delete(name);
+      this.keyBytesDelta -= key.length;
       this.changes.set(from, { ...lease, keys });
     }
     if (to !== 0 && !this.get(to)?.keys.has(name)) {
@@ -171,6 +189,7 @@ export class LeaseBatch {
       assert(lease !== undefined, `attaching key ${name} to lease ${to}, which does not exist`);
       const keys = new Map(lease.keys);
       keys.set(name, Buffer.from(key));
+      this.keyBytesDelta += key.length;
       this.changes.set(to, { ...lease, keys });
     }
   }
@@ -189,7 +208,7 @@ export class LeaseBatch {
 
   /** After the batch's write: the table takes the changes. */
   commit(): void {
-    this.table.commit(this.changes);
+    this.table.commit(this.changes, this.keyBytesDelta);
   }
 }
 
@@ -251,10 +270,14 @@ async function deleteLease(lease: Lease, state: LeaseApplyState): Promise<number
 
 /** Why a Txn's puts could not attach their keys, if any could not (checked before it runs, on both branches). */
 export function refuseTxnLeases(puts: readonly { key: Buffer; lease?: number }[], leases: LeaseBatch): LeaseRefusal | undefined {
-  const perLease = new Map<number, number>();
-  for (const { lease } of puts) if (lease) perLease.set(lease, (perLease.get(lease) ?? 0) + 1);
-  for (const [id, count] of perLease) {
-    const refused = leases.refuseAttach(id, count);
+  const perLease = new Map<number, { count: number; bytes: number }>();
+  for (const { key, lease } of puts) {
+    if (!lease) continue;
+    const sum = perLease.get(lease) ?? { count: 0, bytes: 0 };
+    perLease.set(lease, { count: sum.count + 1, bytes: sum.bytes + key.length });
+  }
+  for (const [id, { count, bytes }] of perLease) {
+    const refused = leases.refuseAttach(id, count, bytes);
     if (refused) return refused;
   }
   return undefined;

@@ -529,7 +529,8 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     const lease = request.lease ?? 0;
     if (lease !== 0) {
-      const refused = this.leases.refuseAttach(lease, previous?.lease === lease ? 0 : 1);
+      const attached = previous?.lease === lease;
+      const refused = this.leases.refuseAttach(lease, attached ? 0 : 1, attached ? 0 : request.key.length);
       if (refused) return { revision: this.revision, op: undefined, error: refused };
     }
     this.revision++;

@@ -2,7 +2,7 @@ import { AuthCommand, Command, CommandResult, PermissionType, RequestOp } from '
 import { validateCommand, validateLeaseGrant, validatePut } from '../../src/server/validate';
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { KvStateMachine } from '../../src/kv/state-machine';
-import { formatLeaseId, MAX_KEYS_PER_LEASE, parseLeaseId } from '../../src/kv/leases';
+import { formatLeaseId, LeaseBatch, MAX_KEYS_PER_LEASE, MAX_LEASED_KEY_BYTES, parseLeaseId } from '../../src/kv/leases';
 import { Db, LevelDb } from '../../src/storage/db';
 import { BACKENDS } from '../support/db-backends';
 
@@ -150,6 +150,19 @@ describe.each(BACKENDS)('leases in the state machine ($name)', (backend) => {
     // The leader's expiry needs no user.
     expect((await apply(expireNow(1)))[0].op).toEqual({ $case: 'leaseExpire', value: { header: undefined, deleted: 1 } });
     expect(await sm.get(b('app/k'))).toBeUndefined();
+  });
+
+  test('MAX_LEASED_KEY_BYTES bounds the bytes of all attached keys; the count follows attach, detach, revoke and reopen', async () => {
+    await apply(grant(LEASE, 10), put('abc', 'v', LEASE), put('de', 'v', LEASE), put('abc', 'v2', LEASE));
+    expect(sm.leaseTable().keyBytes).toBe(5);
+    await apply(put('de', 'v'));
+    expect(sm.leaseTable().keyBytes).toBe(3);
+    sm = await KvStateMachine.open(await reopen());
+    expect(sm.leaseTable().keyBytes).toBe(3);
+    expect(new LeaseBatch(sm.leaseTable()).refuseAttach(LEASE, 1, MAX_LEASED_KEY_BYTES - 3)).toBeUndefined();
+    expect(new LeaseBatch(sm.leaseTable()).refuseAttach(LEASE, 1, MAX_LEASED_KEY_BYTES - 2)?.code).toBe('LEASE_LIMIT');
+    await apply(revoke(LEASE));
+    expect(sm.leaseTable().keyBytes).toBe(0);
   });
 
   test('the lease table survives a reopen', async () => {
