@@ -96,6 +96,12 @@ export const ErrorCode = {
   AUTH_ROOT_REQUIRED: 'AUTH_ROOT_REQUIRED',
   /** The auth state would grow past one of its bounds (users, roles, permissions, bytes). */
   AUTH_LIMIT: 'AUTH_LIMIT',
+  /** No lease with this id (never granted, or revoked or expired since). */
+  LEASE_NOT_FOUND: 'LEASE_NOT_FOUND',
+  /** A lease with this id exists already. */
+  LEASE_EXISTS: 'LEASE_EXISTS',
+  /** A lease bound was reached (MAX_LEASES, MAX_KEYS_PER_LEASE): nothing was applied. */
+  LEASE_LIMIT: 'LEASE_LIMIT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Metadata, ServiceError, status as Status } from '@grpc/grpc-js';
 import {
   AuthClient,
+  LeaseClient,
   AuthenticateResponse,
   ClusterClient,
   Consistency,
@@ -128,6 +129,7 @@ export class CairnClient {
   private readonly kv: KVClient[];
   private readonly cluster: ClusterClient[];
   private readonly auth: AuthClient[];
+  private readonly leases: LeaseClient[];
   /** The token every call carries (`authorization: Bearer TOKEN`), once logged in. */
   private token: string | undefined;
   private preferred = 0;
@@ -142,6 +144,7 @@ export class CairnClient {
     this.kv = options.endpoints.map((e, i) => new KVClient(e, dials[i]!.credentials, dials[i]!.options));
     this.cluster = options.endpoints.map((e, i) => new ClusterClient(e, dials[i]!.credentials, dials[i]!.options));
     this.auth = options.endpoints.map((e, i) => new AuthClient(e, dials[i]!.credentials, dials[i]!.options));
+    this.leases = options.endpoints.map((e, i) => new LeaseClient(e, dials[i]!.credentials, dials[i]!.options));
   }
 
   /** Authenticates as `name` (Auth.Authenticate); every later call carries the token. */
@@ -163,6 +166,18 @@ export class CairnClient {
     });
   }
 
+  /**
+   * Calls one Lease method (src/cli/lease-verbs.ts), at any endpoint, with the usual retries.
+   * A grant carries no session: one retried after an unknown outcome may grant a second
+   * lease, which nobody keeps alive and which so expires after its TTL.
+   */
+  leaseCall<Req, Res>(method: (client: LeaseClient) => (request: Req, metadata: Metadata, options: { deadline: number }, callback: (err: ServiceError | null, res?: Res) => void) => unknown, request: Req): Promise<Res> {
+    return this.retry((i, md, opts, cb) => {
+      const client = this.leases[i]!;
+      method(client).call(client, request, md, opts, cb);
+    });
+  }
+
   /** Metadata for one call: the token, when logged in (also for calls made outside this client, as a backup's stream). */
   callMetadata(): Metadata {
     return this.metadata();
@@ -175,8 +190,8 @@ export class CairnClient {
     return metadata;
   }
 
-  put(key: Buffer, value: Buffer, prevKv = false): Promise<PutResponse> {
-    return this.write((session, i, md, opts, cb) => this.kv[i]!.put({ key, value, prevKv, ...session }, md, opts, cb));
+  put(key: Buffer, value: Buffer, prevKv = false, lease?: number): Promise<PutResponse> {
+    return this.write((session, i, md, opts, cb) => this.kv[i]!.put({ key, value, prevKv, lease, ...session }, md, opts, cb));
   }
 
   get(key: Buffer): Promise<GetResponse> {
@@ -286,7 +301,7 @@ export class CairnClient {
   }
 
   close(): void {
-    for (const c of [...this.kv, ...this.cluster, ...this.auth]) c.close();
+    for (const c of [...this.kv, ...this.cluster, ...this.auth, ...this.leases]) c.close();
   }
 
   /**

@@ -15,6 +15,7 @@ import { runShell } from './shell';
 import { parseUserFlag, promptPassword } from './auth-verbs';
 import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
+import { LEASE_BOOLEAN_FLAGS } from './lease-verbs';
 import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 import { parseWatchCommand, runWatch, WATCH_FLAGS, WATCH_SWITCHES } from './watch-verb';
@@ -66,6 +67,12 @@ Usage:
   cairn role grant-permission NAME read|write|readwrite KEY   (or --prefix PREFIX instead of KEY)
   cairn role revoke-permission NAME KEY                       (or --prefix PREFIX)
   cairn auth enable|disable|status turn auth on (user root must exist) or off
+  cairn lease grant TTL_SECONDS     grant a lease; prints its id in hex (lease 194d77aa9e3826 granted with TTL(10s))
+  cairn lease revoke ID            revoke a lease: its keys are deleted, in one revision
+  cairn lease keep-alive ID [--once]   renew a lease every TTL/3 until interrupted (or once)
+  cairn lease time-to-live ID [--keys] | list   a lease's remaining TTL (and keys); every lease's id
+  cairn put KEY VALUE --lease ID   set a key attached to a lease (deleted when it expires or is revoked)
+  cairn lock NAME [--ttl 10] -- CMD [ARGS...]   run CMD holding the lock NAME (a lease and a Txn; docs/recipes.md)
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST, SIGNUP/LOGIN)
   cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
   cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... --cluster-token T
@@ -128,7 +135,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'watch') return watch(rest);
   const isShell = command === 'shell';
   if (!isShell && !VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
-  const { positional, flags } = parseArgs(rest, [], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
+  const { positional, flags } = parseArgs(rest, isShell ? [] : LEASE_BOOLEAN_FLAGS, isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
   if (isShell && positional.length > 0) throw new UsageError(`cairn shell takes no arguments, got "${positional.join(' ')}"`);
   if (!isShell) checkVerbFlags(command, flags, COMMON_FLAGS);
   const user = flags.user;
@@ -144,6 +151,7 @@ async function main(argv: string[]): Promise<number> {
       readStdin: () => readAll(process.stdin),
       writeValue: writeValueToStdout,
       promptPassword,
+      signal: command === 'lease' && positional[0] === 'keep-alive' ? interruptSignal() : undefined,
     });
   } finally {
     client.close();
@@ -301,4 +309,11 @@ if (require.main === module) {
 function writeValueToStdout(value: Buffer): void {
   process.stdout.write(value);
   if (process.stdout.isTTY) process.stdout.write('\n');
+}
+
+/** Aborted at the first SIGINT (ends `cairn lease keep-alive`, which otherwise runs until interrupted). */
+function interruptSignal(): AbortSignal {
+  const controller = new AbortController();
+  process.once('SIGINT', () => controller.abort());
+  return controller.signal;
 }

@@ -6,6 +6,8 @@ import { CairnClient } from './client';
 import { describeFailure } from './describe-error';
 import { UsageError } from './flags';
 import { AUTH_VERB_SPECS, AuthVerbOptions, runAuthVerb } from './auth-verbs';
+import { leaseIdArg, LEASE_VERB_SPECS, LeaseVerbOptions, runLeaseVerb } from './lease-verbs';
+import { LOCK_VERB_SPECS, runLockVerb } from './lock-verb';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -35,7 +37,7 @@ const MEMBER_FORMS = [
 ] as const;
 
 const VERB_SPECS: Record<string, VerbSpec> = {
-  put: { usage: ['KEY VALUE', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file'] },
+  put: { usage: ['KEY VALUE [--lease ID]', 'KEY --from-file FILE', STDIN_FORM], minArgs: 1, maxArgs: 2, flags: ['from-file', 'lease'] },
   get: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
   has: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: ['consistency'] },
   del: { usage: ['KEY'], minArgs: 1, maxArgs: 1, flags: [] },
@@ -48,6 +50,8 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   member: { usage: MEMBER_FORMS.map((f) => f.usage), minArgs: 1, maxArgs: 3, flags: ['client-addr'] },
   leader: { usage: ['transfer [--to ID]'], minArgs: 1, maxArgs: 1, flags: ['to'] },
   ...AUTH_VERB_SPECS,
+  ...LEASE_VERB_SPECS,
+  ...LOCK_VERB_SPECS,
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -76,7 +80,7 @@ export function checkVerbFlags(
   }
 }
 
-export interface VerbOptions extends AuthVerbOptions {
+export interface VerbOptions extends AuthVerbOptions, LeaseVerbOptions {
   /** The verb as the user typed it (`SET` in the shell), for usage messages. */
   typed?: string;
   /** Reads stdin to its end; absent where stdin is not the value's (the shell). */
@@ -121,7 +125,7 @@ export async function runVerb(
   switch (verb) {
     case 'put': {
       const value = await putValue(args, flags, typed, options);
-      const response = await client.put(Buffer.from(args[0]!), value);
+      const response = await client.put(Buffer.from(args[0]!), value, false, flags.lease === undefined ? undefined : leaseIdArg(flags.lease, '--lease'));
       print(`OK (revision ${response.header?.revision})`);
       return 0;
     }
@@ -183,6 +187,10 @@ export async function runVerb(
     case 'role':
     case 'auth':
       return runAuthVerb(client, verb, args, flags, print, usage(verb, typed, options), options);
+    case 'lease':
+      return runLeaseVerb(client, args, flags, print, usage(verb, typed, options), options);
+    case 'lock':
+      return runLockVerb(client, args, flags, print);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }

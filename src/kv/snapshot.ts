@@ -1,3 +1,4 @@
+import { checkLeaseRecord } from './leases';
 import { AppliedState, AuthState, KeyRecord, SessionRecord, SnapshotBatch, SnapshotRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
@@ -12,7 +13,7 @@ import { checkHistoryRecord } from './watch-history';
  * key order, and the `meta` part is exactly one record, `applied`, last. The receiver
  * checks all of it, so a truncated, reordered or foreign stream is refused, not installed.
  */
-export const SNAPSHOT_SUBLEVEL_ORDER = ['kv', 'sessions', 'auth', 'history', 'meta'] as const;
+export const SNAPSHOT_SUBLEVEL_ORDER = ['kv', 'sessions', 'auth', 'history', 'leases', 'meta'] as const;
 type SnapshotSublevel = (typeof SNAPSHOT_SUBLEVEL_ORDER)[number];
 
 export const APPLIED_KEY = Buffer.from('applied');
@@ -49,7 +50,7 @@ class KvSnapshot implements FsmSnapshot {
   async *chunks(maxChunkBytes: number): AsyncIterable<Uint8Array> {
     assert(Number.isSafeInteger(maxChunkBytes) && maxChunkBytes >= 1, `maxChunkBytes must be an integer >= 1, got ${maxChunkBytes}`);
     const chunk = new ChunkBuilder(maxChunkBytes);
-    for (const sublevel of ['kv', 'sessions', 'auth', 'history'] as const) {
+    for (const sublevel of ['kv', 'sessions', 'auth', 'history', 'leases'] as const) {
       this.checkLive();
       for await (const [key, value] of this.db.entries(sublevel, { snapshot: this.view })) {
         const full = chunk.add({ sublevel, key, value });
@@ -172,6 +173,7 @@ export class SnapshotStager {
     try {
       if (sublevel === 'kv') KeyRecord.decode(value);
       else if (sublevel === 'sessions') SessionRecord.decode(value);
+      else if (sublevel === 'leases') checkLeaseRecord(key, value);
       else if (sublevel === 'auth') {
         if (!key.equals(AUTH_STATE_KEY)) throw new Error(`auth key ${JSON.stringify(key.toString('latin1'))} is not one cairn writes`);
         AuthState.decode(value);

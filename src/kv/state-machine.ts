@@ -9,7 +9,8 @@ import { checkSessionLimits, DEFAULT_SESSION_LIMITS, SessionBatch, SessionLimits
 import { DEFAULT_STATE_CACHE_BYTES, RecordCache } from './record-cache';
 import { APPLIED_KEY, EMPTY_APPLIED_STATE, openKvSnapshot, SnapshotStager } from './snapshot';
 import { AuthView } from './auth-state';
-import { lowerBound, mergeRange, putRecord, runTxn, txnAccesses, TxnBudget, txnPointKeys, TxnState } from './txn';
+import { lowerBound, mergeRange, putRecord, runTxn, txnAccesses, TxnBudget, txnPointKeys, txnPuts, TxnState } from './txn';
+import { applyLeaseOp, isLeaseOp, LeaseBatch, LeaseTable, refuseTxnLeases } from './leases';
 import { HistoryBatch, loadCompactedRevision, MAX_COMPACT_REVISIONS_PER_COMMAND, readHistory, RevisionEvent } from './watch-history';
 
 /** Who hears of the history as it lands (the node's watch hub, src/kv/watch-hub.ts). */
@@ -57,6 +58,8 @@ export interface StateMachine extends Fsm<CommandResult> {
   range(options: RangeOptions): Promise<{ kvs: KeyValue[]; more: boolean; revision: number }>;
   /** The auth state as of the applied index (users, roles, permissions; src/kv/auth-state.ts). */
   authState(): AuthView;
+  /** The lease table as of the applied index (src/kv/leases.ts). */
+  leaseTable(): LeaseTable;
 }
 
 /**
@@ -98,6 +101,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     private auth: AuthView,
     /** History below this revision was dropped (KV.Compact), as of the landed state. */
     private compacted: number,
+    private leases: LeaseTable,
   ) {
     this.applied = applied;
   }
@@ -107,7 +111,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     checkSessionLimits(sessionLimits);
     const applied = await loadApplied(db);
     await markPreHistoryCompacted(db, applied.revision);
-    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db));
+    return new KvStateMachine(db, applied, await SessionTable.load(db), sessionLimits, new RecordCache(cacheBytes), await AuthView.load(db), await loadCompactedRevision(db), await LeaseTable.load(db));
   }
 
   /**
@@ -134,6 +138,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
         this.auth = await AuthView.load(this.db);
         await markPreHistoryCompacted(this.db, applied.revision);
         this.compacted = await loadCompactedRevision(this.db);
+        this.leases = await LeaseTable.load(this.db);
         this.switching = false;
         this.restore = undefined;
         this.retire(generation - 1);
@@ -191,6 +196,10 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     return this.auth;
   }
 
+  leaseTable(): LeaseTable {
+    return this.leases;
+  }
+
   /** Log time: the highest leader stamp (proposed_at_unix_ms) applied so far. */
   logTimeUnixMs(): number {
     return this.applied.logTimeUnixMs;
@@ -216,7 +225,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
     // The session table is updated as the batch goes: a failure after this point (a failed
     // write) stops the node (the shell treats it as fatal) and the state is reopened from disk.
     const sessions = new SessionBatch(this.db, this.sessions, this.sessionLimits);
-    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth, new HistoryBatch(this.compacted));
+    const batch = new ApplyBatch(this.db, this.applied.revision, this.applied.logTimeUnixMs, sessions, this.cache, this.auth, new HistoryBatch(this.compacted), new LeaseBatch(this.leases));
     const commands = entries.map(decodeCommand);
     await Promise.all([batch.prefetch(commands), sessions.prefetch(commands.map(clientIdOf))]);
     const outcomes: ApplyOutcome[] = [];
@@ -237,6 +246,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
       decided?.(outcomes);
       await written;
       batch.writeThrough();
+      batch.leases.commit();
       this.applied = applied;
       this.auth = batch.auth;
       this.compacted = batch.history.compacted;
@@ -440,6 +450,7 @@ class ApplyBatch implements TxnState {
     public auth: AuthView,
     /** Every key change of the batch, for the `history` sublevel (src/kv/watch-history.ts). */
     readonly history: HistoryBatch,
+    public readonly leases: LeaseBatch,
   ) {}
 
   private authChanged = false;
@@ -451,7 +462,7 @@ class ApplyBatch implements TxnState {
   async prefetch(commands: readonly (Command | typeof UNDECODABLE | undefined)[]): Promise<void> {
     const keys = new Map<string, Buffer>();
     for (const command of commands) {
-      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') continue;
+      if (command === undefined || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact' || isLeaseOp(command.op)) continue;
       for (const key of command.op.$case === 'txn' ? txnPointKeys(command.op.value) : [command.op.value.key]) {
         const name = hex(key);
         if (this.kv.has(name) || this.stored.has(name) || keys.has(name)) continue;
@@ -490,6 +501,7 @@ class ApplyBatch implements TxnState {
     this.sessions.evictIdle(this.logTimeUnixMs);
     if (command.op?.$case === 'auth') return this.applyAuth(command.op.value, entry.index, command);
     if (command.op?.$case === 'compact') return this.compact(command.op.value);
+    if (isLeaseOp(command.op)) return this.applyLease(command, entry.index);
     const write = command.op?.value;
     if (!write || write.clientId === '' || write.sequence < 1) return this.applyCommand(command);
     const at = { index: entry.index, logTimeUnixMs: this.logTimeUnixMs, revision: this.revision };
@@ -504,11 +516,39 @@ class ApplyBatch implements TxnState {
         return this.refusedByAuth(command, command.op.value.key, command.op.value.prevKv) ?? this.delete(command.op.value);
       case 'txn':
         return this.refusedTxnByAuth(command, command.op.value) ?? this.txn(command.op.value);
-      case 'auth':
-      case 'compact':
-      case undefined:
+      default:
         return { revision: this.revision, op: undefined };
     }
+  }
+
+  /** Lease commands carry no session: a grant names its id, so a retried one is refused (LEASE_EXISTS), not doubled. */
+  private async applyLease(command: Command, index: number): Promise<CommandResult> {
+    assert(isLeaseOp(command.op), 'applyLease of a command that is not a lease command');
+    if (this.auth.enabled && command.op.$case !== 'leaseExpire') {
+      const revoked = this.revokedAtApply(command);
+      if (revoked) return revoked;
+      if (!command.authUser) return this.deniedAtApply(`${describeAuthUser(undefined, 'the lease command')} may not grant or revoke leases`);
+    }
+    const keyWritesRefused = (keys: readonly Buffer[]) => {
+      if (!this.auth.enabled || command.op?.$case === 'leaseExpire') return undefined;
+      const user = command.authUser ?? '';
+      const denied = keys.find((key) => !this.auth.permitsKey(user, 'write', key));
+      return denied && this.deniedAtApply(`${describeAuthUser(user, 'the revoke')} may not write key ${describeKey(denied)}, attached to the lease: revoking it would delete the key`);
+    };
+    const self = this;
+    return applyLeaseOp(command.op, index, {
+      leases: this.leases,
+      get revision() {
+        return self.revision;
+      },
+      set revision(revision: number) {
+        self.revision = revision;
+      },
+      read: (key) => this.read(key),
+      // A revoke or expire deletes its keys at the revision it has just moved to.
+      write: (key, record) => this.setKey(key, record, this.revision),
+      refuseKeyWrites: keyWritesRefused,
+    });
   }
 
   /**
@@ -542,6 +582,8 @@ class ApplyBatch implements TxnState {
   }
 
   private async txn(request: TxnRequest): Promise<CommandResult> {
+    const leaseRefused = refuseTxnLeases(txnPuts(request), this.leases);
+    if (leaseRefused) return { revision: this.revision, op: undefined, error: leaseRefused };
     const { response, revision } = await runTxn(request, this, this.revision);
     assert(revision === this.revision || revision === this.revision + 1, `a txn moved the revision from ${this.revision} to ${revision}`);
     this.revision = revision;
@@ -604,15 +646,30 @@ class ApplyBatch implements TxnState {
   }
 
   /** Every key change goes through here: the data and its history event, in the same batch. */
-  private setKey(key: Buffer, record: KeyRecord | null, previous: KeyRecord | undefined): void {
-    this.stage(hex(key), record);
-    this.history.record(this.revision, key, record, previous);
+  /**
+   * Every write of a key goes through here: its record, its lease's key list, and its history
+   * event at `revision`. The batch read the key first (prefetch or read()), so its old record is known.
+   */
+  private setKey(key: Buffer, record: KeyRecord | null, revision: number): void {
+    const name = hex(key);
+    const staged = this.kv.get(name);
+    const previous = staged !== undefined ? staged : this.stored.get(name);
+    assert(previous !== undefined, `key ${describeKey(key)} written before it was read in this batch`);
+    this.leases.moveKey(Buffer.from(key), previous?.lease ?? 0, record?.lease ?? 0);
+    this.stage(name, record);
+    this.history.record(revision, key, record, previous ?? undefined);
   }
 
   private async put(request: PutRequest): Promise<CommandResult> {
     const previous = await this.read(request.key);
+    const lease = request.lease ?? 0;
+    if (lease !== 0) {
+      const attached = previous?.lease === lease;
+      const refused = this.leases.refuseAttach(lease, attached ? 0 : 1, attached ? 0 : request.key.length);
+      if (refused) return { revision: this.revision, op: undefined, error: refused };
+    }
     this.revision++;
-    this.setKey(request.key, putRecord(previous, request.value, this.revision), previous);
+    this.setKey(request.key, putRecord(previous, request.value, this.revision, lease), this.revision);
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'put', value: { header: undefined, prevKv } } };
   }
@@ -621,24 +678,18 @@ class ApplyBatch implements TxnState {
     const previous = await this.read(request.key);
     if (previous) {
       this.revision++;
-      this.setKey(request.key, null, previous);
+      this.setKey(request.key, null, this.revision);
     }
     const prevKv = request.prevKv && previous ? toKeyValue(request.key, previous, false) : undefined;
     return { revision: this.revision, op: { $case: 'delete', value: { header: undefined, deleted: !!previous, prevKv } } };
   }
 
-  /** A Txn's write, at the revision the Txn moved to; it read the key first (txn.ts), so its old record is known. */
+  /** A Txn's write, at the revision the Txn moves to (txn() sets it once runTxn returns). */
   write(key: Buffer, record: KeyRecord | null): void {
-    const name = hex(key);
-    const staged = this.kv.get(name);
-    const previous = staged !== undefined ? staged : this.stored.get(name);
-    assert(previous !== undefined, `a txn wrote key ${describeKey(key)} without reading it first`);
-    // A Txn's writes are all at one revision past the batch's, which txn() sets once runTxn returns.
-    this.stage(name, record);
-    this.history.record(this.revision + 1, key, record, previous ?? undefined);
+    this.setKey(key, record, this.revision + 1);
   }
 
-  /** Every write of the batch to `kv` goes through here. */
+  /** Every write of the batch to `kv` goes through here (from setKey). */
   private stage(name: string, record: KeyRecord | null): void {
     if (this.stagedNames && !this.kv.has(name)) this.stagedNames.splice(lowerBound(this.stagedNames, name), 0, name);
     this.kv.set(name, record);
@@ -680,6 +731,7 @@ class ApplyBatch implements TxnState {
     ops.push(...this.history.ops());
     ops.push(...this.sessions.ops());
     if (this.authChanged) ops.push(this.auth.storeOp());
+    ops.push(...this.leases.ops());
     ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
     return ops;
   }
@@ -700,7 +752,7 @@ function decodeCommand(entry: Entry): Command | typeof UNDECODABLE | undefined {
 
 /** The session a command writes under ('' for none). */
 function clientIdOf(command: Command | typeof UNDECODABLE | undefined): string {
-  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact') return '';
+  if (!command || command === UNDECODABLE || !command.op || command.op.$case === 'auth' || command.op.$case === 'compact' || isLeaseOp(command.op)) return '';
   return command.op.value.clientId;
 }
 
@@ -721,6 +773,7 @@ function toKeyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue
     createRevision: record.createRevision,
     modRevision: record.modRevision,
     version: record.version,
+    ...(record.lease ? { lease: record.lease } : {}),
   };
 }
 

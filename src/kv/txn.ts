@@ -155,13 +155,16 @@ async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => num
 }
 
 /** The record a put of `value` at `revision` leaves, over the key's `previous` one. */
-export function putRecord(previous: KeyRecord | undefined, value: Buffer, revision: number): KeyRecord {
-  return { value, createRevision: previous ? previous.createRevision : revision, modRevision: revision, version: previous ? previous.version + 1 : 1 };
+export function putRecord(previous: KeyRecord | undefined, value: Buffer, revision: number, lease = 0): KeyRecord {
+  // No lease is no field at all, so records without leases keep the bytes they always had.
+  const record: KeyRecord = { value, createRevision: previous ? previous.createRevision : revision, modRevision: revision, version: previous ? previous.version + 1 : 1 };
+  if (lease !== 0) record.lease = lease;
+  return record;
 }
 
 async function put(request: PutRequest, state: TxnState, revisionForWrite: () => number): Promise<PutResponse> {
   const previous = await state.read(request.key);
-  state.write(request.key, putRecord(previous, request.value, revisionForWrite()));
+  state.write(request.key, putRecord(previous, request.value, revisionForWrite(), request.lease ?? 0));
   return { header: undefined, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
 }
 
@@ -197,7 +200,14 @@ async function range(request: RangeRequest, state: TxnState, budget: TxnBudget):
 }
 
 function keyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue {
-  return { key, value: keysOnly ? Buffer.alloc(0) : Buffer.from(record.value), createRevision: record.createRevision, modRevision: record.modRevision, version: record.version };
+  return { key, value: keysOnly ? Buffer.alloc(0) : Buffer.from(record.value), createRevision: record.createRevision, modRevision: record.modRevision, version: record.version, ...(record.lease ? { lease: record.lease } : {}) };
+}
+
+/** The puts of a Txn, in both branches (their leases are checked before it runs). */
+export function txnPuts(request: TxnRequest): PutRequest[] {
+  const puts: PutRequest[] = [];
+  for (const op of [...request.success, ...request.failure]) if (op.request?.$case === 'requestPut') puts.push(op.request.value);
+  return puts;
 }
 
 /** The keys a Txn's compares and writes name, in both branches (for prefetching). */

@@ -309,6 +309,10 @@ class TimedStateMachine implements StateMachine, SnapshottingFsm<CommandResult> 
     return this.inner.authState();
   }
 
+  leaseTable() {
+    return this.inner.leaseTable();
+  }
+
   async snapshot(): Promise<FsmSnapshot> {
     const snapshot = await this.inner.snapshot();
     const metrics = this.metrics;

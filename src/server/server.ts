@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
-import { AuthService, ClusterService, KVService } from '../../gen/cairn/kv/v1/kv';
+import { AuthService, ClusterService, KVService, LeaseService } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, RaftServiceService } from '../../gen/cairn/raft/v1/raft';
 import { ClusterIdentity } from '../../gen/cairn/storage/v1/storage';
 import { CairnError, ErrorCode } from '../errors';
@@ -28,6 +28,7 @@ import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { NodeWatch } from './watch';
 import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { leaseServiceOf } from './lease-service';
 import { AuthGate } from './auth';
 
 /** How long shutdown waits for in-flight client calls before cutting them off. */
@@ -78,6 +79,8 @@ export class CairnNode {
   private httpPort: HttpPort | undefined;
   /** The ports' certificate files (src/server/tls.ts), once listening. */
   private transportSecurity: NodeTransportSecurity | undefined;
+  /** Stops the lease keeper's timer (src/server/lease-service.ts). */
+  private stopLeases: (() => void) | undefined;
   /** What the peer port refused for a certificate that names another node. */
   peerIdentityStats: PeerIdentityStats | undefined;
   /** Leader changes this node saw, oldest first (at most MAX_LEADER_CHANGES_SHOWN). */
@@ -195,8 +198,10 @@ export class CairnNode {
       // With client certificates verified (--client-ca-file), a certificate's common name stands for the user, as in etcd.
       auth: new AuthGate(() => replica.stateMachine.authState(), { tokenTtlMs: config.authTokenTtlMs, trustCertificateCommonName: Boolean(config.tls.client?.caFile) }),
     };
+    const leases = leaseServiceOf(context);
     // The gateway (--http-addr) runs the very same definitions and implementations as the client port.
     const gatewayServices = {
+      lease: { definition: withLenientDecoding(LeaseService), implementation: leases.service },
       kv: { definition: withLenientDecoding(KVService), implementation: kvService(context) },
       cluster: { definition: withLenientDecoding(ClusterService), implementation: clusterService(context) },
       auth: { definition: withLenientDecoding(AuthService), implementation: authServiceOf(context) },
@@ -205,6 +210,7 @@ export class CairnNode {
     clientServer.addService(gatewayServices.auth.definition, gatewayServices.auth.implementation);
     clientServer.addService(gatewayServices.cluster.definition, gatewayServices.cluster.implementation);
     const watch = NodeWatch.attach(clientServer, context, kvStateMachine, config);
+    clientServer.addService(gatewayServices.lease.definition, gatewayServices.lease.implementation);
     const health = addReflectionAndHealth(clientServer);
     peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
@@ -227,6 +233,7 @@ export class CairnNode {
     const started = node;
     started.transportSecurity = security;
     started.watch = watch;
+    started.stopLeases = leases.stop;
     started.peerIdentityStats = peerIdentityStats;
     security.watch();
     const plaintext = plaintextNetworkPorts(config);
@@ -345,6 +352,7 @@ export class CairnNode {
     this.watch?.close();
     const clientServer = await shutdownServer(this.clientServer);
     clearInterval(this.ticker);
+    this.stopLeases?.();
     await this.replica.stop();
     // Peer streams never end by themselves: end ours (the peers see a clean end) and the
     // peers', so that the peer server waits only for forwarded requests still running.
@@ -546,7 +554,7 @@ function shutdownServer({ server, port }: GuardedServer): Promise<ServerShutdown
 
 /** Server reflection (for grpcurl and buf curl) and grpc.health.v1 on the client port. */
 function addReflectionAndHealth(server: Server): HealthImplementation {
-  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'cairn.kv.v1.Watch', 'grpc.health.v1.Health']);
+  addReflection(server, ['cairn.kv.v1.KV', 'cairn.kv.v1.Cluster', 'cairn.kv.v1.Auth', 'cairn.kv.v1.Watch', 'cairn.kv.v1.Lease', 'grpc.health.v1.Health']);
   return addHealth(server);
 }
 

@@ -375,7 +375,7 @@ function changed(context: ServiceContext, config: ClusterConfig) {
  * (or its client address) known, is answered NOT_LEADER / NO_LEADER with cairn-leader-id, so
  * the client retries elsewhere. The leader's own answer, error or not, is relayed as it is.
  */
-function onLeader<Res>(
+export function onLeader<Res>(
   context: ServiceContext,
   scope: RequestScope,
   metadata: Metadata,

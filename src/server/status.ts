@@ -42,6 +42,9 @@ const STATUS_OF: Record<ErrorCode, Status> = {
   [ErrorCode.AUTH_EXISTS]: Status.ALREADY_EXISTS,
   [ErrorCode.AUTH_ROOT_REQUIRED]: Status.FAILED_PRECONDITION,
   [ErrorCode.AUTH_LIMIT]: Status.RESOURCE_EXHAUSTED,
+  [ErrorCode.LEASE_NOT_FOUND]: Status.NOT_FOUND,
+  [ErrorCode.LEASE_EXISTS]: Status.ALREADY_EXISTS,
+  [ErrorCode.LEASE_LIMIT]: Status.RESOURCE_EXHAUSTED,
 };
 
 export interface GrpcError extends Partial<ServiceError> {

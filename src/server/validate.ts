@@ -1,3 +1,4 @@
+import { MAX_LEASE_ID, MAX_LEASE_TTL_SECONDS } from '../kv/leases';
 import { Command, Compare, CompareResult, CompareTarget, Consistency, DeleteRequest, GetRequest, PutRequest, RangeRequest, RequestOp, TxnRequest } from '../../gen/cairn/kv/v1/kv';
 import { CairnError, ErrorCode } from '../errors';
 import { Limits } from './config';
@@ -39,6 +40,7 @@ export function validatePut(request: PutRequest, limits: Limits): void {
     invalid(`value is ${request.value.length} bytes, over the limit of ${limits.maxValueBytes} (--max-value-bytes)`);
   }
   checkSession(request, limits);
+  if (request.lease) validateLeaseId(request.lease);
   checkRequestSize(request.key.length + request.value.length + Buffer.byteLength(request.clientId), limits);
 }
 
@@ -83,6 +85,17 @@ export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
     case 'compact':
     case 'auth':
       // Names and bounds are checked where it applies, alike on every replica.
+      break;
+    case 'leaseGrant':
+      validateLeaseGrant(command.op.value);
+      if (command.op.value.id === 0) invalid('forwarded lease grant has no id (the receiving node chooses it)');
+      break;
+    case 'leaseRevoke':
+      validateLeaseId(command.op.value.id);
+      break;
+    case 'leaseExpire':
+      // Expiry is the leader's decision alone (src/kv/lease-keeper.ts): never forwarded.
+      invalid('a lease expire command is proposed by the leader only, never forwarded');
       break;
     default:
       invalid('forwarded command has no operation');
@@ -257,4 +270,16 @@ export function validateMemberId(request: { id: number }): void {
 /** to_id 0 means "the most caught-up voter". */
 export function validateLeaderTransfer(request: { toId: number }): void {
   if (request.toId !== 0) checkMemberId(request.toId, 'to_id');
+}
+
+/** A lease grant: TTL within [1, MAX_LEASE_TTL_SECONDS] seconds, id 0 (choose one) or a valid id. */
+export function validateLeaseGrant(request: { ttl: number; id: number }): void {
+  if (!Number.isSafeInteger(request.ttl) || request.ttl < 1 || request.ttl > MAX_LEASE_TTL_SECONDS) {
+    invalid(`lease ttl must be between 1 and MAX_LEASE_TTL_SECONDS ${MAX_LEASE_TTL_SECONDS} seconds, got ${request.ttl}`);
+  }
+  if (request.id !== 0) validateLeaseId(request.id);
+}
+
+export function validateLeaseId(id: number): void {
+  if (!Number.isSafeInteger(id) || id < 1 || id > MAX_LEASE_ID) invalid(`lease id must be between 1 and 2^53 - 1, got ${id}`);
 }

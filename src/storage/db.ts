@@ -11,6 +11,7 @@ import { CairnError, ErrorCode } from '../errors';
  *   sessions  client id -> encoded SessionRecord
  *   auth      'state' -> encoded AuthState (users, roles, permissions; src/kv/auth-state.ts)
  *   history   8-byte big-endian revision + 2-byte index -> encoded HistoryEvent (src/kv/watch-history.ts)
+ *   leases    8-byte big-endian lease id -> encoded LeaseRecord (src/kv/leases.ts)
  *
  * `kv`, `sessions`, `auth` and `history` are generational: each name maps to the physical sublevel of the
  * current generation (`kv`, `sessions` for generation 1, so data dirs written before
@@ -19,9 +20,9 @@ import { CairnError, ErrorCode } from '../errors';
  * `generation` record in `meta` (the switch is atomic with whatever shares its batch).
  * `log` and `meta` are not generational.
  */
-export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions', 'auth', 'history'] as const;
+export const SUBLEVELS = ['log', 'meta', 'kv', 'sessions', 'auth', 'history', 'leases'] as const;
 export type SublevelName = (typeof SUBLEVELS)[number];
-export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions', 'auth', 'history'] as const;
+export const GENERATIONAL_SUBLEVELS = ['kv', 'sessions', 'auth', 'history', 'leases'] as const;
 export type GenerationalSublevel = (typeof GENERATIONAL_SUBLEVELS)[number];
 
 /** The generation of a database that has no `generation` record. */

@@ -171,6 +171,20 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     expect(twice.json.message).toMatch(/success\[1\]\.key is written twice in one branch/);
   });
 
+  test('leases over HTTP: grant on a follower, put with the lease, keep it alive, time-to-live lists the key, revoke deletes it', async () => {
+    const granted = await post(url(followers[0]!, '/v1/lease/grant'), { ttl: '30' });
+    expect(granted.status).toBe(200);
+    const id = granted.json.id as string;
+    expect(id).toMatch(/^\d+$/);
+    expect((await post(url(followers[1]!, '/v1/kv/put'), { key: b64('gw/leased'), value: b64('v'), lease: id })).status).toBe(200);
+    expect((await post(url(followers[1]!, '/v1/lease/keepalive'), { id })).status).toBe(200);
+    const ttl = await post(url(followers[0]!, '/v1/lease/timetolive'), { id, keys: true });
+    expect(ttl.json).toMatchObject({ id, grantedTtl: '30', keys: [b64('gw/leased')] });
+    expect((await post(url(leader, '/v1/lease/revoke'), { id })).status).toBe(200);
+    const gone = await post(url(followers[0]!, '/v1/kv/get'), { key: b64('gw/leased') });
+    expect(gone.json.kv).toBeUndefined();
+  });
+
   test('with auth on: no token is 401 UNAUTHENTICATED, a key outside the role 403 PERMISSION_DENIED, a root-only call 403; the token passes through to the leader', async () => {
     const auth = new AuthClient(cluster.node(leader).clientAddr, credentials.createInsecure());
     clients.push(auth);

@@ -28,6 +28,13 @@ describe('simulator', () => {
     expect(stats.reduce((sum, s) => sum + s.casRefused, 0)).toBeGreaterThan(0);
   });
 
+  test('those seeds grant leases, keep them alive across faults and expire them (never early: checked in the run)', () => {
+    const total = (field: 'leasesGranted' | 'leaseKeepAlives' | 'leasesExpired') => stats.reduce((sum, s) => sum + s[field], 0);
+    expect(total('leasesGranted')).toBeGreaterThan(0);
+    expect(total('leaseKeepAlives')).toBeGreaterThan(0);
+    expect(total('leasesExpired')).toBeGreaterThan(0);
+  });
+
   test('a seed replays exactly', async () => {
     const first = await new Simulation({ seed: 14 }).run();
     const second = await new Simulation({ seed: 14 }).run();

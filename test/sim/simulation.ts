@@ -16,6 +16,8 @@ import { Db } from '../../src/storage/db';
 import { LevelRaftStorage } from '../../src/storage/raft-storage';
 import { EventQueue } from './event-queue';
 import { SimDisk } from './sim-disk';
+import { SimLeases } from './sim-leases';
+import { LeaseKeeper } from '../../src/kv/lease-keeper';
 
 /** Virtual time units per Raft tick. Network delays and disk latencies are in units. */
 const UNITS_PER_TICK = 10;
@@ -86,6 +88,10 @@ export interface SimResult {
     /** Compare-and-swaps answered: swapped, and not (the key held something else). */
     casSwapped: number;
     casRefused: number;
+    /** The lease workload: leases granted, keep-alives answered alive, leases expired. */
+    leasesGranted: number;
+    leaseKeepAlives: number;
+    leasesExpired: number;
   };
 }
 
@@ -179,6 +185,8 @@ interface SimNode {
    * resume point, so it outlives incarnations: each start watches again from it.
    */
   watchNext: number;
+  /** This incarnation's lease deadlines (src/kv/lease-keeper.ts), on virtual time. */
+  leaseKeeper?: LeaseKeeper;
 }
 
 /** A tail churn in progress: the leader now cut off, and the term it led. */
@@ -333,6 +341,8 @@ export class Simulation {
   /** Revocations the admin has proposed: before the first, every user may write every key. */
   private revokesProposed = 0;
   private readonly authStats = { changes: 0, deniedWrites: 0, notOwned: 0 };
+  /** The lease workload and its never-expired-early check (test/sim/sim-leases.ts). */
+  private readonly simLeases: SimLeases;
 
   constructor(private readonly options: SimOptions) {
     this.rand = new SeededRandom(options.seed);
@@ -380,6 +390,7 @@ export class Simulation {
     const compactRand = new SeededRandom(options.seed * 7_177 + 29);
     const smallChunks = this.snapshotProfile.chunkBytes < 1 << 20;
     this.historyKeepRevisions = smallChunks || compactRand.chance(0.3) ? 5 + compactRand.int(40) : 0;
+    this.simLeases = this.newSimLeases(new SeededRandom(options.seed * 16_807 + 17));
     this.log(`seed ${options.seed}: ${nodeCount} nodes, profile ${JSON.stringify(this.profile)}, tuning ${JSON.stringify(this.tuning)}, faults until tick ${this.faultEndUnits / UNITS_PER_TICK}`);
     this.log(`membership: an action every ${this.membershipEveryUnits / UNITS_PER_TICK} ticks on average (0: none), up to ${this.joinsLeft} new nodes`);
     this.log(`session limits ${JSON.stringify(this.sessionLimits)}`);
@@ -419,6 +430,7 @@ export class Simulation {
       for (let c = 1; c <= clientCount; c++) this.startClient(c, clientCount);
       if (this.authEveryUnits > 0) void this.runAuthAdmin(clientCount);
       if (this.historyKeepRevisions > 0) void this.runHistoryCompactor();
+      void this.runLeaseClient();
       await this.runUntilConverged();
       await this.checkFinalState();
     } catch (err) {
@@ -453,6 +465,9 @@ export class Simulation {
         sessionsNotOwned: this.authStats.notOwned,
         casSwapped: this.casStats.swapped,
         casRefused: this.casStats.refused,
+        leasesGranted: this.simLeases.stats.granted,
+        leaseKeepAlives: this.simLeases.stats.keepAlives,
+        leasesExpired: this.simLeases.stats.expired,
       },
     };
   }
@@ -548,7 +563,7 @@ export class Simulation {
       void replica.stop();
       return;
     }
-    Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex });
+    Object.assign(node, { db, replica, up: true, starting: false, checkedCommit: replica.node.status().commitIndex, leaseKeeper: this.simLeases.keeperFor(replica, stateMachine) });
     this.log(`node ${node.id} started (incarnation ${incarnation}), ${JSON.stringify(replica.node.status())}`);
   }
 
@@ -654,6 +669,7 @@ export class Simulation {
   private scheduleTicks(node: SimNode, firstDelay: number): void {
     const tick = () => {
       if (node.up) node.replica?.tick();
+      if (node.up) node.leaseKeeper?.check();
       this.at(UNITS_PER_TICK, tick);
     };
     this.at(firstDelay, tick);
@@ -1286,6 +1302,31 @@ export class Simulation {
    * it again, all through the log while the clients write. Refused writes are over and
    * not applied; every replica must decide alike (the digests cover the auth state).
    */
+  private newSimLeases(rand: SeededRandom): SimLeases {
+    return new SimLeases(rand, {
+      nowUnits: () => this.now,
+      msPerUnit: MS_PER_UNIT,
+      unitsPerTick: UNITS_PER_TICK,
+      sleep: (units) => this.sleep(units),
+      leaders: () =>
+        this.nodes
+          .filter((n) => n.up && n.replica && n.leaseKeeper && n.replica.node.role === 'leader')
+          .map((n) => ({ replica: n.replica!, keeper: n.leaseKeeper! })),
+      running: () => this.now < this.clientsStopUnits && !this.failure,
+      fail: (message) => this.fail(message),
+      log: (line) => this.log(line),
+    });
+  }
+
+  private async runLeaseClient(): Promise<void> {
+    this.clientsRunning++;
+    try {
+      await this.simLeases.run();
+    } finally {
+      this.clientsRunning--;
+    }
+  }
+
   private async runAuthAdmin(clientCount: number): Promise<void> {
     this.clientsRunning++;
     const everyKey = { key: Buffer.alloc(0), prefix: true };
@@ -1506,6 +1547,7 @@ export class Simulation {
 
   /** State-machine safety: every node applies the same entry at each index. */
   private checkApplied(node: SimNode, entry: Entry): void {
+    this.simLeases.onApplied(entry);
     this.recordCommitted(`node ${node.id} applied`, entry.index, entryIdentity(entry), node.replica?.node.term ?? Infinity);
   }
 
@@ -1638,6 +1680,10 @@ class CheckedStateMachine implements StateMachine {
     return this.inner.authState();
   }
 
+  leaseTable() {
+    return this.inner.leaseTable();
+  }
+
   snapshot(): Promise<FsmSnapshot> {
     return this.inner.snapshot();
   }
@@ -1699,6 +1745,7 @@ async function stateDigest(db: Db): Promise<string> {
   for await (const [key, value] of db.entries('sessions')) hash.update('s').update(key).update(value);
   for await (const [key, value] of db.entries('auth')) hash.update('a').update(key).update(value);
   for await (const [key, value] of db.entries('history')) hash.update('h').update(key).update(value);
+  for await (const [key, value] of db.entries('leases')) hash.update('l').update(key).update(value);
   return hash.digest('hex').slice(0, 16);
 }
 

@@ -123,11 +123,11 @@ function json(answer: Answer): Record<string, unknown> {
   return JSON.parse(answer.body) as Record<string, unknown>;
 }
 
-test('the routes cover every unary RPC of KV, Cluster and Auth (streams excepted), each once', () => {
+test('the routes cover every unary RPC of KV, Cluster, Auth and Lease (streams excepted), each once', () => {
   const routed = GATEWAY_ROUTES.map(([, service, method]) => `${service}.${method}`);
   expect(new Set(routed).size).toBe(routed.length);
   const wanted: string[] = [];
-  for (const [service, name] of [['kv', 'cairn.kv.v1.KV'], ['cluster', 'cairn.kv.v1.Cluster'], ['auth', 'cairn.kv.v1.Auth']] as const) {
+  for (const [service, name] of [['kv', 'cairn.kv.v1.KV'], ['cluster', 'cairn.kv.v1.Cluster'], ['auth', 'cairn.kv.v1.Auth'], ['lease', 'cairn.kv.v1.Lease']] as const) {
     for (const method of descriptors().registry.getService(name)!.methods) {
       if (method.methodKind === 'unary') wanted.push(`${service}.${method.localName}`);
     }

@@ -461,6 +461,8 @@ export interface KeyValue {
   modRevision: number;
   /** How many times the key was written since it was created (1 after creation). */
   version: number;
+  /** The id of the lease the key is attached to; 0 for none. */
+  lease?: number | undefined;
 }
 
 /** PutRequest sets `key` to `value`. */
@@ -478,6 +480,11 @@ export interface PutRequest {
    * see "Client sessions".
    */
   lowestUnansweredSequence: number;
+  /**
+   * Attaches the key to this lease (Lease service): the key is deleted when the lease
+   * expires or is revoked. 0 detaches it from any lease. An unknown lease: NOT_FOUND.
+   */
+  lease?: number | undefined;
 }
 
 /** PutResponse answers a PutRequest. */
@@ -632,6 +639,9 @@ export interface Command {
     | //
     /** Drops history below a revision (see KV.Compact). */
     { $case: "compact"; value: CompactRequest }
+    | { $case: "leaseGrant"; value: LeaseGrantRequest }
+    | { $case: "leaseRevoke"; value: LeaseRevokeRequest }
+    | { $case: "leaseExpire"; value: LeaseExpireCommand }
     | undefined;
   /**
    * With auth enabled: the user the receiving node authenticated for this put or delete
@@ -673,6 +683,9 @@ export interface CommandResult {
     | { $case: "delete"; value: DeleteResponse }
     | { $case: "txn"; value: TxnResponse }
     | { $case: "compact"; value: CompactResponse }
+    | { $case: "leaseGrant"; value: LeaseGrantResponse }
+    | { $case: "leaseRevoke"; value: LeaseRevokeResponse }
+    | { $case: "leaseExpire"; value: LeaseRevokeResponse }
     | undefined;
   /**
    * Set when the command was refused inside apply (and changed nothing); the same on
@@ -1014,6 +1027,102 @@ export interface WatchResponse {
   cancelReason: string;
   /** In revision order (several events of one revision: in the order the write made them). */
   events: Event[];
+}
+
+/** LeaseGrantRequest asks for a lease (also the replicated grant command, with its id chosen). */
+export interface LeaseGrantRequest {
+  /** Time to live in seconds. */
+  ttl: number;
+  /** The id to grant under; 0: a random one chosen by the node that receives the call. */
+  id: number;
+}
+
+/** LeaseGrantResponse names the lease granted. */
+export interface LeaseGrantResponse {
+  header?: ResponseHeader | undefined;
+  id: number;
+  /** The TTL granted, in seconds. */
+  ttl: number;
+}
+
+/** LeaseRevokeRequest revokes lease `id` (also the replicated revoke command). */
+export interface LeaseRevokeRequest {
+  id: number;
+}
+
+/** LeaseRevokeResponse: the revision is that of the entry that deleted the lease's keys. */
+export interface LeaseRevokeResponse {
+  header?:
+    | ResponseHeader
+    | undefined;
+  /** How many keys the revoke (or expiry) deleted. */
+  deleted: number;
+}
+
+/** LeaseExpireCommand is proposed by the leader only, when lease `id` reached its deadline. */
+export interface LeaseExpireCommand {
+  id: number;
+  /**
+   * The log index of the grant of the lease that expired (LeaseRecord.granted_index): an
+   * expire for an earlier lease of the same id (revoked, expired, granted again) does nothing.
+   */
+  grantedIndex: number;
+}
+
+/** LeaseKeepAliveRequest renews lease `id`. */
+export interface LeaseKeepAliveRequest {
+  id: number;
+}
+
+/** LeaseKeepAliveResponse carries the TTL the lease has again; 0: the lease is unknown. */
+export interface LeaseKeepAliveResponse {
+  header?: ResponseHeader | undefined;
+  id: number;
+  ttl: number;
+}
+
+/** LeaseRenewRequest renews lease `id` once. */
+export interface LeaseRenewRequest {
+  id: number;
+}
+
+/** LeaseRenewResponse carries the TTL the lease has again; 0: the lease is unknown. */
+export interface LeaseRenewResponse {
+  header?: ResponseHeader | undefined;
+  id: number;
+  ttl: number;
+}
+
+/** LeaseTimeToLiveRequest asks about lease `id`, and its keys with keys = true. */
+export interface LeaseTimeToLiveRequest {
+  id: number;
+  keys: boolean;
+}
+
+/** LeaseTimeToLiveResponse: ttl -1 when the lease is unknown. */
+export interface LeaseTimeToLiveResponse {
+  header?: ResponseHeader | undefined;
+  id: number;
+  /** Seconds left before the lease expires (rounded up), -1 for an unknown lease. */
+  ttl: number;
+  /** The TTL it was granted with, in seconds. */
+  grantedTtl: number;
+  keys: Buffer[];
+}
+
+/** LeaseLeasesRequest lists the leases. */
+export interface LeaseLeasesRequest {
+}
+
+/** LeaseStatus names one lease. */
+export interface LeaseStatus {
+  id: number;
+}
+
+/** LeaseLeasesResponse lists every lease, by id. */
+export interface LeaseLeasesResponse {
+  header?: ResponseHeader | undefined;
+  leases: LeaseStatus[];
 }
 
 function createBaseMember(): Member {
@@ -2904,7 +3013,14 @@ export const ResponseHeader: MessageFns<ResponseHeader> = {
 };
 
 function createBaseKeyValue(): KeyValue {
-  return { key: Buffer.alloc(0), value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 };
+  return {
+    key: Buffer.alloc(0),
+    value: Buffer.alloc(0),
+    createRevision: 0,
+    modRevision: 0,
+    version: 0,
+    lease: undefined,
+  };
 }
 
 export const KeyValue: MessageFns<KeyValue> = {
@@ -2923,6 +3039,9 @@ export const KeyValue: MessageFns<KeyValue> = {
     }
     if (message.version !== 0) {
       writer.uint32(40).uint64(message.version);
+    }
+    if (message.lease !== undefined) {
+      writer.uint32(48).uint64(message.lease);
     }
     return writer;
   },
@@ -2980,6 +3099,14 @@ export const KeyValue: MessageFns<KeyValue> = {
             message.version = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lease = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3007,6 +3134,7 @@ export const KeyValue: MessageFns<KeyValue> = {
         ? globalThis.Number(object.mod_revision)
         : 0,
       version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      lease: isSet(object.lease) ? globalThis.Number(object.lease) : undefined,
     };
   },
 
@@ -3027,6 +3155,9 @@ export const KeyValue: MessageFns<KeyValue> = {
     if (message.version !== 0) {
       obj.version = Math.round(message.version);
     }
+    if (message.lease !== undefined) {
+      obj.lease = Math.round(message.lease);
+    }
     return obj;
   },
 
@@ -3040,6 +3171,7 @@ export const KeyValue: MessageFns<KeyValue> = {
     message.createRevision = object.createRevision ?? 0;
     message.modRevision = object.modRevision ?? 0;
     message.version = object.version ?? 0;
+    message.lease = object.lease ?? undefined;
     return message;
   },
 };
@@ -3052,6 +3184,7 @@ function createBasePutRequest(): PutRequest {
     clientId: "",
     sequence: 0,
     lowestUnansweredSequence: 0,
+    lease: undefined,
   };
 }
 
@@ -3074,6 +3207,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     }
     if (message.lowestUnansweredSequence !== 0) {
       writer.uint32(48).uint64(message.lowestUnansweredSequence);
+    }
+    if (message.lease !== undefined) {
+      writer.uint32(56).uint64(message.lease);
     }
     return writer;
   },
@@ -3139,6 +3275,14 @@ export const PutRequest: MessageFns<PutRequest> = {
             message.lowestUnansweredSequence = longToNumber(reader.uint64());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.lease = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3171,6 +3315,7 @@ export const PutRequest: MessageFns<PutRequest> = {
         : isSet(object.lowest_unanswered_sequence)
         ? globalThis.Number(object.lowest_unanswered_sequence)
         : 0,
+      lease: isSet(object.lease) ? globalThis.Number(object.lease) : undefined,
     };
   },
 
@@ -3194,6 +3339,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     if (message.lowestUnansweredSequence !== 0) {
       obj.lowestUnansweredSequence = Math.round(message.lowestUnansweredSequence);
     }
+    if (message.lease !== undefined) {
+      obj.lease = Math.round(message.lease);
+    }
     return obj;
   },
 
@@ -3208,6 +3356,7 @@ export const PutRequest: MessageFns<PutRequest> = {
     message.clientId = object.clientId ?? "";
     message.sequence = object.sequence ?? 0;
     message.lowestUnansweredSequence = object.lowestUnansweredSequence ?? 0;
+    message.lease = object.lease ?? undefined;
     return message;
   },
 };
@@ -4726,6 +4875,15 @@ export const Command: MessageFns<Command> = {
       case "compact":
         CompactRequest.encode(message.op.value, writer.uint32(66).fork()).join();
         break;
+      case "leaseGrant":
+        LeaseGrantRequest.encode(message.op.value, writer.uint32(74).fork()).join();
+        break;
+      case "leaseRevoke":
+        LeaseRevokeRequest.encode(message.op.value, writer.uint32(82).fork()).join();
+        break;
+      case "leaseExpire":
+        LeaseExpireCommand.encode(message.op.value, writer.uint32(90).fork()).join();
+        break;
     }
     if (message.authUser !== undefined) {
       writer.uint32(42).string(message.authUser);
@@ -4792,6 +4950,30 @@ export const Command: MessageFns<Command> = {
             message.op = { $case: "compact", value: CompactRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.op = { $case: "leaseGrant", value: LeaseGrantRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.op = { $case: "leaseRevoke", value: LeaseRevokeRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.op = { $case: "leaseExpire", value: LeaseExpireCommand.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 5: {
             if (tag !== 42) {
               break;
@@ -4840,6 +5022,18 @@ export const Command: MessageFns<Command> = {
         ? { $case: "txn", value: TxnRequest.fromJSON(object.txn) }
         : isSet(object.compact)
         ? { $case: "compact", value: CompactRequest.fromJSON(object.compact) }
+        : isSet(object.leaseGrant)
+        ? { $case: "leaseGrant", value: LeaseGrantRequest.fromJSON(object.leaseGrant) }
+        : isSet(object.lease_grant)
+        ? { $case: "leaseGrant", value: LeaseGrantRequest.fromJSON(object.lease_grant) }
+        : isSet(object.leaseRevoke)
+        ? { $case: "leaseRevoke", value: LeaseRevokeRequest.fromJSON(object.leaseRevoke) }
+        : isSet(object.lease_revoke)
+        ? { $case: "leaseRevoke", value: LeaseRevokeRequest.fromJSON(object.lease_revoke) }
+        : isSet(object.leaseExpire)
+        ? { $case: "leaseExpire", value: LeaseExpireCommand.fromJSON(object.leaseExpire) }
+        : isSet(object.lease_expire)
+        ? { $case: "leaseExpire", value: LeaseExpireCommand.fromJSON(object.lease_expire) }
         : undefined,
       authUser: isSet(object.authUser)
         ? globalThis.String(object.authUser)
@@ -4871,6 +5065,12 @@ export const Command: MessageFns<Command> = {
       obj.txn = TxnRequest.toJSON(message.op.value);
     } else if (message.op?.$case === "compact") {
       obj.compact = CompactRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseGrant") {
+      obj.leaseGrant = LeaseGrantRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseRevoke") {
+      obj.leaseRevoke = LeaseRevokeRequest.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseExpire") {
+      obj.leaseExpire = LeaseExpireCommand.toJSON(message.op.value);
     }
     if (message.authUser !== undefined) {
       obj.authUser = message.authUser;
@@ -4920,6 +5120,24 @@ export const Command: MessageFns<Command> = {
         }
         break;
       }
+      case "leaseGrant": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseGrant", value: LeaseGrantRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "leaseRevoke": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseRevoke", value: LeaseRevokeRequest.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "leaseExpire": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseExpire", value: LeaseExpireCommand.fromPartial(object.op.value) };
+        }
+        break;
+      }
     }
     message.authUser = object.authUser ?? undefined;
     message.authPasswordIndex = object.authPasswordIndex ?? undefined;
@@ -4949,6 +5167,15 @@ export const CommandResult: MessageFns<CommandResult> = {
         break;
       case "compact":
         CompactResponse.encode(message.op.value, writer.uint32(50).fork()).join();
+        break;
+      case "leaseGrant":
+        LeaseGrantResponse.encode(message.op.value, writer.uint32(58).fork()).join();
+        break;
+      case "leaseRevoke":
+        LeaseRevokeResponse.encode(message.op.value, writer.uint32(66).fork()).join();
+        break;
+      case "leaseExpire":
+        LeaseRevokeResponse.encode(message.op.value, writer.uint32(74).fork()).join();
         break;
     }
     if (message.error !== undefined) {
@@ -5010,6 +5237,30 @@ export const CommandResult: MessageFns<CommandResult> = {
             message.op = { $case: "compact", value: CompactResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.op = { $case: "leaseGrant", value: LeaseGrantResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.op = { $case: "leaseRevoke", value: LeaseRevokeResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.op = { $case: "leaseExpire", value: LeaseRevokeResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 4: {
             if (tag !== 34) {
               break;
@@ -5041,6 +5292,18 @@ export const CommandResult: MessageFns<CommandResult> = {
         ? { $case: "txn", value: TxnResponse.fromJSON(object.txn) }
         : isSet(object.compact)
         ? { $case: "compact", value: CompactResponse.fromJSON(object.compact) }
+        : isSet(object.leaseGrant)
+        ? { $case: "leaseGrant", value: LeaseGrantResponse.fromJSON(object.leaseGrant) }
+        : isSet(object.lease_grant)
+        ? { $case: "leaseGrant", value: LeaseGrantResponse.fromJSON(object.lease_grant) }
+        : isSet(object.leaseRevoke)
+        ? { $case: "leaseRevoke", value: LeaseRevokeResponse.fromJSON(object.leaseRevoke) }
+        : isSet(object.lease_revoke)
+        ? { $case: "leaseRevoke", value: LeaseRevokeResponse.fromJSON(object.lease_revoke) }
+        : isSet(object.leaseExpire)
+        ? { $case: "leaseExpire", value: LeaseRevokeResponse.fromJSON(object.leaseExpire) }
+        : isSet(object.lease_expire)
+        ? { $case: "leaseExpire", value: LeaseRevokeResponse.fromJSON(object.lease_expire) }
         : undefined,
       error: isSet(object.error) ? CommandError.fromJSON(object.error) : undefined,
     };
@@ -5059,6 +5322,12 @@ export const CommandResult: MessageFns<CommandResult> = {
       obj.txn = TxnResponse.toJSON(message.op.value);
     } else if (message.op?.$case === "compact") {
       obj.compact = CompactResponse.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseGrant") {
+      obj.leaseGrant = LeaseGrantResponse.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseRevoke") {
+      obj.leaseRevoke = LeaseRevokeResponse.toJSON(message.op.value);
+    } else if (message.op?.$case === "leaseExpire") {
+      obj.leaseExpire = LeaseRevokeResponse.toJSON(message.op.value);
     }
     if (message.error !== undefined) {
       obj.error = CommandError.toJSON(message.error);
@@ -5094,6 +5363,24 @@ export const CommandResult: MessageFns<CommandResult> = {
       case "compact": {
         if (object.op?.value !== undefined && object.op?.value !== null) {
           message.op = { $case: "compact", value: CompactResponse.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "leaseGrant": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseGrant", value: LeaseGrantResponse.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "leaseRevoke": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseRevoke", value: LeaseRevokeResponse.fromPartial(object.op.value) };
+        }
+        break;
+      }
+      case "leaseExpire": {
+        if (object.op?.value !== undefined && object.op?.value !== null) {
+          message.op = { $case: "leaseExpire", value: LeaseRevokeResponse.fromPartial(object.op.value) };
         }
         break;
       }
@@ -9272,6 +9559,1207 @@ export const WatchResponse: MessageFns<WatchResponse> = {
   },
 };
 
+function createBaseLeaseGrantRequest(): LeaseGrantRequest {
+  return { ttl: 0, id: 0 };
+}
+
+export const LeaseGrantRequest: MessageFns<LeaseGrantRequest> = {
+  encode(message: LeaseGrantRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ttl !== 0) {
+      writer.uint32(8).int64(message.ttl);
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseGrantRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseGrantRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseGrantRequest {
+    return {
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+    };
+  },
+
+  toJSON(message: LeaseGrantRequest): unknown {
+    const obj: any = {};
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseGrantRequest>): LeaseGrantRequest {
+    return LeaseGrantRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseGrantRequest>): LeaseGrantRequest {
+    const message = createBaseLeaseGrantRequest();
+    message.ttl = object.ttl ?? 0;
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseGrantResponse(): LeaseGrantResponse {
+  return { header: undefined, id: 0, ttl: 0 };
+}
+
+export const LeaseGrantResponse: MessageFns<LeaseGrantResponse> = {
+  encode(message: LeaseGrantResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    if (message.ttl !== 0) {
+      writer.uint32(24).int64(message.ttl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseGrantResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseGrantResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseGrantResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+    };
+  },
+
+  toJSON(message: LeaseGrantResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseGrantResponse>): LeaseGrantResponse {
+    return LeaseGrantResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseGrantResponse>): LeaseGrantResponse {
+    const message = createBaseLeaseGrantResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.id = object.id ?? 0;
+    message.ttl = object.ttl ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRevokeRequest(): LeaseRevokeRequest {
+  return { id: 0 };
+}
+
+export const LeaseRevokeRequest: MessageFns<LeaseRevokeRequest> = {
+  encode(message: LeaseRevokeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRevokeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRevokeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRevokeRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LeaseRevokeRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRevokeRequest>): LeaseRevokeRequest {
+    return LeaseRevokeRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRevokeRequest>): LeaseRevokeRequest {
+    const message = createBaseLeaseRevokeRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRevokeResponse(): LeaseRevokeResponse {
+  return { header: undefined, deleted: 0 };
+}
+
+export const LeaseRevokeResponse: MessageFns<LeaseRevokeResponse> = {
+  encode(message: LeaseRevokeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.deleted !== 0) {
+      writer.uint32(16).uint64(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRevokeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRevokeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleted = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRevokeResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      deleted: isSet(object.deleted) ? globalThis.Number(object.deleted) : 0,
+    };
+  },
+
+  toJSON(message: LeaseRevokeResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.deleted !== 0) {
+      obj.deleted = Math.round(message.deleted);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRevokeResponse>): LeaseRevokeResponse {
+    return LeaseRevokeResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRevokeResponse>): LeaseRevokeResponse {
+    const message = createBaseLeaseRevokeResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.deleted = object.deleted ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseExpireCommand(): LeaseExpireCommand {
+  return { id: 0, grantedIndex: 0 };
+}
+
+export const LeaseExpireCommand: MessageFns<LeaseExpireCommand> = {
+  encode(message: LeaseExpireCommand, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.grantedIndex !== 0) {
+      writer.uint32(16).uint64(message.grantedIndex);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseExpireCommand {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseExpireCommand();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.grantedIndex = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseExpireCommand {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      grantedIndex: isSet(object.grantedIndex)
+        ? globalThis.Number(object.grantedIndex)
+        : isSet(object.granted_index)
+        ? globalThis.Number(object.granted_index)
+        : 0,
+    };
+  },
+
+  toJSON(message: LeaseExpireCommand): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.grantedIndex !== 0) {
+      obj.grantedIndex = Math.round(message.grantedIndex);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseExpireCommand>): LeaseExpireCommand {
+    return LeaseExpireCommand.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseExpireCommand>): LeaseExpireCommand {
+    const message = createBaseLeaseExpireCommand();
+    message.id = object.id ?? 0;
+    message.grantedIndex = object.grantedIndex ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseKeepAliveRequest(): LeaseKeepAliveRequest {
+  return { id: 0 };
+}
+
+export const LeaseKeepAliveRequest: MessageFns<LeaseKeepAliveRequest> = {
+  encode(message: LeaseKeepAliveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseKeepAliveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseKeepAliveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseKeepAliveRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LeaseKeepAliveRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseKeepAliveRequest>): LeaseKeepAliveRequest {
+    return LeaseKeepAliveRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseKeepAliveRequest>): LeaseKeepAliveRequest {
+    const message = createBaseLeaseKeepAliveRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseKeepAliveResponse(): LeaseKeepAliveResponse {
+  return { header: undefined, id: 0, ttl: 0 };
+}
+
+export const LeaseKeepAliveResponse: MessageFns<LeaseKeepAliveResponse> = {
+  encode(message: LeaseKeepAliveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    if (message.ttl !== 0) {
+      writer.uint32(24).int64(message.ttl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseKeepAliveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseKeepAliveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseKeepAliveResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+    };
+  },
+
+  toJSON(message: LeaseKeepAliveResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseKeepAliveResponse>): LeaseKeepAliveResponse {
+    return LeaseKeepAliveResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseKeepAliveResponse>): LeaseKeepAliveResponse {
+    const message = createBaseLeaseKeepAliveResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.id = object.id ?? 0;
+    message.ttl = object.ttl ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRenewRequest(): LeaseRenewRequest {
+  return { id: 0 };
+}
+
+export const LeaseRenewRequest: MessageFns<LeaseRenewRequest> = {
+  encode(message: LeaseRenewRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRenewRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRenewRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRenewRequest {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LeaseRenewRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRenewRequest>): LeaseRenewRequest {
+    return LeaseRenewRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRenewRequest>): LeaseRenewRequest {
+    const message = createBaseLeaseRenewRequest();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRenewResponse(): LeaseRenewResponse {
+  return { header: undefined, id: 0, ttl: 0 };
+}
+
+export const LeaseRenewResponse: MessageFns<LeaseRenewResponse> = {
+  encode(message: LeaseRenewResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    if (message.ttl !== 0) {
+      writer.uint32(24).int64(message.ttl);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRenewResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRenewResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRenewResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+    };
+  },
+
+  toJSON(message: LeaseRenewResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRenewResponse>): LeaseRenewResponse {
+    return LeaseRenewResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRenewResponse>): LeaseRenewResponse {
+    const message = createBaseLeaseRenewResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.id = object.id ?? 0;
+    message.ttl = object.ttl ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseTimeToLiveRequest(): LeaseTimeToLiveRequest {
+  return { id: 0, keys: false };
+}
+
+export const LeaseTimeToLiveRequest: MessageFns<LeaseTimeToLiveRequest> = {
+  encode(message: LeaseTimeToLiveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.keys !== false) {
+      writer.uint32(16).bool(message.keys);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseTimeToLiveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseTimeToLiveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.keys = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseTimeToLiveRequest {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      keys: isSet(object.keys) ? globalThis.Boolean(object.keys) : false,
+    };
+  },
+
+  toJSON(message: LeaseTimeToLiveRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.keys !== false) {
+      obj.keys = message.keys;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseTimeToLiveRequest>): LeaseTimeToLiveRequest {
+    return LeaseTimeToLiveRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseTimeToLiveRequest>): LeaseTimeToLiveRequest {
+    const message = createBaseLeaseTimeToLiveRequest();
+    message.id = object.id ?? 0;
+    message.keys = object.keys ?? false;
+    return message;
+  },
+};
+
+function createBaseLeaseTimeToLiveResponse(): LeaseTimeToLiveResponse {
+  return { header: undefined, id: 0, ttl: 0, grantedTtl: 0, keys: [] };
+}
+
+export const LeaseTimeToLiveResponse: MessageFns<LeaseTimeToLiveResponse> = {
+  encode(message: LeaseTimeToLiveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    if (message.id !== 0) {
+      writer.uint32(16).uint64(message.id);
+    }
+    if (message.ttl !== 0) {
+      writer.uint32(24).int64(message.ttl);
+    }
+    if (message.grantedTtl !== 0) {
+      writer.uint32(32).int64(message.grantedTtl);
+    }
+    for (const v of message.keys) {
+      writer.uint32(42).bytes(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseTimeToLiveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseTimeToLiveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ttl = longToNumber(reader.int64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.grantedTtl = longToNumber(reader.int64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.keys.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseTimeToLiveResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttl: isSet(object.ttl) ? globalThis.Number(object.ttl) : 0,
+      grantedTtl: isSet(object.grantedTtl)
+        ? globalThis.Number(object.grantedTtl)
+        : isSet(object.granted_ttl)
+        ? globalThis.Number(object.granted_ttl)
+        : 0,
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => Buffer.from(bytesFromBase64(e))) : [],
+    };
+  },
+
+  toJSON(message: LeaseTimeToLiveResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttl !== 0) {
+      obj.ttl = Math.round(message.ttl);
+    }
+    if (message.grantedTtl !== 0) {
+      obj.grantedTtl = Math.round(message.grantedTtl);
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => base64FromBytes(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseTimeToLiveResponse>): LeaseTimeToLiveResponse {
+    return LeaseTimeToLiveResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseTimeToLiveResponse>): LeaseTimeToLiveResponse {
+    const message = createBaseLeaseTimeToLiveResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.id = object.id ?? 0;
+    message.ttl = object.ttl ?? 0;
+    message.grantedTtl = object.grantedTtl ?? 0;
+    message.keys = object.keys?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseLeaseLeasesRequest(): LeaseLeasesRequest {
+  return {};
+}
+
+export const LeaseLeasesRequest: MessageFns<LeaseLeasesRequest> = {
+  encode(_: LeaseLeasesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseLeasesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseLeasesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): LeaseLeasesRequest {
+    return {};
+  },
+
+  toJSON(_: LeaseLeasesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseLeasesRequest>): LeaseLeasesRequest {
+    return LeaseLeasesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<LeaseLeasesRequest>): LeaseLeasesRequest {
+    const message = createBaseLeaseLeasesRequest();
+    return message;
+  },
+};
+
+function createBaseLeaseStatus(): LeaseStatus {
+  return { id: 0 };
+}
+
+export const LeaseStatus: MessageFns<LeaseStatus> = {
+  encode(message: LeaseStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseStatus {
+    return { id: isSet(object.id) ? globalThis.Number(object.id) : 0 };
+  },
+
+  toJSON(message: LeaseStatus): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseStatus>): LeaseStatus {
+    return LeaseStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseStatus>): LeaseStatus {
+    const message = createBaseLeaseStatus();
+    message.id = object.id ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseLeasesResponse(): LeaseLeasesResponse {
+  return { header: undefined, leases: [] };
+}
+
+export const LeaseLeasesResponse: MessageFns<LeaseLeasesResponse> = {
+  encode(message: LeaseLeasesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.header !== undefined) {
+      ResponseHeader.encode(message.header, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.leases) {
+      LeaseStatus.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseLeasesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseLeasesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.header = ResponseHeader.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.leases.push(LeaseStatus.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseLeasesResponse {
+    return {
+      header: isSet(object.header) ? ResponseHeader.fromJSON(object.header) : undefined,
+      leases: globalThis.Array.isArray(object?.leases) ? object.leases.map((e: any) => LeaseStatus.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: LeaseLeasesResponse): unknown {
+    const obj: any = {};
+    if (message.header !== undefined) {
+      obj.header = ResponseHeader.toJSON(message.header);
+    }
+    if (message.leases?.length) {
+      obj.leases = message.leases.map((e) => LeaseStatus.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseLeasesResponse>): LeaseLeasesResponse {
+    return LeaseLeasesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseLeasesResponse>): LeaseLeasesResponse {
+    const message = createBaseLeaseLeasesResponse();
+    message.header = (object.header !== undefined && object.header !== null)
+      ? ResponseHeader.fromPartial(object.header)
+      : undefined;
+    message.leases = object.leases?.map((e) => LeaseStatus.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /**
  * KV reads and writes keys. Any node accepts any request; a follower forwards
  * writes and linearizable reads to the leader.
@@ -10254,6 +11742,211 @@ export interface WatchClient extends Client {
 export const WatchClient = makeGenericClientConstructor(WatchService, "cairn.kv.v1.Watch") as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): WatchClient;
   service: typeof WatchService;
+  serviceName: string;
+};
+
+/**
+ * Lease: keys with a time to live. A lease is granted with a TTL in seconds; keys put
+ * with its id are deleted, all in one log entry (one revision), when it is revoked or
+ * when it expires. Expiry is decided by the leader alone, on its monotonic clock, and
+ * replicated as a log entry; a new leader gives every lease its full TTL again, so a
+ * leader change never makes a lease expire early. Lease ids are below 2^53 (cairn
+ * carries uint64 as JavaScript numbers) and are printed in hex.
+ */
+export type LeaseService = typeof LeaseService;
+export const LeaseService = {
+  /** Grants a lease with a TTL of ttl seconds (and the id asked for, or a random one). */
+  leaseGrant: {
+    path: "/cairn.kv.v1.Lease/LeaseGrant" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseGrantRequest): Buffer => Buffer.from(LeaseGrantRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseGrantRequest => LeaseGrantRequest.decode(value),
+    responseSerialize: (value: LeaseGrantResponse): Buffer => Buffer.from(LeaseGrantResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseGrantResponse => LeaseGrantResponse.decode(value),
+  },
+  /** Revokes a lease: its keys are deleted in one log entry. An unknown lease: NOT_FOUND. */
+  leaseRevoke: {
+    path: "/cairn.kv.v1.Lease/LeaseRevoke" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseRevokeRequest): Buffer => Buffer.from(LeaseRevokeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseRevokeRequest => LeaseRevokeRequest.decode(value),
+    responseSerialize: (value: LeaseRevokeResponse): Buffer => Buffer.from(LeaseRevokeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseRevokeResponse => LeaseRevokeResponse.decode(value),
+  },
+  /**
+   * Each request renews the lease's deadline to its full TTL on the leader; each is
+   * answered with the lease's TTL, 0 when the lease is unknown (expired or revoked).
+   */
+  leaseKeepAlive: {
+    path: "/cairn.kv.v1.Lease/LeaseKeepAlive" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: LeaseKeepAliveRequest): Buffer =>
+      Buffer.from(LeaseKeepAliveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseKeepAliveRequest => LeaseKeepAliveRequest.decode(value),
+    responseSerialize: (value: LeaseKeepAliveResponse): Buffer =>
+      Buffer.from(LeaseKeepAliveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseKeepAliveResponse => LeaseKeepAliveResponse.decode(value),
+  },
+  /** The lease's granted TTL and the time it has left (answered by the leader). */
+  leaseTimeToLive: {
+    path: "/cairn.kv.v1.Lease/LeaseTimeToLive" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseTimeToLiveRequest): Buffer =>
+      Buffer.from(LeaseTimeToLiveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseTimeToLiveRequest => LeaseTimeToLiveRequest.decode(value),
+    responseSerialize: (value: LeaseTimeToLiveResponse): Buffer =>
+      Buffer.from(LeaseTimeToLiveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseTimeToLiveResponse => LeaseTimeToLiveResponse.decode(value),
+  },
+  /** The ids of every lease. */
+  leaseLeases: {
+    path: "/cairn.kv.v1.Lease/LeaseLeases" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseLeasesRequest): Buffer => Buffer.from(LeaseLeasesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseLeasesRequest => LeaseLeasesRequest.decode(value),
+    responseSerialize: (value: LeaseLeasesResponse): Buffer => Buffer.from(LeaseLeasesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseLeasesResponse => LeaseLeasesResponse.decode(value),
+  },
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew: {
+    path: "/cairn.kv.v1.Lease/LeaseRenew" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LeaseRenewRequest): Buffer => Buffer.from(LeaseRenewRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LeaseRenewRequest => LeaseRenewRequest.decode(value),
+    responseSerialize: (value: LeaseRenewResponse): Buffer => Buffer.from(LeaseRenewResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LeaseRenewResponse => LeaseRenewResponse.decode(value),
+  },
+} as const;
+
+export interface LeaseServer extends UntypedServiceImplementation {
+  /** Grants a lease with a TTL of ttl seconds (and the id asked for, or a random one). */
+  leaseGrant: handleUnaryCall<LeaseGrantRequest, LeaseGrantResponse>;
+  /** Revokes a lease: its keys are deleted in one log entry. An unknown lease: NOT_FOUND. */
+  leaseRevoke: handleUnaryCall<LeaseRevokeRequest, LeaseRevokeResponse>;
+  /**
+   * Each request renews the lease's deadline to its full TTL on the leader; each is
+   * answered with the lease's TTL, 0 when the lease is unknown (expired or revoked).
+   */
+  leaseKeepAlive: handleBidiStreamingCall<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+  /** The lease's granted TTL and the time it has left (answered by the leader). */
+  leaseTimeToLive: handleUnaryCall<LeaseTimeToLiveRequest, LeaseTimeToLiveResponse>;
+  /** The ids of every lease. */
+  leaseLeases: handleUnaryCall<LeaseLeasesRequest, LeaseLeasesResponse>;
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew: handleUnaryCall<LeaseRenewRequest, LeaseRenewResponse>;
+}
+
+export interface LeaseClient extends Client {
+  /** Grants a lease with a TTL of ttl seconds (and the id asked for, or a random one). */
+  leaseGrant(
+    request: LeaseGrantRequest,
+    callback: (error: ServiceError | null, response: LeaseGrantResponse) => void,
+  ): ClientUnaryCall;
+  leaseGrant(
+    request: LeaseGrantRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseGrantResponse) => void,
+  ): ClientUnaryCall;
+  leaseGrant(
+    request: LeaseGrantRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseGrantResponse) => void,
+  ): ClientUnaryCall;
+  /** Revokes a lease: its keys are deleted in one log entry. An unknown lease: NOT_FOUND. */
+  leaseRevoke(
+    request: LeaseRevokeRequest,
+    callback: (error: ServiceError | null, response: LeaseRevokeResponse) => void,
+  ): ClientUnaryCall;
+  leaseRevoke(
+    request: LeaseRevokeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseRevokeResponse) => void,
+  ): ClientUnaryCall;
+  leaseRevoke(
+    request: LeaseRevokeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseRevokeResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Each request renews the lease's deadline to its full TTL on the leader; each is
+   * answered with the lease's TTL, 0 when the lease is unknown (expired or revoked).
+   */
+  leaseKeepAlive(): ClientDuplexStream<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+  leaseKeepAlive(options: Partial<CallOptions>): ClientDuplexStream<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+  leaseKeepAlive(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<LeaseKeepAliveRequest, LeaseKeepAliveResponse>;
+  /** The lease's granted TTL and the time it has left (answered by the leader). */
+  leaseTimeToLive(
+    request: LeaseTimeToLiveRequest,
+    callback: (error: ServiceError | null, response: LeaseTimeToLiveResponse) => void,
+  ): ClientUnaryCall;
+  leaseTimeToLive(
+    request: LeaseTimeToLiveRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseTimeToLiveResponse) => void,
+  ): ClientUnaryCall;
+  leaseTimeToLive(
+    request: LeaseTimeToLiveRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseTimeToLiveResponse) => void,
+  ): ClientUnaryCall;
+  /** The ids of every lease. */
+  leaseLeases(
+    request: LeaseLeasesRequest,
+    callback: (error: ServiceError | null, response: LeaseLeasesResponse) => void,
+  ): ClientUnaryCall;
+  leaseLeases(
+    request: LeaseLeasesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseLeasesResponse) => void,
+  ): ClientUnaryCall;
+  leaseLeases(
+    request: LeaseLeasesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseLeasesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+   * leader as one); answered as LeaseKeepAlive answers.
+   */
+  leaseRenew(
+    request: LeaseRenewRequest,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
+  ): ClientUnaryCall;
+  leaseRenew(
+    request: LeaseRenewRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
+  ): ClientUnaryCall;
+  leaseRenew(
+    request: LeaseRenewRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LeaseRenewResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const LeaseClient = makeGenericClientConstructor(LeaseService, "cairn.kv.v1.Lease") as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): LeaseClient;
+  service: typeof LeaseService;
   serviceName: string;
 };
 

@@ -19,6 +19,8 @@ export interface KeyRecord {
   createRevision: number;
   modRevision: number;
   version: number;
+  /** The lease the key is attached to (0: none). */
+  lease?: number | undefined;
 }
 
 /**
@@ -184,8 +186,22 @@ export interface HistoryCompacted {
   revision: number;
 }
 
+/** LeaseRecord is stored under the lease id (8-byte big-endian) in the `leases` sublevel. */
+export interface LeaseRecord {
+  id: number;
+  /** The TTL granted, in seconds. */
+  ttlSeconds: number;
+  /** The keys attached to the lease, in no particular order (bounded: MAX_KEYS_PER_LEASE). */
+  keys: Buffer[];
+  /**
+   * The log index of the entry that granted it: an expire names it, so an expire meant for
+   * an earlier lease of the same id does nothing to this one.
+   */
+  grantedIndex: number;
+}
+
 function createBaseKeyRecord(): KeyRecord {
-  return { value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0 };
+  return { value: Buffer.alloc(0), createRevision: 0, modRevision: 0, version: 0, lease: undefined };
 }
 
 export const KeyRecord: MessageFns<KeyRecord> = {
@@ -201,6 +217,9 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     }
     if (message.version !== 0) {
       writer.uint32(32).uint64(message.version);
+    }
+    if (message.lease !== undefined) {
+      writer.uint32(40).uint64(message.lease);
     }
     return writer;
   },
@@ -250,6 +269,14 @@ export const KeyRecord: MessageFns<KeyRecord> = {
             message.version = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lease = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -276,6 +303,7 @@ export const KeyRecord: MessageFns<KeyRecord> = {
         ? globalThis.Number(object.mod_revision)
         : 0,
       version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      lease: isSet(object.lease) ? globalThis.Number(object.lease) : undefined,
     };
   },
 
@@ -293,6 +321,9 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     if (message.version !== 0) {
       obj.version = Math.round(message.version);
     }
+    if (message.lease !== undefined) {
+      obj.lease = Math.round(message.lease);
+    }
     return obj;
   },
 
@@ -305,6 +336,7 @@ export const KeyRecord: MessageFns<KeyRecord> = {
     message.createRevision = object.createRevision ?? 0;
     message.modRevision = object.modRevision ?? 0;
     message.version = object.version ?? 0;
+    message.lease = object.lease ?? undefined;
     return message;
   },
 };
@@ -1684,6 +1716,131 @@ export const HistoryCompacted: MessageFns<HistoryCompacted> = {
   fromPartial(object: DeepPartial<HistoryCompacted>): HistoryCompacted {
     const message = createBaseHistoryCompacted();
     message.revision = object.revision ?? 0;
+    return message;
+  },
+};
+
+function createBaseLeaseRecord(): LeaseRecord {
+  return { id: 0, ttlSeconds: 0, keys: [], grantedIndex: 0 };
+}
+
+export const LeaseRecord: MessageFns<LeaseRecord> = {
+  encode(message: LeaseRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(16).int64(message.ttlSeconds);
+    }
+    for (const v of message.keys) {
+      writer.uint32(26).bytes(v!);
+    }
+    if (message.grantedIndex !== 0) {
+      writer.uint32(32).uint64(message.grantedIndex);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LeaseRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLeaseRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlSeconds = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keys.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.grantedIndex = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LeaseRecord {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.Number(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+        ? globalThis.Number(object.ttl_seconds)
+        : 0,
+      keys: globalThis.Array.isArray(object?.keys) ? object.keys.map((e: any) => Buffer.from(bytesFromBase64(e))) : [],
+      grantedIndex: isSet(object.grantedIndex)
+        ? globalThis.Number(object.grantedIndex)
+        : isSet(object.granted_index)
+        ? globalThis.Number(object.granted_index)
+        : 0,
+    };
+  },
+
+  toJSON(message: LeaseRecord): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.ttlSeconds !== 0) {
+      obj.ttlSeconds = Math.round(message.ttlSeconds);
+    }
+    if (message.keys?.length) {
+      obj.keys = message.keys.map((e) => base64FromBytes(e));
+    }
+    if (message.grantedIndex !== 0) {
+      obj.grantedIndex = Math.round(message.grantedIndex);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LeaseRecord>): LeaseRecord {
+    return LeaseRecord.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LeaseRecord>): LeaseRecord {
+    const message = createBaseLeaseRecord();
+    message.id = object.id ?? 0;
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    message.keys = object.keys?.map((e) => e) || [];
+    message.grantedIndex = object.grantedIndex ?? 0;
     return message;
   },
 };

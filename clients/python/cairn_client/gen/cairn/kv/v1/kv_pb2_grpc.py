@@ -41,6 +41,11 @@ class KVStub(object):
                 request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
                 response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
                 )
+        self.Compact = channel.unary_unary(
+                '/cairn.kv.v1.KV/Compact',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.CompactResponse.FromString,
+                )
 
 
 class KVServicer(object):
@@ -84,6 +89,15 @@ class KVServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compact(self, request, context):
+        """Compact drops the history (service Watch) of the revisions below `revision`: a watch
+        from an older revision is then refused as compacted. A log command, applied alike on
+        every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Txn,
                     request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.FromString,
                     response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.CompactRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.CompactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -206,6 +225,23 @@ class KV(object):
         return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.KV/Txn',
             cairn_dot_kv_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
             cairn_dot_kv_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.KV/Compact',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.CompactResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
@@ -1073,5 +1109,332 @@ class Auth(object):
         return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Auth/RoleList',
             cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListRequest.SerializeToString,
             cairn_dot_kv_dot_v1_dot_kv__pb2.RoleListResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class WatchStub(object):
+    """Watch streams the changes to a key, a range or a prefix, from any node: each node
+    serves watches from its own applied state, in revision order, each event once.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.stream_stream(
+                '/cairn.kv.v1.Watch/Watch',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.WatchResponse.FromString,
+                )
+
+
+class WatchServicer(object):
+    """Watch streams the changes to a key, a range or a prefix, from any node: each node
+    serves watches from its own applied state, in revision order, each event once.
+    """
+
+    def Watch(self, request_iterator, context):
+        """Watch takes create, cancel and progress requests on one stream, and answers with
+        the watches' events; several watches share a stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WatchServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.WatchRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.WatchResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cairn.kv.v1.Watch', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Watch(object):
+    """Watch streams the changes to a key, a range or a prefix, from any node: each node
+    serves watches from its own applied state, in revision order, each event once.
+    """
+
+    @staticmethod
+    def Watch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/cairn.kv.v1.Watch/Watch',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.WatchResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class LeaseStub(object):
+    """---- Leases (issue 12)
+
+    Lease: keys with a time to live. A lease is granted with a TTL in seconds; keys put
+    with its id are deleted, all in one log entry (one revision), when it is revoked or
+    when it expires. Expiry is decided by the leader alone, on its monotonic clock, and
+    replicated as a log entry; a new leader gives every lease its full TTL again, so a
+    leader change never makes a lease expire early. Lease ids are below 2^53 (cairn
+    carries uint64 as JavaScript numbers) and are printed in hex.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LeaseGrant = channel.unary_unary(
+                '/cairn.kv.v1.Lease/LeaseGrant',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantResponse.FromString,
+                )
+        self.LeaseRevoke = channel.unary_unary(
+                '/cairn.kv.v1.Lease/LeaseRevoke',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeResponse.FromString,
+                )
+        self.LeaseKeepAlive = channel.stream_stream(
+                '/cairn.kv.v1.Lease/LeaseKeepAlive',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+                )
+        self.LeaseTimeToLive = channel.unary_unary(
+                '/cairn.kv.v1.Lease/LeaseTimeToLive',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
+                )
+        self.LeaseLeases = channel.unary_unary(
+                '/cairn.kv.v1.Lease/LeaseLeases',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesResponse.FromString,
+                )
+        self.LeaseRenew = channel.unary_unary(
+                '/cairn.kv.v1.Lease/LeaseRenew',
+                request_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewRequest.SerializeToString,
+                response_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewResponse.FromString,
+                )
+
+
+class LeaseServicer(object):
+    """---- Leases (issue 12)
+
+    Lease: keys with a time to live. A lease is granted with a TTL in seconds; keys put
+    with its id are deleted, all in one log entry (one revision), when it is revoked or
+    when it expires. Expiry is decided by the leader alone, on its monotonic clock, and
+    replicated as a log entry; a new leader gives every lease its full TTL again, so a
+    leader change never makes a lease expire early. Lease ids are below 2^53 (cairn
+    carries uint64 as JavaScript numbers) and are printed in hex.
+    """
+
+    def LeaseGrant(self, request, context):
+        """Grants a lease with a TTL of ttl seconds (and the id asked for, or a random one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseRevoke(self, request, context):
+        """Revokes a lease: its keys are deleted in one log entry. An unknown lease: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseKeepAlive(self, request_iterator, context):
+        """Each request renews the lease's deadline to its full TTL on the leader; each is
+        answered with the lease's TTL, 0 when the lease is unknown (expired or revoked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseTimeToLive(self, request, context):
+        """The lease's granted TTL and the time it has left (answered by the leader).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseLeases(self, request, context):
+        """The ids of every lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseRenew(self, request, context):
+        """One keep-alive as a unary call (a follower forwards each KeepAlive request to the
+        leader as one); answered as LeaseKeepAlive answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LeaseServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LeaseGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseGrant,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantResponse.SerializeToString,
+            ),
+            'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseRevoke,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeResponse.SerializeToString,
+            ),
+            'LeaseKeepAlive': grpc.stream_stream_rpc_method_handler(
+                    servicer.LeaseKeepAlive,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.SerializeToString,
+            ),
+            'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseTimeToLive,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.SerializeToString,
+            ),
+            'LeaseLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseLeases,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesResponse.SerializeToString,
+            ),
+            'LeaseRenew': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseRenew,
+                    request_deserializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewRequest.FromString,
+                    response_serializer=cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cairn.kv.v1.Lease', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Lease(object):
+    """---- Leases (issue 12)
+
+    Lease: keys with a time to live. A lease is granted with a TTL in seconds; keys put
+    with its id are deleted, all in one log entry (one revision), when it is revoked or
+    when it expires. Expiry is decided by the leader alone, on its monotonic clock, and
+    replicated as a log entry; a new leader gives every lease its full TTL again, so a
+    leader change never makes a lease expire early. Lease ids are below 2^53 (cairn
+    carries uint64 as JavaScript numbers) and are printed in hex.
+    """
+
+    @staticmethod
+    def LeaseGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Lease/LeaseGrant',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseGrantResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaseRevoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Lease/LeaseRevoke',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRevokeResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaseKeepAlive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/cairn.kv.v1.Lease/LeaseKeepAlive',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseKeepAliveResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaseTimeToLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Lease/LeaseTimeToLive',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseTimeToLiveResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaseLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Lease/LeaseLeases',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseLeasesResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def LeaseRenew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/cairn.kv.v1.Lease/LeaseRenew',
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewRequest.SerializeToString,
+            cairn_dot_kv_dot_v1_dot_kv__pb2.LeaseRenewResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
