@@ -296,6 +296,11 @@ export class CairnClient {
     return this.options.totalTimeoutMs ?? this.options.timeoutMs;
   }
 
+  /** How this client dials its endpoints (TLS or plaintext), for streams opened beside it (cairn watch, cairn lock). */
+  get dial(): DialSecurity {
+    return this.options.dial ?? PLAINTEXT_DIAL;
+  }
+
   get endpoints(): string[] {
     return this.options.endpoints;
   }

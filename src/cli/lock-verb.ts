@@ -5,14 +5,17 @@ import { formatLeaseId } from '../kv/leases';
 import { CairnClient } from './client';
 import { UsageError } from './flags';
 import { KEEP_ALIVE_TTL_FRACTION } from './lease-verbs';
+import { runWatch } from './watch-verb';
 
 /**
  * `cairn lock NAME [--ttl S] -- CMD ...`: runs CMD while holding the lock NAME, built only
- * on Lease and Txn (docs/recipes.md):
+ * on Lease, Txn and Watch (docs/recipes.md):
  *   1. grant a lease of --ttl seconds and keep it alive (every TTL/3) for as long as this runs;
- *   2. Txn: if NAME does not exist (create_revision = 0), put NAME with the lease;
- *   3. if another holder has it, poll again after a bounded backoff (LOCK_POLL_MIN_MS doubling
- *      to LOCK_POLL_MAX_MS; without Watch there is no notification to wait for);
+ *   2. Txn: if NAME does not exist (create_revision = 0), put NAME with the lease, else read it;
+ *   3. if another holder has it, watch NAME from just after the holder's write until it is
+ *      deleted (released, or its lease expired), then try again; a watch that cannot be
+ *      opened, or that sees nothing for LOCK_WATCH_MAX_WAIT_MS, only means trying again
+ *      sooner (after LOCK_POLL_MIN_MS, doubling to LOCK_POLL_MAX_MS);
  *   4. run CMD; when it exits, revoke the lease (deleting NAME) and exit with CMD's code.
  * A holder that dies stops keeping its lease alive: the leader expires it after the TTL,
  * NAME is deleted with it, and the next poller's Txn takes the lock. A holder whose lease is
@@ -25,6 +28,8 @@ export const LOCK_VERB_SPECS = {
 export const DEFAULT_LOCK_TTL_SECONDS = 10;
 export const LOCK_POLL_MIN_MS = 100;
 export const LOCK_POLL_MAX_MS = 1_000;
+/** The longest a waiter watches for the holder's key to go before it tries the Txn again anyway. */
+export const LOCK_WATCH_MAX_WAIT_MS = 5_000;
 /** Exit code when the lock's lease expired while CMD ran (CMD was killed). */
 export const LOCK_LOST_EXIT_CODE = 3;
 
@@ -71,16 +76,39 @@ export async function runLockVerb(client: CairnClient, args: string[], flags: Re
   }
 }
 
-/** Takes the lock: a Txn that puts NAME with our lease only if NAME does not exist, polled with backoff. */
+/** Takes the lock: a Txn that puts NAME with our lease only if NAME does not exist; else waits for NAME to go. */
 async function acquire(client: CairnClient, key: Buffer, lease: number, lost: () => boolean): Promise<void> {
   const holder = Buffer.from(`${hostname()}/${process.pid}/${formatLeaseId(lease)}`);
   for (let delayMs = LOCK_POLL_MIN_MS; !lost(); delayMs = Math.min(LOCK_POLL_MAX_MS, delayMs * 2)) {
     const response = await client.txn({
       compare: [{ key, target: CompareTarget.COMPARE_TARGET_CREATE_REVISION, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'createRevision', value: 0 } }],
       success: [{ request: { $case: 'requestPut', value: { key, value: holder, prevKv: false, lease, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } } }],
-      failure: [],
+      failure: [{ request: { $case: 'requestRange', value: { key, rangeEnd: Buffer.alloc(0), prefix: false, limit: 1, keysOnly: true, consistency: 0 } } }],
     });
     if (response.succeeded) return;
-    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    const read = response.responses[0]?.response;
+    const held = read?.$case === 'responseRange' ? read.value.kvs[0] : undefined;
+    // Gone already (between the compare and now there is nothing to wait for): try again at once.
+    if (!held) continue;
+    if (await deletedAfter(client, key, held.modRevision + 1)) delayMs = LOCK_POLL_MIN_MS / 2;
+    else await new Promise((resolve) => setTimeout(resolve, delayMs));
+  }
+}
+
+/** Watches `key` from `startRevision` until it is deleted (true) or LOCK_WATCH_MAX_WAIT_MS pass (false). */
+async function deletedAfter(client: CairnClient, key: Buffer, startRevision: number): Promise<boolean> {
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), LOCK_WATCH_MAX_WAIT_MS);
+  let deleted = false;
+  try {
+    const command = { key, prefix: false, startRevision, prevKv: false, maxEvents: undefined };
+    await runWatch(command, client.endpoints, client.dial, () => client.callMetadata(), (line) => {
+      if (!line.startsWith('DELETE ')) return;
+      deleted = true;
+      stop.abort();
+    }, stop.signal);
+    return deleted;
+  } finally {
+    clearTimeout(timer);
   }
 }
