@@ -655,7 +655,10 @@ class ApplyBatch implements TxnState {
     const staged = this.kv.get(name);
     const previous = staged !== undefined ? staged : this.stored.get(name);
     assert(previous !== undefined, `key ${describeKey(key)} written before it was read in this batch`);
-    this.leases.moveKey(Buffer.from(key), previous?.lease ?? 0, record?.lease ?? 0);
+    const from = previous?.lease ?? 0;
+    const to = record?.lease ?? 0;
+    // Most keys have no lease: nothing to move (moveKey copies the key when it keeps one).
+    if (from !== 0 || to !== 0) this.leases.moveKey(key, from, to);
     this.stage(name, record);
     this.history.record(revision, key, record, previous ?? undefined);
   }

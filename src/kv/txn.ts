@@ -165,7 +165,8 @@ export function putRecord(previous: KeyRecord | undefined, value: Buffer, revisi
 async function put(request: PutRequest, state: TxnState, revisionForWrite: () => number): Promise<PutResponse> {
   const previous = await state.read(request.key);
   state.write(request.key, putRecord(previous, request.value, revisionForWrite(), request.lease ?? 0));
-  return { header: undefined, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
+  // prev_kv is refused inside a txn (validateTxn): a range before the write reads the old value.
+  return { header: undefined, prevKv: undefined };
 }
 
 async function del(request: DeleteRequest, state: TxnState, revisionForWrite: () => number): Promise<DeleteResponse> {
@@ -174,7 +175,7 @@ async function del(request: DeleteRequest, state: TxnState, revisionForWrite: ()
     revisionForWrite();
     state.write(request.key, null);
   }
-  return { header: undefined, deleted: !!previous, prevKv: request.prevKv && previous ? keyValue(request.key, previous, false) : undefined };
+  return { header: undefined, deleted: !!previous, prevKv: undefined };
 }
 
 async function range(request: RangeRequest, state: TxnState, budget: TxnBudget): Promise<RangeResponse> {
@@ -221,8 +222,8 @@ export function txnPointKeys(request: TxnRequest): Buffer[] {
 }
 
 /**
- * Everything a Txn may touch, in both branches, as the permissions it needs: reads (compares,
- * ranges, and the old value of a prev_kv write) and writes. Both branches count, so whether
+ * Everything a Txn may touch, in both branches, as the permissions it needs: reads (compares
+ * and ranges; prev_kv is refused inside a txn) and writes. Both branches count, so whether
  * the compares hold reveals nothing a caller may not read.
  */
 export function txnAccesses(request: TxnRequest): { reads: { start: Buffer; end: Buffer | undefined }[]; writes: Buffer[] } {
@@ -233,10 +234,7 @@ export function txnAccesses(request: TxnRequest): { reads: { start: Buffer; end:
   for (const op of [...request.success, ...request.failure]) {
     const r = op.request;
     if (r?.$case === 'requestRange') reads.push(rangeBounds(r.value));
-    else if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') {
-      writes.push(r.value.key);
-      if (r.value.prevKv) reads.push(oneKey(r.value.key));
-    }
+    else if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') writes.push(r.value.key);
   }
   return { reads, writes };
 }

@@ -175,7 +175,7 @@ export class AuthGate {
 
   /**
    * The caller, once it may do everything a Txn might, in both branches: read its compares'
-   * keys, its ranges and the old values of its prev_kv writes; write its puts' and deletes'
+   * keys and its ranges; write its puts' and deletes'
    * keys (undefined while auth is off).
    */
   requireTxn(call: CallIdentity, accesses: { reads: { start: Uint8Array; end: Uint8Array | undefined }[]; writes: Uint8Array[] }): Caller | undefined {
@@ -188,7 +188,7 @@ export class AuthGate {
     }
     for (const { start, end } of accesses.reads) {
       if (!state.permits(caller.user, 'read', start, end)) {
-        throw denied(`user ${user} may not read [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}) (a txn needs read on its compares, its ranges and its prev_kv keys, in both branches)`);
+        throw denied(`user ${user} may not read [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}) (a txn needs read on its compares and its ranges, in both branches)`);
       }
     }
     return caller;
