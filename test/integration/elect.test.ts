@@ -55,8 +55,15 @@ describe('cairn elect: three campaigners and a --listen observer on real process
   test('one leader at a time; one new leader per expiry after kill -9; SIGTERM resigns at once; the observer prints each leader in order', async () => {
     const observer = startElector('observer', [ELECTION, '--listen'], endpoints);
     electors.push(observer);
-    const campaigners = ['c0', 'c1', 'c2'].map((name) => startElector(name, [ELECTION, name, '--ttl', String(TTL_SECONDS)], endpoints));
+    const campaign = (name: string) => startElector(name, [ELECTION, name, '--ttl', String(TTL_SECONDS)], endpoints);
+    const campaigners = [campaign('c0')];
     electors.push(...campaigners);
+    // c0 leads and the observer has shown it before the others campaign: their keys reach the
+    // observer as watch events, and it must not take a new candidate for a new leader.
+    await waitFor('the observer to show c0 leading', () => observer.stdout.length >= 1, 30_000);
+    expect(observer.stdout).toEqual([expect.stringMatching(LEADER_LINE)]);
+    campaigners.push(campaign('c1'), campaign('c2'));
+    electors.push(...campaigners.slice(1));
     const leaders: { name: string; line: string; lease: string }[] = [];
     const elected = () => campaigners.filter((c) => c.stdout.some((line) => LEADER_LINE.test(line)));
 
