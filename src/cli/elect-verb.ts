@@ -121,11 +121,18 @@ async function lead(client: CairnClient, key: Buffer, revision: number, lease: K
   const abort = () => stop.abort();
   signal.addEventListener('abort', abort);
   lease.onLost(abort);
+  const deleted = `its key ${key.toString()} was deleted`;
   try {
+    let from = revision + 1;
     for (let delayMs = TURN_POLL_MIN_MS; !stop.signal.aborted; delayMs = Math.min(TURN_POLL_MAX_MS, delayMs * 2)) {
-      if (await deletedAfter(client, key, revision + 1, Number.POSITIVE_INFINITY, stop.signal)) return `its key ${key.toString()} was deleted`;
-      // The watch gave up (every endpoint failed, over and over): the lease's renewals still tell.
+      if (await deletedAfter(client, key, from, Number.POSITIVE_INFINITY, stop.signal)) return deleted;
+      // The watch gave up (compacted history, every endpoint failing over and over): look
+      // at the key itself, and watch again from now; meanwhile the renewals still tell.
       await sleep(delayMs, stop.signal);
+      if (stop.signal.aborted) break;
+      const now = await client.get(key).catch(() => undefined);
+      if (now && now.kv?.createRevision !== revision) return deleted;
+      if (now?.header) from = now.header.revision + 1;
     }
     return signal.aborted ? undefined : lease.lost;
   } finally {

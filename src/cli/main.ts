@@ -90,7 +90,8 @@ Client flags:
 ${CLIENT_TLS_USAGE}
   --user NAME[:PASSWORD]           with auth enabled: log in first (asks for the password when it is left out)
 
-Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error.
+Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error;
+3 the lease of a lock or an election was lost (lock, elect).
 
 Run "cairn serve --help" for every server flag.`;
 
