@@ -16,6 +16,7 @@ import { parseUserFlag, promptPassword } from './auth-verbs';
 import { runSnapshotRestore } from './snapshot-restore';
 import { runSnapshotSave } from './snapshot-save';
 import { LEASE_BOOLEAN_FLAGS } from './lease-verbs';
+import { ELECT_BOOLEAN_FLAGS } from './elect-verb';
 import { CLIENT_TLS_FLAGS, CLIENT_TLS_USAGE, clientDialFromFlags } from './tls-options';
 import { checkVerbFlags, readAll, runVerb, VERB_FLAGS, VERBS } from './verbs';
 import { parseWatchCommand, runWatch, WATCH_FLAGS, WATCH_SWITCHES } from './watch-verb';
@@ -73,6 +74,9 @@ Usage:
   cairn lease time-to-live ID [--keys] | list   a lease's remaining TTL (and keys); every lease's id
   cairn put KEY VALUE --lease ID   set a key attached to a lease (deleted when it expires or is revoked)
   cairn lock NAME [--ttl 10] -- CMD [ARGS...]   run CMD holding the lock NAME (a lease and a Txn; docs/recipes.md)
+  cairn elect NAME PROPOSAL [--ttl 10]   campaign in election NAME; once leader, print "KEY<TAB>PROPOSAL" and lead
+                                   until Ctrl-C or SIGTERM (resigns, exit 0) or the lease is lost (exit 3)
+  cairn elect NAME --listen        print the leader ("KEY<TAB>PROPOSAL"), then a line per change of leader, until Ctrl-C
   cairn shell                      an interactive prompt with the same verbs (and SET/GET/DEL/HAS/LIST, SIGNUP/LOGIN)
   cairn snapshot save FILE         write a backup of one node's state to FILE (--help for more)
   cairn snapshot restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,... --cluster-token T
@@ -86,7 +90,8 @@ Client flags:
 ${CLIENT_TLS_USAGE}
   --user NAME[:PASSWORD]           with auth enabled: log in first (asks for the password when it is left out)
 
-Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error.
+Exit codes: 0 done; 1 failed, key not found (get) or cluster not serving (status); 2 usage error;
+3 the lease of a lock or an election was lost (lock, elect).
 
 Run "cairn serve --help" for every server flag.`;
 
@@ -135,7 +140,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'watch') return watch(rest);
   const isShell = command === 'shell';
   if (!isShell && !VERBS.includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
-  const { positional, flags } = parseArgs(rest, isShell ? [] : LEASE_BOOLEAN_FLAGS, isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
+  const { positional, flags } = parseArgs(rest, isShell ? [] : [...LEASE_BOOLEAN_FLAGS, ...ELECT_BOOLEAN_FLAGS], isShell ? SHELL_FLAGS : [...COMMON_FLAGS, ...VERB_FLAGS], SHORT_FLAGS);
   if (isShell && positional.length > 0) throw new UsageError(`cairn shell takes no arguments, got "${positional.join(' ')}"`);
   if (!isShell) checkVerbFlags(command, flags, COMMON_FLAGS);
   const user = flags.user;
@@ -151,7 +156,8 @@ async function main(argv: string[]): Promise<number> {
       readStdin: () => readAll(process.stdin),
       writeValue: writeValueToStdout,
       promptPassword,
-      signal: command === 'lease' && positional[0] === 'keep-alive' ? interruptSignal() : undefined,
+      signal: command === 'lease' && positional[0] === 'keep-alive' ? interruptSignal() : command === 'elect' ? interruptOrTerminateSignal() : undefined,
+      warn: (line) => console.error(line),
     });
   } finally {
     client.close();
@@ -309,6 +315,15 @@ if (require.main === module) {
 function writeValueToStdout(value: Buffer): void {
   process.stdout.write(value);
   if (process.stdout.isTTY) process.stdout.write('\n');
+}
+
+/** Aborted at the first SIGINT or SIGTERM (ends `cairn elect`: a leader resigns, rather than leaving its lease to expire). */
+function interruptOrTerminateSignal(): AbortSignal {
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return controller.signal;
 }
 
 /** Aborted at the first SIGINT (ends `cairn lease keep-alive`, which otherwise runs until interrupted). */

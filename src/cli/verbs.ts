@@ -8,6 +8,7 @@ import { UsageError } from './flags';
 import { AUTH_VERB_SPECS, AuthVerbOptions, runAuthVerb } from './auth-verbs';
 import { leaseIdArg, LEASE_VERB_SPECS, LeaseVerbOptions, runLeaseVerb } from './lease-verbs';
 import { LOCK_VERB_SPECS, runLockVerb } from './lock-verb';
+import { ELECT_VERB_SPECS, ElectVerbOptions, runElectVerb } from './elect-verb';
 
 const DEFAULT_LIST_LIMIT = 1000;
 /**
@@ -52,6 +53,7 @@ const VERB_SPECS: Record<string, VerbSpec> = {
   ...AUTH_VERB_SPECS,
   ...LEASE_VERB_SPECS,
   ...LOCK_VERB_SPECS,
+  ...ELECT_VERB_SPECS,
 };
 
 export const VERBS = Object.keys(VERB_SPECS);
@@ -80,7 +82,7 @@ export function checkVerbFlags(
   }
 }
 
-export interface VerbOptions extends AuthVerbOptions, LeaseVerbOptions {
+export interface VerbOptions extends AuthVerbOptions, LeaseVerbOptions, ElectVerbOptions {
   /** The verb as the user typed it (`SET` in the shell), for usage messages. */
   typed?: string;
   /** Reads stdin to its end; absent where stdin is not the value's (the shell). */
@@ -191,6 +193,8 @@ export async function runVerb(
       return runLeaseVerb(client, args, flags, print, usage(verb, typed, options), options);
     case 'lock':
       return runLockVerb(client, args, flags, print);
+    case 'elect':
+      return runElectVerb(client, args, flags, print, usage(verb, typed, options), options);
     default:
       throw new UsageError(`unknown verb "${typed}"`);
   }

@@ -69,8 +69,33 @@ export async function runWatch(
   signal: AbortSignal,
   warn: (line: string) => void = () => undefined,
 ): Promise<number> {
-  let next = command.startRevision;
   let printed = 0;
+  const full = () => command.maxEvents !== undefined && printed >= command.maxEvents;
+  return watchEvents(command, endpoints, dial, metadata, (events) => {
+    for (const event of events) {
+      if (full()) break;
+      print(describeEvent(event));
+      printed++;
+    }
+    return full();
+  }, signal, warn);
+}
+
+/**
+ * The watch behind runWatch: `onEvents` gets each response's events (whole revisions, in
+ * order) and returns true to stop. Returns 0 when stopped or aborted, 1 when refused or
+ * given up.
+ */
+export async function watchEvents(
+  command: Omit<WatchCommand, 'maxEvents'>,
+  endpoints: readonly string[],
+  dial: Dial,
+  metadata: () => Metadata,
+  onEvents: (events: Event[]) => boolean,
+  signal: AbortSignal,
+  warn: (line: string) => void = () => undefined,
+): Promise<number> {
+  let next = command.startRevision;
   let failures = 0;
   let index = 0;
   while (!signal.aborted) {
@@ -78,13 +103,8 @@ export async function runWatch(
     const outcome = await watchOnce(endpoint, dial, metadata(), command, next, signal, (response) => {
       failures = 0;
       if (response.created && next === 0) next = (response.header?.revision ?? 0) + 1;
-      for (const event of response.events) {
-        if (command.maxEvents !== undefined && printed >= command.maxEvents) break;
-        print(describeEvent(event));
-        printed++;
-        next = Math.max(next, event.kv!.modRevision + 1);
-      }
-      return command.maxEvents !== undefined && printed >= command.maxEvents;
+      for (const event of response.events) next = Math.max(next, event.kv!.modRevision + 1);
+      return response.events.length > 0 && onEvents(response.events);
     });
     if (outcome.kind === 'done') return 0;
     if (outcome.kind === 'refused') {
@@ -109,7 +129,7 @@ function watchOnce(
   endpoint: string,
   dial: Dial,
   metadata: Metadata,
-  command: WatchCommand,
+  command: Omit<WatchCommand, 'maxEvents'>,
   startRevision: number,
   signal: AbortSignal,
   onResponse: (response: WatchResponse) => boolean,
