@@ -229,7 +229,7 @@ function keyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue {
 /** Every level of a txn tree, the outermost first (each level's both branches). */
 export function txnLevels(request: TxnRequest): TxnRequest[] {
   const levels: TxnRequest[] = [];
-  // Depth-first with an explicit stack: validation bounds the depth, this bounds nothing.
+  // Depth-first, with a stack rather than recursion (validation bounds depth and size alike).
   const pending = [request];
   for (let level = pending.pop(); level !== undefined; level = pending.pop()) {
     levels.push(level);

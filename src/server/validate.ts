@@ -176,6 +176,7 @@ function checkTxnLevel(request: TxnRequest, prefix: string, limits: Limits, writ
   }
   return after;
 }
+
 /** Checks one compare. */
 function checkCompare(compare: Compare, where: string, limits: Limits): void {
   checkKey(compare.key, limits, `${where}.key`);
