@@ -126,18 +126,33 @@ function parseGet(words: string[], form: string) {
   return { key: Buffer.from(key), rangeEnd: Buffer.alloc(0), prefix, limit, keysOnly: false, consistency: 0 };
 }
 
-/** A txn's answer as lines: SUCCESS or FAILURE with the revision, then one block per operation. */
+/**
+ * A txn's answer as lines: SUCCESS or FAILURE with the revision, then one block per
+ * operation; a nested txn's answer (request_txn) is its own SUCCESS or FAILURE line and
+ * blocks, indented one step deeper.
+ */
 export function describeTxnResponse(response: TxnResponse, ops: RequestOp[], revision: number | undefined): string[] {
-  const lines = [`${response.succeeded ? 'SUCCESS' : 'FAILURE'} (revision ${revision ?? '?'})`];
+  return describeTxnLevel(response, ops, `(revision ${revision ?? '?'})`);
+}
+
+const NESTED_TXN_INDENT = '  ';
+
+function describeTxnLevel(response: TxnResponse, ops: RequestOp[], note: string): string[] {
+  const lines = [`${response.succeeded ? 'SUCCESS' : 'FAILURE'} ${note}`];
   response.responses.forEach((op, i) => {
     const request = ops[i]?.request;
     const r = op.response;
+    const keyOf = () => (request?.$case === 'requestDelete' ? request.value.key.toString() : '?');
     if (r?.$case === 'responsePut') lines.push('OK');
-    else if (r?.$case === 'responseDelete') lines.push(r.value.deleted ? `deleted ${request?.value.key.toString()}` : `(not found: ${request?.value.key.toString()})`);
+    else if (r?.$case === 'responseDelete') lines.push(r.value.deleted ? `deleted ${keyOf()}` : `(not found: ${keyOf()})`);
     else if (r?.$case === 'responseRange') {
       for (const kv of r.value.kvs) lines.push(`${kv.key.toString()}\t${kv.value.toString()}`);
       if (r.value.kvs.length === 0) lines.push('(no keys)');
       if (r.value.more) lines.push('(more keys follow)');
+    } else if (r?.$case === 'responseTxn') {
+      const nested = request?.$case === 'requestTxn' ? request.value : undefined;
+      const branch = nested ? (r.value.succeeded ? nested.success : nested.failure) : [];
+      for (const line of describeTxnLevel(r.value, branch, '(nested txn)')) lines.push(NESTED_TXN_INDENT + line);
     }
   });
   return lines;

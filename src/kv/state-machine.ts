@@ -567,7 +567,7 @@ class ApplyBatch implements TxnState {
     return this.deniedAtApply(`${describeAuthUser(user, 'the write')} may not ${what} key ${describeKey(key)}`);
   }
 
-  /** With auth on, a Txn applies only if its user may do all it might, in both branches (as checked before proposing). */
+  /** With auth on, a Txn applies only if its user may do all it might, in every branch at every level (as checked before proposing). */
   private refusedTxnByAuth(command: Command, request: TxnRequest): CommandResult | undefined {
     if (!this.auth.enabled) return undefined;
     const revoked = this.revokedAtApply(command);
@@ -578,7 +578,7 @@ class ApplyBatch implements TxnState {
       user !== undefined &&
       writes.every((key) => this.auth.permitsKey(user, 'write', key)) &&
       reads.every(({ start, end }) => this.auth.permits(user, 'read', start, end));
-    return allowed ? undefined : this.deniedAtApply(`${describeAuthUser(user, 'the txn')} may not do everything this txn may do (it needs read on its compares and ranges, write on its puts and deletes)`);
+    return allowed ? undefined : this.deniedAtApply(`${describeAuthUser(user, 'the txn')} may not do everything this txn may do (it needs read on its compares and ranges, write on its puts and deletes, in every branch, nested txns included)`);
   }
 
   private async txn(request: TxnRequest): Promise<CommandResult> {

@@ -24,8 +24,15 @@ import { prefixEnd } from './auth-state';
  * bounds are constants, not flags: they shape the replicated results.
  */
 
-/** Most compares, and most operations in each branch, of one Txn (etcd's --max-txn-ops default). */
+/**
+ * Most compares, and most operations in each branch, of one Txn (etcd's --max-txn-ops
+ * default). A nested txn counts in the branch holding it as one operation plus all of its
+ * own compares and operations (both branches, every level below), so no path through a
+ * txn tree writes more than MAX_TXN_OPS keys, as for a flat txn.
+ */
 export const MAX_TXN_OPS = 128;
+/** Most levels of txns nested in one another (request_txn), the outermost being level 1. */
+export const MAX_TXN_DEPTH = 4;
 /** Most keys one range inside a Txn returns (its limit 0 means this). */
 export const MAX_TXN_RANGE_KEYS = 1000;
 /**
@@ -121,9 +128,25 @@ export function compareHolds(compare: Compare, record: KeyRecord | undefined): b
 /**
  * Runs a Txn against `state`, the store being at `revision`: its writes all get one
  * revision, the next, taken at its first write that changes anything (a delete of a key
- * that does not exist changes nothing). Returns the response and the store's revision after.
+ * that does not exist changes nothing), nested txns' writes included. Returns the response
+ * and the store's revision after.
  */
 export async function runTxn(request: TxnRequest, state: TxnState, revision: number): Promise<{ response: TxnResponse; revision: number }> {
+  let writeRevision: number | undefined;
+  const revisionForWrite = () => (writeRevision ??= revision + 1);
+  // One budget for the whole tree: nesting buys no extra reads.
+  const budget: TxnBudget = { bytes: MAX_TXN_READ_BYTES, scanEntries: MAX_TXN_RANGE_SCAN_ENTRIES, firstEntryFree: true };
+  const response = await runLevel(request, state, revisionForWrite, budget, 1);
+  return { response, revision: writeRevision ?? revision };
+}
+
+/**
+ * One level of a txn tree: its compares against the state as everything before it left it,
+ * then its chosen branch. `depth` (the outermost being 1) is bounded by validation; the
+ * assertion keeps the recursion bounded whatever reached the log.
+ */
+async function runLevel(request: TxnRequest, state: TxnState, revisionForWrite: () => number, budget: TxnBudget, depth: number): Promise<TxnResponse> {
+  assert(depth <= MAX_TXN_DEPTH, `a txn nested ${depth} levels deep, over MAX_TXN_DEPTH ${MAX_TXN_DEPTH}`);
   let succeeded = true;
   for (const compare of request.compare) {
     if (!compareHolds(compare, await state.read(compare.key))) {
@@ -131,15 +154,12 @@ export async function runTxn(request: TxnRequest, state: TxnState, revision: num
       break;
     }
   }
-  let writeRevision: number | undefined;
-  const revisionForWrite = () => (writeRevision ??= revision + 1);
-  const budget: TxnBudget = { bytes: MAX_TXN_READ_BYTES, scanEntries: MAX_TXN_RANGE_SCAN_ENTRIES, firstEntryFree: true };
   const responses: ResponseOp[] = [];
-  for (const op of succeeded ? request.success : request.failure) responses.push(await runOp(op, state, revisionForWrite, budget));
-  return { response: { header: undefined, succeeded, responses }, revision: writeRevision ?? revision };
+  for (const op of succeeded ? request.success : request.failure) responses.push(await runOp(op, state, revisionForWrite, budget, depth));
+  return { header: undefined, succeeded, responses };
 }
 
-async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => number, budget: TxnBudget): Promise<ResponseOp> {
+async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => number, budget: TxnBudget, depth: number): Promise<ResponseOp> {
   const request = op.request;
   switch (request?.$case) {
     case 'requestPut':
@@ -148,6 +168,8 @@ async function runOp(op: RequestOp, state: TxnState, revisionForWrite: () => num
       return { response: { $case: 'responseDelete', value: await del(request.value, state, revisionForWrite) } };
     case 'requestRange':
       return { response: { $case: 'responseRange', value: await range(request.value, state, budget) } };
+    case 'requestTxn':
+      return { response: { $case: 'responseTxn', value: await runLevel(request.value, state, revisionForWrite, budget, depth + 1) } };
     default:
       // Validated before proposing: an empty op in the log does nothing on every replica.
       return { response: undefined };
@@ -204,17 +226,36 @@ function keyValue(key: Buffer, record: KeyRecord, keysOnly: boolean): KeyValue {
   return { key, value: keysOnly ? Buffer.alloc(0) : Buffer.from(record.value), createRevision: record.createRevision, modRevision: record.modRevision, version: record.version, ...(record.lease ? { lease: record.lease } : {}) };
 }
 
-/** The puts of a Txn, in both branches (their leases are checked before it runs). */
+/** Every level of a txn tree, the outermost first (each level's both branches). */
+export function txnLevels(request: TxnRequest): TxnRequest[] {
+  const levels: TxnRequest[] = [];
+  // Depth-first, with a stack rather than recursion (validation bounds depth and size alike).
+  const pending = [request];
+  for (let level = pending.pop(); level !== undefined; level = pending.pop()) {
+    levels.push(level);
+    const nested: TxnRequest[] = [];
+    for (const op of [...level.success, ...level.failure]) if (op.request?.$case === 'requestTxn') nested.push(op.request.value);
+    pending.push(...nested.reverse());
+  }
+  return levels;
+}
+
+/** The operations of every branch at every level of a txn tree (nested txns themselves included). */
+function txnOps(request: TxnRequest): RequestOp[] {
+  return txnLevels(request).flatMap((level) => [...level.success, ...level.failure]);
+}
+
+/** The puts of a Txn, in both branches at every level (their leases are checked before it runs). */
 export function txnPuts(request: TxnRequest): PutRequest[] {
   const puts: PutRequest[] = [];
-  for (const op of [...request.success, ...request.failure]) if (op.request?.$case === 'requestPut') puts.push(op.request.value);
+  for (const op of txnOps(request)) if (op.request?.$case === 'requestPut') puts.push(op.request.value);
   return puts;
 }
 
-/** The keys a Txn's compares and writes name, in both branches (for prefetching). */
+/** The keys a Txn's compares and writes name, in both branches at every level (for prefetching). */
 export function txnPointKeys(request: TxnRequest): Buffer[] {
-  const keys = request.compare.map((c) => c.key);
-  for (const op of [...request.success, ...request.failure]) {
+  const keys = txnLevels(request).flatMap((level) => level.compare.map((c) => c.key));
+  for (const op of txnOps(request)) {
     const r = op.request;
     if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') keys.push(r.value.key);
   }
@@ -222,16 +263,17 @@ export function txnPointKeys(request: TxnRequest): Buffer[] {
 }
 
 /**
- * Everything a Txn may touch, in both branches, as the permissions it needs: reads (compares
- * and ranges; prev_kv is refused inside a txn) and writes. Both branches count, so whether
- * the compares hold reveals nothing a caller may not read.
+ * Everything a Txn may touch, in both branches at every level of nesting, as the
+ * permissions it needs: reads (compares and ranges; prev_kv is refused inside a txn) and
+ * writes. Every branch counts, so whether the compares hold reveals nothing a caller may
+ * not read.
  */
 export function txnAccesses(request: TxnRequest): { reads: { start: Buffer; end: Buffer | undefined }[]; writes: Buffer[] } {
   // A read's end undefined is the end of the key space, so one key reads as [key, key + 0x00).
   const oneKey = (key: Buffer) => ({ start: key, end: Buffer.concat([key, Buffer.from([0])]) });
-  const reads: { start: Buffer; end: Buffer | undefined }[] = request.compare.map((c) => oneKey(c.key));
+  const reads: { start: Buffer; end: Buffer | undefined }[] = txnLevels(request).flatMap((level) => level.compare.map((c) => oneKey(c.key)));
   const writes: Buffer[] = [];
-  for (const op of [...request.success, ...request.failure]) {
+  for (const op of txnOps(request)) {
     const r = op.request;
     if (r?.$case === 'requestRange') reads.push(rangeBounds(r.value));
     else if (r?.$case === 'requestPut' || r?.$case === 'requestDelete') writes.push(r.value.key);

@@ -184,11 +184,11 @@ export class AuthGate {
     const state = this.state();
     const user = JSON.stringify(caller.user);
     for (const key of accesses.writes) {
-      if (!state.permitsKey(caller.user, 'write', key)) throw denied(`user ${user} may not write key ${describeKey(key)} (a txn needs write on every key either branch puts or deletes)`);
+      if (!state.permitsKey(caller.user, 'write', key)) throw denied(`user ${user} may not write key ${describeKey(key)} (a txn needs write on every key any branch puts or deletes, nested txns included)`);
     }
     for (const { start, end } of accesses.reads) {
       if (!state.permits(caller.user, 'read', start, end)) {
-        throw denied(`user ${user} may not read [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}) (a txn needs read on its compares and its ranges, in both branches)`);
+        throw denied(`user ${user} may not read [${describeKey(start)}, ${end === undefined ? 'end of the key space' : describeKey(end)}) (a txn needs read on its compares and its ranges, in every branch, nested txns included)`);
       }
     }
     return caller;

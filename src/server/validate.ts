@@ -3,7 +3,8 @@ import { Command, Compare, CompareResult, CompareTarget, Consistency, DeleteRequ
 import { CairnError, ErrorCode } from '../errors';
 import { Limits } from './config';
 import { MAX_AUTH_NAME_BYTES } from '../kv/auth-state';
-import { MAX_TXN_OPS, MAX_TXN_RANGE_KEYS, rangeBounds } from '../kv/txn';
+import { MAX_TXN_DEPTH, MAX_TXN_OPS, MAX_TXN_RANGE_KEYS, rangeBounds } from '../kv/txn';
+import { describeKey } from '../kv/state-machine';
 
 /** Request checks: each failure is INVALID_ARGUMENT with a message naming the problem. */
 function invalid(message: string): never {
@@ -107,23 +108,73 @@ export function validateCommand(encoded: Uint8Array, limits: Limits): Command {
 }
 
 /**
- * A Txn: at most MAX_TXN_OPS compares and operations per branch, each checked as its own
- * request would be (with its position in the message), no key written twice in a branch,
- * the session on the TxnRequest only, and all its keys and values within --max-request-bytes.
+ * A Txn: at most MAX_TXN_OPS compares and operations per branch (a nested txn counting with
+ * all it holds), at most MAX_TXN_DEPTH levels, each compare and operation checked as its own
+ * request would be (with its position in the message), no key written twice on any path
+ * through the tree, the session on the outermost TxnRequest only, and all its keys and
+ * values within --max-request-bytes.
  */
 export function validateTxn(request: TxnRequest, limits: Limits): void {
   checkSession(request, limits);
-  for (const [field, list] of [['compare', request.compare], ['success', request.success], ['failure', request.failure]] as const) {
-    if (list.length > MAX_TXN_OPS) invalid(`${field} has ${list.length} entries, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`);
-  }
-  request.compare.forEach((compare, i) => checkCompare(compare, `compare[${i}]`, limits));
-  for (const [field, ops] of [['success', request.success], ['failure', request.failure]] as const) {
-    const written = new Set<string>();
-    ops.forEach((op, i) => checkTxnOp(op, `${field}[${i}]`, limits, written));
-  }
+  checkTxnShape(request);
+  checkTxnLevel(request, '', limits, new Map());
   // Its whole encoding, not only its keys and values: 384 compares and operations carry
   // kilobytes of tags and lengths, and a follower forwards the encoding to the leader.
   checkRequestSize(TxnRequest.encode(request).finish().length, limits);
+}
+
+/**
+ * The tree's size and depth, before anything walks it in full: each list within
+ * MAX_TXN_OPS entries, each branch's weight (see branchWeight) too, and no txn nested
+ * deeper than MAX_TXN_DEPTH.
+ */
+function checkTxnShape(request: TxnRequest): void {
+  for (const [field, list] of [['compare', request.compare], ['success', request.success], ['failure', request.failure]] as const) {
+    if (list.length > MAX_TXN_OPS) invalid(`${field} has ${list.length} entries, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`);
+  }
+  for (const [field, ops] of [['success', request.success], ['failure', request.failure]] as const) {
+    if (branchWeight(ops, field, 1, MAX_TXN_OPS) > MAX_TXN_OPS) {
+      invalid(`${field} has more than ${MAX_TXN_OPS} compares and operations counting those of its nested txns, over the limit of ${MAX_TXN_OPS} (MAX_TXN_OPS)`);
+    }
+  }
+}
+
+/**
+ * How much of MAX_TXN_OPS the branch `ops` (at nesting level `depth`) takes: one per
+ * operation, and for a nested txn its compares and both its branches' weights too. Counting
+ * stops once past `cap`, so a huge tree costs no more than MAX_TXN_OPS steps to refuse.
+ */
+function branchWeight(ops: RequestOp[], where: string, depth: number, cap: number): number {
+  let weight = 0;
+  for (let i = 0; i < ops.length && weight <= cap; i++) {
+    weight++;
+    const request = ops[i]!.request;
+    if (request?.$case !== 'requestTxn') continue;
+    const at = `${where}[${i}].request_txn`;
+    if (depth + 1 > MAX_TXN_DEPTH) invalid(`${at} is a txn nested ${depth + 1} levels deep, over the limit of ${MAX_TXN_DEPTH} (MAX_TXN_DEPTH, the outermost txn being level 1)`);
+    const nested = request.value;
+    weight += nested.compare.length;
+    weight += branchWeight(nested.success, `${at}.success`, depth + 1, cap - weight);
+    weight += branchWeight(nested.failure, `${at}.failure`, depth + 1, cap - weight);
+  }
+  return weight;
+}
+
+/**
+ * Checks one level of a txn tree (`prefix`: its place in the message, '' for the outermost)
+ * whose shape checkTxnShape passed. `written` maps each key some path may have written
+ * before this level to where; returns that map grown by what either branch may write.
+ */
+function checkTxnLevel(request: TxnRequest, prefix: string, limits: Limits, written: ReadonlyMap<string, string>): Map<string, string> {
+  request.compare.forEach((compare, i) => checkCompare(compare, `${prefix}compare[${i}]`, limits));
+  const after = new Map(written);
+  for (const [field, ops] of [['success', request.success], ['failure', request.failure]] as const) {
+    // Only one branch runs: each starts from what was written before the level.
+    const branch = new Map(written);
+    ops.forEach((op, i) => checkTxnOp(op, `${prefix}${field}[${i}]`, limits, branch));
+    for (const [name, where] of branch) if (!after.has(name)) after.set(name, where);
+  }
+  return after;
 }
 
 /** Checks one compare. */
@@ -146,8 +197,8 @@ function checkCompare(compare: Compare, where: string, limits: Limits): void {
   }
 }
 
-/** Checks one operation of a branch. */
-function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<string>): void {
+/** Checks one operation of a branch; `written` (key name to where) grows by the keys it may write. */
+function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Map<string, string>): void {
   const request = op.request;
   const noSession = (r: { clientId: string; sequence: number; lowestUnansweredSequence: number }) => {
     if (r.clientId !== '' || r.sequence !== 0 || r.lowestUnansweredSequence !== 0) invalid(`${where}: session fields go on the TxnRequest, not on its operations`);
@@ -158,8 +209,11 @@ function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<s
   };
   const writeOnce = (key: Buffer) => {
     const name = key.toString('hex');
-    if (written.has(name)) invalid(`${where}.key is written twice in one branch (a txn may put or delete a key once per branch)`);
-    written.add(name);
+    const first = written.get(name);
+    if (first !== undefined) {
+      invalid(`${where}.key ${describeKey(key)} is written twice on one path through the txn, first at ${first} (a txn may put or delete a key once per branch, nested txns included)`);
+    }
+    written.set(name, where);
   };
   switch (request?.$case) {
     case 'requestPut': {
@@ -186,8 +240,17 @@ function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Set<s
       checkRangeBounds(range, limits, `${where}.`);
       return;
     }
+    case 'requestTxn': {
+      const nested = request.value;
+      // Exactly-once is the outermost request's: a nested txn's answer is part of its answer.
+      if (nested.clientId !== '' || nested.sequence !== 0 || nested.lowestUnansweredSequence !== 0) {
+        invalid(`${where}.request_txn: client_id, sequence and lowest_unanswered_sequence must be unset on a nested txn (the outermost TxnRequest carries the session)`);
+      }
+      for (const [name, at] of checkTxnLevel(nested, `${where}.request_txn.`, limits, written)) written.set(name, at);
+      return;
+    }
     default:
-      invalid(`${where} has no operation (request_put, request_delete or request_range)`);
+      invalid(`${where} has no operation (request_put, request_delete, request_range or request_txn)`);
   }
 }
 

@@ -168,7 +168,42 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     expect(second.json.responses[0].responseRange.kvs[0]).toMatchObject({ key: b64('gw/lock'), value: b64('mine'), version: '1' });
     const twice = await post(url(leader, '/v1/kv/txn'), { success: [{ requestPut: { key: b64('k'), value: b64('1') } }, { requestDelete: { key: b64('k') } }] });
     expect(twice.status).toBe(400);
-    expect(twice.json.message).toMatch(/success\[1\]\.key is written twice in one branch/);
+    expect(twice.json.message).toMatch(/success\[1\]\.key "k" is written twice on one path through the txn/);
+  });
+
+  test('txn: a nested txn through a follower\'s gateway sees the outer put; grpcurl (buf curl) prints the same JSON as the gateway for a nested txn', async () => {
+    const tree = {
+      compare: [{ key: b64('gw/n'), target: 'COMPARE_TARGET_VERSION', result: 'COMPARE_RESULT_EQUAL', version: '0' }],
+      success: [
+        { requestPut: { key: b64('gw/n'), value: b64('1') } },
+        {
+          requestTxn: {
+            compare: [{ key: b64('gw/n'), target: 'COMPARE_TARGET_VALUE', result: 'COMPARE_RESULT_EQUAL', value: b64('1') }],
+            success: [{ requestRange: { key: b64('gw/n') } }, { requestPut: { key: b64('gw/inner'), value: b64('2') } }],
+            failure: [{ requestPut: { key: b64('gw/never'), value: b64('x') } }],
+          },
+        },
+      ],
+    };
+    const ran = await post(url(followers[0]!, '/v1/kv/txn'), tree);
+    expect(ran.status).toBe(200);
+    expect(ran.json).toMatchObject({ succeeded: true, responses: [{ responsePut: {} }, { responseTxn: { succeeded: true, responses: [{ responseRange: { kvs: [{ key: b64('gw/n'), value: b64('1') }] } }, { responsePut: {} }] } }] });
+    expect(ran.json.responses[1].responseTxn.header).toBeUndefined();
+    const revision = ran.json.header.revision;
+    const inner = await post(url(followers[1]!, '/v1/kv/get'), { key: b64('gw/inner') });
+    expect(inner.json.kv).toMatchObject({ value: b64('2'), modRevision: revision, createRevision: revision });
+    expect((await post(url(followers[1]!, '/v1/kv/get'), { key: b64('gw/never') })).json.kv).toBeUndefined();
+
+    // A nested txn that only reads writes nothing, so both answers describe the same state.
+    const readOnly = { success: [{ requestTxn: { compare: [{ key: b64('gw/inner'), target: 'COMPARE_TARGET_VERSION', result: 'COMPARE_RESULT_GREATER', version: '0' }], success: [{ requestRange: { key: b64('gw/'), prefix: true } }] } }] };
+    const httpTxn = await post(url(leader, '/v1/kv/txn'), readOnly);
+    expect(httpTxn.status).toBe(200);
+    expect(httpTxn.json.responses[0].responseTxn.responses[0].responseRange.kvs).toHaveLength(3);
+    expect(httpTxn.json).toEqual(await bufCurl(cluster.node(leader).clientAddr, 'cairn.kv.v1.KV/Txn', readOnly));
+
+    const session = await post(url(leader, '/v1/kv/txn'), { success: [{ requestTxn: { clientId: 'c', sequence: '1' } }] });
+    expect(session.status).toBe(400);
+    expect(session.json.message).toMatch(/success\[0\]\.request_txn: client_id, sequence and lowest_unanswered_sequence must be unset on a nested txn/);
   });
 
   test('leases over HTTP: grant on a follower, put with the lease, keep it alive, time-to-live lists the key, revoke deletes it', async () => {
@@ -213,6 +248,10 @@ describe('the HTTP/JSON gateway of a 3-node cluster', () => {
     const outside = await post(url(follower, '/v1/kv/put'), { key: b64('other'), value: b64('x') }, bearer);
     expect(outside.status).toBe(403);
     expect(outside.json).toMatchObject({ code: Status.PERMISSION_DENIED, error_code: 'PERMISSION_DENIED' });
+    // A key outside the role only in a nested txn's failure branch, which would not even run.
+    const nestedOutside = await post(url(follower, '/v1/kv/txn'), { success: [{ requestTxn: { success: [{ requestPut: { key: b64('app/n'), value: b64('x') } }], failure: [{ requestDelete: { key: b64('other') } }] } }] }, bearer);
+    expect(nestedOutside.status).toBe(403);
+    expect(nestedOutside.json.message).toMatch(/may not write key "other"/);
     const rootOnly = await post(url(follower, '/v1/cluster/snapshot'), {}, bearer);
     expect(rootOnly.status).toBe(403);
     const inside = await post(url(follower, '/v1/kv/put'), { key: b64('app/c'), value: b64('by alice') }, bearer);

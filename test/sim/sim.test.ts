@@ -30,9 +30,10 @@ describe('simulator', () => {
     expect(total('sessionLimited')).toBeGreaterThan(0);
   });
 
-  test('those seeds send compare-and-swap, some swapping and some not, all checked for linearizability', () => {
+  test('those seeds send compare-and-swap, some swapping and some not, some as nested txns, all checked for linearizability', () => {
     expect(stats.reduce((sum, s) => sum + s.casSwapped, 0)).toBeGreaterThan(0);
     expect(stats.reduce((sum, s) => sum + s.casRefused, 0)).toBeGreaterThan(0);
+    expect(stats.reduce((sum, s) => sum + s.casNested, 0)).toBeGreaterThan(0);
   });
 
   test('those seeds grant leases, keep them alive across faults and expire them (never early: checked in the run)', () => {

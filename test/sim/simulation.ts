@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { AuthCommand, Command, Compare, CompareResult, CompareTarget, PermissionType, TxnRequest } from '../../gen/cairn/kv/v1/kv';
+import { AuthCommand, Command, Compare, CompareResult, CompareTarget, PermissionType, TxnRequest, TxnResponse } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig, ConfigChange, ConfigChangeType, Entry, EntryType, InstallSnapshotResponse, Message, SnapshotHeader } from '../../gen/cairn/raft/v1/raft';
 import { checkLinearizable, HistoryOp } from '../../src/check/linearizability';
 import { ErrorCode, isCairnError } from '../../src/errors';
@@ -88,6 +88,8 @@ export interface SimResult {
     /** Compare-and-swaps answered: swapped, and not (the key held something else). */
     casSwapped: number;
     casRefused: number;
+    /** Of the answered CAS, those sent as a txn nested in another (either outcome). */
+    casNested: number;
     /** The lease workload: leases granted, keep-alives answered alive, leases expired. */
     leasesGranted: number;
     leaseKeepAlives: number;
@@ -218,16 +220,33 @@ function sameWatchEvents(a: string, b: string): boolean {
 const SIM_ROLE = 'writers';
 const simUser = (client: number) => `user-${client}`;
 /** Apply stores a password hash as given (the gate computes it): any well-formed one does. */
-/** A compare-and-swap as a Txn: put `value` if the key holds `expected` (null: if it does not exist). */
-function casTxn(session: { key: Buffer; clientId: string; sequence: number; lowestUnansweredSequence: number }, expected: string | null, value: string): TxnRequest {
+/**
+ * A compare-and-swap as a Txn: put `value` if the key holds `expected` (null: if it does not
+ * exist). `nested`: the same compare and put as a txn nested in an outer one without compares
+ * (the outer one always succeeds; whether the swap happened is the nested answer's
+ * `succeeded`, see casSucceeded), so the checker's model (compare, then write one key) holds.
+ */
+function casTxn(session: { key: Buffer; clientId: string; sequence: number; lowestUnansweredSequence: number }, expected: string | null, value: string, nested = false): TxnRequest {
   const key = session.key;
   const compare: Compare =
     expected === null
       ? { key, target: CompareTarget.COMPARE_TARGET_VERSION, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'version', value: 0 } }
       : { key, target: CompareTarget.COMPARE_TARGET_VALUE, result: CompareResult.COMPARE_RESULT_EQUAL, targetUnion: { $case: 'value', value: Buffer.from(expected) } };
   const put = { key, value: Buffer.from(value), prevKv: false, clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
-  return { compare: [compare], success: [{ request: { $case: 'requestPut', value: put } }], failure: [], clientId: session.clientId, sequence: session.sequence, lowestUnansweredSequence: session.lowestUnansweredSequence };
+  const sessionFields = { clientId: session.clientId, sequence: session.sequence, lowestUnansweredSequence: session.lowestUnansweredSequence };
+  const swap = { compare: [compare], success: [{ request: { $case: 'requestPut' as const, value: put } }], failure: [] };
+  if (!nested) return { ...swap, ...sessionFields };
+  return { compare: [], success: [{ request: { $case: 'requestTxn', value: { ...swap, clientId: '', sequence: 0, lowestUnansweredSequence: 0 } } }], failure: [], ...sessionFields };
 }
+
+/** Whether a CAS from casTxn swapped: its own `succeeded`, or its nested txn's. */
+function casSucceeded(response: TxnResponse): boolean {
+  const nested = response.responses[0]?.response;
+  return nested?.$case === 'responseTxn' ? nested.value.succeeded : response.succeeded;
+}
+
+/** Every CAS_NESTED_EVERY-th write sequence of a client that is a CAS goes as a nested txn (no draw from the seed's generator). */
+const CAS_NESTED_EVERY = 3;
 
 const SIM_PASSWORD_HASH = { salt: Buffer.from('salt'), hash: Buffer.from('hash'), cost: 16384, blockSize: 8, parallelization: 1 };
 
@@ -331,7 +350,7 @@ export class Simulation {
   private readonly casEnabled: boolean;
   /** The value each key was last seen to hold by any client (what a CAS expects). */
   private readonly lastSeen = new Map<string, string>();
-  private readonly casStats = { swapped: 0, refused: 0 };
+  private readonly casStats = { swapped: 0, refused: 0, nested: 0 };
   /**
    * History kept when the compactor runs (it proposes Compact to the leader every so often,
    * as --auto-compaction-revisions does); 0: none in this seed. Seeds that stream snapshots in
@@ -465,6 +484,7 @@ export class Simulation {
         sessionsNotOwned: this.authStats.notOwned,
         casSwapped: this.casStats.swapped,
         casRefused: this.casStats.refused,
+        casNested: this.casStats.nested,
         leasesGranted: this.simLeases.stats.granted,
         leaseKeepAlives: this.simLeases.stats.keepAlives,
         leasesExpired: this.simLeases.stats.expired,
@@ -1195,7 +1215,8 @@ export class Simulation {
     // A CAS expects what this key was last seen to hold (often stale under concurrency), or absence.
     const expected = kind === 'cas' ? (this.rand.chance(0.2) ? null : (this.lastSeen.get(key) ?? null)) : undefined;
     const keyBytes = Buffer.from(key);
-    const name = `client ${lane}: ${kind} ${key}${expected !== undefined ? ` if ${expected}` : ''}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
+    const nestedCas = kind === 'cas' && sequence % CAS_NESTED_EVERY === 0;
+    const name = `client ${lane}: ${kind}${nestedCas ? ' (nested)' : ''} ${key}${expected !== undefined ? ` if ${expected}` : ''}${value ? '=' + value : ''} (${session.clientId} #${sequence})`;
     const call = this.eventTime();
     const deadline = call + CLIENT_OP_DEADLINE_UNITS;
     let maybeApplied = false;
@@ -1216,7 +1237,7 @@ export class Simulation {
             ? { op: { $case: 'put', value: { ...write, value: Buffer.from(value!) } }, proposedAtUnixMs: 0, authUser }
             : kind === 'delete'
               ? { op: { $case: 'delete', value: write }, proposedAtUnixMs: 0, authUser }
-              : { op: { $case: 'txn', value: casTxn(write, expected!, value!) }, proposedAtUnixMs: 0, authUser };
+              : { op: { $case: 'txn', value: casTxn(write, expected!, value!, nestedCas) }, proposedAtUnixMs: 0, authUser };
         // Each attempt waits longer: a slow cluster's queue must not fill with retries of writes it is still committing.
         const outcome = await this.withTimeout(replica.propose(command), CLIENT_ATTEMPT_TIMEOUT_UNITS * Math.min(2 ** failedAttempts, 4));
         if (outcome.ok && outcome.value.error?.code === ErrorCode.PERMISSION_DENIED) {
@@ -1225,10 +1246,11 @@ export class Simulation {
           if (this.onSessionRefusal(client, session, name, outcome.value.error)) break;
         } else if (outcome.ok) {
           const op = outcome.value.op;
-          const output = op?.$case === 'delete' ? { existed: op.value.deleted } : op?.$case === 'txn' ? { succeeded: op.value.succeeded } : {};
+          const output = op?.$case === 'delete' ? { existed: op.value.deleted } : op?.$case === 'txn' ? { succeeded: casSucceeded(op.value) } : {};
           this.history.push({ client: lane, kind, key, value, expected, output, call, ret: this.eventTime(), known: true });
           if (value !== undefined && (kind === 'put' || output.succeeded)) this.lastSeen.set(key, value);
           if (kind === 'cas') this.casStats[output.succeeded ? 'swapped' : 'refused']++;
+          if (nestedCas) this.casStats.nested++;
           session.exists = true;
           this.log(`${name} ok ${JSON.stringify(output)}`);
           return;

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { SimResult } from './simulation';
 import { runRange, runSeed, SeedReport, Tally } from './sweep';
 
-const stats: SimResult['stats'] = { nodes: 3, ops: 1, unknownOps: 0, committed: 1, leaders: 1, crashes: 0, virtualTicks: 1, concurrentWrites: 0, sessionExpired: 0, sessionLimited: 0, membershipChanges: 0, transfers: 0, snapshotTransfers: 0, snapshotsInstalled: 0, restoreCrashes: 0, compactedNodes: 0, authChanges: 0, deniedWrites: 0, sessionsNotOwned: 0, casSwapped: 0, casRefused: 0, leasesGranted: 0, leaseKeepAlives: 0, leasesExpired: 0 };
+const stats: SimResult['stats'] = { nodes: 3, ops: 1, unknownOps: 0, committed: 1, leaders: 1, crashes: 0, virtualTicks: 1, concurrentWrites: 0, sessionExpired: 0, sessionLimited: 0, membershipChanges: 0, transfers: 0, snapshotTransfers: 0, snapshotsInstalled: 0, restoreCrashes: 0, compactedNodes: 0, authChanges: 0, deniedWrites: 0, sessionsNotOwned: 0, casSwapped: 0, casRefused: 0, casNested: 0, leasesGranted: 0, leaseKeepAlives: 0, leasesExpired: 0 };
 
 function passing(seed: number): Promise<SimResult> {
   return Promise.resolve({ seed, ok: true, trace: [], stats });

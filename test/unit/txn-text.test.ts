@@ -66,4 +66,38 @@ describe('cairn txn text', () => {
     );
     expect(lines).toEqual(['SUCCESS (revision 9)', 'OK', '(not found: b)', '(no keys)']);
   });
+
+  test('a nested txn\'s answer: its own SUCCESS or FAILURE line and operations, indented one step per level', () => {
+    const noSession = { clientId: '', sequence: 0, lowestUnansweredSequence: 0 };
+    const inner = parseTxnText('\nput x 1\n\ndel gone\nget y\n');
+    const innerRequest = { ...inner, ...noSession };
+    const innermost = { compare: [], success: [], failure: parseTxnText('\n\nget z\n').failure, ...noSession };
+    const ops = [...parseTxnText('\nput a 1\n').success, { request: { $case: 'requestTxn' as const, value: { ...innerRequest, failure: [...innerRequest.failure, { request: { $case: 'requestTxn' as const, value: innermost } }] } } }];
+    const lines = describeTxnResponse(
+      {
+        header: undefined,
+        succeeded: true,
+        responses: [
+          { response: { $case: 'responsePut', value: { header: undefined, prevKv: undefined } } },
+          {
+            response: {
+              $case: 'responseTxn',
+              value: {
+                header: undefined,
+                succeeded: false,
+                responses: [
+                  { response: { $case: 'responseDelete', value: { header: undefined, deleted: true, prevKv: undefined } } },
+                  { response: { $case: 'responseRange', value: { header: undefined, kvs: [{ key: Buffer.from('y'), value: Buffer.from('2'), createRevision: 1, modRevision: 1, version: 1, lease: 0 }], more: false } } },
+                  { response: { $case: 'responseTxn', value: { header: undefined, succeeded: false, responses: [{ response: { $case: 'responseRange', value: { header: undefined, kvs: [], more: false } } }] } } },
+                ],
+              },
+            },
+          },
+        ],
+      },
+      ops,
+      12,
+    );
+    expect(lines).toEqual(['SUCCESS (revision 12)', 'OK', '  FAILURE (nested txn)', '  deleted gone', '  y\t2', '    FAILURE (nested txn)', '    (no keys)']);
+  });
 });

@@ -67,6 +67,14 @@ describe.each(BACKENDS)('MVCC history on $name', (backend) => {
     expect(await historyOf(sm)).toEqual(['PUT x=0 @1', 'PUT y=1 @2', 'DELETE x @2 (prev 0@1)', 'PUT z=1 @2']);
   });
 
+  test('a nested txn\'s writes are events of the one revision, each with its own index, in the order the tree ran them', async () => {
+    await applier.apply(put('x', '0'));
+    const nested = (...ops: RequestOp[]): RequestOp => ({ request: { $case: 'requestTxn', value: { compare: [], success: ops, failure: [], ...noSession } } });
+    await applier.apply(txn(putOp('y', '1'), nested(delOp('x'), nested(putOp('w', '1'))), putOp('z', '1')));
+    expect(sm.revision()).toBe(2);
+    expect(await historyOf(sm)).toEqual(['PUT x=0 @1', 'PUT y=1 @2', 'DELETE x @2 (prev 0@1)', 'PUT w=1 @2', 'PUT z=1 @2']);
+  });
+
   test('replay from a revision, and the history survives a reopen', async () => {
     for (let i = 1; i <= 10; i++) await applier.apply(put(`k${i % 3}`, String(i)));
     expect(await historyOf(sm, 8, 9)).toEqual(['PUT k2=8 @8 (prev 5@5)', 'PUT k0=9 @9 (prev 6@6)']);

@@ -586,7 +586,15 @@ export interface RequestOp {
   request?: { $case: "requestRange"; value: RangeRequest } | { $case: "requestPut"; value: PutRequest } | {
     $case: "requestDelete";
     value: DeleteRequest;
-  } | undefined;
+  } | //
+  /**
+   * A nested txn (as in etcd): its compares see the state as the operations
+   * before it left it, then its chosen branch runs; its writes share the outer
+   * txn's one revision. Its client_id, sequence and lowest_unanswered_sequence
+   * must be unset (INVALID_ARGUMENT otherwise): exactly-once belongs to the
+   * outermost TxnRequest. At most MAX_TXN_DEPTH levels, the outermost being 1.
+   */
+  { $case: "requestTxn"; value: TxnRequest } | undefined;
 }
 
 /**
@@ -597,14 +605,21 @@ export interface ResponseOp {
   response?: { $case: "responseRange"; value: RangeResponse } | { $case: "responsePut"; value: PutResponse } | {
     $case: "responseDelete";
     value: DeleteResponse;
-  } | undefined;
+  } | //
+  /**
+   * Answers a request_txn; its header is unset (the outermost TxnResponse
+   * carries it).
+   */
+  { $case: "responseTxn"; value: TxnResponse } | undefined;
 }
 
 /**
  * TxnRequest: if every compare holds, the success operations run, else the
  * failure ones, in order, each seeing the writes before it. A key may be
- * written (put or deleted) at most once per branch. Bounded by MAX_TXN_OPS
- * compares and operations per branch, and by the message size.
+ * written (put or deleted) at most once on any path the txn may take, nested
+ * txns included. Bounded by MAX_TXN_OPS compares and operations per branch (a
+ * nested txn counting as one operation plus all its compares and operations),
+ * by MAX_TXN_DEPTH levels of nesting, and by the message size.
  */
 export interface TxnRequest {
   compare: Compare[];
@@ -4351,6 +4366,9 @@ export const RequestOp: MessageFns<RequestOp> = {
       case "requestDelete":
         DeleteRequest.encode(message.request.value, writer.uint32(26).fork()).join();
         break;
+      case "requestTxn":
+        TxnRequest.encode(message.request.value, writer.uint32(34).fork()).join();
+        break;
     }
     return writer;
   },
@@ -4392,6 +4410,14 @@ export const RequestOp: MessageFns<RequestOp> = {
             message.request = { $case: "requestDelete", value: DeleteRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.request = { $case: "requestTxn", value: TxnRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4418,6 +4444,10 @@ export const RequestOp: MessageFns<RequestOp> = {
         ? { $case: "requestDelete", value: DeleteRequest.fromJSON(object.requestDelete) }
         : isSet(object.request_delete)
         ? { $case: "requestDelete", value: DeleteRequest.fromJSON(object.request_delete) }
+        : isSet(object.requestTxn)
+        ? { $case: "requestTxn", value: TxnRequest.fromJSON(object.requestTxn) }
+        : isSet(object.request_txn)
+        ? { $case: "requestTxn", value: TxnRequest.fromJSON(object.request_txn) }
         : undefined,
     };
   },
@@ -4430,6 +4460,8 @@ export const RequestOp: MessageFns<RequestOp> = {
       obj.requestPut = PutRequest.toJSON(message.request.value);
     } else if (message.request?.$case === "requestDelete") {
       obj.requestDelete = DeleteRequest.toJSON(message.request.value);
+    } else if (message.request?.$case === "requestTxn") {
+      obj.requestTxn = TxnRequest.toJSON(message.request.value);
     }
     return obj;
   },
@@ -4458,6 +4490,12 @@ export const RequestOp: MessageFns<RequestOp> = {
         }
         break;
       }
+      case "requestTxn": {
+        if (object.request?.value !== undefined && object.request?.value !== null) {
+          message.request = { $case: "requestTxn", value: TxnRequest.fromPartial(object.request.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -4478,6 +4516,9 @@ export const ResponseOp: MessageFns<ResponseOp> = {
         break;
       case "responseDelete":
         DeleteResponse.encode(message.response.value, writer.uint32(26).fork()).join();
+        break;
+      case "responseTxn":
+        TxnResponse.encode(message.response.value, writer.uint32(34).fork()).join();
         break;
     }
     return writer;
@@ -4520,6 +4561,14 @@ export const ResponseOp: MessageFns<ResponseOp> = {
             message.response = { $case: "responseDelete", value: DeleteResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.response = { $case: "responseTxn", value: TxnResponse.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4546,6 +4595,10 @@ export const ResponseOp: MessageFns<ResponseOp> = {
         ? { $case: "responseDelete", value: DeleteResponse.fromJSON(object.responseDelete) }
         : isSet(object.response_delete)
         ? { $case: "responseDelete", value: DeleteResponse.fromJSON(object.response_delete) }
+        : isSet(object.responseTxn)
+        ? { $case: "responseTxn", value: TxnResponse.fromJSON(object.responseTxn) }
+        : isSet(object.response_txn)
+        ? { $case: "responseTxn", value: TxnResponse.fromJSON(object.response_txn) }
         : undefined,
     };
   },
@@ -4558,6 +4611,8 @@ export const ResponseOp: MessageFns<ResponseOp> = {
       obj.responsePut = PutResponse.toJSON(message.response.value);
     } else if (message.response?.$case === "responseDelete") {
       obj.responseDelete = DeleteResponse.toJSON(message.response.value);
+    } else if (message.response?.$case === "responseTxn") {
+      obj.responseTxn = TxnResponse.toJSON(message.response.value);
     }
     return obj;
   },
@@ -4583,6 +4638,12 @@ export const ResponseOp: MessageFns<ResponseOp> = {
       case "responseDelete": {
         if (object.response?.value !== undefined && object.response?.value !== null) {
           message.response = { $case: "responseDelete", value: DeleteResponse.fromPartial(object.response.value) };
+        }
+        break;
+      }
+      case "responseTxn": {
+        if (object.response?.value !== undefined && object.response?.value !== null) {
+          message.response = { $case: "responseTxn", value: TxnResponse.fromPartial(object.response.value) };
         }
         break;
       }
