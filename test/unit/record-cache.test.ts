@@ -54,4 +54,19 @@ describe('RecordCache', () => {
     expect(none.get(hex('k'))).toBeUndefined();
     expect(() => new RecordCache(-1)).toThrow();
   });
+
+  test('a value that is a slice of a larger buffer is cached in a buffer of its own (the slice would keep the whole buffer alive, uncounted)', () => {
+    const cache = new RecordCache(10_000);
+    const frame = Buffer.alloc(8192, 0x61);
+    const slice = frame.subarray(100, 110);
+    cache.set(hex('k'), { ...record(''), value: slice });
+    const cached = cache.get(hex('k'))!;
+    expect(cached.value.buffer.byteLength).toBe(10);
+    expect(Buffer.from(cached.value).equals(slice)).toBe(true);
+    expect(Buffer.isBuffer(cached.value)).toBe(true);
+    const own = record('x');
+    own.value = Buffer.from(new Uint8Array([1, 2, 3]).buffer);
+    cache.set(hex('j'), own);
+    expect(cache.get(hex('j'))).toBe(own); // already its own: no copy
+  });
 });
