@@ -1,6 +1,5 @@
 import { Event, EventType, KeyValue } from '../../gen/cairn/kv/v1/kv';
-import { CairnClient, CallFailedError } from './client';
-import { describeError } from './describe-error';
+import { CairnClient } from './client';
 import { UsageError } from './flags';
 import {
   createIfAbsent,
@@ -12,6 +11,7 @@ import {
   Turn,
   TURN_POLL_MAX_MS,
   TURN_POLL_MIN_MS,
+  untilAnswered,
   waitForTurn,
 } from './lease-recipes';
 import { watchEvents } from './watch-verb';
@@ -24,6 +24,8 @@ import { watchEvents } from './watch-verb';
  * candidate waits, watching the key just ahead of it (the highest create revision below
  * its own), until no key is ahead: it then leads until interrupted (it resigns: its lease is
  * revoked, its key deleted) or until its lease or key is lost (exit LEASE_LOST_EXIT_CODE).
+ * While the cluster cannot answer (an election under way, no node reachable) a candidate
+ * keeps trying (untilAnswered), for as long as its lease may still be alive.
  */
 export const ELECT_VERB_SPECS = {
   elect: { usage: ['NAME PROPOSAL [--ttl SECONDS]', 'NAME --listen'], minArgs: 1, maxArgs: 2, flags: ['ttl', 'listen'] },
@@ -76,8 +78,14 @@ async function campaign(client: CairnClient, name: string, proposal: Buffer, ttl
   const lease = await KeptAliveLease.grant(client, ttlSeconds);
   const prefix = electionPrefix(name);
   const key = Buffer.concat([prefix, Buffer.from(lease.hex)]);
+  const retryWarn = (line: string) => warn(`cairn elect: ${line}`);
   try {
-    const created = await createIfAbsent(client, key, proposal, lease.id);
+    const created = await untilAnswered(() => createIfAbsent(client, key, proposal, lease.id), () => lease.lost !== undefined, retryWarn, signal);
+    if (signal.aborted) return 0;
+    if (created === undefined) {
+      warn(`cairn elect: gave up the campaign for ${name}: ${lease.lost}`);
+      return LEASE_LOST_EXIT_CODE;
+    }
     // Not created: a retried Txn whose first try did create it (the key is ours: its lease is).
     const revision = created.created ? created.revision : (created.existing?.createRevision ?? 0);
     let keyLost: string | undefined = revision === 0 ? `its key ${key.toString()} was deleted` : undefined;
@@ -85,20 +93,22 @@ async function campaign(client: CairnClient, name: string, proposal: Buffer, ttl
     const elected = await waitForTurn(
       client,
       async (): Promise<Turn> => {
-        const candidates = (await readCandidates(client, prefix, true)).candidates;
+        const { candidates, revision: readRevision } = await readCandidates(client, prefix, true);
         const own = candidates.find((kv) => kv.key.equals(key));
         if (!own || own.createRevision !== revision) {
           keyLost = `its key ${key.toString()} was deleted`;
           return { kind: 'again' };
         }
         const ahead = candidates.filter((kv) => kv.createRevision < revision).reduce<KeyValue | undefined>((last, kv) => (!last || kv.createRevision > last.createRevision ? kv : last), undefined);
-        return ahead ? { kind: 'behind', ahead } : { kind: 'ours' };
+        return ahead ? { kind: 'behind', ahead, readRevision } : { kind: 'ours' };
       },
       () => lost() !== undefined,
       signal,
+      retryWarn,
     );
     if (signal.aborted) return 0;
-    if (!elected) {
+    // A lost lease is checked again here: no leader line may follow its loss.
+    if (!elected || lost() !== undefined) {
       warn(`cairn elect: gave up the campaign for ${name}: ${lost()}`);
       return LEASE_LOST_EXIT_CODE;
     }
@@ -160,10 +170,11 @@ function lowest(candidates: Iterable<KeyValue>): KeyValue | undefined {
 
 /**
  * `--listen`: prints the leader, then each new leader (or new proposal of the leader) as the
- * watch on the prefix shows it, revision by revision, so every leader is printed, in order,
- * and no candidate that never led. When the watch gives up (a compaction, every endpoint
- * down), it reads the candidates again after a backoff; leaders it could not see meanwhile
- * are not printed. An unreachable cluster is waited for; any other error ends it (exit 1).
+ * watch on the prefix shows it, revision by revision, so each candidate whose key headed the
+ * queue is printed, in order (as etcd's observe: a killed leader's key heads it until its
+ * TTL). When the watch gives up (a compaction, every endpoint down), it reads the candidates
+ * again after a backoff; leaders it could not see meanwhile are not printed. A cluster that
+ * cannot answer now (unreachable, no leader) is waited for; a definitive refusal ends it (exit 1).
  */
 async function observe(client: CairnClient, name: string, print: (line: string) => void, warn: (line: string) => void, signal: AbortSignal): Promise<number> {
   const prefix = electionPrefix(name);
@@ -174,15 +185,8 @@ async function observe(client: CairnClient, name: string, print: (line: string) 
     print(describeLeader(leader));
   };
   for (let delayMs = TURN_POLL_MIN_MS; !signal.aborted; delayMs = Math.min(TURN_POLL_MAX_MS, delayMs * 2)) {
-    let snapshot: { candidates: KeyValue[]; revision: number };
-    try {
-      snapshot = await readCandidates(client, prefix, false);
-    } catch (err) {
-      if (!isUnreachable(err)) throw err;
-      warn(`cairn elect: ${describeError(err)}; trying again in ${delayMs} ms`);
-      await sleep(delayMs, signal);
-      continue;
-    }
+    const snapshot = await untilAnswered(() => readCandidates(client, prefix, false), () => false, (line) => warn(`cairn elect: ${line}`), signal);
+    if (snapshot === undefined) break;
     const candidates = new Map(snapshot.candidates.map((kv) => [Buffer.from(kv.key).toString('hex'), kv]));
     show(lowest(candidates.values()));
     let tooMany = false;
@@ -213,10 +217,4 @@ function applyEvent(candidates: Map<string, KeyValue>, event: Event, prefix: Buf
 
 function sameLeader(a: KeyValue, b: KeyValue): boolean {
   return Buffer.from(a.key).equals(Buffer.from(b.key)) && a.createRevision === b.createRevision && Buffer.from(a.value).equals(Buffer.from(b.value));
-}
-
-/** A failure to reach any node (worth waiting out), not an answer refusing us. */
-function isUnreachable(err: unknown): boolean {
-  if (!(err instanceof CallFailedError)) return false;
-  return err.failures.every((failure) => failure.kind === 'unreachable' || failure.kind === 'no-answer');
 }

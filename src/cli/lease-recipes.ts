@@ -1,6 +1,8 @@
+import { status as Status } from '@grpc/grpc-js';
 import { CompareResult, CompareTarget, EventType, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { formatLeaseId } from '../kv/leases';
-import { CairnClient } from './client';
+import { CairnClient, CallFailedError } from './client';
+import { describeError } from './describe-error';
 import { UsageError } from './flags';
 import { KEEP_ALIVE_TTL_FRACTION } from './lease-verbs';
 import { watchEvents } from './watch-verb';
@@ -21,13 +23,27 @@ export const TURN_POLL_MAX_MS = 1_000;
 export const TURN_WATCH_MAX_WAIT_MS = 5_000;
 /** Exit code of a lock or election whose lease was lost (expired, revoked, or not renewed for a whole TTL). */
 export const LEASE_LOST_EXIT_CODE = 3;
+/** The longest delay Node's setTimeout and setInterval keep (2^31-1 ms, about 24.8 days): a longer one fires at once. */
+export const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
+/**
+ * The longest --ttl lock and elect accept (2,147,483 s, about 24.8 days): the lease's timers
+ * must span a whole TTL. The server itself grants up to MAX_LEASE_TTL_SECONDS (9,000,000 s).
+ */
+export const MAX_CLI_LEASE_TTL_SECONDS = Math.floor(MAX_TIMER_DELAY_MS / 1000);
 
-/** `--ttl SECONDS`, a positive whole number, DEFAULT_LEASE_TTL_SECONDS when absent. */
+/** `--ttl SECONDS`, a whole number from 1 to MAX_CLI_LEASE_TTL_SECONDS, DEFAULT_LEASE_TTL_SECONDS when absent. */
 export function ttlSecondsFlag(flags: Record<string, string>): number {
   const ttl = Number(flags.ttl ?? DEFAULT_LEASE_TTL_SECONDS);
   if (!Number.isSafeInteger(ttl) || ttl < 1) throw new UsageError(`--ttl must be a positive integer of seconds, got ${JSON.stringify(flags.ttl)}`);
+  if (ttl > MAX_CLI_LEASE_TTL_SECONDS) {
+    throw new UsageError(`--ttl must be at most ${MAX_CLI_LEASE_TTL_SECONDS} seconds (MAX_CLI_LEASE_TTL_SECONDS, about 24.8 days: the longest the CLI's timers can wait), got ${ttl}`);
+  }
   return ttl;
 }
+
+/** A clock that only moves forward, in ms: a step of the wall clock must not stretch how long a holder believes its lease lasts. */
+export type MonotonicClock = () => number;
+export const monotonicNow: MonotonicClock = () => performance.now();
 
 /**
  * A lease granted for this process and renewed every TTL/3 until revoked. It is lost when a
@@ -46,15 +62,16 @@ export class KeptAliveLease {
     readonly id: number,
     readonly ttlSeconds: number,
     grantSentAt: number,
+    private readonly now: MonotonicClock,
   ) {
     this.renewer = setInterval(() => this.renew(), Math.max(100, ttlSeconds * 1000 * KEEP_ALIVE_TTL_FRACTION));
     this.armSilenceTimer(grantSentAt);
   }
 
-  static async grant(client: CairnClient, ttlSeconds: number): Promise<KeptAliveLease> {
-    const sentAt = Date.now();
+  static async grant(client: CairnClient, ttlSeconds: number, now: MonotonicClock = monotonicNow): Promise<KeptAliveLease> {
+    const sentAt = now();
     const { id } = await client.leaseCall((c) => c.leaseGrant, { ttl: ttlSeconds, id: 0 });
-    return new KeptAliveLease(client, id, ttlSeconds, sentAt);
+    return new KeptAliveLease(client, id, ttlSeconds, sentAt, now);
   }
 
   get hex(): string {
@@ -79,7 +96,7 @@ export class KeptAliveLease {
   }
 
   private renew(): void {
-    const sentAt = Date.now();
+    const sentAt = this.now();
     this.client.leaseCall((c) => c.leaseRenew, { id: this.id }).then(
       (renewed) => {
         if (this.revoked) return;
@@ -94,7 +111,7 @@ export class KeptAliveLease {
   private armSilenceTimer(renewalSentAt: number): void {
     if (this.revoked || this.lostReason !== undefined) return;
     clearTimeout(this.silenceTimer);
-    const leftMs = renewalSentAt + this.ttlSeconds * 1000 - Date.now();
+    const leftMs = renewalSentAt + this.ttlSeconds * 1000 - this.now();
     this.silenceTimer = setTimeout(() => this.lose(`no renewal of its lease ${this.hex} was answered for ${this.ttlSeconds} s: it may have expired`), Math.max(0, leftMs));
   }
 
@@ -112,11 +129,12 @@ export class KeptAliveLease {
   }
 }
 
-export type CreateResult = { created: true; revision: number } | { created: false; existing: KeyValue | undefined };
+/** Created: at `revision`. Not: `existing` as the Txn read it at `readRevision` (undefined: gone meanwhile). */
+export type CreateResult = { created: true; revision: number } | { created: false; existing: KeyValue | undefined; readRevision: number };
 
 /**
  * One Txn: put `key` = `value` with `lease` only if `key` does not exist (create_revision = 0);
- * else read it (keys only: its revisions, for a watch from just after them).
+ * else read it (keys only: its revisions and lease), at the revision the Txn's header names.
  */
 export async function createIfAbsent(client: CairnClient, key: Buffer, value: Buffer, lease: number): Promise<CreateResult> {
   const response = await client.txn({
@@ -126,27 +144,83 @@ export async function createIfAbsent(client: CairnClient, key: Buffer, value: Bu
   });
   if (response.succeeded) return { created: true, revision: response.header?.revision ?? 0 };
   const read = response.responses[0]?.response;
-  return { created: false, existing: read?.$case === 'responseRange' ? read.value.kvs[0] : undefined };
+  const existing = read?.$case === 'responseRange' ? read.value.kvs[0] : undefined;
+  return { created: false, existing, readRevision: response.header?.revision ?? 0 };
 }
 
-/** One look at whose turn it is: ours, behind `ahead` (wait for its deletion), or look again at once. */
-export type Turn = { kind: 'ours' } | { kind: 'behind'; ahead: KeyValue } | { kind: 'again' };
+/**
+ * One look at whose turn it is: ours, behind `ahead` (wait for its deletion), or look again
+ * at once. `readRevision` is the revision of the read that showed `ahead` present.
+ */
+export type Turn = { kind: 'ours' } | { kind: 'behind'; ahead: KeyValue; readRevision: number } | { kind: 'again' };
 
 /**
  * Calls `look` until it says the turn is ours (true) or `stopped` says to give up (false).
  * Behind a key, it watches that key until it is deleted; a watch that cannot be opened, or
  * sees nothing for TURN_WATCH_MAX_WAIT_MS, only means looking again after a backoff (from
- * TURN_POLL_MIN_MS doubling to TURN_POLL_MAX_MS).
+ * TURN_POLL_MIN_MS doubling to TURN_POLL_MAX_MS). A look the cluster cannot answer now is
+ * tried again (untilAnswered).
  */
-export async function waitForTurn(client: CairnClient, look: () => Promise<Turn>, stopped: () => boolean, signal?: AbortSignal): Promise<boolean> {
+export async function waitForTurn(
+  client: CairnClient,
+  look: () => Promise<Turn>,
+  stopped: () => boolean,
+  signal?: AbortSignal,
+  warn: (line: string) => void = () => undefined,
+): Promise<boolean> {
   for (let delayMs = TURN_POLL_MIN_MS; !stopped() && !signal?.aborted; delayMs = Math.min(TURN_POLL_MAX_MS, delayMs * 2)) {
-    const turn = await look();
-    if (turn.kind === 'ours') return true;
+    const turn = await untilAnswered(look, stopped, warn, signal);
+    if (turn === undefined) break;
+    // The lease may have been lost while the look was under way: the turn is then no one's.
+    if (turn.kind === 'ours') return !stopped();
     if (turn.kind === 'again') continue;
-    if (await deletedAfter(client, turn.ahead.key, turn.ahead.modRevision + 1, TURN_WATCH_MAX_WAIT_MS, signal)) delayMs = TURN_POLL_MIN_MS / 2;
+    if (await deletedAfter(client, turn.ahead.key, watchStart(turn), TURN_WATCH_MAX_WAIT_MS, signal)) delayMs = TURN_POLL_MIN_MS / 2;
     else await sleep(delayMs, signal);
   }
   return false;
+}
+
+/**
+ * Where to watch the key ahead from: just after the read that showed it present (as etcd's
+ * waitDelete), which sees any later deletion and, unlike the key's own mod revision, stays
+ * within history that --auto-compaction-revisions has not yet compacted away.
+ */
+function watchStart(turn: { ahead: KeyValue; readRevision: number }): number {
+  return Math.max(turn.readRevision, turn.ahead.modRevision) + 1;
+}
+
+/** gRPC codes of a call the cluster could not answer now (no leader, no quorum, a node stepping down, no node reachable in time). */
+const TRANSIENT_STATUSES: ReadonlySet<Status> = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED]);
+/** Cairn's codes that say "not now" under another gRPC code. */
+const TRANSIENT_CAIRN_CODES: ReadonlySet<string> = new Set(['OVERLOADED']);
+
+/**
+ * A failure worth waiting out (an election under way, a cluster out of reach or overloaded),
+ * not a definitive refusal (permission denied, invalid argument, too many candidates).
+ */
+export function isTransientFailure(err: unknown): boolean {
+  if (!(err instanceof CallFailedError)) return false;
+  const cairnCode = err.metadata?.get('cairn-error-code')[0];
+  return TRANSIENT_STATUSES.has(err.code) || (cairnCode !== undefined && TRANSIENT_CAIRN_CODES.has(String(cairnCode)));
+}
+
+/**
+ * Calls `call` until it answers, or fails definitively (thrown), or `stopped` or `signal`
+ * say to give up (undefined). After a transient failure (isTransientFailure) it says so on
+ * `warn` and waits, from TURN_POLL_MIN_MS doubling to TURN_POLL_MAX_MS. A lock or campaign
+ * passes its lease's loss as `stopped`, so an outage is waited out for at most a TTL.
+ */
+export async function untilAnswered<T>(call: () => Promise<T>, stopped: () => boolean, warn: (line: string) => void, signal?: AbortSignal): Promise<T | undefined> {
+  for (let delayMs = TURN_POLL_MIN_MS; !stopped() && !signal?.aborted; delayMs = Math.min(TURN_POLL_MAX_MS, delayMs * 2)) {
+    try {
+      return await call();
+    } catch (err) {
+      if (!isTransientFailure(err)) throw err;
+      warn(`${describeError(err)}; trying again in ${delayMs} ms`);
+      await sleep(delayMs, signal);
+    }
+  }
+  return undefined;
 }
 
 /**
@@ -155,6 +229,8 @@ export async function waitForTurn(client: CairnClient, look: () => Promise<Turn>
  * that happened since.
  */
 export async function deletedAfter(client: CairnClient, key: Buffer, startRevision: number, maxWaitMs: number, signal?: AbortSignal): Promise<boolean> {
+  // An abort listener added to an aborted signal never runs: the watch would wait out maxWaitMs.
+  if (signal?.aborted) return false;
   const stop = new AbortController();
   const abort = () => stop.abort();
   const timer = Number.isFinite(maxWaitMs) ? setTimeout(abort, maxWaitMs) : undefined;
@@ -176,6 +252,7 @@ export async function deletedAfter(client: CairnClient, key: Buffer, startRevisi
 /** Waits `ms`, or less if `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
     const done = () => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', done);

@@ -19,10 +19,11 @@ import {
  * on Lease, Txn and Watch (docs/recipes.md):
  *   1. grant a lease of --ttl seconds and keep it alive (every TTL/3) for as long as this runs;
  *   2. Txn: if NAME does not exist (create_revision = 0), put NAME with the lease, else read it;
- *   3. if another holder has it, watch NAME from just after the holder's write until it is
+ *   3. if another holder has it, watch NAME from just after the Txn's read until it is
  *      deleted (released, or its lease expired), then try again; a watch that cannot be
  *      opened, or that sees nothing for LOCK_WATCH_MAX_WAIT_MS, only means trying again
- *      sooner (after LOCK_POLL_MIN_MS, doubling to LOCK_POLL_MAX_MS);
+ *      sooner (after LOCK_POLL_MIN_MS, doubling to LOCK_POLL_MAX_MS); a Txn the cluster cannot
+ *      answer now (no leader, out of reach) is tried again after the same backoff;
  *   4. run CMD; when it exits, revoke the lease (deleting NAME) and exit with CMD's code.
  * A holder that dies stops keeping its lease alive: the leader expires it after the TTL,
  * NAME is deleted with it, and the next poller's Txn takes the lock. A holder whose lease is
@@ -41,12 +42,18 @@ export const LOCK_WATCH_MAX_WAIT_MS = TURN_WATCH_MAX_WAIT_MS;
 /** Exit code when the lock's lease was lost while CMD ran (CMD was killed). */
 export const LOCK_LOST_EXIT_CODE = LEASE_LOST_EXIT_CODE;
 
-export async function runLockVerb(client: CairnClient, args: string[], flags: Record<string, string>, print: (line: string) => void): Promise<number> {
+export async function runLockVerb(
+  client: CairnClient,
+  args: string[],
+  flags: Record<string, string>,
+  print: (line: string) => void,
+  warn: (line: string) => void = () => undefined,
+): Promise<number> {
   const [name, command, ...commandArgs] = args;
   const lease = await KeptAliveLease.grant(client, ttlSecondsFlag(flags));
   const key = Buffer.from(name!);
   try {
-    await acquire(client, key, lease);
+    await acquire(client, key, lease, warn);
     if (lease.lost) return LOCK_LOST_EXIT_CODE;
     print(`lock ${name} acquired (lease ${lease.hex})`);
     const child = spawn(command!, commandArgs, { stdio: 'inherit' });
@@ -69,16 +76,20 @@ export async function runLockVerb(client: CairnClient, args: string[], flags: Re
 }
 
 /** Takes the lock: a Txn that puts NAME with our lease only if NAME does not exist; else waits for NAME to go. */
-async function acquire(client: CairnClient, key: Buffer, lease: KeptAliveLease): Promise<void> {
+async function acquire(client: CairnClient, key: Buffer, lease: KeptAliveLease, warn: (line: string) => void): Promise<void> {
   const holder = Buffer.from(`${hostname()}/${process.pid}/${lease.hex}`);
   await waitForTurn(
     client,
     async (): Promise<Turn> => {
       const attempt = await createIfAbsent(client, key, holder, lease.id);
       if (attempt.created) return { kind: 'ours' };
+      // Our lease's key: an earlier try whose answer was lost created it.
+      if (attempt.existing?.lease === lease.id) return { kind: 'ours' };
       // Gone already (between the compare and now there is nothing to wait for): try again at once.
-      return attempt.existing ? { kind: 'behind', ahead: attempt.existing } : { kind: 'again' };
+      return attempt.existing ? { kind: 'behind', ahead: attempt.existing, readRevision: attempt.readRevision } : { kind: 'again' };
     },
     () => lease.lost !== undefined,
+    undefined,
+    (line) => warn(`cairn lock: ${line}`),
   );
 }

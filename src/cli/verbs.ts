@@ -192,7 +192,7 @@ export async function runVerb(
     case 'lease':
       return runLeaseVerb(client, args, flags, print, usage(verb, typed, options), options);
     case 'lock':
-      return runLockVerb(client, args, flags, print);
+      return runLockVerb(client, args, flags, print, options.warn);
     case 'elect':
       return runElectVerb(client, args, flags, print, usage(verb, typed, options), options);
     default:

@@ -112,6 +112,7 @@ describe('cairn elect: wrong usage exits 2 with a clear message', () => {
     [['name', 'proposal', '--listen'], 'elect --listen observes and takes no PROPOSAL'],
     [['name', '--listen', '--ttl', '5'], '--ttl is for a campaign, not --listen'],
     [['name', 'proposal', '--ttl', '0'], '--ttl must be a positive integer of seconds'],
+    [['name', 'proposal', '--ttl', '2147484'], '--ttl must be at most 2147483 seconds (MAX_CLI_LEASE_TTL_SECONDS'],
     [['', 'proposal'], 'NAME must not be empty'],
   ])('cairn elect %j', async (args, message) => {
     const { code, stderr } = await runCli(args);
