@@ -137,6 +137,8 @@ export class CairnClient {
   private readonly clientAddrs = new Map<number, string>();
   private clientId = newClientId();
   private sequence = 0;
+  /** Sequences sent and not yet answered, by session (client id): what lowest_unanswered_sequence may claim. */
+  private readonly sequencesInFlight = new Map<string, Set<number>>();
 
   constructor(private readonly options: ClientOptions) {
     if (options.endpoints.length === 0) throw new Error('no endpoints given');
@@ -205,8 +207,9 @@ export class CairnClient {
 
   /**
    * Sends a write under the client's session (kv.proto, "Client sessions"), retried with
-   * the same sequence. One write is in flight at a time, so its own sequence is the lowest
-   * unanswered one. A write that failed is never retried again: the next one starts a new
+   * the same sequence. Writes may run concurrently: each tells the lowest sequence still in
+   * flight under the session (its own or an earlier one's), never more, or a retry of an
+   * earlier write would be refused as already answered. A write that failed is never retried again: the next one starts a new
    * session rather than claim answers this one never got. A write refused as
    * SESSION_EXPIRED on its first attempt (the session was evicted while idle), or
    * SESSION_NOT_OWNED (it was started before this client logged in, or auth was enabled
@@ -215,17 +218,27 @@ export class CairnClient {
   private async write<T>(send: (session: SessionFields, ...call: CallArgs<T>) => void): Promise<T> {
     for (let renewed = false; ; renewed = true) {
       const sequence = ++this.sequence;
-      const session = { clientId: this.clientId, sequence, lowestUnansweredSequence: sequence };
+      const clientId = this.clientId;
+      const inFlight = this.sequencesInFlight.get(clientId) ?? new Set<number>();
+      this.sequencesInFlight.set(clientId, inFlight);
+      const lowestUnansweredSequence = Math.min(sequence, ...inFlight);
+      inFlight.add(sequence);
+      const session = { clientId, sequence, lowestUnansweredSequence };
       const attempts = { count: 0 };
       try {
         return await this.retry((...call: CallArgs<T>) => send(session, ...call), true, attempts);
       } catch (err) {
-        this.clientId = newClientId();
-        this.sequence = 0;
+        if (this.clientId === clientId) {
+          this.clientId = newClientId();
+          this.sequence = 0;
+        }
         // Neither refusal applied anything: one more try, under a new session.
         const code = (err as ServiceError).metadata?.get(ERROR_CODE_METADATA)[0];
         const renewable = code === ErrorCode.SESSION_EXPIRED || code === ErrorCode.SESSION_NOT_OWNED;
         if (renewed || !renewable || attempts.count !== 1) throw err;
+      } finally {
+        inFlight.delete(sequence);
+        if (inFlight.size === 0) this.sequencesInFlight.delete(clientId);
       }
     }
   }
