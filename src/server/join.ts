@@ -193,12 +193,20 @@ export async function promoteWhenCaughtUp(
 ): Promise<ClusterConfig> {
   const clients = new JoinEndpoints(endpoints, user, dial);
   let lastReason = '';
+  const deadlineMs = Date.now() + timeoutMs;
   try {
-    const promoted = await clients.call<MemberPromoteResponse>('MemberPromote', Date.now() + timeoutMs, (c, md, o, done) => c.memberPromote({ id }, md, o, done), (reason) => {
+    const promoted = await clients.call<MemberPromoteResponse>('MemberPromote', deadlineMs, (c, md, o, done) => c.memberPromote({ id }, md, o, done), (reason) => {
       if (reason !== lastReason) logger.info({ reason }, 'join: not promoted yet; retrying');
       lastReason = reason;
     }, signal);
     return configFromMembers(promoted.members);
+  } catch (err) {
+    // A retry after a lost answer finds this node a voter already ("member N is already a
+    // voter"): the promotion is done, as the member list says.
+    if (lastReason === '' || signal?.aborted) throw err;
+    const listed = await clients.call<MemberListResponse>('MemberList', deadlineMs, (c, md, o, done) => c.memberList({}, md, o, done), undefined, signal).catch(() => undefined);
+    if (listed?.members.some((m) => m.id === id && m.role === MemberRole.MEMBER_ROLE_VOTER)) return configFromMembers(listed.members);
+    throw err;
   } finally {
     clients.close();
   }

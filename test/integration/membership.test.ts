@@ -73,7 +73,8 @@ describe('membership changes on real processes', () => {
       const members = rows(listed.stdout);
       return listed.code === 0 && members.length === 4 && members.every((m) => m.role === 'voter');
     }, 60_000);
-    expect(joined.logs.some((line) => line.includes('join: promoted to voter'))).toBe(true);
+    // The node's own account of it arrives on its output stream, maybe after the list shows it.
+    await waitFor('the joined node logs its promotion', async () => joined.logs.some((line) => line.includes('join: promoted to voter')), 10_000);
 
     const transfer = await cluster.cli(['leader', 'transfer', '--to', '4']);
     expect(transfer).toMatchObject({ code: 0, stdout: 'leader: node 4\n' });

@@ -79,6 +79,25 @@ describe('joining a running cluster', () => {
     }
   });
 
+  test('a retry that finds the node a voter already (the first answer was lost) is the promotion done, as the member list says; otherwise the refusal stands', async () => {
+    let listed: Member[] = [voter(1), voter(4)];
+    const answers: (CairnError | { members: Member[] })[] = [];
+    const fake = fakeCluster({ memberPromote: () => answers.shift()!, memberList: () => ({ members: listed }) });
+    const { server, addr } = await serve(fake.service);
+    try {
+      answers.push(new CairnError(ErrorCode.LEARNER_NOT_CAUGHT_UP, 'not yet'), new CairnError(ErrorCode.INVALID_ARGUMENT, 'member 4 is already a voter'));
+      const config = await promoteWhenCaughtUp(4, [addr], quiet());
+      expect(config.voters.map((m) => m.id)).toEqual([1, 4]);
+      listed = [voter(1), learner(4)];
+      answers.push(new CairnError(ErrorCode.LEARNER_NOT_CAUGHT_UP, 'not yet'), new CairnError(ErrorCode.INVALID_ARGUMENT, 'member 4 is already a voter'));
+      await expect(promoteWhenCaughtUp(4, [addr], quiet())).rejects.toThrow(/already a voter/);
+      answers.push(new CairnError(ErrorCode.INVALID_ARGUMENT, 'no member 4'));
+      await expect(promoteWhenCaughtUp(4, [addr], quiet())).rejects.toThrow(/no member 4/); // a first answer is never second-guessed
+    } finally {
+      server.forceShutdown();
+    }
+  });
+
   test('promotion retries LEARNER_NOT_CAUGHT_UP and CONFIG_CHANGE_PENDING until it succeeds, and gives up at its deadline', async () => {
     const refusals = [ErrorCode.LEARNER_NOT_CAUGHT_UP, ErrorCode.CONFIG_CHANGE_PENDING, ErrorCode.LEARNER_NOT_CAUGHT_UP];
     const fake = fakeCluster({
