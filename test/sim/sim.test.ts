@@ -12,6 +12,8 @@ const SCAN_TIMEOUT_MS = 600_000;
  * `npm run sim -- --seeds N` (CI runs 300).
  */
 describe('simulator', () => {
+  // Every test here runs simulations, some of them many: none may fail on jest's 60 s default under CI's load.
+  jest.setTimeout(SCAN_TIMEOUT_MS);
   const stats: SimResult['stats'][] = [];
 
   test.each([1, 2, 3, 4, 5, 6, 7, 8])('seed %i holds every invariant and a linearizable history', async (seed) => {
