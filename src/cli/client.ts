@@ -31,8 +31,6 @@ const MAX_ROUNDS = 5;
 const RETRY_DELAY_MS = 200;
 /** With a whole-call budget, the least one attempt at one endpoint is given. */
 const MIN_ATTEMPT_MS = 500;
-/** The trailer with cairn's own error code: present only on answers from a cairn node. */
-const ERROR_CODE_TRAILER = 'cairn-error-code';
 
 export interface ClientOptions {
   endpoints: string[];
@@ -79,7 +77,7 @@ export interface AttemptFailure {
 }
 
 export function failureKind(error: ServiceError): FailureKind {
-  if (error.metadata?.get(ERROR_CODE_TRAILER).length) return 'answered';
+  if (error.metadata?.get(ERROR_CODE_METADATA).length) return 'answered';
   if (error.code === Status.UNIMPLEMENTED) return 'wrong-service';
   if (error.code === Status.DEADLINE_EXCEEDED || error.code === Status.CANCELLED) return 'no-answer';
   if (error.code === Status.UNAVAILABLE) return 'unreachable';
@@ -116,7 +114,7 @@ const UNKNOWN_OUTCOME_CODES = new Set(['OUTCOME_UNKNOWN', 'TIMEOUT', 'STOPPED'])
 
 function leavesOutcomeUnknown(failure: AttemptFailure): boolean {
   if (failure.kind === 'no-answer') return true;
-  const code = failure.error.metadata?.get(ERROR_CODE_TRAILER)[0];
+  const code = failure.error.metadata?.get(ERROR_CODE_METADATA)[0];
   return code !== undefined && UNKNOWN_OUTCOME_CODES.has(String(code));
 }
 
@@ -292,7 +290,7 @@ export class CairnClient {
     try {
       return await this.retry((i, md, opts, cb) => this.cluster[i]!.memberRemove({ id }, md, opts, cb), true);
     } catch (err) {
-      const gone = err instanceof CallFailedError && err.outcomeUnknown && err.metadata?.get(ERROR_CODE_TRAILER)[0] === ErrorCode.MEMBER_NOT_FOUND;
+      const gone = err instanceof CallFailedError && err.outcomeUnknown && err.metadata?.get(ERROR_CODE_METADATA)[0] === ErrorCode.MEMBER_NOT_FOUND;
       if (!gone) throw err;
       const { header, members } = await this.members();
       return { header, members };

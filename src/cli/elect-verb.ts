@@ -6,7 +6,6 @@ import {
   deletedAfter,
   KeptAliveLease,
   LEASE_LOST_EXIT_CODE,
-  sleep,
   ttlSecondsFlag,
   Turn,
   TURN_POLL_MAX_MS,
@@ -14,6 +13,7 @@ import {
   untilAnswered,
   waitForTurn,
 } from './lease-recipes';
+import { sleep } from './sleep';
 import { watchEvents } from './watch-verb';
 
 /**

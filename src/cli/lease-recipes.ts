@@ -1,10 +1,13 @@
 import { status as Status } from '@grpc/grpc-js';
 import { CompareResult, CompareTarget, EventType, KeyValue } from '../../gen/cairn/kv/v1/kv';
+import { ErrorCode } from '../errors';
 import { formatLeaseId } from '../kv/leases';
+import { ERROR_CODE_METADATA } from '../server/status';
 import { CairnClient, CallFailedError } from './client';
 import { describeError } from './describe-error';
 import { UsageError } from './flags';
 import { KEEP_ALIVE_TTL_FRACTION } from './lease-verbs';
+import { sleep } from './sleep';
 import { watchEvents } from './watch-verb';
 
 /**
@@ -192,7 +195,7 @@ function watchStart(turn: { ahead: KeyValue; readRevision: number }): number {
 /** gRPC codes of a call the cluster could not answer now (no leader, no quorum, a node stepping down, no node reachable in time). */
 const TRANSIENT_STATUSES: ReadonlySet<Status> = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.CANCELLED]);
 /** Cairn's codes that say "not now" under another gRPC code. */
-const TRANSIENT_CAIRN_CODES: ReadonlySet<string> = new Set(['OVERLOADED']);
+const TRANSIENT_CAIRN_CODES: ReadonlySet<string> = new Set([ErrorCode.OVERLOADED]);
 
 /**
  * A failure worth waiting out (an election under way, a cluster out of reach or overloaded),
@@ -200,7 +203,7 @@ const TRANSIENT_CAIRN_CODES: ReadonlySet<string> = new Set(['OVERLOADED']);
  */
 export function isTransientFailure(err: unknown): boolean {
   if (!(err instanceof CallFailedError)) return false;
-  const cairnCode = err.metadata?.get('cairn-error-code')[0];
+  const cairnCode = err.metadata?.get(ERROR_CODE_METADATA)[0];
   return TRANSIENT_STATUSES.has(err.code) || (cairnCode !== undefined && TRANSIENT_CAIRN_CODES.has(String(cairnCode)));
 }
 
@@ -247,18 +250,4 @@ export async function deletedAfter(client: CairnClient, key: Buffer, startRevisi
     clearTimeout(timer);
     signal?.removeEventListener('abort', abort);
   }
-}
-
-/** Waits `ms`, or less if `signal` aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done);
-  });
 }

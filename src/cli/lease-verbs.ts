@@ -1,3 +1,4 @@
+import { sleep } from './sleep';
 import { formatLeaseId, parseLeaseId } from '../kv/leases';
 import { CairnClient } from './client';
 import { UsageError } from './flags';
@@ -92,20 +93,4 @@ async function keepAlive(client: CairnClient, id: number, once: boolean, print: 
     const stopped = await sleep(Math.max(100, ttl * 1000 * KEEP_ALIVE_TTL_FRACTION), signal);
     if (stopped) return 0;
   }
-}
-
-/** Waits `ms`; resolves true when `signal` aborted first. */
-function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve(true);
-    const onAbort = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve(false);
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -3,14 +3,10 @@ import { hostname } from 'node:os';
 import { CairnClient } from './client';
 import {
   createIfAbsent,
-  DEFAULT_LEASE_TTL_SECONDS,
   KeptAliveLease,
   LEASE_LOST_EXIT_CODE,
   ttlSecondsFlag,
   Turn,
-  TURN_POLL_MAX_MS,
-  TURN_POLL_MIN_MS,
-  TURN_WATCH_MAX_WAIT_MS,
   waitForTurn,
 } from './lease-recipes';
 
@@ -21,26 +17,18 @@ import {
  *   2. Txn: if NAME does not exist (create_revision = 0), put NAME with the lease, else read it;
  *   3. if another holder has it, watch NAME from just after the Txn's read until it is
  *      deleted (released, or its lease expired), then try again; a watch that cannot be
- *      opened, or that sees nothing for LOCK_WATCH_MAX_WAIT_MS, only means trying again
- *      sooner (after LOCK_POLL_MIN_MS, doubling to LOCK_POLL_MAX_MS); a Txn the cluster cannot
+ *      opened, or that sees nothing for TURN_WATCH_MAX_WAIT_MS, only means trying again
+ *      sooner (after TURN_POLL_MIN_MS, doubling to TURN_POLL_MAX_MS); a Txn the cluster cannot
  *      answer now (no leader, out of reach) is tried again after the same backoff;
  *   4. run CMD; when it exits, revoke the lease (deleting NAME) and exit with CMD's code.
  * A holder that dies stops keeping its lease alive: the leader expires it after the TTL,
  * NAME is deleted with it, and the next poller's Txn takes the lock. A holder whose lease is
  * lost (a renewal answers TTL 0, or none is answered for a whole TTL: lease-recipes.ts) kills
- * CMD and exits LOCK_LOST_EXIT_CODE: it no longer holds the lock, or cannot know it does.
+ * CMD and exits LEASE_LOST_EXIT_CODE: it no longer holds the lock, or cannot know it does.
  */
 export const LOCK_VERB_SPECS = {
   lock: { usage: ['NAME [--ttl SECONDS] -- CMD [ARGS...]'], minArgs: 2, maxArgs: 10_000, flags: ['ttl'] },
 } as const;
-
-export const DEFAULT_LOCK_TTL_SECONDS = DEFAULT_LEASE_TTL_SECONDS;
-export const LOCK_POLL_MIN_MS = TURN_POLL_MIN_MS;
-export const LOCK_POLL_MAX_MS = TURN_POLL_MAX_MS;
-/** The longest a waiter watches for the holder's key to go before it tries the Txn again anyway. */
-export const LOCK_WATCH_MAX_WAIT_MS = TURN_WATCH_MAX_WAIT_MS;
-/** Exit code when the lock's lease was lost while CMD ran (CMD was killed). */
-export const LOCK_LOST_EXIT_CODE = LEASE_LOST_EXIT_CODE;
 
 export async function runLockVerb(
   client: CairnClient,
@@ -54,7 +42,7 @@ export async function runLockVerb(
   const key = Buffer.from(name!);
   try {
     await acquire(client, key, lease, warn);
-    if (lease.lost) return LOCK_LOST_EXIT_CODE;
+    if (lease.lost) return LEASE_LOST_EXIT_CODE;
     print(`lock ${name} acquired (lease ${lease.hex})`);
     const child = spawn(command!, commandArgs, { stdio: 'inherit' });
     lease.onLost(() => child.kill('SIGKILL'));
@@ -67,7 +55,7 @@ export async function runLockVerb(
     });
     if (lease.lost) {
       print(`cairn lock: lock ${name} lost (${lease.lost}) while the command ran; it was killed`);
-      return LOCK_LOST_EXIT_CODE;
+      return LEASE_LOST_EXIT_CODE;
     }
     return code;
   } finally {

@@ -156,7 +156,7 @@ async function main(argv: string[]): Promise<number> {
       readStdin: () => readAll(process.stdin),
       writeValue: writeValueToStdout,
       promptPassword,
-      signal: command === 'lease' && positional[0] === 'keep-alive' ? interruptSignal() : command === 'elect' ? interruptOrTerminateSignal() : undefined,
+      signal: command === 'lease' && positional[0] === 'keep-alive' ? interruptSignal() : command === 'elect' ? interruptSignal(['SIGINT', 'SIGTERM']) : undefined,
       warn: (line) => console.error(line),
     });
   } finally {
@@ -317,18 +317,14 @@ function writeValueToStdout(value: Buffer): void {
   if (process.stdout.isTTY) process.stdout.write('\n');
 }
 
-/** Aborted at the first SIGINT or SIGTERM (ends `cairn elect`: a leader resigns, rather than leaving its lease to expire). */
-function interruptOrTerminateSignal(): AbortSignal {
+/**
+ * Aborted at the first of `signals`: SIGINT ends `cairn lease keep-alive`, which otherwise
+ * runs until interrupted; SIGTERM too ends `cairn elect` (a leader resigns, rather than
+ * leaving its lease to expire).
+ */
+function interruptSignal(signals: readonly NodeJS.Signals[] = ['SIGINT']): AbortSignal {
   const controller = new AbortController();
   const stop = () => controller.abort();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  return controller.signal;
-}
-
-/** Aborted at the first SIGINT (ends `cairn lease keep-alive`, which otherwise runs until interrupted). */
-function interruptSignal(): AbortSignal {
-  const controller = new AbortController();
-  process.once('SIGINT', () => controller.abort());
+  for (const name of signals) process.once(name, stop);
   return controller.signal;
 }

@@ -200,8 +200,8 @@ function checkCompare(compare: Compare, where: string, limits: Limits): void {
 /** Checks one operation of a branch; `written` (key name to where) grows by the keys it may write. */
 function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Map<string, string>): void {
   const request = op.request;
-  const noSession = (r: { clientId: string; sequence: number; lowestUnansweredSequence: number }) => {
-    if (r.clientId !== '' || r.sequence !== 0 || r.lowestUnansweredSequence !== 0) invalid(`${where}: session fields go on the TxnRequest, not on its operations`);
+  const noSession = (r: { clientId: string; sequence: number; lowestUnansweredSequence: number }, refusal = `${where}: session fields go on the TxnRequest, not on its operations`) => {
+    if (r.clientId !== '' || r.sequence !== 0 || r.lowestUnansweredSequence !== 0) invalid(refusal);
   };
   // A Txn's answer is bounded by MAX_TXN_READ_BYTES, which ranges count and prev_kv could not.
   const noPrevKv = (r: { prevKv: boolean }) => {
@@ -243,9 +243,7 @@ function checkTxnOp(op: RequestOp, where: string, limits: Limits, written: Map<s
     case 'requestTxn': {
       const nested = request.value;
       // Exactly-once is the outermost request's: a nested txn's answer is part of its answer.
-      if (nested.clientId !== '' || nested.sequence !== 0 || nested.lowestUnansweredSequence !== 0) {
-        invalid(`${where}.request_txn: client_id, sequence and lowest_unanswered_sequence must be unset on a nested txn (the outermost TxnRequest carries the session)`);
-      }
+      noSession(nested, `${where}.request_txn: client_id, sequence and lowest_unanswered_sequence must be unset on a nested txn (the outermost TxnRequest carries the session)`);
       for (const [name, at] of checkTxnLevel(nested, `${where}.request_txn.`, limits, written)) written.set(name, at);
       return;
     }

@@ -1,6 +1,7 @@
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { Consistency, KVServer, KVService, PutRequest } from '../../gen/cairn/kv/v1/kv';
 import { CairnClient } from '../../src/cli/client';
+import { waitFor } from '../support/process-cluster';
 
 describe('CairnClient sessions with writes in flight at once', () => {
   test('each write claims no more than the lowest sequence still in flight, so a slow earlier write (or its retry) is never refused as answered', async () => {
@@ -21,7 +22,7 @@ describe('CairnClient sessions with writes in flight at once', () => {
     const client = new CairnClient({ endpoints: [`127.0.0.1:${port}`], timeoutMs: 5000, consistency: Consistency.CONSISTENCY_SERIALIZABLE });
     try {
       const slow = client.put(Buffer.from('a'), Buffer.from('1'));
-      await waitUntil(() => seen.length === 1);
+      await waitFor('the first write at the server', () => seen.length === 1);
       await client.put(Buffer.from('b'), Buffer.from('2'));
       await Promise.all([client.put(Buffer.from('c'), Buffer.from('3')), client.put(Buffer.from('d'), Buffer.from('4'))]);
       held[0]!();
@@ -36,10 +37,3 @@ describe('CairnClient sessions with writes in flight at once', () => {
   });
 });
 
-async function waitUntil(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error('condition not met within the deadline');
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}

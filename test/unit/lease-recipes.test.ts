@@ -3,7 +3,8 @@ import { Event, EventType, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { AttemptFailure, CairnClient, CallFailedError, failureKind } from '../../src/cli/client';
 import { runElectVerb } from '../../src/cli/elect-verb';
 import { UsageError } from '../../src/cli/flags';
-import { deletedAfter, KeptAliveLease, MAX_CLI_LEASE_TTL_SECONDS, sleep, ttlSecondsFlag, Turn, waitForTurn } from '../../src/cli/lease-recipes';
+import { deletedAfter, KeptAliveLease, MAX_CLI_LEASE_TTL_SECONDS, ttlSecondsFlag, Turn, waitForTurn } from '../../src/cli/lease-recipes';
+import { sleep } from '../../src/cli/sleep';
 import { runLockVerb } from '../../src/cli/lock-verb';
 import { watchEvents } from '../../src/cli/watch-verb';
 
@@ -161,14 +162,19 @@ async function settle<T>(promise: Promise<T>, maxMs = 60_000): Promise<T> {
   return promise;
 }
 
-const nowhere = {} as CairnClient; // waitForTurn's client only reaches watchEvents, stubbed
-
-describe('waitForTurn', () => {
+/** Each test of the block on jest's fake clock, with the Watch stub's calls forgotten. */
+function onFakeClockWithFreshWatch(): void {
   beforeEach(() => {
     jest.useFakeTimers();
     watchEventsMock.mockReset();
   });
   afterEach(() => jest.useRealTimers());
+}
+
+const nowhere = {} as CairnClient; // waitForTurn's client only reaches watchEvents, stubbed
+
+describe('waitForTurn', () => {
+  onFakeClockWithFreshWatch();
 
   test('behind a key: watches it from just after the read that showed it, not from its own (maybe compacted) mod revision', async () => {
     const commands = stubWatch(async (command, onEvents) => (onEvents(deleteOf(command.key, 61)), 0));
@@ -236,11 +242,7 @@ describe('waitForTurn', () => {
 });
 
 describe('sleep and deletedAfter on a signal aborted already', () => {
-  beforeEach(() => {
-    jest.useFakeTimers();
-    watchEventsMock.mockReset();
-  });
-  afterEach(() => jest.useRealTimers());
+  onFakeClockWithFreshWatch();
 
   test('sleep returns at once', async () => {
     let slept = false;
@@ -292,11 +294,7 @@ const listing = (revision: number, ...kvs: KeyValue[]) => (): Promise<unknown> =
 
 describe('cairn elect against a stub client', () => {
   const OWN_KEY = 'election/e/abc';
-  beforeEach(() => {
-    jest.useFakeTimers();
-    watchEventsMock.mockReset();
-  });
-  afterEach(() => jest.useRealTimers());
+  onFakeClockWithFreshWatch();
 
   /** Runs a campaign; its own leadership watch interrupts it (SIGTERM: resign). */
   function campaignUntilLeading(kv: StubKv, aheadWatch: (command: WatchCommand, onEvents: (events: Event[]) => boolean) => number = () => 0) {

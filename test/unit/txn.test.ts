@@ -285,111 +285,98 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
     expect(await sm.get(b('app/k'))).toMatchObject({ version: 1 });
     expect(await sm.get(b('secret'))).toBeUndefined();
   });
-});
 
-describe.each(BACKENDS)('nested Txn applied ($name)', (backend) => {
-  let sm: KvStateMachine;
-  let cleanup: () => Promise<void>;
-  let index = 0;
-  beforeEach(async () => {
-    const opened = await backend.open();
-    cleanup = opened.cleanup;
-    sm = await KvStateMachine.open(opened.db);
-    index = 0;
-  });
-  afterEach(() => cleanup());
+  describe('nested', () => {
+    const nestedOf = (response: TxnResponse, i: number): TxnResponse => {
+      const r = response.responses[i]?.response;
+      if (r?.$case !== 'responseTxn') throw new Error(`response ${i} is not a nested txn's: ${JSON.stringify(r)}`);
+      return r.value;
+    };
 
-  const entry = (c: Command): Entry => ({ index: ++index, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(c).finish()) });
-  const apply = async (...commands: Command[]) => (await sm.apply(commands.map(entry))).map((o) => o.result);
-  const nestedOf = (response: TxnResponse, i: number): TxnResponse => {
-    const r = response.responses[i]?.response;
-    if (r?.$case !== 'responseTxn') throw new Error(`response ${i} is not a nested txn's: ${JSON.stringify(r)}`);
-    return r.value;
-  };
+    test('the inner compare sees the outer txn\'s earlier put; its success branch runs and its range sees that put too', async () => {
+      const [result] = await apply(command(txn([], [putOp('n/a', '1'), nestedOp(txn([value('n/a', EQUAL, '1')], [rangeOp('n/a'), putOp('n/b', 'inner')], [putOp('n/c', 'wrong')]))])));
+      const outer = txnOf(result);
+      expect(outer.succeeded).toBe(true);
+      expect(outer.responses[0]?.response?.$case).toBe('responsePut');
+      const inner = nestedOf(outer, 1);
+      expect(inner.header).toBeUndefined();
+      expect(inner.succeeded).toBe(true);
+      const read = inner.responses[0]?.response;
+      expect(read?.$case === 'responseRange' && read.value.kvs.map((kv) => kv.value.toString())).toEqual(['1']);
+      expect(inner.responses[1]?.response?.$case).toBe('responsePut');
+      expect((await sm.get(b('n/b')))?.value).toEqual(b('inner'));
+      expect(await sm.get(b('n/c'))).toBeUndefined();
+    });
 
-  test('the inner compare sees the outer txn\'s earlier put; its success branch runs and its range sees that put too', async () => {
-    const [result] = await apply(command(txn([], [putOp('n/a', '1'), nestedOp(txn([value('n/a', EQUAL, '1')], [rangeOp('n/a'), putOp('n/b', 'inner')], [putOp('n/c', 'wrong')]))])));
-    const outer = txnOf(result);
-    expect(outer.succeeded).toBe(true);
-    expect(outer.responses[0]?.response?.$case).toBe('responsePut');
-    const inner = nestedOf(outer, 1);
-    expect(inner.header).toBeUndefined();
-    expect(inner.succeeded).toBe(true);
-    const read = inner.responses[0]?.response;
-    expect(read?.$case === 'responseRange' && read.value.kvs.map((kv) => kv.value.toString())).toEqual(['1']);
-    expect(inner.responses[1]?.response?.$case).toBe('responsePut');
-    expect((await sm.get(b('n/b')))?.value).toEqual(b('inner'));
-    expect(await sm.get(b('n/c'))).toBeUndefined();
-  });
+    test('an inner compare that fails runs the inner failure branch, the outer one having succeeded', async () => {
+      await apply(putCommand('f/k', 'stored'));
+      const [result] = await apply(command(txn([version('f/k', EQUAL, 1)], [delOp('f/k'), nestedOp(txn([version('f/k', CompareResult.COMPARE_RESULT_GREATER, 0)], [putOp('f/yes', '1')], [putOp('f/no', '1'), rangeOp('f/', true)]))], [putOp('f/outer-failure', '1')])));
+      const outer = txnOf(result);
+      expect(outer.succeeded).toBe(true);
+      const inner = nestedOf(outer, 1);
+      expect(inner.succeeded).toBe(false);
+      const read = inner.responses[1]?.response;
+      // The range sees the inner put and not the key the outer txn deleted before it.
+      expect(read?.$case === 'responseRange' && read.value.kvs.map((kv) => kv.key.toString())).toEqual(['f/no']);
+      expect(await sm.get(b('f/yes'))).toBeUndefined();
+      expect(await sm.get(b('f/outer-failure'))).toBeUndefined();
+      expect(await sm.get(b('f/k'))).toBeUndefined();
+    });
 
-  test('an inner compare that fails runs the inner failure branch, the outer one having succeeded', async () => {
-    await apply(putCommand('f/k', 'stored'));
-    const [result] = await apply(command(txn([version('f/k', EQUAL, 1)], [delOp('f/k'), nestedOp(txn([version('f/k', CompareResult.COMPARE_RESULT_GREATER, 0)], [putOp('f/yes', '1')], [putOp('f/no', '1'), rangeOp('f/', true)]))], [putOp('f/outer-failure', '1')])));
-    const outer = txnOf(result);
-    expect(outer.succeeded).toBe(true);
-    const inner = nestedOf(outer, 1);
-    expect(inner.succeeded).toBe(false);
-    const read = inner.responses[1]?.response;
-    // The range sees the inner put and not the key the outer txn deleted before it.
-    expect(read?.$case === 'responseRange' && read.value.kvs.map((kv) => kv.key.toString())).toEqual(['f/no']);
-    expect(await sm.get(b('f/yes'))).toBeUndefined();
-    expect(await sm.get(b('f/outer-failure'))).toBeUndefined();
-    expect(await sm.get(b('f/k'))).toBeUndefined();
-  });
+    test('every write of the tree, at every level, shares the one revision of the entry', async () => {
+      const [first] = await apply(putCommand('r/x', '0'));
+      expect(first?.revision).toBe(1);
+      const [result] = await apply(command(txn([], [putOp('r/1', 'a'), nestedOp(txn([], [putOp('r/2', 'b'), nestedOp(txn([], [putOp('r/3', 'c'), delOp('r/x')]))]))])));
+      expect(result?.revision).toBe(2);
+      expect(sm.revision()).toBe(2);
+      for (const key of ['r/1', 'r/2', 'r/3']) expect(await sm.get(b(key))).toMatchObject({ modRevision: 2, createRevision: 2 });
+      expect(await sm.get(b('r/x'))).toBeUndefined();
+      // A tree whose only write is in a nested branch moves the revision by one, too.
+      const [innerOnly] = await apply(command(txn([], [rangeOp('r/1'), nestedOp(txn([], [putOp('r/4', 'd')]))])));
+      expect(innerOnly?.revision).toBe(3);
+    });
 
-  test('every write of the tree, at every level, shares the one revision of the entry', async () => {
-    const [first] = await apply(putCommand('r/x', '0'));
-    expect(first?.revision).toBe(1);
-    const [result] = await apply(command(txn([], [putOp('r/1', 'a'), nestedOp(txn([], [putOp('r/2', 'b'), nestedOp(txn([], [putOp('r/3', 'c'), delOp('r/x')]))]))])));
-    expect(result?.revision).toBe(2);
-    expect(sm.revision()).toBe(2);
-    for (const key of ['r/1', 'r/2', 'r/3']) expect(await sm.get(b(key))).toMatchObject({ modRevision: 2, createRevision: 2 });
-    expect(await sm.get(b('r/x'))).toBeUndefined();
-    // A tree whose only write is in a nested branch moves the revision by one, too.
-    const [innerOnly] = await apply(command(txn([], [rangeOp('r/1'), nestedOp(txn([], [putOp('r/4', 'd')]))])));
-    expect(innerOnly?.revision).toBe(3);
-  });
+    test('the read budget is the whole tree\'s: a nested range gets only what the outer ranges left', async () => {
+      const huge = 'h'.repeat(700 * 1024);
+      await apply(putCommand('h/1', huge), putCommand('h/2', huge));
+      const [result] = await apply(command(txn([], [rangeOp('h/1'), nestedOp(txn([], [rangeOp('h/2')]))])));
+      const outer = txnOf(result);
+      const inner = nestedOf(outer, 1).responses[0]?.response;
+      expect(inner?.$case === 'responseRange' && [inner.value.kvs.length, inner.value.more]).toEqual([0, true]);
+    });
 
-  test('the read budget is the whole tree\'s: a nested range gets only what the outer ranges left', async () => {
-    const huge = 'h'.repeat(700 * 1024);
-    await apply(putCommand('h/1', huge), putCommand('h/2', huge));
-    const [result] = await apply(command(txn([], [rangeOp('h/1'), nestedOp(txn([], [rangeOp('h/2')]))])));
-    const outer = txnOf(result);
-    const inner = nestedOf(outer, 1).responses[0]?.response;
-    expect(inner?.$case === 'responseRange' && [inner.value.kvs.length, inner.value.more]).toEqual([0, true]);
-  });
+    test('with auth on, apply refuses a txn whose user may not write a key that only a nested branch writes', async () => {
+      const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
+      const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
+      await apply(
+        authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+        authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
+        authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
+        authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
+        authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
+        authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
+      );
+      const [allowed, innerFailureWrites, innerPeeks] = await apply(
+        command(txn([], [putOp('app/k', 'v'), nestedOp(txn([version('app/k', EQUAL, 1)], [putOp('app/inner', 'v')], [rangeOp('app/', true)]))]), 'app'),
+        // The inner failure branch never runs here (app/k is at version 1), yet it needs the permission.
+        command(txn([], [nestedOp(txn([version('app/k', EQUAL, 1)], [putOp('app/k2', 'v')], [putOp('secret', 'y')]))]), 'app'),
+        command(txn([], [nestedOp(txn([], [nestedOp(txn([value('secret', EQUAL, 'x')], [putOp('app/k3', 'v')]))]))]), 'app'),
+      );
+      expect(nestedOf(txnOf(allowed), 1).succeeded).toBe(true);
+      expect(innerFailureWrites?.error?.code).toBe('PERMISSION_DENIED');
+      expect(innerPeeks?.error?.code).toBe('PERMISSION_DENIED');
+      expect(await sm.get(b('app/inner'))).toMatchObject({ version: 1 });
+      expect(await sm.get(b('app/k2'))).toBeUndefined();
+      expect(await sm.get(b('app/k3'))).toBeUndefined();
+      expect(await sm.get(b('secret'))).toBeUndefined();
+    });
 
-  test('with auth on, apply refuses a txn whose user may not write a key that only a nested branch writes', async () => {
-    const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
-    const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
-    await apply(
-      authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
-      authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
-      authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
-      authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
-      authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
-      authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
-    );
-    const [allowed, innerFailureWrites, innerPeeks] = await apply(
-      command(txn([], [putOp('app/k', 'v'), nestedOp(txn([version('app/k', EQUAL, 1)], [putOp('app/inner', 'v')], [rangeOp('app/', true)]))]), 'app'),
-      // The inner failure branch never runs here (app/k is at version 1), yet it needs the permission.
-      command(txn([], [nestedOp(txn([version('app/k', EQUAL, 1)], [putOp('app/k2', 'v')], [putOp('secret', 'y')]))]), 'app'),
-      command(txn([], [nestedOp(txn([], [nestedOp(txn([value('secret', EQUAL, 'x')], [putOp('app/k3', 'v')]))]))]), 'app'),
-    );
-    expect(nestedOf(txnOf(allowed), 1).succeeded).toBe(true);
-    expect(innerFailureWrites?.error?.code).toBe('PERMISSION_DENIED');
-    expect(innerPeeks?.error?.code).toBe('PERMISSION_DENIED');
-    expect(await sm.get(b('app/inner'))).toMatchObject({ version: 1 });
-    expect(await sm.get(b('app/k2'))).toBeUndefined();
-    expect(await sm.get(b('app/k3'))).toBeUndefined();
-    expect(await sm.get(b('secret'))).toBeUndefined();
-  });
-
-  test('a nested put with a lease that does not exist refuses the whole txn', async () => {
-    const leased: RequestOp = { request: { $case: 'requestPut', value: { key: b('l/k'), value: b('v'), prevKv: false, lease: 12345, ...noSession } } };
-    const [result] = await apply(command(txn([], [putOp('l/outer', 'v'), nestedOp(txn([], [], [leased]))])));
-    expect(result?.error?.code).toBe('LEASE_NOT_FOUND');
-    expect(await sm.get(b('l/outer'))).toBeUndefined();
+    test('a nested put with a lease that does not exist refuses the whole txn', async () => {
+      const leased: RequestOp = { request: { $case: 'requestPut', value: { key: b('l/k'), value: b('v'), prevKv: false, lease: 12345, ...noSession } } };
+      const [result] = await apply(command(txn([], [putOp('l/outer', 'v'), nestedOp(txn([], [], [leased]))])));
+      expect(result?.error?.code).toBe('LEASE_NOT_FOUND');
+      expect(await sm.get(b('l/outer'))).toBeUndefined();
+    });
   });
 });
 
