@@ -170,6 +170,20 @@ describe('nested txn permissions at the receiving node', () => {
   });
 });
 
+/** Root and user `app` (role `app`: readwrite on the prefix app/), then auth on. */
+function authOnWithAppUser(): Command[] {
+  const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
+  const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
+  return [
+    authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
+    authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
+    authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
+    authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
+    authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
+    authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
+  ];
+}
+
 describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
   let sm: KvStateMachine;
   let cleanup: () => Promise<void>;
@@ -264,16 +278,7 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
   });
 
   test('with auth on, apply refuses a txn whose user may not read a compared key, even one the success branch does not touch', async () => {
-    const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
-    const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
-    await apply(
-      authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
-      authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
-      authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
-      authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
-      authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
-      authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
-    );
+    await apply(...authOnWithAppUser());
     const [allowed, peeking, failureWrites] = await apply(
       command(txn([version('app/k', EQUAL, 0)], [putOp('app/k', 'v')]), 'app'),
       command(txn([value('secret', EQUAL, 'x')], [putOp('app/k', 'v2')]), 'app'),
@@ -346,16 +351,7 @@ describe.each(BACKENDS)('Txn applied ($name)', (backend) => {
     });
 
     test('with auth on, apply refuses a txn whose user may not write a key that only a nested branch writes', async () => {
-      const HASH = { salt: b('s'), hash: b('h'), cost: 16384, blockSize: 8, parallelization: 1 };
-      const grant = (key: string, type: PermissionType): AuthCommand['op'] => ({ $case: 'roleGrantPermission', value: { name: 'app', permission: { type, key: b(key), prefix: true } } });
-      await apply(
-        authCommand({ $case: 'userAdd', value: { name: 'root', passwordHash: HASH } }),
-        authCommand({ $case: 'userAdd', value: { name: 'app', passwordHash: HASH } }),
-        authCommand({ $case: 'roleAdd', value: { name: 'app' } }),
-        authCommand(grant('app/', PermissionType.PERMISSION_TYPE_READWRITE)),
-        authCommand({ $case: 'userGrantRole', value: { user: 'app', role: 'app' } }),
-        authCommand({ $case: 'authEnable', value: { signingKey: Buffer.alloc(32, 1) } }),
-      );
+      await apply(...authOnWithAppUser());
       const [allowed, innerFailureWrites, innerPeeks] = await apply(
         command(txn([], [putOp('app/k', 'v'), nestedOp(txn([version('app/k', EQUAL, 1)], [putOp('app/inner', 'v')], [rangeOp('app/', true)]))]), 'app'),
         // The inner failure branch never runs here (app/k is at version 1), yet it needs the permission.
