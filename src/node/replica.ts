@@ -44,6 +44,9 @@ export interface CompactionOptions {
 }
 
 /** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
+/** Calls `start` later, once (the server: on the next turn of the event loop; the simulator: as an event of the current instant). */
+export type DrainDeferral = (start: () => void) => void;
+
 interface ApplyLagBounds {
   entries: number;
   bytes: number;
@@ -98,6 +101,9 @@ export interface PendingCounts {
  * time: a leader's appends go out at once (sendableBeforePersist), then one synced
  * write, then the other messages. Inputs that arrive while a batch is being persisted
  * pile up in the core and go out together in the next batch: that is the group commit.
+ * The persist path starts through `deferDrain` when one is given: the server defers it by
+ * one turn of the event loop (setImmediate), so that the proposals and AppendRequests
+ * read from the sockets in the same turn go out in one Ready instead of the first alone.
  * The apply path takes the committed entries that are durable here straight from the
  * core (takeCommitted, never through a Ready, so a commit learned during an fsync does
  * not wait for it) and applies them one batch at a time; everything committed while a
@@ -143,6 +149,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     private readonly onConfigChange: (config: ClusterConfig) => void,
     private readonly compaction: CompactionOptions,
     private readonly applyLagBounds: ApplyLagBounds,
+    private readonly deferDrain: DrainDeferral | undefined,
   ) {
     this.announceConfig();
   }
@@ -166,6 +173,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     /** How far applies may fall behind commits (defaults MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES; tests use small ones). */
     maxApplyLagEntries?: number;
     maxApplyLagBytes?: number;
+    /** Starts the persist path later (see the class comment); without it, at once. */
+    deferDrain?: DrainDeferral;
   }): Promise<Replica<C, R, F>> {
     const compaction: CompactionOptions = {
       snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
@@ -194,6 +203,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       options.onConfigChange ?? (() => undefined),
       compaction,
       { entries: options.maxApplyLagEntries ?? MAX_APPLY_LAG_ENTRIES, bytes: options.maxApplyLagBytes ?? MAX_APPLY_LAG_BYTES },
+      options.deferDrain,
     );
   }
 
@@ -468,7 +478,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.startApply();
     if (this.draining || this.stopped) return;
     this.draining = true;
-    this.drained = this.drain().finally(() => {
+    const drain = this.deferDrain ? new Promise<void>((start) => this.deferDrain!(start)).then(() => this.drain()) : this.drain();
+    this.drained = drain.finally(() => {
       this.draining = false;
       // Input that arrived after drain's last look (in a microtask before this one: a
       // caller answered by an apply proposing again) found it still draining: look again.

@@ -6,6 +6,7 @@ import { Entry, HardState, Message } from '../../gen/cairn/raft/v1/raft';
 import { openKvReplica } from '../../src/kv/kv-replica';
 import { KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { ApplyOutcome } from '../../src/node/fsm';
+import { DrainDeferral } from '../../src/node/replica';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftNode, Ready, sendableBeforePersist } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { Db, DbOp, LevelDb } from '../../src/storage/db';
@@ -170,7 +171,7 @@ describe('Replica: the persist path and the apply path', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function open(voters: NodeId[], lag: { maxApplyLagEntries?: number; maxApplyLagBytes?: number } = {}) {
+  async function open(voters: NodeId[], lag: { maxApplyLagEntries?: number; maxApplyLagBytes?: number; deferDrain?: DrainDeferral } = {}) {
     const db = await LevelDb.openDirectory(dir);
     const events: string[] = [];
     const sent: Message[] = [];
@@ -301,6 +302,29 @@ describe('Replica: the persist path and the apply path', () => {
     expect(await local).toMatchObject({ value: Buffer.from('v') });
     expect((await listed).kvs.map((kv) => kv.value.toString())).toEqual(['v']);
     expect(replica.stateMachine.appliedIndex()).toBe(index);
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+
+  test.each([
+    ['deferred to the next turn, as the server does', true],
+    ['started at once', false],
+  ])('proposals of one turn, with the persist path %s', async (_how, deferred) => {
+    const deferDrain: DrainDeferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
+    const { db, replica, events, fatal } = await open([1], { deferDrain });
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
+    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')));
+    events.length = 0;
+    const first = replica.node.lastIndex + 1;
+    const writes = ['a', 'b', 'c', 'd'].map((key) => replica.propose(put(key)));
+    const last = replica.node.lastIndex;
+    expect(last).toBe(first + 3);
+    expect((await Promise.all(writes)).map((r) => r.revision)).toEqual([1, 2, 3, 4]);
+    const persists = events.filter((e) => e.startsWith('persist-start'));
+    // Deferred: the four go out in one synced write. At once: the first goes alone, since
+    // the persist path takes it before the other three are proposed.
+    expect(persists).toEqual(deferred ? [`persist-start ${last}`] : [`persist-start ${first}`, `persist-start ${last}`]);
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
