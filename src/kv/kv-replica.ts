@@ -1,7 +1,7 @@
 import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { ClusterConfig } from '../../gen/cairn/raft/v1/raft';
 import { ProposalCodec } from '../node/fsm';
-import { DrainDeferral, Replica, Transport } from '../node/replica';
+import { Deferral, Replica, Transport } from '../node/replica';
 import { RaftConfig } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
 import { LogClockSource, LogTimeStamper, stampCommand } from './log-time';
@@ -48,8 +48,8 @@ export function openKvReplica(options: {
   snapshotChunkBytes?: number;
   maxApplyLagEntries?: number;
   maxApplyLagBytes?: number;
-  /** When the persist path starts (Replica.open). */
-  deferDrain?: DrainDeferral;
+  /** When the persist and apply paths start (Replica.open). */
+  defer?: Deferral;
 }): Promise<KvReplica> {
   const { clock, ...rest } = options;
   return Replica.open<Command, CommandResult, StateMachine>({ ...rest, codec: new KvProposalCodec(options.stateMachine, clock) });

@@ -45,7 +45,7 @@ export interface CompactionOptions {
 
 /** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
 /** Calls `start` later, once (the server: on the next turn of the event loop; the simulator: as an event of the current instant). */
-export type DrainDeferral = (start: () => void) => void;
+export type Deferral = (start: () => void) => void;
 
 interface ApplyLagBounds {
   entries: number;
@@ -101,9 +101,10 @@ export interface PendingCounts {
  * time: a leader's appends go out at once (sendableBeforePersist), then one synced
  * write, then the other messages. Inputs that arrive while a batch is being persisted
  * pile up in the core and go out together in the next batch: that is the group commit.
- * The persist path starts through `deferDrain` when one is given: the server defers it by
- * one turn of the event loop (setImmediate), so that the proposals and AppendRequests
- * read from the sockets in the same turn go out in one Ready instead of the first alone.
+ * Both paths start through `defer` when one is given: the server defers them by one turn
+ * of the event loop (setImmediate), so that the proposals and AppendRequests read from the
+ * sockets in one turn go out in one Ready, and the commits learned from several
+ * acknowledgements in one turn are applied as one batch, instead of the first alone.
  * The apply path takes the committed entries that are durable here straight from the
  * core (takeCommitted, never through a Ready, so a commit learned during an fsync does
  * not wait for it) and applies them one batch at a time; everything committed while a
@@ -131,6 +132,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private applyPath: Promise<void> = Promise.resolve();
   /** An apply (or compaction) is queued or running on the apply path. */
   private applyBusy = false;
+  /** An apply's start is deferred (startApply through `defer`). */
+  private applyDeferred = false;
   /** Followers a snapshot is being streamed to: at most one transfer each. */
   private readonly outgoingSnapshots = new Set<NodeId>();
   /** An InstallSnapshot stream is being received (one at a time). */
@@ -149,7 +152,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     private readonly onConfigChange: (config: ClusterConfig) => void,
     private readonly compaction: CompactionOptions,
     private readonly applyLagBounds: ApplyLagBounds,
-    private readonly deferDrain: DrainDeferral | undefined,
+    private readonly defer: Deferral | undefined,
   ) {
     this.announceConfig();
   }
@@ -173,8 +176,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     /** How far applies may fall behind commits (defaults MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES; tests use small ones). */
     maxApplyLagEntries?: number;
     maxApplyLagBytes?: number;
-    /** Starts the persist path later (see the class comment); without it, at once. */
-    deferDrain?: DrainDeferral;
+    /** Starts the persist path and the apply path later (see the class comment); without it, at once. */
+    defer?: Deferral;
   }): Promise<Replica<C, R, F>> {
     const compaction: CompactionOptions = {
       snapshotEntries: options.snapshotEntries ?? DEFAULT_SNAPSHOT_ENTRIES,
@@ -203,7 +206,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
       options.onConfigChange ?? (() => undefined),
       compaction,
       { entries: options.maxApplyLagEntries ?? MAX_APPLY_LAG_ENTRIES, bytes: options.maxApplyLagBytes ?? MAX_APPLY_LAG_BYTES },
-      options.deferDrain,
+      options.defer,
     );
   }
 
@@ -478,7 +481,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.startApply();
     if (this.draining || this.stopped) return;
     this.draining = true;
-    const drain = this.deferDrain ? new Promise<void>((start) => this.deferDrain!(start)).then(() => this.drain()) : this.drain();
+    const drain = this.defer ? new Promise<void>((start) => this.defer!(start)).then(() => this.drain()) : this.drain();
     this.drained = drain.finally(() => {
       this.draining = false;
       // Input that arrived after drain's last look (in a microtask before this one: a
@@ -523,8 +526,19 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     return bytes > this.applyLagBounds.bytes ? `${bytes} bytes` : undefined;
   }
 
-  /** Starts applying what is committed and durable here, unless an apply (or compaction) runs. */
+  /** Starts applying what is committed and durable here (through `defer`), unless an apply (or compaction) runs. */
   private startApply(): void {
+    if (this.stopped || this.applyBusy || !this.node.hasCommittedToApply()) return;
+    if (!this.defer) return this.applyNow();
+    if (this.applyDeferred) return;
+    this.applyDeferred = true;
+    this.defer(() => {
+      this.applyDeferred = false;
+      this.applyNow();
+    });
+  }
+
+  private applyNow(): void {
     if (this.stopped || this.applyBusy || !this.node.hasCommittedToApply()) return;
     const committed = this.guarded(() => this.node.takeCommitted());
     if (committed.length > 0) this.onApplyPath(() => this.applyCommitted(committed));

@@ -163,8 +163,8 @@ export class CairnNode {
       onFatal,
       snapshotEntries: config.snapshotEntries,
       snapshotCatchupEntries: config.snapshotCatchupEntries,
-      // After this turn's socket reads: a burst of proposals or appends goes out as one batch.
-      deferDrain: (start) => void setImmediate(start),
+      // After this turn's socket reads: a burst of proposals, appends or acknowledgements makes one batch.
+      defer: (start) => void setImmediate(start),
     });
     metrics.bind({ replica, dataDir: config.dataDir });
     const router = new RequestRouter(replica, transport, identity.clusterId, config.requestTimeoutMs, metrics);

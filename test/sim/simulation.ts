@@ -574,7 +574,7 @@ export class Simulation {
       snapshotCatchupEntries: this.snapshotProfile.snapshotCatchupEntries,
       snapshotChunkBytes: this.snapshotProfile.chunkBytes,
       // As the server defers it to the next turn: an event of this instant, in queue order.
-      deferDrain: (start) => this.at(0, start),
+      defer: (start) => this.at(0, start),
       onFatal: (err) => {
         if (node.incarnation === incarnation && node.up) this.fail(`node ${node.id} stopped on ${(err as Error).stack ?? err}`);
       },

@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, CommandResult } from '../../gen/cairn/kv/v1/kv';
 import { Entry, HardState, Message } from '../../gen/cairn/raft/v1/raft';
-import { openKvReplica } from '../../src/kv/kv-replica';
+import { KvReplica, openKvReplica } from '../../src/kv/kv-replica';
 import { KvStateMachine, StateMachine } from '../../src/kv/state-machine';
 import { ApplyOutcome } from '../../src/node/fsm';
-import { DrainDeferral } from '../../src/node/replica';
+import { Deferral } from '../../src/node/replica';
 import { DEFAULT_RAFT_CONFIG, NodeId, RaftNode, Ready, sendableBeforePersist } from '../../src/raft/node';
 import { SeededRandom } from '../../src/raft/random';
 import { Db, DbOp, LevelDb } from '../../src/storage/db';
@@ -171,7 +171,7 @@ describe('Replica: the persist path and the apply path', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function open(voters: NodeId[], lag: { maxApplyLagEntries?: number; maxApplyLagBytes?: number; deferDrain?: DrainDeferral } = {}) {
+  async function open(voters: NodeId[], options: { maxApplyLagEntries?: number; maxApplyLagBytes?: number; defer?: Deferral } = {}) {
     const db = await LevelDb.openDirectory(dir);
     const events: string[] = [];
     const sent: Message[] = [];
@@ -192,7 +192,7 @@ describe('Replica: the persist path and the apply path', () => {
         },
       },
       onFatal: (err) => fatal.push(err),
-      ...lag,
+      ...options,
     });
     return { db, replica, storage, stateDb, stateMachine, events, sent, fatal };
   }
@@ -205,9 +205,13 @@ describe('Replica: the persist path and the apply path', () => {
     }
   }
 
-  test('a leader sends its appends while its own write of them is still in progress', async () => {
-    const { db, replica, storage, events, fatal } = await open([1, 2, 3]);
-    // Make node 1 leader of a 3-voter cluster by granting it votes by hand.
+  /** A follower's acknowledgement of everything through `index`. */
+  function acknowledge(replica: KvReplica, from: NodeId, index: number): void {
+    replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } } });
+  }
+
+  /** Makes node 1 leader of a 3-voter cluster by granting it votes by hand, and commits and applies its term's no-op. */
+  async function leadThree(replica: KvReplica, events: string[]): Promise<void> {
     for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role === 'follower'; i++) replica.tick();
     await until('a campaign', () => events.some((e) => e.includes('voteRequest')));
     for (const from of [2, 3]) {
@@ -216,10 +220,13 @@ describe('Replica: the persist path and the apply path', () => {
     await until('leadership', () => replica.node.role === 'leader');
     await until('the term no-op persisted', () => events.some((e) => e.startsWith('persist-done')));
     const noop = replica.node.lastIndex;
-    for (const from of [2, 3]) {
-      replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'appendResponse', value: { index: noop, rejected: false, hintIndex: 0, hintTerm: 0 } } });
-    }
+    for (const from of [2, 3]) acknowledge(replica, from, noop);
     await until('the no-op applied', () => replica.stateMachine.appliedIndex() === noop && !replica.node.hasReady());
+  }
+
+  test('a leader sends its appends while its own write of them is still in progress', async () => {
+    const { db, replica, storage, events, fatal } = await open([1, 2, 3]);
+    await leadThree(replica, events);
 
     storage.held = gate();
     events.length = 0;
@@ -230,9 +237,7 @@ describe('Replica: the persist path and the apply path', () => {
     expect(events).toContain(`persist-start ${index}`);
     expect(events).not.toContain(`persist-done ${index}`);
     // Both followers acknowledge: committed by them, but not applied here before it is durable.
-    for (const from of [2, 3]) {
-      replica.receive({ fromId: from, to: 1, term: replica.node.term, body: { $case: 'appendResponse', value: { index, rejected: false, hintIndex: 0, hintTerm: 0 } } });
-    }
+    for (const from of [2, 3]) acknowledge(replica, from, index);
     expect(replica.node.commitIndex).toBe(index);
     // Committed, not durable here: the core hands nothing out for applying (an apply would
     // have been started synchronously by the acknowledgements above, and be recorded once
@@ -311,8 +316,8 @@ describe('Replica: the persist path and the apply path', () => {
     ['deferred to the next turn, as the server does', true],
     ['started at once', false],
   ])('proposals of one turn, with the persist path %s', async (_how, deferred) => {
-    const deferDrain: DrainDeferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
-    const { db, replica, events, fatal } = await open([1], { deferDrain });
+    const defer: Deferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
+    const { db, replica, events, fatal } = await open([1], { defer });
     for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
     await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')));
     events.length = 0;
@@ -325,6 +330,34 @@ describe('Replica: the persist path and the apply path', () => {
     // Deferred: the four go out in one synced write. At once: the first goes alone, since
     // the persist path takes it before the other three are proposed.
     expect(persists).toEqual(deferred ? [`persist-start ${last}`] : [`persist-start ${first}`, `persist-start ${last}`]);
+    await replica.stop();
+    await db.close();
+    expect(fatal).toEqual([]);
+  });
+
+  test.each([
+    ['deferred to the next turn, as the server does', true],
+    ['started at once', false],
+  ])('commits learned in one turn, with the apply path %s', async (_how, deferred) => {
+    const defer: Deferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
+    const { db, replica, events, fatal } = await open([1, 2, 3], { defer });
+    await leadThree(replica, events);
+    events.length = 0;
+    const writes = [replica.propose(put('a'))];
+    const a = replica.node.lastIndex;
+    await until('a durable here', () => events.includes(`persist-done ${a}`));
+    writes.push(replica.propose(put('b')));
+    const b = replica.node.lastIndex;
+    await until('b durable here', () => events.includes(`persist-done ${b}`));
+    // In one turn, follower 2 acknowledges a, then b: each moves the commit index.
+    acknowledge(replica, 2, a);
+    expect(replica.node.commitIndex).toBe(a);
+    acknowledge(replica, 2, b);
+    expect(replica.node.commitIndex).toBe(b);
+    expect((await Promise.all(writes)).map((r) => r.revision)).toEqual([1, 2]);
+    const applies = events.filter((e) => e.startsWith('apply-start'));
+    // Deferred: one batch takes both. At once: the first commit is applied alone.
+    expect(applies).toEqual(deferred ? [`apply-start ${b}`] : [`apply-start ${a}`, `apply-start ${b}`]);
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
