@@ -207,11 +207,12 @@ export class CairnClient {
    * Sends a write under the client's session (kv.proto, "Client sessions"), retried with
    * the same sequence. Writes may run concurrently: each tells the lowest sequence still in
    * flight under the session (its own or an earlier one's), never more, or a retry of an
-   * earlier write would be refused as already answered. A write that failed is never retried again: the next one starts a new
-   * session rather than claim answers this one never got. A write refused as
-   * SESSION_EXPIRED on its first attempt (the session was evicted while idle), or
-   * SESSION_NOT_OWNED (it was started before this client logged in, or auth was enabled
-   * since), was applied nowhere, so it is sent once more under a new session.
+   * earlier write would be refused as already answered. A write that failed is never
+   * retried again: the next one starts a new session rather than claim answers this one
+   * never got. A write refused as SESSION_EXPIRED on its first attempt (the session was
+   * evicted while idle), or SESSION_NOT_OWNED (it was started before this client logged in,
+   * or auth was enabled since), was applied nowhere, so it is sent once more under a new
+   * session.
    */
   private async write<T>(send: (session: SessionFields, ...call: CallArgs<T>) => void): Promise<T> {
     for (let renewed = false; ; renewed = true) {

@@ -1,7 +1,7 @@
-import { sleep } from './sleep';
 import { formatLeaseId, parseLeaseId } from '../kv/leases';
 import { CairnClient } from './client';
 import { UsageError } from './flags';
+import { sleep } from './sleep';
 
 /** `cairn lease ...` (kv.proto, service Lease). */
 export const LEASE_VERB_SPECS = {

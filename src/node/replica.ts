@@ -43,10 +43,10 @@ export interface CompactionOptions {
   snapshotChunkBytes: number;
 }
 
-/** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
 /** Calls `start` later, once (the server: on the next turn of the event loop; the simulator: as an event of the current instant). */
 export type Deferral = (start: () => void) => void;
 
+/** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
 interface ApplyLagBounds {
   entries: number;
   bytes: number;
@@ -481,7 +481,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.startApply();
     if (this.draining || this.stopped) return;
     this.draining = true;
-    const drain = this.defer ? new Promise<void>((start) => this.defer!(start)).then(() => this.drain()) : this.drain();
+    const defer = this.defer;
+    const drain = defer ? new Promise<void>((start) => defer(start)).then(() => this.drain()) : this.drain();
     this.drained = drain.finally(() => {
       this.draining = false;
       // Input that arrived after drain's last look (in a microtask before this one: a
@@ -528,9 +529,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   /** Starts applying what is committed and durable here (through `defer`), unless an apply (or compaction) runs. */
   private startApply(): void {
-    if (this.stopped || this.applyBusy || !this.node.hasCommittedToApply()) return;
     if (!this.defer) return this.applyNow();
-    if (this.applyDeferred) return;
+    if (this.applyDeferred || !this.canApply()) return;
     this.applyDeferred = true;
     this.defer(() => {
       this.applyDeferred = false;
@@ -538,8 +538,13 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     });
   }
 
+  /** Whether an apply may start now (checked again when a deferred start runs: a stop or a compaction may have come first). */
+  private canApply(): boolean {
+    return !this.stopped && !this.applyBusy && this.node.hasCommittedToApply();
+  }
+
   private applyNow(): void {
-    if (this.stopped || this.applyBusy || !this.node.hasCommittedToApply()) return;
+    if (!this.canApply()) return;
     const committed = this.guarded(() => this.node.takeCommitted());
     if (committed.length > 0) this.onApplyPath(() => this.applyCommitted(committed));
   }

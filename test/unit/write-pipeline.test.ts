@@ -224,6 +224,12 @@ describe('Replica: the persist path and the apply path', () => {
     await until('the no-op applied', () => replica.stateMachine.appliedIndex() === noop && !replica.node.hasReady());
   }
 
+  /** Makes node 1, the only voter, leader, and applies its term's no-op. */
+  async function leadAlone(replica: KvReplica, events: string[]): Promise<void> {
+    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
+    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')));
+  }
+
   test('a leader sends its appends while its own write of them is still in progress', async () => {
     const { db, replica, storage, events, fatal } = await open([1, 2, 3]);
     await leadThree(replica, events);
@@ -312,14 +318,15 @@ describe('Replica: the persist path and the apply path', () => {
     expect(fatal).toEqual([]);
   });
 
-  test.each([
-    ['deferred to the next turn, as the server does', true],
-    ['started at once', false],
-  ])('proposals of one turn, with the persist path %s', async (_how, deferred) => {
-    const defer: Deferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
+  /** How a path starts, for the tests run both ways: as the server starts it (a turn later), and at once. */
+  const PATH_STARTS: [string, Deferral | undefined][] = [
+    ['deferred to the next turn, as the server does', (start) => void setImmediate(start)],
+    ['started at once', undefined],
+  ];
+
+  test.each(PATH_STARTS)('proposals of one turn, with the persist path %s', async (_how, defer) => {
     const { db, replica, events, fatal } = await open([1], { defer });
-    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
-    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')));
+    await leadAlone(replica, events);
     events.length = 0;
     const first = replica.node.lastIndex + 1;
     const writes = ['a', 'b', 'c', 'd'].map((key) => replica.propose(put(key)));
@@ -329,17 +336,13 @@ describe('Replica: the persist path and the apply path', () => {
     const persists = events.filter((e) => e.startsWith('persist-start'));
     // Deferred: the four go out in one synced write. At once: the first goes alone, since
     // the persist path takes it before the other three are proposed.
-    expect(persists).toEqual(deferred ? [`persist-start ${last}`] : [`persist-start ${first}`, `persist-start ${last}`]);
+    expect(persists).toEqual(defer ? [`persist-start ${last}`] : [`persist-start ${first}`, `persist-start ${last}`]);
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
   });
 
-  test.each([
-    ['deferred to the next turn, as the server does', true],
-    ['started at once', false],
-  ])('commits learned in one turn, with the apply path %s', async (_how, deferred) => {
-    const defer: Deferral | undefined = deferred ? (start) => void setImmediate(start) : undefined;
+  test.each(PATH_STARTS)('commits learned in one turn, with the apply path %s', async (_how, defer) => {
     const { db, replica, events, fatal } = await open([1, 2, 3], { defer });
     await leadThree(replica, events);
     events.length = 0;
@@ -357,7 +360,7 @@ describe('Replica: the persist path and the apply path', () => {
     expect((await Promise.all(writes)).map((r) => r.revision)).toEqual([1, 2]);
     const applies = events.filter((e) => e.startsWith('apply-start'));
     // Deferred: one batch takes both. At once: the first commit is applied alone.
-    expect(applies).toEqual(deferred ? [`apply-start ${b}`] : [`apply-start ${a}`, `apply-start ${b}`]);
+    expect(applies).toEqual(defer ? [`apply-start ${b}`] : [`apply-start ${a}`, `apply-start ${b}`]);
     await replica.stop();
     await db.close();
     expect(fatal).toEqual([]);
@@ -365,8 +368,7 @@ describe('Replica: the persist path and the apply path', () => {
 
   test('applies that fall behind commits by more than the bound turn proposals away (OVERLOADED) until they catch up', async () => {
     const { db, replica, stateMachine, events, fatal } = await open([1], { maxApplyLagEntries: 3 });
-    for (let i = 0; i < 10 * DEFAULT_RAFT_CONFIG.electionTimeoutTicks && replica.node.role !== 'leader'; i++) replica.tick();
-    await until('leadership and the no-op applied', () => replica.node.role === 'leader' && events.some((e) => e.startsWith('apply-done')));
+    await leadAlone(replica, events);
     stateMachine.held = gate();
     const accepted: Promise<CommandResult>[] = [];
     let refused: unknown;
