@@ -6,6 +6,7 @@ import { RaftConfig } from '../raft/node';
 import { RaftStorage } from '../storage/raft-storage';
 import { LogClockSource, LogTimeStamper, stampCommand } from './log-time';
 import { StateMachine } from './state-machine';
+import { encodeMessage } from '../proto-writer';
 
 /** The generic Replica shell driving the key-value state machine. */
 export type KvReplica = Replica<Command, CommandResult, StateMachine>;
@@ -19,7 +20,7 @@ export class KvProposalCodec implements ProposalCodec<Command> {
   }
 
   encode(command: Command): Uint8Array {
-    return Command.encode(command).finish();
+    return encodeMessage(Command, command);
   }
 
   observeLeadership(term: number, leading: boolean): void {

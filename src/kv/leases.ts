@@ -3,6 +3,7 @@ import { KeyRecord, LeaseRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { ErrorCode } from '../errors';
 import { Db, DbOp } from '../storage/db';
+import { encodeMessage } from '../proto-writer';
 
 /**
  * The replicated lease table (issue 12): lease id -> its TTL and the keys attached to it,
@@ -201,7 +202,7 @@ export class LeaseBatch {
   ops(): DbOp[] {
     const ops: DbOp[] = [];
     for (const [id, lease] of this.changes) {
-      ops.push(lease ? { type: 'put', sublevel: 'leases', key: leaseKey(id), value: LeaseRecord.encode(toRecord(lease)).finish() } : { type: 'del', sublevel: 'leases', key: leaseKey(id) });
+      ops.push(lease ? { type: 'put', sublevel: 'leases', key: leaseKey(id), value: encodeMessage(LeaseRecord, toRecord(lease)) } : { type: 'del', sublevel: 'leases', key: leaseKey(id) });
     }
     return ops;
   }

@@ -1,4 +1,5 @@
 import { Command } from '../../gen/cairn/kv/v1/kv';
+import { encodeMessage } from '../proto-writer';
 
 /**
  * Log time: the leader stamps every command when it proposes it
@@ -15,7 +16,7 @@ import { Command } from '../../gen/cairn/kv/v1/kv';
  * forwarded as bytes is stamped without decoding it, and any earlier stamp is replaced.
  */
 export function stampCommand(encoded: Uint8Array, unixMs: number): Uint8Array {
-  const stamp = Command.encode({ op: undefined, proposedAtUnixMs: Math.max(0, Math.floor(unixMs)) }).finish();
+  const stamp = encodeMessage(Command, { op: undefined, proposedAtUnixMs: Math.max(0, Math.floor(unixMs)) });
   return Buffer.concat([encoded, stamp]);
 }
 

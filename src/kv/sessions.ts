@@ -3,6 +3,7 @@ import { SessionRecord, SessionResult } from '../../gen/cairn/storage/v1/storage
 import { assert } from '../assert';
 import { ErrorCode } from '../errors';
 import { Db, DbOp } from '../storage/db';
+import { encodeMessage } from '../proto-writer';
 
 /**
  * Client sessions as in the Raft thesis §6.3 (the client contract is in kv.proto,
@@ -240,7 +241,7 @@ export class SessionBatch {
       return refusal(at.revision, ErrorCode.SESSION_LIMIT, `client sessions keep ${this.table.resultBytes} bytes of results, at the limit (maxTotalSessionResultBytes ${this.limits.maxTotalSessionResultBytes}): this write is not applied; retry later`);
     }
     const result = await effect();
-    const encoded = Buffer.from(CommandResult.encode(result).finish());
+    const encoded = Buffer.from(encodeMessage(CommandResult, result));
     insertBySequence(record.results, { sequence, result: encoded });
     return result;
   }
@@ -278,7 +279,7 @@ export class SessionBatch {
     const ops: DbOp[] = [];
     for (const [clientId, record] of this.staged) {
       const key = Buffer.from(clientId);
-      ops.push(record ? { type: 'put', sublevel: 'sessions', key, value: SessionRecord.encode(record).finish() } : { type: 'del', sublevel: 'sessions', key });
+      ops.push(record ? { type: 'put', sublevel: 'sessions', key, value: encodeMessage(SessionRecord, record) } : { type: 'del', sublevel: 'sessions', key });
     }
     return ops;
   }

@@ -12,6 +12,7 @@ import { AuthView } from './auth-state';
 import { lowerBound, mergeRange, putRecord, runTxn, txnAccesses, TxnBudget, txnPointKeys, txnPuts, TxnState } from './txn';
 import { applyLeaseOp, isLeaseOp, LeaseBatch, LeaseTable, refuseTxnLeases } from './leases';
 import { HistoryBatch, loadCompactedRevision, MAX_COMPACT_REVISIONS_PER_COMMAND, readHistory, RevisionEvent } from './watch-history';
+import { encodeMessage } from '../proto-writer';
 
 /** Who hears of the history as it lands (the node's watch hub, src/kv/watch-hub.ts). */
 export interface HistoryListener {
@@ -404,7 +405,7 @@ class KvRestore implements FsmRestore {
     const applied = this.stagedApplied();
     this.hooks.switching();
     this.phase = 'switching';
-    return [generationSwitchOp(this.generation), { type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() }];
+    return [generationSwitchOp(this.generation), { type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: encodeMessage(AppliedState, applied) }];
   }
 
   async activate(): Promise<void> {
@@ -727,7 +728,7 @@ class ApplyBatch implements TxnState {
     for (const [key, record] of this.kv) {
       ops.push(
         record
-          ? { type: 'put', sublevel: 'kv', key: Buffer.from(key, 'hex'), value: KeyRecord.encode(record).finish() }
+          ? { type: 'put', sublevel: 'kv', key: Buffer.from(key, 'hex'), value: encodeMessage(KeyRecord, record) }
           : { type: 'del', sublevel: 'kv', key: Buffer.from(key, 'hex') },
       );
     }
@@ -735,7 +736,7 @@ class ApplyBatch implements TxnState {
     ops.push(...this.sessions.ops());
     if (this.authChanged) ops.push(this.auth.storeOp());
     ops.push(...this.leases.ops());
-    ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: AppliedState.encode(applied).finish() });
+    ops.push({ type: 'put', sublevel: 'meta', key: APPLIED_KEY, value: encodeMessage(AppliedState, applied) });
     return ops;
   }
 }

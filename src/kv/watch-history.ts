@@ -2,6 +2,7 @@ import { Event, EventType, KeyValue } from '../../gen/cairn/kv/v1/kv';
 import { HistoryCompacted, HistoryEvent, KeyRecord } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { Db, DbOp, ReadOptions } from '../storage/db';
+import { encodeMessage } from '../proto-writer';
 
 /**
  * MVCC history: every change of a key, in the `history` sublevel, written in the same apply
@@ -96,16 +97,16 @@ export class HistoryBatch {
 
   /** The compacted record of history that never existed below `revision` (markPreHistoryCompacted). */
   preHistoryOps(revision: number): DbOp[] {
-    return [{ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: HistoryCompacted.encode({ revision }).finish() }];
+    return [{ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: encodeMessage(HistoryCompacted, { revision }) }];
   }
 
   ops(): DbOp[] {
     const ops: DbOp[] = this.deletes.map((key) => ({ type: 'del', sublevel: 'history', key }));
     for (const { revision, index, event } of this.events) {
       if (revision < this.compacted) continue;
-      ops.push({ type: 'put', sublevel: 'history', key: historyKey(revision, index), value: HistoryEvent.encode({ ...event, prev: undefined }).finish() });
+      ops.push({ type: 'put', sublevel: 'history', key: historyKey(revision, index), value: encodeMessage(HistoryEvent, { ...event, prev: undefined }) });
     }
-    if (this.compactedChanged) ops.push({ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: HistoryCompacted.encode({ revision: this.compacted }).finish() });
+    if (this.compactedChanged) ops.push({ type: 'put', sublevel: 'history', key: COMPACTED_KEY, value: encodeMessage(HistoryCompacted, { revision: this.compacted }) });
     return ops;
   }
 }

@@ -1,10 +1,11 @@
-import { ChannelCredentials, ClientWritableStream, credentials, sendUnaryData, ServerReadableStream, ServiceError, status } from '@grpc/grpc-js';
+import { ChannelCredentials, ClientWritableStream, credentials, makeGenericClientConstructor, sendUnaryData, ServerReadableStream, ServiceError, status } from '@grpc/grpc-js';
 import {
   InstallSnapshotRequest,
   InstallSnapshotResponse,
   Message,
   RaftServiceClient,
   RaftServiceServer,
+  RaftServiceService,
   SnapshotHeader,
   StreamRequest,
   StreamResponse,
@@ -14,7 +15,11 @@ import { ErrorCode } from '../errors';
 import { NodeId } from '../raft/node';
 import { Logger } from './logger';
 import { COMMIT_INDEX_METADATA, ERROR_CODE_METADATA } from './status';
+import { withSharedWriter } from './shared-writer-serializers';
 import { ipTargetChannelOptions } from './tls';
+
+/** The generated client, with its serializers encoding through the shared protobuf writer. */
+const PeerClient = makeGenericClientConstructor(withSharedWriter(RaftServiceService), 'cairn.raft.v1.RaftService') as unknown as typeof RaftServiceClient;
 
 /**
  * Encoded bytes of messages in one stream frame. Well under the channel's message limit,
@@ -315,7 +320,7 @@ class PeerLink {
     this.maxReconnectDelayMs = Math.max(MIN_RECONNECT_DELAY_MS, Math.min(options.maxReconnectBackoffMs, DEFAULT_MAX_RECONNECT_DELAY_MS));
     // The stand-in server name for an IP address matters only to TLS credentials (tls.ts).
     const channelOptions = { ...peerChannelOptions(options.maxMessageBytes, this.maxReconnectDelayMs), ...ipTargetChannelOptions(addr) };
-    this.client = new RaftServiceClient(addr, channelCredentials, channelOptions);
+    this.client = new PeerClient(addr, channelCredentials, channelOptions);
   }
 
   enqueue(messages: Message[]): void {

@@ -28,6 +28,7 @@ import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { NodeWatch } from './watch';
 import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
+import { withSharedWriter } from './shared-writer-serializers';
 import { leaseServiceOf } from './lease-service';
 import { AuthGate } from './auth';
 
@@ -203,10 +204,10 @@ export class CairnNode {
     const leases = leaseServiceOf(context);
     // The gateway (--http-addr) runs the very same definitions and implementations as the client port.
     const gatewayServices = {
-      lease: { definition: withLenientDecoding(LeaseService), implementation: leases.service },
-      kv: { definition: withLenientDecoding(KVService), implementation: kvService(context) },
-      cluster: { definition: withLenientDecoding(ClusterService), implementation: clusterService(context) },
-      auth: { definition: withLenientDecoding(AuthService), implementation: authServiceOf(context) },
+      lease: { definition: withSharedWriter(withLenientDecoding(LeaseService)), implementation: leases.service },
+      kv: { definition: withSharedWriter(withLenientDecoding(KVService)), implementation: kvService(context) },
+      cluster: { definition: withSharedWriter(withLenientDecoding(ClusterService)), implementation: clusterService(context) },
+      auth: { definition: withSharedWriter(withLenientDecoding(AuthService)), implementation: authServiceOf(context) },
     } satisfies GatewayServices;
     clientServer.addService(gatewayServices.kv.definition, gatewayServices.kv.implementation);
     clientServer.addService(gatewayServices.auth.definition, gatewayServices.auth.implementation);
@@ -214,7 +215,7 @@ export class CairnNode {
     const watch = NodeWatch.attach(clientServer, context, kvStateMachine, config);
     clientServer.addService(gatewayServices.lease.definition, gatewayServices.lease.implementation);
     const health = addReflectionAndHealth(clientServer);
-    peerServer.addService(withLenientDecoding(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
+    peerServer.addService(withSharedWriter(withLenientDecoding(RaftServiceService)), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
     let peerPort: number;
     try {

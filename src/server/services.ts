@@ -57,6 +57,7 @@ import {
   validateTxn,
 } from './validate';
 import { txnAccesses } from '../kv/txn';
+import { encodeMessage } from '../proto-writer';
 
 export const VERSION = '0.1.0';
 
@@ -436,7 +437,7 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
       const command = validateCommand(request.command, context.limits);
       const proposal = context.replica.propose({ ...command, proposedAtUnixMs: 0 }, undefined, scope.signal);
       const result = await (context.metrics ? context.metrics.timeProposal(proposal) : proposal);
-      return { result: Buffer.from(CommandResult.encode(result).finish()), term: context.replica.node.term };
+      return { result: Buffer.from(encodeMessage(CommandResult, result)), term: context.replica.node.term };
     }),
     readIndex: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);

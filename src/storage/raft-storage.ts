@@ -3,6 +3,7 @@ import { StoredSnapshot } from '../../gen/cairn/storage/v1/storage';
 import { assert } from '../assert';
 import { NO_SNAPSHOT, SnapshotPoint } from '../raft/log';
 import { Db, DbOp } from './db';
+import { encodeMessage } from '../proto-writer';
 
 const INDEX_KEY_BYTES = 8;
 const HARD_STATE_KEY = Buffer.from('hard-state');
@@ -119,7 +120,7 @@ export class LevelLogStore implements LogStore {
     }
     for (const [i, entry] of entries.entries()) {
       assert(entry.index === first + i, `entries not contiguous at ${entry.index}`);
-      ops.push({ type: 'put', sublevel: 'log', key: encodeIndexKey(entry.index), value: Entry.encode(entry).finish() });
+      ops.push({ type: 'put', sublevel: 'log', key: encodeIndexKey(entry.index), value: encodeMessage(Entry, entry) });
     }
     this.lastIndex = newLast;
     return ops;
@@ -157,7 +158,7 @@ export class LevelHardStateStore implements HardStateStore {
   }
 
   stageSave(hardState: HardState): DbOp[] {
-    return [{ type: 'put', sublevel: 'meta', key: HARD_STATE_KEY, value: HardState.encode(hardState).finish() }];
+    return [{ type: 'put', sublevel: 'meta', key: HARD_STATE_KEY, value: encodeMessage(HardState, hardState) }];
   }
 }
 
@@ -205,5 +206,5 @@ export class LevelRaftStorage implements RaftStorage {
 }
 
 function putSnapshot(snapshot: SnapshotMeta): DbOp {
-  return { type: 'put', sublevel: 'meta', key: SNAPSHOT_KEY, value: StoredSnapshot.encode({ meta: snapshot }).finish() };
+  return { type: 'put', sublevel: 'meta', key: SNAPSHOT_KEY, value: encodeMessage(StoredSnapshot, { meta: snapshot }) };
 }
