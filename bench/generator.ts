@@ -29,7 +29,7 @@ export const KEY_BYTES = 16;
 /** How long the generator waits for a new leader before reading back. */
 const NEW_LEADER_DEADLINE_MS = 30_000;
 
-export type SteadyWorkload = 'put' | 'get' | 'sget' | 'mix' | 'fill';
+export type SteadyWorkload = 'put' | 'get' | 'sget' | 'mix' | 'fill' | 'rate';
 
 interface JobBase {
   system: SystemName;
@@ -53,6 +53,8 @@ export interface SteadyJob extends JobBase {
   durationMs: number;
   /** For 'mix': the share of requests that are (linearizable) reads. */
   readFraction: number;
+  /** For 'rate': puts per second, spread over the workers (each waits for its slot). */
+  ratePerSec?: number;
 }
 
 export interface FailoverJob extends JobBase {
@@ -270,6 +272,28 @@ async function runFill(job: SteadyJob, channels: Channels, errors: ErrorLog): Pr
   };
 }
 
+/**
+ * Hands out request start times at a fixed rate. A worker that is late takes its slot at
+ * once, but never more than one interval back: a stall does not become a burst.
+ */
+export class Pacer {
+  private readonly intervalMs: number;
+  private nextAt: number;
+
+  constructor(ratePerSec: number, private readonly now = () => performance.now(), private readonly wait = sleep) {
+    this.intervalMs = 1000 / ratePerSec;
+    this.nextAt = now();
+  }
+
+  async slot(): Promise<void> {
+    const now = this.now();
+    this.nextAt = Math.max(this.nextAt, now - this.intervalMs);
+    const at = this.nextAt;
+    this.nextAt += this.intervalMs;
+    if (at > now) await this.wait(at - now);
+  }
+}
+
 async function runSteady(job: SteadyJob): Promise<SteadyResult> {
   const channels = new Channels(job);
   const errors = new ErrorLog();
@@ -284,10 +308,12 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
     const hardStop = performance.now() + job.warmupMs + job.durationMs + WINDOW_TIMER_SLACK_MS;
     const startWindow = setTimeout(() => window.open(), job.warmupMs);
     const endWindow = setTimeout(() => window.close(), job.warmupMs + job.durationMs);
+    const pacer = job.workload === 'rate' && job.ratePerSec ? new Pacer(job.ratePerSec) : undefined;
     const readOf = (w: SteadyWorkload) => (w === 'get' || w === 'sget' ? true : w === 'mix' ? Math.random() < job.readFraction : false);
     await Promise.all(
       makeWorkers(job).map(async (worker) => {
         while (!window.closed && performance.now() < hardStop) {
+          if (pacer) await pacer.slot();
           const key = keyOf(Math.floor(Math.random() * job.keys));
           const start = performance.now();
           try {

@@ -1,8 +1,16 @@
 /** The flags of `npm run bench` (docs/benchmarks.md describes them). */
 import { SystemName, SYSTEMS } from './targets';
 
-export type Workload = 'put' | 'get' | 'sget' | 'mix' | 'failover';
-export const WORKLOADS: readonly Workload[] = ['put', 'get', 'sget', 'mix', 'failover'];
+/**
+ * `rate` is not in the default list: puts offered at a fixed rate (--rate), to compare the
+ * servers' CPU per put at the same load. Closed-loop runs move their batch sizes with their
+ * throughput, so their CPU per op is noisy (±20% here); at a fixed rate it repeats within a
+ * few percent, which is what an optimization's A/B needs.
+ */
+export type Workload = 'put' | 'get' | 'sget' | 'mix' | 'failover' | 'rate';
+export const WORKLOADS: readonly Workload[] = ['put', 'get', 'sget', 'mix', 'failover', 'rate'];
+/** In-flight bound of the rate workload: a system that falls behind the rate gets at most this many requests at once. */
+export const RATE_MAX_IN_FLIGHT = 256;
 
 export interface BenchOptions {
   workloads: Workload[];
@@ -11,6 +19,8 @@ export interface BenchOptions {
   /** Concurrency of get, sget and mix. */
   readConcurrency: number;
   failoverConcurrency: number;
+  /** Puts per second offered by the rate workload. */
+  ratePerSec: number;
   durationSeconds: number;
   warmupSeconds: number;
   rounds: number;
@@ -31,6 +41,7 @@ export const DEFAULTS: BenchOptions = {
   putConcurrency: [1, 16, 64, 256],
   readConcurrency: 64,
   failoverConcurrency: 16,
+  ratePerSec: 1000,
   durationSeconds: 15,
   warmupSeconds: 2,
   rounds: 3,
@@ -57,7 +68,9 @@ const QUICK: Partial<BenchOptions> = {
 };
 
 export const USAGE = `npm run bench -- [flags]
-  --workloads put,get,sget,mix,failover   which workloads (default all)
+  --workloads put,get,sget,mix,failover   which workloads (default these five); also rate:
+                                          puts at a fixed rate, for the servers' CPU per put
+  --rate N                                puts per second of the rate workload (default 1000)
   --concurrency 1,16,64,256               in-flight requests of the put workload
   --read-concurrency N                    in-flight requests of get, sget and mix (default 64)
   --duration S                            measured seconds per run (default 15)
@@ -104,6 +117,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--workloads': options.workloads = list(flag, value, WORKLOADS); break;
       case '--concurrency': options.putConcurrency = (value ?? '').split(',').map((v) => positiveInt(flag, v)); break;
       case '--read-concurrency': options.readConcurrency = positiveInt(flag, value); break;
+      case '--rate': options.ratePerSec = positiveInt(flag, value); break;
       case '--duration': options.durationSeconds = positiveNumber(flag, value); break;
       case '--warmup': options.warmupSeconds = positiveNumber(flag, value); break;
       case '--rounds': options.rounds = positiveInt(flag, value); break;

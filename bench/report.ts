@@ -17,7 +17,8 @@ function packageRoot(): string {
 }
 
 const f = (v: number, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : '-');
-const STEADY_ORDER = ['put', 'get', 'sget', 'mix'] as const;
+// rate's C is its in-flight bound (RATE_MAX_IN_FLIGHT); its offered rate is in the JSON's options.
+const STEADY_ORDER = ['put', 'get', 'sget', 'mix', 'rate'] as const;
 
 function commitOf(root: string): string {
   try {

@@ -16,7 +16,7 @@ import { BenchCluster, killEverything, liveChildren } from './cluster';
 import { EtcdCluster, etcdVersion, findEtcd } from './etcd-cluster';
 import { FailoverJob, FailoverResult, GeneratorJob, GeneratorResult, SteadyJob, SteadyResult, SteadyWorkload } from './generator';
 import { MACHINE_NODE, NodeBinary, resolveNode } from './node-binaries';
-import { BenchOptions, channelsFor, parseOptions, Workload } from './options';
+import { BenchOptions, channelsFor, parseOptions, RATE_MAX_IN_FLIGHT, Workload } from './options';
 import { writeReport } from './report';
 import {
   failoverSummaryLine,
@@ -25,6 +25,7 @@ import {
   median,
   nodePrefixed,
   percentileListMs,
+  rateSummaryLine,
   steadySummaryLine,
   SteadySummary,
 } from './stats';
@@ -66,7 +67,10 @@ export interface RunRecord {
   serverRuntime: string;
   generatorNode: string;
   workload: Exclude<Workload, 'failover'>;
+  /** In-flight requests (for 'rate': the bound, RATE_MAX_IN_FLIGHT). */
   concurrency: number;
+  /** For 'rate': the puts per second offered. */
+  ratePerSec?: number;
   channels: number;
   round: number;
   ops: number;
@@ -246,15 +250,20 @@ const f2 = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : '-');
 
 function printRun(r: RunRecord): void {
   console.log(
-    `round ${r.round} ${r.variant.padEnd(14)} ${`${r.workload} c=${r.concurrency}`.padEnd(12)} ${String(Math.round(r.opsPerSec)).padStart(6)} ops/s` +
+    `round ${r.round} ${r.variant.padEnd(14)} ${runName(r).padEnd(12)} ${String(Math.round(r.opsPerSec)).padStart(6)} ops/s` +
       `  p50 ${f2(r.p50Ms)} p99 ${f2(r.p99Ms)} p99.9 ${f2(r.p999Ms)} ms  errors ${r.errors}${r.misses ? ` misses ${r.misses}` : ''}` +
       `  cpu servers ${r.serverCpuSeconds.map(f1).join('+')} s (${f2(r.serverCpuMsPerOp)} ms/op) gen ${f1(r.generatorCpuSeconds)} s` +
       `  rss ${r.serverRssMiB.map((v) => Math.round(v)).join('/')} MiB${r.firstErrors.length ? `\n    first errors: ${r.firstErrors.join(' | ')}` : ''}`,
   );
 }
 
+/** "put c=64", "rate 1000/s" */
+function runName(r: Pick<RunRecord, 'workload' | 'concurrency' | 'ratePerSec'>): string {
+  return r.workload === 'rate' ? `rate ${r.ratePerSec}/s` : `${r.workload} c=${r.concurrency}`;
+}
+
 function checkSteady(r: RunRecord): void {
-  const what = `${r.variant} ${r.workload} c=${r.concurrency} round ${r.round}`;
+  const what = `${r.variant} ${runName(r)} round ${r.round}`;
   if (r.ops === 0) problems.push(`${what}: no request was answered`);
   if (r.errors > 0) problems.push(`${what}: ${r.errors} errors (${r.firstErrors.join(' | ')})`);
   if (r.misses > 0) problems.push(`${what}: ${r.misses} reads found no value after the fill`);
@@ -286,11 +295,12 @@ async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWork
   const leader = await cluster.waitForLeader();
   const fill = workload === 'fill';
   const job: SteadyJob = {
-    ...baseJob(cluster, leader, concurrency, opts), kind: 'steady', workload, readFraction: MIX_READ_FRACTION,
+    ...baseJob(cluster, leader, concurrency, opts), kind: 'steady', workload, readFraction: MIX_READ_FRACTION, ratePerSec: opts.ratePerSec,
     warmupMs: fill ? 0 : opts.warmupSeconds * 1000, durationMs: fill ? FILL_MAX_MS : opts.durationSeconds * 1000,
   };
   const budget = job.warmupMs + job.durationMs + REQUEST_TIMEOUT_MS;
-  const processes = fill || concurrency < MULTI_GENERATOR_MIN_CONCURRENCY ? 1 : opts.generators;
+  // One process paces the rate workload: split among several, each would offer the whole rate.
+  const processes = fill || workload === 'rate' || concurrency < MULTI_GENERATOR_MIN_CONCURRENCY ? 1 : opts.generators;
   const parts = shares(concurrency, processes);
   const results = await Promise.all(
     parts.map((c) => runGenerator({ ...job, concurrency: c, channels: Math.max(1, Math.round((job.channels * c) / concurrency)) }, budget)),
@@ -305,12 +315,14 @@ async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, run
   try {
     const record = (workload: RunRecord['workload'], c: number, r: SteadyResult) => {
       const rec = toRecord(v, workload, c, round, r);
+      if (workload === 'rate') rec.ratePerSec = opts.ratePerSec;
       runs.push(rec);
       printRun(rec);
       checkSteady(rec);
     };
     if (steady.includes('put')) for (const c of opts.putConcurrency) record('put', c, await steadyRun(cluster, v, 'put', c, opts));
-    const reads = steady.filter((w) => w !== 'put');
+    if (steady.includes('rate')) record('rate', RATE_MAX_IN_FLIGHT, await steadyRun(cluster, v, 'rate', RATE_MAX_IN_FLIGHT, opts));
+    const reads = steady.filter((w) => w !== 'put' && w !== 'rate');
     if (reads.length) {
       const fill = await steadyRun(cluster, v, 'fill', FILL_CONCURRENCY, opts);
       console.log(`round ${round} ${v.label.padEnd(14)} fill of ${opts.keys} keys: ${Math.round(fill.opsPerSec)} puts/s, errors ${fill.errors}`);
@@ -394,7 +406,7 @@ export function summaryLines(variants: Variant[], medians: MedianRecord[], failo
   const etcd = variants.find((v) => v.system === 'etcd');
   const find = (v: Variant | undefined, w: string, c: number): SteadySummary | undefined => {
     const m = v && medians.find((x) => x.variant === v.label && x.workload === w && x.concurrency === c);
-    return m ? { opsPerSec: m.opsPerSec, p99Ms: m.p99Ms } : undefined;
+    return m ? { opsPerSec: m.opsPerSec, p99Ms: m.p99Ms, serverCpuMsPerOp: m.serverCpuMsPerOp } : undefined;
   };
   const findFailover = (v: Variant | undefined): FailoverSummary | undefined => {
     const m = v && failovers.find((x) => x.variant === v.label);
@@ -404,6 +416,7 @@ export function summaryLines(variants: Variant[], medians: MedianRecord[], failo
     const lines: string[] = [];
     for (const w of opts.workloads) {
       if (w === 'failover') lines.push(failoverSummaryLine(opts.failoverConcurrency, findFailover(cairn), findFailover(etcd)));
+      else if (w === 'rate') lines.push(rateSummaryLine(opts.ratePerSec, find(cairn, w, RATE_MAX_IN_FLIGHT), find(etcd, w, RATE_MAX_IN_FLIGHT)));
       else for (const c of w === 'put' ? opts.putConcurrency : [opts.readConcurrency]) lines.push(steadySummaryLine(w, c, find(cairn, w, c), find(etcd, w, c)));
     }
     return lines;

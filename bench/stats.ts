@@ -124,6 +124,8 @@ export function median(values: readonly number[]): number {
 export interface SteadySummary {
   opsPerSec: number;
   p99Ms: number;
+  /** All three servers' CPU per operation. */
+  serverCpuMsPerOp?: number;
 }
 
 /** What a failover line says of one system. */
@@ -145,6 +147,23 @@ function steadyPart(name: string, s: SteadySummary | undefined): string {
 export function steadySummaryLine(workload: string, concurrency: number, cairn: SteadySummary | undefined, etcd: SteadySummary | undefined): string {
   const ratio = cairn && etcd && etcd.opsPerSec > 0 && Number.isFinite(cairn.opsPerSec) ? (cairn.opsPerSec / etcd.opsPerSec).toFixed(2) : '-';
   return `${workload} c=${concurrency}: ${steadyPart('cairn', cairn)} | ${steadyPart('etcd', etcd)} | ratio ${ratio}`;
+}
+
+function ratePart(name: string, s: SteadySummary | undefined): string {
+  if (!s || !Number.isFinite(s.serverCpuMsPerOp ?? NaN)) return `${name} -`;
+  return `${name} ${s.serverCpuMsPerOp!.toFixed(3)} ms cpu/put at ${Math.round(s.opsPerSec)} puts/s p99 ${Number.isFinite(s.p99Ms) ? s.p99Ms.toFixed(1) : '-'} ms`;
+}
+
+/**
+ * `rate 1000/s: cairn 0.950 ms cpu/put at 999 puts/s p99 4.1 ms | etcd 0.420 ms cpu/put at 1000 puts/s p99 2.3 ms | ratio 0.44`
+ * (the servers' CPU per put at the same offered rate; ratio = etcd's / cairn's, so above
+ * 1.0 cairn is the cheaper).
+ */
+export function rateSummaryLine(ratePerSec: number, cairn: SteadySummary | undefined, etcd: SteadySummary | undefined): string {
+  const c = cairn?.serverCpuMsPerOp ?? NaN;
+  const e = etcd?.serverCpuMsPerOp ?? NaN;
+  const ratio = Number.isFinite(c) && Number.isFinite(e) && c > 0 ? (e / c).toFixed(2) : '-';
+  return `rate ${ratePerSec}/s: ${ratePart('cairn', cairn)} | ${ratePart('etcd', etcd)} | ratio ${ratio}`;
 }
 
 function failoverPart(name: string, s: FailoverSummary | undefined): string {

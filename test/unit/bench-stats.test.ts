@@ -12,10 +12,10 @@ import {
   encodeRangeResponseForTest,
   encodeStatusResponseForTest,
 } from '../../bench/etcd-codec';
-import { isLostWrite } from '../../bench/generator';
-import { channelsFor, parseOptions } from '../../bench/options';
+import { isLostWrite, Pacer } from '../../bench/generator';
+import { channelsFor, parseOptions, RATE_MAX_IN_FLIGHT } from '../../bench/options';
 import { computeFailoverMedians, computeMedians, FailoverRecord, RunRecord, summaryLines, Variant } from '../../bench/run';
-import { failoverSummaryLine, LatencyHistogram, median, nodePrefixed, percentileListMs, RECORDED_PERCENTILES, steadySummaryLine } from '../../bench/stats';
+import { failoverSummaryLine, LatencyHistogram, median, nodePrefixed, percentileListMs, rateSummaryLine, RECORDED_PERCENTILES, steadySummaryLine } from '../../bench/stats';
 
 /** The form docs/benchmarks.md promises for steady-state summary lines. */
 const STEADY_LINE = /^(put|get|sget|mix) c=\d+: cairn (\d+ ops\/s p99 \d+\.\d ms|-) \| etcd (\d+ ops\/s p99 \d+\.\d ms|-) \| ratio (\d+\.\d\d|-)$/;
@@ -128,6 +128,26 @@ describe('summary lines', () => {
     ]);
   });
 
+  it('have the exact rate form: CPU per put at the same rate, ratio etcd / cairn', () => {
+    expect(rateSummaryLine(1000, { opsPerSec: 999.4, p99Ms: 4.12, serverCpuMsPerOp: 0.95 }, { opsPerSec: 1000, p99Ms: 2.3, serverCpuMsPerOp: 0.418 })).toBe(
+      'rate 1000/s: cairn 0.950 ms cpu/put at 999 puts/s p99 4.1 ms | etcd 0.418 ms cpu/put at 1000 puts/s p99 2.3 ms | ratio 0.44',
+    );
+    expect(rateSummaryLine(500, { opsPerSec: 500, p99Ms: 3, serverCpuMsPerOp: 1 }, undefined)).toBe('rate 500/s: cairn 1.000 ms cpu/put at 500 puts/s p99 3.0 ms | etcd - | ratio -');
+  });
+
+  it('give the rate workload its line from the medians', () => {
+    const variants: Variant[] = [
+      { system: 'cairn', label: 'cairn@node26', node: { path: '/bin/node26', version: 'v26.0.0', major: 26 }, runtime: 'node v26.0.0' },
+      { system: 'etcd', label: 'etcd', runtime: 'etcd 3.4.23' },
+    ];
+    const run = (variant: string, serverCpuMsPerOp: number): RunRecord =>
+      ({ variant, system: variant === 'etcd' ? 'etcd' : 'cairn', workload: 'rate', concurrency: RATE_MAX_IN_FLIGHT, ratePerSec: 800, round: 1, opsPerSec: 800, p50Ms: 1, p99Ms: 2, p999Ms: 3, serverCpuMsPerOp, generatorCpuSeconds: 1, errors: 0, percentilesMs: [[50, 1]] }) as RunRecord;
+    const opts = { ...parseOptions(['--workloads', 'rate', '--rate', '800']) };
+    expect(summaryLines(variants, computeMedians([run('cairn@node26', 1.2), run('etcd', 0.6)]), [], opts)).toEqual([
+      'rate 800/s: cairn 1.200 ms cpu/put at 800 puts/s p99 2.0 ms | etcd 0.600 ms cpu/put at 800 puts/s p99 2.0 ms | ratio 0.50',
+    ]);
+  });
+
   it('prefix by major', () => {
     expect(nodePrefixed(20, 'get c=64: x')).toBe('node20 get c=64: x');
   });
@@ -142,6 +162,9 @@ describe('options', () => {
     const o = parseOptions(['--workloads', 'put,failover', '--concurrency', '1,16', '--duration', '5', '--rounds', '1', '--node', '20']);
     expect(o).toMatchObject({ workloads: ['put', 'failover'], putConcurrency: [1, 16], durationSeconds: 5, rounds: 1, nodeMajors: [20], readConcurrency: 64 });
     expect(parseOptions(['--quick'])).toMatchObject({ quick: true, rounds: 1, putConcurrency: [16], readConcurrency: 16, trials: 1, nodeMajors: [0] });
+    expect(parseOptions([])).toMatchObject({ workloads: ['put', 'get', 'sget', 'mix', 'failover'], ratePerSec: 1000 });
+    expect(parseOptions(['--workloads', 'rate', '--rate', '1200'])).toMatchObject({ workloads: ['rate'], ratePerSec: 1200 });
+    expect(() => parseOptions(['--rate', '0'])).toThrow(/--rate needs a positive integer/);
     expect(() => parseOptions(['--workloads', 'put,scan'])).toThrow(/--workloads/);
     expect(() => parseOptions(['--rounds', '0'])).toThrow(/--rounds needs a positive integer/);
     expect(() => parseOptions(['--frobnicate', '1'])).toThrow(/unknown flag --frobnicate/);
@@ -201,5 +224,19 @@ describe('etcd wire codec', () => {
   it('reads the header of a PutResponse', () => {
     const encoded = encodeRangeResponseForTest({ header, kvs: [], more: false, count: 0n }); // header is field 1 in both
     expect(decodePutResponse(encoded).header).toEqual(header);
+  });
+});
+
+describe('rate pacing', () => {
+  it('spaces request starts by 1/rate, and a stall does not turn into a burst', async () => {
+    let clock = 0;
+    const waits: number[] = [];
+    const pacer = new Pacer(1000, () => clock, async (ms) => void waits.push(ms));
+    for (let i = 0; i < 3; i++) await pacer.slot();
+    expect(waits).toEqual([1, 2]); // slots at 0, 1 and 2 ms; the first starts at once
+    clock = 100; // the workers stalled for 97 ms
+    waits.length = 0;
+    for (let i = 0; i < 3; i++) await pacer.slot();
+    expect(waits).toEqual([1]); // one slot an interval back and one due now start at once, then the pace again
   });
 });
