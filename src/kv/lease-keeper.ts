@@ -39,8 +39,13 @@ export class LeaseKeeper {
   private term: number | undefined;
   /** Lease id -> deadline on the monotonic clock, in ms, and the grant it is for. */
   private readonly deadlines = new Map<number, { deadlineMs: number; grantedIndex: number }>();
-  /** Leases whose expire command is in flight. */
-  private readonly expiring = new Set<number>();
+  /**
+   * Lease id -> the grant whose expire this node proposed, until the lease table no longer
+   * holds that grant. Not only while the proposal is in flight: a proposer is answered once
+   * the outcome is decided, before the apply's write lands and the table drops the lease,
+   * and a keep-alive in between must not be answered alive (the simulator's seed 39 found it).
+   */
+  private readonly expiring = new Map<number, number>();
 
   constructor(
     private readonly host: LeaseKeeperHost,
@@ -53,17 +58,19 @@ export class LeaseKeeper {
     const now = this.clock.monotonicMs();
     const table = this.host.table();
     for (const [id, { grantedIndex }] of this.deadlines) if (table.get(id)?.grantedIndex !== grantedIndex) this.deadlines.delete(id);
+    for (const [id, grantedIndex] of this.expiring) if (table.get(id)?.grantedIndex !== grantedIndex) this.expiring.delete(id);
     for (const id of table.ids()) {
       const deadline = this.deadlineOf(id, table, now);
-      if (now >= deadline && !this.expiring.has(id)) this.expire(id, table.get(id)!.grantedIndex);
+      if (now >= deadline && !this.isExpiring(id, table)) this.expire(id, table.get(id)!.grantedIndex);
     }
   }
 
   /** Renews lease `id` to its full TTL; returns the TTL in seconds, 0 for a lease unknown (or expiring). Leader only. */
   keepAlive(id: number): number {
     this.requireLeading();
-    const lease = this.host.table().get(id);
-    if (!lease || this.expiring.has(id)) return 0;
+    const table = this.host.table();
+    const lease = table.get(id);
+    if (!lease || this.isExpiring(id, table)) return 0;
     this.deadlines.set(id, { deadlineMs: this.clock.monotonicMs() + lease.ttlSeconds * 1000, grantedIndex: lease.grantedIndex });
     return lease.ttlSeconds;
   }
@@ -89,15 +96,21 @@ export class LeaseKeeper {
     return deadline.deadlineMs;
   }
 
+  /** Whether this node proposed the expire of the grant the table holds for `id`. */
+  private isExpiring(id: number, table: LeaseTable): boolean {
+    const expiring = this.expiring.get(id);
+    return expiring !== undefined && expiring === table.get(id)?.grantedIndex;
+  }
+
   private expire(id: number, grantedIndex: number): void {
-    this.expiring.add(id);
+    this.expiring.set(id, grantedIndex);
     // A failed proposal (leadership lost, overload) is retried at the next check while
     // leading; should both attempts commit, the second finds the lease gone, or granted
-    // again under the same id at another index, and does nothing.
-    this.host
-      .proposeExpire(id, grantedIndex)
-      .catch(() => undefined)
-      .finally(() => this.expiring.delete(id));
+    // again under the same id at another index, and does nothing. A committed one stays
+    // in `expiring` until check() sees the table without the grant.
+    this.host.proposeExpire(id, grantedIndex).catch(() => {
+      if (this.expiring.get(id) === grantedIndex) this.expiring.delete(id);
+    });
   }
 
   /** Whether this node leads; a new term restarts every deadline at the full TTL. */

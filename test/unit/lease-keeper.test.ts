@@ -107,4 +107,49 @@ describe('the leader`s lease deadlines', () => {
     node.runUntil(19_500);
     expect(node.expires).toEqual([{ id: ID, at: 19_500 }]);
   });
+
+  test('an expire decided but not yet in the table: keep-alives say 0 and no second expire goes out until it lands', async () => {
+    const node = new FakeNode(sm);
+    node.lead(1);
+    node.runUntil(10_000);
+    expect(node.expires).toEqual([{ id: ID, at: 10_000 }]);
+    await new Promise((resolve) => setImmediate(resolve)); // the proposer is answered (the outcome is decided) ...
+    expect(sm.leaseTable().get(ID)).toBeDefined(); // ... while the apply's write has not landed
+    expect(node.keeper.keepAlive(ID)).toBe(0);
+    node.runUntil(10_500);
+    expect(node.expires).toHaveLength(1);
+    const expire: Command = { op: { $case: 'leaseExpire', value: { id: ID, grantedIndex: 1 } }, proposedAtUnixMs: 0 };
+    await sm.apply([{ index: 2, term: 1, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(Command.encode(expire).finish()) }]);
+    expect(sm.leaseTable().get(ID)).toBeUndefined();
+    node.runUntil(10_600);
+    expect(node.keeper.keepAlive(ID)).toBe(0);
+    expect(node.expires).toHaveLength(1);
+  });
+
+  test('an expire proposal that fails is proposed again at a later check', async () => {
+    let failures = 1;
+    const proposed: number[] = [];
+    let now = 0;
+    const keeper = new LeaseKeeper(
+      {
+        leadership: () => ({ leading: true, term: 1 }),
+        table: () => sm.leaseTable(),
+        proposeExpire: async () => {
+          proposed.push(now);
+          if (failures-- > 0) throw new Error('not leader');
+        },
+      },
+      { monotonicMs: () => now },
+    );
+    keeper.check();
+    now = 10_000;
+    keeper.check();
+    expect(proposed).toEqual([10_000]);
+    expect(keeper.keepAlive(ID)).toBe(0);
+    await new Promise((resolve) => setImmediate(resolve)); // the failure is heard
+    now = 10_100;
+    keeper.check();
+    expect(proposed).toEqual([10_000, 10_100]);
+  });
 });
+
