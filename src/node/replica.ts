@@ -108,7 +108,8 @@ export interface PendingCounts {
  * The apply path takes the committed entries that are durable here straight from the
  * core (takeCommitted, never through a Ready, so a commit learned during an fsync does
  * not wait for it) and applies them one batch at a time; everything committed while a
- * batch is applied goes in the next one. Compactions run on it too, between applies.
+ * batch is applied goes in the next one. Compactions run on a third path beside it: their
+ * flush to disk (100-150 ms with a full memtable) no longer holds up the next applies.
  *
  * It is generic over the state machine: `C` is what callers propose (encoded by the
  * ProposalCodec), `R` what they get back, `F` the state machine (an Fsm<R>).
@@ -128,10 +129,14 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private stopped = false;
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
-  /** The apply path: applies and compactions, one at a time (see the class comment). */
+  /** The apply path: applies, one batch at a time (see the class comment). */
   private applyPath: Promise<void> = Promise.resolve();
-  /** An apply (or compaction) is queued or running on the apply path. */
+  /** An apply is queued or running on the apply path. */
   private applyBusy = false;
+  /** The compaction path: compactions, one at a time, beside the applies (see compact()). */
+  private compactionPath: Promise<void> = Promise.resolve();
+  /** A compaction is running on the compaction path. */
+  private compactionBusy = false;
   /** An apply's start is deferred (startApply through `defer`). */
   private applyDeferred = false;
   /** Followers a snapshot is being streamed to: at most one transfer each. */
@@ -462,6 +467,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.stopped = true;
     await this.drained;
     await this.applyPath;
+    await this.compactionPath;
     for (const pending of this.configChanges.values()) pending.reject(stoppedError());
     for (const transfer of this.transfers) transfer.reject(stoppedError());
     this.configChanges.clear();
@@ -495,7 +501,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private hasWork(): boolean {
     if (this.stopped) return false;
     if (this.node.hasReady({ withCommitted: false })) return true;
-    return !this.applyBusy && (this.compactRequests.length > 0 || this.compactionDue());
+    return this.compactionWanted();
   }
 
   private async drain(): Promise<void> {
@@ -509,7 +515,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
           this.afterInput();
           this.startApply();
         } else {
-          this.onApplyPath(() => this.compactIfAskedOrDue());
+          this.startCompaction();
         }
       }
     } catch (err) {
@@ -585,10 +591,39 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     this.resolveConfigChanges(committed);
     this.releaseAppliedWaiters();
     // Here, not only when the persist path is idle: under steady load it never is.
-    await this.compactIfAskedOrDue();
+    this.startCompaction();
   }
 
-  /** Serves Cluster.Snapshot requests, or compacts when --snapshot-entries says so (on the apply path). */
+  /** Whether a compaction is asked for (Cluster.Snapshot) or due (--snapshot-entries), and none runs. */
+  private compactionWanted(): boolean {
+    return !this.stopped && !this.compactionBusy && (this.compactRequests.length > 0 || this.compactionDue());
+  }
+
+  /**
+   * Starts a compaction on the compaction path when one is wanted. It runs beside the
+   * applies: compact() covers only what the state machine had landed when it began, and it
+   * makes that durable before the log entries go; applies after that point are not its
+   * concern. An install waits for it (handleReady), and it never starts while one is
+   * pending (compactionDue, compact). A failure halts the node, as on the other paths.
+   */
+  private startCompaction(): void {
+    if (!this.compactionWanted()) return;
+    this.compactionBusy = true;
+    this.compactionPath = this.compactionPath
+      .then(() => (this.stopped ? undefined : this.compactIfAskedOrDue()))
+      .then(
+        () => {
+          this.compactionBusy = false;
+          this.schedule();
+        },
+        (err: unknown) => {
+          this.compactionBusy = false;
+          this.halt(err);
+        },
+      );
+  }
+
+  /** Serves Cluster.Snapshot requests, or compacts when --snapshot-entries says so (on the compaction path). */
   private async compactIfAskedOrDue(): Promise<void> {
     if (this.compactRequests.length > 0) await this.serveCompactRequests();
     else if (this.compactionDue()) await this.compact();
@@ -610,7 +645,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     for (const message of ready.messages) (sendableBeforePersist(ready, message) ? early : late).push(message);
     if (early.length > 0) this.transport.send(early);
     if (ready.snapshot) {
-      await this.applyPath; // the install switches the state machine: no apply may be running
+      // The install switches the state machine and rewrites the log: no apply or compaction may be running.
+      await this.applyPath;
+      await this.compactionPath;
       await this.installSnapshot(ready);
     } else if (ready.hardState || ready.entries.length > 0) {
       await this.storage.persist(ready.hardState, ready.entries);
@@ -793,7 +830,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
    * Compacts at the state machine's applied index: the core moves its snapshot point and
    * drops the entries before the catch-up tail; the state machine's unsynced writes (the
    * state at that index) are flushed to disk, then meta/snapshot and the log deletions go
-   * in one synced batch.
+   * in one synced batch. It runs on the compaction path, beside the applies: appliedIndex()
+   * counts only batches that have landed in LevelDB, so the flush, issued after, covers
+   * them; later applies are covered by the log entries it keeps.
    */
   private async compact(): Promise<{ snapshotIndex: number; firstIndex: number }> {
     const applied = this.stateMachine.appliedIndex();
