@@ -3,7 +3,7 @@ import { SessionRecord, SessionResult } from '../../gen/cairn/storage/v1/storage
 import { assert } from '../assert';
 import { ErrorCode } from '../errors';
 import { Db, DbOp } from '../storage/db';
-import { encodeMessage } from '../proto-writer';
+import { encodeMessage, encodeMessageToBuffer } from '../proto-writer';
 
 /**
  * Client sessions as in the Raft thesis §6.3 (the client contract is in kv.proto,
@@ -241,7 +241,7 @@ export class SessionBatch {
       return refusal(at.revision, ErrorCode.SESSION_LIMIT, `client sessions keep ${this.table.resultBytes} bytes of results, at the limit (maxTotalSessionResultBytes ${this.limits.maxTotalSessionResultBytes}): this write is not applied; retry later`);
     }
     const result = await effect();
-    const encoded = Buffer.from(encodeMessage(CommandResult, result));
+    const encoded = encodeMessageToBuffer(CommandResult, result);
     insertBySequence(record.results, { sequence, result: encoded });
     return result;
   }

@@ -46,6 +46,15 @@ export interface CompactionOptions {
 /** Calls `start` later, once (the server: on the next turn of the event loop; the simulator: as an event of the current instant). */
 export type Deferral = (start: () => void) => void;
 
+/** One of the Replica's paths: one task at a time, each after the one before. */
+interface TaskPath {
+  readonly name: string;
+  /** A task is queued or running. */
+  busy: boolean;
+  /** Settles when every task run so far has ended. */
+  idle: Promise<void>;
+}
+
 /** How far applies may fall behind commits (MAX_APPLY_LAG_ENTRIES, MAX_APPLY_LAG_BYTES). */
 interface ApplyLagBounds {
   entries: number;
@@ -130,13 +139,9 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   private halted = false;
   private drained: Promise<void> = Promise.resolve();
   /** The apply path: applies, one batch at a time (see the class comment). */
-  private applyPath: Promise<void> = Promise.resolve();
-  /** An apply is queued or running on the apply path. */
-  private applyBusy = false;
+  private readonly applyPath: TaskPath = { name: 'apply', busy: false, idle: Promise.resolve() };
   /** The compaction path: compactions, one at a time, beside the applies (see compact()). */
-  private compactionPath: Promise<void> = Promise.resolve();
-  /** A compaction is running on the compaction path. */
-  private compactionBusy = false;
+  private readonly compactionPath: TaskPath = { name: 'compaction', busy: false, idle: Promise.resolve() };
   /** An apply's start is deferred (startApply through `defer`). */
   private applyDeferred = false;
   /** Followers a snapshot is being streamed to: at most one transfer each. */
@@ -466,8 +471,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
   async stop(): Promise<void> {
     this.stopped = true;
     await this.drained;
-    await this.applyPath;
-    await this.compactionPath;
+    await this.applyPath.idle;
+    await this.compactionPath.idle;
     for (const pending of this.configChanges.values()) pending.reject(stoppedError());
     for (const transfer of this.transfers) transfer.reject(stoppedError());
     this.configChanges.clear();
@@ -508,7 +513,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     try {
       while (this.hasWork()) {
         // Back-pressure: a node whose applies fall behind stops taking (and acknowledging) entries.
-        while (this.applyBusy && this.applyLag() !== undefined) await this.applyPath;
+        while (this.applyPath.busy && this.applyLag() !== undefined) await this.applyPath.idle;
         if (this.stopped) break;
         if (this.node.hasReady({ withCommitted: false })) {
           await this.handleReady(this.node.ready({ withCommitted: false }));
@@ -546,33 +551,33 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   /** Whether an apply may start now (checked again when a deferred start runs: a stop or a compaction may have come first). */
   private canApply(): boolean {
-    return !this.stopped && !this.applyBusy && this.node.hasCommittedToApply();
+    return !this.stopped && !this.applyPath.busy && this.node.hasCommittedToApply();
   }
 
   private applyNow(): void {
     if (!this.canApply()) return;
     const committed = this.guarded(() => this.node.takeCommitted());
-    if (committed.length > 0) this.onApplyPath(() => this.applyCommitted(committed));
+    if (committed.length > 0) this.onPath(this.applyPath, () => this.applyCommitted(committed));
   }
 
   /**
-   * Runs `task` on the apply path; the persist path looks for work again when it ends.
-   * A failure halts the node, as on the persist path.
+   * Runs `task` on `path` (the apply or the compaction path); the persist path looks for
+   * work again when it ends. A failure halts the node, as on the persist path.
    */
-  private onApplyPath(task: () => Promise<void>): void {
-    assert(!this.applyBusy, 'a second task on the apply path while one is queued');
-    this.applyBusy = true;
-    this.applyPath = this.applyPath
+  private onPath(path: TaskPath, task: () => Promise<void>): void {
+    assert(!path.busy, `a second task on the ${path.name} path while one is queued`);
+    path.busy = true;
+    path.idle = path.idle
       .then(async () => {
         if (!this.stopped) await task();
       })
       .then(
         () => {
-          this.applyBusy = false;
+          path.busy = false;
           this.schedule();
         },
         (err: unknown) => {
-          this.applyBusy = false;
+          path.busy = false;
           this.halt(err);
         },
       );
@@ -596,7 +601,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
 
   /** Whether a compaction is asked for (Cluster.Snapshot) or due (--snapshot-entries), and none runs. */
   private compactionWanted(): boolean {
-    return !this.stopped && !this.compactionBusy && (this.compactRequests.length > 0 || this.compactionDue());
+    return !this.stopped && !this.compactionPath.busy && (this.compactRequests.length > 0 || this.compactionDue());
   }
 
   /**
@@ -604,23 +609,10 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
    * applies: compact() covers only what the state machine had landed when it began, and it
    * makes that durable before the log entries go; applies after that point are not its
    * concern. An install waits for it (handleReady), and it never starts while one is
-   * pending (compactionDue, compact). A failure halts the node, as on the other paths.
+   * pending (compactionDue, compact).
    */
   private startCompaction(): void {
-    if (!this.compactionWanted()) return;
-    this.compactionBusy = true;
-    this.compactionPath = this.compactionPath
-      .then(() => (this.stopped ? undefined : this.compactIfAskedOrDue()))
-      .then(
-        () => {
-          this.compactionBusy = false;
-          this.schedule();
-        },
-        (err: unknown) => {
-          this.compactionBusy = false;
-          this.halt(err);
-        },
-      );
+    if (this.compactionWanted()) this.onPath(this.compactionPath, () => this.compactIfAskedOrDue());
   }
 
   /** Serves Cluster.Snapshot requests, or compacts when --snapshot-entries says so (on the compaction path). */
@@ -646,8 +638,8 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (early.length > 0) this.transport.send(early);
     if (ready.snapshot) {
       // The install switches the state machine and rewrites the log: no apply or compaction may be running.
-      await this.applyPath;
-      await this.compactionPath;
+      await this.applyPath.idle;
+      await this.compactionPath.idle;
       await this.installSnapshot(ready);
     } else if (ready.hardState || ready.entries.length > 0) {
       await this.storage.persist(ready.hardState, ready.entries);

@@ -1,4 +1,4 @@
-import { createFileRegistry, DescMessage, FileRegistry, fromBinary } from '@bufbuild/protobuf';
+import { createFileRegistry, DescMessage, DescMethod, FileRegistry, fromBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProto, FileDescriptorSet, FileDescriptorSetSchema } from '@bufbuild/protobuf/wkt';
 import { DESCRIPTOR_SET_BASE64 } from '../../gen/descriptor-set';
 
@@ -22,10 +22,15 @@ export function descriptors(): Descriptors {
   return loaded;
 }
 
-/** The request message of a gRPC method path such as "/cairn.kv.v1.KV/Put", if it is in the image. */
-export function requestMessageOf(methodPath: string): DescMessage | undefined {
+/** The method of a gRPC method path such as "/cairn.kv.v1.KV/Put", if it is in the image. */
+export function methodOf(methodPath: string): DescMethod | undefined {
   const match = /^\/([^/]+)\/([^/]+)$/.exec(methodPath);
   if (!match) return undefined;
   const service = descriptors().registry.getService(match[1]!);
-  return service?.methods.find((method) => method.name === match[2])?.input;
+  return service?.methods.find((method) => method.name === match[2]);
+}
+
+/** The request message of a gRPC method path, if it is in the image. */
+export function requestMessageOf(methodPath: string): DescMessage | undefined {
+  return methodOf(methodPath)?.input;
 }

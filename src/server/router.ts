@@ -7,7 +7,7 @@ import { NO_NODE, NodeId } from '../raft/node';
 import { NodeMetrics } from './metrics';
 import { GrpcPeerTransport } from './peer-transport';
 import { fromGrpcError, isGrpcError } from './status';
-import { encodeMessage } from '../proto-writer';
+import { encodeMessageToBuffer } from '../proto-writer';
 
 /**
  * How long one request may take: `deadlineMs` (epoch ms) is the earlier of the client's gRPC
@@ -42,7 +42,7 @@ export class RequestRouter {
       return this.metrics ? this.metrics.timeProposal(proposal) : proposal;
     }
     const client = this.leaderClient(leader);
-    const request = { clusterId: this.clusterId, fromId: this.replica.id, command: Buffer.from(encodeMessage(Command, command)) };
+    const request = { clusterId: this.clusterId, fromId: this.replica.id, command: encodeMessageToBuffer(Command, command) };
     const response = await forward<ProposeResponse>(leader, 'write', scope, (options, done) => client.propose(request, new Metadata(), options, done));
     return CommandResult.decode(response.result);
   }

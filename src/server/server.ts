@@ -27,8 +27,7 @@ import { DialSecurity, NodeTransportSecurity, peerIdentityInterceptor, PeerIdent
 import { RequestRouter } from './router';
 import { MAX_COMMAND_ENVELOPE_BYTES } from './validate';
 import { NodeWatch } from './watch';
-import { authServiceOf, clusterService, kvService, raftService, ServiceContext, withLenientDecoding } from './services';
-import { withSharedWriter } from './shared-writer-serializers';
+import { authServiceOf, clusterService, kvService, raftService, servedDefinition, ServiceContext } from './services';
 import { leaseServiceOf } from './lease-service';
 import { AuthGate } from './auth';
 
@@ -204,10 +203,10 @@ export class CairnNode {
     const leases = leaseServiceOf(context);
     // The gateway (--http-addr) runs the very same definitions and implementations as the client port.
     const gatewayServices = {
-      lease: { definition: withSharedWriter(withLenientDecoding(LeaseService)), implementation: leases.service },
-      kv: { definition: withSharedWriter(withLenientDecoding(KVService)), implementation: kvService(context) },
-      cluster: { definition: withSharedWriter(withLenientDecoding(ClusterService)), implementation: clusterService(context) },
-      auth: { definition: withSharedWriter(withLenientDecoding(AuthService)), implementation: authServiceOf(context) },
+      lease: { definition: servedDefinition(LeaseService), implementation: leases.service },
+      kv: { definition: servedDefinition(KVService), implementation: kvService(context) },
+      cluster: { definition: servedDefinition(ClusterService), implementation: clusterService(context) },
+      auth: { definition: servedDefinition(AuthService), implementation: authServiceOf(context) },
     } satisfies GatewayServices;
     clientServer.addService(gatewayServices.kv.definition, gatewayServices.kv.implementation);
     clientServer.addService(gatewayServices.auth.definition, gatewayServices.auth.implementation);
@@ -215,7 +214,7 @@ export class CairnNode {
     const watch = NodeWatch.attach(clientServer, context, kvStateMachine, config);
     clientServer.addService(gatewayServices.lease.definition, gatewayServices.lease.implementation);
     const health = addReflectionAndHealth(clientServer);
-    peerServer.addService(withSharedWriter(withLenientDecoding(RaftServiceService)), incomingPeerStreams.wrap(raftService(context)));
+    peerServer.addService(servedDefinition(RaftServiceService), incomingPeerStreams.wrap(raftService(context)));
     let clientPort: number;
     let peerPort: number;
     try {

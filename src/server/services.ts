@@ -57,7 +57,8 @@ import {
   validateTxn,
 } from './validate';
 import { txnAccesses } from '../kv/txn';
-import { encodeMessage } from '../proto-writer';
+import { encodeMessageToBuffer } from '../proto-writer';
+import { withSharedWriter } from './shared-writer-serializers';
 
 export const VERSION = '0.1.0';
 
@@ -126,6 +127,11 @@ export function withLenientDecoding<T extends Record<string, { path: string; req
     };
   }
   return copy as T;
+}
+
+/** A generated service definition as the servers register it: decoding that never throws, encoding through the shared writer. */
+export function servedDefinition<T extends Record<string, { path: string; requestDeserialize: (bytes: Buffer) => unknown; requestSerialize: (value: never) => Buffer; responseSerialize: (value: never) => Buffer }>>(definition: T): T {
+  return withSharedWriter(withLenientDecoding(definition));
 }
 
 export function malformedError(message: unknown): CairnError | undefined {
@@ -437,7 +443,7 @@ export function raftService(context: ServiceContext, peerInput = new PeerInputSt
       const command = validateCommand(request.command, context.limits);
       const proposal = context.replica.propose({ ...command, proposedAtUnixMs: 0 }, undefined, scope.signal);
       const result = await (context.metrics ? context.metrics.timeProposal(proposal) : proposal);
-      return { result: Buffer.from(encodeMessage(CommandResult, result)), term: context.replica.node.term };
+      return { result: encodeMessageToBuffer(CommandResult, result), term: context.replica.node.term };
     }),
     readIndex: unary(async (request, scope) => {
       checkSender(request.clusterId, request.fromId);

@@ -7,7 +7,7 @@ import { DescMessage } from '@bufbuild/protobuf';
 import { encodeMessageToBuffer, MessageEncoder } from '../proto-writer';
 import * as kvGenerated from '../../gen/cairn/kv/v1/kv';
 import * as raftGenerated from '../../gen/cairn/raft/v1/raft';
-import { descriptors } from './descriptors';
+import { methodOf } from './descriptors';
 
 interface MethodDefinition {
   path: string;
@@ -44,9 +44,7 @@ export function withSharedWriter<T extends Record<string, MethodDefinition>>(def
 
 /** The ts-proto codecs of a method's request and response messages, found by their proto names. */
 function messageCodecsOf(path: string): [MessageEncoder<never>?, MessageEncoder<never>?] {
-  const match = /^\/([^/]+)\/([^/]+)$/.exec(path);
-  const service = match ? descriptors().registry.getService(match[1]!) : undefined;
-  const method = service?.methods.find((m) => m.name === match![2]);
+  const method = methodOf(path);
   if (!method) return [];
   return [codecOf(method.input), codecOf(method.output)];
 }

@@ -4,8 +4,7 @@ import { isInvariantViolation } from '../assert';
 import { CairnError, ErrorCode } from '../errors';
 import { DEFAULT_WATCH_LIMITS, WatchHub, WatchSource, WatchSpec, WatchStream } from '../kv/watch-hub';
 import { HistoryListener } from '../kv/state-machine';
-import { authGateOf, callIdentityOf, compactTo, header, malformedError, ServiceContext, throwIfRefused, withLenientDecoding } from './services';
-import { withSharedWriter } from './shared-writer-serializers';
+import { authGateOf, callIdentityOf, compactTo, header, malformedError, servedDefinition, ServiceContext, throwIfRefused } from './services';
 import { toGrpcError } from './status';
 import { validateRange } from './validate';
 
@@ -47,7 +46,7 @@ export class NodeWatch {
     const hub = new WatchHub(stateMachine, { ...DEFAULT_WATCH_LIMITS, maxWatchBufferBytes: options.watchBufferBytes }, (revision) => header(context, revision));
     stateMachine.setHistoryListener(hub);
     const watch = new NodeWatch(hub, context, options);
-    server.addService(withSharedWriter(withLenientDecoding(WatchService)), watch.service());
+    server.addService(servedDefinition(WatchService), watch.service());
     watch.timers.push(setInterval(() => hub.notifyProgress(), WATCH_PROGRESS_INTERVAL_MS));
     if (options.autoCompactionRevisions > 0) watch.timers.push(setInterval(() => watch.compactIfDue(stateMachine), AUTO_COMPACTION_CHECK_INTERVAL_MS));
     for (const timer of watch.timers) timer.unref();
