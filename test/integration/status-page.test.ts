@@ -13,6 +13,11 @@ const PUTS = 5;
  * before and after writes, and the status page in headless chromium following a leader
  * change by itself. The tests share one cluster and run in order (the later ones kill nodes).
  */
+/** The little of the browser's document the page predicates use (the tests compile without the DOM types). */
+interface PageDocument {
+  document: { querySelector(selector: string): { textContent: string | null } | null };
+}
+
 describe('the HTTP port of a 3-node cluster', () => {
   let cluster: ProcessCluster;
   let urls: HttpUrls;
@@ -105,6 +110,8 @@ describe('the HTTP port of a 3-node cluster', () => {
       const newLeader = Number(await page.locator('#members tr.leader').getAttribute('data-id'));
       expect(newLeader).toBe(await cluster.waitForLeader());
       expect(await page.locator('#members tr').count()).toBe(3);
+      // The table may show the leader's loss first and the new leader one poll later.
+      await waitForPage(page, 'the newest leader change to name the new leader', (id) => ((globalThis as unknown as PageDocument).document.querySelector('#leader-changes tr')?.textContent ?? '').includes(`node ${id}`), String(newLeader));
       expect(await page.locator('#leader-changes tr').first().textContent()).toContain(`node ${newLeader}`);
     } finally {
       await browser.close();
