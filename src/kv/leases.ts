@@ -156,7 +156,7 @@ export class LeaseBatch {
   }
 
   remove(id: number): void {
-    assert(this.get(id) !== undefined, `removing lease ${id}, which does not exist`);
+    assert(this.get(id) !== undefined, () => `removing lease ${id}, which does not exist`);
     this.changes.set(id, null);
   }
 
@@ -179,7 +179,7 @@ export class LeaseBatch {
     const name = key.toString('hex');
     if (from !== 0 && from !== to) {
       const lease = this.get(from);
-      assert(lease !== undefined && lease.keys.has(name), `key ${name} names lease ${from}, which does not list it`);
+      assert(lease !== undefined && lease.keys.has(name), () => `key ${name} names lease ${from}, which does not list it`);
       const keys = new Map(lease.keys);
       keys.delete(name);
       this.keyBytesDelta -= key.length;
@@ -187,7 +187,7 @@ export class LeaseBatch {
     }
     if (to !== 0 && !this.get(to)?.keys.has(name)) {
       const lease = this.get(to);
-      assert(lease !== undefined, `attaching key ${name} to lease ${to}, which does not exist`);
+      assert(lease !== undefined, () => `attaching key ${name} to lease ${to}, which does not exist`);
       const keys = new Map(lease.keys);
       keys.set(name, Buffer.from(key));
       this.keyBytesDelta += key.length;
@@ -262,7 +262,7 @@ async function deleteLease(lease: Lease, state: LeaseApplyState): Promise<number
   if (keys.length > 0) state.revision++;
   for (const key of keys) {
     const record = await state.read(key);
-    assert(record?.lease === lease.id, `lease ${lease.id} lists key ${key.toString('hex')}, whose record names lease ${record?.lease}`);
+    assert(record?.lease === lease.id, () => `lease ${lease.id} lists key ${key.toString('hex')}, whose record names lease ${record?.lease}`);
     state.write(key, null);
   }
   state.leases.remove(lease.id);

@@ -114,7 +114,7 @@ export class SessionTable {
   }
 
   set(clientId: string, summary: SessionSummary): void {
-    assert(summary.lastActiveIndex >= this.highestIndex, `session ${clientId} touched at index ${summary.lastActiveIndex} after ${this.highestIndex}`);
+    assert(summary.lastActiveIndex >= this.highestIndex, () => `session ${clientId} touched at index ${summary.lastActiveIndex} after ${this.highestIndex}`);
     this.highestIndex = summary.lastActiveIndex;
     this.remove(clientId);
     this.byActivity.set(clientId, summary);
@@ -129,7 +129,7 @@ export class SessionTable {
   /** Sets a session's last log time without moving it in the eviction order. */
   restamp(clientId: string, lastActiveUnixMs: number): void {
     const summary = this.byActivity.get(clientId);
-    assert(summary !== undefined, `restamping unknown session ${clientId}`);
+    assert(summary !== undefined, () => `restamping unknown session ${clientId}`);
     summary.lastActiveUnixMs = lastActiveUnixMs;
   }
 
@@ -174,7 +174,7 @@ export class SessionBatch {
   async startLogTime(logTimeUnixMs: number): Promise<void> {
     for (const clientId of this.table.unstamped()) {
       const record = await this.read(clientId);
-      assert(record !== undefined, `unstamped session ${clientId} is not stored`);
+      assert(record !== undefined, () => `unstamped session ${clientId} is not stored`);
       record.lastActiveUnixMs = logTimeUnixMs;
       this.staged.set(clientId, record);
       this.table.restamp(clientId, logTimeUnixMs);
@@ -271,7 +271,7 @@ export class SessionBatch {
     if (staged !== undefined) return staged ?? undefined;
     if (!this.table.has(clientId)) return undefined;
     const value = this.stored.get(clientId) ?? (await this.db.get('sessions', Buffer.from(clientId)));
-    assert(value !== undefined, `session ${clientId} is in the table but not stored`);
+    assert(value !== undefined, () => `session ${clientId} is in the table but not stored`);
     return readRecord(value);
   }
 

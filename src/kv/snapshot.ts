@@ -48,7 +48,7 @@ class KvSnapshot implements FsmSnapshot {
   }
 
   async *chunks(maxChunkBytes: number): AsyncIterable<Uint8Array> {
-    assert(Number.isSafeInteger(maxChunkBytes) && maxChunkBytes >= 1, `maxChunkBytes must be an integer >= 1, got ${maxChunkBytes}`);
+    assert(Number.isSafeInteger(maxChunkBytes) && maxChunkBytes >= 1, () => `maxChunkBytes must be an integer >= 1, got ${maxChunkBytes}`);
     const chunk = new ChunkBuilder(maxChunkBytes);
     for (const sublevel of ['kv', 'sessions', 'auth', 'history', 'leases'] as const) {
       this.checkLive();

@@ -220,7 +220,7 @@ export class KvStateMachine implements StateMachine, SnapshottingFsm<CommandResu
   private async applyInOrder(entries: readonly Entry[], decided?: (outcomes: readonly ApplyOutcome[]) => void): Promise<ApplyOutcome[]> {
     let index = this.applied.index;
     for (const entry of entries) {
-      assert(entry.index === index + 1, `applying index ${entry.index} after ${index}`);
+      assert(entry.index === index + 1, () => `applying index ${entry.index} after ${index}`);
       index = entry.index;
     }
     // The session table is updated as the batch goes: a failure after this point (a failed
@@ -386,7 +386,7 @@ class KvRestore implements FsmRestore {
   }
 
   async write(chunk: Uint8Array): Promise<void> {
-    assert(this.phase === 'staging', `restore chunk written in phase ${this.phase}`);
+    assert(this.phase === 'staging', () => `restore chunk written in phase ${this.phase}`);
     assert(!this.writing, 'restore chunks written concurrently');
     this.writing = true;
     try {
@@ -401,7 +401,7 @@ class KvRestore implements FsmRestore {
   }
 
   switchOps(): DbOp[] {
-    assert(this.phase === 'staging' && !this.writing, `restore switch in phase ${this.phase}`);
+    assert(this.phase === 'staging' && !this.writing, () => `restore switch in phase ${this.phase}`);
     const applied = this.stagedApplied();
     this.hooks.switching();
     this.phase = 'switching';
@@ -409,8 +409,8 @@ class KvRestore implements FsmRestore {
   }
 
   async activate(): Promise<void> {
-    assert(this.phase === 'switching', `restore activated in phase ${this.phase}`);
-    assert(this.db.generation() === this.generation, `restore activated before its switch batch was written (generation ${this.db.generation()}, staged ${this.generation})`);
+    assert(this.phase === 'switching', () => `restore activated in phase ${this.phase}`);
+    assert(this.db.generation() === this.generation, () => `restore activated before its switch batch was written (generation ${this.db.generation()}, staged ${this.generation})`);
     this.phase = 'done';
     await this.hooks.activated(this.stagedApplied());
   }
@@ -586,7 +586,7 @@ class ApplyBatch implements TxnState {
     const leaseRefused = refuseTxnLeases(txnPuts(request), this.leases);
     if (leaseRefused) return { revision: this.revision, op: undefined, error: leaseRefused };
     const { response, revision } = await runTxn(request, this, this.revision);
-    assert(revision === this.revision || revision === this.revision + 1, `a txn moved the revision from ${this.revision} to ${revision}`);
+    assert(revision === this.revision || revision === this.revision + 1, () => `a txn moved the revision from ${this.revision} to ${revision}`);
     this.revision = revision;
     return { revision, op: { $case: 'txn', value: response } };
   }
@@ -655,7 +655,7 @@ class ApplyBatch implements TxnState {
     const name = hex(key);
     const staged = this.kv.get(name);
     const previous = staged !== undefined ? staged : this.stored.get(name);
-    assert(previous !== undefined, `key ${describeKey(key)} written before it was read in this batch`);
+    assert(previous !== undefined, () => `key ${describeKey(key)} written before it was read in this batch`);
     const from = previous?.lease ?? 0;
     const to = record?.lease ?? 0;
     // Most keys have no lease: nothing to move (moveKey copies the key when it keeps one).

@@ -146,7 +146,7 @@ export async function runTxn(request: TxnRequest, state: TxnState, revision: num
  * assertion keeps the recursion bounded whatever reached the log.
  */
 async function runLevel(request: TxnRequest, state: TxnState, revisionForWrite: () => number, budget: TxnBudget, depth: number): Promise<TxnResponse> {
-  assert(depth <= MAX_TXN_DEPTH, `a txn nested ${depth} levels deep, over MAX_TXN_DEPTH ${MAX_TXN_DEPTH}`);
+  assert(depth <= MAX_TXN_DEPTH, () => `a txn nested ${depth} levels deep, over MAX_TXN_DEPTH ${MAX_TXN_DEPTH}`);
   let succeeded = true;
   for (const compare of request.compare) {
     if (!compareHolds(compare, await state.read(compare.key))) {

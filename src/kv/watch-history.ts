@@ -32,8 +32,8 @@ export const COMPACTED_KEY = Buffer.alloc(HISTORY_KEY_BYTES);
 export const MAX_COMPACT_REVISIONS_PER_COMMAND = 1000;
 
 export function historyKey(revision: number, index: number): Buffer {
-  assert(Number.isSafeInteger(revision) && revision >= 0, `history revision ${revision}`);
-  assert(Number.isSafeInteger(index) && index >= 0 && index < MAX_EVENTS_PER_REVISION, `history index ${index}`);
+  assert(Number.isSafeInteger(revision) && revision >= 0, () => `history revision ${revision}`);
+  assert(Number.isSafeInteger(index) && index >= 0 && index < MAX_EVENTS_PER_REVISION, () => `history index ${index}`);
   const key = Buffer.alloc(HISTORY_KEY_BYTES);
   key.writeBigUInt64BE(BigInt(revision), 0);
   key.writeUInt16BE(index, REVISION_BYTES);
@@ -41,9 +41,9 @@ export function historyKey(revision: number, index: number): Buffer {
 }
 
 export function revisionOfHistoryKey(key: Uint8Array): number {
-  assert(key.length === HISTORY_KEY_BYTES, `a history key of ${key.length} bytes`);
+  assert(key.length === HISTORY_KEY_BYTES, () => `a history key of ${key.length} bytes`);
   const revision = Buffer.from(key.buffer, key.byteOffset, key.byteLength).readBigUInt64BE(0);
-  assert(revision <= BigInt(Number.MAX_SAFE_INTEGER), `history revision ${revision} beyond 2^53`);
+  assert(revision <= BigInt(Number.MAX_SAFE_INTEGER), () => `history revision ${revision} beyond 2^53`);
   return Number(revision);
 }
 
@@ -69,7 +69,7 @@ export class HistoryBatch {
   /** Records a change of `key` at `revision`: `record` null is a delete. */
   record(revision: number, key: Buffer, record: KeyRecord | null, previous: KeyRecord | undefined): void {
     const last = this.events[this.events.length - 1];
-    assert(!last || last.revision <= revision, `history event at revision ${revision} after one at ${last?.revision}`);
+    assert(!last || last.revision <= revision, () => `history event at revision ${revision} after one at ${last?.revision}`);
     const index = last && last.revision === revision ? last.index + 1 : 0;
     const event: HistoryEvent = {
       type: record ? EventType.EVENT_TYPE_PUT : EventType.EVENT_TYPE_DELETE,
@@ -87,7 +87,7 @@ export class HistoryBatch {
    * batch's own, which then are never written (watchers of this node still hear them live).
    */
   async compact(db: Db, revision: number): Promise<void> {
-    assert(revision >= this.compacted, `compacting to ${revision} below ${this.compacted}`);
+    assert(revision >= this.compacted, () => `compacting to ${revision} below ${this.compacted}`);
     const from = historyKey(Math.max(1, this.compacted), 0);
     const to = historyKey(revision, 0);
     for await (const [key] of db.entries('history', { gte: from, lt: to })) this.deletes.push(Buffer.from(key));

@@ -304,7 +304,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
     if (superseded) {
       // An older term's proposal at this index was truncated here while we did not
       // lead; another node may still hold it and commit it later.
-      this.guarded(() => assert(superseded.term < proposed.term, `two proposals for index ${proposed.index} in term ${proposed.term}`));
+      this.guarded(() => assert(superseded.term < proposed.term, () => `two proposals for index ${proposed.index} in term ${proposed.term}`));
       superseded.reject(new CairnError(ErrorCode.OUTCOME_UNKNOWN, `lost track of the proposal at index ${proposed.index}`));
     }
     const result = new Promise<R>((resolve, reject) => {
@@ -565,7 +565,7 @@ export class Replica<C, R, F extends Fsm<R> = Fsm<R>> {
    * work again when it ends. A failure halts the node, as on the persist path.
    */
   private onPath(path: TaskPath, task: () => Promise<void>): void {
-    assert(!path.busy, `a second task on the ${path.name} path while one is queued`);
+    assert(!path.busy, () => `a second task on the ${path.name} path while one is queued`);
     path.busy = true;
     path.idle = path.idle
       .then(async () => {

@@ -98,7 +98,7 @@ export function isGenerational(sublevel: SublevelName): sublevel is Generational
 /** The name of the physical sublevel that holds `sublevel` in `generation`. */
 export function physicalSublevelName(sublevel: SublevelName, generation: number = FIRST_GENERATION): string {
   if (!isGenerational(sublevel)) {
-    assert(generation === FIRST_GENERATION, `sublevel ${sublevel} has no generations (asked for ${generation})`);
+    assert(generation === FIRST_GENERATION, () => `sublevel ${sublevel} has no generations (asked for ${generation})`);
     return sublevel;
   }
   checkGeneration(generation);
@@ -122,7 +122,7 @@ export function decodeGeneration(value: Uint8Array): number {
 }
 
 function checkGeneration(generation: number): void {
-  assert(Number.isSafeInteger(generation) && generation >= FIRST_GENERATION, `generation ${generation} is not an integer >= ${FIRST_GENERATION}`);
+  assert(Number.isSafeInteger(generation) && generation >= FIRST_GENERATION, () => `generation ${generation} is not an integer >= ${FIRST_GENERATION}`);
 }
 
 function isGenerationSwitch(op: DbOp): boolean {
@@ -226,7 +226,7 @@ export class LevelDb implements Db {
   }
 
   async clearGeneration(sublevel: GenerationalSublevel, generation: number): Promise<void> {
-    assert(generation !== this.current, `clearing ${sublevel} of generation ${generation}, the current one`);
+    assert(generation !== this.current, () => `clearing ${sublevel} of generation ${generation}, the current one`);
     await this.sublevel(sublevel, generation).clear();
   }
 
@@ -322,7 +322,7 @@ export class LevelDb implements Db {
 
   private writeGeneration(op: DbOp): number {
     if (!isGenerational(op.sublevel)) {
-      assert(op.generation === undefined, `a write to ${op.sublevel} names generation ${op.generation}, but ${op.sublevel} has none`);
+      assert(op.generation === undefined, () => `a write to ${op.sublevel} names generation ${op.generation}, but ${op.sublevel} has none`);
       return FIRST_GENERATION;
     }
     return op.generation ?? this.current;

@@ -12,7 +12,7 @@ export const SNAPSHOT_KEY = Buffer.from('snapshot');
 
 /** Log keys are 8-byte big-endian indexes, so LevelDB's byte order is log order. */
 export function encodeIndexKey(index: number): Buffer {
-  assert(Number.isSafeInteger(index) && index >= 0, `log index ${index} is not a safe non-negative integer`);
+  assert(Number.isSafeInteger(index) && index >= 0, () => `log index ${index} is not a safe non-negative integer`);
   const key = Buffer.alloc(INDEX_KEY_BYTES);
   key.writeUInt32BE(Math.floor(index / 0x1_0000_0000), 0);
   key.writeUInt32BE(index >>> 0, 4);
@@ -20,7 +20,7 @@ export function encodeIndexKey(index: number): Buffer {
 }
 
 export function decodeIndexKey(key: Uint8Array): number {
-  assert(key.length === INDEX_KEY_BYTES, `log key of ${key.length} bytes`);
+  assert(key.length === INDEX_KEY_BYTES, () => `log key of ${key.length} bytes`);
   const buffer = Buffer.from(key.buffer, key.byteOffset, key.byteLength);
   return buffer.readUInt32BE(0) * 0x1_0000_0000 + buffer.readUInt32BE(4);
 }
@@ -88,7 +88,7 @@ export class LevelLogStore implements LogStore {
     for await (const [key, value] of this.db.entries('log')) {
       const index = decodeIndexKey(key);
       const entry = Entry.decode(value);
-      assert(entry.index === index, `log key ${index} holds entry ${entry.index}`);
+      assert(entry.index === index, () => `log key ${index} holds entry ${entry.index}`);
       if (entries.length === 0) {
         assert(
           index <= snapshot.index + 1,
@@ -96,12 +96,12 @@ export class LevelLogStore implements LogStore {
         );
       } else {
         const expected = entries[0]!.index + entries.length;
-        assert(index === expected, `log has a gap before index ${index} (expected ${expected})`);
+        assert(index === expected, () => `log has a gap before index ${index} (expected ${expected})`);
       }
       entries.push(entry);
     }
     const last = entries[entries.length - 1]?.index;
-    assert(last === undefined || last >= snapshot.index, `log ends at ${last}, before the snapshot index ${snapshot.index}`);
+    assert(last === undefined || last >= snapshot.index, () => `log ends at ${last}, before the snapshot index ${snapshot.index}`);
     this.snapshotIndex = snapshot.index;
     this.firstIndex = entries[0]?.index ?? snapshot.index + 1;
     this.lastIndex = last ?? snapshot.index;
@@ -111,15 +111,15 @@ export class LevelLogStore implements LogStore {
   stageAppend(entries: readonly Entry[]): DbOp[] {
     if (entries.length === 0) return [];
     const first = entries[0]!.index;
-    assert(first > this.snapshotIndex, `append at ${first} inside the snapshot (snapshot index ${this.snapshotIndex})`);
-    assert(first <= this.lastIndex + 1, `append at ${first} leaves a gap after ${this.lastIndex}`);
+    assert(first > this.snapshotIndex, () => `append at ${first} inside the snapshot (snapshot index ${this.snapshotIndex})`);
+    assert(first <= this.lastIndex + 1, () => `append at ${first} leaves a gap after ${this.lastIndex}`);
     const ops: DbOp[] = [];
     const newLast = first + entries.length - 1;
     for (let index = newLast + 1; index <= this.lastIndex; index++) {
       ops.push({ type: 'del', sublevel: 'log', key: encodeIndexKey(index) });
     }
     for (const [i, entry] of entries.entries()) {
-      assert(entry.index === first + i, `entries not contiguous at ${entry.index}`);
+      assert(entry.index === first + i, () => `entries not contiguous at ${entry.index}`);
       ops.push({ type: 'put', sublevel: 'log', key: encodeIndexKey(entry.index), value: encodeMessage(Entry, entry) });
     }
     this.lastIndex = newLast;
@@ -127,14 +127,14 @@ export class LevelLogStore implements LogStore {
   }
 
   stageCompact(compactThrough: number): DbOp[] {
-    assert(compactThrough <= this.lastIndex, `compacting through ${compactThrough}, beyond the stored log end ${this.lastIndex}`);
+    assert(compactThrough <= this.lastIndex, () => `compacting through ${compactThrough}, beyond the stored log end ${this.lastIndex}`);
     const ops = this.deleteRange(this.firstIndex, compactThrough);
     this.firstIndex = Math.max(this.firstIndex, compactThrough + 1);
     return ops;
   }
 
   stageInstall(snapshotIndex: number, keptLastIndex: number): DbOp[] {
-    assert(keptLastIndex >= snapshotIndex, `kept log end ${keptLastIndex} before the snapshot index ${snapshotIndex}`);
+    assert(keptLastIndex >= snapshotIndex, () => `kept log end ${keptLastIndex} before the snapshot index ${snapshotIndex}`);
     const ops = [...this.deleteRange(this.firstIndex, Math.min(snapshotIndex, this.lastIndex)), ...this.deleteRange(Math.max(keptLastIndex + 1, this.firstIndex), this.lastIndex)];
     this.snapshotIndex = snapshotIndex;
     this.firstIndex = snapshotIndex + 1;
@@ -187,7 +187,7 @@ export class LevelRaftStorage implements RaftStorage {
   }
 
   stageCompaction(snapshot: SnapshotMeta, compactThrough: number): DbOp[] {
-    assert(compactThrough <= snapshot.index, `compacting through ${compactThrough}, beyond the snapshot index ${snapshot.index}`);
+    assert(compactThrough <= snapshot.index, () => `compacting through ${compactThrough}, beyond the snapshot index ${snapshot.index}`);
     return [...this.log.stageCompact(compactThrough), putSnapshot(snapshot)];
   }
 
