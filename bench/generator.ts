@@ -89,6 +89,8 @@ export interface SteadyResult {
   serverCpuSeconds: number[];
   serverRssMiB: number[];
   generatorCpuSeconds: number;
+  /** The machine's CPU time stolen by the hypervisor during the window, as a percentage of all CPU time (NaN where /proc/stat has no steal column). */
+  stealPercent: number;
 }
 
 export interface FailoverResult {
@@ -128,6 +130,29 @@ export function processCpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * The machine's CPU times from /proc/stat's aggregate `cpu` line, in ticks: the total and
+ * the steal (time the hypervisor ran someone else while this machine's vCPUs wanted to
+ * run). NaN fields where the kernel does not report them.
+ */
+export function machineCpuTicks(): { total: number; steal: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
+    // cpu user nice system idle iowait irq softirq steal guest guest_nice (guest time is already in user)
+    const fields = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    if (fields.length < 8 || fields.some((v) => !Number.isFinite(v))) return { total: NaN, steal: NaN };
+    return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] };
+  } catch {
+    return { total: NaN, steal: NaN };
+  }
+}
+
+/** Stolen CPU between two machineCpuTicks() samples, as a percentage of all CPU time between them. */
+export function stealPercentBetween(from: { total: number; steal: number }, to: { total: number; steal: number }): number {
+  const total = to.total - from.total;
+  return total > 0 ? (100 * (to.steal - from.steal)) / total : NaN;
+}
+
 export function processRssMiB(pid: number): number {
   try {
     const kib = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
@@ -146,9 +171,11 @@ class MeasuredWindow {
   private closedAt?: number;
   private cpuAtOpen: number[] = [];
   private genAtOpen = process.cpuUsage();
+  private machineAtOpen = machineCpuTicks();
   serverCpuSeconds: number[] = [];
   serverRssMiB: number[] = [];
   generatorCpuSeconds = NaN;
+  stealPercent = NaN;
 
   constructor(private readonly pids: number[]) {}
 
@@ -167,6 +194,7 @@ class MeasuredWindow {
   open(): void {
     this.cpuAtOpen = this.pids.map(processCpuSeconds);
     this.genAtOpen = process.cpuUsage();
+    this.machineAtOpen = machineCpuTicks();
     this.openedAt = performance.now();
   }
 
@@ -177,6 +205,7 @@ class MeasuredWindow {
     this.generatorCpuSeconds = (used.user + used.system) / 1e6;
     this.serverCpuSeconds = this.pids.map((pid, i) => processCpuSeconds(pid) - this.cpuAtOpen[i]);
     this.serverRssMiB = this.pids.map(processRssMiB);
+    this.stealPercent = stealPercentBetween(this.machineAtOpen, machineCpuTicks());
   }
 }
 
@@ -268,7 +297,7 @@ async function runFill(job: SteadyJob, channels: Channels, errors: ErrorLog): Pr
   if (failedKeys) errors.add(new Error(`${failedKeys} keys of the fill failed ${MAX_ATTEMPTS_PER_KEY} times`));
   return {
     kind: 'steady', ops: histogram.count, measuredSeconds: seconds, opsPerSec: histogram.count / seconds, errors: errors.count, firstErrors: errors.first,
-    misses: 0, histogram: histogram.toJSON(), serverCpuSeconds: [], serverRssMiB: [], generatorCpuSeconds: 0,
+    misses: 0, histogram: histogram.toJSON(), serverCpuSeconds: [], serverRssMiB: [], generatorCpuSeconds: 0, stealPercent: NaN,
   };
 }
 
@@ -339,6 +368,7 @@ async function runSteady(job: SteadyJob): Promise<SteadyResult> {
     return {
       kind: 'steady', ops: histogram.count, measuredSeconds: seconds, opsPerSec: histogram.count / seconds, errors: errors.count, firstErrors: errors.first,
       misses, histogram: histogram.toJSON(), serverCpuSeconds: window.serverCpuSeconds, serverRssMiB: window.serverRssMiB, generatorCpuSeconds: window.generatorCpuSeconds,
+      stealPercent: window.stealPercent,
     };
   } finally {
     channels.closeAll();

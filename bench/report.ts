@@ -33,11 +33,11 @@ function steadyTable(medians: MedianRecord[]): string[] {
     (a, b) => STEADY_ORDER.indexOf(a.workload) - STEADY_ORDER.indexOf(b.workload) || a.concurrency - b.concurrency || a.variant.localeCompare(b.variant),
   );
   return [
-    '| workload | C | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU ms/op (3 nodes) | generator CPU s | errors | rounds |',
-    '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| workload | C | system | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU ms/op (3 nodes) | generator CPU s | CPU steal % | errors | rounds |',
+    '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows.map(
       (m) =>
-        `| ${m.workload} | ${m.concurrency} | ${m.variant} | ${Math.round(m.opsPerSec)} | ${f(m.p50Ms, 2)} | ${f(m.p99Ms, 2)} | ${f(m.p999Ms, 2)} | ${f(m.serverCpuMsPerOp, 3)} | ${f(m.generatorCpuSeconds)} | ${m.errors} | ${m.rounds} |`,
+        `| ${m.workload} | ${m.concurrency} | ${m.variant} | ${Math.round(m.opsPerSec)} | ${f(m.p50Ms, 2)} | ${f(m.p99Ms, 2)} | ${f(m.p999Ms, 2)} | ${f(m.serverCpuMsPerOp, 3)} | ${f(m.generatorCpuSeconds)} | ${f(m.stealPercent ?? NaN)} | ${m.errors} | ${m.rounds} |`,
     ),
   ];
 }

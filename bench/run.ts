@@ -89,6 +89,8 @@ export interface RunRecord {
   serverCpuMsPerOp: number;
   generatorCpuSeconds: number;
   serverRssMiB: number[];
+  /** CPU time the hypervisor stole from this machine during the window, in % (machine-wide; NaN where not reported). */
+  stealPercent: number;
   percentilesMs: Array<[number, number]>;
 }
 
@@ -116,6 +118,8 @@ export interface MedianRecord {
   p999Ms: number;
   serverCpuMsPerOp: number;
   generatorCpuSeconds: number;
+  /** Median over the rounds of each run's stolen CPU, in %. */
+  stealPercent: number;
   errors: number;
   /** Median of each recorded percentile across rounds. */
   percentilesMs: Array<[number, number]>;
@@ -241,7 +245,7 @@ function toRecord(v: Variant, workload: RunRecord['workload'], concurrency: numb
     p50Ms: h.percentileUs(50) / 1000, p99Ms: h.percentileUs(99) / 1000, p999Ms: h.percentileUs(99.9) / 1000,
     meanMs: h.count ? h.sumUs / h.count / 1000 : NaN, maxMs: h.maxUs / 1000, errors: r.errors, firstErrors: r.firstErrors, misses: r.misses,
     serverCpuSeconds: r.serverCpuSeconds, serverCpuMsPerOp: r.ops ? (cpu * 1000) / r.ops : NaN, generatorCpuSeconds: r.generatorCpuSeconds,
-    serverRssMiB: r.serverRssMiB, percentilesMs: percentileListMs(h),
+    serverRssMiB: r.serverRssMiB, stealPercent: r.stealPercent ?? NaN, percentilesMs: percentileListMs(h),
   };
 }
 
@@ -252,7 +256,7 @@ function printRun(r: RunRecord): void {
   console.log(
     `round ${r.round} ${r.variant.padEnd(14)} ${runName(r).padEnd(12)} ${String(Math.round(r.opsPerSec)).padStart(6)} ops/s` +
       `  p50 ${f2(r.p50Ms)} p99 ${f2(r.p99Ms)} p99.9 ${f2(r.p999Ms)} ms  errors ${r.errors}${r.misses ? ` misses ${r.misses}` : ''}` +
-      `  cpu servers ${r.serverCpuSeconds.map(f1).join('+')} s (${f2(r.serverCpuMsPerOp)} ms/op) gen ${f1(r.generatorCpuSeconds)} s` +
+      `  cpu servers ${r.serverCpuSeconds.map(f1).join('+')} s (${f2(r.serverCpuMsPerOp)} ms/op) gen ${f1(r.generatorCpuSeconds)} s  steal ${f1(r.stealPercent)}%` +
       `  rss ${r.serverRssMiB.map((v) => Math.round(v)).join('/')} MiB${r.firstErrors.length ? `\n    first errors: ${r.firstErrors.join(' | ')}` : ''}`,
   );
 }
@@ -288,6 +292,7 @@ export function mergeSteady(results: SteadyResult[]): SteadyResult {
     errors: sum((r) => r.errors), firstErrors: results.flatMap((r) => r.firstErrors).slice(0, 5), misses: sum((r) => r.misses), histogram: histogram.toJSON(),
     // The windows overlap all but the processes' start-up skew: the first process's server samples stand for all.
     serverCpuSeconds: results[0].serverCpuSeconds, serverRssMiB: results[0].serverRssMiB, generatorCpuSeconds: sum((r) => r.generatorCpuSeconds),
+    stealPercent: results[0].stealPercent,
   };
 }
 
@@ -377,7 +382,7 @@ export function computeMedians(runs: RunRecord[]): MedianRecord[] {
     variant: rs[0].variant, system: rs[0].system, serverNode: rs[0].serverNode, workload: rs[0].workload, concurrency: rs[0].concurrency, rounds: rs.length,
     opsPerSec: median(rs.map((r) => r.opsPerSec)), p50Ms: median(rs.map((r) => r.p50Ms)), p99Ms: median(rs.map((r) => r.p99Ms)),
     p999Ms: median(rs.map((r) => r.p999Ms)), serverCpuMsPerOp: median(rs.map((r) => r.serverCpuMsPerOp)),
-    generatorCpuSeconds: median(rs.map((r) => r.generatorCpuSeconds)), errors: rs.reduce((a, r) => a + r.errors, 0), percentilesMs: medianPercentiles(rs),
+    generatorCpuSeconds: median(rs.map((r) => r.generatorCpuSeconds)), stealPercent: median(rs.map((r) => r.stealPercent ?? NaN)), errors: rs.reduce((a, r) => a + r.errors, 0), percentilesMs: medianPercentiles(rs),
   }));
 }
 

@@ -12,7 +12,7 @@ import {
   encodeRangeResponseForTest,
   encodeStatusResponseForTest,
 } from '../../bench/etcd-codec';
-import { isLostWrite, Pacer } from '../../bench/generator';
+import { isLostWrite, machineCpuTicks, Pacer, stealPercentBetween } from '../../bench/generator';
 import { channelsFor, parseOptions, RATE_MAX_IN_FLIGHT } from '../../bench/options';
 import { computeFailoverMedians, computeMedians, FailoverRecord, RunRecord, summaryLines, Variant } from '../../bench/run';
 import { failoverSummaryLine, LatencyHistogram, median, nodePrefixed, percentileListMs, rateSummaryLine, RECORDED_PERCENTILES, steadySummaryLine } from '../../bench/stats';
@@ -150,6 +150,30 @@ describe('summary lines', () => {
 
   it('prefix by major', () => {
     expect(nodePrefixed(20, 'get c=64: x')).toBe('node20 get c=64: x');
+  });
+});
+
+describe('CPU steal', () => {
+  it('is the stolen share of all CPU ticks between two samples', () => {
+    expect(stealPercentBetween({ total: 1000, steal: 10 }, { total: 1400, steal: 110 })).toBe(25);
+    expect(stealPercentBetween({ total: 1000, steal: 10 }, { total: 1000, steal: 10 })).toBeNaN();
+  });
+
+  it('reads /proc/stat: steal never exceeds the total, and both only grow', () => {
+    const first = machineCpuTicks();
+    const second = machineCpuTicks();
+    expect(first.total).toBeGreaterThan(0);
+    expect(first.steal).toBeGreaterThanOrEqual(0);
+    expect(first.steal).toBeLessThanOrEqual(first.total);
+    expect(second.total).toBeGreaterThanOrEqual(first.total);
+    expect(second.steal).toBeGreaterThanOrEqual(first.steal);
+  });
+
+  it('enters the medians as the median over rounds, a missing value ignored', () => {
+    const run = (round: number, stealPercent: number) =>
+      ({ variant: 'cairn@node26', system: 'cairn', workload: 'put', concurrency: 64, round, opsPerSec: 100, p50Ms: 1, p99Ms: 1, p999Ms: 1, serverCpuMsPerOp: 1, generatorCpuSeconds: 1, stealPercent, errors: 0, percentilesMs: [[50, 1]] }) as RunRecord;
+    expect(computeMedians([run(1, 30), run(2, 2), run(3, 5)])[0].stealPercent).toBe(5);
+    expect(computeMedians([run(1, 30), run(2, NaN)])[0].stealPercent).toBe(30);
   });
 });
 
