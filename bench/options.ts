@@ -23,6 +23,8 @@ export interface BenchOptions {
   ratePerSec: number;
   durationSeconds: number;
   warmupSeconds: number;
+  /** Unmeasured put load at CLUSTER_WARMUP_CONCURRENCY that every fresh cluster takes before its first run (0: none). */
+  clusterWarmupSeconds: number;
   rounds: number;
   trials: number;
   valueBytes: number;
@@ -44,6 +46,7 @@ export const DEFAULTS: BenchOptions = {
   ratePerSec: 1000,
   durationSeconds: 15,
   warmupSeconds: 2,
+  clusterWarmupSeconds: 5,
   rounds: 3,
   trials: 3,
   valueBytes: 256,
@@ -61,6 +64,7 @@ const QUICK: Partial<BenchOptions> = {
   readConcurrency: 16,
   durationSeconds: 2,
   warmupSeconds: 1,
+  clusterWarmupSeconds: 1,
   rounds: 1,
   trials: 1,
   keys: 10_000,
@@ -75,6 +79,8 @@ export const USAGE = `npm run bench -- [flags]
   --read-concurrency N                    in-flight requests of get, sget and mix (default 64)
   --duration S                            measured seconds per run (default 15)
   --warmup S                              unmeasured seconds before each run (default 2)
+  --cluster-warmup S                      unmeasured seconds of put at c=64 that each fresh
+                                          cluster takes before its first run (default 5; 0: none)
   --rounds R                              rounds; the summary reports medians (default 3)
   --trials N                              failover trials per system (default 3)
   --value-bytes N                         value size (default 256)
@@ -95,6 +101,12 @@ function positiveInt(flag: string, text: string | undefined): number {
 function positiveNumber(flag: string, text: string | undefined): number {
   const value = Number(text);
   if (!Number.isFinite(value) || value <= 0) throw new Error(`${flag} needs a positive number, got ${JSON.stringify(text)}`);
+  return value;
+}
+
+function nonNegativeNumber(flag: string, text: string | undefined): number {
+  const value = Number(text);
+  if (text === undefined || text.trim() === '' || !Number.isFinite(value) || value < 0) throw new Error(`${flag} needs a number >= 0, got ${JSON.stringify(text)}`);
   return value;
 }
 
@@ -120,6 +132,7 @@ export function parseOptions(argv: string[]): BenchOptions {
       case '--rate': options.ratePerSec = positiveInt(flag, value); break;
       case '--duration': options.durationSeconds = positiveNumber(flag, value); break;
       case '--warmup': options.warmupSeconds = positiveNumber(flag, value); break;
+      case '--cluster-warmup': options.clusterWarmupSeconds = nonNegativeNumber(flag, value); break;
       case '--rounds': options.rounds = positiveInt(flag, value); break;
       case '--trials': options.trials = positiveInt(flag, value); break;
       case '--value-bytes': options.valueBytes = positiveInt(flag, value); break;

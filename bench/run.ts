@@ -313,6 +313,23 @@ async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWork
   return mergeSteady(results as SteadyResult[]);
 }
 
+/** The cluster warm-up's in-flight requests: enough for every server's hot paths to be compiled within seconds. */
+export const CLUSTER_WARMUP_CONCURRENCY = 64;
+
+/**
+ * Unmeasured put load on a fresh cluster before its first run (--cluster-warmup), for every
+ * system alike. Without it the first workload of a round (put c=1) met servers whose JIT
+ * had seen only its own warm-up's few hundred requests, while every later workload met
+ * servers that had been under load for a while: the order of the workloads, not the
+ * systems, decided part of that result. A warm-up with errors is a problem, as a fill's is.
+ */
+async function warmUpCluster(cluster: BenchCluster, v: Variant, round: number, opts: BenchOptions): Promise<void> {
+  if (opts.clusterWarmupSeconds <= 0) return;
+  const r = await steadyRun(cluster, v, 'put', CLUSTER_WARMUP_CONCURRENCY, { ...opts, warmupSeconds: 0, durationSeconds: opts.clusterWarmupSeconds });
+  console.log(`round ${round} ${v.label.padEnd(14)} cluster warm-up: ${Math.round(r.opsPerSec)} puts/s at c=${CLUSTER_WARMUP_CONCURRENCY} for ${opts.clusterWarmupSeconds} s, errors ${r.errors}`);
+  if (r.errors > 0 || r.ops === 0) problems.push(`${v.label} round ${round}: the cluster warm-up had ${r.errors} errors and ${r.ops} answers (${r.firstErrors.join(' | ')})`);
+}
+
 async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, runs: RunRecord[]): Promise<void> {
   const steady = opts.workloads.filter((w): w is RunRecord['workload'] => w !== 'failover');
   if (steady.length === 0) return;
@@ -325,6 +342,7 @@ async function roundOfVariant(v: Variant, round: number, opts: BenchOptions, run
       printRun(rec);
       checkSteady(rec);
     };
+    await warmUpCluster(cluster, v, round, opts);
     if (steady.includes('put')) for (const c of opts.putConcurrency) record('put', c, await steadyRun(cluster, v, 'put', c, opts));
     if (steady.includes('rate')) record('rate', RATE_MAX_IN_FLIGHT, await steadyRun(cluster, v, 'rate', RATE_MAX_IN_FLIGHT, opts));
     const reads = steady.filter((w) => w !== 'put' && w !== 'rate');
@@ -487,7 +505,7 @@ async function main(): Promise<void> {
   const variants = variantsFor(opts);
   console.log(`machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.disk}, load ${machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`);
   console.log(`generator: ${generatorNote(opts)}; systems: ${variants.map((v) => `${v.label} (${v.runtime})`).join(', ')}`);
-  console.log(`method: closed loop, ${opts.keys} keys of 16 B, values of ${opts.valueBytes} B, warm-up ${opts.warmupSeconds} s, measured ${opts.durationSeconds} s, leader-targeted, ceil(C/16) channels (at most 8)`);
+  console.log(`method: closed loop, ${opts.keys} keys of 16 B, values of ${opts.valueBytes} B, warm-up ${opts.warmupSeconds} s (each fresh cluster first ${opts.clusterWarmupSeconds} s of put at c=${CLUSTER_WARMUP_CONCURRENCY}), measured ${opts.durationSeconds} s, leader-targeted, ceil(C/16) channels (at most 8)`);
   const runs: RunRecord[] = [];
   const failovers: FailoverRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {

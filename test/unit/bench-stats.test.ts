@@ -153,6 +153,17 @@ describe('summary lines', () => {
   });
 });
 
+describe('cluster warm-up option', () => {
+  it('defaults to 5 s (1 s with --quick), takes 0 to turn it off, and rejects the rest', () => {
+    expect(parseOptions([]).clusterWarmupSeconds).toBe(5);
+    expect(parseOptions(['--quick']).clusterWarmupSeconds).toBe(1);
+    expect(parseOptions(['--cluster-warmup', '0']).clusterWarmupSeconds).toBe(0);
+    expect(parseOptions(['--cluster-warmup', '2.5']).clusterWarmupSeconds).toBe(2.5);
+    for (const bad of ['-1', 'x', '']) expect(() => parseOptions(['--cluster-warmup', bad])).toThrow('--cluster-warmup needs a number >= 0');
+    expect(() => parseOptions(['--cluster-warmup'])).toThrow('--cluster-warmup needs a number >= 0');
+  });
+});
+
 describe('CPU steal', () => {
   it('is the stolen share of all CPU ticks between two samples', () => {
     expect(stealPercentBetween({ total: 1000, steal: 10 }, { total: 1400, steal: 110 })).toBe(25);
