@@ -143,7 +143,7 @@ export function writeReport(jsonFile: string, root = packageRoot()): string[] {
     '',
     `- machine: ${data.machine.nproc} cores, ${data.machine.cpuModel}, kernel ${data.machine.kernel}, data dirs in ${data.machine.disk}; load average at start ${data.machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`,
     `- generator: ${data.generatorNote}`,
-    `- runs: ${o.rounds} round(s) of ${o.durationSeconds} s measured after ${o.warmupSeconds} s warm-up; ${o.keys} keys of 16 B, values of ${o.valueBytes} B; ${o.trials} failover trial(s)${o.quick ? '; --quick' : ''}`,
+    `- runs: ${o.rounds} round(s) of ${o.durationSeconds} s measured after ${o.warmupSeconds} s warm-up${o.clusterWarmupSeconds ? ` (each fresh cluster first ${o.clusterWarmupSeconds} s of put at c=64)` : ''}; ${o.keys} keys of 16 B, values of ${o.valueBytes} B; ${o.trials} failover trial(s)${o.quick ? '; --quick' : ''}`,
     `- server runtimes: ${[...new Set(data.runs.map((r) => `${r.variant} = ${r.serverRuntime}`).concat(data.failovers.map((r) => `${r.variant} = ${r.serverRuntime}`)))].join(', ')}`,
     '',
     '## Summary',
