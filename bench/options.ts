@@ -99,14 +99,17 @@ function positiveInt(flag: string, text: string | undefined): number {
 }
 
 function positiveNumber(flag: string, text: string | undefined): number {
-  const value = Number(text);
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`${flag} needs a positive number, got ${JSON.stringify(text)}`);
-  return value;
+  return numberFlag(flag, text, 'a positive number', (v) => v > 0);
 }
 
 function nonNegativeNumber(flag: string, text: string | undefined): number {
+  return numberFlag(flag, text, 'a number >= 0', (v) => v >= 0);
+}
+
+/** A finite number that `accepts`; an empty or missing value is an error, not zero. */
+function numberFlag(flag: string, text: string | undefined, what: string, accepts: (value: number) => boolean): number {
   const value = Number(text);
-  if (text === undefined || text.trim() === '' || !Number.isFinite(value) || value < 0) throw new Error(`${flag} needs a number >= 0, got ${JSON.stringify(text)}`);
+  if (text === undefined || text.trim() === '' || !Number.isFinite(value) || !accepts(value)) throw new Error(`${flag} needs ${what}, got ${JSON.stringify(text)}`);
   return value;
 }
 
@@ -145,6 +148,14 @@ export function parseOptions(argv: string[]): BenchOptions {
     }
   }
   return options;
+}
+
+/** The cluster warm-up's in-flight requests: enough for every server's hot paths to be compiled within seconds. */
+export const CLUSTER_WARMUP_CONCURRENCY = 64;
+
+/** How the run and the report describe the cluster warm-up: "" when there is none. */
+export function clusterWarmupNote(clusterWarmupSeconds: number | undefined): string {
+  return clusterWarmupSeconds ? ` (each fresh cluster first ${clusterWarmupSeconds} s of put at c=${CLUSTER_WARMUP_CONCURRENCY})` : '';
 }
 
 /** ceil(C/16) channels, at most 8: 1 for C <= 16, 4 at 64, 8 from 113 up. */

@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { clusterWarmupNote } from './options';
 import type { BenchJson, FailoverMedian, MedianRecord } from './run';
 
 function packageRoot(): string {
@@ -37,7 +38,7 @@ function steadyTable(medians: MedianRecord[]): string[] {
     '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows.map(
       (m) =>
-        `| ${m.workload} | ${m.concurrency} | ${m.variant} | ${Math.round(m.opsPerSec)} | ${f(m.p50Ms, 2)} | ${f(m.p99Ms, 2)} | ${f(m.p999Ms, 2)} | ${f(m.serverCpuMsPerOp, 3)} | ${f(m.generatorCpuSeconds)} | ${f(m.stealPercent ?? NaN)} | ${m.errors} | ${m.rounds} |`,
+        `| ${m.workload} | ${m.concurrency} | ${m.variant} | ${Math.round(m.opsPerSec)} | ${f(m.p50Ms, 2)} | ${f(m.p99Ms, 2)} | ${f(m.p999Ms, 2)} | ${f(m.serverCpuMsPerOp, 3)} | ${f(m.generatorCpuSeconds)} | ${f(m.stealPercent)} | ${m.errors} | ${m.rounds} |`,
     ),
   ];
 }
@@ -143,7 +144,7 @@ export function writeReport(jsonFile: string, root = packageRoot()): string[] {
     '',
     `- machine: ${data.machine.nproc} cores, ${data.machine.cpuModel}, kernel ${data.machine.kernel}, data dirs in ${data.machine.disk}; load average at start ${data.machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`,
     `- generator: ${data.generatorNote}`,
-    `- runs: ${o.rounds} round(s) of ${o.durationSeconds} s measured after ${o.warmupSeconds} s warm-up${o.clusterWarmupSeconds ? ` (each fresh cluster first ${o.clusterWarmupSeconds} s of put at c=64)` : ''}; ${o.keys} keys of 16 B, values of ${o.valueBytes} B; ${o.trials} failover trial(s)${o.quick ? '; --quick' : ''}`,
+    `- runs: ${o.rounds} round(s) of ${o.durationSeconds} s measured after ${o.warmupSeconds} s warm-up${clusterWarmupNote(o.clusterWarmupSeconds)}; ${o.keys} keys of 16 B, values of ${o.valueBytes} B; ${o.trials} failover trial(s)${o.quick ? '; --quick' : ''}`,
     `- server runtimes: ${[...new Set(data.runs.map((r) => `${r.variant} = ${r.serverRuntime}`).concat(data.failovers.map((r) => `${r.variant} = ${r.serverRuntime}`)))].join(', ')}`,
     '',
     '## Summary',

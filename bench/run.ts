@@ -16,7 +16,7 @@ import { BenchCluster, killEverything, liveChildren } from './cluster';
 import { EtcdCluster, etcdVersion, findEtcd } from './etcd-cluster';
 import { FailoverJob, FailoverResult, GeneratorJob, GeneratorResult, SteadyJob, SteadyResult, SteadyWorkload } from './generator';
 import { MACHINE_NODE, NodeBinary, resolveNode } from './node-binaries';
-import { BenchOptions, channelsFor, parseOptions, RATE_MAX_IN_FLIGHT, Workload } from './options';
+import { BenchOptions, channelsFor, CLUSTER_WARMUP_CONCURRENCY, clusterWarmupNote, parseOptions, RATE_MAX_IN_FLIGHT, Workload } from './options';
 import { writeReport } from './report';
 import {
   failoverSummaryLine,
@@ -313,9 +313,6 @@ async function steadyRun(cluster: BenchCluster, v: Variant, workload: SteadyWork
   return mergeSteady(results as SteadyResult[]);
 }
 
-/** The cluster warm-up's in-flight requests: enough for every server's hot paths to be compiled within seconds. */
-export const CLUSTER_WARMUP_CONCURRENCY = 64;
-
 /**
  * Unmeasured put load on a fresh cluster before its first run (--cluster-warmup), for every
  * system alike. Without it the first workload of a round (put c=1) met servers whose JIT
@@ -400,7 +397,7 @@ export function computeMedians(runs: RunRecord[]): MedianRecord[] {
     variant: rs[0].variant, system: rs[0].system, serverNode: rs[0].serverNode, workload: rs[0].workload, concurrency: rs[0].concurrency, rounds: rs.length,
     opsPerSec: median(rs.map((r) => r.opsPerSec)), p50Ms: median(rs.map((r) => r.p50Ms)), p99Ms: median(rs.map((r) => r.p99Ms)),
     p999Ms: median(rs.map((r) => r.p999Ms)), serverCpuMsPerOp: median(rs.map((r) => r.serverCpuMsPerOp)),
-    generatorCpuSeconds: median(rs.map((r) => r.generatorCpuSeconds)), stealPercent: median(rs.map((r) => r.stealPercent ?? NaN)), errors: rs.reduce((a, r) => a + r.errors, 0), percentilesMs: medianPercentiles(rs),
+    generatorCpuSeconds: median(rs.map((r) => r.generatorCpuSeconds)), stealPercent: median(rs.map((r) => r.stealPercent)), errors: rs.reduce((a, r) => a + r.errors, 0), percentilesMs: medianPercentiles(rs),
   }));
 }
 
@@ -505,7 +502,7 @@ async function main(): Promise<void> {
   const variants = variantsFor(opts);
   console.log(`machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.disk}, load ${machine.loadAverageAtStart.map((l) => l.toFixed(2)).join(' ')}`);
   console.log(`generator: ${generatorNote(opts)}; systems: ${variants.map((v) => `${v.label} (${v.runtime})`).join(', ')}`);
-  console.log(`method: closed loop, ${opts.keys} keys of 16 B, values of ${opts.valueBytes} B, warm-up ${opts.warmupSeconds} s (each fresh cluster first ${opts.clusterWarmupSeconds} s of put at c=${CLUSTER_WARMUP_CONCURRENCY}), measured ${opts.durationSeconds} s, leader-targeted, ceil(C/16) channels (at most 8)`);
+  console.log(`method: closed loop, ${opts.keys} keys of 16 B, values of ${opts.valueBytes} B, warm-up ${opts.warmupSeconds} s${clusterWarmupNote(opts.clusterWarmupSeconds)}, measured ${opts.durationSeconds} s, leader-targeted, ceil(C/16) channels (at most 8)`);
   const runs: RunRecord[] = [];
   const failovers: FailoverRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
