@@ -17,7 +17,12 @@ import { encodeMessage } from '../proto-writer';
  */
 export function stampCommand(encoded: Uint8Array, unixMs: number): Uint8Array {
   const stamp = encodeMessage(Command, { op: undefined, proposedAtUnixMs: Math.max(0, Math.floor(unixMs)) });
-  return Buffer.concat([encoded, stamp]);
+  // One buffer of exactly these bytes, not Buffer.concat's slice of the shared pool: the
+  // leader's log keeps it until compaction (see withOwnedData in src/raft/log.ts).
+  const stamped = Buffer.allocUnsafeSlow(encoded.byteLength + stamp.byteLength);
+  stamped.set(encoded, 0);
+  stamped.set(stamp, encoded.byteLength);
+  return stamped;
 }
 
 /** The clocks log time is made from: the wall clock only seeds the first leader's stamps. */

@@ -1,5 +1,8 @@
 import { Entry, EntryType } from '../../gen/cairn/raft/v1/raft';
 import { entryBytes, NO_SNAPSHOT, RaftLog } from '../../src/raft/log';
+import { Command } from '../../gen/cairn/kv/v1/kv';
+import { stampCommand } from '../../src/kv/log-time';
+import { encodeMessage } from '../../src/proto-writer';
 
 function entry(index: number, term: number, data = `e${index}`): Entry {
   return { index, term, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(data) };
@@ -119,5 +122,67 @@ describe('RaftLog after a snapshot point', () => {
     expect(log.entry(1).index).toBe(1);
     expect(log.bytesBetween(1, 2)).toBe(entryBytes(entry(1, 1)) + entryBytes(entry(2, 1)));
     expect(new RaftLog().lastIndex()).toBe(0);
+  });
+});
+
+describe('RaftLog keeps only the bytes of its entries', () => {
+  /** Entries whose data are views into one large buffer, as a received message or a pool slab gives them. */
+  function viewsIntoOneBuffer(from: number, count: number, term: number, bufferBytes = 64 * 1024): { entries: Entry[]; source: Buffer } {
+    const source = Buffer.alloc(bufferBytes, 7);
+    const entries = Array.from({ length: count }, (_, i) => {
+      const data = source.subarray(100 + i * 10, 100 + i * 10 + 4);
+      data.write(`d${from + i}`);
+      return { index: from + i, term, type: EntryType.ENTRY_TYPE_COMMAND, data };
+    });
+    return { entries, source };
+  }
+
+  test('a follower copies the new entries of one append into a buffer of exactly their bytes', () => {
+    const log = RaftLog.restore(run(101, 102, 3), 100, SNAPSHOT);
+    const { entries, source } = viewsIntoOneBuffer(101, 5, 3);
+    log.appendFromLeader(100, entries);
+    // 101 and 102 were there already; 103..105 are new and share one 12-byte buffer.
+    expect(log.entry(101).data.toString()).toBe('e101');
+    for (const index of [103, 104, 105]) {
+      const data = log.entry(index).data;
+      expect(data.buffer).not.toBe(source.buffer);
+      expect(data.buffer.byteLength).toBe(12);
+      expect(data.toString()).toBe(`d${index}`);
+    }
+    expect(log.bytesBetween(103, 105)).toBe(entries.slice(2).reduce((sum, e) => sum + entryBytes(e), 0));
+  });
+
+  test('after a conflict, the replacing entries are copied too', () => {
+    const log = RaftLog.restore(run(101, 104, 3), 100, SNAPSHOT);
+    const { entries } = viewsIntoOneBuffer(102, 2, 5);
+    log.appendFromLeader(101, entries);
+    expect(log.lastIndex()).toBe(103);
+    expect(log.entry(102).data.buffer.byteLength).toBe(8);
+    expect(log.entry(103).data.toString()).toBe('d103');
+  });
+
+  test('a leader copies a view into a larger buffer, and keeps data that owns its buffer as it is', () => {
+    const log = RaftLog.restore([], 100, SNAPSHOT);
+    const { entries } = viewsIntoOneBuffer(101, 1, 4);
+    log.appendAsLeader(entries[0]!);
+    expect(log.entry(101).data.buffer.byteLength).toBe(4);
+    expect(log.entry(101).data.toString()).toBe('d101');
+    const owning = { index: 102, term: 4, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(new Uint8Array([1, 2, 3]).buffer) };
+    log.appendAsLeader(owning);
+    expect(log.entry(102)).toBe(owning);
+  });
+});
+
+describe('stampCommand', () => {
+  test('gives a stamped command a buffer of its own, so the leader log keeps it without a copy', () => {
+    const encoded = encodeMessage(Command, Command.fromPartial({ op: { $case: 'put', value: { key: Buffer.from('k'), value: Buffer.from('v') } }, proposedAtUnixMs: 5 }));
+    const stamped = stampCommand(encoded, 1234);
+    expect(stamped.byteOffset).toBe(0);
+    expect(stamped.buffer.byteLength).toBe(stamped.byteLength);
+    expect(Command.decode(stamped).proposedAtUnixMs).toBe(1234);
+    const log = RaftLog.restore([], 100, SNAPSHOT);
+    const proposed = { index: 101, term: 3, type: EntryType.ENTRY_TYPE_COMMAND, data: Buffer.from(stamped.buffer, stamped.byteOffset, stamped.byteLength) };
+    log.appendAsLeader(proposed);
+    expect(log.entry(101)).toBe(proposed);
   });
 });
