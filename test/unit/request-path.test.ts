@@ -393,6 +393,24 @@ describe('the peer port against bad input', () => {
     expect(lines.some((l) => l.msg === 'peer frame carried messages from another sender; dropped them' && l.dropped === 2)).toBe(true);
   });
 
+  test('a peer stream gets its response headers at once, before it ends', async () => {
+    // Until headers come, grpc-js keeps every frame written on the stream for a retry
+    // (up to 256 KB of them, each pinning the 64 KiB pool slab it was framed in).
+    const client = new RaftServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+    try {
+      const call = client.stream(() => undefined);
+      const headers = new Promise<boolean>((resolve) => {
+        call.on('metadata', () => resolve(true));
+        setTimeout(() => resolve(false), 5_000).unref();
+      });
+      call.write({ clusterId: CLUSTER_ID, fromId: 2, clientAddr: '', messages: [] });
+      expect(await headers).toBe(true);
+      call.end();
+    } finally {
+      client.close();
+    }
+  });
+
   test('a forwarded Propose is held to the client limits', async () => {
     const client = new RaftServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
     const propose = (command: Buffer) =>
