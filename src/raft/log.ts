@@ -44,8 +44,9 @@ function ownsItsBuffer(data: Uint8Array): boolean {
  * Node's Buffer pool, 64 KiB on Node 26, or the received gRPC message) would keep all of
  * that buffer alive for as long as the entry stays in the log: measured on a leader at
  * about 3 KB held per 330-byte entry, up to the 15,000 entries a log keeps between
- * compactions by default. Entries appended together leave the log together (compaction,
- * or a truncation of the tail), so they may share one buffer.
+ * compactions by default. Entries appended together mostly leave the log together
+ * (compaction, or a truncation of the tail), so they share one buffer: where a compaction
+ * point or a conflict splits them, the rest keep at most one append's bytes alive.
  */
 export function withOwnedData(entries: readonly Entry[]): readonly Entry[] {
   let bytes = 0;

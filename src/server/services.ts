@@ -466,8 +466,9 @@ function receivePeerStream(
   callback: sendUnaryData<StreamResponse>,
 ): void {
   // Headers at once: until a client stream hears them, grpc-js keeps every frame written
-  // on it for a retry (up to grpc.per_rpc_retry_buffer_size, 256 KB of frames, each one
-  // pinning the 64 KiB pool slab it was framed in), and a peer stream runs for hours.
+  // on it for a retry (up to grpc.per_rpc_retry_buffer_size, 1 MB of frames by default,
+  // each pinning the pool slab it was framed in, 64 KiB on Node 26), and a peer stream
+  // runs for hours.
   call.sendMetadata(new Metadata());
   let rejected = false;
   const reject = (err: unknown, fields: Record<string, unknown>) => {

@@ -38,15 +38,19 @@ const MAX_CLIENT_EVENTS_PER_INSTANT = 1_000_000;
 const MAX_RETRY_BACKOFF_TICKS = 8;
 const CONVERGENCE_DEADLINE_UNITS = 400 * UNITS_PER_TICK;
 /**
- * Past the convergence deadline, a run whose snapshot stream is still moving gets up to this
+ * Past the convergence deadline, a run whose snapshot streams are still moving gets up to this
  * much longer. A stream of 1-byte chunks waits a network delay per chunk and takes 100-150
  * ticks; entries proposed after the faults end (lease expiries) can make a follower that just
  * installed one snapshot need the next (seed 5729: three rounds in a row). A follower that
  * chases snapshots for ever still fails, at the end of the extension.
  */
 const MAX_SNAPSHOT_STREAM_EXTENSION_UNITS = 800 * UNITS_PER_TICK;
-/** A snapshot stream counts as moving while a chunk has crossed the wire within this long. */
-const SNAPSHOT_STREAM_IDLE_UNITS = 10 * UNITS_PER_TICK;
+/**
+ * Snapshot streams count as moving while one is in flight or a chunk crossed the wire within
+ * this long: more than the longest network delay (networkDelay: up to maxDelayUnits plus 20
+ * ticks), so the gap before a leader's next transfer does not end the extension.
+ */
+const SNAPSHOT_STREAM_IDLE_UNITS = 30 * UNITS_PER_TICK;
 const MAX_TRACE_LINES = 100_000;
 /** Most brand-new nodes one seed adds to its cluster (each a learner first, then a voter). */
 const MAX_JOINS_PER_SEED = 3;
@@ -351,6 +355,8 @@ export class Simulation {
   private readonly snapshotStats = { transfers: 0, installed: 0, compactions: 0, restoreCrashes: 0 };
   /** When a snapshot chunk last crossed the simulated wire (see MAX_SNAPSHOT_STREAM_EXTENSION_UNITS). */
   private lastSnapshotChunkUnits = -Infinity;
+  /** Snapshot transfers started and not yet ended (see MAX_SNAPSHOT_STREAM_EXTENSION_UNITS). */
+  private snapshotStreamsInFlight = 0;
   /** Draws of the auth nemesis only, so they do not shift the rest of a seed's draws. */
   private readonly authRand: SeededRandom;
   /**
@@ -509,7 +515,7 @@ export class Simulation {
   private async runUntilConverged(): Promise<void> {
     const deadline = this.faultEndUnits + CONVERGENCE_DEADLINE_UNITS;
     const extendedDeadline = deadline + MAX_SNAPSHOT_STREAM_EXTENSION_UNITS;
-    const snapshotStreamMoving = () => this.now - this.lastSnapshotChunkUnits <= SNAPSHOT_STREAM_IDLE_UNITS;
+    const snapshotStreamMoving = () => this.snapshotStreamsInFlight > 0 || this.now - this.lastSnapshotChunkUnits <= SNAPSHOT_STREAM_IDLE_UNITS;
     while (this.now <= deadline || (this.now <= extendedDeadline && snapshotStreamMoving())) {
       await this.step();
       if (this.failure) throw new SimulationFailure(this.failure);
@@ -760,8 +766,14 @@ export class Simulation {
         yield bytes;
       }
     }
-    const response = await receiver.receiveSnapshot({ ...header, clusterId: 1 }, wire());
-    await this.sleep(this.networkDelay());
+    this.snapshotStreamsInFlight++;
+    let response: InstallSnapshotResponse;
+    try {
+      response = await receiver.receiveSnapshot({ ...header, clusterId: 1 }, wire());
+      await this.sleep(this.networkDelay());
+    } finally {
+      this.snapshotStreamsInFlight--;
+    }
     if (!alive() || this.linkDown(to, from.id)) throw new Error('the answer was lost');
     if (response.installed) this.snapshotStats.installed++;
     this.log(`node ${from.id}: snapshot at ${header.meta?.index} to node ${to}: ${response.installed ? 'installed' : `not installed (${response.reason})`}`);

@@ -395,7 +395,7 @@ describe('the peer port against bad input', () => {
 
   test('a peer stream gets its response headers at once, before it ends', async () => {
     // Until headers come, grpc-js keeps every frame written on the stream for a retry
-    // (up to 256 KB of them, each pinning the 64 KiB pool slab it was framed in).
+    // (up to 1 MB of them, each pinning the 64 KiB pool slab it was framed in).
     const client = new RaftServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
     try {
       const call = client.stream(() => undefined);
